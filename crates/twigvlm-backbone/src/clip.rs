@@ -1,0 +1,126 @@
+//! CLIP ViT vision tower, run up to the hidden state LLaVA selects (`vision_feature_layer`).
+
+use burn::module::Param;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{LayerNorm, Linear};
+use burn::prelude::*;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+
+use crate::config::{Activation, ClipVisionConfig};
+use crate::error::Result;
+use crate::weights::WeightLoader;
+
+/// Multi-head self-attention of one CLIP encoder layer (no mask: every patch sees every patch).
+#[derive(Module, Debug)]
+pub struct ClipAttention<B: Backend> {
+    pub q_proj: Linear<B>,
+    pub k_proj: Linear<B>,
+    pub v_proj: Linear<B>,
+    pub out_proj: Linear<B>,
+    pub num_heads: usize,
+}
+
+impl<B: Backend> ClipAttention<B> {
+    /// # Shapes
+    /// - x: `[batch, positions, hidden]` → `[batch, positions, hidden]`
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [batch, seq, hidden] = x.dims();
+        let head_dim = hidden / self.num_heads;
+        let split = |t: Tensor<B, 3>| t.reshape([batch, seq, self.num_heads, head_dim]).swap_dims(1, 2);
+        let q = split(self.q_proj.forward(x.clone()));
+        let k = split(self.k_proj.forward(x.clone()));
+        let v = split(self.v_proj.forward(x));
+        let out = attention(q, k, v, None, None, AttentionModuleOptions::default());
+        self.out_proj.forward(out.swap_dims(1, 2).reshape([batch, seq, hidden]))
+    }
+}
+
+/// Pre-LN transformer block of the CLIP encoder.
+#[derive(Module, Debug)]
+pub struct ClipEncoderLayer<B: Backend> {
+    pub layer_norm1: LayerNorm<B>,
+    pub self_attn: ClipAttention<B>,
+    pub layer_norm2: LayerNorm<B>,
+    pub fc1: Linear<B>,
+    pub fc2: Linear<B>,
+    #[module(skip)]
+    pub activation: Activation,
+}
+
+impl<B: Backend> ClipEncoderLayer<B> {
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let x = x.clone() + self.self_attn.forward(self.layer_norm1.forward(x));
+        let h = self.activation.apply(self.fc1.forward(self.layer_norm2.forward(x.clone())));
+        x + self.fc2.forward(h)
+    }
+}
+
+/// The vision tower: patch + class + position embeddings, `pre_layrnorm`, and the encoder layers
+/// needed for the selected hidden state (later layers are never built).
+#[derive(Module, Debug)]
+pub struct ClipVisionTower<B: Backend> {
+    pub patch_embedding: Conv2d<B>,
+    pub class_embedding: Param<Tensor<B, 1>>,
+    pub position_embedding: Param<Tensor<B, 2>>,
+    pub pre_layrnorm: LayerNorm<B>,
+    pub layers: Vec<ClipEncoderLayer<B>>,
+}
+
+impl<B: Backend> ClipVisionTower<B> {
+    /// Loads the tower from `{prefix}.embeddings...`, `{prefix}.pre_layrnorm`, `{prefix}.encoder.layers.{i}`.
+    pub fn load(loader: &WeightLoader<B>, prefix: &str, cfg: &ClipVisionConfig, layers_needed: usize) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let eps = cfg.layer_norm_eps;
+        let emb = format!("{prefix}.embeddings");
+        let mut patch_embedding = Conv2dConfig::new([cfg.num_channels, d], [cfg.patch_size, cfg.patch_size])
+            .with_stride([cfg.patch_size, cfg.patch_size])
+            .with_bias(false)
+            .init(loader.device());
+        patch_embedding.weight =
+            loader.param(&format!("{emb}.patch_embedding.weight"), [d, cfg.num_channels, cfg.patch_size, cfg.patch_size])?;
+        let layers = (0..layers_needed)
+            .map(|i| {
+                let p = format!("{prefix}.encoder.layers.{i}");
+                let attn = |name: &str| loader.linear(&format!("{p}.self_attn.{name}"), d, d, true);
+                Ok(ClipEncoderLayer {
+                    layer_norm1: loader.layer_norm(&format!("{p}.layer_norm1"), d, eps)?,
+                    self_attn: ClipAttention {
+                        q_proj: attn("q_proj")?,
+                        k_proj: attn("k_proj")?,
+                        v_proj: attn("v_proj")?,
+                        out_proj: attn("out_proj")?,
+                        num_heads: cfg.num_heads,
+                    },
+                    layer_norm2: loader.layer_norm(&format!("{p}.layer_norm2"), d, eps)?,
+                    fc1: loader.linear(&format!("{p}.mlp.fc1"), d, cfg.intermediate_size, true)?,
+                    fc2: loader.linear(&format!("{p}.mlp.fc2"), cfg.intermediate_size, d, true)?,
+                    activation: cfg.activation,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            patch_embedding,
+            class_embedding: loader.param(&format!("{emb}.class_embedding"), [d])?,
+            position_embedding: loader.param(&format!("{emb}.position_embedding.weight"), [cfg.num_positions(), d])?,
+            pre_layrnorm: loader.layer_norm(&format!("{prefix}.pre_layrnorm"), d, eps)?,
+            layers,
+        })
+    }
+
+    /// # Shapes
+    /// - pixels: `[batch, channels, image_size, image_size]` → `[batch, 1 + patches, hidden]`
+    ///   (the hidden state after the last built layer; position 0 is CLS)
+    pub fn forward(&self, pixels: Tensor<B, 4>) -> Tensor<B, 3> {
+        let patches = self.patch_embedding.forward(pixels);
+        let [batch, d, gh, gw] = patches.dims();
+        let patches = patches.reshape([batch, d, gh * gw]).swap_dims(1, 2);
+        let cls = self.class_embedding.val().reshape([1, 1, d]).expand([batch, 1, d]);
+        let x = Tensor::cat(vec![cls, patches], 1) + self.position_embedding.val().unsqueeze_dim(0);
+        let mut x = self.pre_layrnorm.forward(x);
+        for layer in &self.layers {
+            x = layer.forward(x);
+        }
+        x
+    }
+}

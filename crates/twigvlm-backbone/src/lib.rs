@@ -1,0 +1,24 @@
+//! LLaVA-1.5 backbone for TwigVLM, generic over burn backends: CLIP ViT vision tower, projector,
+//! Llama decoder with a per-layer KV cache and explicit position ids, checkpoint loading
+//! (llava-hf 4.x/5.x and original layouts; safetensors and PyTorch pickles), image preprocessing
+//! and prompt tokenisation.
+
+pub mod activation;
+pub mod clip;
+pub mod config;
+pub mod error;
+pub mod llama;
+pub mod llava;
+pub mod loading;
+pub mod preprocess;
+pub mod projector;
+pub mod prompt;
+pub mod weights;
+
+pub use config::LlavaConfig;
+pub use error::{BackboneError, Result};
+pub use llama::{AttentionProbe, KvCache, LlamaDecoder};
+pub use llava::LlavaModel;
+pub use loading::{load_llava, LoadOptions, LoadedLlava};
+pub use preprocess::ImagePreprocessor;
+pub use prompt::{ChatTemplate, PromptTokenizer, PromptTokens, TextStream};

@@ -1,0 +1,110 @@
+//! Per-layer key/value cache. Layers may hold different lengths (token pruning drops visual
+//! entries from some layers only); every layer can be cropped, which speculative decoding needs.
+
+use burn::prelude::*;
+
+use crate::error::{BackboneError, Result};
+
+/// Initial room, in positions, reserved on the first append beyond the appended length.
+const INITIAL_SPARE: usize = 64;
+
+/// Keys and values of one decoder layer, stored in a growable preallocated buffer.
+#[derive(Debug, Clone)]
+pub struct LayerKvCache<B: Backend> {
+    /// `[batch, kv_heads, capacity, head_dim]`
+    keys: Option<Tensor<B, 4>>,
+    values: Option<Tensor<B, 4>>,
+    len: usize,
+}
+
+impl<B: Backend> Default for LayerKvCache<B> {
+    fn default() -> Self {
+        Self { keys: None, values: None, len: 0 }
+    }
+}
+
+impl<B: Backend> LayerKvCache<B> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends `[batch, kv_heads, new, head_dim]` keys/values and returns all cached ones.
+    pub fn append(&mut self, keys: Tensor<B, 4>, values: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let [batch, heads, new, head_dim] = keys.dims();
+        let needed = self.len + new;
+        let capacity = self.keys.as_ref().map_or(0, |k| k.dims()[2]);
+        if needed > capacity {
+            let capacity = (capacity * 2).max(needed + INITIAL_SPARE);
+            let grow = |old: Option<Tensor<B, 4>>| {
+                let fresh = Tensor::<B, 4>::zeros([batch, heads, capacity, head_dim], &keys.device());
+                match old {
+                    Some(old) if self.len > 0 => fresh.slice_assign([0..batch, 0..heads, 0..self.len, 0..head_dim], old.narrow(2, 0, self.len)),
+                    _ => fresh,
+                }
+            };
+            self.keys = Some(grow(self.keys.take()));
+            self.values = Some(grow(self.values.take()));
+        }
+        let range = [0..batch, 0..heads, self.len..needed, 0..head_dim];
+        let k = self.keys.take().expect("allocated above").slice_assign(range.clone(), keys);
+        let v = self.values.take().expect("allocated above").slice_assign(range, values);
+        self.len = needed;
+        let view = (k.clone().narrow(2, 0, needed), v.clone().narrow(2, 0, needed));
+        self.keys = Some(k);
+        self.values = Some(v);
+        view
+    }
+
+    /// Keeps only the first `len` entries.
+    pub fn crop(&mut self, len: usize) -> Result<()> {
+        if len > self.len {
+            return Err(BackboneError::Cache(format!("cannot crop a layer cache of length {} to {len}", self.len)));
+        }
+        self.len = len;
+        Ok(())
+    }
+}
+
+/// One [`LayerKvCache`] per decoder layer.
+#[derive(Debug, Clone)]
+pub struct KvCache<B: Backend> {
+    layers: Vec<LayerKvCache<B>>,
+}
+
+impl<B: Backend> KvCache<B> {
+    pub fn new(num_layers: usize) -> Self {
+        Self { layers: (0..num_layers).map(|_| LayerKvCache::default()).collect() }
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    pub fn layer(&self, index: usize) -> &LayerKvCache<B> {
+        &self.layers[index]
+    }
+
+    pub fn layer_mut(&mut self, index: usize) -> &mut LayerKvCache<B> {
+        &mut self.layers[index]
+    }
+
+    /// Lengths of every layer, in layer order.
+    pub fn lengths(&self) -> Vec<usize> {
+        self.layers.iter().map(LayerKvCache::len).collect()
+    }
+
+    /// Drops the last `count` entries of every layer (e.g. rejected draft tokens).
+    pub fn truncate_last(&mut self, count: usize) -> Result<()> {
+        for layer in &mut self.layers {
+            let len = layer.len().checked_sub(count).ok_or_else(|| {
+                BackboneError::Cache(format!("cannot drop {count} entries from a layer holding {}", layer.len()))
+            })?;
+            layer.crop(len)?;
+        }
+        Ok(())
+    }
+}

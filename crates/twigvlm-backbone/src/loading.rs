@@ -1,0 +1,139 @@
+//! Loading a model directory: config, weights (any supported layout and file format), tokenizer,
+//! preprocessing parameters and chat template.
+
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use serde::de::DeserializeOwned;
+
+use crate::clip::ClipVisionTower;
+use crate::config::hf::{HfClipDirConfig, HfLlamaConfig, HfLlavaConfig, HfOriginalLlavaExtras, HfPreprocessorConfig};
+use crate::config::LlavaConfig;
+use crate::error::{BackboneError, Result};
+use crate::llama::LlamaDecoder;
+use crate::llava::LlavaModel;
+use crate::preprocess::ImagePreprocessor;
+use crate::projector::Projector;
+use crate::prompt::{ChatTemplate, PromptTokenizer};
+use crate::weights::layout::{find_vision, ignorable, LayoutKind};
+use crate::weights::{CheckpointLayout, LoadReport, TensorSource, WeightLoader};
+
+/// Options that a model directory cannot answer by itself.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// CLIP directory for original-layout LLaVA checkpoints whose `mm_vision_tower` is a hub id.
+    pub vision_tower_dir: Option<PathBuf>,
+}
+
+/// Everything needed to run a LLaVA model.
+pub struct LoadedLlava<B: Backend> {
+    pub config: LlavaConfig,
+    pub model: LlavaModel<B>,
+    pub tokenizer: PromptTokenizer,
+    pub preprocessor: ImagePreprocessor,
+    pub template: ChatTemplate,
+    pub layout: CheckpointLayout,
+    pub report: LoadReport,
+}
+
+fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| BackboneError::io(path, e))?;
+    serde_json::from_str(&text).map_err(|source| BackboneError::Json { path: path.to_path_buf(), source })
+}
+
+/// Loads a LLaVA-1.5 model directory (llava-hf 4.x/5.x or original layout).
+pub fn load_llava<B: Backend>(dir: &Path, options: &LoadOptions, device: &B::Device) -> Result<LoadedLlava<B>> {
+    let config_path = dir.join("config.json");
+    let raw: serde_json::Value = read_json(&config_path)?;
+    let unsupported = |reason: String| BackboneError::UnsupportedConfig { path: config_path.clone(), reason };
+    let source = TensorSource::open_dir(dir)?;
+    let layout = CheckpointLayout::detect(&source)?;
+
+    let (config, clip_dir, pad_default) = if layout.kind == LayoutKind::Original {
+        let extras: HfOriginalLlavaExtras = serde_json::from_value(raw.clone())
+            .map_err(|e| unsupported(format!("not an original LLaVA config: {e}")))?;
+        let llama: HfLlamaConfig = serde_json::from_value(raw).map_err(|e| unsupported(e.to_string()))?;
+        let pad = extras.image_aspect_ratio.as_deref() == Some("pad");
+        // The original config carries no vision hyper-parameters: they come from the CLIP directory.
+        let clip_dir = resolve_vision_dir(dir, &extras.mm_vision_tower, options)?;
+        let config = extras.to_llava(&llama, &clip_vision_config(&clip_dir)?).map_err(unsupported)?;
+        (config, Some(clip_dir), pad)
+    } else {
+        let hf: HfLlavaConfig = serde_json::from_value(raw).map_err(|e| unsupported(e.to_string()))?;
+        (hf.to_llava().map_err(unsupported)?, None, false)
+    };
+    // Vision weights come from the checkpoint itself when it has them (llava-hf, or an original
+    // checkpoint with a tuned tower), else from the CLIP directory.
+    let separate_vision = match (&layout.vision, &clip_dir) {
+        (Some(_), _) => None,
+        (None, Some(clip_dir)) => Some(TensorSource::open_dir(clip_dir)?),
+        (None, None) => return Err(BackboneError::MissingTensor {
+            name: "vision_tower.vision_model.embeddings.patch_embedding.weight (no vision tower under any known prefix)".into(),
+            expected: vec![config.vision.hidden_size, config.vision.num_channels, config.vision.patch_size, config.vision.patch_size],
+        }),
+    };
+    let vision_prefix = match &separate_vision {
+        Some(clip) => find_vision(clip).ok_or_else(|| BackboneError::UnknownLayout {
+            sample: clip.names().take(8).map(String::from).collect(),
+        })?,
+        None => layout.vision.clone().expect("checked above"),
+    };
+    let vision_layers = config.vision_layers_needed().map_err(unsupported)?;
+
+    let main = WeightLoader::<B>::new(&source, device);
+    let vision_loader = separate_vision.as_ref().map(|s| WeightLoader::<B>::new(s, device));
+    let vision_tower =
+        ClipVisionTower::load(vision_loader.as_ref().unwrap_or(&main), &vision_prefix, &config.vision, vision_layers)?;
+    let projector = Projector::load(&main, &layout.projector, &config.projector)?;
+    let language_model = LlamaDecoder::load(&main, &layout.language_model, &layout.lm_head, &config.text)?;
+    let model = LlavaModel { vision_tower, projector, language_model, feature_select: config.feature_select };
+
+    let skip = |name: &str| ignorable(name, &vision_prefix, vision_layers);
+    let mut report = main.report(skip);
+    if let Some(loader) = &vision_loader {
+        report = report.merge(loader.report(skip));
+    }
+    if !report.unexpected.is_empty() {
+        tracing::warn!(count = report.unexpected.len(), tensors = ?report.unexpected, "checkpoint tensors not used by the model");
+    }
+    tracing::debug!(used = report.used, ignored = report.ignored.len(), "weights loaded");
+
+    let tokenizer = PromptTokenizer::from_file(&dir.join("tokenizer.json"))?;
+    let preprocessor = preprocessor_for(dir, clip_dir.as_deref(), &config, pad_default)?;
+    Ok(LoadedLlava { config, model, tokenizer, preprocessor, template: ChatTemplate::VicunaV1, layout, report })
+}
+
+fn preprocessor_for(dir: &Path, clip_dir: Option<&Path>, config: &LlavaConfig, pad_default: bool) -> Result<ImagePreprocessor> {
+    const FILE: &str = "preprocessor_config.json";
+    let candidates = std::iter::once(dir.join(FILE)).chain(clip_dir.map(|d| d.join(FILE)));
+    for path in candidates {
+        if path.is_file() {
+            return Ok(ImagePreprocessor::from_hf(&read_json::<HfPreprocessorConfig>(&path)?, pad_default));
+        }
+    }
+    tracing::warn!(dir = %dir.display(), "no {FILE}; using LLaVA-1.5's CLIP preprocessing");
+    Ok(ImagePreprocessor::llava_default(config.vision.image_size))
+}
+
+fn clip_vision_config(clip_dir: &Path) -> Result<crate::config::hf::HfClipVisionConfig> {
+    let cfg: HfClipDirConfig = read_json(&clip_dir.join("config.json"))?;
+    Ok(cfg.vision_config.unwrap_or(cfg.top_level))
+}
+
+/// The CLIP directory of an original LLaVA checkpoint: the explicit option, else `mm_vision_tower`
+/// read as a path (absolute or relative to the model directory).
+fn resolve_vision_dir(dir: &Path, mm_vision_tower: &str, options: &LoadOptions) -> Result<PathBuf> {
+    if let Some(explicit) = &options.vision_tower_dir {
+        return Ok(explicit.clone());
+    }
+    let candidate = dir.join(mm_vision_tower);
+    if candidate.join("config.json").is_file() {
+        return Ok(candidate);
+    }
+    Err(BackboneError::UnsupportedConfig {
+        path: dir.join("config.json"),
+        reason: format!(
+            "mm_vision_tower `{mm_vision_tower}` is not a directory next to the model; pass the CLIP checkpoint directory explicitly (--vision-tower DIR)"
+        ),
+    })
+}

@@ -1,0 +1,164 @@
+//! LLaVA-1.5 image preprocessing: pad to square with the mean colour, bicubic resize of the
+//! shortest edge, centre crop, rescale, CLIP mean/std normalisation → CHW f32.
+
+use std::path::Path;
+
+use image::imageops::FilterType;
+use image::{DynamicImage, Rgb, RgbImage};
+
+use crate::config::hf::HfPreprocessorConfig;
+use crate::error::{BackboneError, Result};
+
+/// CLIP's normalisation constants, transformers' `OPENAI_CLIP_MEAN` / `OPENAI_CLIP_STD`.
+pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+pub const CLIP_STD: [f32; 3] = [0.268_629_55, 0.261_302_6, 0.275_777_1];
+const MAX_CHANNEL: f32 = 255.0;
+
+/// Preprocessing parameters, read from `preprocessor_config.json`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImagePreprocessor {
+    /// Pad to a square with the mean colour first (LLaVA-1.5's `image_aspect_ratio = "pad"`).
+    pub pad_to_square: bool,
+    /// Target of the shortest edge when resizing; `None` = no resize.
+    pub shortest_edge: Option<usize>,
+    /// `(height, width)` of the centre crop; `None` = no crop.
+    pub crop: Option<(usize, usize)>,
+    /// Multiplier applied to 0..255 values; `None` = no rescale.
+    pub rescale_factor: Option<f32>,
+    /// Per-channel `(mean, std)`; `None` = no normalisation.
+    pub normalize: Option<([f32; 3], [f32; 3])>,
+}
+
+impl ImagePreprocessor {
+    /// CLIP ViT-L/14-336 as LLaVA-1.5 uses it, for a given input resolution.
+    pub fn llava_default(image_size: usize) -> Self {
+        Self {
+            pad_to_square: true,
+            shortest_edge: Some(image_size),
+            crop: Some((image_size, image_size)),
+            rescale_factor: Some(1.0 / MAX_CHANNEL),
+            normalize: Some((CLIP_MEAN, CLIP_STD)),
+        }
+    }
+
+    /// From a `preprocessor_config.json`. `pad_default` applies when it has no `do_pad`
+    /// (the original LLaVA decides padding in the model config instead).
+    pub fn from_hf(cfg: &HfPreprocessorConfig, pad_default: bool) -> Self {
+        let edge = |v: &Option<serde_json::Value>| -> Option<(usize, usize)> {
+            let v = v.as_ref()?;
+            if let Some(n) = v.as_u64() {
+                return Some((n as usize, n as usize));
+            }
+            if let Some(n) = v.get("shortest_edge").and_then(|n| n.as_u64()) {
+                return Some((n as usize, n as usize));
+            }
+            Some((v.get("height")?.as_u64()? as usize, v.get("width")?.as_u64()? as usize))
+        };
+        let triple = |v: &Option<Vec<f64>>, default: [f32; 3]| match v.as_deref() {
+            Some([a, b, c]) => [*a as f32, *b as f32, *c as f32],
+            _ => default,
+        };
+        Self {
+            pad_to_square: cfg.do_pad.unwrap_or(pad_default),
+            shortest_edge: cfg.do_resize.then(|| edge(&cfg.size).map(|(h, _)| h)).flatten(),
+            crop: cfg.do_center_crop.then(|| edge(&cfg.crop_size)).flatten(),
+            rescale_factor: cfg.do_rescale.then_some(cfg.rescale_factor as f32),
+            normalize: cfg
+                .do_normalize
+                .then(|| (triple(&cfg.image_mean, CLIP_MEAN), triple(&cfg.image_std, CLIP_STD))),
+        }
+    }
+
+    /// The padding colour: the normalisation mean in 0..255, truncated as LLaVA does
+    /// (`tuple(int(x * 255) for x in image_mean)` = (122, 116, 104) for CLIP).
+    pub fn background(&self) -> Rgb<u8> {
+        let mean = self.normalize.map_or([0.0; 3], |(m, _)| m);
+        Rgb(mean.map(|m| (m * MAX_CHANNEL) as u8))
+    }
+
+    /// Output `(height, width)` for an input of `(height, width)`.
+    pub fn output_size(&self, height: usize, width: usize) -> (usize, usize) {
+        let (h, w) = if self.pad_to_square { (height.max(width), height.max(width)) } else { (height, width) };
+        let (h, w) = self.shortest_edge.map_or((h, w), |edge| resized_dims(h, w, edge));
+        self.crop.unwrap_or((h, w))
+    }
+
+    /// Decoded image → `[3, height, width]` values, channel-major.
+    pub fn preprocess(&self, image: &DynamicImage) -> (Vec<f32>, [usize; 3]) {
+        let mut rgb = image.to_rgb8();
+        if self.pad_to_square {
+            rgb = pad_to_square(&rgb, self.background());
+        }
+        if let Some(edge) = self.shortest_edge {
+            let (h, w) = resized_dims(rgb.height() as usize, rgb.width() as usize, edge);
+            if (h, w) != (rgb.height() as usize, rgb.width() as usize) {
+                rgb = image::imageops::resize(&rgb, w as u32, h as u32, FilterType::CatmullRom);
+            }
+        }
+        if let Some((ch, cw)) = self.crop {
+            rgb = center_crop(&rgb, ch, cw);
+        }
+        let (h, w) = (rgb.height() as usize, rgb.width() as usize);
+        let mut out = vec![0.0f32; 3 * h * w];
+        for (x, y, pixel) in rgb.enumerate_pixels() {
+            for c in 0..3 {
+                let mut v = pixel.0[c] as f32;
+                if let Some(scale) = self.rescale_factor {
+                    v *= scale;
+                }
+                if let Some((mean, std)) = self.normalize {
+                    v = (v - mean[c]) / std[c];
+                }
+                out[c * h * w + y as usize * w + x as usize] = v;
+            }
+        }
+        (out, [3, h, w])
+    }
+}
+
+/// HF `get_resize_output_image_size(default_to_square=False)`: the short side becomes `edge`,
+/// the long side `int(edge * long / short)`.
+fn resized_dims(height: usize, width: usize, edge: usize) -> (usize, usize) {
+    if height <= width {
+        (edge, (edge as f64 * width as f64 / height as f64) as usize)
+    } else {
+        ((edge as f64 * height as f64 / width as f64) as usize, edge)
+    }
+}
+
+fn pad_to_square(image: &RgbImage, background: Rgb<u8>) -> RgbImage {
+    let (w, h) = image.dimensions();
+    if w == h {
+        return image.clone();
+    }
+    let side = w.max(h);
+    let mut square = RgbImage::from_pixel(side, side, background);
+    image::imageops::replace(&mut square, image, ((side - w) / 2) as i64, ((side - h) / 2) as i64);
+    square
+}
+
+/// HF `center_crop`: offsets `(size - crop) // 2`, padding with zeros where the crop is larger.
+fn center_crop(image: &RgbImage, crop_h: usize, crop_w: usize) -> RgbImage {
+    let (w, h) = (image.width() as i64, image.height() as i64);
+    let top = (h - crop_h as i64).div_euclid(2);
+    let left = (w - crop_w as i64).div_euclid(2);
+    let mut out = RgbImage::new(crop_w as u32, crop_h as u32);
+    image::imageops::replace(&mut out, image, -left, -top);
+    out
+}
+
+/// Decodes PNG, JPEG or WebP bytes; `name` appears in errors.
+pub fn decode_image(bytes: &[u8], name: &str) -> Result<DynamicImage> {
+    let format = image::guess_format(bytes).map_err(|e| BackboneError::Image {
+        source_name: name.to_string(),
+        reason: format!("not a recognised image format ({e}); PNG, JPEG and WebP are supported"),
+    })?;
+    image::load_from_memory_with_format(bytes, format)
+        .map_err(|e| BackboneError::Image { source_name: name.to_string(), reason: e.to_string() })
+}
+
+/// Reads and decodes an image file.
+pub fn load_image(path: &Path) -> Result<DynamicImage> {
+    let bytes = std::fs::read(path).map_err(|e| BackboneError::io(path, e))?;
+    decode_image(&bytes, &path.display().to_string())
+}

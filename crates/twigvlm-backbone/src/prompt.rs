@@ -1,0 +1,173 @@
+//! Chat templates and prompt tokenisation with image placeholders expanded to the image's
+//! visual-token positions.
+
+use std::ops::Range;
+use std::path::Path;
+
+use tokenizers::Tokenizer;
+
+use crate::error::{BackboneError, Result};
+
+/// The image placeholder inside prompt text.
+pub const IMAGE_PLACEHOLDER: &str = "<image>";
+
+/// How a user turn becomes model text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChatTemplate {
+    /// LLaVA-1.5's `vicuna_v1` conversation.
+    VicunaV1,
+    /// The text goes in as given.
+    Raw,
+}
+
+const VICUNA_V1_SYSTEM: &str = "A chat between a curious user and an artificial intelligence assistant. \
+The assistant gives helpful, detailed, and polite answers to the user's questions.";
+
+impl ChatTemplate {
+    /// Renders one user turn. With an image and no placeholder in `prompt`, the placeholder goes
+    /// first on its own line, as LLaVA-1.5 does.
+    pub fn render(&self, prompt: &str, has_image: bool) -> Result<String> {
+        if prompt.trim().is_empty() {
+            return Err(BackboneError::Prompt("the prompt is empty".into()));
+        }
+        let placeholders = prompt.matches(IMAGE_PLACEHOLDER).count();
+        match (has_image, placeholders) {
+            (false, 0) | (true, 1) => {}
+            (false, _) => {
+                return Err(BackboneError::Prompt(format!("the prompt contains {IMAGE_PLACEHOLDER} but no image was given")))
+            }
+            (true, 0) => {}
+            (true, n) => {
+                return Err(BackboneError::Prompt(format!(
+                    "the prompt contains {n} {IMAGE_PLACEHOLDER} placeholders; one image per prompt is supported"
+                )))
+            }
+        }
+        let user = if has_image && placeholders == 0 { format!("{IMAGE_PLACEHOLDER}\n{prompt}") } else { prompt.to_string() };
+        Ok(match self {
+            ChatTemplate::VicunaV1 => format!("{VICUNA_V1_SYSTEM} USER: {user} ASSISTANT:"),
+            ChatTemplate::Raw => user,
+        })
+    }
+}
+
+/// A tokenised prompt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromptTokens {
+    /// Token ids; positions in `image_span` hold the image token id (or 0 when the tokenizer has none)
+    /// and are replaced by image features before the decoder runs.
+    pub ids: Vec<u32>,
+    /// Positions of the visual tokens, if the prompt has an image.
+    pub image_span: Option<Range<usize>>,
+}
+
+impl PromptTokens {
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+/// `tokenizer.json` plus the knowledge of how images enter the token stream.
+#[derive(Clone)]
+pub struct PromptTokenizer {
+    tokenizer: Tokenizer,
+    /// Set when `<image>` is an added token of the tokenizer (llava-hf): the whole text is encoded
+    /// at once, exactly as the HF processor does. Otherwise the text is split around the
+    /// placeholder and each chunk encoded on its own, as the original LLaVA does.
+    image_token_id: Option<u32>,
+}
+
+impl PromptTokenizer {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let tokenizer = Tokenizer::from_file(path)
+            .map_err(|e| BackboneError::Tokenizer(format!("cannot load {}: {e}", path.display())))?;
+        let image_token_id = tokenizer
+            .get_added_vocabulary()
+            .get_added_tokens_decoder()
+            .iter()
+            .find(|(_, token)| token.content == IMAGE_PLACEHOLDER)
+            .map(|(id, _)| *id);
+        Ok(Self { tokenizer, image_token_id })
+    }
+
+    pub fn image_token_id(&self) -> Option<u32> {
+        self.image_token_id
+    }
+
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.tokenizer.token_to_id(token)
+    }
+
+    /// Encodes rendered prompt text; the image placeholder (at most one) becomes `visual_tokens` positions.
+    pub fn encode(&self, text: &str, visual_tokens: usize) -> Result<PromptTokens> {
+        let encode = |s: &str| -> Result<Vec<u32>> {
+            self.tokenizer
+                .encode(s, true)
+                .map(|e| e.get_ids().to_vec())
+                .map_err(|e| BackboneError::Tokenizer(e.to_string()))
+        };
+        if !text.contains(IMAGE_PLACEHOLDER) {
+            return Ok(PromptTokens { ids: encode(text)?, image_span: None });
+        }
+        let (before, after) = match self.image_token_id {
+            Some(image_id) => {
+                let ids = encode(text)?;
+                let at = ids.iter().position(|&id| id == image_id).ok_or_else(|| {
+                    BackboneError::Tokenizer(format!("{IMAGE_PLACEHOLDER} did not tokenise to its own id {image_id}"))
+                })?;
+                (ids[..at].to_vec(), ids[at + 1..].to_vec())
+            }
+            None => {
+                let (first, rest) = text.split_once(IMAGE_PLACEHOLDER).expect("checked above");
+                let before = encode(first)?;
+                let mut after = encode(rest)?;
+                let bos = before.first().copied().filter(|&b| self.is_special(b));
+                if after.first().copied() == bos && bos.is_some() {
+                    after.remove(0);
+                }
+                (before, after)
+            }
+        };
+        let placeholder = self.image_token_id.unwrap_or(0);
+        let start = before.len();
+        let mut ids = before;
+        ids.extend(std::iter::repeat_n(placeholder, visual_tokens));
+        ids.extend(after);
+        Ok(PromptTokens { ids, image_span: Some(start..start + visual_tokens) })
+    }
+
+    fn is_special(&self, id: u32) -> bool {
+        self.tokenizer.get_added_vocabulary().get_added_tokens_decoder().get(&id).is_some_and(|t| t.special)
+    }
+
+    /// Decodes ids to text, skipping special tokens.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer.decode(ids, true).map_err(|e| BackboneError::Tokenizer(e.to_string()))
+    }
+}
+
+/// Turns a growing list of generated ids into text pieces that can be printed as they come,
+/// holding back bytes that do not yet form complete characters.
+#[derive(Debug, Default)]
+pub struct TextStream {
+    ids: Vec<u32>,
+    emitted: usize,
+}
+
+impl TextStream {
+    /// Adds one id and returns the newly completed text, if any.
+    pub fn push(&mut self, tokenizer: &PromptTokenizer, id: u32) -> Result<String> {
+        self.ids.push(id);
+        let text = tokenizer.decode(&self.ids)?;
+        if text.ends_with('\u{FFFD}') || text.len() < self.emitted || !text.is_char_boundary(self.emitted) {
+            return Ok(String::new());
+        }
+        let piece = text[self.emitted..].to_string();
+        self.emitted = text.len();
+        Ok(piece)
+    }
+}

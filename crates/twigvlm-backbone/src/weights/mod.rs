@@ -1,0 +1,10 @@
+//! Checkpoint reading: files → [`TensorSource`], key layouts → [`layout::CheckpointLayout`],
+//! tensors → burn modules via [`WeightLoader`].
+
+pub mod layout;
+pub mod loader;
+pub mod source;
+
+pub use layout::CheckpointLayout;
+pub use loader::{LoadReport, WeightLoader};
+pub use source::TensorSource;

@@ -1,0 +1,12 @@
+/// Errors of the decoders.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("invalid sampling parameters: {0}")]
+    InvalidSampling(String),
+    #[error("the prompt has {prompt} tokens, but the model's context holds {context}")]
+    PromptTooLong { prompt: usize, context: usize },
+    #[error(transparent)]
+    Backbone(#[from] twigvlm_backbone::BackboneError),
+}
+
+pub type Result<T, E = DecodeError> = std::result::Result<T, E>;

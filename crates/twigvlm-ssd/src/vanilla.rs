@@ -1,0 +1,101 @@
+//! Plain autoregressive decoding: one prefill over the prompt, then one token per forward.
+
+use std::ops::ControlFlow;
+use std::time::{Duration, Instant};
+
+use burn::prelude::*;
+use twigvlm_backbone::{AttentionProbe, KvCache, LlamaDecoder};
+
+use crate::error::{DecodeError, Result};
+use crate::sampling::{argmax, Sampler};
+
+/// Limits and stopping rules of one generation.
+#[derive(Debug, Clone)]
+pub struct DecodeConfig {
+    pub max_new_tokens: usize,
+    /// Generation stops after emitting any of these.
+    pub eos_token_ids: Vec<u32>,
+    /// Positions the model supports (`max_position_embeddings`).
+    pub context_length: usize,
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    Eos,
+    MaxNewTokens,
+    ContextFull,
+    Cancelled,
+}
+
+/// Generated tokens and what it took.
+#[derive(Debug, Clone)]
+pub struct DecodeOutput {
+    pub tokens: Vec<u32>,
+    pub stop: StopReason,
+    /// Logits at the last prompt position.
+    pub prompt_logits: Vec<f32>,
+    pub prefill_time: Duration,
+    pub decode_time: Duration,
+}
+
+/// Generates from prompt embeddings `[1, prompt_len, hidden]` (positions `0..prompt_len`).
+/// `on_token` sees every token as it is produced and may stop generation.
+pub fn decode_vanilla<B: Backend>(
+    model: &LlamaDecoder<B>,
+    prompt_embeds: Tensor<B, 3>,
+    config: &DecodeConfig,
+    sampler: &mut Sampler,
+    mut on_token: impl FnMut(u32) -> ControlFlow<()>,
+) -> Result<DecodeOutput> {
+    let device = prompt_embeds.device();
+    let prompt_len = prompt_embeds.dims()[1];
+    if prompt_len == 0 || prompt_len >= config.context_length {
+        return Err(DecodeError::PromptTooLong { prompt: prompt_len, context: config.context_length });
+    }
+    let layers = 0..model.num_layers();
+    let mut cache = KvCache::new(model.num_layers());
+    let no_probe = AttentionProbe::default();
+
+    let started = Instant::now();
+    let positions: Vec<usize> = (0..prompt_len).collect();
+    let out = model.forward_layers(prompt_embeds, &model.rope(&positions, &device), layers.clone(), &mut cache, &no_probe);
+    let last = out.hidden.narrow(1, prompt_len - 1, 1);
+    let prompt_logits = logits_row(model.logits(last));
+    let prefill_time = started.elapsed();
+
+    let started = Instant::now();
+    let mut tokens = Vec::new();
+    let mut logits = prompt_logits.clone();
+    let stop = loop {
+        if tokens.len() == config.max_new_tokens {
+            break StopReason::MaxNewTokens;
+        }
+        let token = if sampler.is_greedy() { argmax(&logits) } else { sampler.sample(&logits) };
+        tokens.push(token);
+        if on_token(token).is_break() {
+            break StopReason::Cancelled;
+        }
+        if config.eos_token_ids.contains(&token) {
+            break StopReason::Eos;
+        }
+        if tokens.len() == config.max_new_tokens {
+            break StopReason::MaxNewTokens;
+        }
+        let position = prompt_len + tokens.len() - 1;
+        if position + 1 >= config.context_length {
+            break StopReason::ContextFull;
+        }
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(vec![token as i32], [1, 1]), &device);
+        let rope = model.rope(&[position], &device);
+        let out = model.forward_layers(model.embed(ids), &rope, layers.clone(), &mut cache, &no_probe);
+        logits = logits_row(model.logits(out.hidden));
+    };
+    Ok(DecodeOutput { tokens, stop, prompt_logits, prefill_time, decode_time: started.elapsed() })
+}
+
+/// `[1, 1, vocab]` → host vector.
+fn logits_row<B: Backend>(logits: Tensor<B, 3>) -> Vec<f32> {
+    logits.into_data().convert::<f32>().into_vec::<f32>().expect("f32 logits")
+}

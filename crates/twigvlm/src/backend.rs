@@ -1,0 +1,69 @@
+//! Run-time backend selection. Model code is generic over `B: Backend`; this is the one place that
+//! names concrete backends.
+
+use burn::prelude::Backend;
+
+/// Backends the binary can run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Pure-Rust CPU backend (always available).
+    Flex,
+    /// Vulkan / Metal / DX12 through wgpu (cargo feature `wgpu`).
+    Wgpu,
+    /// NVIDIA CUDA (cargo feature `cuda`).
+    Cuda,
+}
+
+/// Work to run on whichever backend was chosen.
+pub trait BackendJob {
+    type Output;
+    fn run<B: Backend>(self, device: B::Device) -> Self::Output;
+}
+
+/// The backend was not compiled into this binary.
+#[derive(Debug, thiserror::Error)]
+#[error("backend `{backend}` is not compiled into this binary; rebuild with `--features {feature}`")]
+pub struct BackendUnavailable {
+    pub backend: &'static str,
+    pub feature: &'static str,
+}
+
+impl BackendKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Flex => "flex",
+            BackendKind::Wgpu => "wgpu",
+            BackendKind::Cuda => "cuda",
+        }
+    }
+
+    /// Runs `job` on this backend's default device.
+    pub fn run<J: BackendJob>(self, job: J) -> Result<J::Output, BackendUnavailable> {
+        match self {
+            BackendKind::Flex => Ok(job.run::<burn::backend::Flex>(Default::default())),
+            BackendKind::Wgpu => run_wgpu(job),
+            BackendKind::Cuda => run_cuda(job),
+        }
+    }
+}
+
+#[cfg(feature = "wgpu")]
+fn run_wgpu<J: BackendJob>(job: J) -> Result<J::Output, BackendUnavailable> {
+    Ok(job.run::<burn::backend::Wgpu>(Default::default()))
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn run_wgpu<J: BackendJob>(_job: J) -> Result<J::Output, BackendUnavailable> {
+    Err(BackendUnavailable { backend: "wgpu", feature: "wgpu" })
+}
+
+#[cfg(feature = "cuda")]
+fn run_cuda<J: BackendJob>(job: J) -> Result<J::Output, BackendUnavailable> {
+    Ok(job.run::<burn::backend::Cuda>(Default::default()))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn run_cuda<J: BackendJob>(_job: J) -> Result<J::Output, BackendUnavailable> {
+    Err(BackendUnavailable { backend: "cuda", feature: "cuda" })
+}

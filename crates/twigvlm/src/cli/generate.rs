@@ -1,0 +1,127 @@
+//! `twigvlm generate`.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use burn::prelude::Backend;
+use serde::Serialize;
+use twigvlm::{BackendJob, BackendKind, Engine, GenerateRequest, GenerateResult, GenerateStats};
+use twigvlm_backbone::preprocess::load_image;
+use twigvlm_backbone::LoadOptions;
+use twigvlm_ssd::Sampling;
+
+#[derive(Debug, clap::Args)]
+pub struct GenerateArgs {
+    /// Model directory (config.json, weights, tokenizer.json, preprocessor_config.json).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Image file (PNG, JPEG or WebP). Without it the prompt is text only.
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    /// The question or instruction.
+    #[arg(long)]
+    pub prompt: String,
+    /// Upper bound on generated tokens (generation also stops at end-of-sequence).
+    #[arg(long, default_value_t = 128)]
+    pub max_new_tokens: usize,
+    /// Sampling temperature; 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Nucleus sampling mass (with a temperature above 0).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Random seed for sampling.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Compute backend.
+    #[arg(long, value_enum, default_value_t = BackendKind::Flex)]
+    pub backend: BackendKind,
+    /// CLIP directory for original-layout LLaVA checkpoints whose `mm_vision_tower` is not a local path.
+    #[arg(long)]
+    pub vision_tower: Option<PathBuf>,
+    /// Print one JSON object instead of streaming text.
+    #[arg(long)]
+    pub json: bool,
+    /// Write pixel_values, image_features and last_logits (f32) to this safetensors file.
+    #[arg(long)]
+    pub dump_tensors: Option<PathBuf>,
+}
+
+#[derive(Serialize)]
+struct JsonOutput<'a> {
+    prompt_ids: &'a [u32],
+    generated_ids: &'a [u32],
+    text: &'a str,
+    stats: &'a GenerateStats,
+}
+
+struct GenerateJob(GenerateArgs);
+
+impl BackendJob for GenerateJob {
+    type Output = anyhow::Result<()>;
+
+    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<()> {
+        let args = self.0;
+        let sampling = Sampling::new(args.temperature, args.top_p)?;
+        let image = args
+            .image
+            .as_deref()
+            .map(|path| load_image(path).with_context(|| format!("cannot use --image {}", path.display())))
+            .transpose()?;
+        let spinner = indicatif::ProgressBar::new_spinner().with_message(format!("loading {}", args.model.display()));
+        spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+        let options = LoadOptions { vision_tower_dir: args.vision_tower.clone() };
+        let engine = Engine::<B>::load(&args.model, &options, device)
+            .with_context(|| format!("cannot load the model in {}", args.model.display()))?;
+        spinner.finish_and_clear();
+
+        let request = GenerateRequest {
+            prompt: args.prompt.clone(),
+            image,
+            max_new_tokens: args.max_new_tokens,
+            sampling,
+            seed: args.seed,
+        };
+        let mut stdout = std::io::stdout().lock();
+        let result = engine.generate(&request, |piece| {
+            if !args.json {
+                // A closed stdout (e.g. `| head`) must not abort generation mid-way with a panic.
+                let _ = stdout.write_all(piece.as_bytes()).and_then(|_| stdout.flush());
+            }
+        })?;
+        if args.json {
+            let out = JsonOutput {
+                prompt_ids: &result.prompt.ids,
+                generated_ids: &result.generated_ids,
+                text: &result.text,
+                stats: &result.stats,
+            };
+            writeln!(stdout, "{}", serde_json::to_string(&out)?)?;
+        } else {
+            writeln!(stdout)?;
+        }
+        if let Some(path) = &args.dump_tensors {
+            super::dump::write_tensors(path, &dump_entries(&result))
+                .with_context(|| format!("cannot write --dump-tensors {}", path.display()))?;
+        }
+        Ok(())
+    }
+}
+
+fn dump_entries(result: &GenerateResult) -> Vec<(&'static str, Vec<f32>, Vec<usize>)> {
+    let mut entries = Vec::new();
+    if let Some((values, shape)) = &result.pixel_values {
+        entries.push(("pixel_values", values.clone(), shape.to_vec()));
+    }
+    if let Some((values, shape)) = &result.image_features {
+        entries.push(("image_features", values.clone(), shape.to_vec()));
+    }
+    entries.push(("last_logits", result.last_logits.clone(), vec![result.last_logits.len()]));
+    entries
+}
+
+pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
+    let backend = args.backend;
+    backend.run(GenerateJob(args))?
+}

@@ -1,0 +1,34 @@
+//! Argument parsing and dispatch of the `twigvlm` subcommands.
+
+mod dump;
+mod generate;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::filter::LevelFilter;
+
+/// Fast vision-language inference with twig-guided token pruning and self-speculative decoding.
+#[derive(Debug, Parser)]
+#[command(name = "twigvlm", version, about)]
+pub struct Cli {
+    /// Log verbosity on stderr.
+    #[arg(long, global = true, default_value = "warn")]
+    pub log_level: LevelFilter,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Answer a prompt about an image (or a text-only prompt).
+    Generate(generate::GenerateArgs),
+}
+
+pub fn init_logging(level: LevelFilter) {
+    tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_target(false).init();
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Generate(args) => generate::run(args),
+    }
+}

@@ -1,0 +1,137 @@
+//! The engine: a loaded model plus the pipeline prompt → tokens → text.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::prelude::*;
+use image::DynamicImage;
+use serde::Serialize;
+use twigvlm_backbone::{load_llava, LoadOptions, LoadedLlava, PromptTokens, TextStream};
+use twigvlm_ssd::{decode_vanilla, DecodeConfig, Sampler, Sampling, StopReason};
+
+/// One generation request.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    pub prompt: String,
+    pub image: Option<DynamicImage>,
+    pub max_new_tokens: usize,
+    pub sampling: Sampling,
+    pub seed: u64,
+}
+
+/// Timings of one generation.
+#[derive(Debug, Clone, Serialize)]
+pub struct GenerateStats {
+    /// Vision tower + projector + prompt prefill.
+    pub prefill_ms: f64,
+    pub decode_ms: f64,
+    pub new_tokens: usize,
+    /// New tokens per second of decoding (the first token comes from the prefill).
+    pub tokens_per_s: f64,
+    pub stop_reason: StopReason,
+}
+
+/// What a generation produced, plus the intermediate tensors `--dump-tensors` writes.
+#[derive(Debug, Clone)]
+pub struct GenerateResult {
+    pub prompt: PromptTokens,
+    pub generated_ids: Vec<u32>,
+    pub text: String,
+    pub stats: GenerateStats,
+    /// `[3, size, size]` values fed to the vision tower.
+    pub pixel_values: Option<(Vec<f32>, [usize; 3])>,
+    /// Projector output `[visual_tokens, hidden]`.
+    pub image_features: Option<(Vec<f32>, [usize; 2])>,
+    /// Logits at the last prompt position.
+    pub last_logits: Vec<f32>,
+}
+
+/// A loaded model on one device.
+pub struct Engine<B: Backend> {
+    pub llava: LoadedLlava<B>,
+    pub device: B::Device,
+    pub model_dir: PathBuf,
+}
+
+impl<B: Backend> Engine<B> {
+    pub fn load(model_dir: &Path, options: &LoadOptions, device: B::Device) -> anyhow::Result<Self> {
+        let llava = load_llava::<B>(model_dir, options, &device)?;
+        Ok(Self { llava, device, model_dir: model_dir.to_path_buf() })
+    }
+
+    /// Runs one request; `on_text` receives decoded text as tokens arrive.
+    pub fn generate(&self, request: &GenerateRequest, mut on_text: impl FnMut(&str)) -> anyhow::Result<GenerateResult> {
+        let llava = &self.llava;
+        let started = Instant::now();
+        let text = llava.template.render(&request.prompt, request.image.is_some())?;
+        let visual_tokens = llava.config.visual_tokens_per_image();
+        let prompt = llava.tokenizer.encode(&text, visual_tokens)?;
+
+        let (pixel_values, image_features) = match &request.image {
+            Some(image) => {
+                let (values, shape) = llava.preprocessor.preprocess(image);
+                let expected = llava.config.vision.image_size;
+                anyhow::ensure!(
+                    shape[1] == expected && shape[2] == expected,
+                    "preprocessing produced a {}x{} image but the vision tower takes {expected}x{expected}; check preprocessor_config.json",
+                    shape[1],
+                    shape[2]
+                );
+                let pixels = Tensor::<B, 3>::from_data(TensorData::new(values.clone(), shape), &self.device).unsqueeze::<4>();
+                let features = llava.model.image_features(pixels);
+                (Some((values, shape)), Some(features))
+            }
+            None => (None, None),
+        };
+        let features_host = image_features.as_ref().map(|f| {
+            let [_, n, d] = f.dims();
+            (f.clone().into_data().convert::<f32>().into_vec::<f32>().expect("f32 features"), [n, d])
+        });
+        let embeds = llava.model.embed_prompt(&prompt, image_features, &self.device);
+        let vision_time = started.elapsed();
+
+        let text_cfg = &llava.config.text;
+        let config = DecodeConfig {
+            max_new_tokens: request.max_new_tokens,
+            eos_token_ids: text_cfg.eos_token_ids.clone(),
+            context_length: text_cfg.max_position_embeddings,
+        };
+        let mut sampler = Sampler::new(request.sampling, request.seed);
+        let mut stream = TextStream::default();
+        let mut stream_error = None;
+        let output = decode_vanilla(&llava.model.language_model, embeds, &config, &mut sampler, |token| {
+            match stream.push(&llava.tokenizer, token) {
+                Ok(piece) => {
+                    on_text(&piece);
+                    ControlFlow::Continue(())
+                }
+                Err(e) => {
+                    stream_error = Some(e);
+                    ControlFlow::Break(())
+                }
+            }
+        })?;
+        if let Some(e) = stream_error {
+            return Err(e.into());
+        }
+        let prefill = vision_time + output.prefill_time;
+        let decode_s = output.decode_time.as_secs_f64();
+        let new_tokens = output.tokens.len();
+        Ok(GenerateResult {
+            text: llava.tokenizer.decode(&output.tokens)?,
+            generated_ids: output.tokens,
+            prompt,
+            stats: GenerateStats {
+                prefill_ms: prefill.as_secs_f64() * 1e3,
+                decode_ms: decode_s * 1e3,
+                new_tokens,
+                tokens_per_s: if decode_s > 0.0 { new_tokens.saturating_sub(1) as f64 / decode_s } else { 0.0 },
+                stop_reason: output.stop,
+            },
+            pixel_values,
+            image_features: features_host,
+            last_logits: output.prompt_logits,
+        })
+    }
+}

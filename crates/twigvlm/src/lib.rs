@@ -1,0 +1,8 @@
+//! TwigVLM facade: pick a backend, load a model, generate. The `twigvlm` binary is a thin CLI over
+//! this crate.
+
+pub mod backend;
+pub mod engine;
+
+pub use backend::{BackendKind, BackendJob};
+pub use engine::{Engine, GenerateRequest, GenerateResult, GenerateStats};
