@@ -13,6 +13,7 @@ pub mod loading;
 pub mod preprocess;
 pub mod projector;
 pub mod prompt;
+pub mod resize;
 pub mod weights;
 
 pub use config::LlavaConfig;

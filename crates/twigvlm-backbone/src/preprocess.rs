@@ -1,9 +1,8 @@
 //! LLaVA-1.5 image preprocessing: pad to square with the mean colour, bicubic resize of the
-//! shortest edge, centre crop, rescale, CLIP mean/std normalisation → CHW f32.
+//! shortest edge (Pillow-exact, see [`crate::resize`]), centre crop, rescale, CLIP mean/std normalisation → CHW f32.
 
 use std::path::Path;
 
-use image::imageops::FilterType;
 use image::{DynamicImage, Rgb, RgbImage};
 
 use crate::config::hf::HfPreprocessorConfig;
@@ -24,7 +23,7 @@ pub struct ImagePreprocessor {
     /// `(height, width)` of the centre crop; `None` = no crop.
     pub crop: Option<(usize, usize)>,
     /// Multiplier applied to 0..255 values; `None` = no rescale.
-    pub rescale_factor: Option<f32>,
+    pub rescale_factor: Option<f64>,
     /// Per-channel `(mean, std)`; `None` = no normalisation.
     pub normalize: Option<([f32; 3], [f32; 3])>,
 }
@@ -36,7 +35,7 @@ impl ImagePreprocessor {
             pad_to_square: true,
             shortest_edge: Some(image_size),
             crop: Some((image_size, image_size)),
-            rescale_factor: Some(1.0 / MAX_CHANNEL),
+            rescale_factor: Some(1.0 / f64::from(MAX_CHANNEL)),
             normalize: Some((CLIP_MEAN, CLIP_STD)),
         }
     }
@@ -62,7 +61,7 @@ impl ImagePreprocessor {
             pad_to_square: cfg.do_pad.unwrap_or(pad_default),
             shortest_edge: cfg.do_resize.then(|| edge(&cfg.size).map(|(h, _)| h)).flatten(),
             crop: cfg.do_center_crop.then(|| edge(&cfg.crop_size)).flatten(),
-            rescale_factor: cfg.do_rescale.then_some(cfg.rescale_factor as f32),
+            rescale_factor: cfg.do_rescale.then_some(cfg.rescale_factor),
             normalize: cfg
                 .do_normalize
                 .then(|| (triple(&cfg.image_mean, CLIP_MEAN), triple(&cfg.image_std, CLIP_STD))),
@@ -92,7 +91,7 @@ impl ImagePreprocessor {
         if let Some(edge) = self.shortest_edge {
             let (h, w) = resized_dims(rgb.height() as usize, rgb.width() as usize, edge);
             if (h, w) != (rgb.height() as usize, rgb.width() as usize) {
-                rgb = image::imageops::resize(&rgb, w as u32, h as u32, FilterType::CatmullRom);
+                rgb = crate::resize::resize_bicubic(&rgb, w as u32, h as u32);
             }
         }
         if let Some((ch, cw)) = self.crop {
@@ -102,10 +101,11 @@ impl ImagePreprocessor {
         let mut out = vec![0.0f32; 3 * h * w];
         for (x, y, pixel) in rgb.enumerate_pixels() {
             for c in 0..3 {
-                let mut v = pixel.0[c] as f32;
-                if let Some(scale) = self.rescale_factor {
-                    v *= scale;
-                }
+                // Rescaled in f64 then rounded to f32, as transformers' `rescale` does.
+                let mut v = match self.rescale_factor {
+                    Some(scale) => (f64::from(pixel.0[c]) * scale) as f32,
+                    None => f32::from(pixel.0[c]),
+                };
                 if let Some((mean, std)) = self.normalize {
                     v = (v - mean[c]) / std[c];
                 }

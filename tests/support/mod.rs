@@ -1,0 +1,86 @@
+//! Shared helpers of the integration tests: fixture paths, reference tensors, tolerances.
+
+use std::path::PathBuf;
+
+use twigvlm_backbone::weights::TensorSource;
+
+pub type TestBackend = burn::backend::Flex;
+
+/// `tests/fixtures` of the workspace.
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+pub fn model_dir(name: &str) -> PathBuf {
+    fixtures().join(name)
+}
+
+pub fn image_path(name: &str) -> PathBuf {
+    fixtures().join("images").join(name)
+}
+
+/// Tolerances of DESIGN.md §5.
+pub const VISION_ATOL: f32 = 1e-4;
+pub const LOGITS_ATOL: f32 = 1e-3;
+pub const ATTENTION_ATOL: f32 = 1e-4;
+/// Hidden states are compared at the logits tolerance.
+pub const HIDDEN_ATOL: f32 = 1e-3;
+
+/// One case of a reference file written by `xtask/fixtures/make_llava_fixtures.py`.
+#[derive(Debug, Clone)]
+pub struct ReferenceCase {
+    pub name: String,
+    pub image: Option<String>,
+    pub prompt_ids: Vec<u32>,
+    pub greedy_ids: Vec<u32>,
+}
+
+/// Reference tensors and ids for one fixture model.
+pub struct Reference {
+    tensors: TensorSource,
+    pub cases: Vec<ReferenceCase>,
+    pub transformers_version: String,
+}
+
+impl Reference {
+    pub fn load(model: &str) -> Self {
+        let dir = fixtures().join("reference");
+        let mut tensors = TensorSource::default();
+        tensors.add_safetensors(&dir.join(format!("{model}.safetensors"))).expect("reference tensors");
+        let meta: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{model}.json"))).expect("reference json"))
+                .expect("valid json");
+        let ids = |v: &serde_json::Value| v.as_array().expect("id list").iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        let cases = meta["cases"]
+            .as_object()
+            .expect("cases")
+            .iter()
+            .map(|(name, c)| ReferenceCase {
+                name: name.clone(),
+                image: c["image"].as_str().map(String::from),
+                prompt_ids: ids(&c["prompt_ids"]),
+                greedy_ids: ids(&c["greedy_ids"]),
+            })
+            .collect();
+        Self { tensors, cases, transformers_version: meta["transformers"].as_str().unwrap_or("?").to_string() }
+    }
+
+    /// `(values, shape)` of `{case}.{name}`.
+    pub fn tensor(&self, case: &str, name: &str) -> (Vec<f32>, Vec<usize>) {
+        let key = format!("{case}.{name}");
+        let raw = self.tensors.get(&key).unwrap_or_else(|| panic!("reference has no {key}"));
+        (raw.read_f32(&key).expect("readable"), raw.shape.clone())
+    }
+}
+
+/// Largest absolute difference; panics on a length mismatch.
+pub fn max_abs_diff(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len(), "length mismatch");
+    got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
+}
+
+/// Asserts `|got - want| ≤ atol` element-wise, naming the largest deviation.
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32) {
+    let diff = max_abs_diff(got, want);
+    assert!(diff <= atol, "{what}: max |diff| {diff:.3e} exceeds {atol:.0e}");
+}
