@@ -1,0 +1,170 @@
+//! Checkpoint loading and bad input: every failure names what is wrong.
+
+use std::path::Path;
+
+use safetensors::tensor::TensorView;
+use twigvlm_backbone::preprocess::{decode_image, load_image};
+use twigvlm_backbone::weights::TensorSource;
+use twigvlm_backbone::{load_llava, BackboneError, LoadOptions};
+use twigvlm_integration::*;
+
+type B = TestBackend;
+
+/// Copies a fixture model directory, rewriting its single safetensors file through `edit`.
+fn edited_copy(model: &str, edit: impl FnOnce(&mut Vec<(String, Vec<usize>, Vec<f32>)>)) -> tempdir::Dir {
+    let dir = tempdir::Dir::new(model);
+    for entry in std::fs::read_dir(model_dir(model)).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let mut source = TensorSource::default();
+    source.add_safetensors(&model_dir(model).join("model.safetensors")).unwrap();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = source
+        .names()
+        .map(|n| {
+            let raw = source.get(n).unwrap();
+            (n.to_string(), raw.shape.clone(), raw.read_f32(n).unwrap())
+        })
+        .collect();
+    edit(&mut tensors);
+    let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((n, shape, _), b)| (n.clone(), TensorView::new(safetensors::Dtype::F32, shape.clone(), b).unwrap()))
+        .collect();
+    safetensors::serialize_to_file(views, None, &dir.path().join("model.safetensors")).unwrap();
+    dir
+}
+
+mod tempdir {
+    use std::path::{Path, PathBuf};
+
+    /// A scratch directory removed on drop.
+    pub struct Dir(PathBuf);
+
+    impl Dir {
+        pub fn new(tag: &str) -> Self {
+            static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path = std::env::temp_dir().join(format!("twigvlm-test-{}-{tag}-{n}", std::process::id()));
+            std::fs::create_dir_all(&path).unwrap();
+            Self(path)
+        }
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn load(dir: &Path) -> Result<(), BackboneError> {
+    load_llava::<B>(dir, &LoadOptions::default(), &Default::default()).map(|_| ())
+}
+
+#[test]
+fn mis_shaped_tensor_names_the_tensor_and_both_shapes() {
+    const NAME: &str = "model.language_model.layers.1.self_attn.k_proj.weight";
+    let dir = edited_copy("tiny-llava-hf5", |tensors| {
+        let t = tensors.iter_mut().find(|t| t.0 == NAME).unwrap();
+        t.1 = vec![16, 128];
+    });
+    let err = load(dir.path()).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, BackboneError::ShapeMismatch { .. }), "{msg}");
+    assert!(msg.contains(NAME) && msg.contains("[16, 128]") && msg.contains("[32, 64]"), "{msg}");
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    const NAME: &str = "model.language_model.layers.3.mlp.up_proj.weight";
+    let dir = edited_copy("tiny-llava-hf5", |tensors| tensors.retain(|t| t.0 != NAME));
+    let msg = load(dir.path()).unwrap_err().to_string();
+    assert!(msg.contains(NAME) && msg.contains("missing") && msg.contains("[160, 64]"), "{msg}");
+}
+
+#[test]
+fn unused_tensors_are_reported() {
+    let dir = edited_copy("tiny-llava-hf5", |tensors| tensors.push(("model.language_model.extra.weight".into(), vec![2], vec![1.0, 2.0])));
+    let llava = load_llava::<B>(dir.path(), &LoadOptions::default(), &Default::default()).unwrap();
+    assert_eq!(llava.report.unexpected, vec!["model.language_model.extra.weight".to_string()]);
+    // post_layernorm and the unused last vision layer are ignored by design, not reported.
+    assert!(llava.report.ignored.iter().any(|n| n.contains("post_layernorm")));
+    assert!(llava.report.ignored.iter().any(|n| n.contains("encoder.layers.2.")));
+}
+
+#[test]
+fn unknown_layout_is_an_error() {
+    let dir = edited_copy("tiny-llava-hf5", |tensors| {
+        for t in tensors.iter_mut() {
+            t.0 = t.0.replace("model.language_model.", "transformer.");
+        }
+    });
+    let err = load(dir.path()).unwrap_err();
+    assert!(matches!(err, BackboneError::UnknownLayout { .. }), "{err}");
+}
+
+#[test]
+fn directory_without_weights_is_an_error() {
+    let dir = tempdir::Dir::new("empty");
+    std::fs::copy(model_dir("tiny-llava-hf5").join("config.json"), dir.path().join("config.json")).unwrap();
+    let msg = load(dir.path()).unwrap_err().to_string();
+    assert!(msg.contains("no weights found"), "{msg}");
+}
+
+#[test]
+fn corrupt_and_non_images_give_clear_errors() {
+    let err = load_image(&image_path("corrupt.png")).unwrap_err();
+    assert!(matches!(err, BackboneError::Image { .. }), "{err}");
+    assert!(err.to_string().contains("corrupt.png"), "{err}");
+    let err = load_image(&image_path("not-an-image.png")).unwrap_err().to_string();
+    assert!(err.contains("not a recognised image format"), "{err}");
+    let err = decode_image(&[], "empty").unwrap_err().to_string();
+    assert!(err.contains("empty"), "{err}");
+    assert!(load_image(&image_path("does-not-exist.png")).unwrap_err().to_string().contains("does-not-exist.png"));
+}
+
+#[test]
+fn png_jpeg_and_webp_decode() {
+    for (name, size) in [("shapes-80x60.png", (80, 60)), ("noise-50x90.jpg", (50, 90)), ("square-64.webp", (64, 64))] {
+        let image = load_image(&image_path(name)).unwrap();
+        assert_eq!((image.width(), image.height()), size, "{name}");
+    }
+}
+
+#[test]
+fn original_layout_needs_its_clip_directory() {
+    let dir = tempdir::Dir::new("original");
+    for entry in std::fs::read_dir(model_dir("tiny-llava-original")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let msg = load(dir.path()).unwrap_err().to_string();
+    assert!(msg.contains("--vision-tower"), "{msg}");
+    let options = LoadOptions { vision_tower_dir: Some(model_dir("tiny-llava-original").join("clip")) };
+    load_llava::<B>(dir.path(), &options, &Default::default()).expect("explicit CLIP directory works");
+}
+
+#[test]
+fn prompts_are_validated() {
+    let llava = load_llava::<B>(&model_dir("tiny-llava-hf5"), &LoadOptions::default(), &Default::default()).unwrap();
+    let t = &llava.template;
+    assert!(t.render("  ", false).unwrap_err().to_string().contains("empty"));
+    assert!(t.render("look: <image>", false).unwrap_err().to_string().contains("no image"));
+    assert!(t.render("<image> and <image>", true).unwrap_err().to_string().contains("one image"));
+    assert_eq!(
+        t.render("Hi", true).unwrap(),
+        "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, \
+         detailed, and polite answers to the user's questions. USER: <image>\nHi ASSISTANT:"
+    );
+    let text_only = llava.tokenizer.encode(&t.render("Hi", false).unwrap(), 16).unwrap();
+    assert!(text_only.image_span.is_none());
+    assert_eq!(text_only.ids[0], 1, "BOS first, as the HF tokenizer adds it");
+}
