@@ -1,0 +1,111 @@
+//! End-to-end runs of the `twigvlm` binary on the tiny fixtures.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn twigvlm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_twigvlm")).args(args).output().expect("binary runs")
+}
+
+fn reference_greedy(model: &str, case: &str) -> Vec<u64> {
+    let text = std::fs::read_to_string(fixtures().join(format!("reference/{model}.json"))).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    json["cases"][case]["greedy_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect()
+}
+
+fn model(name: &str) -> String {
+    fixtures().join(name).display().to_string()
+}
+
+#[test]
+fn json_output_matches_the_hf_greedy_reference() {
+    let image = fixtures().join("images/shapes-80x60.png").display().to_string();
+    let out = twigvlm(&[
+        "generate", "--model", &model("tiny-llava-hf5"), "--image", &image, "--prompt", "What is shown in this image?",
+        "--max-new-tokens", "20", "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let generated: Vec<u64> = json["generated_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    assert_eq!(generated, reference_greedy("tiny-llava-hf5", "shapes"));
+    assert_eq!(json["prompt_ids"].as_array().unwrap().len(), 34);
+    let stats = &json["stats"];
+    assert_eq!(stats["new_tokens"], 20);
+    for key in ["prefill_ms", "decode_ms", "tokens_per_s"] {
+        assert!(stats[key].as_f64().unwrap() > 0.0, "{key}");
+    }
+    assert!(!json["text"].as_str().unwrap().is_empty());
+}
+
+#[test]
+fn text_only_prompt_streams_text_and_stops_at_eos() {
+    let out = twigvlm(&["generate", "--model", &model("tiny-llava-hf5"), "--prompt", "Tell me a story about a robot.", "--max-new-tokens", "20"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json_run = twigvlm(&[
+        "generate", "--model", &model("tiny-llava-hf5"), "--prompt", "Tell me a story about a robot.", "--max-new-tokens", "20", "--json",
+    ]);
+    let json: serde_json::Value = serde_json::from_slice(&json_run.stdout).unwrap();
+    assert_eq!(String::from_utf8(out.stdout).unwrap().trim_end(), json["text"].as_str().unwrap().trim_end());
+    // The webp case of the reference ends in EOS after 6 tokens.
+    let image = fixtures().join("images/square-64.webp").display().to_string();
+    let out = twigvlm(&["generate", "--model", &model("tiny-llava-hf5"), "--image", &image, "--prompt", "What shape is this?", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["stats"]["stop_reason"], "eos");
+    let ids: Vec<u64> = json["generated_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    assert_eq!(ids, reference_greedy("tiny-llava-hf5", "webp"));
+}
+
+#[test]
+fn dump_tensors_writes_the_reference_shapes() {
+    let dump = std::env::temp_dir().join(format!("twigvlm-dump-{}.safetensors", std::process::id()));
+    let image = fixtures().join("images/shapes-80x60.png").display().to_string();
+    let out = twigvlm(&[
+        "generate", "--model", &model("tiny-llava-hf5"), "--image", &image, "--prompt", "What is shown in this image?",
+        "--max-new-tokens", "2", "--json", "--dump-tensors", dump.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bytes = std::fs::read(&dump).unwrap();
+    std::fs::remove_file(&dump).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(tensors.tensor("pixel_values").unwrap().shape(), &[3, 56, 56]);
+    assert_eq!(tensors.tensor("image_features").unwrap().shape(), &[16, 64]);
+    assert_eq!(tensors.tensor("last_logits").unwrap().shape(), &[451]);
+}
+
+#[test]
+fn sampling_is_reproducible_with_a_seed() {
+    let run = |seed: &str| {
+        let out = twigvlm(&[
+            "generate", "--model", &model("tiny-llava-tied"), "--prompt", "Tell me a story.", "--temperature", "0.8",
+            "--top-p", "0.9", "--seed", seed, "--max-new-tokens", "12", "--json",
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["generated_ids"].clone()
+    };
+    assert_eq!(run("7"), run("7"));
+    assert_ne!(run("7"), run("8"), "different seeds should usually differ over 12 tokens");
+}
+
+#[test]
+fn bad_input_gives_clear_errors() {
+    let fail = |args: &[&str], needle: &str| {
+        let out = twigvlm(args);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "expected `{needle}` in: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    };
+    let corrupt = fixtures().join("images/corrupt.png").display().to_string();
+    fail(&["generate", "--model", &model("tiny-llava-hf5"), "--image", &corrupt, "--prompt", "hi"], "corrupt.png");
+    fail(&["generate", "--model", &model("tiny-llava-hf5"), "--prompt", "  "], "empty");
+    fail(&["generate", "--model", "/nonexistent/model", "--prompt", "hi"], "/nonexistent/model");
+    fail(&["generate", "--model", &model("tiny-llava-hf5"), "--prompt", "hi", "--top-p", "0"], "top-p");
+    #[cfg(not(feature = "cuda"))]
+    fail(&["generate", "--model", &model("tiny-llava-hf5"), "--prompt", "hi", "--backend", "cuda"], "--features cuda");
+    #[cfg(not(feature = "wgpu"))]
+    fail(&["generate", "--model", &model("tiny-llava-hf5"), "--prompt", "hi", "--backend", "wgpu"], "--features wgpu");
+}
