@@ -1,1 +1,60 @@
-fn main() {}
+//! `cargo xtask <task>`: project chores that are not part of the library.
+//!
+//! * `ci`: what `.ci/run` runs (the README's test command, then a compile check of the GPU backends).
+//! * `fixtures`: regenerates `tests/fixtures/` with HF transformers (Python, run by hand, never in CI).
+//! * `bench-hf`: greedy decoding speed of HF transformers vs `twigvlm generate` on the same models.
+
+mod bench_hf;
+mod python;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// The CI run: tests (release) and `cargo check --features cuda,wgpu`.
+    Ci,
+    /// Regenerate tests/fixtures with transformers (creates a Python venv under target/).
+    Fixtures,
+    /// Time HF transformers and twigvlm on the tiny fixture and a mid-size random model.
+    BenchHf(bench_hf::Args),
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_path_buf()
+}
+
+/// Runs a command from the workspace root, failing on a non-zero exit.
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("+ {cmd:?}");
+    let status = cmd.current_dir(workspace_root()).status().with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Ci => {
+            run(Command::new("cargo").args(["test", "--release", "--workspace"]))?;
+            run(Command::new("cargo").args(["check", "--release", "-p", "twigvlm", "--features", "cuda,wgpu"]))
+        }
+        Task::Fixtures => {
+            let python = python::venv()?;
+            run(Command::new(python).args(["xtask/fixtures/make_llava_fixtures.py", "--out", "tests/fixtures"]))
+        }
+        Task::BenchHf(args) => bench_hf::run(args),
+    }
+}
