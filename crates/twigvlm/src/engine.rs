@@ -18,6 +18,8 @@ pub struct GenerateRequest {
     pub max_new_tokens: usize,
     pub sampling: Sampling,
     pub seed: u64,
+    /// Copy pixel values and image features back to the host (for `--dump-tensors`).
+    pub capture_tensors: bool,
 }
 
 /// Timings of one generation.
@@ -39,9 +41,9 @@ pub struct GenerateResult {
     pub generated_ids: Vec<u32>,
     pub text: String,
     pub stats: GenerateStats,
-    /// `[3, size, size]` values fed to the vision tower.
+    /// `[3, size, size]` values fed to the vision tower (with `capture_tensors`).
     pub pixel_values: Option<(Vec<f32>, [usize; 3])>,
-    /// Projector output `[visual_tokens, hidden]`.
+    /// Projector output `[visual_tokens, hidden]` (with `capture_tensors`).
     pub image_features: Option<(Vec<f32>, [usize; 2])>,
     /// Logits at the last prompt position.
     pub last_logits: Vec<f32>,
@@ -80,11 +82,11 @@ impl<B: Backend> Engine<B> {
                 );
                 let pixels = Tensor::<B, 3>::from_data(TensorData::new(values.clone(), shape), &self.device).unsqueeze::<4>();
                 let features = llava.model.image_features(pixels);
-                (Some((values, shape)), Some(features))
+                (request.capture_tensors.then_some((values, shape)), Some(features))
             }
             None => (None, None),
         };
-        let features_host = image_features.as_ref().map(|f| {
+        let features_host = image_features.as_ref().filter(|_| request.capture_tensors).map(|f| {
             let [_, n, d] = f.dims();
             (f.clone().into_data().convert::<f32>().into_vec::<f32>().expect("f32 features"), [n, d])
         });

@@ -82,6 +82,7 @@ impl BackendJob for GenerateJob {
             max_new_tokens: args.max_new_tokens,
             sampling,
             seed: args.seed,
+            capture_tensors: args.dump_tensors.is_some(),
         };
         let mut stdout = std::io::stdout().lock();
         let result = engine.generate(&request, |piece| {
