@@ -168,3 +168,16 @@ fn prompts_are_validated() {
     assert!(text_only.image_span.is_none());
     assert_eq!(text_only.ids[0], 1, "BOS first, as the HF tokenizer adds it");
 }
+
+#[test]
+fn streamed_text_equals_the_full_decode() {
+    let llava = load_llava::<B>(&model_dir("tiny-llava-hf5"), &LoadOptions::default(), &Default::default()).unwrap();
+    let reference = Reference::load("tiny-llava-hf5");
+    // All greedy references back to back (about 70 tokens, word pieces with and without leading spaces).
+    let ids: Vec<u32> = reference.cases.iter().flat_map(|c| c.greedy_ids.iter().copied()).filter(|&t| t != 2).collect();
+    let mut stream = twigvlm_backbone::TextStream::default();
+    let streamed: String = ids.iter().map(|&id| stream.push(&llava.tokenizer, id).unwrap()).collect();
+    let full = llava.tokenizer.decode(&ids).unwrap();
+    assert!(full.len() > 100, "{full}");
+    assert_eq!(streamed, full);
+}

@@ -151,23 +151,35 @@ impl PromptTokenizer {
 }
 
 /// Turns a growing list of generated ids into text pieces that can be printed as they come,
-/// holding back bytes that do not yet form complete characters.
+/// holding back bytes that do not yet form complete characters. Only a short window is decoded
+/// per token (the last emitted tokens serve as context for leading-space rules), so streaming stays
+/// linear in the output length.
 #[derive(Debug, Default)]
 pub struct TextStream {
     ids: Vec<u32>,
-    emitted: usize,
+    /// Start of the context window.
+    prefix: usize,
+    /// End of what has been emitted.
+    read: usize,
 }
 
 impl TextStream {
     /// Adds one id and returns the newly completed text, if any.
     pub fn push(&mut self, tokenizer: &PromptTokenizer, id: u32) -> Result<String> {
         self.ids.push(id);
-        let text = tokenizer.decode(&self.ids)?;
-        if text.ends_with('\u{FFFD}') || text.len() < self.emitted || !text.is_char_boundary(self.emitted) {
+        let context = tokenizer.decode(&self.ids[self.prefix..self.read])?;
+        let text = tokenizer.decode(&self.ids[self.prefix..])?;
+        if text.ends_with('\u{FFFD}') {
             return Ok(String::new());
         }
-        let piece = text[self.emitted..].to_string();
-        self.emitted = text.len();
-        Ok(piece)
+        match text.strip_prefix(context.as_str()) {
+            Some(piece) if !piece.is_empty() => {
+                let piece = piece.to_string();
+                self.prefix = self.read;
+                self.read = self.ids.len();
+                Ok(piece)
+            }
+            _ => Ok(String::new()),
+        }
     }
 }

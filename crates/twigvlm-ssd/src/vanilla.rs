@@ -7,7 +7,7 @@ use burn::prelude::*;
 use twigvlm_backbone::{AttentionProbe, KvCache, LlamaDecoder};
 
 use crate::error::{DecodeError, Result};
-use crate::sampling::{argmax, Sampler};
+use crate::sampling::Sampler;
 
 /// Limits and stopping rules of one generation.
 #[derive(Debug, Clone)]
@@ -72,7 +72,7 @@ pub fn decode_vanilla<B: Backend>(
         if tokens.len() == config.max_new_tokens {
             break StopReason::MaxNewTokens;
         }
-        let token = if sampler.is_greedy() { argmax(&logits) } else { sampler.sample(&logits) };
+        let token = sampler.sample(&logits);
         tokens.push(token);
         if on_token(token).is_break() {
             break StopReason::Cancelled;

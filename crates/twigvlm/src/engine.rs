@@ -80,9 +80,9 @@ impl<B: Backend> Engine<B> {
                     shape[1],
                     shape[2]
                 );
-                let pixels = Tensor::<B, 3>::from_data(TensorData::new(values.clone(), shape), &self.device).unsqueeze::<4>();
-                let features = llava.model.image_features(pixels);
-                (request.capture_tensors.then_some((values, shape)), Some(features))
+                let captured = request.capture_tensors.then(|| (values.clone(), shape));
+                let pixels = Tensor::<B, 3>::from_data(TensorData::new(values, shape), &self.device).unsqueeze::<4>();
+                (captured, Some(llava.model.image_features(pixels)))
             }
             None => (None, None),
         };
