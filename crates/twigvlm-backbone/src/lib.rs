@@ -7,6 +7,7 @@ pub mod activation;
 pub mod clip;
 pub mod config;
 pub mod error;
+pub mod gguf;
 pub mod llama;
 pub mod llava;
 pub mod loading;
