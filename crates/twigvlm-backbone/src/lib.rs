@@ -21,6 +21,6 @@ pub use config::LlavaConfig;
 pub use error::{BackboneError, Result};
 pub use llama::{AttentionProbe, KvCache, LlamaDecoder};
 pub use llava::LlavaModel;
-pub use loading::{load_llava, LoadOptions, LoadedLlava};
+pub use loading::{load_language_model, load_llava, LoadOptions, LoadedLanguageModel, LoadedLlava};
 pub use preprocess::ImagePreprocessor;
 pub use prompt::{ChatTemplate, PromptTokenizer, PromptTokens, TextStream};

@@ -137,3 +137,31 @@ fn resolve_vision_dir(dir: &Path, mm_vision_tower: &str, options: &LoadOptions) 
         ),
     })
 }
+
+/// A text-only Llama (`LlamaForCausalLM` directory, e.g. one written by `twigvlm import gguf`).
+pub struct LoadedLanguageModel<B: Backend> {
+    pub config: crate::config::LlamaConfig,
+    pub model: LlamaDecoder<B>,
+    pub tokenizer: PromptTokenizer,
+    pub report: LoadReport,
+}
+
+/// Loads a `LlamaForCausalLM` directory (`model.*` and `lm_head` keys, or tied embeddings).
+pub fn load_language_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<LoadedLanguageModel<B>> {
+    const BODY: &str = "model";
+    const HEAD: &str = "lm_head";
+    let config_path = dir.join("config.json");
+    let hf: HfLlamaConfig = read_json(&config_path)?;
+    let config = hf
+        .to_llama(None)
+        .map_err(|reason| BackboneError::UnsupportedConfig { path: config_path.clone(), reason })?;
+    let source = TensorSource::open_dir(dir)?;
+    let loader = WeightLoader::<B>::new(&source, device);
+    let model = LlamaDecoder::load(&loader, BODY, HEAD, &config)?;
+    let report = loader.report(|name| ignorable(name, "", 0));
+    if !report.unexpected.is_empty() {
+        tracing::warn!(tensors = ?report.unexpected, "checkpoint tensors not used by the model");
+    }
+    let tokenizer = PromptTokenizer::from_file(&dir.join("tokenizer.json"))?;
+    Ok(LoadedLanguageModel { config, model, tokenizer, report })
+}
