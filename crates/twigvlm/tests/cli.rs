@@ -109,3 +109,19 @@ fn bad_input_gives_clear_errors() {
     #[cfg(not(feature = "wgpu"))]
     fail(&["generate", "--model", &model("tiny-llava-hf5"), "--prompt", "hi", "--backend", "wgpu"], "--features wgpu");
 }
+
+#[test]
+fn import_gguf_writes_a_model_directory() {
+    let out = std::env::temp_dir().join(format!("twigvlm-cli-import-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let gguf = fixtures().join("gguf/tiny-llama.gguf").display().to_string();
+    let run = twigvlm(&["import", "gguf", &gguf, "--out", out.to_str().unwrap()]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(String::from_utf8_lossy(&run.stdout).contains("imported 20 tensors"));
+    for file in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"] {
+        assert!(out.join(file).is_file(), "{file}");
+    }
+    let again = twigvlm(&["import", "gguf", &gguf, "--out", out.to_str().unwrap()]);
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("not empty"));
+    std::fs::remove_dir_all(&out).unwrap();
+}

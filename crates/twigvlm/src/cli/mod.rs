@@ -2,6 +2,7 @@
 
 mod dump;
 mod generate;
+mod import;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::filter::LevelFilter;
@@ -21,6 +22,9 @@ pub struct Cli {
 pub enum Command {
     /// Answer a prompt about an image (or a text-only prompt).
     Generate(generate::GenerateArgs),
+    /// Convert checkpoints from other formats into model directories.
+    #[command(subcommand)]
+    Import(import::ImportCommand),
 }
 
 pub fn init_logging(level: LevelFilter) {
@@ -30,5 +34,6 @@ pub fn init_logging(level: LevelFilter) {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(args) => generate::run(args),
+        Command::Import(command) => import::run(command),
     }
 }
