@@ -53,7 +53,8 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Fixtures => {
             let python = python::venv()?;
-            run(Command::new(python).args(["xtask/fixtures/make_llava_fixtures.py", "--out", "tests/fixtures"]))
+            run(Command::new(&python).args(["xtask/fixtures/make_llava_fixtures.py", "--out", "tests/fixtures"]))?;
+            run(Command::new(&python).args(["xtask/fixtures/make_gguf_fixtures.py", "--out", "tests/fixtures/gguf"]))
         }
         Task::BenchHf(args) => bench_hf::run(args),
     }

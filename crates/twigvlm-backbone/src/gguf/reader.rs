@@ -56,7 +56,8 @@ impl MetadataValue {
 
     pub fn as_f64(&self) -> Option<f64> {
         match *self {
-            Self::F32(v) => Some(v.into()),
+            // Via the shortest decimal form, so an f32 1e-5 reads as 1e-5 and not 9.9999997e-6.
+            Self::F32(v) => v.to_string().parse().ok(),
             Self::F64(v) => Some(v),
             _ => self.as_i64().map(|v| v as f64),
         }
