@@ -8,13 +8,10 @@ use serde_json::json;
 
 use super::reader::{GgufFile, MetadataValue};
 use crate::error::{BackboneError, Result};
+use crate::weights::{write_safetensors, NamedTensor};
 
 /// Storage precision of the imported weights.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ImportDtype {
-    F16,
-    F32,
-}
+pub use crate::weights::StorageDtype as ImportDtype;
 
 /// What an import wrote.
 #[derive(Debug, Clone)]
@@ -136,7 +133,7 @@ pub fn import_gguf(gguf_path: &Path, out_dir: &Path, dtype: ImportDtype, mut pro
     tokenizers::Tokenizer::from_bytes(serde_json::to_vec(&tokenizer).expect("serialisable"))
         .map_err(|e| error(&file, format!("the converted tokenizer is invalid: {e}")))?;
 
-    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    let mut tensors: Vec<NamedTensor> = Vec::new();
     let total = file.tensors.len();
     for (done, info) in file.tensors.iter().enumerate() {
         let (name, heads) = hf_name(&info.name, &hyper).ok_or_else(|| {
@@ -198,27 +195,6 @@ pub fn import_gguf(gguf_path: &Path, out_dir: &Path, dtype: ImportDtype, mut pro
 fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
     let text = serde_json::to_string_pretty(value).expect("serialisable");
     std::fs::write(path, text).map_err(|e| BackboneError::io(path, e))
-}
-
-fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)], dtype: ImportDtype) -> Result<()> {
-    let (st_dtype, bytes): (safetensors::Dtype, Vec<Vec<u8>>) = match dtype {
-        ImportDtype::F32 => (safetensors::Dtype::F32, tensors.iter().map(|t| t.2.iter().flat_map(|v| v.to_le_bytes()).collect()).collect()),
-        ImportDtype::F16 => (
-            safetensors::Dtype::F16,
-            tensors.iter().map(|t| t.2.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect()).collect(),
-        ),
-    };
-    let views = tensors
-        .iter()
-        .zip(&bytes)
-        .map(|(t, b)| {
-            safetensors::tensor::TensorView::new(st_dtype, t.1.clone(), b)
-                .map(|view| (t.0.clone(), view))
-                .map_err(|e| BackboneError::Checkpoint { path: path.to_path_buf(), reason: e.to_string() })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    safetensors::serialize_to_file(views, None, path)
-        .map_err(|e| BackboneError::Checkpoint { path: path.to_path_buf(), reason: e.to_string() })
 }
 
 #[cfg(test)]

@@ -4,7 +4,9 @@
 pub mod layout;
 pub mod loader;
 pub mod source;
+pub mod writer;
 
 pub use layout::CheckpointLayout;
 pub use loader::{LoadReport, WeightLoader};
 pub use source::TensorSource;
+pub use writer::{write_safetensors, NamedTensor, StorageDtype};

@@ -8,6 +8,7 @@ use burn::prelude::Backend;
 use serde::Serialize;
 use twigvlm::{BackendJob, BackendKind, Engine, GenerateRequest, GenerateResult, GenerateStats};
 use twigvlm_backbone::preprocess::load_image;
+use twigvlm_backbone::weights::NamedTensor;
 use twigvlm_backbone::LoadOptions;
 use twigvlm_ssd::Sampling;
 
@@ -110,15 +111,15 @@ impl BackendJob for GenerateJob {
     }
 }
 
-fn dump_entries(result: &GenerateResult) -> Vec<(&'static str, Vec<f32>, Vec<usize>)> {
+fn dump_entries(result: &GenerateResult) -> Vec<NamedTensor> {
     let mut entries = Vec::new();
     if let Some((values, shape)) = &result.pixel_values {
-        entries.push(("pixel_values", values.clone(), shape.to_vec()));
+        entries.push(("pixel_values".to_string(), shape.to_vec(), values.clone()));
     }
     if let Some((values, shape)) = &result.image_features {
-        entries.push(("image_features", values.clone(), shape.to_vec()));
+        entries.push(("image_features".to_string(), shape.to_vec(), values.clone()));
     }
-    entries.push(("last_logits", result.last_logits.clone(), vec![result.last_logits.len()]));
+    entries.push(("last_logits".to_string(), vec![result.last_logits.len()], result.last_logits.clone()));
     entries
 }
 
