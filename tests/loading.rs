@@ -2,16 +2,15 @@
 
 use std::path::Path;
 
-use safetensors::tensor::TensorView;
 use twigvlm_backbone::preprocess::{decode_image, load_image};
-use twigvlm_backbone::weights::TensorSource;
+use twigvlm_backbone::weights::{write_safetensors, NamedTensor, StorageDtype, TensorSource};
 use twigvlm_backbone::{load_llava, BackboneError, LoadOptions};
 use twigvlm_integration::*;
 
 type B = TestBackend;
 
 /// Copies a fixture model directory, rewriting its single safetensors file through `edit`.
-fn edited_copy(model: &str, edit: impl FnOnce(&mut Vec<(String, Vec<usize>, Vec<f32>)>)) -> tempdir::Dir {
+fn edited_copy(model: &str, edit: impl FnOnce(&mut Vec<NamedTensor>)) -> tempdir::Dir {
     let dir = tempdir::Dir::new(model);
     for entry in std::fs::read_dir(model_dir(model)).unwrap() {
         let path = entry.unwrap().path();
@@ -19,7 +18,7 @@ fn edited_copy(model: &str, edit: impl FnOnce(&mut Vec<(String, Vec<usize>, Vec<
     }
     let mut source = TensorSource::default();
     source.add_safetensors(&model_dir(model).join("model.safetensors")).unwrap();
-    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = source
+    let mut tensors: Vec<NamedTensor> = source
         .names()
         .map(|n| {
             let raw = source.get(n).unwrap();
@@ -27,13 +26,7 @@ fn edited_copy(model: &str, edit: impl FnOnce(&mut Vec<(String, Vec<usize>, Vec<
         })
         .collect();
     edit(&mut tensors);
-    let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
-    let views: Vec<(String, TensorView)> = tensors
-        .iter()
-        .zip(&bytes)
-        .map(|((n, shape, _), b)| (n.clone(), TensorView::new(safetensors::Dtype::F32, shape.clone(), b).unwrap()))
-        .collect();
-    safetensors::serialize_to_file(views, None, &dir.path().join("model.safetensors")).unwrap();
+    write_safetensors(&dir.path().join("model.safetensors"), &tensors, StorageDtype::F32).unwrap();
     dir
 }
 

@@ -41,10 +41,6 @@ impl Sampler {
         Self { sampling, rng: StdRng::seed_from_u64(seed) }
     }
 
-    pub fn is_greedy(&self) -> bool {
-        self.sampling == Sampling::Greedy
-    }
-
     /// Picks a token from one row of logits.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         match self.sampling {
