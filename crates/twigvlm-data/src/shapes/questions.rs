@@ -1,0 +1,129 @@
+//! Questions about a scene and their answers. Short answers are single words (or "row r, column c");
+//! the description is one sentence per object in reading order.
+
+use std::fmt;
+use std::str::FromStr;
+
+use rand::seq::IndexedRandom;
+use rand::Rng;
+
+use super::scene::{Colour, Scene, SceneObject, Shape};
+use crate::conversation::Turn;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Task {
+    /// "What color is the <shape>?"
+    Color,
+    /// "What shape is the <color> one?"
+    Shape,
+    /// "Is there a <color> <shape>?" (balanced yes/no, mostly hard negatives)
+    Exists,
+    /// "Where is the <shape>?"
+    Where,
+    /// "Describe the image." (one sentence per object)
+    Describe,
+}
+
+/// Share of "no" answers whose colour and shape both occur in the scene, on different objects.
+const HARD_NEGATIVE_SHARE: f64 = 0.7;
+
+impl Task {
+    pub const ALL: [Task; 5] = [Task::Color, Task::Shape, Task::Exists, Task::Where, Task::Describe];
+    pub const SHORT: [Task; 4] = [Task::Color, Task::Shape, Task::Exists, Task::Where];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Task::Color => "color",
+            Task::Shape => "shape",
+            Task::Exists => "exists",
+            Task::Where => "where",
+            Task::Describe => "describe",
+        }
+    }
+}
+
+impl fmt::Display for Task {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Task {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Task::ALL.into_iter().find(|t| t.name() == s).ok_or_else(|| {
+            format!("unknown task `{s}` (expected one of {})", Task::ALL.map(Task::name).join(", "))
+        })
+    }
+}
+
+fn location(object: &SceneObject) -> String {
+    format!("row {}, column {}", object.row + 1, object.column + 1)
+}
+
+/// The description of a scene: "A red circle at row 1, column 2." per object.
+pub fn describe_answer(scene: &Scene) -> String {
+    scene
+        .objects
+        .iter()
+        .map(|o| format!("A {} {} at {}.", o.colour.word(), o.shape.word(), location(o)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Objects named in a description, in the format of [`describe_answer`]; sentences that do not
+/// parse are skipped (they count as misses in scoring).
+pub fn parse_description(text: &str) -> Vec<SceneObject> {
+    text.split('.')
+        .filter_map(|sentence| {
+            let words: Vec<String> = sentence
+                .split(|c: char| c.is_whitespace() || c == ',')
+                .filter(|w| !w.is_empty())
+                .map(str::to_lowercase)
+                .collect();
+            let colour = words.iter().find_map(|w| Colour::from_word(w))?;
+            let shape = words.iter().find_map(|w| Shape::from_word(w))?;
+            let number_after = |key: &str| -> Option<usize> {
+                let at = words.iter().position(|w| w == key)?;
+                words.get(at + 1)?.parse::<usize>().ok()?.checked_sub(1)
+            };
+            Some(SceneObject { row: number_after("row")?, column: number_after("column")?, shape, colour })
+        })
+        .collect()
+}
+
+/// One question of `task` about `scene` (which must hold at least one object), with its answer.
+pub fn ask(task: Task, scene: &Scene, rng: &mut impl Rng) -> Turn {
+    let object = *scene.objects.choose(rng).expect("a scene has at least one object");
+    let (user, assistant) = match task {
+        Task::Color => (format!("What color is the {}?", object.shape.word()), object.colour.word().to_string()),
+        Task::Shape => (format!("What shape is the {} one?", object.colour.word()), object.shape.word().to_string()),
+        Task::Where => (format!("Where is the {}?", object.shape.word()), location(&object)),
+        Task::Describe => ("Describe the image.".to_string(), describe_answer(scene)),
+        Task::Exists => {
+            let (colour, shape, answer) = if rng.random_bool(0.5) {
+                (object.colour, object.shape, "yes")
+            } else {
+                let (colour, shape) = absent_pair(scene, rng);
+                (colour, shape, "no")
+            };
+            (format!("Is there a {} {}?", colour.word(), shape.word()), answer.to_string())
+        }
+    };
+    Turn { user, assistant, task: Some(task) }
+}
+
+/// A colour–shape pair not in the scene: with two or more objects, usually a hard negative (the
+/// colour of one object with the shape of another), otherwise any absent pair.
+fn absent_pair(scene: &Scene, rng: &mut impl Rng) -> (Colour, Shape) {
+    if scene.objects.len() >= 2 && rng.random_bool(HARD_NEGATIVE_SHARE) {
+        let picked: Vec<&SceneObject> = scene.objects.choose_multiple(rng, 2).collect();
+        return (picked[0].colour, picked[1].shape);
+    }
+    let pairs: Vec<(Colour, Shape)> = Colour::ALL
+        .into_iter()
+        .flat_map(|c| Shape::ALL.into_iter().map(move |s| (c, s)))
+        .filter(|&(c, s)| !scene.contains(c, s))
+        .collect();
+    *pairs.choose(rng).expect("at most six objects leave absent pairs")
+}
