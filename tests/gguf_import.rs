@@ -97,3 +97,26 @@ fn foreign_architectures_and_tensors_are_refused() {
     assert!(err.contains("architecture `mamba` is not supported"), "{err}");
     assert!(!out.exists());
 }
+
+#[test]
+fn imported_chat_template_renders_the_reference_prompt_and_splits_training_turns() {
+    let dir = imported(ImportDtype::F32);
+    let reference = reference();
+    let lm = load_language_model::<B>(&dir, &Default::default()).unwrap();
+    let question = "What color is the triangle? 42 🙂";
+    let text = lm.template.render(question, false).unwrap();
+    assert_eq!(text, reference.text);
+    assert_eq!(lm.tokenizer.encode(&text, 0).unwrap().ids, reference.prompt_ids);
+
+    let turns = [(question.to_string(), "red".to_string()), ("And the circle?".to_string(), "blue".to_string())];
+    let segments = lm.template.training_segments(None, &turns, true).unwrap();
+    let (tokens, trained) = lm.tokenizer.encode_segments(&segments, 4).unwrap();
+    assert_eq!(tokens.ids.len(), trained.len());
+    let span = tokens.image_span.clone().expect("image span");
+    assert_eq!(span.len(), 4);
+    assert!(trained[..span.end].iter().all(|&t| !t), "nothing before the first answer is trained");
+    let answer_ids: Vec<u32> = tokens.ids.iter().zip(&trained).filter(|(_, &t)| t).map(|(&id, _)| id).collect();
+    assert_eq!(lm.tokenizer.decode(&answer_ids).unwrap(), "red\nblue\n", "answers and their end-of-turn tokens are trained");
+    assert_eq!(answer_ids.iter().filter(|&&id| id == 2).count(), 2, "<|im_end|> closes each answer");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

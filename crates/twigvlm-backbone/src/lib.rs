@@ -4,6 +4,7 @@
 //! and prompt tokenisation.
 
 pub mod activation;
+pub mod chat_template;
 pub mod clip;
 pub mod config;
 pub mod error;
@@ -23,4 +24,5 @@ pub use llama::{AttentionProbe, KvCache, LlamaDecoder};
 pub use llava::LlavaModel;
 pub use loading::{load_language_model, load_llava, LoadOptions, LoadedLanguageModel, LoadedLlava};
 pub use preprocess::ImagePreprocessor;
-pub use prompt::{ChatTemplate, PromptTokenizer, PromptTokens, TextStream};
+pub use chat_template::{ChatMessage, ChatTemplate, Role};
+pub use prompt::{PromptTokenizer, PromptTokens, TextStream, IMAGE_PLACEHOLDER};

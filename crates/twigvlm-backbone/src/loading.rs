@@ -14,7 +14,8 @@ use crate::llama::LlamaDecoder;
 use crate::llava::LlavaModel;
 use crate::preprocess::ImagePreprocessor;
 use crate::projector::Projector;
-use crate::prompt::{ChatTemplate, PromptTokenizer};
+use crate::chat_template::ChatTemplate;
+use crate::prompt::PromptTokenizer;
 use crate::weights::layout::{find_vision, ignorable, LayoutKind};
 use crate::weights::{CheckpointLayout, LoadReport, TensorSource, WeightLoader};
 
@@ -100,7 +101,9 @@ pub fn load_llava<B: Backend>(dir: &Path, options: &LoadOptions, device: &B::Dev
 
     let tokenizer = PromptTokenizer::from_file(&dir.join("tokenizer.json"))?;
     let preprocessor = preprocessor_for(dir, clip_dir.as_deref(), &config, pad_default)?;
-    Ok(LoadedLlava { config, model, tokenizer, preprocessor, template: ChatTemplate::VicunaV1, layout, report })
+    // LLaVA-1.5 checkpoints carry no template of their own and were trained with vicuna_v1.
+    let template = ChatTemplate::from_model_dir(dir)?.unwrap_or(ChatTemplate::VicunaV1);
+    Ok(LoadedLlava { config, model, tokenizer, preprocessor, template, layout, report })
 }
 
 fn preprocessor_for(dir: &Path, clip_dir: Option<&Path>, config: &LlavaConfig, pad_default: bool) -> Result<ImagePreprocessor> {
@@ -143,6 +146,8 @@ pub struct LoadedLanguageModel<B: Backend> {
     pub config: crate::config::LlamaConfig,
     pub model: LlamaDecoder<B>,
     pub tokenizer: PromptTokenizer,
+    /// The model's own template, else the text as given.
+    pub template: ChatTemplate,
     pub report: LoadReport,
 }
 
@@ -163,5 +168,6 @@ pub fn load_language_model<B: Backend>(dir: &Path, device: &B::Device) -> Result
         tracing::warn!(tensors = ?report.unexpected, "checkpoint tensors not used by the model");
     }
     let tokenizer = PromptTokenizer::from_file(&dir.join("tokenizer.json"))?;
-    Ok(LoadedLanguageModel { config, model, tokenizer, report })
+    let template = ChatTemplate::from_model_dir(dir)?.unwrap_or(ChatTemplate::Raw);
+    Ok(LoadedLanguageModel { config, model, tokenizer, template, report })
 }

@@ -1,5 +1,4 @@
-//! Chat templates and prompt tokenisation with image placeholders expanded to the image's
-//! visual-token positions.
+//! Prompt tokenisation with image placeholders expanded to the image's visual-token positions.
 
 use std::ops::Range;
 use std::path::Path;
@@ -10,46 +9,6 @@ use crate::error::{BackboneError, Result};
 
 /// The image placeholder inside prompt text.
 pub const IMAGE_PLACEHOLDER: &str = "<image>";
-
-/// How a user turn becomes model text.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ChatTemplate {
-    /// LLaVA-1.5's `vicuna_v1` conversation.
-    VicunaV1,
-    /// The text goes in as given.
-    Raw,
-}
-
-const VICUNA_V1_SYSTEM: &str = "A chat between a curious user and an artificial intelligence assistant. \
-The assistant gives helpful, detailed, and polite answers to the user's questions.";
-
-impl ChatTemplate {
-    /// Renders one user turn. With an image and no placeholder in `prompt`, the placeholder goes
-    /// first on its own line, as LLaVA-1.5 does.
-    pub fn render(&self, prompt: &str, has_image: bool) -> Result<String> {
-        if prompt.trim().is_empty() {
-            return Err(BackboneError::Prompt("the prompt is empty".into()));
-        }
-        let placeholders = prompt.matches(IMAGE_PLACEHOLDER).count();
-        match (has_image, placeholders) {
-            (false, 0) | (true, 1) => {}
-            (false, _) => {
-                return Err(BackboneError::Prompt(format!("the prompt contains {IMAGE_PLACEHOLDER} but no image was given")))
-            }
-            (true, 0) => {}
-            (true, n) => {
-                return Err(BackboneError::Prompt(format!(
-                    "the prompt contains {n} {IMAGE_PLACEHOLDER} placeholders; one image per prompt is supported"
-                )))
-            }
-        }
-        let user = if has_image && placeholders == 0 { format!("{IMAGE_PLACEHOLDER}\n{prompt}") } else { prompt.to_string() };
-        Ok(match self {
-            ChatTemplate::VicunaV1 => format!("{VICUNA_V1_SYSTEM} USER: {user} ASSISTANT:"),
-            ChatTemplate::Raw => user,
-        })
-    }
-}
 
 /// A tokenised prompt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,6 +97,29 @@ impl PromptTokenizer {
         ids.extend(std::iter::repeat_n(placeholder, visual_tokens));
         ids.extend(after);
         Ok(PromptTokens { ids, image_span: Some(start..start + visual_tokens) })
+    }
+
+    /// Encodes training segments (see `ChatTemplate::training_segments`): the first segment like a
+    /// prompt (special tokens, image placeholder), later ones as plain continuations. Returns the
+    /// tokens and, per token, whether it belongs to a trained segment.
+    pub fn encode_segments(&self, segments: &[crate::chat_template::Segment], visual_tokens: usize) -> Result<(PromptTokens, Vec<bool>)> {
+        let mut tokens = PromptTokens { ids: Vec::new(), image_span: None };
+        let mut trained = Vec::new();
+        for (index, segment) in segments.iter().enumerate() {
+            let ids = if index == 0 {
+                tokens = self.encode(&segment.text, visual_tokens)?;
+                tokens.ids.len()
+            } else {
+                if segment.text.contains(IMAGE_PLACEHOLDER) {
+                    return Err(BackboneError::Prompt(format!("{IMAGE_PLACEHOLDER} may only appear in the first user turn")));
+                }
+                let ids = self.tokenizer.encode(segment.text.as_str(), false).map_err(|e| BackboneError::Tokenizer(e.to_string()))?;
+                tokens.ids.extend_from_slice(ids.get_ids());
+                ids.len()
+            };
+            trained.extend(std::iter::repeat_n(segment.trained, ids));
+        }
+        Ok((tokens, trained))
     }
 
     fn is_special(&self, id: u32) -> bool {
