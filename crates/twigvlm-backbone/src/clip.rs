@@ -1,8 +1,8 @@
 //! CLIP ViT vision tower, run up to the hidden state LLaVA selects (`vision_feature_layer`).
 
-use burn::module::Param;
+use burn::module::{Initializer, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{LayerNorm, Linear};
+use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
@@ -106,6 +106,57 @@ impl<B: Backend> ClipVisionTower<B> {
             pre_layrnorm: loader.layer_norm(&format!("{prefix}.pre_layrnorm"), d, eps)?,
             layers,
         })
+    }
+
+    /// A randomly initialised tower (for training from scratch), with `layers` encoder layers;
+    /// embeddings as CLIP initialises them (normal, std 0.02).
+    pub fn init(cfg: &ClipVisionConfig, layers: usize, device: &B::Device) -> Self {
+        const EMBEDDING_STD: f64 = 0.02;
+        let d = cfg.hidden_size;
+        let normal = Initializer::Normal { mean: 0.0, std: EMBEDDING_STD };
+        let norm = || LayerNormConfig::new(d).with_epsilon(cfg.layer_norm_eps).init(device);
+        let linear = |d_in: usize, d_out: usize| LinearConfig::new(d_in, d_out).init(device);
+        let layers = (0..layers)
+            .map(|_| ClipEncoderLayer {
+                layer_norm1: norm(),
+                self_attn: ClipAttention {
+                    q_proj: linear(d, d),
+                    k_proj: linear(d, d),
+                    v_proj: linear(d, d),
+                    out_proj: linear(d, d),
+                    num_heads: cfg.num_heads,
+                },
+                layer_norm2: norm(),
+                fc1: linear(d, cfg.intermediate_size),
+                fc2: linear(cfg.intermediate_size, d),
+                activation: cfg.activation,
+            })
+            .collect();
+        Self {
+            patch_embedding: Conv2dConfig::new([cfg.num_channels, d], [cfg.patch_size, cfg.patch_size])
+                .with_stride([cfg.patch_size, cfg.patch_size])
+                .with_bias(false)
+                .init(device),
+            class_embedding: normal.init([d], device),
+            position_embedding: normal.init([cfg.num_positions(), d], device),
+            pre_layrnorm: norm(),
+            layers,
+        }
+    }
+
+    /// Checkpoint names of a burn parameter path, under `prefix` (e.g. `vision_tower.vision_model`).
+    pub fn hf_name(prefix: &str, burn_path: &str) -> String {
+        let embedding = ["patch_embedding.", "class_embedding", "position_embedding"];
+        if let Some(rest) = burn_path.strip_prefix("layers.") {
+            let rest = rest.replacen(".fc1.", ".mlp.fc1.", 1).replacen(".fc2.", ".mlp.fc2.", 1);
+            format!("{prefix}.encoder.layers.{rest}")
+        } else if burn_path == "position_embedding" {
+            format!("{prefix}.embeddings.position_embedding.weight")
+        } else if embedding.iter().any(|e| burn_path.starts_with(e)) {
+            format!("{prefix}.embeddings.{burn_path}")
+        } else {
+            format!("{prefix}.{burn_path}")
+        }
     }
 
     /// # Shapes

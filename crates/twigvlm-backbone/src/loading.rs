@@ -106,6 +106,16 @@ pub fn load_llava<B: Backend>(dir: &Path, options: &LoadOptions, device: &B::Dev
     Ok(LoadedLlava { config, model, tokenizer, preprocessor, template, layout, report })
 }
 
+/// The LLaVA config and image preprocessing of a llava-hf model directory, without its weights
+/// (what training a model's parts from scratch starts from).
+pub fn read_llava_spec(dir: &Path) -> Result<(LlavaConfig, ImagePreprocessor)> {
+    let config_path = dir.join("config.json");
+    let hf: HfLlavaConfig = read_json(&config_path)?;
+    let config = hf.to_llava().map_err(|reason| BackboneError::UnsupportedConfig { path: config_path, reason })?;
+    let preprocessor = preprocessor_for(dir, None, &config, false)?;
+    Ok((config, preprocessor))
+}
+
 fn preprocessor_for(dir: &Path, clip_dir: Option<&Path>, config: &LlavaConfig, pad_default: bool) -> Result<ImagePreprocessor> {
     const FILE: &str = "preprocessor_config.json";
     let candidates = std::iter::once(dir.join(FILE)).chain(clip_dir.map(|d| d.join(FILE)));

@@ -1,6 +1,6 @@
 //! The multimodal projector: vision features → language-model embeddings.
 
-use burn::nn::Linear;
+use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 
 use crate::config::{Activation, ProjectorConfig};
@@ -31,6 +31,17 @@ impl<B: Backend> Projector<B> {
                 name: format!("{} (projector layers do not match the configured projector type)", prefixes.join(", ")),
                 expected: vec![d_in, d_out],
             }),
+        }
+    }
+
+    /// A randomly initialised projector of the configured type.
+    pub fn init(cfg: &ProjectorConfig, device: &B::Device) -> Self {
+        let (d_in, d_out) = (cfg.vision_hidden_size, cfg.text_hidden_size);
+        let linear = |a: usize, b: usize| LinearConfig::new(a, b).with_bias(cfg.bias).init(device);
+        Self {
+            linear_1: linear(d_in, d_out),
+            linear_2: cfg.activation.map(|_| linear(d_out, d_out)),
+            activation: cfg.activation,
         }
     }
 

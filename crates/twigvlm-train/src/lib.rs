@@ -1,2 +1,17 @@
-//! Training with burn autodiff: the twig and the demo model. Not implemented yet: see the twig
-//! and demo-model issues.
+//! Training on burn autodiff: one loop ([`trainer::train`]) with AdamW, warm-up + cosine learning
+//! rate, global-norm gradient clipping, progress, atomic checkpoints and resume; the objectives
+//! plug into it (the vision tower's per-patch pre-training here; the projector and the twig next).
+
+pub mod checkpoint;
+pub mod clipping;
+pub mod error;
+pub mod loss;
+pub mod optimizer;
+pub mod schedule;
+pub mod trainer;
+pub mod vision;
+
+pub use error::{Result, TrainError};
+pub use optimizer::OptimizerConfig;
+pub use schedule::LrSchedule;
+pub use trainer::{train, Objective, StepMetrics, TrainOptions, TrainReport};

@@ -1,7 +1,9 @@
 //! Run-time backend selection. Model code is generic over `B: Backend`; this is the one place that
 //! names concrete backends.
 
+use burn::backend::Autodiff;
 use burn::prelude::Backend;
+use burn::tensor::backend::AutodiffBackend;
 
 /// Backends the binary can run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -19,6 +21,21 @@ pub enum BackendKind {
 pub trait BackendJob {
     type Output;
     fn run<B: Backend>(self, device: B::Device) -> Self::Output;
+}
+
+/// Training work: runs on the chosen backend wrapped in burn's autodiff.
+pub trait AutodiffJob {
+    type Output;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output;
+}
+
+struct WithAutodiff<J>(J);
+
+impl<J: AutodiffJob> BackendJob for WithAutodiff<J> {
+    type Output = J::Output;
+    fn run<B: Backend>(self, device: B::Device) -> Self::Output {
+        self.0.run::<Autodiff<B>>(device)
+    }
 }
 
 /// The backend was not compiled into this binary.
@@ -45,6 +62,11 @@ impl BackendKind {
             BackendKind::Wgpu => run_wgpu(job),
             BackendKind::Cuda => run_cuda(job),
         }
+    }
+
+    /// Runs training `job` on this backend with autodiff.
+    pub fn run_autodiff<J: AutodiffJob>(self, job: J) -> Result<J::Output, BackendUnavailable> {
+        self.run(WithAutodiff(job))
     }
 }
 

@@ -1,11 +1,13 @@
 //! Checkpoint reading: files → [`TensorSource`], key layouts → [`layout::CheckpointLayout`],
 //! tensors → burn modules via [`WeightLoader`].
 
+pub mod export;
 pub mod layout;
 pub mod loader;
 pub mod source;
 pub mod writer;
 
+pub use export::hf_tensors;
 pub use layout::CheckpointLayout;
 pub use loader::{LoadReport, WeightLoader};
 pub use source::TensorSource;

@@ -3,6 +3,7 @@
 mod dump;
 mod generate;
 mod import;
+mod train;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::filter::LevelFilter;
@@ -25,6 +26,9 @@ pub enum Command {
     /// Convert checkpoints from other formats into model directories.
     #[command(subcommand)]
     Import(import::ImportCommand),
+    /// Train the parts of a model this project trains (the demo model's stages).
+    #[command(subcommand)]
+    Train(train::TrainCommand),
 }
 
 pub fn init_logging(level: LevelFilter) {
@@ -35,5 +39,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Import(command) => import::run(command),
+        Command::Train(command) => train::run(command),
     }
 }

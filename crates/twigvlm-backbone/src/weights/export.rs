@@ -1,0 +1,58 @@
+//! Module → Hugging Face tensors: the inverse of [`super::WeightLoader`], for the parts this project
+//! trains (vision tower, projector, twig). Names follow burn's module paths, renamed by the caller;
+//! burn's `Linear` weights `[in, out]` are transposed back to PyTorch's `[out, in]` and LayerNorm's
+//! `gamma`/`beta` become `weight`/`bias`.
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::prelude::*;
+
+use super::writer::NamedTensor;
+
+const LINEAR: &str = "Struct:Linear";
+const LAYER_NORM: &str = "Struct:LayerNorm";
+
+struct Exporter<'a> {
+    /// (field name, container type) of the modules entered so far.
+    path: Vec<(String, String)>,
+    rename: &'a dyn Fn(&str) -> String,
+    tensors: Vec<NamedTensor>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for Exporter<'_> {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.push((name.to_string(), container_type.to_string()));
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let tensor = param.val();
+        let mut shape = tensor.dims().to_vec();
+        let mut values = tensor.into_data().convert::<f32>().into_vec::<f32>().expect("f32 after convert");
+        let Some((field, _)) = self.path.last() else { return };
+        let parent = self.path.iter().rev().nth(1).map(|(_, kind)| kind.as_str()).unwrap_or_default();
+        let mut names: Vec<&str> = self.path.iter().map(|(name, _)| name.as_str()).collect();
+        let renamed_field = match (parent, field.as_str()) {
+            (LAYER_NORM, "gamma") => "weight",
+            (LAYER_NORM, "beta") => "bias",
+            (_, other) => other,
+        };
+        *names.last_mut().expect("non-empty") = renamed_field;
+        if parent == LINEAR && field == "weight" && D == 2 {
+            let (rows, cols) = (shape[0], shape[1]);
+            values = (0..cols).flat_map(|c| (0..rows).map(move |r| (r, c))).map(|(r, c)| values[r * cols + c]).collect();
+            shape = vec![cols, rows];
+        }
+        self.tensors.push(((self.rename)(&names.join(".")), shape, values));
+    }
+}
+
+/// The module's parameters as PyTorch-layout tensors; `rename` maps burn paths
+/// (`layers.0.fc1.weight`) to checkpoint names.
+pub fn hf_tensors<B: Backend, M: Module<B>>(module: &M, rename: &dyn Fn(&str) -> String) -> Vec<NamedTensor> {
+    let mut exporter = Exporter { path: Vec::new(), rename, tensors: Vec::new() };
+    module.visit(&mut exporter);
+    exporter.tensors
+}

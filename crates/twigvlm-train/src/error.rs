@@ -1,0 +1,17 @@
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("invalid training configuration: {0}")]
+    Config(String),
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Backbone(#[from] twigvlm_backbone::BackboneError),
+    #[error(transparent)]
+    Data(#[from] twigvlm_data::DataError),
+    #[error("the loss is not finite ({loss}) at step {step}; lower the learning rate")]
+    Diverged { step: usize, loss: f32 },
+}
+
+pub type Result<T> = std::result::Result<T, TrainError>;

@@ -1,0 +1,19 @@
+//! Cross-entropy with per-row weights (0 = ignored), computed in one pass over a `[rows, classes]` block.
+
+use burn::prelude::*;
+use burn::tensor::activation::log_softmax;
+
+/// Weighted mean of `-log p(target)` over rows; `weights` may hold zeros for rows to skip.
+///
+/// # Shapes
+/// - logits: `[rows, classes]`; targets, weights: `rows` values
+pub fn weighted_cross_entropy<B: Backend>(logits: Tensor<B, 2>, targets: &[i64], weights: &[f32]) -> Tensor<B, 1> {
+    let device = logits.device();
+    let rows = targets.len();
+    debug_assert_eq!(logits.dims()[0], rows);
+    let total_weight: f32 = weights.iter().sum();
+    let targets = Tensor::<B, 2, Int>::from_data(TensorData::new(targets.to_vec(), [rows, 1]), &device);
+    let picked = log_softmax(logits, 1).gather(1, targets).reshape([rows]);
+    let weights = Tensor::<B, 1>::from_data(TensorData::new(weights.to_vec(), [rows]), &device);
+    (picked * weights).sum().neg() / total_weight.max(f32::MIN_POSITIVE)
+}

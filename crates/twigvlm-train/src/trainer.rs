@@ -1,0 +1,135 @@
+//! The training loop shared by every stage: the objective supplies the loss of each step's batch
+//! (batches depend only on the step number, so a resumed run sees exactly the data an
+//! uninterrupted one would), the loop does the optimisation, logging, checkpoints and resume.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::optim::{GradientsParams, Optimizer};
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint;
+use crate::clipping::clip_global_norm;
+use crate::error::{Result, TrainError};
+use crate::optimizer::OptimizerConfig;
+use crate::schedule::LrSchedule;
+
+/// One stage's training problem.
+pub trait Objective<B: AutodiffBackend> {
+    type Model: AutodiffModule<B>;
+
+    /// The loss of step `step`'s batch and how many items (examples or tokens) it covered.
+    fn loss(&mut self, model: &Self::Model, step: usize) -> Result<(Tensor<B, 1>, usize)>;
+
+    /// Held-out metrics (name, value), computed every `eval_every` steps and at the end.
+    fn evaluate(&mut self, _model: &Self::Model) -> Result<Vec<(String, f64)>> {
+        Ok(Vec::new())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    pub steps: usize,
+    pub schedule: LrSchedule,
+    pub optimizer: OptimizerConfig,
+    pub checkpoint_every: usize,
+    pub eval_every: Option<usize>,
+    /// Steps between log entries (loss averaged over them).
+    pub log_every: usize,
+    pub out_dir: PathBuf,
+    /// Continue from `out_dir`'s checkpoint if there is one.
+    pub resume: bool,
+    pub show_progress: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepMetrics {
+    /// Steps done when this entry was written.
+    pub step: usize,
+    pub loss: f32,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub items_per_s: f64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub eval: Vec<(String, f64)>,
+}
+
+/// Loop state saved with each checkpoint.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TrainReport {
+    pub steps_done: usize,
+    pub seconds: f64,
+    pub history: Vec<StepMetrics>,
+}
+
+pub fn train<B, O>(objective: &mut O, model: O::Model, options: &TrainOptions, device: &B::Device) -> Result<(O::Model, TrainReport)>
+where
+    B: AutodiffBackend,
+    O: Objective<B>,
+{
+    if options.steps == 0 || options.log_every == 0 || options.checkpoint_every == 0 {
+        return Err(TrainError::Config("steps, log_every and checkpoint_every must be positive".into()));
+    }
+    std::fs::create_dir_all(&options.out_dir)
+        .map_err(|e| TrainError::Checkpoint { path: options.out_dir.clone(), reason: e.to_string() })?;
+    let mut optimizer = options.optimizer.adamw::<B, O::Model>();
+    let (mut model, mut report) = (model, TrainReport::default());
+    if options.resume && checkpoint::exists(&options.out_dir) {
+        let (m, o, r) = checkpoint::load::<B, _, _, TrainReport>(&options.out_dir, model, optimizer, device)?;
+        (model, optimizer, report) = (m, o, r);
+        tracing::info!(step = report.steps_done, "resumed from checkpoint");
+    }
+    let progress = if options.show_progress { ProgressBar::new(options.steps as u64) } else { ProgressBar::hidden() };
+    progress.set_style(ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} steps {msg}").expect("valid template").progress_chars("=> "));
+    progress.set_position(report.steps_done as u64);
+
+    let started = Instant::now() - std::time::Duration::from_secs_f64(report.seconds);
+    let (mut loss_sum, mut norm_sum, mut items, mut window_steps, mut window_start) = (0.0f64, 0.0f64, 0usize, 0usize, Instant::now());
+    for step in report.steps_done..options.steps {
+        let (loss, step_items) = objective.loss(&model, step)?;
+        let loss_value = loss.clone().into_scalar().elem::<f32>();
+        if !loss_value.is_finite() {
+            return Err(TrainError::Diverged { step, loss: loss_value });
+        }
+        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+        let grad_norm = clip_global_norm(&model, &mut grads, options.optimizer.max_grad_norm);
+        let lr = options.schedule.at(step);
+        model = optimizer.step(lr, model, grads);
+        (loss_sum, norm_sum, items, window_steps) = (loss_sum + loss_value as f64, norm_sum + grad_norm, items + step_items, window_steps + 1);
+        let done = step + 1;
+        progress.inc(1);
+
+        let evaluate = options.eval_every.is_some_and(|every| done % every == 0) || done == options.steps;
+        if done % options.log_every == 0 || evaluate {
+            let eval = if evaluate { objective.evaluate(&model)? } else { Vec::new() };
+            let entry = StepMetrics {
+                step: done,
+                loss: (loss_sum / window_steps as f64) as f32,
+                lr,
+                grad_norm: norm_sum / window_steps as f64,
+                items_per_s: items as f64 / window_start.elapsed().as_secs_f64().max(1e-9),
+                eval,
+            };
+            progress.set_message(format!("loss {:.4} lr {:.2e} |g| {:.2} {:.1} items/s", entry.loss, lr, entry.grad_norm, entry.items_per_s));
+            if !entry.eval.is_empty() {
+                let metrics: Vec<String> = entry.eval.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+                progress.println(format!("step {done}: loss {:.4}, {}", entry.loss, metrics.join(", ")));
+            }
+            tracing::info!(step = done, loss = entry.loss, lr, grad_norm = entry.grad_norm, "train");
+            report.history.push(entry);
+            (loss_sum, norm_sum, items, window_steps, window_start) = (0.0, 0.0, 0, 0, Instant::now());
+        }
+        report.steps_done = done;
+        if done % options.checkpoint_every == 0 || done == options.steps {
+            report.seconds = started.elapsed().as_secs_f64();
+            checkpoint::save(&options.out_dir, &model, &optimizer, &report)?;
+        }
+    }
+    progress.finish_and_clear();
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok((model, report))
+}
