@@ -4,6 +4,7 @@
 pub mod conversation;
 pub mod error;
 pub mod llava_json;
+pub mod score;
 pub mod shapes;
 pub mod spec;
 

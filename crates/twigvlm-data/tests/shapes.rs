@@ -168,3 +168,19 @@ fn specs_parse_and_reject_bad_input() {
         assert!(message.contains(needle), "{bad}: {message}");
     }
 }
+
+#[test]
+fn scoring_normalises_and_counts_objects() {
+    use twigvlm_data::score::{exact_match, DescribeCounts};
+    assert!(exact_match(" Red.", "red"));
+    assert!(exact_match("row 3,  column 5", "Row 3, column 5."));
+    assert!(!exact_match("red circle", "red"));
+    let reference = describe_answer(&hand_built());
+    let mut counts = DescribeCounts::default();
+    counts.add("A blue ring at row 1, column 8. A red triangle at row 6, column 3. A green square at row 2, column 2.", &reference);
+    assert_eq!((counts.true_positives, counts.false_positives, counts.false_negatives), (1, 2, 2));
+    assert!((counts.precision() - 1.0 / 3.0).abs() < 1e-12 && (counts.recall() - 1.0 / 3.0).abs() < 1e-12);
+    counts = DescribeCounts::default();
+    counts.add(&reference, &reference);
+    assert_eq!(counts.f1(), 1.0);
+}

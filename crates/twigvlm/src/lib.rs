@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod engine;
+pub mod eval;
 
 pub use backend::{BackendKind, BackendJob};
 pub use engine::{Engine, GenerateRequest, GenerateResult, GenerateStats};

@@ -12,7 +12,7 @@ const LINEAR: &str = "Struct:Linear";
 const LAYER_NORM: &str = "Struct:LayerNorm";
 
 struct Exporter<'a> {
-    /// (field name, container type) of the modules entered so far.
+    /// (field name, type of the struct holding the field) of the fields entered so far.
     path: Vec<(String, String)>,
     rename: &'a dyn Fn(&str) -> String,
     tensors: Vec<NamedTensor>,
@@ -31,8 +31,8 @@ impl<B: Backend> ModuleVisitor<B> for Exporter<'_> {
         let tensor = param.val();
         let mut shape = tensor.dims().to_vec();
         let mut values = tensor.into_data().convert::<f32>().into_vec::<f32>().expect("f32 after convert");
-        let Some((field, _)) = self.path.last() else { return };
-        let parent = self.path.iter().rev().nth(1).map(|(_, kind)| kind.as_str()).unwrap_or_default();
+        let Some((field, parent)) = self.path.last() else { return };
+        let parent = parent.as_str();
         let mut names: Vec<&str> = self.path.iter().map(|(name, _)| name.as_str()).collect();
         let renamed_field = match (parent, field.as_str()) {
             (LAYER_NORM, "gamma") => "weight",

@@ -6,10 +6,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use burn::prelude::Backend;
 use serde::Serialize;
-use twigvlm::{BackendJob, BackendKind, Engine, GenerateRequest, GenerateResult, GenerateStats};
+use twigvlm::{BackendJob, BackendKind, GenerateRequest, GenerateResult, GenerateStats};
 use twigvlm_backbone::preprocess::load_image;
 use twigvlm_backbone::weights::NamedTensor;
-use twigvlm_backbone::LoadOptions;
 use twigvlm_ssd::Sampling;
 
 #[derive(Debug, clap::Args)]
@@ -70,12 +69,7 @@ impl BackendJob for GenerateJob {
             .as_deref()
             .map(|path| load_image(path).with_context(|| format!("cannot use --image {}", path.display())))
             .transpose()?;
-        let spinner = indicatif::ProgressBar::new_spinner().with_message(format!("loading {}", args.model.display()));
-        spinner.enable_steady_tick(std::time::Duration::from_millis(120));
-        let options = LoadOptions { vision_tower_dir: args.vision_tower.clone() };
-        let engine = Engine::<B>::load(&args.model, &options, device)
-            .with_context(|| format!("cannot load the model in {}", args.model.display()))?;
-        spinner.finish_and_clear();
+        let engine = super::load_engine::<B>(&args.model, args.vision_tower.clone(), device)?;
 
         let request = GenerateRequest {
             prompt: args.prompt.clone(),

@@ -1,11 +1,18 @@
 //! Argument parsing and dispatch of the `twigvlm` subcommands.
 
 mod dump;
+mod eval;
 mod generate;
 mod import;
 mod train;
 
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use burn::prelude::Backend;
 use clap::{Parser, Subcommand};
+use twigvlm::Engine;
+use twigvlm_backbone::LoadOptions;
 use tracing_subscriber::filter::LevelFilter;
 
 /// Fast vision-language inference with twig-guided token pruning and self-speculative decoding.
@@ -23,6 +30,9 @@ pub struct Cli {
 pub enum Command {
     /// Answer a prompt about an image (or a text-only prompt).
     Generate(generate::GenerateArgs),
+    /// Score a model on a dataset (exact match per task, describe F1) beside the blank-image and
+    /// majority baselines.
+    Eval(eval::EvalArgs),
     /// Convert checkpoints from other formats into model directories.
     #[command(subcommand)]
     Import(import::ImportCommand),
@@ -38,7 +48,18 @@ pub fn init_logging(level: LevelFilter) {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(args) => generate::run(args),
+        Command::Eval(args) => eval::run(args),
         Command::Import(command) => import::run(command),
         Command::Train(command) => train::run(command),
     }
+}
+
+/// Loads a model directory with a spinner on stderr.
+fn load_engine<B: Backend>(model: &Path, vision_tower: Option<PathBuf>, device: B::Device) -> anyhow::Result<Engine<B>> {
+    let spinner = indicatif::ProgressBar::new_spinner().with_message(format!("loading {}", model.display()));
+    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+    let options = LoadOptions { vision_tower_dir: vision_tower };
+    let engine = Engine::<B>::load(model, &options, device).with_context(|| format!("cannot load the model in {}", model.display()))?;
+    spinner.finish_and_clear();
+    Ok(engine)
 }

@@ -1,0 +1,106 @@
+//! `twigvlm eval`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use burn::prelude::Backend;
+use twigvlm::eval::{evaluate, EvalOptions, EvalReport};
+use twigvlm::{BackendJob, BackendKind};
+use twigvlm_data::{DatasetSpec, SeedRange};
+
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    /// Model directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// `shapes:seed=<u64>,n=<count>[,task=short|describe|all]` (evaluation seeds start at 1000000)
+    /// or a LLaVA instruction JSON file.
+    #[arg(long, default_value = "shapes:seed=1000000,n=100,task=all")]
+    pub data: String,
+    /// Directory that a JSON dataset's image paths are relative to (default: the file's directory).
+    #[arg(long)]
+    pub image_root: Option<PathBuf>,
+    /// Skip the blank-image baseline (halves the time).
+    #[arg(long)]
+    pub no_blank_baseline: bool,
+    #[arg(long, value_enum, default_value_t = BackendKind::Flex)]
+    pub backend: BackendKind,
+    /// CLIP directory for original-layout LLaVA checkpoints.
+    #[arg(long)]
+    pub vision_tower: Option<PathBuf>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+struct EvalJob(EvalArgs);
+
+impl BackendJob for EvalJob {
+    type Output = anyhow::Result<()>;
+
+    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<()> {
+        let args = self.0;
+        let spec = DatasetSpec::parse(&args.data)?;
+        if spec.seed_range() == Some(SeedRange::Train) {
+            tracing::warn!("--data uses a training seed; held-out scores need a seed from {}", twigvlm_data::EVAL_SEED_START);
+        }
+        let dataset = spec.open(args.image_root.as_deref())?;
+        let questions: usize = (0..dataset.len()).map(|i| dataset.get(i).turns.len()).sum();
+        let engine = super::load_engine::<B>(&args.model, args.vision_tower.clone(), device)?;
+        let options = EvalOptions { blank_image_baseline: !args.no_blank_baseline, ..EvalOptions::default() };
+        let progress = indicatif::ProgressBar::new(questions as u64);
+        progress.set_style(
+            indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} questions ({per_sec}, eta {eta})")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        let report = evaluate(&engine, &dataset, &options, |done| progress.set_position(done as u64)).context("evaluation failed")?;
+        progress.finish_and_clear();
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            print_table(&report);
+        }
+        Ok(())
+    }
+}
+
+fn print_table(report: &EvalReport) {
+    let percent = |v: f64| format!("{:.1}", 100.0 * v);
+    let optional = |v: Option<f64>| v.map_or("-".to_string(), percent);
+    println!("{:<10} {:>5} {:>9} {:>12} {:>9}  majority answer", "task", "n", "accuracy", "blank image", "majority");
+    for (task, t) in &report.per_task {
+        println!(
+            "{task:<10} {:>5} {:>9} {:>12} {:>9}  {}",
+            t.n,
+            percent(t.accuracy),
+            optional(t.blank_image_accuracy),
+            percent(t.majority_accuracy),
+            t.majority_answer
+        );
+    }
+    println!(
+        "{:<10} {:>5} {:>9} {:>12} {:>9}",
+        "all short",
+        report.per_task.values().map(|t| t.n).sum::<usize>(),
+        percent(report.accuracy),
+        optional(report.blank_image_accuracy),
+        percent(report.majority_accuracy)
+    );
+    if let Some(d) = &report.describe {
+        println!(
+            "describe   {:>5}  F1 {:.3} (precision {:.3}, recall {:.3}); blank image F1 {}",
+            d.n,
+            d.f1,
+            d.precision,
+            d.recall,
+            d.blank_image_f1.map_or("-".to_string(), |f| format!("{f:.3}"))
+        );
+    }
+    println!("{} questions in {:.1} s", report.n, report.seconds);
+}
+
+pub fn run(args: EvalArgs) -> anyhow::Result<()> {
+    let backend = args.backend;
+    backend.run(EvalJob(args))?
+}

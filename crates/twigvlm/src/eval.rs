@@ -1,0 +1,179 @@
+//! The evaluation harness: greedy answers over a dataset, exact match per task, object-level F1
+//! for descriptions, with the blank-image and majority-answer baselines beside them.
+
+use std::collections::BTreeMap;
+
+use burn::prelude::Backend;
+use serde::Serialize;
+use twigvlm_data::score::{exact_match, normalise_answer, DescribeCounts};
+use twigvlm_data::spec::Dataset;
+use twigvlm_data::Task;
+use twigvlm_ssd::Sampling;
+
+use crate::engine::{Engine, GenerateRequest};
+
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    /// Token budget of a short answer ("row 3, column 5" is the longest, 7 tokens).
+    pub short_max_new_tokens: usize,
+    /// Token budget of a description (six objects, about 14 tokens each).
+    pub describe_max_new_tokens: usize,
+    /// Also answer every question about the same image with the objects removed.
+    pub blank_image_baseline: bool,
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        Self { short_max_new_tokens: 16, describe_max_new_tokens: 160, blank_image_baseline: true }
+    }
+}
+
+/// Scores of one task.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TaskReport {
+    pub n: usize,
+    pub accuracy: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blank_image_accuracy: Option<f64>,
+    /// Accuracy of always giving the most frequent reference answer.
+    pub majority_accuracy: f64,
+    pub majority_answer: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DescribeReport {
+    pub n: usize,
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blank_image_f1: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EvalReport {
+    /// Questions asked.
+    pub n: usize,
+    /// Exact match over all short-answer questions.
+    pub accuracy: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blank_image_accuracy: Option<f64>,
+    pub majority_accuracy: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub describe_f1: Option<f64>,
+    pub per_task: BTreeMap<String, TaskReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub describe: Option<DescribeReport>,
+    pub seconds: f64,
+}
+
+#[derive(Default)]
+struct ShortTally {
+    references: Vec<String>,
+    correct: usize,
+    blank_correct: usize,
+}
+
+/// Evaluates every turn of `dataset` as a single-turn question (user data: history is not replayed).
+pub fn evaluate<B: Backend>(
+    engine: &Engine<B>,
+    dataset: &Dataset,
+    options: &EvalOptions,
+    mut on_question: impl FnMut(usize),
+) -> anyhow::Result<EvalReport> {
+    let started = std::time::Instant::now();
+    let mut short: BTreeMap<String, ShortTally> = BTreeMap::new();
+    let (mut describe, mut blank_describe, mut describe_n) = (DescribeCounts::default(), DescribeCounts::default(), 0);
+    let blank_source = match dataset {
+        Dataset::Shapes(shapes) if options.blank_image_baseline => Some(shapes),
+        _ => None,
+    };
+    let mut asked = 0;
+    for index in 0..dataset.len() {
+        let example = dataset.get(index);
+        let image = example.image.as_ref().map(|source| source.load()).transpose()?;
+        let blank = blank_source.map(|shapes| shapes.blank_image(index).load()).transpose()?;
+        for turn in &example.turns {
+            let is_describe = turn.task == Some(Task::Describe);
+            let max_new_tokens = if is_describe { options.describe_max_new_tokens } else { options.short_max_new_tokens };
+            let answer = |image: Option<image::DynamicImage>| -> anyhow::Result<String> {
+                let request = GenerateRequest {
+                    prompt: turn.user.clone(),
+                    image,
+                    max_new_tokens,
+                    sampling: Sampling::Greedy,
+                    seed: 0,
+                    capture_tensors: false,
+                };
+                Ok(engine.generate(&request, |_| {})?.text)
+            };
+            let prediction = answer(image.clone())?;
+            let blank_prediction = blank.as_ref().map(|b| answer(Some(b.clone()))).transpose()?;
+            if is_describe {
+                describe_n += 1;
+                describe.add(&prediction, &turn.assistant);
+                if let Some(p) = &blank_prediction {
+                    blank_describe.add(p, &turn.assistant);
+                }
+            } else {
+                let task = turn.task.map_or_else(|| "user".to_string(), |t| t.name().to_string());
+                let tally = short.entry(task).or_default();
+                tally.references.push(normalise_answer(&turn.assistant));
+                tally.correct += exact_match(&prediction, &turn.assistant) as usize;
+                tally.blank_correct += blank_prediction.is_some_and(|p| exact_match(&p, &turn.assistant)) as usize;
+            }
+            asked += 1;
+            on_question(asked);
+        }
+    }
+    Ok(report(short, (describe_n > 0).then_some((describe_n, describe, blank_describe)), blank_source.is_some(), asked, started))
+}
+
+fn report(
+    short: BTreeMap<String, ShortTally>,
+    describe: Option<(usize, DescribeCounts, DescribeCounts)>,
+    with_blank: bool,
+    asked: usize,
+    started: std::time::Instant,
+) -> EvalReport {
+    let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    let (mut n_short, mut correct, mut blank_correct, mut majority_correct) = (0, 0, 0, 0);
+    let per_task = short
+        .into_iter()
+        .map(|(task, tally)| {
+            let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+            for r in &tally.references {
+                *counts.entry(r.as_str()).or_default() += 1;
+            }
+            let (majority_answer, majority) = counts.iter().max_by_key(|(_, &c)| c).map(|(a, &c)| (a.to_string(), c)).unwrap_or_default();
+            let n = tally.references.len();
+            (n_short, correct, blank_correct, majority_correct) =
+                (n_short + n, correct + tally.correct, blank_correct + tally.blank_correct, majority_correct + majority);
+            let report = TaskReport {
+                n,
+                accuracy: ratio(tally.correct, n),
+                blank_image_accuracy: with_blank.then(|| ratio(tally.blank_correct, n)),
+                majority_accuracy: ratio(majority, n),
+                majority_answer,
+            };
+            (task, report)
+        })
+        .collect();
+    let describe = describe.map(|(n, counts, blank)| DescribeReport {
+        n,
+        precision: counts.precision(),
+        recall: counts.recall(),
+        f1: counts.f1(),
+        blank_image_f1: with_blank.then(|| blank.f1()),
+    });
+    EvalReport {
+        n: asked,
+        accuracy: ratio(correct, n_short),
+        blank_image_accuracy: with_blank.then(|| ratio(blank_correct, n_short)),
+        majority_accuracy: ratio(majority_correct, n_short),
+        describe_f1: describe.as_ref().map(|d| d.f1),
+        per_task,
+        describe,
+        seconds: started.elapsed().as_secs_f64(),
+    }
+}
