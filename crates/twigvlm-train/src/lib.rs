@@ -7,6 +7,7 @@ pub mod clipping;
 pub mod error;
 pub mod loss;
 pub mod optimizer;
+pub mod projector;
 pub mod schedule;
 pub mod trainer;
 pub mod vision;

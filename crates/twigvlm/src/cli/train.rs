@@ -8,33 +8,31 @@ use burn::tensor::backend::AutodiffBackend;
 use twigvlm::backend::AutodiffJob;
 use twigvlm::BackendKind;
 use twigvlm_backbone::clip::ClipVisionTower;
-use twigvlm_backbone::weights::{hf_tensors, write_safetensors, StorageDtype};
-use twigvlm_backbone::read_llava_spec;
+use twigvlm_backbone::projector::Projector;
+use twigvlm_backbone::weights::{hf_tensors, write_safetensors, StorageDtype, TensorSource, WeightLoader};
+use twigvlm_backbone::{load_language_model, read_llava_spec};
 use twigvlm_data::{DatasetSpec, SeedRange, ShapesDataset};
+use twigvlm_train::projector::ProjectorObjective;
 use twigvlm_train::vision::{PatchClassifier, VisionObjective};
-use twigvlm_train::{train, LrSchedule, OptimizerConfig, TrainOptions};
+use twigvlm_train::{train, LrSchedule, OptimizerConfig, TrainOptions, TrainReport};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum TrainCommand {
     /// Stage 0: train the vision tower from scratch on shapes-world with per-patch heads.
     Vision(VisionArgs),
+    /// Stage 1: train the projector between a trained vision tower and a language model, both frozen.
+    Projector(ProjectorArgs),
 }
 
 /// Checkpoint name prefix of the vision tower in a llava-hf model directory.
 pub const VISION_PREFIX: &str = "vision_tower.vision_model";
 pub const VISION_FILE: &str = "vision_tower.safetensors";
+pub const PROJECTOR_PREFIX: &str = "multi_modal_projector";
+pub const PROJECTOR_FILE: &str = "projector.safetensors";
 
+/// Options every stage shares.
 #[derive(Debug, clap::Args)]
-pub struct VisionArgs {
-    /// Model directory whose config.json (vision_config) and preprocessor_config.json define the tower.
-    #[arg(long)]
-    pub config: PathBuf,
-    /// Training data: a shapes spec with a training seed (below 1000000); batches wrap around after n.
-    #[arg(long, default_value = "shapes:seed=0,n=100000")]
-    pub data: String,
-    /// Held-out data for the per-patch accuracy.
-    #[arg(long, default_value = "shapes:seed=1000000,n=128")]
-    pub eval_data: String,
+pub struct LoopArgs {
     #[arg(long, default_value_t = 300)]
     pub steps: usize,
     #[arg(long, default_value_t = 32)]
@@ -50,13 +48,13 @@ pub struct VisionArgs {
     pub eval_every: usize,
     #[arg(long, default_value_t = 100)]
     pub checkpoint_every: usize,
-    /// Output directory: vision_tower.safetensors, training.json and the resumable checkpoint.
+    /// Output directory: the trained tensors, training.json and the resumable checkpoint.
     #[arg(long)]
     pub out: PathBuf,
     /// Continue from the checkpoint in --out.
     #[arg(long)]
     pub resume: bool,
-    /// Seed of the heads' and tower's random initialisation.
+    /// Seed of the random initialisation.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[arg(long, value_enum, default_value_t = BackendKind::Flex)]
@@ -64,6 +62,71 @@ pub struct VisionArgs {
     /// Hide the progress bar.
     #[arg(long)]
     pub quiet: bool,
+}
+
+impl LoopArgs {
+    fn options(&self) -> TrainOptions {
+        TrainOptions {
+            steps: self.steps,
+            schedule: LrSchedule::warmup_cosine(self.lr, self.steps, self.warmup),
+            optimizer: OptimizerConfig { weight_decay: self.weight_decay, ..OptimizerConfig::default() },
+            checkpoint_every: self.checkpoint_every,
+            eval_every: Some(self.eval_every),
+            log_every: 10,
+            out_dir: self.out.clone(),
+            resume: self.resume,
+            show_progress: !self.quiet,
+        }
+    }
+
+    /// Writes training.json and prints the last held-out metrics.
+    fn finish(&self, stage: &str, data: &str, eval_data: &str, report: &TrainReport, written: &std::path::Path) -> anyhow::Result<()> {
+        let summary = serde_json::json!({"stage": stage, "data": data, "eval_data": eval_data, "steps": self.steps,
+            "batch_size": self.batch_size, "lr": self.lr, "seconds": report.seconds, "history": report.history});
+        std::fs::write(self.out.join("training.json"), serde_json::to_string_pretty(&summary)?)?;
+        if let Some(last) = report.history.iter().rev().find(|h| !h.eval.is_empty()) {
+            let metrics: Vec<String> = last.eval.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+            println!("{stage} trained in {:.0} s: {}", report.seconds, metrics.join(", "));
+        }
+        println!("wrote {}", written.display());
+        Ok(())
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ProjectorArgs {
+    /// Model directory whose config.json and preprocessor_config.json define the VLM.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Output directory of `train vision` (vision_tower.safetensors).
+    #[arg(long)]
+    pub vision: PathBuf,
+    /// The language model directory (e.g. from `twigvlm import gguf`).
+    #[arg(long)]
+    pub language_model: PathBuf,
+    /// Training data: a shapes spec with a training seed; `turns=k` packs k questions per image.
+    #[arg(long, default_value = "shapes:seed=1,n=100000,turns=4")]
+    pub data: String,
+    /// Held-out data for the teacher-forced exact match.
+    #[arg(long, default_value = "shapes:seed=1000000,n=64")]
+    pub eval_data: String,
+    #[command(flatten)]
+    pub run: LoopArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct VisionArgs {
+    /// Model directory whose config.json (vision_config) and preprocessor_config.json define the tower.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Training data: a shapes spec with a training seed (below 1000000); batches wrap around after n.
+    #[arg(long, default_value = "shapes:seed=0,n=100000")]
+    pub data: String,
+    /// Held-out data for the per-patch accuracy.
+    #[arg(long, default_value = "shapes:seed=1000000,n=128")]
+    pub eval_data: String,
+    #[command(flatten)]
+    pub run: LoopArgs,
 }
 
 fn shapes(spec: &str, expected: SeedRange, what: &str) -> anyhow::Result<ShapesDataset> {
@@ -89,41 +152,74 @@ impl AutodiffJob for VisionJob {
         let (config, preprocessor) = read_llava_spec(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
         let train_data = shapes(&args.data, SeedRange::Train, "--data")?;
         let eval_data = shapes(&args.eval_data, SeedRange::Eval, "--eval-data")?;
-        B::seed(&device, args.seed);
+        B::seed(&device, args.run.seed);
         let model = PatchClassifier::<B>::init(&config.vision, &device);
-        let mut objective = VisionObjective::<B>::new(train_data, eval_data, preprocessor, &config.vision, args.batch_size, device.clone())?;
-        let options = TrainOptions {
-            steps: args.steps,
-            schedule: LrSchedule::warmup_cosine(args.lr, args.steps, args.warmup),
-            optimizer: OptimizerConfig { weight_decay: args.weight_decay, ..OptimizerConfig::default() },
-            checkpoint_every: args.checkpoint_every,
-            eval_every: Some(args.eval_every),
-            log_every: 10,
-            out_dir: args.out.clone(),
-            resume: args.resume,
-            show_progress: !args.quiet,
-        };
-        let (model, report) = train(&mut objective, model, &options, &device)?;
+        let mut objective = VisionObjective::<B>::new(train_data, eval_data, preprocessor, &config.vision, args.run.batch_size, device.clone())?;
+        let (model, report) = train(&mut objective, model, &args.run.options(), &device)?;
         let tower = model.valid().tower;
         let tensors = hf_tensors(&tower, &|path| ClipVisionTower::<B::InnerBackend>::hf_name(VISION_PREFIX, path));
-        write_safetensors(&args.out.join(VISION_FILE), &tensors, StorageDtype::F32)?;
-        let summary = serde_json::json!({"stage": "vision", "data": args.data, "eval_data": args.eval_data, "steps": args.steps,
-            "batch_size": args.batch_size, "lr": args.lr, "seconds": report.seconds, "history": report.history});
-        std::fs::write(args.out.join("training.json"), serde_json::to_string_pretty(&summary)?)?;
-        if let Some(last) = report.history.iter().rev().find(|h| !h.eval.is_empty()) {
-            let metrics: Vec<String> = last.eval.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
-            println!("vision tower trained in {:.0} s: {}", report.seconds, metrics.join(", "));
-        }
-        println!("wrote {}", args.out.join(VISION_FILE).display());
-        Ok(())
+        let written = args.run.out.join(VISION_FILE);
+        write_safetensors(&written, &tensors, StorageDtype::F32)?;
+        args.run.finish("vision", &args.data, &args.eval_data, &report, &written)
+    }
+}
+
+struct ProjectorJob(ProjectorArgs);
+
+impl AutodiffJob for ProjectorJob {
+    type Output = anyhow::Result<()>;
+
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> anyhow::Result<()> {
+        let args = self.0;
+        let (config, preprocessor) = read_llava_spec(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
+        let train_data = shapes(&args.data, SeedRange::Train, "--data")?;
+        let eval_data = shapes(&args.eval_data, SeedRange::Eval, "--eval-data")?;
+        let inner_device = device.clone();
+        let vision_file = args.vision.join(VISION_FILE);
+        let mut source = TensorSource::default();
+        source.add_safetensors(&vision_file).with_context(|| format!("reading the vision tower {}", vision_file.display()))?;
+        let layers = config.vision_layers_needed().map_err(anyhow::Error::msg)?;
+        let vision = ClipVisionTower::<B::InnerBackend>::load(&WeightLoader::new(&source, &inner_device), VISION_PREFIX, &config.vision, layers)?;
+        let lm = load_language_model::<B>(&args.language_model, &device)
+            .with_context(|| format!("loading the language model in {}", args.language_model.display()))?;
+        anyhow::ensure!(
+            lm.config.hidden_size == config.text.hidden_size,
+            "the language model has hidden size {} but config.json's text_config says {}",
+            lm.config.hidden_size,
+            config.text.hidden_size
+        );
+        B::seed(&device, args.run.seed);
+        let projector = Projector::<B>::init(&config.projector, &device);
+        let mut objective = ProjectorObjective::<B> {
+            vision,
+            feature_select: config.feature_select,
+            language_model: lm.model,
+            tokenizer: lm.tokenizer,
+            template: lm.template,
+            system: None,
+            preprocessor,
+            train: train_data,
+            eval: eval_data,
+            batch_size: args.run.batch_size,
+            device: device.clone(),
+        };
+        let (projector, report) = train(&mut objective, projector, &args.run.options(), &device)?;
+        let tensors = hf_tensors(&projector.valid(), &|path| format!("{PROJECTOR_PREFIX}.{path}"));
+        let written = args.run.out.join(PROJECTOR_FILE);
+        write_safetensors(&written, &tensors, StorageDtype::F32)?;
+        args.run.finish("projector", &args.data, &args.eval_data, &report, &written)
     }
 }
 
 pub fn run(command: TrainCommand) -> anyhow::Result<()> {
     match command {
         TrainCommand::Vision(args) => {
-            let backend = args.backend;
+            let backend = args.run.backend;
             backend.run_autodiff(VisionJob(args))?
+        }
+        TrainCommand::Projector(args) => {
+            let backend = args.run.backend;
+            backend.run_autodiff(ProjectorJob(args))?
         }
     }
 }
