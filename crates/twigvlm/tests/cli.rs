@@ -125,3 +125,32 @@ fn import_gguf_writes_a_model_directory() {
     assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("not empty"));
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+#[test]
+fn eval_scores_every_task_beside_the_baselines() {
+    let out = twigvlm(&["eval", "--model", &model("tiny-llava-hf5"), "--data", "shapes:seed=1000000,n=10,task=all", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(json["n"], 10);
+    let per_task = json["per_task"].as_object().unwrap();
+    assert_eq!(per_task.keys().collect::<Vec<_>>(), ["color", "exists", "shape", "where"]);
+    // Tasks cycle, so 10 questions are 2 of each of the 5 tasks.
+    assert!(per_task.values().all(|t| t["n"] == 2));
+    assert_eq!(json["describe"]["n"], 2);
+    for key in ["accuracy", "blank_image_accuracy", "majority_accuracy", "describe_f1"] {
+        let value = json[key].as_f64().unwrap_or_else(|| panic!("{key} missing"));
+        assert!((0.0..=1.0).contains(&value), "{key} = {value}");
+    }
+    // With two questions per task the majority answer is right at least half the time.
+    assert!(per_task.values().all(|t| t["majority_accuracy"].as_f64().unwrap() >= 0.5));
+}
+
+#[test]
+fn training_refuses_evaluation_seeds() {
+    let out_dir = std::env::temp_dir().join(format!("twigvlm-cli-train-{}", std::process::id()));
+    let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/shapes-smol").display().to_string();
+    let out = twigvlm(&["train", "vision", "--config", &config, "--data", "shapes:seed=1000001,n=4", "--out", &out_dir.display().to_string()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("seed 1000001 is in the Eval range"), "{stderr}");
+}
