@@ -33,8 +33,9 @@ fn reference() -> Reference {
     }
 }
 
-fn imported(dtype: ImportDtype) -> std::path::PathBuf {
-    let out = std::env::temp_dir().join(format!("twigvlm-import-{}-{dtype:?}", std::process::id()));
+/// Imports the tiny GGUF into a directory of its own per test (tests run in parallel).
+fn imported(dtype: ImportDtype, test: &str) -> std::path::PathBuf {
+    let out = std::env::temp_dir().join(format!("twigvlm-import-{}-{dtype:?}-{test}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     let mut calls = 0;
     let summary = import_gguf(&fixtures().join("gguf/tiny-llama.gguf"), &out, dtype, |_, _| calls += 1).unwrap();
@@ -44,7 +45,7 @@ fn imported(dtype: ImportDtype) -> std::path::PathBuf {
 }
 
 fn check(dtype: ImportDtype, logits_atol: f32) {
-    let dir = imported(dtype);
+    let dir = imported(dtype, "check");
     let reference = reference();
     let lm = load_language_model::<B>(&dir, &Default::default()).unwrap();
     assert!(lm.report.unexpected.is_empty(), "{:?}", lm.report.unexpected);
@@ -100,7 +101,7 @@ fn foreign_architectures_and_tensors_are_refused() {
 
 #[test]
 fn imported_chat_template_renders_the_reference_prompt_and_splits_training_turns() {
-    let dir = imported(ImportDtype::F32);
+    let dir = imported(ImportDtype::F32, "template");
     let reference = reference();
     let lm = load_language_model::<B>(&dir, &Default::default()).unwrap();
     let question = "What color is the triangle? 42 🙂";

@@ -61,11 +61,11 @@ fn tensor_names(path: &Path) -> anyhow::Result<Vec<String>> {
 
 /// Puts the language model next to the committed parts and writes the index.
 pub fn assemble() -> anyhow::Result<PathBuf> {
-    let lm = language_model()?;
     let dir = workspace_root().join(MODEL_DIR);
     for part in [VISION_FILE, PROJECTOR_FILE] {
         anyhow::ensure!(dir.join(part).is_file(), "{} is missing: train the demo model with `cargo xtask train-demo`", dir.join(part).display());
     }
+    let lm = language_model()?;
     let lm_dir = dir.join(LANGUAGE_MODEL_SUBDIR);
     std::fs::create_dir_all(&lm_dir)?;
     let lm_weights = lm_dir.join("model.safetensors");
