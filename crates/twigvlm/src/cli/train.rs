@@ -10,7 +10,7 @@ use twigvlm::BackendKind;
 use twigvlm_backbone::clip::ClipVisionTower;
 use twigvlm_backbone::projector::Projector;
 use twigvlm_backbone::weights::{hf_tensors, write_safetensors, StorageDtype, TensorSource, WeightLoader};
-use twigvlm_backbone::{load_language_model, read_llava_spec};
+use twigvlm_backbone::{load_language_model, read_llava_spec, ImagePreprocessor, LlavaConfig};
 use twigvlm_data::{DatasetSpec, SeedRange, ShapesDataset};
 use twigvlm_train::projector::ProjectorObjective;
 use twigvlm_train::vision::{PatchClassifier, VisionObjective};
@@ -142,6 +142,12 @@ fn shapes(spec: &str, expected: SeedRange, what: &str) -> anyhow::Result<ShapesD
     }
 }
 
+/// The model spec and the train/held-out data every stage starts from.
+fn stage_inputs(config_dir: &std::path::Path, data: &str, eval_data: &str) -> anyhow::Result<(LlavaConfig, ImagePreprocessor, ShapesDataset, ShapesDataset)> {
+    let (config, preprocessor) = read_llava_spec(config_dir).with_context(|| format!("reading {}", config_dir.display()))?;
+    Ok((config, preprocessor, shapes(data, SeedRange::Train, "--data")?, shapes(eval_data, SeedRange::Eval, "--eval-data")?))
+}
+
 struct VisionJob(VisionArgs);
 
 impl AutodiffJob for VisionJob {
@@ -149,9 +155,7 @@ impl AutodiffJob for VisionJob {
 
     fn run<B: AutodiffBackend>(self, device: B::Device) -> anyhow::Result<()> {
         let args = self.0;
-        let (config, preprocessor) = read_llava_spec(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
-        let train_data = shapes(&args.data, SeedRange::Train, "--data")?;
-        let eval_data = shapes(&args.eval_data, SeedRange::Eval, "--eval-data")?;
+        let (config, preprocessor, train_data, eval_data) = stage_inputs(&args.config, &args.data, &args.eval_data)?;
         B::seed(&device, args.run.seed);
         let model = PatchClassifier::<B>::init(&config.vision, &device);
         let mut objective = VisionObjective::<B>::new(train_data, eval_data, preprocessor, &config.vision, args.run.batch_size, device.clone())?;
@@ -171,9 +175,7 @@ impl AutodiffJob for ProjectorJob {
 
     fn run<B: AutodiffBackend>(self, device: B::Device) -> anyhow::Result<()> {
         let args = self.0;
-        let (config, preprocessor) = read_llava_spec(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
-        let train_data = shapes(&args.data, SeedRange::Train, "--data")?;
-        let eval_data = shapes(&args.eval_data, SeedRange::Eval, "--eval-data")?;
+        let (config, preprocessor, train_data, eval_data) = stage_inputs(&args.config, &args.data, &args.eval_data)?;
         let inner_device = device.clone();
         let vision_file = args.vision.join(VISION_FILE);
         let mut source = TensorSource::default();
