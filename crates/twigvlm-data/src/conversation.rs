@@ -35,6 +35,13 @@ pub struct Turn {
     pub task: Option<Task>,
 }
 
+impl Turn {
+    /// The task's name, or `user` for user data; the key of per-task scores.
+    pub fn task_name(&self) -> &'static str {
+        self.task.map_or("user", Task::name)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Conversation {
     pub id: String,

@@ -56,6 +56,14 @@ impl Dataset {
         self.len() == 0
     }
 
+    /// Questions in the dataset (every turn of every example), known without generating it.
+    pub fn question_count(&self) -> usize {
+        match self {
+            Dataset::Shapes(d) => d.len * d.turns_per_image,
+            Dataset::Records(r) => r.iter().map(|c| c.turns.len()).sum(),
+        }
+    }
+
     pub fn get(&self, index: usize) -> Conversation {
         match self {
             Dataset::Shapes(d) => d.get(index),

@@ -23,6 +23,8 @@ fn generator_is_deterministic_and_random_access() {
     let forward: Vec<_> = a.iter().collect();
     assert_eq!(forward[31], b.get(31));
     assert_ne!(a.get(1), a.get(2));
+    let (scene, image) = a.scene_and_image(31);
+    assert_eq!((scene, Some(ImageSource::Rendered(image))), (a.scene(31), a.get(31).image), "the same scene and image without questions");
     assert_ne!(ShapesDataset::new(8, 50, TaskMix::all()).get(31), a.get(31));
 }
 

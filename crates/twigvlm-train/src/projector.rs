@@ -115,8 +115,7 @@ impl<B: AutodiffBackend> Objective<B> for ProjectorObjective<B> {
             let encoded = self.encode(&conversation, features.dims()[1])?;
             let (logits, targets) = Self::target_logits(&language_model, &projector, features, &encoded, &self.device);
             let predicted = logits.argmax(1).into_data().convert::<i64>().into_vec::<i64>().expect("int argmax");
-            let task = conversation.turns[0].task.map_or("user", |t| t.name()).to_string();
-            let entry = tally.entry(task).or_default();
+            let entry = tally.entry(conversation.turns[0].task_name().to_string()).or_default();
             entry.0 += (predicted == targets) as usize;
             entry.1 += 1;
         }

@@ -79,8 +79,7 @@ where
     let mut optimizer = options.optimizer.adamw::<B, O::Model>();
     let (mut model, mut report) = (model, TrainReport::default());
     if options.resume && checkpoint::exists(&options.out_dir) {
-        let (m, o, r) = checkpoint::load::<B, _, _, TrainReport>(&options.out_dir, model, optimizer, device)?;
-        (model, optimizer, report) = (m, o, r);
+        (model, optimizer, report) = checkpoint::load::<B, _, _, TrainReport>(&options.out_dir, model, optimizer, device)?;
         tracing::info!(step = report.steps_done, "resumed from checkpoint");
     }
     let progress = if options.show_progress { ProgressBar::new(options.steps as u64) } else { ProgressBar::hidden() };

@@ -114,19 +114,17 @@ impl<B: Backend> VisionObjective<B> {
         Ok(Self { train, eval, preprocessor, batch_size, weights: PatchLossWeights::default(), device })
     }
 
-    fn batch<C: Backend>(&self, data: &ShapesDataset, indices: std::ops::Range<usize>, device: &C::Device) -> Result<(Tensor<C, 4>, PatchTargets)> {
+    fn batch<C: Backend>(&self, data: &ShapesDataset, indices: std::ops::Range<usize>, device: &C::Device) -> (Tensor<C, 4>, PatchTargets) {
         let grid = data.scene.grid;
         let mut pixels = Vec::new();
         let mut targets = PatchTargets { shape: vec![], colour: vec![], row: vec![], column: vec![], occupied: vec![] };
         let count = indices.len();
         let mut side = 0;
         for index in indices {
-            let example = data.get(index);
-            let image = example.image.as_ref().expect("shapes examples have images").load()?;
-            let (values, [_, h, _]) = self.preprocessor.preprocess(&image);
+            let (scene, image) = data.scene_and_image(index);
+            let (values, [_, h, _]) = self.preprocessor.preprocess(&image::DynamicImage::ImageRgb8(image));
             side = h;
             pixels.extend(values);
-            let scene = data.scene(index);
             for cell in 0..grid * grid {
                 let (row, column) = (cell / grid, cell % grid);
                 let object = scene.objects.iter().find(|o| o.row == row && o.column == column);
@@ -138,7 +136,7 @@ impl<B: Backend> VisionObjective<B> {
             }
         }
         let pixels = Tensor::<C, 4>::from_data(TensorData::new(pixels, [count, 3, side, side]), device);
-        Ok((pixels, targets))
+        (pixels, targets)
     }
 }
 
@@ -149,7 +147,7 @@ impl<B: AutodiffBackend> Objective<B> for VisionObjective<B> {
         // Past the end of the dataset, the next epoch starts.
         let start = (step * self.batch_size) % self.train.len.max(1);
         let end = (start + self.batch_size).min(self.train.len);
-        let (pixels, targets) = self.batch::<B>(&self.train, start..end, &self.device)?;
+        let (pixels, targets) = self.batch::<B>(&self.train, start..end, &self.device);
         let logits = model.forward(pixels);
         let content: Vec<f32> = targets.occupied.iter().map(|&o| if o { 1.0 } else { self.weights.empty_patch }).collect();
         let all = vec![1.0; content.len()];
@@ -167,7 +165,7 @@ impl<B: AutodiffBackend> Objective<B> for VisionObjective<B> {
         let (mut object_hits, mut objects, mut patch_hits, mut patches, mut row_hits) = (0usize, 0usize, 0usize, 0usize, 0usize);
         for start in (0..self.eval.len).step_by(self.batch_size) {
             let end = (start + self.batch_size).min(self.eval.len);
-            let (pixels, targets) = self.batch::<B::InnerBackend>(&self.eval, start..end, &device)?;
+            let (pixels, targets) = self.batch::<B::InnerBackend>(&self.eval, start..end, &device);
             let logits = model.forward(pixels);
             let argmax = |t: Tensor<B::InnerBackend, 2>| -> Vec<i64> {
                 t.argmax(1).into_data().convert::<i64>().into_vec::<i64>().expect("int argmax")

@@ -116,8 +116,7 @@ pub fn evaluate<B: Backend>(
                     blank_describe.add(p, &turn.assistant);
                 }
             } else {
-                let task = turn.task.map_or_else(|| "user".to_string(), |t| t.name().to_string());
-                let tally = short.entry(task).or_default();
+                let tally = short.entry(turn.task_name().to_string()).or_default();
                 tally.references.push(normalise_answer(&turn.assistant));
                 tally.correct += exact_match(&prediction, &turn.assistant) as usize;
                 tally.blank_correct += blank_prediction.is_some_and(|p| exact_match(&p, &turn.assistant)) as usize;

@@ -28,9 +28,6 @@ impl<B: Backend> ModuleVisitor<B> for Exporter<'_> {
     }
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        let tensor = param.val();
-        let mut shape = tensor.dims().to_vec();
-        let mut values = tensor.into_data().convert::<f32>().into_vec::<f32>().expect("f32 after convert");
         let Some((field, parent)) = self.path.last() else { return };
         let parent = parent.as_str();
         let mut names: Vec<&str> = self.path.iter().map(|(name, _)| name.as_str()).collect();
@@ -40,11 +37,9 @@ impl<B: Backend> ModuleVisitor<B> for Exporter<'_> {
             (_, other) => other,
         };
         *names.last_mut().expect("non-empty") = renamed_field;
-        if parent == LINEAR && field == "weight" && D == 2 {
-            let (rows, cols) = (shape[0], shape[1]);
-            values = (0..cols).flat_map(|c| (0..rows).map(move |r| (r, c))).map(|(r, c)| values[r * cols + c]).collect();
-            shape = vec![cols, rows];
-        }
+        let tensor = if parent == LINEAR && field == "weight" && D == 2 { param.val().transpose() } else { param.val() };
+        let shape = tensor.dims().to_vec();
+        let values = tensor.into_data().convert::<f32>().into_vec::<f32>().expect("f32 after convert");
         self.tensors.push(((self.rename)(&names.join(".")), shape, values));
     }
 }

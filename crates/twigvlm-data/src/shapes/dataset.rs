@@ -1,6 +1,7 @@
 //! A seeded, random-access shapes-world dataset: example `i` of seed `s` is the same on every
 //! machine and does not depend on which other examples were generated.
 
+use image::RgbImage;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -51,6 +52,13 @@ impl ShapesDataset {
 
     pub fn scene(&self, index: usize) -> Scene {
         Scene::sample(&self.scene, &mut self.rng(index, SCENE_STREAM))
+    }
+
+    /// Example `index`'s scene and rendered image, without questions (what per-patch training needs).
+    pub fn scene_and_image(&self, index: usize) -> (Scene, RgbImage) {
+        let scene = self.scene(index);
+        let image = render(&scene, &self.scene, &mut self.rng(index, RENDER_STREAM));
+        (scene, image)
     }
 
     /// Example `index`: its rendered image and `turns_per_image` questions.

@@ -45,7 +45,7 @@ impl BackendJob for EvalJob {
             tracing::warn!("--data uses a training seed; held-out scores need a seed from {}", twigvlm_data::EVAL_SEED_START);
         }
         let dataset = spec.open(args.image_root.as_deref())?;
-        let questions: usize = (0..dataset.len()).map(|i| dataset.get(i).turns.len()).sum();
+        let questions = dataset.question_count();
         let engine = super::load_engine::<B>(&args.model, args.vision_tower.clone(), device)?;
         let options = EvalOptions { blank_image_baseline: !args.no_blank_baseline, ..EvalOptions::default() };
         let progress = indicatif::ProgressBar::new(questions as u64);
