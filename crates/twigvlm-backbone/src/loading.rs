@@ -161,9 +161,11 @@ pub struct LoadedLanguageModel<B: Backend> {
     pub report: LoadReport,
 }
 
+/// Checkpoint prefix of a `LlamaForCausalLM`'s decoder (`model.layers.0.…`).
+pub const CAUSAL_LM_BODY: &str = "model";
+
 /// Loads a `LlamaForCausalLM` directory (`model.*` and `lm_head` keys, or tied embeddings).
 pub fn load_language_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<LoadedLanguageModel<B>> {
-    const BODY: &str = "model";
     const HEAD: &str = "lm_head";
     let config_path = dir.join("config.json");
     let hf: HfLlamaConfig = read_json(&config_path)?;
@@ -172,7 +174,7 @@ pub fn load_language_model<B: Backend>(dir: &Path, device: &B::Device) -> Result
         .map_err(|reason| BackboneError::UnsupportedConfig { path: config_path.clone(), reason })?;
     let source = TensorSource::open_dir(dir)?;
     let loader = WeightLoader::<B>::new(&source, device);
-    let model = LlamaDecoder::load(&loader, BODY, HEAD, &config)?;
+    let model = LlamaDecoder::load(&loader, CAUSAL_LM_BODY, HEAD, &config)?;
     let report = loader.report(|name| ignorable(name, "", 0));
     if !report.unexpected.is_empty() {
         tracing::warn!(tensors = ?report.unexpected, "checkpoint tensors not used by the model");

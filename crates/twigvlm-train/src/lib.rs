@@ -1,14 +1,15 @@
 //! Training on burn autodiff: one loop ([`trainer::train`]) with AdamW, warm-up + cosine learning
 //! rate, global-norm gradient clipping, progress, atomic checkpoints and resume; the objectives
-//! plug into it (the vision tower's per-patch pre-training here; the projector and the twig next).
+//! plug into it (the vision tower's per-patch pre-training, LLaVA stages 1 and 2; the twig next).
 
 pub mod checkpoint;
 pub mod clipping;
 pub mod error;
 pub mod loss;
 pub mod optimizer;
-pub mod projector;
+pub mod alignment;
 pub mod schedule;
+pub mod trainable;
 pub mod trainer;
 pub mod vision;
 

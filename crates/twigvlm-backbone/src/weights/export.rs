@@ -1,7 +1,7 @@
 //! Module → Hugging Face tensors: the inverse of [`super::WeightLoader`], for the parts this project
 //! trains (vision tower, projector, twig). Names follow burn's module paths, renamed by the caller;
-//! burn's `Linear` weights `[in, out]` are transposed back to PyTorch's `[out, in]` and LayerNorm's
-//! `gamma`/`beta` become `weight`/`bias`.
+//! burn's `Linear` weights `[in, out]` are transposed back to PyTorch's `[out, in]`, LayerNorm's
+//! `gamma`/`beta` become `weight`/`bias` and RmsNorm's `gamma` becomes `weight`.
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
@@ -10,6 +10,7 @@ use super::writer::NamedTensor;
 
 const LINEAR: &str = "Struct:Linear";
 const LAYER_NORM: &str = "Struct:LayerNorm";
+const RMS_NORM: &str = "Struct:RmsNorm";
 
 struct Exporter<'a> {
     /// (field name, type of the struct holding the field) of the fields entered so far.
@@ -32,7 +33,7 @@ impl<B: Backend> ModuleVisitor<B> for Exporter<'_> {
         let parent = parent.as_str();
         let mut names: Vec<&str> = self.path.iter().map(|(name, _)| name.as_str()).collect();
         let renamed_field = match (parent, field.as_str()) {
-            (LAYER_NORM, "gamma") => "weight",
+            (LAYER_NORM | RMS_NORM, "gamma") => "weight",
             (LAYER_NORM, "beta") => "bias",
             (_, other) => other,
         };

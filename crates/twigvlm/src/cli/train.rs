@@ -1,4 +1,5 @@
-//! `twigvlm train vision`: the demo model's training stages (the twig has its own command).
+//! `twigvlm train vision|projector|instruct`: the demo model's training stages (the twig has its
+//! own command).
 
 use std::path::PathBuf;
 
@@ -10,9 +11,10 @@ use twigvlm::BackendKind;
 use twigvlm_backbone::clip::ClipVisionTower;
 use twigvlm_backbone::projector::Projector;
 use twigvlm_backbone::weights::{hf_tensors, write_safetensors, StorageDtype, TensorSource, WeightLoader};
-use twigvlm_backbone::{load_language_model, read_llava_spec, ImagePreprocessor, LlavaConfig};
+use twigvlm_backbone::{load_language_model, read_llava_spec, ImagePreprocessor, LlavaConfig, CAUSAL_LM_BODY};
+use twigvlm_train::trainable::trainable;
 use twigvlm_data::{DatasetSpec, SeedRange, ShapesDataset};
-use twigvlm_train::projector::ProjectorObjective;
+use twigvlm_train::alignment::{AlignedParts, AlignmentObjective};
 use twigvlm_train::vision::{PatchClassifier, VisionObjective};
 use twigvlm_train::{train, LrSchedule, OptimizerConfig, TrainOptions, TrainReport};
 
@@ -22,6 +24,8 @@ pub enum TrainCommand {
     Vision(VisionArgs),
     /// Stage 1: train the projector between a trained vision tower and a language model, both frozen.
     Projector(ProjectorArgs),
+    /// Stage 2: train the projector and the language model's top layers together.
+    Instruct(InstructArgs),
 }
 
 /// Checkpoint name prefix of the vision tower in a llava-hf model directory.
@@ -29,6 +33,10 @@ pub const VISION_PREFIX: &str = "vision_tower.vision_model";
 pub const VISION_FILE: &str = "vision_tower.safetensors";
 pub const PROJECTOR_PREFIX: &str = "multi_modal_projector";
 pub const PROJECTOR_FILE: &str = "projector.safetensors";
+/// The tuned language-model layers of stage 2, under the language model's own tensor names (they
+/// replace the pretrained ones when the model directory's index lists this file last), stored in
+/// f16 like the imported language model.
+pub const TUNED_LM_FILE: &str = "language_model_tuned.safetensors";
 
 /// Options every stage shares.
 #[derive(Debug, clap::Args)]
@@ -115,6 +123,18 @@ pub struct ProjectorArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct InstructArgs {
+    #[command(flatten)]
+    pub stage: ProjectorArgs,
+    /// How many of the language model's top layers train.
+    #[arg(long, default_value_t = 8)]
+    pub lm_layers: usize,
+    /// Output directory of `train projector` to start the projector from (default: a fresh one).
+    #[arg(long)]
+    pub projector: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct VisionArgs {
     /// Model directory whose config.json (vision_config) and preprocessor_config.json define the tower.
     #[arg(long)]
@@ -168,13 +188,35 @@ impl AutodiffJob for VisionJob {
     }
 }
 
-struct ProjectorJob(ProjectorArgs);
+/// Stages 1 and 2: the projector, and in stage 2 the language model's top layers.
+struct AlignmentJob {
+    args: ProjectorArgs,
+    lm_layers: usize,
+    projector_from: Option<PathBuf>,
+}
 
-impl AutodiffJob for ProjectorJob {
+impl AlignmentJob {
+    fn stage(&self) -> &'static str {
+        if self.lm_layers == 0 { "projector" } else { "instruct" }
+    }
+}
+
+/// The projector saved by an earlier stage in `dir`.
+fn load_projector<B: AutodiffBackend>(dir: &std::path::Path, config: &LlavaConfig, device: &B::Device) -> anyhow::Result<Projector<B>> {
+    let file = dir.join(PROJECTOR_FILE);
+    let mut source = TensorSource::default();
+    source.add_safetensors(&file).with_context(|| format!("reading the projector {}", file.display()))?;
+    let prefixes = [format!("{PROJECTOR_PREFIX}.linear_1"), format!("{PROJECTOR_PREFIX}.linear_2")];
+    let layers = if config.projector.activation.is_some() { &prefixes[..] } else { &prefixes[..1] };
+    let projector = Projector::<B::InnerBackend>::load(&WeightLoader::new(&source, device), layers, &config.projector)?;
+    Ok(trainable(Projector::from_inner(projector)))
+}
+
+impl AutodiffJob for AlignmentJob {
     type Output = anyhow::Result<()>;
 
     fn run<B: AutodiffBackend>(self, device: B::Device) -> anyhow::Result<()> {
-        let args = self.0;
+        let args = &self.args;
         let (config, preprocessor, train_data, eval_data) = stage_inputs(&args.config, &args.data, &args.eval_data)?;
         let inner_device = device.clone();
         let vision_file = args.vision.join(VISION_FILE);
@@ -191,8 +233,12 @@ impl AutodiffJob for ProjectorJob {
             config.text.hidden_size
         );
         B::seed(&device, args.run.seed);
-        let projector = Projector::<B>::init(&config.projector, &device);
-        let mut objective = ProjectorObjective::<B> {
+        let projector = match &self.projector_from {
+            Some(dir) => load_projector::<B>(dir, &config, &device)?,
+            None => Projector::<B>::init(&config.projector, &device),
+        };
+        let parts = AlignedParts::new(projector, &lm.model, self.lm_layers)?;
+        let mut objective = AlignmentObjective::<B> {
             vision,
             feature_select: config.feature_select,
             language_model: lm.model,
@@ -205,11 +251,15 @@ impl AutodiffJob for ProjectorJob {
             batch_size: args.run.batch_size,
             device: device.clone(),
         };
-        let (projector, report) = train(&mut objective, projector, &args.run.options(), &device)?;
-        let tensors = hf_tensors(&projector.valid(), &|path| format!("{PROJECTOR_PREFIX}.{path}"));
+        let (parts, report) = train(&mut objective, parts, &args.run.options(), &device)?;
+        let parts = parts.valid();
+        let tensors = hf_tensors(&parts.projector, &|path| format!("{PROJECTOR_PREFIX}.{path}"));
         let written = args.run.out.join(PROJECTOR_FILE);
         write_safetensors(&written, &tensors, StorageDtype::F32)?;
-        args.run.finish("projector", &args.data, &args.eval_data, &report, &written)
+        if !parts.lm_layers.is_empty() {
+            write_safetensors(&args.run.out.join(TUNED_LM_FILE), &parts.tuned_layer_tensors(CAUSAL_LM_BODY), StorageDtype::F16)?;
+        }
+        args.run.finish(self.stage(), &args.data, &args.eval_data, &report, &written)
     }
 }
 
@@ -221,7 +271,11 @@ pub fn run(command: TrainCommand) -> anyhow::Result<()> {
         }
         TrainCommand::Projector(args) => {
             let backend = args.run.backend;
-            backend.run_autodiff(ProjectorJob(args))?
+            backend.run_autodiff(AlignmentJob { args, lm_layers: 0, projector_from: None })?
+        }
+        TrainCommand::Instruct(args) => {
+            let backend = args.stage.run.backend;
+            backend.run_autodiff(AlignmentJob { args: args.stage, lm_layers: args.lm_layers, projector_from: args.projector })?
         }
     }
 }

@@ -1,0 +1,95 @@
+//! LLaVA stages 1 and 2 on the tiny llava-hf fixture: only the projector and the tuned top layers
+//! change, the loss on a fixed batch falls, and the tuned layers export under the language
+//! model's own checkpoint names with the trained values.
+
+use std::path::PathBuf;
+
+use burn::backend::{Autodiff, Flex};
+use burn::module::{AutodiffModule, Module};
+use twigvlm_backbone::weights::{hf_tensors, TensorSource};
+use twigvlm_backbone::{load_llava, LoadOptions, LoadedLlava};
+use twigvlm_data::{SceneConfig, ShapesDataset, TaskMix};
+use twigvlm_train::alignment::{AlignedParts, AlignmentObjective};
+use twigvlm_train::{train, LrSchedule, OptimizerConfig, TrainOptions};
+
+type B = Autodiff<Flex>;
+
+fn fixture() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llava-hf5")
+}
+
+fn flat<M: Module<Flex>>(module: &M) -> Vec<f32> {
+    hf_tensors(module, &|p| p.to_string()).into_iter().flat_map(|t| t.2).collect()
+}
+
+/// The fixture's frozen parts around a one-image training set (every step sees the same batch).
+fn objective(loaded: LoadedLlava<B>, device: &<B as burn::tensor::backend::BackendTypes>::Device) -> AlignmentObjective<B> {
+    let mut data = ShapesDataset::new(5, 2, TaskMix::short());
+    data.scene = SceneConfig { grid: 4, cell_px: 14, objects: 1..=3 };
+    data.turns_per_image = 2;
+    let mut eval = data.clone();
+    eval.seed = twigvlm_data::EVAL_SEED_START;
+    AlignmentObjective {
+        vision: loaded.model.vision_tower.valid(),
+        feature_select: loaded.config.feature_select,
+        language_model: loaded.model.language_model,
+        tokenizer: loaded.tokenizer,
+        template: loaded.template,
+        system: None,
+        preprocessor: loaded.preprocessor,
+        train: data,
+        eval,
+        batch_size: 2,
+        device: device.clone(),
+    }
+}
+
+#[test]
+fn stage_two_trains_only_the_projector_and_the_tuned_layers() {
+    let device = Default::default();
+    let loaded = load_llava::<B>(&fixture(), &LoadOptions::default(), &device).unwrap();
+    let layers = loaded.model.language_model.num_layers();
+    let frozen_before = flat(&loaded.model.language_model.valid());
+    let projector_before = flat(&loaded.model.projector.valid());
+    let top_before = flat(&loaded.model.language_model.layers[layers - 1].valid());
+    let projector = twigvlm_train::trainable::trainable(loaded.model.projector.clone());
+    let parts = AlignedParts::new(projector, &loaded.model.language_model, 1).unwrap();
+    assert_eq!(parts.first_tuned_layer, layers - 1);
+    assert!(AlignedParts::new(parts.projector.clone(), &loaded.model.language_model, layers + 1).is_err());
+
+    let mut objective = objective(loaded, &device);
+    let dir = std::env::temp_dir().join(format!("twigvlm-align-{}", std::process::id()));
+    let options = TrainOptions {
+        steps: 12,
+        schedule: LrSchedule::warmup_cosine(1e-2, 12, 0.1),
+        optimizer: OptimizerConfig::default(),
+        checkpoint_every: 1000,
+        eval_every: None,
+        log_every: 2,
+        out_dir: dir.clone(),
+        resume: false,
+        show_progress: false,
+    };
+    let (parts, report) = train(&mut objective, parts, &options, &device).unwrap();
+    let (first, last) = (report.history.first().unwrap().loss, report.history.last().unwrap().loss);
+    eprintln!("loss {first:.3} -> {last:.3}");
+    assert!(last < 0.7 * first, "the loss on a fixed batch must fall by 30%: {first} -> {last}");
+
+    let parts = parts.valid();
+    assert_eq!(flat(&objective.language_model.valid()), frozen_before, "the frozen language model must not change");
+    assert_ne!(flat(&parts.projector), projector_before, "the projector trains");
+    assert_ne!(flat(&parts.lm_layers[0]), top_before, "the tuned layer trains");
+
+    // The tuned layer exports under the checkpoint's own names, with the trained values.
+    let source = TensorSource::open_dir(&fixture()).unwrap();
+    let exported = parts.tuned_layer_tensors("model.language_model");
+    let trained = hf_tensors(&parts.lm_layers[0], &|p| p.to_string());
+    assert_eq!(exported.len(), trained.len());
+    for ((name, shape, values), (_, _, expected)) in exported.iter().zip(&trained) {
+        assert!(name.starts_with(&format!("model.language_model.layers.{}.", layers - 1)), "{name}");
+        assert!(source.contains(name), "{name} is not a tensor of the checkpoint");
+        assert_eq!(values, expected);
+        assert!(!shape.is_empty());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
