@@ -1,6 +1,8 @@
 //! The demo model `models/shapes-smol`: its language model is rebuilt from the pinned wheel
 //! (SmolLM2-135M-Instruct GGUF, imported by our own reader), its trained parts (vision tower,
-//! projector) are committed, and `model.safetensors.index.json` ties the three files together.
+//! projector, the language model's tuned top layers) are committed, and
+//! `model.safetensors.index.json` ties the files together (the tuned layers listed after the
+//! pretrained ones, so they replace them).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,6 +20,7 @@ const LANGUAGE_MODEL_SUBDIR: &str = "language_model";
 const LANGUAGE_MODEL_FILES: [&str; 3] = ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja"];
 pub const VISION_FILE: &str = "vision_tower.safetensors";
 pub const PROJECTOR_FILE: &str = "projector.safetensors";
+pub const TUNED_LM_FILE: &str = "language_model_tuned.safetensors";
 const DEMO_CACHE: &str = "target/demo";
 
 fn twigvlm() -> Command {
@@ -76,7 +79,11 @@ pub fn assemble() -> anyhow::Result<PathBuf> {
         std::fs::copy(lm.join(file), dir.join(file)).with_context(|| format!("copying {file}"))?;
     }
     let mut weight_map = BTreeMap::new();
-    for file in [VISION_FILE.to_string(), PROJECTOR_FILE.to_string(), format!("{LANGUAGE_MODEL_SUBDIR}/model.safetensors")] {
+    let mut files = vec![VISION_FILE.to_string(), PROJECTOR_FILE.to_string(), format!("{LANGUAGE_MODEL_SUBDIR}/model.safetensors")];
+    if dir.join(TUNED_LM_FILE).is_file() {
+        files.push(TUNED_LM_FILE.to_string());
+    }
+    for file in files {
         for name in tensor_names(&dir.join(&file))? {
             weight_map.insert(name, file.clone());
         }

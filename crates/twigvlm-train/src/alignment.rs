@@ -21,6 +21,7 @@ use twigvlm_backbone::config::FeatureSelect;
 use twigvlm_backbone::llava::embed_with_image;
 use twigvlm_backbone::projector::Projector;
 use twigvlm_backbone::weights::{hf_tensors, NamedTensor};
+use twigvlm_backbone::llama::forward_stack;
 use twigvlm_backbone::{AttentionProbe, DecoderLayer, KvCache};
 use twigvlm_backbone::{ImagePreprocessor, LlamaDecoder, PromptTokenizer};
 use twigvlm_data::{Conversation, ShapesDataset};
@@ -120,10 +121,9 @@ impl<B: AutodiffBackend> AlignmentObjective<B> {
         let rope = language_model.rope(&positions, device);
         let first_tuned = parts.first_tuned_layer;
         let mut cache = KvCache::new(language_model.num_layers());
-        let mut hidden = language_model.forward_layers(embeds, &rope, 0..first_tuned, &mut cache, &AttentionProbe::default()).hidden;
-        for (offset, layer) in parts.lm_layers.iter().enumerate() {
-            hidden = layer.forward(hidden, &rope, cache.layer_mut(first_tuned + offset), None).0;
-        }
+        let probe = AttentionProbe::default();
+        let hidden = language_model.forward_layers(embeds, &rope, 0..first_tuned, &mut cache, &probe).hidden;
+        let hidden = forward_stack(&parts.lm_layers, first_tuned, hidden, &rope, &mut cache, &probe).hidden;
         let rows: Vec<i32> = encoded.targets.iter().map(|&(p, _)| p as i32).collect();
         let index = Tensor::<C, 1, Int>::from_data(TensorData::new(rows, [encoded.targets.len()]), device);
         let logits = language_model.logits(hidden.select(1, index));

@@ -49,6 +49,28 @@ pub struct LayersOutput<B: Backend> {
     pub attention: Vec<(usize, Tensor<B, 4>)>,
 }
 
+/// Runs a stack of decoder layers whose first one is layer `first_index` of `cache` and `probe`
+/// (the base model's own layers, its tuned copies, or a twig's blocks with their own cache).
+pub fn forward_stack<B: Backend>(
+    layers: &[DecoderLayer<B>],
+    first_index: usize,
+    mut hidden: Tensor<B, 3>,
+    rope: &RopeAngles<B>,
+    cache: &mut KvCache<B>,
+    probe: &AttentionProbe,
+) -> LayersOutput<B> {
+    let mut attention = Vec::new();
+    for (offset, layer) in layers.iter().enumerate() {
+        let index = first_index + offset;
+        let (out, probs) = layer.forward(hidden, rope, cache.layer_mut(index), probe.rows_for(index));
+        hidden = out;
+        if let Some(probs) = probs {
+            attention.push((index, probs));
+        }
+    }
+    LayersOutput { hidden, attention }
+}
+
 #[derive(Module, Debug)]
 pub struct LlamaDecoder<B: Backend> {
     pub embed_tokens: Embedding<B>,
@@ -64,33 +86,8 @@ impl<B: Backend> LlamaDecoder<B> {
     /// embedding matrix when the config ties them).
     pub fn load(loader: &WeightLoader<B>, prefix: &str, head: &str, cfg: &LlamaConfig) -> Result<Self> {
         let (d, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
-        let q_dim = cfg.num_heads * cfg.head_dim;
-        let kv_dim = cfg.num_kv_heads * cfg.head_dim;
         let layers = (0..cfg.num_layers)
-            .map(|i| {
-                let p = format!("{prefix}.layers.{i}");
-                let attn = |name: &str, d_in, d_out| loader.linear(&format!("{p}.self_attn.{name}"), d_in, d_out, cfg.attention_bias);
-                let mlp = |name: &str, d_in, d_out| loader.linear(&format!("{p}.mlp.{name}"), d_in, d_out, cfg.mlp_bias);
-                Ok(DecoderLayer {
-                    input_layernorm: loader.rms_norm(&format!("{p}.input_layernorm.weight"), d, eps)?,
-                    self_attn: SelfAttention {
-                        q_proj: attn("q_proj", d, q_dim)?,
-                        k_proj: attn("k_proj", d, kv_dim)?,
-                        v_proj: attn("v_proj", d, kv_dim)?,
-                        o_proj: attn("o_proj", q_dim, d)?,
-                        num_heads: cfg.num_heads,
-                        num_kv_heads: cfg.num_kv_heads,
-                        head_dim: cfg.head_dim,
-                    },
-                    post_attention_layernorm: loader.rms_norm(&format!("{p}.post_attention_layernorm.weight"), d, eps)?,
-                    mlp: Mlp {
-                        gate_proj: mlp("gate_proj", d, cfg.intermediate_size)?,
-                        up_proj: mlp("up_proj", d, cfg.intermediate_size)?,
-                        down_proj: mlp("down_proj", cfg.intermediate_size, d)?,
-                        activation: cfg.mlp_activation,
-                    },
-                })
-            })
+            .map(|i| DecoderLayer::load(loader, &format!("{prefix}.layers.{i}"), cfg))
             .collect::<Result<Vec<_>>>()?;
         let embedding_name = format!("{prefix}.embed_tokens.weight");
         let head_name = format!("{head}.weight");
@@ -136,21 +133,13 @@ impl<B: Backend> LlamaDecoder<B> {
     /// layer's cache.
     pub fn forward_layers(
         &self,
-        mut hidden: Tensor<B, 3>,
+        hidden: Tensor<B, 3>,
         rope: &RopeAngles<B>,
         layers: Range<usize>,
         cache: &mut KvCache<B>,
         probe: &AttentionProbe,
     ) -> LayersOutput<B> {
-        let mut attention = Vec::new();
-        for index in layers {
-            let (out, probs) = self.layers[index].forward(hidden, rope, cache.layer_mut(index), probe.rows_for(index));
-            hidden = out;
-            if let Some(probs) = probs {
-                attention.push((index, probs));
-            }
-        }
-        LayersOutput { hidden, attention }
+        forward_stack(&self.layers[layers.clone()], layers.start, hidden, rope, cache, probe)
     }
 
     /// Final norm and LM head at every given position.
