@@ -1,2 +1,16 @@
-//! The twig (T decoder blocks + norm + LM head attached after base layer K): module, initialisation
-//! from the backbone, checkpoint I/O. Not implemented yet: see the twig issue.
+//! The twig: T decoder blocks + their own RMSNorm + an LM head, attached after base layer K. The
+//! shallow network is the base's layers 0..K-1 (run by the backbone, never duplicated) followed by
+//! the twig. This crate owns the module, its initialisation from the base model, and its two
+//! checkpoint formats (ours and the official TwigVLM layout).
+
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod identity;
+pub mod module;
+
+pub use checkpoint::{load_twig, save_twig, save_official, TwigCheckpoint, TwigFormat};
+pub use config::{TwigConfig, TwigHead, TwigInit};
+pub use error::{Result, TwigError};
+pub use identity::BaseIdentity;
+pub use module::Twig;

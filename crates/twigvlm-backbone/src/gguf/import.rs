@@ -166,7 +166,7 @@ pub fn import_gguf(gguf_path: &Path, out_dir: &Path, dtype: ImportDtype, mut pro
         "num_hidden_layers": hyper.layers, "num_attention_heads": hyper.heads, "num_key_value_heads": hyper.kv_heads,
         "head_dim": hyper.head_dim, "max_position_embeddings": hyper.context, "rms_norm_eps": hyper.rms_eps,
         "rope_theta": hyper.rope_theta, "tie_word_embeddings": tied, "bos_token_id": bos, "eos_token_id": eos,
-        "torch_dtype": match dtype { ImportDtype::F16 => "float16", ImportDtype::F32 => "float32" },
+        "torch_dtype": dtype.torch_name(),
         "imported_from": gguf_path.file_name().and_then(|n| n.to_str()),
     });
     write_json(&staging.join("config.json"), &config)?;

@@ -9,7 +9,19 @@ use crate::error::{BackboneError, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StorageDtype {
     F16,
+    BF16,
     F32,
+}
+
+impl StorageDtype {
+    /// The `torch_dtype` a config.json states for weights stored this way.
+    pub fn torch_name(self) -> &'static str {
+        match self {
+            Self::F16 => "float16",
+            Self::BF16 => "bfloat16",
+            Self::F32 => "float32",
+        }
+    }
 }
 
 /// `(name, shape, row-major values)` of one tensor to write.
@@ -21,11 +33,13 @@ pub fn write_safetensors(path: &Path, tensors: &[NamedTensor], dtype: StorageDty
         match dtype {
             StorageDtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
             StorageDtype::F16 => values.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
+            StorageDtype::BF16 => values.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
         }
     };
     let st_dtype = match dtype {
         StorageDtype::F32 => safetensors::Dtype::F32,
         StorageDtype::F16 => safetensors::Dtype::F16,
+        StorageDtype::BF16 => safetensors::Dtype::BF16,
     };
     let failed = |reason: String| BackboneError::Checkpoint { path: path.to_path_buf(), reason };
     let bytes: Vec<Vec<u8>> = tensors.iter().map(|t| encode(&t.2)).collect();

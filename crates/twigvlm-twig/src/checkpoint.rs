@@ -1,0 +1,165 @@
+//! Twig checkpoints. Ours: `twig.safetensors` + `twig.json` (K, T, init, head, the base model's
+//! identity, a training summary). The official TwigVLM layout: a directory whose
+//! `model.safetensors` holds `model.layers.{0..T-1}.*`, `model.norm.weight` and `lm_head.weight`
+//! in bf16; the official code takes K from its environment, so it comes from the caller or a
+//! `twig.json` beside the weights. Both use the same tensor names.
+
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+use twigvlm_backbone::config::LlamaConfig;
+use twigvlm_backbone::weights::{hf_tensors, write_safetensors, StorageDtype, TensorSource, WeightLoader};
+use twigvlm_backbone::{DecoderLayer, LlamaDecoder};
+
+use crate::config::{TwigConfig, TwigHead, TwigInit};
+use crate::error::{Result, TwigError};
+use crate::identity::BaseIdentity;
+use crate::module::Twig;
+
+pub const OURS_WEIGHTS: &str = "twig.safetensors";
+pub const OURS_META: &str = "twig.json";
+pub const OFFICIAL_WEIGHTS: &str = "model.safetensors";
+const LAYER_PREFIX: &str = "model.layers";
+const NORM: &str = "model.norm.weight";
+const HEAD: &str = "lm_head";
+const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TwigFormat {
+    Ours,
+    Official,
+}
+
+/// `twig.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TwigMeta {
+    pub format_version: u32,
+    pub config: TwigConfig,
+    pub base: BaseIdentity,
+    /// What the trainer recorded (data, steps, time, final metrics); free-form.
+    #[serde(default)]
+    pub training: serde_json::Value,
+}
+
+/// A loaded twig and what its files said about it.
+pub struct TwigCheckpoint<B: Backend> {
+    pub twig: Twig<B>,
+    pub format: TwigFormat,
+    /// None for an official twig without a sidecar.
+    pub meta: Option<TwigMeta>,
+}
+
+fn tensors<B: Backend>(twig: &Twig<B>) -> Vec<twigvlm_backbone::weights::NamedTensor> {
+    hf_tensors(twig, &|path| match path.strip_prefix("layers.") {
+        Some(rest) => format!("{LAYER_PREFIX}.{rest}"),
+        None if path.starts_with("norm.") => format!("model.{path}"),
+        None => path.to_string(),
+    })
+}
+
+fn write_meta(dir: &Path, meta: &TwigMeta) -> Result<()> {
+    let path = dir.join(OURS_META);
+    let failed = |reason: String| TwigError::Write { path: path.clone(), reason };
+    let text = serde_json::to_string_pretty(meta).map_err(|e| failed(e.to_string()))?;
+    let staging = dir.join(format!(".{OURS_META}.tmp"));
+    std::fs::write(&staging, text).map_err(|e| failed(e.to_string()))?;
+    std::fs::rename(&staging, &path).map_err(|e| failed(e.to_string()))
+}
+
+fn create_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| TwigError::Write { path: dir.to_path_buf(), reason: e.to_string() })
+}
+
+/// Writes our format: weights in `dtype`, then `twig.json` (each file atomically).
+pub fn save_twig<B: Backend>(dir: &Path, twig: &Twig<B>, base: &LlamaDecoder<B>, training: serde_json::Value, dtype: StorageDtype) -> Result<()> {
+    create_dir(dir)?;
+    write_safetensors(&dir.join(OURS_WEIGHTS), &tensors(twig), dtype)?;
+    write_meta(dir, &TwigMeta { format_version: FORMAT_VERSION, config: twig.config, base: BaseIdentity::of(base), training })
+}
+
+/// Writes the official layout (bf16 `model.safetensors`; the head is written even when shared, as
+/// the official loader expects one) and our `twig.json` beside it so that K travels with it.
+pub fn save_official<B: Backend>(dir: &Path, twig: &Twig<B>, base: &LlamaDecoder<B>, training: serde_json::Value) -> Result<()> {
+    create_dir(dir)?;
+    let mut named = tensors(twig);
+    if twig.lm_head.is_none() {
+        named.extend(hf_tensors(&base.lm_head, &|path| format!("{HEAD}.{path}")));
+    }
+    write_safetensors(&dir.join(OFFICIAL_WEIGHTS), &named, StorageDtype::BF16)?;
+    let mut config = twig.config;
+    config.head = TwigHead::Trained;
+    write_meta(dir, &TwigMeta { format_version: FORMAT_VERSION, config, base: BaseIdentity::of(base), training })
+}
+
+fn read_meta(path: &Path) -> Result<Option<TwigMeta>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text).map(Some).map_err(|source| TwigError::Json { path: path.to_path_buf(), source }),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Number of `model.layers.N` blocks in a twig file.
+fn count_layers(source: &TensorSource) -> usize {
+    let mut indices: Vec<usize> = source
+        .names()
+        .filter_map(|name| name.strip_prefix(&format!("{LAYER_PREFIX}."))?.split('.').next()?.parse().ok())
+        .collect();
+    indices.sort_unstable();
+    indices.dedup();
+    indices.len()
+}
+
+/// Loads a twig in either format from `dir` for `base`. `k` overrides (and is required for an
+/// official twig without `twig.json`). A twig recorded for another base model is refused.
+pub fn load_twig<B: Backend>(dir: &Path, base: &LlamaDecoder<B>, base_config: &LlamaConfig, k: Option<usize>, device: &B::Device) -> Result<TwigCheckpoint<B>> {
+    let (format, weights) = if dir.join(OURS_WEIGHTS).is_file() {
+        (TwigFormat::Ours, dir.join(OURS_WEIGHTS))
+    } else if dir.join(OFFICIAL_WEIGHTS).is_file() {
+        (TwigFormat::Official, dir.join(OFFICIAL_WEIGHTS))
+    } else {
+        return Err(TwigError::NotATwig { path: dir.to_path_buf() });
+    };
+    let meta = read_meta(&dir.join(OURS_META))?;
+    if format == TwigFormat::Ours && meta.is_none() {
+        return Err(TwigError::NotATwig { path: dir.to_path_buf() });
+    }
+    if let Some(meta) = &meta {
+        let found = BaseIdentity::of(base);
+        if meta.base != found {
+            return Err(TwigError::WrongBase { path: dir.to_path_buf(), expected: meta.base.to_string(), found: found.to_string() });
+        }
+    }
+    let mut source = TensorSource::default();
+    source.add_safetensors(&weights)?;
+    let t = count_layers(&source);
+    let k = k.or(meta.as_ref().map(|m| m.config.k)).ok_or_else(|| TwigError::MissingK { path: dir.to_path_buf() })?;
+    let has_head = source.contains(&format!("{HEAD}.weight"));
+    let init = meta.as_ref().map_or(TwigInit::Adjacent, |m| m.config.init);
+    let config = TwigConfig { k, t, init, head: if has_head { TwigHead::Trained } else { TwigHead::Shared } };
+    config.validate(base.num_layers())?;
+    let loader = WeightLoader::new(&source, device);
+    let layers = (0..t).map(|i| DecoderLayer::load(&loader, &format!("{LAYER_PREFIX}.{i}"), base_config)).collect::<std::result::Result<Vec<_>, _>>()?;
+    let norm = loader.rms_norm(NORM, base.hidden_size(), base_config.rms_norm_eps)?;
+    let lm_head = if has_head { Some(loader.linear(HEAD, base.hidden_size(), base.vocab_size(), false)?) } else { None };
+    Ok(TwigCheckpoint { twig: Twig { layers, norm, lm_head, config }, format, meta })
+}
+
+/// Rewrites a twig from one format to the other (`twigvlm twig convert`).
+pub fn convert<B: Backend>(
+    from: &Path,
+    to: &Path,
+    target: TwigFormat,
+    base: &LlamaDecoder<B>,
+    base_config: &LlamaConfig,
+    k: Option<usize>,
+    device: &B::Device,
+) -> Result<PathBuf> {
+    let loaded = load_twig(from, base, base_config, k, device)?;
+    let training = loaded.meta.map(|m| m.training).unwrap_or_default();
+    match target {
+        TwigFormat::Ours => save_twig(to, &loaded.twig, base, training, StorageDtype::F16)?,
+        TwigFormat::Official => save_official(to, &loaded.twig, base, training)?,
+    }
+    Ok(to.to_path_buf())
+}

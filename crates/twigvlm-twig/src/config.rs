@@ -1,0 +1,80 @@
+//! Where the twig attaches (K), how deep it is (T), how it starts, and whether it owns its head.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TwigError};
+
+/// How the twig's blocks, norm and head are initialised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TwigInit {
+    /// Copies of base layers K..K+T-1, the base final norm and LM head (the paper's default).
+    Adjacent,
+    /// Copies of the base model's last T layers, final norm and LM head (ablation).
+    Last,
+    /// Fresh random blocks, a unit norm and a copy of the LM head (ablation).
+    Random,
+}
+
+/// Whether the twig trains its own LM head or reuses the frozen base head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TwigHead {
+    /// Its own head, initialised from the base head (the paper's choice).
+    Trained,
+    /// The base model's head, frozen: nothing to store, and for a tied-embedding base it stays the
+    /// embedding matrix.
+    Shared,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TwigConfig {
+    /// Base layers before the twig (the twig reads layer K's input hidden states).
+    pub k: usize,
+    /// Decoder blocks in the twig.
+    pub t: usize,
+    pub init: TwigInit,
+    pub head: TwigHead,
+}
+
+impl TwigConfig {
+    /// The paper's LLaVA-1.5-7B setting.
+    pub const PAPER_K: usize = 2;
+    pub const PAPER_T: usize = 3;
+
+    pub fn new(k: usize, t: usize) -> Self {
+        Self { k, t, init: TwigInit::Adjacent, head: TwigHead::Trained }
+    }
+
+    /// K ≥ 1 (the twig shares at least one base layer), T ≥ 1, and the copied base layers exist.
+    pub fn validate(&self, base_layers: usize) -> Result<()> {
+        if self.k == 0 {
+            return Err(TwigError::Shape("K must be at least 1 (the twig attaches after a base layer)".into()));
+        }
+        if self.t == 0 {
+            return Err(TwigError::Shape("T must be at least 1".into()));
+        }
+        if self.k + self.t > base_layers {
+            return Err(TwigError::Shape(format!(
+                "K + T = {} + {} exceeds the base model's {base_layers} layers",
+                self.k, self.t
+            )));
+        }
+        Ok(())
+    }
+
+    /// Base layers the twig's blocks start as (None: random).
+    pub fn source_layers(&self, base_layers: usize) -> Option<std::ops::Range<usize>> {
+        match self.init {
+            TwigInit::Adjacent => Some(self.k..self.k + self.t),
+            TwigInit::Last => Some(base_layers - self.t..base_layers),
+            TwigInit::Random => None,
+        }
+    }
+}
+
+impl Default for TwigConfig {
+    fn default() -> Self {
+        Self::new(Self::PAPER_K, Self::PAPER_T)
+    }
+}

@@ -1,0 +1,78 @@
+//! The twig module and its initialisation from the base language model.
+
+use burn::nn::{Linear, RmsNorm};
+use burn::prelude::*;
+use twigvlm_backbone::config::LlamaConfig;
+use twigvlm_backbone::llama::{forward_stack, LayersOutput, RopeAngles};
+use twigvlm_backbone::{AttentionProbe, DecoderLayer, KvCache, LlamaDecoder};
+
+use crate::config::{TwigConfig, TwigHead, TwigInit};
+use crate::error::Result;
+
+#[derive(Module, Debug)]
+pub struct Twig<B: Backend> {
+    pub layers: Vec<DecoderLayer<B>>,
+    pub norm: RmsNorm<B>,
+    /// None: the base model's head is used (`TwigHead::Shared`).
+    pub lm_head: Option<Linear<B>>,
+    #[module(skip)]
+    pub config: TwigConfig,
+}
+
+impl<B: Backend> Twig<B> {
+    /// A twig for `base` initialised as `config.init` says. Copies share nothing with the base
+    /// (training changes only the twig).
+    pub fn init(base: &LlamaDecoder<B>, base_config: &LlamaConfig, config: TwigConfig, device: &B::Device) -> Result<Self> {
+        config.validate(base.num_layers())?;
+        let layers = match config.source_layers(base.num_layers()) {
+            Some(range) => base.layers[range].iter().map(deep_copy).collect(),
+            None => (0..config.t).map(|_| DecoderLayer::init(base_config, device)).collect(),
+        };
+        let norm = match config.init {
+            TwigInit::Random => burn::nn::RmsNormConfig::new(base.hidden_size()).with_epsilon(base_config.rms_norm_eps).init(device),
+            TwigInit::Adjacent | TwigInit::Last => deep_copy(&base.norm),
+        };
+        let lm_head = match config.head {
+            TwigHead::Trained => Some(deep_copy(&base.lm_head)),
+            TwigHead::Shared => None,
+        };
+        Ok(Self { layers, norm, lm_head, config })
+    }
+
+    /// A cache for the twig's own blocks (they never share the base's).
+    pub fn new_cache(&self) -> KvCache<B> {
+        KvCache::new(self.layers.len())
+    }
+
+    /// Runs the twig blocks on the base's hidden states entering layer K. Probe layers are twig
+    /// block indices (0..T).
+    ///
+    /// # Shapes
+    /// - hidden: `[batch, new, hidden]` → `[batch, new, hidden]`
+    pub fn forward(&self, hidden: Tensor<B, 3>, rope: &RopeAngles<B>, cache: &mut KvCache<B>, probe: &AttentionProbe) -> LayersOutput<B> {
+        forward_stack(&self.layers, 0, hidden, rope, cache, probe)
+    }
+
+    /// The twig's norm and head (or the base's head when shared).
+    ///
+    /// # Shapes
+    /// - hidden: `[batch, seq, hidden]` → `[batch, seq, vocab]`
+    pub fn logits(&self, hidden: Tensor<B, 3>, base_head: &Linear<B>) -> Tensor<B, 3> {
+        let normed = self.norm.forward(hidden);
+        self.lm_head.as_ref().unwrap_or(base_head).forward(normed)
+    }
+}
+
+/// A copy with its own parameter ids and storage: the original stays untouched by training, and
+/// the copy records as a separate module.
+fn deep_copy<B: Backend, M: Module<B>>(module: &M) -> M {
+    struct Fresh;
+    impl<B: Backend> burn::module::ModuleMapper<B> for Fresh {
+        fn map_float<const D: usize>(&mut self, param: burn::module::Param<Tensor<B, D>>) -> burn::module::Param<Tensor<B, D>> {
+            let value = param.val();
+            let copy = Tensor::from_data(value.to_data(), &value.device());
+            burn::module::Param::initialized(burn::module::ParamId::new(), copy)
+        }
+    }
+    module.clone().map(&mut Fresh)
+}

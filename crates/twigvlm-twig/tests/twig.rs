@@ -1,0 +1,148 @@
+//! The twig on the tiny llava-hf fixture's language model (4 layers): wiring of the adjacent
+//! initialisation, K/T validation, both checkpoint formats, and refusal of a foreign base.
+
+use std::path::PathBuf;
+
+use burn::backend::Flex;
+use burn::module::Module;
+use burn::prelude::*;
+use twigvlm_backbone::config::LlamaConfig;
+use twigvlm_backbone::weights::{hf_tensors, StorageDtype};
+use twigvlm_backbone::{load_llava, AttentionProbe, KvCache, LlamaDecoder, LoadOptions};
+use twigvlm_twig::checkpoint::convert;
+use twigvlm_twig::{load_twig, save_official, save_twig, Twig, TwigConfig, TwigError, TwigFormat, TwigHead, TwigInit};
+
+type B = Flex;
+
+fn base() -> (LlamaDecoder<B>, LlamaConfig) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llava-hf5");
+    let loaded = load_llava::<B>(&dir, &LoadOptions::default(), &Default::default()).unwrap();
+    (loaded.model.language_model, loaded.config.text)
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("twigvlm-twig-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn values<M: Module<B>>(module: &M) -> Vec<(String, Vec<f32>)> {
+    hf_tensors(module, &|p| p.to_string()).into_iter().map(|(n, _, v)| (n, v)).collect()
+}
+
+fn input(base: &LlamaDecoder<B>) -> (Tensor<B, 3>, Vec<usize>) {
+    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(vec![3i64, 17, 42, 5, 99, 250], [1, 6]), &Default::default());
+    (base.embed(ids), (0..6).collect())
+}
+
+fn shallow_logits(base: &LlamaDecoder<B>, twig: &Twig<B>) -> Tensor<B, 3> {
+    let device = Default::default();
+    let (embeds, positions) = input(base);
+    let rope = base.rope(&positions, &device);
+    let k = twig.config.k;
+    let mut cache = KvCache::new(base.num_layers());
+    let hidden = base.forward_layers(embeds, &rope, 0..k, &mut cache, &AttentionProbe::default()).hidden;
+    let hidden = twig.forward(hidden, &rope, &mut twig.new_cache(), &AttentionProbe::default()).hidden;
+    twig.logits(hidden, &base.lm_head)
+}
+
+#[test]
+fn adjacent_twig_equals_the_base_truncated_after_layer_k_plus_t() {
+    let (base, cfg) = base();
+    let device = Default::default();
+    let config = TwigConfig::new(1, 2);
+    let twig = Twig::init(&base, &cfg, config, &device).unwrap();
+    let (embeds, positions) = input(&base);
+    let rope = base.rope(&positions, &device);
+    let mut cache = KvCache::new(base.num_layers());
+    let hidden = base.forward_layers(embeds, &rope, 0..3, &mut cache, &AttentionProbe::default()).hidden;
+    let expected = base.logits(hidden);
+    let got = shallow_logits(&base, &twig);
+    assert_eq!(got.to_data(), expected.to_data(), "adjacent init must reproduce the base's first K+T layers exactly");
+    // The whole model differs (it has one more layer), so the check above is not vacuous.
+    let full = base.logits(base.forward_layers(input(&base).0, &rope, 0..4, &mut KvCache::new(4), &AttentionProbe::default()).hidden);
+    assert_ne!(full.to_data(), expected.to_data());
+
+    let shared = Twig::init(&base, &cfg, TwigConfig { head: TwigHead::Shared, ..config }, &device).unwrap();
+    assert!(shared.lm_head.is_none());
+    assert_eq!(shallow_logits(&base, &shared).to_data(), expected.to_data());
+}
+
+#[test]
+fn init_modes_copy_the_right_layers() {
+    let (base, cfg) = base();
+    let device = Default::default();
+    let last = Twig::init(&base, &cfg, TwigConfig { init: TwigInit::Last, ..TwigConfig::new(1, 2) }, &device).unwrap();
+    assert_eq!(values(&last.layers[0]), values(&base.layers[2]));
+    assert_eq!(values(&last.layers[1]), values(&base.layers[3]));
+    let random = Twig::init(&base, &cfg, TwigConfig { init: TwigInit::Random, ..TwigConfig::new(1, 2) }, &device).unwrap();
+    assert_ne!(values(&random.layers[0]), values(&base.layers[1]));
+    assert_eq!(random.layers[0].self_attn.q_proj.weight.dims(), base.layers[1].self_attn.q_proj.weight.dims());
+}
+
+#[test]
+fn bad_k_and_t_are_refused() {
+    let (base, cfg) = base();
+    let device = Default::default();
+    for (k, t, needle) in [(0, 2, "K must be at least 1"), (1, 0, "T must be at least 1"), (2, 3, "exceeds the base model's 4 layers")] {
+        let err = Twig::init(&base, &cfg, TwigConfig::new(k, t), &device).unwrap_err();
+        assert!(err.to_string().contains(needle), "K={k} T={t}: {err}");
+    }
+}
+
+#[test]
+fn both_checkpoint_formats_round_trip() {
+    let (base, cfg) = base();
+    let device = Default::default();
+    let twig = Twig::init(&base, &cfg, TwigConfig::new(1, 2), &device).unwrap();
+    let training = serde_json::json!({"steps": 3});
+
+    let ours = scratch("ours");
+    save_twig(&ours, &twig, &base, training.clone(), StorageDtype::F32).unwrap();
+    let loaded = load_twig(&ours, &base, &cfg, None, &device).unwrap();
+    assert_eq!(loaded.format, TwigFormat::Ours);
+    assert_eq!(loaded.twig.config, twig.config);
+    assert_eq!(loaded.meta.unwrap().training, training);
+    assert_eq!(values(&loaded.twig), values(&twig));
+
+    // Official layout: bf16, K not recorded by the weights.
+    let official = scratch("official");
+    save_official(&official, &twig, &base, training).unwrap();
+    std::fs::remove_file(official.join("twig.json")).unwrap();
+    let err = load_twig(&official, &base, &cfg, None, &device).err().unwrap();
+    assert!(matches!(err, TwigError::MissingK { .. }), "{err}");
+    let loaded = load_twig(&official, &base, &cfg, Some(1), &device).unwrap();
+    assert_eq!(loaded.format, TwigFormat::Official);
+    assert_eq!((loaded.twig.config.k, loaded.twig.config.t), (1, 2));
+    for ((name, got), (_, want)) in values(&loaded.twig).iter().zip(values(&twig)) {
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() <= w.abs() / 128.0 + 1e-6, "{name}: {g} vs {w} beyond bf16 rounding");
+        }
+    }
+
+    // Official → ours keeps K and T.
+    let converted = scratch("converted");
+    convert(&official, &converted, TwigFormat::Ours, &base, &cfg, Some(1), &device).unwrap();
+    let again = load_twig(&converted, &base, &cfg, None, &device).unwrap();
+    assert_eq!((again.twig.config.k, again.twig.config.t), (1, 2));
+    for dir in [ours, official, converted] {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+#[test]
+fn a_twig_for_another_base_is_refused() {
+    let (base, cfg) = base();
+    let device = Default::default();
+    let twig = Twig::init(&base, &cfg, TwigConfig::new(1, 2), &device).unwrap();
+    let dir = scratch("foreign");
+    save_twig(&dir, &twig, &base, serde_json::Value::Null, StorageDtype::F16).unwrap();
+    let mut other = base.clone();
+    other.layers[0].self_attn.q_proj.weight = other.layers[0].self_attn.q_proj.weight.clone().map(|w| w.mul_scalar(1.5));
+    let err = load_twig(&dir, &other, &cfg, None, &device).err().unwrap();
+    assert!(matches!(err, TwigError::WrongBase { .. }), "{err}");
+    assert!(err.to_string().contains("another base model"));
+    let err = load_twig(&scratch("empty"), &base, &cfg, None, &device).err().unwrap();
+    assert!(matches!(err, TwigError::NotATwig { .. }), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
