@@ -15,18 +15,16 @@ use std::collections::BTreeMap;
 use burn::module::AutodiffModule;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use twigvlm_backbone::chat_template::ChatTemplate;
-use twigvlm_backbone::clip::ClipVisionTower;
-use twigvlm_backbone::config::FeatureSelect;
 use twigvlm_backbone::llava::embed_with_image;
 use twigvlm_backbone::projector::Projector;
 use twigvlm_backbone::weights::{hf_tensors, NamedTensor};
 use twigvlm_backbone::llama::forward_stack;
 use twigvlm_backbone::{AttentionProbe, DecoderLayer, KvCache};
-use twigvlm_backbone::{ImagePreprocessor, LlamaDecoder, PromptTokenizer};
+use twigvlm_backbone::LlamaDecoder;
 use twigvlm_data::{Conversation, ShapesDataset};
 
 use crate::error::{Result, TrainError};
+use crate::examples::{ConversationEncoder, Encoded, VisualInput};
 use crate::loss::weighted_cross_entropy;
 use crate::trainable::trainable;
 use crate::trainer::Objective;
@@ -70,52 +68,33 @@ impl<B: Backend> AlignedParts<B> {
 
 /// The frozen parts and the data of a language-side run.
 pub struct AlignmentObjective<B: AutodiffBackend> {
-    pub vision: ClipVisionTower<B::InnerBackend>,
-    pub feature_select: FeatureSelect,
+    pub visual: VisualInput<B::InnerBackend>,
     pub language_model: LlamaDecoder<B>,
-    pub tokenizer: PromptTokenizer,
-    pub template: ChatTemplate,
-    /// System message of every training conversation (None: the template's default).
-    pub system: Option<String>,
-    pub preprocessor: ImagePreprocessor,
+    pub encoder: ConversationEncoder,
     pub train: ShapesDataset,
     pub eval: ShapesDataset,
     pub batch_size: usize,
     pub device: B::Device,
 }
 
-/// A conversation as tokens, with the positions whose next token is trained.
-struct Encoded {
-    prompt: twigvlm_backbone::PromptTokens,
-    /// (position, next token) pairs.
-    targets: Vec<(usize, u32)>,
-}
-
 impl<B: AutodiffBackend> AlignmentObjective<B> {
-    fn encode(&self, conversation: &Conversation, visual_tokens: usize) -> Result<Encoded> {
-        let turns: Vec<(String, String)> = conversation.turns.iter().map(|t| (t.user.clone(), t.assistant.clone())).collect();
-        let segments = self.template.training_segments(self.system.as_deref(), &turns, conversation.image.is_some())?;
-        let (prompt, trained) = self.tokenizer.encode_segments(&segments, visual_tokens)?;
-        let targets = (1..prompt.len()).filter(|&t| trained[t]).map(|t| (t - 1, prompt.ids[t])).collect();
-        Ok(Encoded { prompt, targets })
+    /// The conversation's tokens and visual features (computed without a graph).
+    fn example(&self, conversation: &Conversation) -> Result<(Encoded, Tensor<B::InnerBackend, 3>)> {
+        let features = self
+            .visual
+            .features(conversation, &self.device)?
+            .ok_or_else(|| TrainError::Config("language-side stages train on image conversations".into()))?;
+        Ok((self.encoder.encode(conversation, features.dims()[1])?, features))
     }
 
-    /// Visual features of a conversation's image, computed without a graph.
-    fn features(&self, conversation: &Conversation) -> Result<Tensor<B::InnerBackend, 3>> {
-        let image = conversation.image.as_ref().expect("shapes examples have images").load()?;
-        let (values, shape) = self.preprocessor.preprocess(&image);
-        let pixels = Tensor::<B::InnerBackend, 3>::from_data(TensorData::new(values, shape), &self.device).unsqueeze::<4>();
-        Ok(self.feature_select.select(self.vision.forward(pixels)))
-    }
-
-    /// Logits at the target positions `[targets, vocab]` and the target ids.
+    /// Logits at the target positions `[targets, vocab]`.
     fn target_logits<C: Backend>(
         language_model: &LlamaDecoder<C>,
         parts: &AlignedParts<C>,
         features: Tensor<C, 3>,
         encoded: &Encoded,
         device: &C::Device,
-    ) -> (Tensor<C, 2>, Vec<i64>) {
+    ) -> Tensor<C, 2> {
         let embeds = embed_with_image(language_model, &encoded.prompt, Some(parts.projector.forward(features)), device);
         let positions: Vec<usize> = (0..encoded.prompt.len()).collect();
         let rope = language_model.rope(&positions, device);
@@ -124,11 +103,9 @@ impl<B: AutodiffBackend> AlignmentObjective<B> {
         let probe = AttentionProbe::default();
         let hidden = language_model.forward_layers(embeds, &rope, 0..first_tuned, &mut cache, &probe).hidden;
         let hidden = forward_stack(&parts.lm_layers, first_tuned, hidden, &rope, &mut cache, &probe).hidden;
-        let rows: Vec<i32> = encoded.targets.iter().map(|&(p, _)| p as i32).collect();
-        let index = Tensor::<C, 1, Int>::from_data(TensorData::new(rows, [encoded.targets.len()]), device);
-        let logits = language_model.logits(hidden.select(1, index));
+        let logits = language_model.logits(hidden.select(1, encoded.target_rows(device)));
         let [_, n, vocab] = logits.dims();
-        (logits.reshape([n, vocab]), encoded.targets.iter().map(|&(_, id)| id as i64).collect())
+        logits.reshape([n, vocab])
     }
 }
 
@@ -140,10 +117,9 @@ impl<B: AutodiffBackend> Objective<B> for AlignmentObjective<B> {
         let mut tokens = 0;
         for b in 0..self.batch_size {
             let index = (step * self.batch_size + b) % self.train.len.max(1);
-            let conversation = self.train.get(index);
-            let features = Tensor::<B, 3>::from_inner(self.features(&conversation)?);
-            let encoded = self.encode(&conversation, features.dims()[1])?;
-            let (logits, targets) = Self::target_logits(&self.language_model, parts, features, &encoded, &self.device);
+            let (encoded, features) = self.example(&self.train.get(index))?;
+            let logits = Self::target_logits(&self.language_model, parts, Tensor::from_inner(features), &encoded, &self.device);
+            let targets = encoded.target_ids();
             let weights = vec![1.0; targets.len()];
             losses.push(weighted_cross_entropy(logits, &targets, &weights).mul_scalar(targets.len() as f64));
             tokens += targets.len();
@@ -159,9 +135,9 @@ impl<B: AutodiffBackend> Objective<B> for AlignmentObjective<B> {
         let mut tally: BTreeMap<String, (usize, usize)> = BTreeMap::new();
         for index in 0..self.eval.len {
             let conversation = self.eval.get(index);
-            let features = self.features(&conversation)?;
-            let encoded = self.encode(&conversation, features.dims()[1])?;
-            let (logits, targets) = Self::target_logits(&language_model, &parts, features, &encoded, &self.device);
+            let (encoded, features) = self.example(&conversation)?;
+            let logits = Self::target_logits(&language_model, &parts, features, &encoded, &self.device);
+            let targets = encoded.target_ids();
             let predicted = logits.argmax(1).into_data().convert::<i64>().into_vec::<i64>().expect("int argmax");
             let entry = tally.entry(conversation.turns[0].task_name().to_string()).or_default();
             entry.0 += (predicted == targets) as usize;

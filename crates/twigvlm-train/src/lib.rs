@@ -5,6 +5,7 @@
 pub mod checkpoint;
 pub mod clipping;
 pub mod error;
+pub mod examples;
 pub mod loss;
 pub mod optimizer;
 pub mod alignment;

@@ -10,6 +10,7 @@ use twigvlm_backbone::weights::{hf_tensors, TensorSource};
 use twigvlm_backbone::{load_llava, LoadOptions, LoadedLlava};
 use twigvlm_data::{SceneConfig, ShapesDataset, TaskMix};
 use twigvlm_train::alignment::{AlignedParts, AlignmentObjective};
+use twigvlm_train::examples::{ConversationEncoder, VisualInput};
 use twigvlm_train::{train, LrSchedule, OptimizerConfig, TrainOptions};
 
 type B = Autodiff<Flex>;
@@ -30,13 +31,9 @@ fn objective(loaded: LoadedLlava<B>, device: &<B as burn::tensor::backend::Backe
     let mut eval = data.clone();
     eval.seed = twigvlm_data::EVAL_SEED_START;
     AlignmentObjective {
-        vision: loaded.model.vision_tower.valid(),
-        feature_select: loaded.config.feature_select,
+        visual: VisualInput { vision: loaded.model.vision_tower.valid(), feature_select: loaded.config.feature_select, preprocessor: loaded.preprocessor },
         language_model: loaded.model.language_model,
-        tokenizer: loaded.tokenizer,
-        template: loaded.template,
-        system: None,
-        preprocessor: loaded.preprocessor,
+        encoder: ConversationEncoder { tokenizer: loaded.tokenizer, template: loaded.template, system: None },
         train: data,
         eval,
         batch_size: 2,

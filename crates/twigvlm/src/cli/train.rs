@@ -15,6 +15,7 @@ use twigvlm_backbone::{load_language_model, read_llava_spec, ImagePreprocessor, 
 use twigvlm_train::trainable::trainable;
 use twigvlm_data::{DatasetSpec, SeedRange, ShapesDataset};
 use twigvlm_train::alignment::{AlignedParts, AlignmentObjective};
+use twigvlm_train::examples::{ConversationEncoder, VisualInput};
 use twigvlm_train::vision::{PatchClassifier, VisionObjective};
 use twigvlm_train::{train, LrSchedule, OptimizerConfig, TrainOptions, TrainReport};
 
@@ -239,13 +240,9 @@ impl AutodiffJob for AlignmentJob {
         };
         let parts = AlignedParts::new(projector, &lm.model, self.lm_layers)?;
         let mut objective = AlignmentObjective::<B> {
-            vision,
-            feature_select: config.feature_select,
+            visual: VisualInput { vision, feature_select: config.feature_select, preprocessor },
             language_model: lm.model,
-            tokenizer: lm.tokenizer,
-            template: lm.template,
-            system: None,
-            preprocessor,
+            encoder: ConversationEncoder { tokenizer: lm.tokenizer, template: lm.template, system: None },
             train: train_data,
             eval: eval_data,
             batch_size: args.run.batch_size,
