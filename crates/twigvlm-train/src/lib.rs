@@ -1,6 +1,6 @@
 //! Training on burn autodiff: one loop ([`trainer::train`]) with AdamW, warm-up + cosine learning
 //! rate, global-norm gradient clipping, progress, atomic checkpoints and resume; the objectives
-//! plug into it (the vision tower's per-patch pre-training, LLaVA stages 1 and 2; the twig next).
+//! plug into it (the vision tower's per-patch pre-training, LLaVA stages 1 and 2, the twig).
 
 pub mod checkpoint;
 pub mod clipping;
@@ -12,6 +12,7 @@ pub mod alignment;
 pub mod schedule;
 pub mod trainable;
 pub mod trainer;
+pub mod twig;
 pub mod vision;
 
 pub use error::{Result, TrainError};
