@@ -154,3 +154,36 @@ fn training_refuses_evaluation_seeds() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("seed 1000001 is in the Eval range"), "{stderr}");
 }
+
+#[test]
+fn train_twig_writes_a_twig_that_converts_to_the_official_layout_and_back() {
+    let root = std::env::temp_dir().join(format!("twigvlm-cli-twig-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let (ours, official, back) = (root.join("ours"), root.join("official"), root.join("back"));
+    let base = model("tiny-llava-hf5");
+    let out = twigvlm(&[
+        "train-twig", "--model", &base, "--data", "shapes:seed=3,n=4", "--eval-data", "shapes:seed=1000000,n=2",
+        "--k", "1", "--t", "2", "--batch-size", "2", "--quiet", "--out", &ours.display().to_string(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(ours.join("twig.json")).unwrap()).unwrap();
+    assert_eq!((meta["config"]["k"].as_u64(), meta["config"]["t"].as_u64()), (Some(1), Some(2)));
+    // One epoch by default: 4 conversations in batches of 2.
+    assert_eq!(meta["training"]["steps"], 2);
+    assert!(meta["training"]["history"].as_array().unwrap().last().unwrap()["eval"].to_string().contains("agreement"));
+
+    let convert = |from: &std::path::Path, to: &std::path::Path, format: &str| {
+        twigvlm(&["twig", "convert", "--model", &base, &from.display().to_string(), &to.display().to_string(), "--to-format", format])
+    };
+    assert!(convert(&ours, &official, "official").status.success());
+    assert!(official.join("model.safetensors").is_file());
+    std::fs::remove_file(official.join("twig.json")).unwrap();
+    let missing_k = convert(&official, &back, "ours");
+    assert!(String::from_utf8_lossy(&missing_k.stderr).contains("--twig-k"), "{}", String::from_utf8_lossy(&missing_k.stderr));
+    let out = twigvlm(&["twig", "convert", "--model", &base, &official.display().to_string(), &back.display().to_string(), "--to-format", "ours", "--twig-k", "1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(back.join("twig.safetensors").is_file());
+    let bad = twigvlm(&["train-twig", "--model", &base, "--k", "3", "--t", "3", "--quiet", "--out", &root.join("bad").display().to_string()]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("exceeds the base model's 4 layers"), "{}", String::from_utf8_lossy(&bad.stderr));
+    std::fs::remove_dir_all(&root).unwrap();
+}

@@ -5,6 +5,7 @@ mod eval;
 mod generate;
 mod import;
 mod train;
+mod twig;
 
 use std::path::{Path, PathBuf};
 
@@ -39,6 +40,11 @@ pub enum Command {
     /// Train the parts of a model this project trains (the demo model's stages).
     #[command(subcommand)]
     Train(train::TrainCommand),
+    /// Train a twig for a base model (only the twig learns; the base stays frozen).
+    TrainTwig(twig::TrainTwigArgs),
+    /// Twig checkpoint utilities.
+    #[command(subcommand)]
+    Twig(twig::TwigCommand),
 }
 
 pub fn init_logging(level: LevelFilter) {
@@ -51,6 +57,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(args) => eval::run(args),
         Command::Import(command) => import::run(command),
         Command::Train(command) => train::run(command),
+        Command::TrainTwig(args) => twig::train_twig(args),
+        Command::Twig(command) => twig::run(command),
     }
 }
 

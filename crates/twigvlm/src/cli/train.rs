@@ -42,15 +42,17 @@ pub const TUNED_LM_FILE: &str = "language_model_tuned.safetensors";
 /// Options every stage shares.
 #[derive(Debug, clap::Args)]
 pub struct LoopArgs {
-    #[arg(long, default_value_t = 300)]
-    pub steps: usize,
+    /// Optimisation steps (default: the stage's own).
+    #[arg(long)]
+    pub steps: Option<usize>,
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
-    #[arg(long, default_value_t = 1e-3)]
-    pub lr: f64,
-    /// Share of the steps spent warming the learning rate up.
-    #[arg(long, default_value_t = 0.15)]
-    pub warmup: f64,
+    /// Peak learning rate (default: the stage's own).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Share of the steps spent warming the learning rate up (default: the stage's own).
+    #[arg(long)]
+    pub warmup: Option<f64>,
     #[arg(long, default_value_t = 0.05)]
     pub weight_decay: f32,
     #[arg(long, default_value_t = 100)]
@@ -73,11 +75,23 @@ pub struct LoopArgs {
     pub quiet: bool,
 }
 
+/// A stage's defaults for what the command line leaves out.
+#[derive(Debug, Clone, Copy)]
+pub struct StageDefaults {
+    pub steps: usize,
+    pub lr: f64,
+    pub warmup: f64,
+}
+
+/// Vision tower, projector and instruction stages.
+pub const DEMO_STAGE_DEFAULTS: StageDefaults = StageDefaults { steps: 300, lr: 1e-3, warmup: 0.15 };
+
 impl LoopArgs {
-    fn options(&self) -> TrainOptions {
+    pub fn options(&self, defaults: StageDefaults) -> TrainOptions {
+        let steps = self.steps.unwrap_or(defaults.steps);
         TrainOptions {
-            steps: self.steps,
-            schedule: LrSchedule::warmup_cosine(self.lr, self.steps, self.warmup),
+            steps,
+            schedule: LrSchedule::warmup_cosine(self.lr.unwrap_or(defaults.lr), steps, self.warmup.unwrap_or(defaults.warmup)),
             optimizer: OptimizerConfig { weight_decay: self.weight_decay, ..OptimizerConfig::default() },
             checkpoint_every: self.checkpoint_every,
             eval_every: Some(self.eval_every),
@@ -88,11 +102,16 @@ impl LoopArgs {
         }
     }
 
+    /// What training.json (and a twig's twig.json) records about a run.
+    pub fn summary(&self, stage: &str, data: &str, eval_data: &str, options: &TrainOptions, report: &TrainReport) -> serde_json::Value {
+        serde_json::json!({"stage": stage, "data": data, "eval_data": eval_data, "steps": options.steps,
+            "batch_size": self.batch_size, "lr": options.schedule.peak, "seconds": report.seconds, "history": report.history})
+    }
+
     /// Writes training.json and prints the last held-out metrics.
-    fn finish(&self, stage: &str, data: &str, eval_data: &str, report: &TrainReport, written: &std::path::Path) -> anyhow::Result<()> {
-        let summary = serde_json::json!({"stage": stage, "data": data, "eval_data": eval_data, "steps": self.steps,
-            "batch_size": self.batch_size, "lr": self.lr, "seconds": report.seconds, "history": report.history});
-        std::fs::write(self.out.join("training.json"), serde_json::to_string_pretty(&summary)?)?;
+    pub fn finish(&self, summary: &serde_json::Value, report: &TrainReport, written: &std::path::Path) -> anyhow::Result<()> {
+        std::fs::write(self.out.join("training.json"), serde_json::to_string_pretty(summary)?)?;
+        let stage = summary["stage"].as_str().unwrap_or("training");
         if let Some(last) = report.history.iter().rev().find(|h| !h.eval.is_empty()) {
             let metrics: Vec<String> = last.eval.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
             println!("{stage} trained in {:.0} s: {}", report.seconds, metrics.join(", "));
@@ -180,12 +199,13 @@ impl AutodiffJob for VisionJob {
         B::seed(&device, args.run.seed);
         let model = PatchClassifier::<B>::init(&config.vision, &device);
         let mut objective = VisionObjective::<B>::new(train_data, eval_data, preprocessor, &config.vision, args.run.batch_size, device.clone())?;
-        let (model, report) = train(&mut objective, model, &args.run.options(), &device)?;
+        let options = args.run.options(DEMO_STAGE_DEFAULTS);
+        let (model, report) = train(&mut objective, model, &options, &device)?;
         let tower = model.valid().tower;
         let tensors = hf_tensors(&tower, &|path| ClipVisionTower::<B::InnerBackend>::hf_name(VISION_PREFIX, path));
         let written = args.run.out.join(VISION_FILE);
         write_safetensors(&written, &tensors, StorageDtype::F32)?;
-        args.run.finish("vision", &args.data, &args.eval_data, &report, &written)
+        args.run.finish(&args.run.summary("vision", &args.data, &args.eval_data, &options, &report), &report, &written)
     }
 }
 
@@ -248,7 +268,8 @@ impl AutodiffJob for AlignmentJob {
             batch_size: args.run.batch_size,
             device: device.clone(),
         };
-        let (parts, report) = train(&mut objective, parts, &args.run.options(), &device)?;
+        let options = args.run.options(DEMO_STAGE_DEFAULTS);
+        let (parts, report) = train(&mut objective, parts, &options, &device)?;
         let parts = parts.valid();
         let tensors = hf_tensors(&parts.projector, &|path| format!("{PROJECTOR_PREFIX}.{path}"));
         let written = args.run.out.join(PROJECTOR_FILE);
@@ -256,7 +277,7 @@ impl AutodiffJob for AlignmentJob {
         if !parts.lm_layers.is_empty() {
             write_safetensors(&args.run.out.join(TUNED_LM_FILE), &parts.tuned_layer_tensors(CAUSAL_LM_BODY), StorageDtype::F16)?;
         }
-        args.run.finish(self.stage(), &args.data, &args.eval_data, &report, &written)
+        args.run.finish(&args.run.summary(self.stage(), &args.data, &args.eval_data, &options, &report), &report, &written)
     }
 }
 

@@ -1,0 +1,193 @@
+//! `twigvlm train-twig` and `twigvlm twig convert`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use burn::module::AutodiffModule;
+use burn::prelude::Backend;
+use burn::tensor::backend::AutodiffBackend;
+use twigvlm::backend::AutodiffJob;
+use twigvlm::{BackendJob, BackendKind};
+use twigvlm_backbone::weights::StorageDtype;
+use twigvlm_backbone::{load_llava, LoadOptions};
+use twigvlm_data::{DatasetSpec, SeedRange};
+use twigvlm_train::examples::ConversationEncoder;
+use twigvlm_train::twig::{TwigObjective, TwigTargets};
+use twigvlm_train::train;
+use twigvlm_twig::checkpoint::convert;
+use twigvlm_twig::{save_twig, Twig, TwigConfig, TwigFormat, TwigHead, TwigInit};
+
+use super::train::{LoopArgs, StageDefaults};
+
+/// The paper's twig recipe: AdamW lr 1e-4, cosine, 3% warm-up, one epoch (steps = data / batch).
+const TWIG_LR: f64 = 1e-4;
+const TWIG_WARMUP: f64 = 0.03;
+
+#[derive(Debug, clap::Args)]
+pub struct TrainTwigArgs {
+    /// Base model directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Training data: a shapes spec with a training seed, or a LLaVA instruction JSON file.
+    #[arg(long, default_value = "shapes:seed=3,n=4096,task=all")]
+    pub data: String,
+    /// Held-out data for agreement with the base and the twig's own exact match.
+    #[arg(long, default_value = "shapes:seed=1000000,n=32,task=all")]
+    pub eval_data: String,
+    /// Directory that JSON datasets' image paths are relative to.
+    #[arg(long)]
+    pub image_root: Option<PathBuf>,
+    /// Base layers before the twig.
+    #[arg(long, default_value_t = TwigConfig::PAPER_K)]
+    pub k: usize,
+    /// Decoder blocks in the twig.
+    #[arg(long, default_value_t = TwigConfig::PAPER_T)]
+    pub t: usize,
+    #[arg(long, value_enum, default_value_t = InitArg::Adjacent)]
+    pub init: InitArg,
+    /// Train the twig's own LM head or share the base's (frozen).
+    #[arg(long, value_enum, default_value_t = HeadArg::Trained)]
+    pub twig_head: HeadArg,
+    /// Targets: the dataset's answers, or the base model's own predictions (self-distillation).
+    #[arg(long, value_enum, default_value_t = TargetsArg::Data)]
+    pub targets: TargetsArg,
+    /// CLIP directory for original-layout LLaVA checkpoints.
+    #[arg(long)]
+    pub vision_tower: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: LoopArgs,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum InitArg {
+    Adjacent,
+    Last,
+    Random,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum HeadArg {
+    Trained,
+    Shared,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum TargetsArg {
+    Data,
+    Base,
+}
+
+impl TrainTwigArgs {
+    fn config(&self) -> TwigConfig {
+        TwigConfig {
+            k: self.k,
+            t: self.t,
+            init: match self.init {
+                InitArg::Adjacent => TwigInit::Adjacent,
+                InitArg::Last => TwigInit::Last,
+                InitArg::Random => TwigInit::Random,
+            },
+            head: match self.twig_head {
+                HeadArg::Trained => TwigHead::Trained,
+                HeadArg::Shared => TwigHead::Shared,
+            },
+        }
+    }
+}
+
+struct TrainTwigJob(TrainTwigArgs);
+
+impl AutodiffJob for TrainTwigJob {
+    type Output = anyhow::Result<()>;
+
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> anyhow::Result<()> {
+        let args = self.0;
+        let train_spec = DatasetSpec::parse(&args.data)?;
+        if train_spec.seed_range() == Some(SeedRange::Eval) {
+            bail!("--data uses an evaluation seed; training seeds are below {}", twigvlm_data::EVAL_SEED_START);
+        }
+        let train_data = train_spec.open(args.image_root.as_deref())?;
+        let eval_data = DatasetSpec::parse(&args.eval_data)?.open(args.image_root.as_deref())?;
+        let options = LoopArgs::options(
+            &args.run,
+            StageDefaults { steps: train_data.len().div_ceil(args.run.batch_size.max(1)), lr: TWIG_LR, warmup: TWIG_WARMUP },
+        );
+        let load_options = LoadOptions { vision_tower_dir: args.vision_tower.clone() };
+        let loaded = load_llava::<B::InnerBackend>(&args.model, &load_options, &device)
+            .with_context(|| format!("cannot load the base model in {}", args.model.display()))?;
+        B::seed(&device, args.run.seed);
+        let twig = Twig::init(&loaded.model.language_model, &loaded.config.text, args.config(), &device)?;
+        let twig = twigvlm_train::trainable::trainable(Twig::<B>::from_inner(twig));
+        let encoder = ConversationEncoder { tokenizer: loaded.tokenizer, template: loaded.template, system: None };
+        let targets = match args.targets {
+            TargetsArg::Data => TwigTargets::Data,
+            TargetsArg::Base => TwigTargets::Base,
+        };
+        let mut objective =
+            TwigObjective::<B>::new(loaded.model, loaded.preprocessor, encoder, targets, (train_data, eval_data), args.run.batch_size, device.clone());
+        let (twig, report) = train(&mut objective, twig, &options, &device)?;
+        let mut summary = args.run.summary("twig", &args.data, &args.eval_data, &options, &report);
+        summary["targets"] = serde_json::to_value(targets)?;
+        save_twig(&args.run.out, &twig.valid(), &objective.language_model, summary.clone(), StorageDtype::F16)?;
+        args.run.finish(&summary, &report, &args.run.out.join(twigvlm_twig::checkpoint::OURS_WEIGHTS))
+    }
+}
+
+pub fn train_twig(args: TrainTwigArgs) -> anyhow::Result<()> {
+    let backend = args.run.backend;
+    backend.run_autodiff(TrainTwigJob(args))?
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum TwigCommand {
+    /// Rewrite a twig between our format and the official TwigVLM layout.
+    Convert(ConvertArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConvertArgs {
+    /// The base model the twig belongs to.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Twig directory to read (either format).
+    pub from: PathBuf,
+    /// Directory to write.
+    pub to: PathBuf,
+    /// Format to write.
+    #[arg(long, value_enum)]
+    pub to_format: FormatArg,
+    /// K for an official twig that has no twig.json beside it.
+    #[arg(long)]
+    pub twig_k: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum FormatArg {
+    Ours,
+    Official,
+}
+
+struct ConvertJob(ConvertArgs);
+
+impl BackendJob for ConvertJob {
+    type Output = anyhow::Result<()>;
+
+    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<()> {
+        let args = self.0;
+        let loaded = load_llava::<B>(&args.model, &LoadOptions::default(), &device)
+            .with_context(|| format!("cannot load the base model in {}", args.model.display()))?;
+        let format = match args.to_format {
+            FormatArg::Ours => TwigFormat::Ours,
+            FormatArg::Official => TwigFormat::Official,
+        };
+        let written = convert(&args.from, &args.to, format, &loaded.model.language_model, &loaded.config.text, args.twig_k, &device)?;
+        println!("wrote {}", written.display());
+        Ok(())
+    }
+}
+
+pub fn run(command: TwigCommand) -> anyhow::Result<()> {
+    match command {
+        TwigCommand::Convert(args) => BackendKind::Flex.run(ConvertJob(args))?,
+    }
+}
