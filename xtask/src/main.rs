@@ -37,11 +37,9 @@ enum Task {
         #[arg(long, default_value = "Describe the image.")]
         prompt: String,
     },
-    /// Reproduce the demo model's trained parts (vision tower, projector) with fixed seeds.
-    TrainDemo {
-        #[arg(long, default_value_t = 100)]
-        projector_steps: usize,
-    },
+    /// Reproduce the demo model's trained parts with fixed seeds: vision tower (stage 0),
+    /// projector (stage 1), projector + the language model's top layers (stage 2). Resumable.
+    TrainDemo(demo::TrainDemoArgs),
 }
 
 /// The workspace root (xtask lives one level below it).
@@ -72,6 +70,6 @@ fn main() -> anyhow::Result<()> {
         }
         Task::BenchHf(args) => bench_hf::run(args),
         Task::Demo { image, prompt } => demo::demo(&image, &prompt),
-        Task::TrainDemo { projector_steps } => demo::train(projector_steps),
+        Task::TrainDemo(args) => demo::train(&args),
     }
 }
