@@ -25,7 +25,7 @@ use twigvlm_data::{Conversation, ShapesDataset};
 
 use crate::error::{Result, TrainError};
 use crate::examples::{ConversationEncoder, Encoded, VisualInput};
-use crate::loss::weighted_cross_entropy;
+use crate::loss::TokenMeanLoss;
 use crate::trainable::trainable;
 use crate::trainer::Objective;
 
@@ -113,19 +113,14 @@ impl<B: AutodiffBackend> Objective<B> for AlignmentObjective<B> {
     type Model = AlignedParts<B>;
 
     fn loss(&mut self, parts: &AlignedParts<B>, step: usize) -> Result<(Tensor<B, 1>, usize)> {
-        let mut losses = Vec::new();
-        let mut tokens = 0;
+        let mut loss = TokenMeanLoss::new();
         for b in 0..self.batch_size {
             let index = (step * self.batch_size + b) % self.train.len.max(1);
             let (encoded, features) = self.example(&self.train.get(index))?;
             let logits = Self::target_logits(&self.language_model, parts, Tensor::from_inner(features), &encoded, &self.device);
-            let targets = encoded.target_ids();
-            let weights = vec![1.0; targets.len()];
-            losses.push(weighted_cross_entropy(logits, &targets, &weights).mul_scalar(targets.len() as f64));
-            tokens += targets.len();
+            loss.add(logits, &encoded.target_ids());
         }
-        let total = Tensor::cat(losses, 0).sum().div_scalar(tokens.max(1) as f64);
-        Ok((total, tokens))
+        loss.finish().ok_or_else(|| TrainError::Config(format!("step {step}: no assistant tokens in the batch")))
     }
 
     /// Teacher-forced exact match per task (every answer token the argmax = what greedy decoding

@@ -17,3 +17,31 @@ pub fn weighted_cross_entropy<B: Backend>(logits: Tensor<B, 2>, targets: &[i64],
     let weights = Tensor::<B, 1>::from_data(TensorData::new(weights.to_vec(), [rows]), &device);
     (picked * weights).sum().neg() / total_weight.max(f32::MIN_POSITIVE)
 }
+
+/// Cross-entropy summed over a batch of sequences and averaged over all their target tokens (so a
+/// long answer weighs by its tokens, as in one padded batch).
+pub struct TokenMeanLoss<B: Backend> {
+    sums: Vec<Tensor<B, 1>>,
+    tokens: usize,
+}
+
+impl<B: Backend> TokenMeanLoss<B> {
+    pub fn new() -> Self {
+        Self { sums: Vec::new(), tokens: 0 }
+    }
+
+    /// Adds one sequence's logits `[targets, vocab]` at its target positions.
+    pub fn add(&mut self, logits: Tensor<B, 2>, targets: &[i64]) {
+        if targets.is_empty() {
+            return;
+        }
+        let weights = vec![1.0; targets.len()];
+        self.sums.push(weighted_cross_entropy(logits, targets, &weights).mul_scalar(targets.len() as f64));
+        self.tokens += targets.len();
+    }
+
+    /// The mean over every added token and the token count (None: no tokens were added).
+    pub fn finish(self) -> Option<(Tensor<B, 1>, usize)> {
+        (self.tokens > 0).then(|| (Tensor::cat(self.sums, 0).sum().div_scalar(self.tokens as f64), self.tokens))
+    }
+}

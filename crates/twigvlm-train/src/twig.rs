@@ -18,9 +18,9 @@ use twigvlm_backbone::{AttentionProbe, ImagePreprocessor, KvCache, LlamaDecoder,
 use twigvlm_data::{Conversation, Dataset};
 use twigvlm_twig::Twig;
 
-use crate::error::Result;
+use crate::error::{Result, TrainError};
 use crate::examples::{ConversationEncoder, Encoded, VisualInput};
-use crate::loss::weighted_cross_entropy;
+use crate::loss::TokenMeanLoss;
 use crate::trainer::Objective;
 
 /// What the twig learns to predict at each assistant position.
@@ -111,26 +111,16 @@ impl<B: AutodiffBackend> Objective<B> for TwigObjective<B> {
     type Model = Twig<B>;
 
     fn loss(&mut self, twig: &Twig<B>, step: usize) -> Result<(Tensor<B, 1>, usize)> {
-        let mut losses = Vec::new();
-        let mut tokens = 0;
+        let mut loss = TokenMeanLoss::new();
         for b in 0..self.batch_size {
             let index = (step * self.batch_size + b) % self.train.len().max(1);
             let prefix = self.prefix(&self.train.get(index), twig.config.k, self.targets == TwigTargets::Base)?;
             let targets = prefix.base_argmax.clone().unwrap_or_else(|| prefix.encoded.target_ids());
-            if targets.is_empty() {
-                continue;
-            }
             let rope = RopeAngles::new(&prefix.positions, self.language_model.head_dim, self.language_model.rope_theta, &self.device);
             let hidden_k = Tensor::<B, 3>::from_inner(prefix.hidden_k);
-            let logits = Self::twig_logits(twig, &self.base_head, hidden_k, &rope, &prefix.encoded, &self.device);
-            let weights = vec![1.0; targets.len()];
-            losses.push(weighted_cross_entropy(logits, &targets, &weights).mul_scalar(targets.len() as f64));
-            tokens += targets.len();
+            loss.add(Self::twig_logits(twig, &self.base_head, hidden_k, &rope, &prefix.encoded, &self.device), &targets);
         }
-        if losses.is_empty() {
-            return Err(crate::error::TrainError::Config(format!("step {step}: no assistant tokens in the batch")));
-        }
-        Ok((Tensor::cat(losses, 0).sum().div_scalar(tokens as f64), tokens))
+        loss.finish().ok_or_else(|| TrainError::Config(format!("step {step}: no assistant tokens in the batch")))
     }
 
     /// Teacher-forced, on held-out conversations: `agreement` = share of assistant positions where
