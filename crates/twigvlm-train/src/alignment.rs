@@ -10,8 +10,6 @@
 //! the tuned top layers are trainable copies held by [`AlignedParts`], and the frozen model's own
 //! copies of them are never run.
 
-use std::collections::BTreeMap;
-
 use burn::module::AutodiffModule;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
@@ -26,6 +24,7 @@ use twigvlm_data::{Conversation, ShapesDataset};
 use crate::error::{Result, TrainError};
 use crate::examples::{ConversationEncoder, Encoded, VisualInput};
 use crate::loss::TokenMeanLoss;
+use crate::metrics::{argmax_ids, TaskAccuracy};
 use crate::trainable::trainable;
 use crate::trainer::Objective;
 
@@ -127,17 +126,13 @@ impl<B: AutodiffBackend> Objective<B> for AlignmentObjective<B> {
     /// gives), one question per held-out image.
     fn evaluate(&mut self, parts: &AlignedParts<B>) -> Result<Vec<(String, f64)>> {
         let (parts, language_model) = (parts.valid(), self.language_model.valid());
-        let mut tally: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+        let mut accuracy = TaskAccuracy::default();
         for index in 0..self.eval.len {
             let conversation = self.eval.get(index);
             let (encoded, features) = self.example(&conversation)?;
             let logits = Self::target_logits(&language_model, &parts, features, &encoded, &self.device);
-            let targets = encoded.target_ids();
-            let predicted = logits.argmax(1).into_data().convert::<i64>().into_vec::<i64>().expect("int argmax");
-            let entry = tally.entry(conversation.turns[0].task_name().to_string()).or_default();
-            entry.0 += (predicted == targets) as usize;
-            entry.1 += 1;
+            accuracy.record(conversation.turns[0].task_name(), argmax_ids(logits) == encoded.target_ids());
         }
-        Ok(tally.into_iter().map(|(task, (right, n))| (format!("{task}_acc"), right as f64 / n.max(1) as f64)).collect())
+        Ok(accuracy.into_metrics().collect())
     }
 }

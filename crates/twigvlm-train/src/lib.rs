@@ -7,6 +7,7 @@ pub mod clipping;
 pub mod error;
 pub mod examples;
 pub mod loss;
+pub mod metrics;
 pub mod optimizer;
 pub mod alignment;
 pub mod schedule;

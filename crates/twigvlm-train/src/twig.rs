@@ -4,8 +4,6 @@
 //! answers or the base model's own teacher-forced argmax as targets (self-distillation: what
 //! speculative decoding needs the twig to agree with).
 
-use std::collections::BTreeMap;
-
 use burn::module::AutodiffModule;
 use burn::nn::Linear;
 use burn::prelude::*;
@@ -21,6 +19,7 @@ use twigvlm_twig::Twig;
 use crate::error::{Result, TrainError};
 use crate::examples::{ConversationEncoder, Encoded, VisualInput};
 use crate::loss::TokenMeanLoss;
+use crate::metrics::{argmax_ids, TaskAccuracy};
 use crate::trainer::Objective;
 
 /// What the twig learns to predict at each assistant position.
@@ -88,7 +87,9 @@ impl<B: AutodiffBackend> TwigObjective<B> {
         let hidden_k = lm.forward_layers(embeds, &rope, 0..k, &mut cache, &probe).hidden;
         let base_argmax = with_argmax.then(|| {
             let last = lm.forward_layers(hidden_k.clone(), &rope, k..lm.num_layers(), &mut cache, &probe).hidden;
-            argmax_rows(lm.logits(last.select(1, encoded.target_rows(&self.device))))
+            let logits = lm.logits(last.select(1, encoded.target_rows(&self.device)));
+            let [_, n, vocab] = logits.dims();
+            argmax_ids(logits.reshape([n, vocab]))
         });
         Ok(Prefix { encoded, hidden_k, positions, base_argmax })
     }
@@ -102,11 +103,6 @@ impl<B: AutodiffBackend> TwigObjective<B> {
     }
 }
 
-fn argmax_rows<B: Backend>(logits: Tensor<B, 3>) -> Vec<i64> {
-    let [_, n, vocab] = logits.dims();
-    logits.reshape([n, vocab]).argmax(1).into_data().convert::<i64>().into_vec::<i64>().expect("int argmax")
-}
-
 impl<B: AutodiffBackend> Objective<B> for TwigObjective<B> {
     type Model = Twig<B>;
 
@@ -114,8 +110,8 @@ impl<B: AutodiffBackend> Objective<B> for TwigObjective<B> {
         let mut loss = TokenMeanLoss::new();
         for b in 0..self.batch_size {
             let index = (step * self.batch_size + b) % self.train.len().max(1);
-            let prefix = self.prefix(&self.train.get(index), twig.config.k, self.targets == TwigTargets::Base)?;
-            let targets = prefix.base_argmax.clone().unwrap_or_else(|| prefix.encoded.target_ids());
+            let mut prefix = self.prefix(&self.train.get(index), twig.config.k, self.targets == TwigTargets::Base)?;
+            let targets = prefix.base_argmax.take().unwrap_or_else(|| prefix.encoded.target_ids());
             let rope = RopeAngles::new(&prefix.positions, self.language_model.head_dim, self.language_model.rope_theta, &self.device);
             let hidden_k = Tensor::<B, 3>::from_inner(prefix.hidden_k);
             loss.add(Self::twig_logits(twig, &self.base_head, hidden_k, &rope, &prefix.encoded, &self.device), &targets);
@@ -129,23 +125,21 @@ impl<B: AutodiffBackend> Objective<B> for TwigObjective<B> {
     fn evaluate(&mut self, twig: &Twig<B>) -> Result<Vec<(String, f64)>> {
         let twig = twig.valid();
         let (mut agree, mut positions) = (0usize, 0usize);
-        let mut tally: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+        let mut accuracy = TaskAccuracy::default();
         for index in 0..self.eval.len() {
             let conversation = self.eval.get(index);
             let prefix = self.prefix(&conversation, twig.config.k, true)?;
             let lm = &self.language_model;
             let rope = lm.rope(&prefix.positions, &self.device);
             let logits = Self::twig_logits(&twig, &lm.lm_head, prefix.hidden_k, &rope, &prefix.encoded, &self.device);
-            let predicted = argmax_rows(logits.unsqueeze::<3>());
+            let predicted = argmax_ids(logits);
             let base = prefix.base_argmax.expect("computed for evaluation");
             agree += predicted.iter().zip(&base).filter(|(a, b)| a == b).count();
             positions += predicted.len();
-            let entry = tally.entry(conversation.turns[0].task_name().to_string()).or_default();
-            entry.0 += (predicted == prefix.encoded.target_ids()) as usize;
-            entry.1 += 1;
+            accuracy.record(conversation.turns[0].task_name(), predicted == prefix.encoded.target_ids());
         }
         let mut metrics = vec![("agreement".to_string(), agree as f64 / positions.max(1) as f64)];
-        metrics.extend(tally.into_iter().map(|(task, (right, n))| (format!("{task}_acc"), right as f64 / n.max(1) as f64)));
+        metrics.extend(accuracy.into_metrics());
         Ok(metrics)
     }
 }

@@ -12,6 +12,7 @@ use twigvlm_backbone::config::ClipVisionConfig;
 use twigvlm_backbone::ImagePreprocessor;
 use twigvlm_data::{Colour, Shape, ShapesDataset};
 
+use crate::metrics::argmax_ids;
 use crate::error::{Result, TrainError};
 use crate::loss::weighted_cross_entropy;
 use crate::trainer::Objective;
@@ -167,10 +168,7 @@ impl<B: AutodiffBackend> Objective<B> for VisionObjective<B> {
             let end = (start + self.batch_size).min(self.eval.len);
             let (pixels, targets) = self.batch::<B::InnerBackend>(&self.eval, start..end, &device);
             let logits = model.forward(pixels);
-            let argmax = |t: Tensor<B::InnerBackend, 2>| -> Vec<i64> {
-                t.argmax(1).into_data().convert::<i64>().into_vec::<i64>().expect("int argmax")
-            };
-            let (shape, colour, row) = (argmax(logits.shape), argmax(logits.colour), argmax(logits.row));
+            let (shape, colour, row) = (argmax_ids(logits.shape), argmax_ids(logits.colour), argmax_ids(logits.row));
             for i in 0..targets.shape.len() {
                 let right = shape[i] == targets.shape[i] && colour[i] == targets.colour[i];
                 patches += 1;

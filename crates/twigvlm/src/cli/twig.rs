@@ -108,8 +108,7 @@ impl AutodiffJob for TrainTwigJob {
         }
         let train_data = train_spec.open(args.image_root.as_deref())?;
         let eval_data = DatasetSpec::parse(&args.eval_data)?.open(args.image_root.as_deref())?;
-        let options = LoopArgs::options(
-            &args.run,
+        let options = args.run.options(
             StageDefaults { steps: train_data.len().div_ceil(args.run.batch_size.max(1)), lr: TWIG_LR, warmup: TWIG_WARMUP },
         );
         let load_options = LoadOptions { vision_tower_dir: args.vision_tower.clone() };
