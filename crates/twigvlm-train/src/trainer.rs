@@ -3,7 +3,7 @@
 //! uninterrupted one would), the loop does the optimisation, logging, checkpoints and resume.
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsParams, Optimizer};
@@ -44,7 +44,18 @@ pub struct TrainOptions {
     /// Continue from `out_dir`'s checkpoint if there is one.
     pub resume: bool,
     pub show_progress: bool,
+    /// Wall-clock budget of the run. After [`PACE_STEPS`] steps the loop measures its pace and
+    /// shortens the run, and the schedule with it, to end inside the budget; it also stops at
+    /// the budget whatever the plan.
+    pub time_limit: Option<Duration>,
 }
+
+/// Steps timed before a time-limited run fits its length (the first step, which compiles the
+/// GPU kernels, is left out of the pace).
+pub const PACE_STEPS: usize = 10;
+/// Share of the remaining budget a time-limited run plans to use (evaluations and checkpoints
+/// take the rest).
+const BUDGET_SHARE: f64 = 0.9;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepMetrics {
@@ -62,6 +73,9 @@ pub struct StepMetrics {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TrainReport {
     pub steps_done: usize,
+    /// The length a time limit fitted the run to (a resumed run keeps it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fitted_steps: Option<usize>,
     pub seconds: f64,
     pub history: Vec<StepMetrics>,
 }
@@ -86,9 +100,14 @@ where
     progress.set_style(ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} steps {msg}").expect("valid template").progress_chars("=> "));
     progress.set_position(report.steps_done as u64);
 
-    let started = Instant::now() - std::time::Duration::from_secs_f64(report.seconds);
+    let started = Instant::now() - Duration::from_secs_f64(report.seconds);
+    let session_start = Instant::now();
+    let mut plan = Plan::new(options, &report);
+    progress.set_length(plan.steps as u64);
     let (mut loss_sum, mut norm_sum, mut items, mut window_steps, mut window_start) = (0.0f64, 0.0f64, 0usize, 0usize, Instant::now());
-    for step in report.steps_done..options.steps {
+    let mut first_step_done: Option<Instant> = None;
+    let mut step = report.steps_done;
+    while step < plan.steps {
         let (loss, step_items) = objective.loss(&model, step)?;
         let loss_value = loss.clone().into_scalar().elem::<f32>();
         if !loss_value.is_finite() {
@@ -96,13 +115,30 @@ where
         }
         let mut grads = GradientsParams::from_grads(loss.backward(), &model);
         let grad_norm = clip_global_norm(&model, &mut grads, options.optimizer.max_grad_norm);
-        let lr = options.schedule.at(step);
+        let lr = plan.schedule.at(step);
         model = optimizer.step(lr, model, grads);
         (loss_sum, norm_sum, items, window_steps) = (loss_sum + loss_value as f64, norm_sum + grad_norm, items + step_items, window_steps + 1);
         let done = step + 1;
+        step = done;
         progress.inc(1);
+        if let Some(limit) = options.time_limit {
+            let session_steps = done - report.steps_done;
+            let first = *first_step_done.get_or_insert_with(Instant::now);
+            if session_steps == PACE_STEPS {
+                let pace = first.elapsed().as_secs_f64() / (PACE_STEPS - 1) as f64;
+                plan.fit(done, limit.saturating_sub(session_start.elapsed()), pace);
+                report.fitted_steps = Some(plan.steps);
+                progress.set_length(plan.steps as u64);
+                tracing::info!(steps = plan.steps, pace_s = pace, "fitted the run to the time limit");
+            }
+            if session_start.elapsed() >= limit && done < plan.steps {
+                tracing::warn!(step = done, "time limit reached before the planned steps");
+                plan.steps = done;
+                report.fitted_steps = Some(done);
+            }
+        }
 
-        let evaluate = options.eval_every.is_some_and(|every| done % every == 0) || done == options.steps;
+        let evaluate = options.eval_every.is_some_and(|every| done % every == 0) || done == plan.steps;
         if done % options.log_every == 0 || evaluate {
             let eval = if evaluate { objective.evaluate(&model)? } else { Vec::new() };
             let entry = StepMetrics {
@@ -123,7 +159,7 @@ where
             (loss_sum, norm_sum, items, window_steps, window_start) = (0.0, 0.0, 0, 0, Instant::now());
         }
         report.steps_done = done;
-        if done % options.checkpoint_every == 0 || done == options.steps {
+        if done % options.checkpoint_every == 0 || done == plan.steps {
             report.seconds = started.elapsed().as_secs_f64();
             checkpoint::save(&options.out_dir, &model, &optimizer, &report)?;
         }
@@ -131,4 +167,28 @@ where
     progress.finish_and_clear();
     report.seconds = started.elapsed().as_secs_f64();
     Ok((model, report))
+}
+
+/// How long the run is and its learning rates.
+struct Plan {
+    steps: usize,
+    schedule: LrSchedule,
+}
+
+impl Plan {
+    fn new(options: &TrainOptions, report: &TrainReport) -> Self {
+        match report.fitted_steps {
+            Some(steps) => Self { steps, schedule: options.schedule.refit(steps) },
+            None => Self { steps: options.steps, schedule: options.schedule },
+        }
+    }
+
+    /// Shortens the run so that the steps after `done` fit in `remaining` at `pace` s/step.
+    fn fit(&mut self, done: usize, remaining: Duration, pace: f64) {
+        let affordable = (remaining.as_secs_f64() * BUDGET_SHARE / pace.max(f64::EPSILON)).floor() as usize;
+        let steps = self.steps.min(done + affordable).max(done);
+        if steps < self.steps {
+            *self = Self { steps, schedule: self.schedule.refit(steps) };
+        }
+    }
 }

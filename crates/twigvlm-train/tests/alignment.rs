@@ -66,6 +66,7 @@ fn stage_two_trains_only_the_projector_and_the_tuned_layers() {
         out_dir: dir.clone(),
         resume: false,
         show_progress: false,
+        time_limit: None,
     };
     let (parts, report) = train(&mut objective, parts, &options, &device).unwrap();
     let (first, last) = (report.history.first().unwrap().loss, report.history.last().unwrap().loss);

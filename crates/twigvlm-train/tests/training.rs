@@ -53,6 +53,7 @@ fn options(dir: &std::path::Path, steps: usize, total: usize) -> TrainOptions {
         out_dir: dir.to_path_buf(),
         resume: true,
         show_progress: false,
+        time_limit: None,
     }
 }
 
@@ -102,6 +103,30 @@ fn resumed_training_equals_uninterrupted_training() {
     assert!(diff <= 1e-6, "resumed run differs by {diff}");
     assert_ne!(flat_params(&initial.valid()), a, "training changed the parameters");
     for dir in [straight_dir, resumed_dir] {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+#[test]
+fn a_time_limit_fits_the_run_and_stops_it() {
+    let device = Default::default();
+    <B as Backend>::seed(&device, 7);
+    let dir = scratch("time-limit");
+    let model = PatchClassifier::<B>::init(&tiny_config(), &device);
+    let mut limited = options(&dir, 10_000, 10_000);
+    limited.time_limit = Some(std::time::Duration::ZERO);
+    let (_, report) = train(&mut objective(4), model, &limited, &device).unwrap();
+    assert_eq!((report.steps_done, report.fitted_steps), (1, Some(1)), "a spent budget stops after the step in flight");
+    assert!(twigvlm_train::checkpoint::exists(&dir), "the stopped run is checkpointed");
+
+    let generous = std::time::Duration::from_secs(3600);
+    let dir2 = scratch("time-limit-generous");
+    limited = options(&dir2, 20, 20);
+    limited.time_limit = Some(generous);
+    let model = PatchClassifier::<B>::init(&tiny_config(), &device);
+    let (_, report) = train(&mut objective(4), model, &limited, &device).unwrap();
+    assert_eq!(report.steps_done, 20, "a budget that suffices keeps --steps");
+    for dir in [dir, dir2] {
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -54,6 +54,7 @@ fn run(targets: TwigTargets) {
         out_dir: out.clone(),
         resume: false,
         show_progress: false,
+        time_limit: None,
     };
     let (twig, report) = train(&mut objective, twig, &options, &device).unwrap();
     let (first, last) = (report.history.first().unwrap().loss, report.history.last().unwrap().loss);

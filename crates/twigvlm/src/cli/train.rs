@@ -73,6 +73,15 @@ pub struct LoopArgs {
     /// Hide the progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Wall-clock budget in seconds: the run measures its pace over its first steps and fits
+    /// its length (and learning-rate schedule) to end inside it; --steps is then the most it runs.
+    #[arg(long, value_parser = parse_seconds)]
+    pub time_limit: Option<std::time::Duration>,
+}
+
+fn parse_seconds(text: &str) -> Result<std::time::Duration, String> {
+    let seconds: f64 = text.parse().map_err(|e| format!("{text:?} is not a number of seconds: {e}"))?;
+    std::time::Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?} is not a usable number of seconds: {e}"))
 }
 
 /// A stage's defaults for what the command line leaves out.
@@ -99,12 +108,14 @@ impl LoopArgs {
             out_dir: self.out.clone(),
             resume: self.resume,
             show_progress: !self.quiet,
+            time_limit: self.time_limit,
         }
     }
 
     /// What training.json (and a twig's twig.json) records about a run.
     pub fn summary(&self, stage: &str, data: &str, eval_data: &str, options: &TrainOptions, report: &TrainReport) -> serde_json::Value {
-        serde_json::json!({"stage": stage, "data": data, "eval_data": eval_data, "steps": options.steps,
+        serde_json::json!({"stage": stage, "data": data, "eval_data": eval_data, "steps": report.steps_done,
+            "planned_steps": options.steps, "time_limit_s": self.time_limit.map(|t| t.as_secs_f64()),
             "batch_size": self.batch_size, "lr": options.schedule.peak, "seconds": report.seconds, "history": report.history})
     }
 

