@@ -4,9 +4,9 @@ use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use burn::prelude::*;
-use twigvlm_backbone::{AttentionProbe, KvCache, LlamaDecoder};
 
 use crate::error::{DecodeError, Result};
+use crate::network::CausalNetwork;
 use crate::sampling::Sampler;
 
 /// Limits and stopping rules of one generation.
@@ -40,10 +40,11 @@ pub struct DecodeOutput {
     pub decode_time: Duration,
 }
 
-/// Generates from prompt embeddings `[1, prompt_len, hidden]` (positions `0..prompt_len`).
+/// Generates from prompt embeddings `[1, prompt_len, hidden]` (positions `0..prompt_len`) with
+/// `model` alone: the base model, or the twig's shallow network for twig-only decoding.
 /// `on_token` sees every token as it is produced and may stop generation.
-pub fn decode_vanilla<B: Backend>(
-    model: &LlamaDecoder<B>,
+pub fn decode_vanilla<B: Backend, N: CausalNetwork<B>>(
+    model: &N,
     prompt_embeds: Tensor<B, 3>,
     config: &DecodeConfig,
     sampler: &mut Sampler,
@@ -54,15 +55,11 @@ pub fn decode_vanilla<B: Backend>(
     if prompt_len == 0 || prompt_len >= config.context_length {
         return Err(DecodeError::PromptTooLong { prompt: prompt_len, context: config.context_length });
     }
-    let layers = 0..model.num_layers();
-    let mut cache = KvCache::new(model.num_layers());
-    let no_probe = AttentionProbe::default();
+    let mut cache = model.new_cache();
 
     let started = Instant::now();
     let positions: Vec<usize> = (0..prompt_len).collect();
-    let out = model.forward_layers(prompt_embeds, &model.rope(&positions, &device), layers.clone(), &mut cache, &no_probe);
-    let last = out.hidden.narrow(1, prompt_len - 1, 1);
-    let prompt_logits = logits_row(model.logits(last));
+    let prompt_logits = logits_row(model.last_logits(prompt_embeds, &positions, &mut cache));
     let prefill_time = started.elapsed();
 
     let started = Instant::now();
@@ -88,9 +85,7 @@ pub fn decode_vanilla<B: Backend>(
             break StopReason::ContextFull;
         }
         let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(vec![token as i32], [1, 1]), &device);
-        let rope = model.rope(&[position], &device);
-        let out = model.forward_layers(model.embed(ids), &rope, layers.clone(), &mut cache, &no_probe);
-        logits = logits_row(model.logits(out.hidden));
+        logits = logits_row(model.last_logits(model.embed(ids), &[position], &mut cache));
     };
     Ok(DecodeOutput { tokens, stop, prompt_logits, prefill_time, decode_time: started.elapsed() })
 }

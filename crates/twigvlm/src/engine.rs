@@ -8,7 +8,20 @@ use burn::prelude::*;
 use image::DynamicImage;
 use serde::Serialize;
 use twigvlm_backbone::{load_llava, LoadOptions, LoadedLlava, PromptTokens, TextStream};
-use twigvlm_ssd::{decode_vanilla, DecodeConfig, Sampler, Sampling, StopReason};
+use twigvlm_ssd::{decode_vanilla, DecodeConfig, Sampler, Sampling, ShallowNetwork, StopReason};
+use twigvlm_twig::{load_twig, TwigCheckpoint};
+
+/// Which network generates the answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum DecoderKind {
+    /// The base model alone.
+    #[default]
+    Base,
+    /// The twig's shallow network alone (base layers below K, then the twig): the twig's own
+    /// quality, and what the speculative decoder drafts with.
+    TwigOnly,
+}
 
 /// One generation request.
 #[derive(Debug, Clone)]
@@ -20,6 +33,7 @@ pub struct GenerateRequest {
     pub seed: u64,
     /// Copy pixel values and image features back to the host (for `--dump-tensors`).
     pub capture_tensors: bool,
+    pub decoder: DecoderKind,
 }
 
 /// Timings of one generation.
@@ -54,12 +68,22 @@ pub struct Engine<B: Backend> {
     pub llava: LoadedLlava<B>,
     pub device: B::Device,
     pub model_dir: PathBuf,
+    /// The twig attached with [`Engine::attach_twig`].
+    pub twig: Option<TwigCheckpoint<B>>,
 }
 
 impl<B: Backend> Engine<B> {
     pub fn load(model_dir: &Path, options: &LoadOptions, device: B::Device) -> anyhow::Result<Self> {
         let llava = load_llava::<B>(model_dir, options, &device)?;
-        Ok(Self { llava, device, model_dir: model_dir.to_path_buf() })
+        Ok(Self { llava, device, model_dir: model_dir.to_path_buf(), twig: None })
+    }
+
+    /// Loads a twig checkpoint (ours, or the official layout with `k` given or in a sidecar) for
+    /// this model's language model; it must have been trained for this base.
+    pub fn attach_twig(&mut self, dir: &Path, k: Option<usize>) -> anyhow::Result<&TwigCheckpoint<B>> {
+        let base = &self.llava.model.language_model;
+        let twig = load_twig(dir, base, &self.llava.config.text, k, &self.device)?;
+        Ok(self.twig.insert(twig))
     }
 
     /// Runs one request; `on_text` receives decoded text as tokens arrive.
@@ -102,18 +126,24 @@ impl<B: Backend> Engine<B> {
         let mut sampler = Sampler::new(request.sampling, request.seed);
         let mut stream = TextStream::default();
         let mut stream_error = None;
-        let output = decode_vanilla(&llava.model.language_model, embeds, &config, &mut sampler, |token| {
-            match stream.push(&llava.tokenizer, token) {
-                Ok(piece) => {
-                    on_text(&piece);
-                    ControlFlow::Continue(())
-                }
-                Err(e) => {
-                    stream_error = Some(e);
-                    ControlFlow::Break(())
-                }
+        let mut on_token = |token| match stream.push(&llava.tokenizer, token) {
+            Ok(piece) => {
+                on_text(&piece);
+                ControlFlow::Continue(())
             }
-        })?;
+            Err(e) => {
+                stream_error = Some(e);
+                ControlFlow::Break(())
+            }
+        };
+        let base = &llava.model.language_model;
+        let output = match request.decoder {
+            DecoderKind::Base => decode_vanilla(base, embeds, &config, &mut sampler, &mut on_token)?,
+            DecoderKind::TwigOnly => {
+                let twig = self.twig.as_ref().map(|t| &t.twig).ok_or_else(|| anyhow::anyhow!("twig-only decoding needs a twig: attach one first (--twig DIR)"))?;
+                decode_vanilla(&ShallowNetwork { base, twig }, embeds, &config, &mut sampler, &mut on_token)?
+            }
+        };
         if let Some(e) = stream_error {
             return Err(e.into());
         }

@@ -10,7 +10,7 @@ use twigvlm_data::spec::Dataset;
 use twigvlm_data::Task;
 use twigvlm_ssd::Sampling;
 
-use crate::engine::{Engine, GenerateRequest};
+use crate::engine::{DecoderKind, Engine, GenerateRequest};
 
 #[derive(Debug, Clone)]
 pub struct EvalOptions {
@@ -20,11 +20,13 @@ pub struct EvalOptions {
     pub describe_max_new_tokens: usize,
     /// Also answer every question about the same image with the objects removed.
     pub blank_image_baseline: bool,
+    /// The network that answers (`twig-only` scores the twig alone).
+    pub decoder: DecoderKind,
 }
 
 impl Default for EvalOptions {
     fn default() -> Self {
-        Self { short_max_new_tokens: 16, describe_max_new_tokens: 160, blank_image_baseline: true }
+        Self { short_max_new_tokens: 16, describe_max_new_tokens: 160, blank_image_baseline: true, decoder: DecoderKind::Base }
     }
 }
 
@@ -52,6 +54,8 @@ pub struct DescribeReport {
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct EvalReport {
+    /// The network that answered.
+    pub decoder: DecoderKind,
     /// Questions asked.
     pub n: usize,
     /// Exact match over all short-answer questions.
@@ -104,6 +108,7 @@ pub fn evaluate<B: Backend>(
                     sampling: Sampling::Greedy,
                     seed: 0,
                     capture_tensors: false,
+                    decoder: options.decoder,
                 };
                 Ok(engine.generate(&request, |_| {})?.text)
             };
@@ -125,10 +130,12 @@ pub fn evaluate<B: Backend>(
             on_question(asked);
         }
     }
-    Ok(report(short, (describe_n > 0).then_some((describe_n, describe, blank_describe)), blank_source.is_some(), asked, started))
+    let describe = (describe_n > 0).then_some((describe_n, describe, blank_describe));
+    Ok(report(options.decoder, short, describe, blank_source.is_some(), asked, started))
 }
 
 fn report(
+    decoder: DecoderKind,
     short: BTreeMap<String, ShortTally>,
     describe: Option<(usize, DescribeCounts, DescribeCounts)>,
     with_blank: bool,
@@ -166,6 +173,7 @@ fn report(
         blank_image_f1: with_blank.then(|| blank.f1()),
     });
     EvalReport {
+        decoder,
         n: asked,
         accuracy: ratio(correct, n_short),
         blank_image_accuracy: with_blank.then(|| ratio(blank_correct, n_short)),

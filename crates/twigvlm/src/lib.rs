@@ -6,4 +6,4 @@ pub mod engine;
 pub mod eval;
 
 pub use backend::{BackendKind, BackendJob};
-pub use engine::{Engine, GenerateRequest, GenerateResult, GenerateStats};
+pub use engine::{DecoderKind, Engine, GenerateRequest, GenerateResult, GenerateStats};

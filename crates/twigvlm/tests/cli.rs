@@ -183,6 +183,31 @@ fn train_twig_writes_a_twig_that_converts_to_the_official_layout_and_back() {
     let out = twigvlm(&["twig", "convert", "--model", &base, &official.display().to_string(), &back.display().to_string(), "--to-format", "ours", "--twig-k", "1"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(back.join("twig.safetensors").is_file());
+
+    // The twig alone answers: ours, and the official layout given K on the command line.
+    let image = fixtures().join("images/shapes-80x60.png").display().to_string();
+    let generate = |extra: &[&str]| {
+        let mut args = vec!["generate", "--model", &base, "--image", &image, "--prompt", "What is shown?", "--max-new-tokens", "5", "--json"];
+        args.extend_from_slice(extra);
+        twigvlm(&args)
+    };
+    for twig_args in [vec!["--twig", &*ours.to_string_lossy()], vec!["--twig", &*official.to_string_lossy(), "--twig-k", "1"]] {
+        let out = generate(&twig_args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(json["decoder"], "twig-only");
+        assert!(!json["generated_ids"].as_array().unwrap().is_empty());
+    }
+    let no_twig = generate(&["--decoder", "twig-only"]);
+    assert!(String::from_utf8_lossy(&no_twig.stderr).contains("needs --twig"), "{}", String::from_utf8_lossy(&no_twig.stderr));
+    let eval = twigvlm(&[
+        "eval", "--model", &base, "--data", "shapes:seed=1000000,n=2", "--no-blank-baseline", "--json", "--twig", &ours.display().to_string(),
+    ]);
+    assert!(eval.status.success(), "{}", String::from_utf8_lossy(&eval.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+    assert_eq!(report["decoder"], "twig-only");
+    assert!(report["n"].as_u64().unwrap() > 0);
+
     let bad = twigvlm(&["train-twig", "--model", &base, "--k", "3", "--t", "3", "--quiet", "--out", &root.join("bad").display().to_string()]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("exceeds the base model's 4 layers"), "{}", String::from_utf8_lossy(&bad.stderr));
     std::fs::remove_dir_all(&root).unwrap();

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use burn::prelude::Backend;
 use twigvlm::eval::{evaluate, EvalOptions, EvalReport};
+use clap::ValueEnum;
 use twigvlm::{BackendJob, BackendKind};
 use twigvlm_data::{DatasetSpec, SeedRange};
 
@@ -31,6 +32,8 @@ pub struct EvalArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub decoder: super::DecoderArgs,
 }
 
 struct EvalJob(EvalArgs);
@@ -46,8 +49,8 @@ impl BackendJob for EvalJob {
         }
         let dataset = spec.open(args.image_root.as_deref())?;
         let questions = dataset.question_count();
-        let engine = super::load_engine::<B>(&args.model, args.vision_tower.clone(), device)?;
-        let options = EvalOptions { blank_image_baseline: !args.no_blank_baseline, ..EvalOptions::default() };
+        let (engine, decoder) = super::load_engine::<B>(&args.model, args.vision_tower.clone(), &args.decoder, device)?;
+        let options = EvalOptions { blank_image_baseline: !args.no_blank_baseline, decoder, ..EvalOptions::default() };
         let progress = indicatif::ProgressBar::new(questions as u64);
         progress.set_style(
             indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} questions ({per_sec}, eta {eta})")
@@ -97,7 +100,7 @@ fn print_table(report: &EvalReport) {
             d.blank_image_f1.map_or("-".to_string(), |f| format!("{f:.3}"))
         );
     }
-    println!("{} questions in {:.1} s", report.n, report.seconds);
+    println!("{} questions in {:.1} s ({} decoder)", report.n, report.seconds, report.decoder.to_possible_value().map_or("?".into(), |v| v.get_name().to_string()));
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {

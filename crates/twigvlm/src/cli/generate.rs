@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use burn::prelude::Backend;
 use serde::Serialize;
-use twigvlm::{BackendJob, BackendKind, GenerateRequest, GenerateResult, GenerateStats};
+use twigvlm::{BackendJob, BackendKind, DecoderKind, GenerateRequest, GenerateResult, GenerateStats};
 use twigvlm_backbone::preprocess::load_image;
 use twigvlm_backbone::weights::NamedTensor;
 use twigvlm_ssd::Sampling;
@@ -46,6 +46,8 @@ pub struct GenerateArgs {
     /// Write pixel_values, image_features and last_logits (f32) to this safetensors file.
     #[arg(long)]
     pub dump_tensors: Option<PathBuf>,
+    #[command(flatten)]
+    pub decoder: super::DecoderArgs,
 }
 
 #[derive(Serialize)]
@@ -53,6 +55,7 @@ struct JsonOutput<'a> {
     prompt_ids: &'a [u32],
     generated_ids: &'a [u32],
     text: &'a str,
+    decoder: DecoderKind,
     stats: &'a GenerateStats,
 }
 
@@ -69,7 +72,7 @@ impl BackendJob for GenerateJob {
             .as_deref()
             .map(|path| load_image(path).with_context(|| format!("cannot use --image {}", path.display())))
             .transpose()?;
-        let engine = super::load_engine::<B>(&args.model, args.vision_tower.clone(), device)?;
+        let (engine, decoder) = super::load_engine::<B>(&args.model, args.vision_tower.clone(), &args.decoder, device)?;
 
         let request = GenerateRequest {
             prompt: args.prompt.clone(),
@@ -78,6 +81,7 @@ impl BackendJob for GenerateJob {
             sampling,
             seed: args.seed,
             capture_tensors: args.dump_tensors.is_some(),
+            decoder,
         };
         let mut stdout = std::io::stdout().lock();
         let result = engine.generate(&request, |piece| {
@@ -91,6 +95,7 @@ impl BackendJob for GenerateJob {
                 prompt_ids: &result.prompt.ids,
                 generated_ids: &result.generated_ids,
                 text: &result.text,
+                decoder,
                 stats: &result.stats,
             };
             writeln!(stdout, "{}", serde_json::to_string(&out)?)?;

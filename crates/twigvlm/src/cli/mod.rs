@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use burn::prelude::Backend;
 use clap::{Parser, Subcommand};
-use twigvlm::Engine;
+use twigvlm::{DecoderKind, Engine};
 use twigvlm_backbone::LoadOptions;
 use tracing_subscriber::filter::LevelFilter;
 
@@ -62,12 +62,44 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Loads a model directory with a spinner on stderr.
-fn load_engine<B: Backend>(model: &Path, vision_tower: Option<PathBuf>, device: B::Device) -> anyhow::Result<Engine<B>> {
+/// Which network answers (`generate`, `eval`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct DecoderArgs {
+    /// Twig checkpoint directory (ours, or the official layout), trained for this model.
+    #[arg(long)]
+    pub twig: Option<PathBuf>,
+    /// K of an official-layout twig that has no sidecar JSON.
+    #[arg(long)]
+    pub twig_k: Option<usize>,
+    /// Which network generates (default: twig-only with --twig, else base).
+    #[arg(long, value_enum)]
+    pub decoder: Option<DecoderKind>,
+}
+
+impl DecoderArgs {
+    /// The decoder these options ask for, once the twig it needs is attached to `engine`.
+    fn prepare<B: Backend>(&self, engine: &mut Engine<B>) -> anyhow::Result<DecoderKind> {
+        let decoder = self.decoder.unwrap_or(if self.twig.is_some() { DecoderKind::TwigOnly } else { DecoderKind::Base });
+        match (decoder, &self.twig) {
+            (DecoderKind::TwigOnly, None) => anyhow::bail!("--decoder twig-only needs --twig DIR"),
+            (DecoderKind::Base, Some(dir)) => anyhow::bail!("--twig {} is unused with --decoder base", dir.display()),
+            (DecoderKind::TwigOnly, Some(dir)) => {
+                let twig = engine.attach_twig(dir, self.twig_k).with_context(|| format!("cannot use the twig in {}", dir.display()))?;
+                tracing::info!(k = twig.twig.config.k, t = twig.twig.config.t, format = ?twig.format, "twig attached");
+            }
+            (DecoderKind::Base, None) => {}
+        }
+        Ok(decoder)
+    }
+}
+
+/// Loads a model directory (and the twig the decoder needs) with a spinner on stderr.
+fn load_engine<B: Backend>(model: &Path, vision_tower: Option<PathBuf>, decoder: &DecoderArgs, device: B::Device) -> anyhow::Result<(Engine<B>, DecoderKind)> {
     let spinner = indicatif::ProgressBar::new_spinner().with_message(format!("loading {}", model.display()));
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
     let options = LoadOptions { vision_tower_dir: vision_tower };
-    let engine = Engine::<B>::load(model, &options, device).with_context(|| format!("cannot load the model in {}", model.display()))?;
+    let mut engine = Engine::<B>::load(model, &options, device).with_context(|| format!("cannot load the model in {}", model.display()))?;
+    let decoder = decoder.prepare(&mut engine)?;
     spinner.finish_and_clear();
-    Ok(engine)
+    Ok((engine, decoder))
 }

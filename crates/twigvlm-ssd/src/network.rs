@@ -1,0 +1,109 @@
+//! What a decode loop runs: a causal network that turns embedded tokens into next-token logits
+//! and keeps its own KV cache. The base model is one; the twig's shallow network (base layers
+//! 0..K-1, then the twig's blocks, norm and head) is the other, and the self-speculative decoder
+//! drafts with it.
+
+use burn::prelude::*;
+use twigvlm_backbone::{AttentionProbe, KvCache, LlamaDecoder};
+use twigvlm_twig::Twig;
+
+pub trait CausalNetwork<B: Backend> {
+    type Cache;
+
+    fn new_cache(&self) -> Self::Cache;
+
+    /// Token embeddings `[batch, seq]` → `[batch, seq, hidden]`.
+    fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3>;
+
+    /// Runs `embeds` (`[1, seq, hidden]`, tokens at `positions`), appending to `cache`, and
+    /// returns the logits at the last position, `[1, 1, vocab]`.
+    fn last_logits(
+        &self,
+        embeds: Tensor<B, 3>,
+        positions: &[usize],
+        cache: &mut Self::Cache,
+    ) -> Tensor<B, 3>;
+}
+
+fn last_position<B: Backend>(hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+    let seq = hidden.dims()[1];
+    hidden.narrow(1, seq - 1, 1)
+}
+
+impl<B: Backend> CausalNetwork<B> for LlamaDecoder<B> {
+    type Cache = KvCache<B>;
+
+    fn new_cache(&self) -> KvCache<B> {
+        KvCache::new(self.num_layers())
+    }
+
+    fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        LlamaDecoder::embed(self, ids)
+    }
+
+    fn last_logits(
+        &self,
+        embeds: Tensor<B, 3>,
+        positions: &[usize],
+        cache: &mut KvCache<B>,
+    ) -> Tensor<B, 3> {
+        let rope = self.rope(positions, &embeds.device());
+        let out = self.forward_layers(
+            embeds,
+            &rope,
+            0..self.num_layers(),
+            cache,
+            &AttentionProbe::default(),
+        );
+        self.logits(last_position(out.hidden))
+    }
+}
+
+/// The twig's shallow network: the base's layers below K, then the twig.
+pub struct ShallowNetwork<'a, B: Backend> {
+    pub base: &'a LlamaDecoder<B>,
+    pub twig: &'a Twig<B>,
+}
+
+/// The shallow network's caches: the base layers below K, and the twig's blocks.
+pub struct ShallowCache<B: Backend> {
+    pub base: KvCache<B>,
+    pub twig: KvCache<B>,
+}
+
+impl<B: Backend> CausalNetwork<B> for ShallowNetwork<'_, B> {
+    type Cache = ShallowCache<B>;
+
+    fn new_cache(&self) -> ShallowCache<B> {
+        ShallowCache {
+            base: KvCache::new(self.twig.config.k),
+            twig: self.twig.new_cache(),
+        }
+    }
+
+    fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        self.base.embed(ids)
+    }
+
+    fn last_logits(
+        &self,
+        embeds: Tensor<B, 3>,
+        positions: &[usize],
+        cache: &mut ShallowCache<B>,
+    ) -> Tensor<B, 3> {
+        let rope = self.base.rope(positions, &embeds.device());
+        let probe = AttentionProbe::default();
+        let below_k = self.base.forward_layers(
+            embeds,
+            &rope,
+            0..self.twig.config.k,
+            &mut cache.base,
+            &probe,
+        );
+        let twig_out = self
+            .twig
+            .forward(below_k.hidden, &rope, &mut cache.twig, &probe);
+        self.twig
+            .logits(last_position(twig_out.hidden), &self.base.lm_head)
+    }
+}
