@@ -17,7 +17,7 @@ candidate() {
     "$BIN" train instruct --config models/shapes-smol --vision models/shapes-smol --language-model /tmp/smollm2 \
         --data "shapes:seed=1,n=1000000,task=all,turns=4" --eval-data "shapes:seed=1000000,n=64,task=all" \
         --steps 100000 --time-limit "$budget" --warmup 0.05 --eval-every 250 --checkpoint-every 1000 \
-        --backend "$backend" --quiet --log-level info --out $RUNS/$name "$@" > "$RUNS/$name.log" 2>&1 || echo "$name failed" >> "$RUNS/$name.log"
+        --backend "$backend" --gpu-autotune minimal --quiet --log-level info --out $RUNS/$name "$@" > "$RUNS/$name.log" 2>&1 || echo "$name failed" >> "$RUNS/$name.log"
 }
 candidate lm2 --lm-layers 2 --lr 3e-4 --batch-size 16 &
 candidate lm4 --lm-layers 4 --lr 2e-4 --batch-size 16 &

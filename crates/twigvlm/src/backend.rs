@@ -17,6 +17,39 @@ pub enum BackendKind {
     Cuda,
 }
 
+/// How hard the GPU backends (cubecl) search for the fastest kernels of each new tensor shape.
+/// Each new shape costs a benchmark of every candidate kernel: on short runs with many shapes
+/// (training on variable-length batches) `minimal` avoids spending the run tuning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GpuAutotune {
+    Minimal,
+    Balanced,
+    Extensive,
+    Full,
+}
+
+/// Sets the GPU runtime's options; call once, before any GPU work. A `cubecl.toml` in the working
+/// directory is read first and the arguments override it. No-op without a GPU backend.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+pub fn configure_gpu(autotune: GpuAutotune) {
+    use cubecl_common::config::RuntimeConfig;
+    use cubecl_runtime::config::autotune::AutotuneLevel;
+    use cubecl_runtime::config::CubeClRuntimeConfig;
+
+    let mut config = CubeClRuntimeConfig::from_current_dir();
+    config.autotune.level = match autotune {
+        GpuAutotune::Minimal => AutotuneLevel::Minimal,
+        GpuAutotune::Balanced => AutotuneLevel::Balanced,
+        GpuAutotune::Extensive => AutotuneLevel::Extensive,
+        GpuAutotune::Full => AutotuneLevel::Full,
+    };
+    CubeClRuntimeConfig::set(config);
+}
+
+/// Sets the GPU runtime's options; call once, before any GPU work. No-op without a GPU backend.
+#[cfg(not(any(feature = "cuda", feature = "wgpu")))]
+pub fn configure_gpu(_autotune: GpuAutotune) {}
+
 /// Work to run on whichever backend was chosen.
 pub trait BackendJob {
     type Output;

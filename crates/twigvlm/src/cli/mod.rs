@@ -23,6 +23,10 @@ pub struct Cli {
     /// Log verbosity on stderr.
     #[arg(long, global = true, default_value = "warn")]
     pub log_level: LevelFilter,
+    /// GPU backends: how hard to search for the fastest kernel of each new tensor shape
+    /// (default: cubecl's own, `balanced`, or what a `cubecl.toml` here says).
+    #[arg(long, global = true, value_enum)]
+    pub gpu_autotune: Option<twigvlm::backend::GpuAutotune>,
     #[command(subcommand)]
     pub command: Command,
 }
