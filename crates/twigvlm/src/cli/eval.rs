@@ -6,14 +6,11 @@ use anyhow::Context;
 use burn::prelude::Backend;
 use twigvlm::eval::{evaluate, EvalOptions, EvalReport};
 use clap::ValueEnum;
-use twigvlm::{BackendJob, BackendKind};
+use twigvlm::BackendJob;
 use twigvlm_data::{DatasetSpec, SeedRange};
 
 #[derive(Debug, clap::Args)]
 pub struct EvalArgs {
-    /// Model directory.
-    #[arg(long)]
-    pub model: PathBuf,
     /// `shapes:seed=<u64>,n=<count>[,task=short|describe|all]` (evaluation seeds start at 1000000)
     /// or a LLaVA instruction JSON file.
     #[arg(long, default_value = "shapes:seed=1000000,n=100,task=all")]
@@ -24,16 +21,11 @@ pub struct EvalArgs {
     /// Skip the blank-image baseline (halves the time).
     #[arg(long)]
     pub no_blank_baseline: bool,
-    #[arg(long, value_enum, default_value_t = BackendKind::Flex)]
-    pub backend: BackendKind,
-    /// CLIP directory for original-layout LLaVA checkpoints.
-    #[arg(long)]
-    pub vision_tower: Option<PathBuf>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
-    pub decoder: super::DecoderArgs,
+    pub model: super::ModelArgs,
 }
 
 struct EvalJob(EvalArgs);
@@ -49,7 +41,7 @@ impl BackendJob for EvalJob {
         }
         let dataset = spec.open(args.image_root.as_deref())?;
         let questions = dataset.question_count();
-        let (engine, decoder) = super::load_engine::<B>(&args.model, args.vision_tower.clone(), &args.decoder, device)?;
+        let (engine, decoder) = super::load_engine::<B>(&args.model, device)?;
         let options = EvalOptions { blank_image_baseline: !args.no_blank_baseline, decoder, ..EvalOptions::default() };
         let progress = indicatif::ProgressBar::new(questions as u64);
         progress.set_style(
@@ -104,6 +96,6 @@ fn print_table(report: &EvalReport) {
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
-    let backend = args.backend;
+    let backend = args.model.backend;
     backend.run(EvalJob(args))?
 }

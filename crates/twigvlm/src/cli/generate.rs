@@ -6,16 +6,13 @@ use std::path::PathBuf;
 use anyhow::Context;
 use burn::prelude::Backend;
 use serde::Serialize;
-use twigvlm::{BackendJob, BackendKind, DecoderKind, GenerateRequest, GenerateResult, GenerateStats};
+use twigvlm::{BackendJob, DecoderKind, GenerateRequest, GenerateResult, GenerateStats};
 use twigvlm_backbone::preprocess::load_image;
 use twigvlm_backbone::weights::NamedTensor;
 use twigvlm_ssd::Sampling;
 
 #[derive(Debug, clap::Args)]
 pub struct GenerateArgs {
-    /// Model directory (config.json, weights, tokenizer.json, preprocessor_config.json).
-    #[arg(long)]
-    pub model: PathBuf,
     /// Image file (PNG, JPEG or WebP). Without it the prompt is text only.
     #[arg(long)]
     pub image: Option<PathBuf>,
@@ -34,12 +31,6 @@ pub struct GenerateArgs {
     /// Random seed for sampling.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Compute backend.
-    #[arg(long, value_enum, default_value_t = BackendKind::Flex)]
-    pub backend: BackendKind,
-    /// CLIP directory for original-layout LLaVA checkpoints whose `mm_vision_tower` is not a local path.
-    #[arg(long)]
-    pub vision_tower: Option<PathBuf>,
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     pub json: bool,
@@ -47,7 +38,7 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub dump_tensors: Option<PathBuf>,
     #[command(flatten)]
-    pub decoder: super::DecoderArgs,
+    pub model: super::ModelArgs,
 }
 
 #[derive(Serialize)]
@@ -72,7 +63,7 @@ impl BackendJob for GenerateJob {
             .as_deref()
             .map(|path| load_image(path).with_context(|| format!("cannot use --image {}", path.display())))
             .transpose()?;
-        let (engine, decoder) = super::load_engine::<B>(&args.model, args.vision_tower.clone(), &args.decoder, device)?;
+        let (engine, decoder) = super::load_engine::<B>(&args.model, device)?;
 
         let request = GenerateRequest {
             prompt: args.prompt.clone(),
@@ -123,6 +114,6 @@ fn dump_entries(result: &GenerateResult) -> Vec<NamedTensor> {
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
-    let backend = args.backend;
+    let backend = args.model.backend;
     backend.run(GenerateJob(args))?
 }

@@ -7,12 +7,12 @@ mod import;
 mod train;
 mod twig;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use burn::prelude::Backend;
 use clap::{Parser, Subcommand};
-use twigvlm::{DecoderKind, Engine};
+use twigvlm::{BackendKind, DecoderKind, Engine};
 use twigvlm_backbone::LoadOptions;
 use tracing_subscriber::filter::LevelFilter;
 
@@ -66,7 +66,23 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Which network answers (`generate`, `eval`).
+/// The model a command loads, where it runs and which network answers (`generate`, `eval`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ModelArgs {
+    /// Model directory (config.json, weights, tokenizer.json, preprocessor_config.json).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Compute backend.
+    #[arg(long, value_enum, default_value_t = BackendKind::Flex)]
+    pub backend: BackendKind,
+    /// CLIP directory for original-layout LLaVA checkpoints whose `mm_vision_tower` is not a local path.
+    #[arg(long)]
+    pub vision_tower: Option<PathBuf>,
+    #[command(flatten)]
+    pub decoder: DecoderArgs,
+}
+
+/// Which network answers.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DecoderArgs {
     /// Twig checkpoint directory (ours, or the official layout), trained for this model.
@@ -98,12 +114,13 @@ impl DecoderArgs {
 }
 
 /// Loads a model directory (and the twig the decoder needs) with a spinner on stderr.
-fn load_engine<B: Backend>(model: &Path, vision_tower: Option<PathBuf>, decoder: &DecoderArgs, device: B::Device) -> anyhow::Result<(Engine<B>, DecoderKind)> {
+fn load_engine<B: Backend>(args: &ModelArgs, device: B::Device) -> anyhow::Result<(Engine<B>, DecoderKind)> {
+    let model = &args.model;
     let spinner = indicatif::ProgressBar::new_spinner().with_message(format!("loading {}", model.display()));
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
-    let options = LoadOptions { vision_tower_dir: vision_tower };
+    let options = LoadOptions { vision_tower_dir: args.vision_tower.clone() };
     let mut engine = Engine::<B>::load(model, &options, device).with_context(|| format!("cannot load the model in {}", model.display()))?;
-    let decoder = decoder.prepare(&mut engine)?;
+    let decoder = args.decoder.prepare(&mut engine)?;
     spinner.finish_and_clear();
     Ok((engine, decoder))
 }
