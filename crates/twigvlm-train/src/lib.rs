@@ -9,6 +9,7 @@ pub mod examples;
 pub mod loss;
 pub mod metrics;
 pub mod optimizer;
+pub mod patch_words;
 pub mod alignment;
 pub mod schedule;
 pub mod trainable;

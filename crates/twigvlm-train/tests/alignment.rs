@@ -37,6 +37,7 @@ fn objective(loaded: LoadedLlava<B>, device: &<B as burn::tensor::backend::Backe
         train: data,
         eval,
         batch_size: 2,
+        freeze_projector: false,
         device: device.clone(),
     }
 }

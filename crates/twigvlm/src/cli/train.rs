@@ -1,4 +1,4 @@
-//! `twigvlm train vision|projector|instruct`: the demo model's training stages (the twig has its
+//! `twigvlm train vision|projector|projector-words|instruct`: the demo model's training stages (the twig has its
 //! own command).
 
 use std::path::PathBuf;
@@ -11,10 +11,11 @@ use twigvlm::BackendKind;
 use twigvlm_backbone::clip::ClipVisionTower;
 use twigvlm_backbone::projector::Projector;
 use twigvlm_backbone::weights::{hf_tensors, write_safetensors, StorageDtype, TensorSource, WeightLoader};
-use twigvlm_backbone::{load_language_model, read_llava_spec, ImagePreprocessor, LlavaConfig, CAUSAL_LM_BODY};
+use twigvlm_backbone::{load_language_model, read_llava_spec, ImagePreprocessor, LlavaConfig, LoadedLanguageModel, CAUSAL_LM_BODY};
 use twigvlm_train::trainable::trainable;
 use twigvlm_data::{DatasetSpec, SeedRange, ShapesDataset};
 use twigvlm_train::alignment::{AlignedParts, AlignmentObjective};
+use twigvlm_train::patch_words::PatchWordsObjective;
 use twigvlm_train::examples::{ConversationEncoder, VisualInput};
 use twigvlm_train::vision::{PatchClassifier, VisionObjective};
 use twigvlm_train::{train, LrSchedule, OptimizerConfig, TrainOptions, TrainReport};
@@ -25,6 +26,10 @@ pub enum TrainCommand {
     Vision(VisionArgs),
     /// Stage 1: train the projector between a trained vision tower and a language model, both frozen.
     Projector(ProjectorArgs),
+    /// Stage 1 by regression: train the projector to map each patch onto the language model's
+    /// embeddings of the words that describe it (colour, shape or "empty", row, column); no
+    /// language-model layer runs, so it is minutes on a CPU.
+    ProjectorWords(ProjectorArgs),
     /// Stage 2: train the projector and the language model's top layers together.
     Instruct(InstructArgs),
 }
@@ -160,9 +165,14 @@ pub struct InstructArgs {
     /// How many of the language model's top layers train.
     #[arg(long, default_value_t = 8)]
     pub lm_layers: usize,
-    /// Output directory of `train projector` to start the projector from (default: a fresh one).
+    /// Output directory of `train projector` (or `projector-words`) to start the projector from
+    /// (default: a fresh one).
     #[arg(long)]
     pub projector: Option<PathBuf>,
+    /// Keep the projector from `--projector` as it is and tune only the top layers: the layers
+    /// below them run without a graph, several times cheaper per step.
+    #[arg(long, requires = "projector")]
+    pub freeze_projector: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -225,11 +235,64 @@ struct AlignmentJob {
     args: ProjectorArgs,
     lm_layers: usize,
     projector_from: Option<PathBuf>,
+    freeze_projector: bool,
 }
 
 impl AlignmentJob {
     fn stage(&self) -> &'static str {
         if self.lm_layers == 0 { "projector" } else { "instruct" }
+    }
+}
+
+/// The frozen vision tower (with its input pipeline) and language model of a language-side stage.
+fn language_stage_inputs<B: AutodiffBackend>(
+    args: &ProjectorArgs,
+    config: &LlavaConfig,
+    preprocessor: ImagePreprocessor,
+    device: &B::Device,
+) -> anyhow::Result<(VisualInput<B::InnerBackend>, LoadedLanguageModel<B>)> {
+    let vision_file = args.vision.join(VISION_FILE);
+    let mut source = TensorSource::default();
+    source.add_safetensors(&vision_file).with_context(|| format!("reading the vision tower {}", vision_file.display()))?;
+    let layers = config.vision_layers_needed().map_err(anyhow::Error::msg)?;
+    let vision = ClipVisionTower::<B::InnerBackend>::load(&WeightLoader::new(&source, device), VISION_PREFIX, &config.vision, layers)?;
+    let lm = load_language_model::<B>(&args.language_model, device)
+        .with_context(|| format!("loading the language model in {}", args.language_model.display()))?;
+    anyhow::ensure!(
+        lm.config.hidden_size == config.text.hidden_size,
+        "the language model has hidden size {} but config.json's text_config says {}",
+        lm.config.hidden_size,
+        config.text.hidden_size
+    );
+    Ok((VisualInput { vision, feature_select: config.feature_select, preprocessor }, lm))
+}
+
+/// Writes `projector` into `out` under the llava-hf names; returns the file.
+fn save_projector<B: burn::prelude::Backend>(projector: &Projector<B>, out: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let tensors = hf_tensors(projector, &|path| format!("{PROJECTOR_PREFIX}.{path}"));
+    let written = out.join(PROJECTOR_FILE);
+    write_safetensors(&written, &tensors, StorageDtype::F32)?;
+    Ok(written)
+}
+
+/// Stage 1 by regression onto the language model's word embeddings.
+struct PatchWordsJob(ProjectorArgs);
+
+impl AutodiffJob for PatchWordsJob {
+    type Output = anyhow::Result<()>;
+
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> anyhow::Result<()> {
+        let args = &self.0;
+        let (config, preprocessor, train_data, eval_data) = stage_inputs(&args.config, &args.data, &args.eval_data)?;
+        let (visual, lm) = language_stage_inputs::<B>(args, &config, preprocessor, &device)?;
+        B::seed(&device, args.run.seed);
+        let embeddings = lm.model.embed_tokens.weight.val().inner();
+        let mut objective =
+            PatchWordsObjective::<B>::new(visual, embeddings, &lm.tokenizer, train_data, eval_data, args.run.batch_size, device.clone())?;
+        let options = args.run.options(DEMO_STAGE_DEFAULTS);
+        let (projector, report) = train(&mut objective, Projector::<B>::init(&config.projector, &device), &options, &device)?;
+        let written = save_projector(&projector.valid(), &args.run.out)?;
+        args.run.finish(&args.run.summary("projector-words", &args.data, &args.eval_data, &options, &report), &report, &written)
     }
 }
 
@@ -250,20 +313,7 @@ impl AutodiffJob for AlignmentJob {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> anyhow::Result<()> {
         let args = &self.args;
         let (config, preprocessor, train_data, eval_data) = stage_inputs(&args.config, &args.data, &args.eval_data)?;
-        let inner_device = device.clone();
-        let vision_file = args.vision.join(VISION_FILE);
-        let mut source = TensorSource::default();
-        source.add_safetensors(&vision_file).with_context(|| format!("reading the vision tower {}", vision_file.display()))?;
-        let layers = config.vision_layers_needed().map_err(anyhow::Error::msg)?;
-        let vision = ClipVisionTower::<B::InnerBackend>::load(&WeightLoader::new(&source, &inner_device), VISION_PREFIX, &config.vision, layers)?;
-        let lm = load_language_model::<B>(&args.language_model, &device)
-            .with_context(|| format!("loading the language model in {}", args.language_model.display()))?;
-        anyhow::ensure!(
-            lm.config.hidden_size == config.text.hidden_size,
-            "the language model has hidden size {} but config.json's text_config says {}",
-            lm.config.hidden_size,
-            config.text.hidden_size
-        );
+        let (visual, lm) = language_stage_inputs::<B>(args, &config, preprocessor, &device)?;
         B::seed(&device, args.run.seed);
         let projector = match &self.projector_from {
             Some(dir) => load_projector::<B>(dir, &config, &device)?,
@@ -271,20 +321,19 @@ impl AutodiffJob for AlignmentJob {
         };
         let parts = AlignedParts::new(projector, &lm.model, self.lm_layers)?;
         let mut objective = AlignmentObjective::<B> {
-            visual: VisualInput { vision, feature_select: config.feature_select, preprocessor },
+            visual,
             language_model: lm.model,
             encoder: ConversationEncoder { tokenizer: lm.tokenizer, template: lm.template, system: None },
             train: train_data,
             eval: eval_data,
             batch_size: args.run.batch_size,
+            freeze_projector: self.freeze_projector,
             device: device.clone(),
         };
         let options = args.run.options(DEMO_STAGE_DEFAULTS);
         let (parts, report) = train(&mut objective, parts, &options, &device)?;
         let parts = parts.valid();
-        let tensors = hf_tensors(&parts.projector, &|path| format!("{PROJECTOR_PREFIX}.{path}"));
-        let written = args.run.out.join(PROJECTOR_FILE);
-        write_safetensors(&written, &tensors, StorageDtype::F32)?;
+        let written = save_projector(&parts.projector, &args.run.out)?;
         if !parts.lm_layers.is_empty() {
             write_safetensors(&args.run.out.join(TUNED_LM_FILE), &parts.tuned_layer_tensors(CAUSAL_LM_BODY), StorageDtype::F16)?;
         }
@@ -300,11 +349,16 @@ pub fn run(command: TrainCommand) -> anyhow::Result<()> {
         }
         TrainCommand::Projector(args) => {
             let backend = args.run.backend;
-            backend.run_autodiff(AlignmentJob { args, lm_layers: 0, projector_from: None })?
+            backend.run_autodiff(AlignmentJob { args, lm_layers: 0, projector_from: None, freeze_projector: false })?
+        }
+        TrainCommand::ProjectorWords(args) => {
+            let backend = args.run.backend;
+            backend.run_autodiff(PatchWordsJob(args))?
         }
         TrainCommand::Instruct(args) => {
             let backend = args.stage.run.backend;
-            backend.run_autodiff(AlignmentJob { args: args.stage, lm_layers: args.lm_layers, projector_from: args.projector })?
+            let job = AlignmentJob { args: args.stage, lm_layers: args.lm_layers, projector_from: args.projector, freeze_projector: args.freeze_projector };
+            backend.run_autodiff(job)?
         }
     }
 }

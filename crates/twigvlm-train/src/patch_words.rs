@@ -1,0 +1,203 @@
+//! Stage 1 by regression (the demo model's cheap alternative to LLaVA's captioning stage 1): the
+//! projector learns to map each patch's vision feature onto the language model's own embedding of
+//! the words that describe the patch: its colour and shape words (or "empty") and its row and
+//! column numbers, summed. No language-model layer runs, so thousands of images train in minutes
+//! on a CPU, and the visual tokens start out in the space the language model reads words in
+//! (stage 2 then teaches the language model to answer from them).
+
+use burn::module::AutodiffModule;
+use burn::nn::loss::{MseLoss, Reduction};
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use twigvlm_backbone::projector::Projector;
+use twigvlm_backbone::PromptTokenizer;
+use twigvlm_data::{Colour, Scene, Shape, ShapesDataset};
+
+use crate::error::{Result, TrainError};
+use crate::examples::VisualInput;
+use crate::trainer::Objective;
+
+/// The word of an empty patch.
+pub const EMPTY_WORD: &str = " empty";
+
+/// Token ids of every word a patch description uses.
+#[derive(Debug, Clone)]
+pub struct PatchVocabulary {
+    colours: Vec<Vec<u32>>,
+    shapes: Vec<Vec<u32>>,
+    /// Numbers 1..=grid, as in "row 3".
+    numbers: Vec<Vec<u32>>,
+    empty: Vec<u32>,
+}
+
+impl PatchVocabulary {
+    /// Colour and shape words with a leading space (as inside a sentence), numbers bare (the
+    /// tokenizer splits digits off the space before them).
+    pub fn new(tokenizer: &PromptTokenizer, grid: usize) -> Result<Self> {
+        let ids = |word: &str| -> Result<Vec<u32>> {
+            let ids = tokenizer.encode(word, 0).map_err(|e| TrainError::Config(e.to_string()))?.ids;
+            if ids.is_empty() {
+                return Err(TrainError::Config(format!("the tokenizer gives no tokens for {word:?}")));
+            }
+            Ok(ids)
+        };
+        Ok(Self {
+            colours: Colour::ALL.iter().map(|c| ids(&format!(" {}", c.word()))).collect::<Result<_>>()?,
+            shapes: Shape::ALL.iter().map(|s| ids(&format!(" {}", s.word()))).collect::<Result<_>>()?,
+            numbers: (1..=grid).map(|n| ids(&n.to_string())).collect::<Result<_>>()?,
+            empty: ids(EMPTY_WORD)?,
+        })
+    }
+
+    /// The words of every cell of `scene` in reading order; a word is its tokens.
+    fn cell_words(&self, scene: &Scene, grid: usize) -> Vec<Vec<&[u32]>> {
+        (0..grid * grid)
+            .map(|cell| {
+                let (row, column) = (cell / grid, cell % grid);
+                let mut words: Vec<&[u32]> = match scene.objects.iter().find(|o| o.row == row && o.column == column) {
+                    Some(o) => vec![&self.colours[colour_index(o.colour)], &self.shapes[shape_index(o.shape)]],
+                    None => vec![&self.empty],
+                };
+                words.extend([self.numbers[row].as_slice(), self.numbers[column].as_slice()]);
+                words
+            })
+            .collect()
+    }
+}
+
+fn colour_index(colour: Colour) -> usize {
+    Colour::ALL.iter().position(|&c| c == colour).expect("a known colour")
+}
+
+fn shape_index(shape: Shape) -> usize {
+    Shape::ALL.iter().position(|&s| s == shape).expect("a known shape")
+}
+
+/// Rows of `embeddings` `[vocab, d]`: the mean over each word's tokens, summed over the words.
+fn words_embedding(embeddings: &[f32], d: usize, words: &[&[u32]]) -> Vec<f32> {
+    let mut sum = vec![0.0f32; d];
+    for tokens in words {
+        for &id in *tokens {
+            let row = &embeddings[id as usize * d..(id as usize + 1) * d];
+            sum.iter_mut().zip(row).for_each(|(s, v)| *s += v / tokens.len() as f32);
+        }
+    }
+    sum
+}
+
+pub struct PatchWordsObjective<B: AutodiffBackend> {
+    pub visual: VisualInput<B::InnerBackend>,
+    /// The language model's input embedding matrix, row-major `[vocab, d]`.
+    embeddings: Vec<f32>,
+    d: usize,
+    vocabulary: PatchVocabulary,
+    pub train: ShapesDataset,
+    pub eval: ShapesDataset,
+    pub batch_size: usize,
+    pub device: B::Device,
+}
+
+impl<B: AutodiffBackend> PatchWordsObjective<B> {
+    /// `embeddings` is the language model's embedding matrix `[vocab, d]`.
+    pub fn new(
+        visual: VisualInput<B::InnerBackend>,
+        embeddings: Tensor<B::InnerBackend, 2>,
+        tokenizer: &PromptTokenizer,
+        train: ShapesDataset,
+        eval: ShapesDataset,
+        batch_size: usize,
+        device: B::Device,
+    ) -> Result<Self> {
+        let d = embeddings.dims()[1];
+        let embeddings = embeddings.into_data().convert::<f32>().into_vec::<f32>().map_err(|e| TrainError::Config(format!("{e:?}")))?;
+        let vocabulary = PatchVocabulary::new(tokenizer, train.scene.grid)?;
+        Ok(Self { visual, embeddings, d, vocabulary, train, eval, batch_size, device })
+    }
+
+    /// Visual features `[images, patches, vision_hidden]` and the scenes of `indices`.
+    fn features(&self, data: &ShapesDataset, indices: impl Iterator<Item = usize>) -> Result<(Tensor<B::InnerBackend, 3>, Vec<Scene>)> {
+        let (mut features, mut scenes) = (Vec::new(), Vec::new());
+        for index in indices {
+            let (scene, image) = data.scene_and_image(index);
+            features.push(self.visual.image_features(&image::DynamicImage::ImageRgb8(image), &self.device));
+            scenes.push(scene);
+        }
+        Ok((Tensor::cat(features, 0), scenes))
+    }
+
+    /// Targets `[images, patches, d]`.
+    fn targets(&self, scenes: &[Scene], grid: usize) -> Tensor<B, 3> {
+        let values: Vec<f32> = scenes
+            .iter()
+            .flat_map(|scene| self.vocabulary.cell_words(scene, grid))
+            .flat_map(|words| words_embedding(&self.embeddings, self.d, &words))
+            .collect();
+        Tensor::from_data(TensorData::new(values, [scenes.len(), grid * grid, self.d]), &self.device)
+    }
+
+    /// Dot products of `vectors` `[n, d]` with each word of `words`, as `[n, words]`.
+    fn word_scores(&self, vectors: Tensor<B::InnerBackend, 2>, words: &[Vec<u32>]) -> Vec<Vec<f32>> {
+        let n = vectors.dims()[0];
+        let table: Vec<f32> = words.iter().flat_map(|w| words_embedding(&self.embeddings, self.d, &[w.as_slice()])).collect();
+        let table = Tensor::<B::InnerBackend, 2>::from_data(TensorData::new(table, [words.len(), self.d]), &self.device);
+        let scores = vectors.matmul(table.transpose()).into_data().convert::<f32>().into_vec::<f32>().expect("float scores");
+        scores.chunks(words.len()).take(n).map(<[f32]>::to_vec).collect()
+    }
+}
+
+fn argmax(values: &[f32]) -> usize {
+    values.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i)
+}
+
+/// Whether the best number is the row and, when the column differs, the second best the column
+/// (in either order).
+fn position_right(numbers: &[f32], row: usize, column: usize) -> bool {
+    let best = argmax(numbers);
+    if row == column {
+        return best == row;
+    }
+    let rest: Vec<f32> = numbers.iter().enumerate().map(|(i, &v)| if i == best { f32::NEG_INFINITY } else { v }).collect();
+    let second = argmax(&rest);
+    (best, second) == (row, column) || (best, second) == (column, row)
+}
+
+impl<B: AutodiffBackend> Objective<B> for PatchWordsObjective<B> {
+    type Model = Projector<B>;
+
+    fn loss(&mut self, projector: &Projector<B>, step: usize) -> Result<(Tensor<B, 1>, usize)> {
+        let len = self.train.len.max(1);
+        let indices = (0..self.batch_size).map(|b| (step * self.batch_size + b) % len);
+        let (features, scenes) = self.features(&self.train, indices)?;
+        let predicted = projector.forward(Tensor::from_inner(features));
+        let loss = MseLoss::new().forward(predicted, self.targets(&scenes, self.train.scene.grid), Reduction::Mean);
+        Ok((loss, scenes.len()))
+    }
+
+    /// On held-out images: the object patches whose nearest colour word and nearest shape word
+    /// (by dot product) are both right, and the patches whose two nearest numbers are their row
+    /// and column.
+    fn evaluate(&mut self, projector: &Projector<B>) -> Result<Vec<(String, f64)>> {
+        let projector = projector.valid();
+        let grid = self.eval.scene.grid;
+        let (features, scenes) = self.features(&self.eval, 0..self.eval.len)?;
+        let projected = projector.forward(features).reshape([scenes.len() * grid * grid, self.d]);
+        let colours = self.word_scores(projected.clone(), &self.vocabulary.colours);
+        let shapes = self.word_scores(projected.clone(), &self.vocabulary.shapes);
+        let numbers = self.word_scores(projected, &self.vocabulary.numbers);
+        let (mut objects, mut object_hits, mut position_hits) = (0usize, 0usize, 0usize);
+        for (image, scene) in scenes.iter().enumerate() {
+            for cell in 0..grid * grid {
+                let at = image * grid * grid + cell;
+                position_hits += position_right(&numbers[at], cell / grid, cell % grid) as usize;
+                if let Some(o) = scene.objects.iter().find(|o| o.row * grid + o.column == cell) {
+                    objects += 1;
+                    object_hits += (argmax(&colours[at]) == colour_index(o.colour) && argmax(&shapes[at]) == shape_index(o.shape)) as usize;
+                }
+            }
+        }
+        Ok(vec![
+            ("object_word_acc".into(), object_hits as f64 / objects.max(1) as f64),
+            ("position_word_acc".into(), position_hits as f64 / (scenes.len() * grid * grid).max(1) as f64),
+        ])
+    }
+}
