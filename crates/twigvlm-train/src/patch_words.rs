@@ -201,3 +201,35 @@ impl<B: AutodiffBackend> Objective<B> for PatchWordsObjective<B> {
         ])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use twigvlm_data::SceneObject;
+
+    use super::*;
+
+    #[test]
+    fn each_cell_is_described_by_its_content_and_position_words() {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llava-hf5/tokenizer.json");
+        let tokenizer = PromptTokenizer::from_file(&path).unwrap();
+        let vocabulary = PatchVocabulary::new(&tokenizer, 2).unwrap();
+        let scene = Scene::new(vec![SceneObject { row: 0, column: 1, shape: Shape::Triangle, colour: Colour::Red }]);
+        let words = vocabulary.cell_words(&scene, 2);
+        let ids = |word: &str| tokenizer.encode(word, 0).unwrap().ids;
+        let (one, two) = (ids("1"), ids("2"));
+        assert_eq!(words.len(), 4);
+        assert_eq!(words[0], [ids(EMPTY_WORD).as_slice(), &one, &one]);
+        assert_eq!(words[1], [ids(" red").as_slice(), &ids(" triangle"), &one, &two]);
+        assert_eq!(words[3], [ids(EMPTY_WORD).as_slice(), &two, &two]);
+    }
+
+    #[test]
+    fn a_word_is_the_mean_of_its_tokens_and_words_add_up() {
+        // Vocabulary of 3 tokens, d = 2.
+        let embeddings = [1.0, 0.0, 0.0, 1.0, 3.0, 3.0];
+        assert_eq!(words_embedding(&embeddings, 2, &[&[0, 1]]), [0.5, 0.5]);
+        assert_eq!(words_embedding(&embeddings, 2, &[&[0, 1], &[2]]), [3.5, 3.5]);
+    }
+}

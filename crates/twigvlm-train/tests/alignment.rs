@@ -6,12 +6,13 @@ use std::path::PathBuf;
 
 use burn::backend::{Autodiff, Flex};
 use burn::module::{AutodiffModule, Module};
+use burn::prelude::ElementConversion;
 use twigvlm_backbone::weights::{hf_tensors, TensorSource};
 use twigvlm_backbone::{load_llava, LoadOptions, LoadedLlava};
 use twigvlm_data::{SceneConfig, ShapesDataset, TaskMix};
 use twigvlm_train::alignment::{AlignedParts, AlignmentObjective};
 use twigvlm_train::examples::{ConversationEncoder, VisualInput};
-use twigvlm_train::{train, LrSchedule, OptimizerConfig, TrainOptions};
+use twigvlm_train::{train, LrSchedule, Objective, OptimizerConfig, TrainOptions};
 
 type B = Autodiff<Flex>;
 
@@ -90,5 +91,41 @@ fn stage_two_trains_only_the_projector_and_the_tuned_layers() {
         assert_eq!(values, expected);
         assert!(!shape.is_empty());
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_frozen_projector_gives_the_same_loss_and_stays_as_it_was() {
+    let device = Default::default();
+    let loaded = load_llava::<B>(&fixture(), &LoadOptions::default(), &device).unwrap();
+    let projector_before = flat(&loaded.model.projector.valid());
+    let projector = twigvlm_train::trainable::trainable(loaded.model.projector.clone());
+    let parts = AlignedParts::new(projector, &loaded.model.language_model, 1).unwrap();
+    let top_before = flat(&parts.lm_layers[0].valid());
+    let mut objective = objective(loaded, &device);
+
+    let (through_graph, _) = objective.loss(&parts, 0).unwrap();
+    objective.freeze_projector = true;
+    let (frozen, _) = objective.loss(&parts, 0).unwrap();
+    let (a, b): (f32, f32) = (through_graph.into_scalar().elem(), frozen.into_scalar().elem());
+    assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "the frozen path computes the same loss: {a} vs {b}");
+
+    let dir = std::env::temp_dir().join(format!("twigvlm-align-frozen-{}", std::process::id()));
+    let options = TrainOptions {
+        steps: 3,
+        schedule: LrSchedule::warmup_cosine(1e-2, 3, 0.0),
+        optimizer: OptimizerConfig::default(),
+        checkpoint_every: 1000,
+        eval_every: None,
+        log_every: 1,
+        out_dir: dir.clone(),
+        resume: false,
+        show_progress: false,
+        time_limit: None,
+    };
+    let (parts, _) = train(&mut objective, parts, &options, &device).unwrap();
+    let parts = parts.valid();
+    assert_eq!(flat(&parts.projector), projector_before, "a frozen projector does not change");
+    assert_ne!(flat(&parts.lm_layers[0]), top_before, "the tuned layer trains");
     let _ = std::fs::remove_dir_all(&dir);
 }
