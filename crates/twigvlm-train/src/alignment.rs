@@ -29,8 +29,19 @@ use crate::metrics::{argmax_ids, TaskAccuracy};
 use crate::trainable::trainable;
 use crate::trainer::Objective;
 
+/// Which parameters of each tuned language-model layer train.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TunedLayerParts {
+    /// The whole layer: attention, MLP and both norms.
+    #[default]
+    Whole,
+    /// Only the attention projections (q, k, v, o): a quarter of a layer's parameters, and what
+    /// reading an answer out of the visual tokens needs; MLP and norms stay pretrained.
+    Attention,
+}
+
 /// What the language-side stages train: the projector and, in stage 2, the language model's top
-/// `lm_layers.len()` layers.
+/// `lm_layers.len()` layers (whole, or only their attention).
 #[derive(Module, Debug)]
 pub struct AlignedParts<B: Backend> {
     pub projector: Projector<B>,
@@ -38,31 +49,46 @@ pub struct AlignedParts<B: Backend> {
     /// Index in the language model of the first tuned layer.
     #[module(skip)]
     pub first_tuned_layer: usize,
+    #[module(skip)]
+    pub tuned_parts: TunedLayerParts,
 }
 
 impl<B: AutodiffBackend> AlignedParts<B> {
-    /// Trainable copies of `language_model`'s top `tuned_layers` layers beside `projector`.
-    pub fn new(projector: Projector<B>, language_model: &LlamaDecoder<B>, tuned_layers: usize) -> Result<Self> {
+    /// Trainable copies of `language_model`'s top `tuned_layers` layers (the `tuned_parts` of each)
+    /// beside `projector`.
+    pub fn new(projector: Projector<B>, language_model: &LlamaDecoder<B>, tuned_layers: usize, tuned_parts: TunedLayerParts) -> Result<Self> {
         let total = language_model.num_layers();
         if tuned_layers > total {
             return Err(TrainError::Config(format!("cannot tune {tuned_layers} layers of a {total}-layer language model")));
         }
         let first_tuned_layer = total - tuned_layers;
-        let lm_layers = language_model.layers[first_tuned_layer..].iter().map(|layer| trainable(layer.clone())).collect();
-        Ok(Self { projector, lm_layers, first_tuned_layer })
+        let tune = |layer: &DecoderLayer<B>| match tuned_parts {
+            TunedLayerParts::Whole => trainable(layer.clone()),
+            TunedLayerParts::Attention => DecoderLayer { self_attn: trainable(layer.self_attn.clone()), ..layer.clone() },
+        };
+        let lm_layers = language_model.layers[first_tuned_layer..].iter().map(tune).collect();
+        Ok(Self { projector, lm_layers, first_tuned_layer, tuned_parts })
     }
 }
 
+/// Parameter paths inside a decoder layer that belong to its attention.
+const ATTENTION_PATH: &str = "self_attn.";
+
 impl<B: Backend> AlignedParts<B> {
-    /// The tuned layers under the language model's checkpoint names (`{decoder_prefix}.layers.{i}.…`),
-    /// so that listing them after the pretrained weights replaces those layers.
+    /// The tuned layers' trained tensors under the language model's checkpoint names
+    /// (`{decoder_prefix}.layers.{i}.…`), so that listing them after the pretrained weights
+    /// replaces those layers (only the attention tensors when only attention trained).
     pub fn tuned_layer_tensors(&self, decoder_prefix: &str) -> Vec<NamedTensor> {
         let rename = |burn_path: &str| {
             let (offset, rest) = burn_path.split_once('.').expect("a tuned layer's parameter path starts with its index");
             let offset: usize = offset.parse().expect("a tuned layer index");
             format!("{decoder_prefix}.layers.{}.{rest}", self.first_tuned_layer + offset)
         };
+        let attention_name = format!(".{ATTENTION_PATH}");
         hf_tensors(&self.lm_layers, &rename)
+            .into_iter()
+            .filter(|(name, _, _)| self.tuned_parts == TunedLayerParts::Whole || name.contains(&attention_name))
+            .collect()
     }
 }
 

@@ -106,7 +106,8 @@ where
     progress.set_length(plan.steps as u64);
     let (mut loss_sum, mut norm_sum, mut items, mut window_steps, mut window_start) = (0.0f64, 0.0f64, 0usize, 0usize, Instant::now());
     let mut first_step_done: Option<Instant> = None;
-    let mut step = report.steps_done;
+    let resumed_at = report.steps_done;
+    let mut step = resumed_at;
     while step < plan.steps {
         let (loss, step_items) = objective.loss(&model, step)?;
         let loss_value = loss.clone().into_scalar().elem::<f32>();
@@ -122,7 +123,7 @@ where
         step = done;
         progress.inc(1);
         if let Some(limit) = options.time_limit {
-            let session_steps = done - report.steps_done;
+            let session_steps = done - resumed_at;
             let first = *first_step_done.get_or_insert_with(Instant::now);
             if session_steps == PACE_STEPS {
                 let pace = first.elapsed().as_secs_f64() / (PACE_STEPS - 1) as f64;

@@ -10,7 +10,7 @@ use burn::prelude::ElementConversion;
 use twigvlm_backbone::weights::{hf_tensors, TensorSource};
 use twigvlm_backbone::{load_llava, LoadOptions, LoadedLlava};
 use twigvlm_data::{SceneConfig, ShapesDataset, TaskMix};
-use twigvlm_train::alignment::{AlignedParts, AlignmentObjective};
+use twigvlm_train::alignment::{AlignedParts, AlignmentObjective, TunedLayerParts};
 use twigvlm_train::examples::{ConversationEncoder, VisualInput};
 use twigvlm_train::{train, LrSchedule, Objective, OptimizerConfig, TrainOptions};
 
@@ -22,6 +22,10 @@ fn fixture() -> PathBuf {
 
 fn flat<M: Module<Flex>>(module: &M) -> Vec<f32> {
     hf_tensors(module, &|p| p.to_string()).into_iter().flat_map(|t| t.2).collect()
+}
+
+fn flat_count<M: Module<Flex>>(module: &M) -> usize {
+    hf_tensors(module, &|p| p.to_string()).len()
 }
 
 /// The fixture's frozen parts around a one-image training set (every step sees the same batch).
@@ -52,9 +56,9 @@ fn stage_two_trains_only_the_projector_and_the_tuned_layers() {
     let projector_before = flat(&loaded.model.projector.valid());
     let top_before = flat(&loaded.model.language_model.layers[layers - 1].valid());
     let projector = twigvlm_train::trainable::trainable(loaded.model.projector.clone());
-    let parts = AlignedParts::new(projector, &loaded.model.language_model, 1).unwrap();
+    let parts = AlignedParts::new(projector, &loaded.model.language_model, 1, TunedLayerParts::Whole).unwrap();
     assert_eq!(parts.first_tuned_layer, layers - 1);
-    assert!(AlignedParts::new(parts.projector.clone(), &loaded.model.language_model, layers + 1).is_err());
+    assert!(AlignedParts::new(parts.projector.clone(), &loaded.model.language_model, layers + 1, TunedLayerParts::Whole).is_err());
 
     let mut objective = objective(loaded, &device);
     let dir = std::env::temp_dir().join(format!("twigvlm-align-{}", std::process::id()));
@@ -95,13 +99,13 @@ fn stage_two_trains_only_the_projector_and_the_tuned_layers() {
 }
 
 #[test]
-fn a_frozen_projector_gives_the_same_loss_and_stays_as_it_was() {
+fn a_frozen_projector_gives_the_same_loss_and_stays_as_it_was_and_attention_only_tunes_attention() {
     let device = Default::default();
     let loaded = load_llava::<B>(&fixture(), &LoadOptions::default(), &device).unwrap();
     let projector_before = flat(&loaded.model.projector.valid());
     let projector = twigvlm_train::trainable::trainable(loaded.model.projector.clone());
-    let parts = AlignedParts::new(projector, &loaded.model.language_model, 1).unwrap();
-    let top_before = flat(&parts.lm_layers[0].valid());
+    let parts = AlignedParts::new(projector, &loaded.model.language_model, 1, TunedLayerParts::Attention).unwrap();
+    let (attention_before, mlp_before) = (flat(&parts.lm_layers[0].self_attn.valid()), flat(&parts.lm_layers[0].mlp.valid()));
     let mut objective = objective(loaded, &device);
 
     let (through_graph, _) = objective.loss(&parts, 0).unwrap();
@@ -126,6 +130,10 @@ fn a_frozen_projector_gives_the_same_loss_and_stays_as_it_was() {
     let (parts, _) = train(&mut objective, parts, &options, &device).unwrap();
     let parts = parts.valid();
     assert_eq!(flat(&parts.projector), projector_before, "a frozen projector does not change");
-    assert_ne!(flat(&parts.lm_layers[0]), top_before, "the tuned layer trains");
+    assert_ne!(flat(&parts.lm_layers[0].self_attn), attention_before, "the tuned layer's attention trains");
+    assert_eq!(flat(&parts.lm_layers[0].mlp), mlp_before, "the tuned layer's MLP stays pretrained");
+    let exported = parts.tuned_layer_tensors("model.language_model");
+    assert_eq!(exported.len(), flat_count(&parts.lm_layers[0].self_attn), "only the attention tensors are saved");
+    assert!(exported.iter().all(|(name, _, _)| name.contains(".self_attn.")));
     let _ = std::fs::remove_dir_all(&dir);
 }

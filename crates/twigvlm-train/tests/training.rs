@@ -126,6 +126,7 @@ fn a_time_limit_fits_the_run_and_stops_it() {
     let model = PatchClassifier::<B>::init(&tiny_config(), &device);
     let (_, report) = train(&mut objective(4), model, &limited, &device).unwrap();
     assert_eq!(report.steps_done, 20, "a budget that suffices keeps --steps");
+    assert_eq!(report.fitted_steps, Some(20), "the run measured its pace after the first steps and fitted its length");
     for dir in [dir, dir2] {
         std::fs::remove_dir_all(dir).unwrap();
     }

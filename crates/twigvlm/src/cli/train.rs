@@ -15,7 +15,7 @@ use twigvlm_backbone::weights::{hf_tensors, write_safetensors, StorageDtype, Ten
 use twigvlm_backbone::{load_language_model, read_llava_spec, ImagePreprocessor, LlavaConfig, LoadedLanguageModel, CAUSAL_LM_BODY};
 use twigvlm_train::trainable::trainable;
 use twigvlm_data::{DatasetSpec, SeedRange, ShapesDataset};
-use twigvlm_train::alignment::{AlignedParts, AlignmentObjective};
+use twigvlm_train::alignment::{AlignedParts, AlignmentObjective, TunedLayerParts};
 use twigvlm_train::patch_words::PatchWordsObjective;
 use twigvlm_train::examples::{ConversationEncoder, VisualInput};
 use twigvlm_train::vision::{PatchClassifier, VisionObjective};
@@ -168,6 +168,10 @@ pub struct InstructArgs {
     /// below them run without a graph, several times cheaper per step.
     #[arg(long, requires = "projector")]
     pub freeze_projector: bool,
+    /// Tune only the attention of the top layers (MLPs and norms stay pretrained; the saved
+    /// tuned file holds only the attention tensors, a quarter of a layer).
+    #[arg(long)]
+    pub attention_only: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -231,6 +235,7 @@ struct AlignmentJob {
     lm_layers: usize,
     projector_from: Option<PathBuf>,
     freeze_projector: bool,
+    tuned_parts: TunedLayerParts,
 }
 
 impl AlignmentJob {
@@ -314,7 +319,7 @@ impl AutodiffJob for AlignmentJob {
             Some(dir) => load_projector::<B>(dir, &config, &device)?,
             None => Projector::<B>::init(&config.projector, &device),
         };
-        let parts = AlignedParts::new(projector, &lm.model, self.lm_layers)?;
+        let parts = AlignedParts::new(projector, &lm.model, self.lm_layers, self.tuned_parts)?;
         let mut objective = AlignmentObjective::<B> {
             visual,
             language_model: lm.model,
@@ -344,7 +349,7 @@ pub fn run(command: TrainCommand) -> anyhow::Result<()> {
         }
         TrainCommand::Projector(args) => {
             let backend = args.run.backend;
-            backend.run_autodiff(AlignmentJob { args, lm_layers: 0, projector_from: None, freeze_projector: false })?
+            backend.run_autodiff(AlignmentJob { args, lm_layers: 0, projector_from: None, freeze_projector: false, tuned_parts: TunedLayerParts::Whole })?
         }
         TrainCommand::ProjectorWords(args) => {
             let backend = args.run.backend;
@@ -352,7 +357,14 @@ pub fn run(command: TrainCommand) -> anyhow::Result<()> {
         }
         TrainCommand::Instruct(args) => {
             let backend = args.stage.run.backend;
-            let job = AlignmentJob { args: args.stage, lm_layers: args.lm_layers, projector_from: args.projector, freeze_projector: args.freeze_projector };
+            let tuned_parts = if args.attention_only { TunedLayerParts::Attention } else { TunedLayerParts::Whole };
+            let job = AlignmentJob {
+                args: args.stage,
+                lm_layers: args.lm_layers,
+                projector_from: args.projector,
+                freeze_projector: args.freeze_projector,
+                tuned_parts,
+            };
             backend.run_autodiff(job)?
         }
     }
