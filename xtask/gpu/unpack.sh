@@ -4,7 +4,7 @@
 set -euo pipefail
 from=${1:?usage: unpack.sh FILES_AT (the device reply's files_at)}
 mkdir -p target/gpu-runs
-for name in lm2 lm4; do
+for name in a16 w4; do
     ls "$from/$name.tar.part-"* > /dev/null 2>&1 && cat "$from/$name.tar.part-"* | tar -C target/gpu-runs -xf -
 done
 ls -la target/gpu-runs
