@@ -1,14 +1,16 @@
 //! Decoders. This crate owns token selection ([`sampling`]) and the decode loops: the plain
-//! autoregressive [`vanilla`] decoder now, over either [`network`] (the base model or the twig's
-//! shallow network); the self-speculative decoder (draft with the twig,
-//! verify with the base) joins it behind the same interface.
+//! autoregressive [`vanilla`] decoder over either [`network`] (the base model or the twig's
+//! shallow network), and the greedy self-speculative decoder ([`speculative`]: draft with the
+//! twig, verify with the base, sharing the layers below K and their KV cache).
 
 pub mod error;
 pub mod network;
 pub mod sampling;
+pub mod speculative;
 pub mod vanilla;
 
 pub use error::{DecodeError, Result};
 pub use network::{CausalNetwork, ShallowCache, ShallowNetwork};
 pub use sampling::{Sampler, Sampling};
+pub use speculative::{decode_speculative, DraftConfig, SpeculativeStats};
 pub use vanilla::{decode_vanilla, DecodeConfig, DecodeOutput, StopReason};

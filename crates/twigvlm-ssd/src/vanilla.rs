@@ -63,34 +63,62 @@ pub fn decode_vanilla<B: Backend, N: CausalNetwork<B>>(
     let prefill_time = started.elapsed();
 
     let started = Instant::now();
-    let mut tokens = Vec::new();
+    let mut emitter = Emitter::new(config, &mut on_token);
     let mut logits = prompt_logits.clone();
     let stop = loop {
-        if tokens.len() == config.max_new_tokens {
-            break StopReason::MaxNewTokens;
+        if let Some(stop) = emitter.budget_spent() {
+            break stop;
         }
-        let token = sampler.sample(&logits);
-        tokens.push(token);
-        if on_token(token).is_break() {
-            break StopReason::Cancelled;
+        if let Some(stop) = emitter.emit(sampler.sample(&logits)) {
+            break stop;
         }
-        if config.eos_token_ids.contains(&token) {
-            break StopReason::Eos;
-        }
-        if tokens.len() == config.max_new_tokens {
-            break StopReason::MaxNewTokens;
-        }
-        let position = prompt_len + tokens.len() - 1;
+        let position = prompt_len + emitter.tokens.len() - 1;
         if position + 1 >= config.context_length {
             break StopReason::ContextFull;
         }
+        let token = *emitter.tokens.last().expect("a token was just emitted");
         let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(vec![token as i32], [1, 1]), &device);
         logits = logits_row(model.last_logits(model.embed(ids), &[position], &mut cache));
     };
-    Ok(DecodeOutput { tokens, stop, prompt_logits, prefill_time, decode_time: started.elapsed() })
+    Ok(DecodeOutput { tokens: emitter.tokens, stop, prompt_logits, prefill_time, decode_time: started.elapsed() })
+}
+
+/// The generated tokens and the stopping rules every decoder shares.
+pub(crate) struct Emitter<'a, F: FnMut(u32) -> ControlFlow<()>> {
+    config: &'a DecodeConfig,
+    on_token: F,
+    pub tokens: Vec<u32>,
+}
+
+impl<'a, F: FnMut(u32) -> ControlFlow<()>> Emitter<'a, F> {
+    pub fn new(config: &'a DecodeConfig, on_token: F) -> Self {
+        Self { config, on_token, tokens: Vec::new() }
+    }
+
+    /// `MaxNewTokens` once no more tokens may be generated.
+    pub fn budget_spent(&self) -> Option<StopReason> {
+        (self.tokens.len() >= self.config.max_new_tokens).then_some(StopReason::MaxNewTokens)
+    }
+
+    /// Tokens that may still be generated.
+    pub fn budget(&self) -> usize {
+        self.config.max_new_tokens.saturating_sub(self.tokens.len())
+    }
+
+    /// Outputs `token`; returns why generation stops after it, if it does.
+    pub fn emit(&mut self, token: u32) -> Option<StopReason> {
+        self.tokens.push(token);
+        if (self.on_token)(token).is_break() {
+            return Some(StopReason::Cancelled);
+        }
+        if self.config.eos_token_ids.contains(&token) {
+            return Some(StopReason::Eos);
+        }
+        self.budget_spent()
+    }
 }
 
 /// `[1, 1, vocab]` → host vector.
-fn logits_row<B: Backend>(logits: Tensor<B, 3>) -> Vec<f32> {
+pub(crate) fn logits_row<B: Backend>(logits: Tensor<B, 3>) -> Vec<f32> {
     logits.into_data().convert::<f32>().into_vec::<f32>().expect("f32 logits")
 }

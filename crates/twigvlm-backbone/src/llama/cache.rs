@@ -97,6 +97,11 @@ impl<B: Backend> KvCache<B> {
         self.layers.iter().map(LayerKvCache::len).collect()
     }
 
+    /// Keeps the first `len` entries of every layer (e.g. the accepted prefix after a draft).
+    pub fn crop(&mut self, len: usize) -> Result<()> {
+        self.layers.iter_mut().try_for_each(|layer| layer.crop(len))
+    }
+
     /// Drops the last `count` entries of every layer (e.g. rejected draft tokens).
     pub fn truncate_last(&mut self, count: usize) -> Result<()> {
         for layer in &mut self.layers {
