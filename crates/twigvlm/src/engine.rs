@@ -8,7 +8,7 @@ use burn::prelude::*;
 use image::DynamicImage;
 use serde::Serialize;
 use twigvlm_backbone::{load_llava, LoadOptions, LoadedLlava, PromptTokens, TextStream};
-use twigvlm_ssd::{decode_vanilla, DecodeConfig, Sampler, Sampling, ShallowNetwork, StopReason};
+use twigvlm_ssd::{decode_speculative, decode_vanilla, DecodeConfig, DraftConfig, Sampler, Sampling, ShallowNetwork, SpeculativeStats, StopReason};
 use twigvlm_twig::{load_twig, TwigCheckpoint};
 
 /// Which network generates the answer.
@@ -21,6 +21,20 @@ pub enum DecoderKind {
     /// The twig's shallow network alone (base layers below K, then the twig): the twig's own
     /// quality, and what the speculative decoder drafts with.
     TwigOnly,
+    /// Self-speculative decoding: the twig drafts, the base verifies; the base's greedy output,
+    /// in fewer base forwards when the twig agrees with it (greedy only so far).
+    Ssd,
+}
+
+impl DecoderKind {
+    /// The name on the command line and in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            DecoderKind::Base => "base",
+            DecoderKind::TwigOnly => "twig-only",
+            DecoderKind::Ssd => "ssd",
+        }
+    }
 }
 
 /// One generation request.
@@ -46,6 +60,9 @@ pub struct GenerateStats {
     /// New tokens per second of decoding (the first token comes from the prefill).
     pub tokens_per_s: f64,
     pub stop_reason: StopReason,
+    /// Draft-and-verify rounds of the `ssd` decoder.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speculative: Option<SpeculativeStats>,
 }
 
 /// What a generation produced, plus the intermediate tensors `--dump-tensors` writes.
@@ -137,11 +154,14 @@ impl<B: Backend> Engine<B> {
             }
         };
         let base = &llava.model.language_model;
-        let output = match request.decoder {
-            DecoderKind::Base => decode_vanilla(base, embeds, &config, &mut sampler, &mut on_token)?,
-            DecoderKind::TwigOnly => {
-                let twig = self.twig.as_ref().map(|t| &t.twig).ok_or_else(|| anyhow::anyhow!("twig-only decoding needs a twig: attach one first (--twig DIR)"))?;
-                decode_vanilla(&ShallowNetwork { base, twig }, embeds, &config, &mut sampler, &mut on_token)?
+        let twig = || self.twig.as_ref().map(|t| &t.twig).ok_or_else(|| anyhow::anyhow!("the {} decoder needs a twig: attach one first (--twig DIR)", request.decoder.name()));
+        let (output, speculative) = match request.decoder {
+            DecoderKind::Base => (decode_vanilla(base, embeds, &config, &mut sampler, &mut on_token)?, None),
+            DecoderKind::TwigOnly => (decode_vanilla(&ShallowNetwork { base, twig: twig()? }, embeds, &config, &mut sampler, &mut on_token)?, None),
+            DecoderKind::Ssd => {
+                anyhow::ensure!(request.sampling == Sampling::Greedy, "the ssd decoder is greedy only so far: use --temperature 0, or --decoder base to sample");
+                let (output, stats) = decode_speculative(base, twig()?, embeds, &config, &DraftConfig::default(), &mut on_token)?;
+                (output, Some(stats))
             }
         };
         if let Some(e) = stream_error {
@@ -160,6 +180,7 @@ impl<B: Backend> Engine<B> {
                 new_tokens,
                 tokens_per_s: if decode_s > 0.0 { new_tokens.saturating_sub(1) as f64 / decode_s } else { 0.0 },
                 stop_reason: output.stop,
+                speculative,
             },
             pixel_values,
             image_features: features_host,

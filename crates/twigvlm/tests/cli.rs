@@ -198,6 +198,14 @@ fn train_twig_writes_a_twig_that_converts_to_the_official_layout_and_back() {
         assert_eq!(json["decoder"], "twig-only");
         assert!(!json["generated_ids"].as_array().unwrap().is_empty());
     }
+    // The speculative decoder gives the base's greedy tokens.
+    let base_out = generate(&[]);
+    let ssd_out = generate(&["--twig", &*ours.to_string_lossy(), "--decoder", "ssd"]);
+    assert!(ssd_out.status.success(), "{}", String::from_utf8_lossy(&ssd_out.stderr));
+    let (base_json, ssd_json): (serde_json::Value, serde_json::Value) = (serde_json::from_slice(&base_out.stdout).unwrap(), serde_json::from_slice(&ssd_out.stdout).unwrap());
+    assert_eq!(ssd_json["decoder"], "ssd");
+    assert_eq!(ssd_json["generated_ids"], base_json["generated_ids"]);
+    assert!(ssd_json["stats"]["speculative"]["rounds"].as_u64().unwrap() >= 1);
     let no_twig = generate(&["--decoder", "twig-only"]);
     assert!(String::from_utf8_lossy(&no_twig.stderr).contains("needs --twig"), "{}", String::from_utf8_lossy(&no_twig.stderr));
     let eval = twigvlm(&[

@@ -106,9 +106,9 @@ impl DecoderArgs {
     fn prepare<B: Backend>(&self, engine: &mut Engine<B>) -> anyhow::Result<DecoderKind> {
         let decoder = self.decoder.unwrap_or(if self.twig.is_some() { DecoderKind::TwigOnly } else { DecoderKind::Base });
         match (decoder, &self.twig) {
-            (DecoderKind::TwigOnly, None) => anyhow::bail!("--decoder twig-only needs --twig DIR"),
+            (DecoderKind::TwigOnly | DecoderKind::Ssd, None) => anyhow::bail!("--decoder {} needs --twig DIR", decoder.name()),
             (DecoderKind::Base, Some(dir)) => anyhow::bail!("--twig {} is unused with --decoder base", dir.display()),
-            (DecoderKind::TwigOnly, Some(dir)) => {
+            (DecoderKind::TwigOnly | DecoderKind::Ssd, Some(dir)) => {
                 let twig = engine.attach_twig(dir, self.twig_k).with_context(|| format!("cannot use the twig in {}", dir.display()))?;
                 tracing::info!(k = twig.twig.config.k, t = twig.twig.config.t, format = ?twig.format, "twig attached");
             }
