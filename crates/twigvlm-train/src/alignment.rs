@@ -118,6 +118,74 @@ impl<B: AutodiffBackend> AlignmentObjective<B> {
     }
 }
 
+/// One image's questions as single-turn prompts that share their beginning (system prompt and
+/// image): each question is trained as if it were asked alone, so no answer can be copied from
+/// an earlier turn about the same image, and the shared beginning runs once.
+struct TurnsOfOneImage {
+    prefix_len: usize,
+    turns: Vec<Encoded>,
+}
+
+impl TurnsOfOneImage {
+    fn new(encoder: &ConversationEncoder, conversation: &Conversation, visual_tokens: usize) -> Result<Self> {
+        let turns = conversation
+            .turns
+            .iter()
+            .map(|turn| encoder.encode(&Conversation { turns: vec![turn.clone()], ..conversation.clone() }, visual_tokens))
+            .collect::<Result<Vec<_>>>()?;
+        let first = &turns.first().ok_or_else(|| TrainError::Config(format!("{} has no turns", conversation.id)))?.prompt.ids;
+        let common = turns.iter().map(|t| first.iter().zip(&t.prompt.ids).take_while(|(a, b)| a == b).count()).min().unwrap_or(0);
+        // Every trained position stays in its own turn, even when two questions are the same.
+        let first_target = turns.iter().filter_map(|t| t.targets.first().map(|&(position, _)| position)).min().unwrap_or(common);
+        Ok(Self { prefix_len: common.min(first_target), turns })
+    }
+}
+
+impl<B: AutodiffBackend> AlignmentObjective<B> {
+    /// Adds the loss of every question about `conversation`'s image, each asked alone: the
+    /// frozen layers (and projector) run without a graph, the shared beginning once per image.
+    fn add_turns_separately(
+        &self,
+        loss: &mut TokenMeanLoss<B>,
+        parts: &AlignedParts<B>,
+        frozen_lm: &LlamaDecoder<B::InnerBackend>,
+        projector: &Projector<B::InnerBackend>,
+        conversation: &Conversation,
+    ) -> Result<()> {
+        let features = self
+            .visual
+            .features(conversation, &self.device)?
+            .ok_or_else(|| TrainError::Config("language-side stages train on image conversations".into()))?;
+        let image = TurnsOfOneImage::new(&self.encoder, conversation, features.dims()[1])?;
+        let (device, probe, first_tuned, prefix) = (&self.device, AttentionProbe::default(), parts.first_tuned_layer, image.prefix_len);
+        let projected = projector.forward(features);
+        let positions = |range: std::ops::Range<usize>| range.collect::<Vec<_>>();
+        let embeds: Vec<_> = image.turns.iter().map(|t| embed_with_image(frozen_lm, &t.prompt, Some(projected.clone()), device)).collect();
+
+        let mut frozen_cache = KvCache::new(frozen_lm.num_layers());
+        let mut tuned_cache = KvCache::new(frozen_lm.num_layers());
+        if prefix > 0 {
+            let prefix_embeds = embeds[0].clone().narrow(1, 0, prefix);
+            let hidden = frozen_lm.forward_layers(prefix_embeds, &frozen_lm.rope(&positions(0..prefix), device), 0..first_tuned, &mut frozen_cache, &probe).hidden;
+            let rope = self.language_model.rope(&positions(0..prefix), device);
+            forward_stack(&parts.lm_layers, first_tuned, Tensor::from_inner(hidden), &rope, &mut tuned_cache, &probe);
+        }
+        for (turn, embeds) in image.turns.iter().zip(embeds) {
+            let len = turn.prompt.len();
+            let suffix = embeds.narrow(1, prefix, len - prefix);
+            let hidden = frozen_lm.forward_layers(suffix, &frozen_lm.rope(&positions(prefix..len), device), 0..first_tuned, &mut frozen_cache.clone(), &probe).hidden;
+            let rope = self.language_model.rope(&positions(prefix..len), device);
+            let hidden = forward_stack(&parts.lm_layers, first_tuned, Tensor::from_inner(hidden), &rope, &mut tuned_cache.clone(), &probe).hidden;
+            let rows: Vec<i32> = turn.targets.iter().map(|&(position, _)| (position - prefix) as i32).collect();
+            let rows = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [turn.targets.len()]), device);
+            let logits = self.language_model.logits(hidden.select(1, rows));
+            let [_, n, vocab] = logits.dims();
+            loss.add(logits.reshape([n, vocab]), &turn.target_ids());
+        }
+        Ok(())
+    }
+}
+
 /// Hidden states `[1, tokens, d]` entering the first tuned layer.
 fn below_tuned<C: Backend>(language_model: &LlamaDecoder<C>, projector: &Projector<C>, features: Tensor<C, 3>, encoded: &Encoded, first_tuned: usize, device: &C::Device) -> Tensor<C, 3> {
     let embeds = embed_with_image(language_model, &encoded.prompt, Some(projector.forward(features)), device);
@@ -154,13 +222,13 @@ impl<B: AutodiffBackend> Objective<B> for AlignmentObjective<B> {
         let frozen = self.freeze_projector.then(|| (self.language_model.valid(), parts.projector.valid()));
         for b in 0..self.batch_size {
             let index = (step * self.batch_size + b) % self.train.len.max(1);
-            let (encoded, features) = self.example(&self.train.get(index))?;
-            let logits = if let Some((language_model, projector)) = &frozen {
-                let hidden = below_tuned(language_model, projector, features, &encoded, parts.first_tuned_layer, &self.device);
-                tuned_logits(&self.language_model, parts, Tensor::from_inner(hidden), &encoded, &self.device)
-            } else {
-                target_logits(&self.language_model, parts, Tensor::from_inner(features), &encoded, &self.device)
-            };
+            let conversation = self.train.get(index);
+            if let Some((language_model, projector)) = &frozen {
+                self.add_turns_separately(&mut loss, parts, language_model, projector, &conversation)?;
+                continue;
+            }
+            let (encoded, features) = self.example(&conversation)?;
+            let logits = target_logits(&self.language_model, parts, Tensor::from_inner(features), &encoded, &self.device);
             loss.add(logits, &encoded.target_ids());
         }
         loss.finish().ok_or_else(|| TrainError::Config(format!("step {step}: no assistant tokens in the batch")))
