@@ -95,7 +95,8 @@ pub fn save_official<B: Backend>(dir: &Path, twig: &Twig<B>, base: &LlamaDecoder
 fn read_meta(path: &Path) -> Result<Option<TwigMeta>> {
     match std::fs::read_to_string(path) {
         Ok(text) => serde_json::from_str(&text).map(Some).map_err(|source| TwigError::Json { path: path.to_path_buf(), source }),
-        Err(_) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(TwigError::Read { path: path.to_path_buf(), source }),
     }
 }
 

@@ -16,6 +16,13 @@ pub enum TwigError {
     #[error("{path} holds no twig: expected twig.safetensors + twig.json (ours) or model.safetensors with model.layers.* (official TwigVLM)")]
     NotATwig { path: PathBuf },
 
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
     #[error("cannot write {path}: {reason}")]
     Write { path: PathBuf, reason: String },
 
