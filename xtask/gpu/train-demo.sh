@@ -21,7 +21,7 @@ candidate() {
     local name=$1; shift
     "$BIN" train instruct --config models/shapes-smol --vision models/shapes-smol --language-model /tmp/smollm2 \
         --projector $RUNS/projector-words --freeze-projector \
-        --data "shapes:seed=1,n=1000000,task=all,turns=4" --eval-data "shapes:seed=1000000,n=80,task=all" \
+        --data "shapes:seed=1,n=1000000,task=all,turns=8" --eval-data "shapes:seed=1000000,n=80,task=all" \
         --steps 100000 --time-limit "$budget" --warmup 0.05 --eval-every 250 --checkpoint-every 1000 \
         --backend "$backend" --gpu-autotune minimal --quiet --log-level info --out $RUNS/$name "$@" > "$RUNS/$name.log" 2>&1 || echo "$name failed" >> "$RUNS/$name.log"
 }

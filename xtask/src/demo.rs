@@ -42,14 +42,14 @@ pub struct TrainDemoArgs {
     /// Stage 1 (projector onto the language model's word embeddings) steps of 32 images.
     #[arg(long, default_value_t = 1000)]
     pub projector_steps: usize,
-    /// Stage 2 steps of 4 images with 4 questions each.
+    /// Stage 2 steps of 4 images with 8 questions each (each trained as if asked alone).
     #[arg(long, default_value_t = 1200)]
     pub instruct_steps: usize,
     /// Wall-clock budget of stage 2 in seconds (the run fits its length and schedule to it).
     #[arg(long)]
     pub instruct_time_limit: Option<u64>,
-    /// Language-model layers (from the top) that stage 2 tunes.
-    #[arg(long, default_value_t = 4)]
+    /// Language-model layers (from the top) whose attention stage 2 tunes.
+    #[arg(long, default_value_t = 16)]
     pub lm_layers: usize,
     /// Backend of every stage (cuda on a GPU machine).
     #[arg(long, default_value = "flex")]
@@ -57,7 +57,8 @@ pub struct TrainDemoArgs {
 }
 
 /// Trains stage 0 (vision tower), stage 1 (projector by regression onto the language model's
-/// word embeddings) and stage 2 (the language model's top layers, projector frozen) with fixed
+/// word embeddings) and stage 2 (the attention of the language model's top layers, projector
+/// frozen) with fixed
 /// seeds, each resumable, and copies the results into the model directory.
 pub fn train(args: &TrainDemoArgs) -> anyhow::Result<()> {
     let lm = language_model()?;
@@ -74,9 +75,9 @@ pub fn train(args: &TrainDemoArgs) -> anyhow::Result<()> {
     let projector_steps = args.projector_steps.to_string();
     run(language_stage("projector-words", &projector_out).args(["--steps", &projector_steps, "--batch-size", "32", "--lr", "2e-3", "--eval-every", "250"]))?;
     let mut instruct = language_stage("instruct", &instruct_out);
-    instruct.args(["--data", "shapes:seed=1,n=100000,task=all,turns=4", "--eval-data", "shapes:seed=1000000,n=80,task=all"]);
-    instruct.args(["--steps", &args.instruct_steps.to_string(), "--batch-size", "4", "--lr", "5e-4", "--warmup", "0.05"]);
-    instruct.args(["--eval-every", "100", "--checkpoint-every", "50", "--lm-layers", &args.lm_layers.to_string()]);
+    instruct.args(["--data", "shapes:seed=1,n=100000,task=all,turns=8", "--eval-data", "shapes:seed=1000000,n=80,task=all"]);
+    instruct.args(["--steps", &args.instruct_steps.to_string(), "--batch-size", "4", "--lr", "1e-3", "--warmup", "0.05"]);
+    instruct.args(["--eval-every", "50", "--checkpoint-every", "50", "--lm-layers", &args.lm_layers.to_string(), "--attention-only"]);
     instruct.arg("--projector").arg(&projector_out).arg("--freeze-projector");
     if let Some(seconds) = args.instruct_time_limit {
         instruct.args(["--time-limit", &seconds.to_string()]);
