@@ -102,18 +102,22 @@ pub struct AlignmentObjective<B: AutodiffBackend> {
     pub batch_size: usize,
     /// Keep the projector as it is (stage 2 then tunes only the language model's top layers):
     /// everything below the tuned layers runs without a graph, which makes a step several times
-    /// cheaper.
+    /// cheaper, and each question about an image trains as if asked alone.
     pub freeze_projector: bool,
     pub device: B::Device,
 }
 
 impl<B: AutodiffBackend> AlignmentObjective<B> {
-    /// The conversation's tokens and visual features (computed without a graph).
-    fn example(&self, conversation: &Conversation) -> Result<(Encoded, Tensor<B::InnerBackend, 3>)> {
-        let features = self
-            .visual
+    /// The visual features of the conversation's image (computed without a graph).
+    fn image_features(&self, conversation: &Conversation) -> Result<Tensor<B::InnerBackend, 3>> {
+        self.visual
             .features(conversation, &self.device)?
-            .ok_or_else(|| TrainError::Config("language-side stages train on image conversations".into()))?;
+            .ok_or_else(|| TrainError::Config("language-side stages train on image conversations".into()))
+    }
+
+    /// The conversation's tokens and visual features.
+    fn example(&self, conversation: &Conversation) -> Result<(Encoded, Tensor<B::InnerBackend, 3>)> {
+        let features = self.image_features(conversation)?;
         Ok((self.encoder.encode(conversation, features.dims()[1])?, features))
     }
 }
@@ -152,10 +156,7 @@ impl<B: AutodiffBackend> AlignmentObjective<B> {
         projector: &Projector<B::InnerBackend>,
         conversation: &Conversation,
     ) -> Result<()> {
-        let features = self
-            .visual
-            .features(conversation, &self.device)?
-            .ok_or_else(|| TrainError::Config("language-side stages train on image conversations".into()))?;
+        let features = self.image_features(conversation)?;
         let image = TurnsOfOneImage::new(&self.encoder, conversation, features.dims()[1])?;
         let (device, probe, first_tuned, prefix) = (&self.device, AttentionProbe::default(), parts.first_tuned_layer, image.prefix_len);
         let projected = projector.forward(features);
@@ -186,32 +187,18 @@ impl<B: AutodiffBackend> AlignmentObjective<B> {
     }
 }
 
-/// Hidden states `[1, tokens, d]` entering the first tuned layer.
-fn below_tuned<C: Backend>(language_model: &LlamaDecoder<C>, projector: &Projector<C>, features: Tensor<C, 3>, encoded: &Encoded, first_tuned: usize, device: &C::Device) -> Tensor<C, 3> {
-    let embeds = embed_with_image(language_model, &encoded.prompt, Some(projector.forward(features)), device);
-    let rope = language_model.rope(&prompt_positions(encoded), device);
+/// Logits at the target positions `[targets, vocab]`, all on one backend.
+fn target_logits<C: Backend>(language_model: &LlamaDecoder<C>, parts: &AlignedParts<C>, features: Tensor<C, 3>, encoded: &Encoded, device: &C::Device) -> Tensor<C, 2> {
+    let embeds = embed_with_image(language_model, &encoded.prompt, Some(parts.projector.forward(features)), device);
+    let positions: Vec<usize> = (0..encoded.prompt.len()).collect();
+    let rope = language_model.rope(&positions, device);
+    let (first_tuned, probe) = (parts.first_tuned_layer, AttentionProbe::default());
     let mut cache = KvCache::new(language_model.num_layers());
-    language_model.forward_layers(embeds, &rope, 0..first_tuned, &mut cache, &AttentionProbe::default()).hidden
-}
-
-/// Logits at the target positions `[targets, vocab]` from the hidden states entering the first tuned layer.
-fn tuned_logits<C: Backend>(language_model: &LlamaDecoder<C>, parts: &AlignedParts<C>, hidden: Tensor<C, 3>, encoded: &Encoded, device: &C::Device) -> Tensor<C, 2> {
-    let rope = language_model.rope(&prompt_positions(encoded), device);
-    let mut cache = KvCache::new(language_model.num_layers());
-    let hidden = forward_stack(&parts.lm_layers, parts.first_tuned_layer, hidden, &rope, &mut cache, &AttentionProbe::default()).hidden;
+    let hidden = language_model.forward_layers(embeds, &rope, 0..first_tuned, &mut cache, &probe).hidden;
+    let hidden = forward_stack(&parts.lm_layers, first_tuned, hidden, &rope, &mut cache, &probe).hidden;
     let logits = language_model.logits(hidden.select(1, encoded.target_rows(device)));
     let [_, n, vocab] = logits.dims();
     logits.reshape([n, vocab])
-}
-
-fn prompt_positions(encoded: &Encoded) -> Vec<usize> {
-    (0..encoded.prompt.len()).collect()
-}
-
-/// Logits at the target positions `[targets, vocab]`, all on one backend.
-fn target_logits<C: Backend>(language_model: &LlamaDecoder<C>, parts: &AlignedParts<C>, features: Tensor<C, 3>, encoded: &Encoded, device: &C::Device) -> Tensor<C, 2> {
-    let hidden = below_tuned(language_model, &parts.projector, features, encoded, parts.first_tuned_layer, device);
-    tuned_logits(language_model, parts, hidden, encoded, device)
 }
 
 impl<B: AutodiffBackend> Objective<B> for AlignmentObjective<B> {

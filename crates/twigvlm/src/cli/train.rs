@@ -143,7 +143,8 @@ pub struct ProjectorArgs {
     /// The language model directory (e.g. from `twigvlm import gguf`).
     #[arg(long)]
     pub language_model: PathBuf,
-    /// Training data: a shapes spec with a training seed; `turns=k` packs k questions per image.
+    /// Training data: a shapes spec with a training seed; `turns=k` asks k questions per image
+    /// (one conversation; with `instruct --freeze-projector` each question trains as if asked alone).
     #[arg(long, default_value = "shapes:seed=1,n=100000,turns=4")]
     pub data: String,
     /// Held-out data for the teacher-forced exact match.
