@@ -23,7 +23,7 @@ use twigvlm_backbone::LlamaDecoder;
 use twigvlm_data::{Conversation, ShapesDataset};
 
 use crate::error::{Result, TrainError};
-use crate::examples::{ConversationEncoder, Encoded, VisualInput};
+use crate::examples::{single_sequence, ConversationEncoder, Encoded, VisualInput};
 use crate::loss::TokenMeanLoss;
 use crate::metrics::{argmax_ids, TaskAccuracy};
 use crate::trainable::trainable;
@@ -177,11 +177,8 @@ impl<B: AutodiffBackend> AlignmentObjective<B> {
             let hidden = frozen_lm.forward_layers(suffix, &frozen_lm.rope(&positions(prefix..len), device), 0..first_tuned, &mut frozen_cache.clone(), &probe).hidden;
             let rope = self.language_model.rope(&positions(prefix..len), device);
             let hidden = forward_stack(&parts.lm_layers, first_tuned, Tensor::from_inner(hidden), &rope, &mut tuned_cache.clone(), &probe).hidden;
-            let rows: Vec<i32> = turn.targets.iter().map(|&(position, _)| (position - prefix) as i32).collect();
-            let rows = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [turn.targets.len()]), device);
-            let logits = self.language_model.logits(hidden.select(1, rows));
-            let [_, n, vocab] = logits.dims();
-            loss.add(logits.reshape([n, vocab]), &turn.target_ids());
+            let logits = self.language_model.logits(hidden.select(1, turn.target_rows_from(prefix, device)));
+            loss.add(single_sequence(logits), &turn.target_ids());
         }
         Ok(())
     }
@@ -196,9 +193,7 @@ fn target_logits<C: Backend>(language_model: &LlamaDecoder<C>, parts: &AlignedPa
     let mut cache = KvCache::new(language_model.num_layers());
     let hidden = language_model.forward_layers(embeds, &rope, 0..first_tuned, &mut cache, &probe).hidden;
     let hidden = forward_stack(&parts.lm_layers, first_tuned, hidden, &rope, &mut cache, &probe).hidden;
-    let logits = language_model.logits(hidden.select(1, encoded.target_rows(device)));
-    let [_, n, vocab] = logits.dims();
-    logits.reshape([n, vocab])
+    single_sequence(language_model.logits(hidden.select(1, encoded.target_rows(device))))
 }
 
 impl<B: AutodiffBackend> Objective<B> for AlignmentObjective<B> {

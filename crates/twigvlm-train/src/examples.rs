@@ -21,13 +21,25 @@ pub struct Encoded {
 impl Encoded {
     /// The target positions as an index tensor.
     pub fn target_rows<B: Backend>(&self, device: &B::Device) -> Tensor<B, 1, Int> {
-        let rows: Vec<i32> = self.targets.iter().map(|&(p, _)| p as i32).collect();
+        self.target_rows_from(0, device)
+    }
+
+    /// The target positions counted from `start`, for hidden states that begin at prompt
+    /// position `start` (every target must be at or after it).
+    pub fn target_rows_from<B: Backend>(&self, start: usize, device: &B::Device) -> Tensor<B, 1, Int> {
+        let rows: Vec<i32> = self.targets.iter().map(|&(p, _)| (p - start) as i32).collect();
         Tensor::from_data(TensorData::new(rows, [self.targets.len()]), device)
     }
 
     pub fn target_ids(&self) -> Vec<i64> {
         self.targets.iter().map(|&(_, id)| id as i64).collect()
     }
+}
+
+/// One sequence's logits `[1, rows, vocab]` as `[rows, vocab]`, the shape the losses take.
+pub fn single_sequence<B: Backend>(logits: Tensor<B, 3>) -> Tensor<B, 2> {
+    let [_, rows, vocab] = logits.dims();
+    logits.reshape([rows, vocab])
 }
 
 /// Renders conversations with the model's chat template and tokenizes them.

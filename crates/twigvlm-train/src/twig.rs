@@ -17,7 +17,7 @@ use twigvlm_data::{Conversation, Dataset};
 use twigvlm_twig::Twig;
 
 use crate::error::{Result, TrainError};
-use crate::examples::{ConversationEncoder, Encoded, VisualInput};
+use crate::examples::{single_sequence, ConversationEncoder, Encoded, VisualInput};
 use crate::loss::TokenMeanLoss;
 use crate::metrics::{argmax_ids, TaskAccuracy};
 use crate::trainer::Objective;
@@ -87,9 +87,7 @@ impl<B: AutodiffBackend> TwigObjective<B> {
         let hidden_k = lm.forward_layers(embeds, &rope, 0..k, &mut cache, &probe).hidden;
         let base_argmax = with_argmax.then(|| {
             let last = lm.forward_layers(hidden_k.clone(), &rope, k..lm.num_layers(), &mut cache, &probe).hidden;
-            let logits = lm.logits(last.select(1, encoded.target_rows(&self.device)));
-            let [_, n, vocab] = logits.dims();
-            argmax_ids(logits.reshape([n, vocab]))
+            argmax_ids(single_sequence(lm.logits(last.select(1, encoded.target_rows(&self.device)))))
         });
         Ok(Prefix { encoded, hidden_k, positions, base_argmax })
     }
@@ -97,9 +95,7 @@ impl<B: AutodiffBackend> TwigObjective<B> {
     /// Twig logits `[targets, vocab]` at the target positions.
     fn twig_logits<C: Backend>(twig: &Twig<C>, head: &Linear<C>, hidden_k: Tensor<C, 3>, rope: &RopeAngles<C>, encoded: &Encoded, device: &C::Device) -> Tensor<C, 2> {
         let hidden = twig.forward(hidden_k, rope, &mut twig.new_cache(), &AttentionProbe::default()).hidden;
-        let logits = twig.logits(hidden.select(1, encoded.target_rows(device)), head);
-        let [_, n, vocab] = logits.dims();
-        logits.reshape([n, vocab])
+        single_sequence(twig.logits(hidden.select(1, encoded.target_rows(device)), head))
     }
 }
 
