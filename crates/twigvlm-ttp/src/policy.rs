@@ -1,0 +1,232 @@
+//! Prefill policies: which visual tokens survive into layer K, decided by whose attention. All
+//! policies run through the same prefill ([`crate::prefill`]); they differ only in the scores
+//! that rank the visual tokens and in the layer plan.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::budget::{LayerPlan, VisualBudget};
+use crate::error::{Result, TtpError};
+
+/// K when no twig fixes it: FastV's and the paper's pruning layer for LLaVA-1.5-7B.
+pub const PAPER_PRUNE_LAYER: usize = 2;
+
+/// The paper's FinalWipe layer as a share of the depth: K_f = 24 of L = 32.
+const PAPER_WIPE_SHARE: (usize, usize) = (24, 32);
+
+/// A base layer named as the paper counts them (1-indexed), possibly relative to the twig.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerRef {
+    /// The N-th layer.
+    Number(usize),
+    /// Layer K: the last layer below the pruning point (FastV's choice).
+    K,
+    /// Layer K+T: as deep as the twig's last block.
+    KPlusT,
+}
+
+/// Where the scores that rank visual tokens come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrefillPolicy {
+    /// No pruning.
+    None,
+    /// FastV: the attention inside layer K, no FinalWipe, FastV's budget.
+    FastV,
+    /// The attention inside a base layer (the paper's ablation), pruning the input of layer K.
+    VlmLayer(LayerRef),
+    /// Uniformly random visual tokens (seeded).
+    Random { seed: u64 },
+    /// TTP: the attention of the twig's last block.
+    Twig,
+}
+
+impl FromStr for PrefillPolicy {
+    type Err = TtpError;
+
+    fn from_str(text: &str) -> Result<Self> {
+        let unknown = || TtpError::UnknownPolicy(text.to_string());
+        let policy = match text.trim() {
+            "none" => PrefillPolicy::None,
+            "fastv" => PrefillPolicy::FastV,
+            "random" => PrefillPolicy::Random { seed: 0 },
+            "twig" => PrefillPolicy::Twig,
+            other => match other.split_once(':') {
+                Some(("random", seed)) => PrefillPolicy::Random { seed: seed.parse().map_err(|_| unknown())? },
+                Some(("vlm-layer", layer)) => PrefillPolicy::VlmLayer(match layer {
+                    "K" => LayerRef::K,
+                    "K+T" => LayerRef::KPlusT,
+                    number => match number.parse() {
+                        Ok(n) if n >= 1 => LayerRef::Number(n),
+                        _ => return Err(unknown()),
+                    },
+                }),
+                _ => return Err(unknown()),
+            },
+        };
+        Ok(policy)
+    }
+}
+
+impl fmt::Display for PrefillPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PrefillPolicy::None => write!(f, "none"),
+            PrefillPolicy::FastV => write!(f, "fastv"),
+            PrefillPolicy::VlmLayer(LayerRef::Number(n)) => write!(f, "vlm-layer:{n}"),
+            PrefillPolicy::VlmLayer(LayerRef::K) => write!(f, "vlm-layer:K"),
+            PrefillPolicy::VlmLayer(LayerRef::KPlusT) => write!(f, "vlm-layer:K+T"),
+            PrefillPolicy::Random { seed: 0 } => write!(f, "random"),
+            PrefillPolicy::Random { seed } => write!(f, "random:{seed}"),
+            PrefillPolicy::Twig => write!(f, "twig"),
+        }
+    }
+}
+
+/// The twig's place in the base model, as pruning needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TwigPlace {
+    pub k: usize,
+    pub t: usize,
+}
+
+/// The ranking source of a resolved policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scores {
+    /// Head-mean attention of the last prompt token inside base layer `index` (0-based).
+    BaseLayer(usize),
+    /// Head-mean attention of the last prompt token in the twig's last block.
+    Twig,
+    Random { seed: u64 },
+}
+
+/// What a prefill does with visual tokens: a policy, a budget and an optional FinalWipe layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PruningSpec {
+    pub policy: PrefillPolicy,
+    /// R̄; required by every policy but `none`.
+    pub budget: Option<VisualBudget>,
+    /// K_f; `None` takes the policy's default (the paper's 24/32 of the depth; FastV: none).
+    /// K_f = L disables FinalWipe.
+    pub final_wipe: Option<usize>,
+}
+
+/// A policy resolved against a model: where pruning happens and how tokens are ranked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PruningPlan {
+    pub policy: PrefillPolicy,
+    pub budget: VisualBudget,
+    pub layers: LayerPlan,
+    pub scores: Scores,
+}
+
+impl PruningSpec {
+    /// No pruning.
+    pub fn none() -> Self {
+        Self { policy: PrefillPolicy::None, budget: None, final_wipe: None }
+    }
+
+    /// Resolves the policy for a decoder of `num_layers` layers and the attached twig; `None`
+    /// for the `none` policy. K is the twig's, or [`PAPER_PRUNE_LAYER`] without a twig.
+    pub fn plan(&self, num_layers: usize, twig: Option<TwigPlace>) -> Result<Option<PruningPlan>> {
+        let budget = match (self.policy, self.budget) {
+            (PrefillPolicy::None, None) if self.final_wipe.is_none() => return Ok(None),
+            (PrefillPolicy::None, _) => return Err(TtpError::NoPolicy),
+            (policy, None) => return Err(TtpError::MissingBudget(policy.to_string())),
+            (_, Some(budget)) => budget,
+        };
+        let k = twig.map_or(PAPER_PRUNE_LAYER, |t| t.k);
+        let wipe_layer = match (self.policy, self.final_wipe) {
+            (PrefillPolicy::FastV, Some(k_f)) if k_f != num_layers => {
+                return Err(TtpError::InvalidLayers(format!(
+                    "FastV has no FinalWipe; use vlm-layer:K with --final-wipe {k_f} for FastV's attention with FinalWipe"
+                )))
+            }
+            (PrefillPolicy::FastV, _) => num_layers,
+            (_, Some(k_f)) => k_f,
+            (_, None) => default_wipe_layer(num_layers, k),
+        };
+        let layers = LayerPlan::new(num_layers, k, wipe_layer)?;
+        let base_layer = |layer: LayerRef| -> Result<Scores> {
+            let number = match layer {
+                LayerRef::Number(n) => n,
+                LayerRef::K => k,
+                LayerRef::KPlusT => k + twig.ok_or(TtpError::MissingTwig)?.t,
+            };
+            if number == 0 || number > num_layers {
+                return Err(TtpError::InvalidLayers(format!("vlm-layer:{number} needs 1 ≤ N ≤ {num_layers}")));
+            }
+            Ok(Scores::BaseLayer(number - 1))
+        };
+        let scores = match self.policy {
+            PrefillPolicy::None => unreachable!("returned above"),
+            PrefillPolicy::FastV => base_layer(LayerRef::K)?,
+            PrefillPolicy::VlmLayer(layer) => base_layer(layer)?,
+            PrefillPolicy::Random { seed } => Scores::Random { seed },
+            PrefillPolicy::Twig => {
+                twig.ok_or(TtpError::MissingTwig)?;
+                Scores::Twig
+            }
+        };
+        Ok(Some(PruningPlan { policy: self.policy, budget, layers, scores }))
+    }
+}
+
+/// The paper's K_f scaled to this depth (rounded), above K; the depth itself (no FinalWipe)
+/// when the model is too shallow for one.
+fn default_wipe_layer(num_layers: usize, prune_layer: usize) -> usize {
+    let (num, den) = PAPER_WIPE_SHARE;
+    let scaled = (num_layers * num + den / 2) / den;
+    if scaled > prune_layer { scaled } else { num_layers }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TWIG: Option<TwigPlace> = Some(TwigPlace { k: 2, t: 3 });
+
+    fn spec(policy: &str, final_wipe: Option<usize>) -> PruningSpec {
+        PruningSpec { policy: policy.parse().unwrap(), budget: Some(VisualBudget::Tokens(64.0)), final_wipe }
+    }
+
+    #[test]
+    fn policies_round_trip_through_text() {
+        for text in ["none", "fastv", "vlm-layer:3", "vlm-layer:K", "vlm-layer:K+T", "random", "random:7", "twig"] {
+            assert_eq!(text.parse::<PrefillPolicy>().unwrap().to_string(), text);
+        }
+        for bad in ["", "fast", "vlm-layer:0", "vlm-layer:x", "random:-1", "twig:2"] {
+            assert!(bad.parse::<PrefillPolicy>().is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn llava_7b_plans_follow_the_paper() {
+        let twig = spec("twig", None).plan(32, TWIG).unwrap().unwrap();
+        assert_eq!((twig.layers.prune_layer, twig.layers.wipe_layer, twig.scores), (2, 24, Scores::Twig));
+        let fastv = spec("fastv", None).plan(32, TWIG).unwrap().unwrap();
+        assert_eq!((fastv.layers.wipe_layer, fastv.scores), (32, Scores::BaseLayer(1)));
+        let deep = spec("vlm-layer:K+T", None).plan(32, TWIG).unwrap().unwrap();
+        assert_eq!(deep.scores, Scores::BaseLayer(4));
+        // The 30-layer demo model: 24/32 of 30 = 22.5 → 23.
+        assert_eq!(spec("random", None).plan(30, TWIG).unwrap().unwrap().layers.wipe_layer, 23);
+    }
+
+    #[test]
+    fn final_wipe_at_the_depth_disables_it() {
+        let plan = spec("twig", Some(32)).plan(32, TWIG).unwrap().unwrap();
+        assert!(!plan.layers.has_final_wipe());
+    }
+
+    #[test]
+    fn inconsistent_specs_are_refused() {
+        assert!(matches!(spec("twig", None).plan(32, None), Err(TtpError::MissingTwig)));
+        assert!(matches!(spec("vlm-layer:K+T", None).plan(32, None), Err(TtpError::MissingTwig)));
+        assert!(matches!(spec("fastv", Some(24)).plan(32, TWIG), Err(TtpError::InvalidLayers(_))));
+        assert!(matches!(spec("twig", Some(2)).plan(32, TWIG), Err(TtpError::InvalidLayers(_))));
+        assert!(matches!(spec("vlm-layer:33", None).plan(32, TWIG), Err(TtpError::InvalidLayers(_))));
+        let no_budget = PruningSpec { budget: None, ..spec("twig", None) };
+        assert!(matches!(no_budget.plan(32, TWIG), Err(TtpError::MissingBudget(_))));
+        assert!(matches!(spec("none", None).plan(32, TWIG), Err(TtpError::NoPolicy)));
+        assert_eq!(PruningSpec::none().plan(32, TWIG).unwrap(), None);
+    }
+}

@@ -1,0 +1,174 @@
+//! The prefill under a pruning policy. Layers 0..K-1 run once on the whole prompt; the twig (when
+//! attached) runs on their output, so its cache holds every visual token for drafting; the
+//! chosen visual tokens continue into layers K..K_f-1 with their original position ids; layers
+//! from K_f on see text only. Every base layer's cache ends with its own length.
+
+use std::ops::Range;
+
+use burn::prelude::*;
+use twigvlm_backbone::{AttentionProbe, KvCache, LlamaDecoder};
+use twigvlm_twig::Twig;
+
+use crate::budget::LayerPlan;
+use crate::error::{Result, TtpError};
+use crate::policy::{PruningPlan, PruningSpec, Scores, TwigPlace};
+use crate::selection::{head_mean_row, random_scores, top_indices};
+
+/// The caches and first logits a decoder continues from.
+#[derive(Debug)]
+pub struct Prefill<B: Backend> {
+    /// One cache per base layer, each with its own length.
+    pub base_cache: KvCache<B>,
+    /// The twig's blocks over the whole prompt, when a twig ran.
+    pub twig_cache: Option<KvCache<B>>,
+    /// The base model's logits at the last prompt position.
+    pub last_logits: Vec<f32>,
+    /// Prompt tokens; generated tokens take positions from here on.
+    pub prompt_len: usize,
+    /// What pruning did; `None` when nothing was pruned.
+    pub pruning: Option<PruningOutcome>,
+}
+
+/// What a pruned prefill kept.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PruningOutcome {
+    pub policy: String,
+    pub visual_budget: String,
+    /// K: the first layer whose input is pruned.
+    pub prune_layer: usize,
+    /// K_f: the first layer that sees no visual token (the depth: no FinalWipe).
+    pub final_wipe: usize,
+    /// N_v: the image's visual tokens.
+    pub visual_tokens: usize,
+    /// R': visual tokens kept in layers K..K_f-1.
+    pub r_prime: usize,
+    /// The average visual tokens per layer that R' gives.
+    pub avg_visual_tokens: f64,
+    /// 0-based within the image's visual tokens, ascending.
+    pub kept_visual_indices: Vec<usize>,
+    /// The score that ranked each visual token (head-mean attention, or random draws).
+    #[serde(skip)]
+    pub visual_scores: Vec<f32>,
+}
+
+/// Runs the prompt `embeds` (`[1, prompt_len, hidden]`, the image at `image_span`) through
+/// `base` under `spec`. The twig runs when the policy ranks with it or `keep_twig_cache` asks
+/// for its cache (self-speculative decoding drafts from it).
+pub fn prefill<B: Backend>(
+    base: &LlamaDecoder<B>,
+    twig: Option<&Twig<B>>,
+    embeds: Tensor<B, 3>,
+    image_span: Option<Range<usize>>,
+    spec: &PruningSpec,
+    keep_twig_cache: bool,
+) -> Result<Prefill<B>> {
+    let device = embeds.device();
+    let prompt_len = embeds.dims()[1];
+    let num_layers = base.num_layers();
+    let place = twig.map(|t| TwigPlace { k: t.config.k, t: t.config.t });
+    let plan = spec.plan(num_layers, place)?;
+    let pruned = match (&plan, image_span) {
+        (Some(plan), Some(span)) if !span.is_empty() && plan.budget.tokens(span.len()) <= span.len() as f64 => {
+            if span.end >= prompt_len {
+                return Err(TtpError::ImageAtPromptEnd);
+            }
+            Some((plan, span))
+        }
+        _ => None,
+    };
+
+    let split = pruned.as_ref().map(|(plan, _)| plan.layers.prune_layer).or(place.map(|p| p.k)).unwrap_or(num_layers);
+    let query = prompt_len - 1;
+    let probe_at = |layer: usize| AttentionProbe { rows: vec![query], layers: vec![layer] };
+    let scores = pruned.as_ref().map(|(plan, _)| plan.scores);
+    let positions: Vec<usize> = (0..prompt_len).collect();
+    let rope = base.rope(&positions, &device);
+    let mut base_cache = KvCache::new(num_layers);
+
+    let low_probe = match scores {
+        Some(Scores::BaseLayer(layer)) if layer < split => probe_at(layer),
+        _ => AttentionProbe::default(),
+    };
+    let mut low = base.forward_layers(embeds, &rope, 0..split, &mut base_cache, &low_probe);
+
+    let mut twig_cache = None;
+    let mut twig_attention = None;
+    if let Some(twig) = twig.filter(|_| keep_twig_cache || scores == Some(Scores::Twig)) {
+        let probe = if scores == Some(Scores::Twig) { probe_at(twig.config.t - 1) } else { AttentionProbe::default() };
+        let mut cache = twig.new_cache();
+        twig_attention = twig.forward(low.hidden.clone(), &rope, &mut cache, &probe).attention.pop().map(|(_, p)| p);
+        twig_cache = Some(cache);
+    }
+
+    let (top, pruning) = match pruned {
+        None => (base.forward_layers(low.hidden, &rope, split..num_layers, &mut base_cache, &AttentionProbe::default()).hidden, None),
+        Some((plan, span)) => {
+            let visual_scores = match plan.scores {
+                Scores::BaseLayer(_) if !low.attention.is_empty() => head_mean_row(low.attention.remove(0).1, span.clone()),
+                Scores::BaseLayer(layer) => {
+                    // The ablation's deeper layer sees the unpruned prompt: layers K..N-1 run
+                    // once more on a scratch cache (only this policy computes anything twice).
+                    let mut scratch = KvCache::new(num_layers);
+                    let deeper = base.forward_layers(low.hidden.clone(), &rope, split..layer + 1, &mut scratch, &probe_at(layer));
+                    head_mean_row(deeper.attention.into_iter().next().expect("probed layer").1, span.clone())
+                }
+                Scores::Twig => head_mean_row(twig_attention.expect("the twig ran with a probe"), span.clone()),
+                Scores::Random { seed } => random_scores(span.len(), seed),
+            };
+            let r_prime = plan.layers.kept_visual_tokens(plan.budget.tokens(span.len()), span.len());
+            let kept = top_indices(&visual_scores, r_prime);
+            let hidden = run_pruned(base, low.hidden, &plan.layers, &span, &kept, prompt_len, &mut base_cache);
+            (hidden, Some(outcome(plan, span.len(), kept, visual_scores)))
+        }
+    };
+    let seq = top.dims()[1];
+    let logits = base.logits(top.narrow(1, seq - 1, 1));
+    let last_logits = logits.into_data().convert::<f32>().into_vec::<f32>().expect("f32 logits");
+    Ok(Prefill { base_cache, twig_cache, last_logits, prompt_len, pruning })
+}
+
+/// Layers K..L-1 over the layer-K hidden states with only `kept` visual tokens (indices within
+/// `span`), and none from K_f on.
+fn run_pruned<B: Backend>(
+    base: &LlamaDecoder<B>,
+    hidden: Tensor<B, 3>,
+    layers: &LayerPlan,
+    span: &Range<usize>,
+    kept: &[usize],
+    prompt_len: usize,
+    cache: &mut KvCache<B>,
+) -> Tensor<B, 3> {
+    let device = hidden.device();
+    let text_after = span.end..prompt_len;
+    let rows: Vec<usize> = (0..span.start).chain(kept.iter().map(|&i| span.start + i)).chain(text_after.clone()).collect();
+    let pruned = gather_rows(hidden, &rows);
+    let middle = base.forward_layers(pruned, &base.rope(&rows, &device), layers.prune_layer..layers.wipe_layer, cache, &AttentionProbe::default());
+    if !layers.has_final_wipe() {
+        return middle.hidden;
+    }
+    let text_rows: Vec<usize> = (0..span.start).chain(span.start + kept.len()..rows.len()).collect();
+    let text_positions: Vec<usize> = (0..span.start).chain(text_after).collect();
+    let text = gather_rows(middle.hidden, &text_rows);
+    base.forward_layers(text, &base.rope(&text_positions, &device), layers.wipe_layer..layers.num_layers, cache, &AttentionProbe::default())
+        .hidden
+}
+
+/// `[1, seq, hidden]` → `[1, rows, hidden]`.
+fn gather_rows<B: Backend>(hidden: Tensor<B, 3>, rows: &[usize]) -> Tensor<B, 3> {
+    let index = Tensor::<B, 1, Int>::from_data(TensorData::new(rows.iter().map(|&r| r as i32).collect::<Vec<_>>(), [rows.len()]), &hidden.device());
+    hidden.select(1, index)
+}
+
+fn outcome(plan: &PruningPlan, visual_tokens: usize, kept: Vec<usize>, visual_scores: Vec<f32>) -> PruningOutcome {
+    PruningOutcome {
+        policy: plan.policy.to_string(),
+        visual_budget: plan.budget.to_string(),
+        prune_layer: plan.layers.prune_layer,
+        final_wipe: plan.layers.wipe_layer,
+        visual_tokens,
+        r_prime: kept.len(),
+        avg_visual_tokens: plan.layers.average_visual_tokens(kept.len(), visual_tokens),
+        kept_visual_indices: kept,
+        visual_scores,
+    }
+}
