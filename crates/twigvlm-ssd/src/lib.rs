@@ -13,4 +13,4 @@ pub use error::{DecodeError, Result};
 pub use network::{CausalNetwork, ShallowCache, ShallowNetwork};
 pub use sampling::{Sampler, Sampling};
 pub use speculative::{decode_speculative, DraftConfig, SpeculativeStats};
-pub use vanilla::{decode_vanilla, DecodeConfig, DecodeOutput, StopReason};
+pub use vanilla::{decode_vanilla, decode_vanilla_prefilled, DecodeConfig, DecodeOutput, StopReason};

@@ -12,6 +12,9 @@ pub trait CausalNetwork<B: Backend> {
 
     fn new_cache(&self) -> Self::Cache;
 
+    /// Where the network's weights live.
+    fn device(&self) -> B::Device;
+
     /// Token embeddings `[batch, seq]` → `[batch, seq, hidden]`.
     fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3>;
 
@@ -35,6 +38,10 @@ impl<B: Backend> CausalNetwork<B> for LlamaDecoder<B> {
 
     fn new_cache(&self) -> KvCache<B> {
         KvCache::new(self.num_layers())
+    }
+
+    fn device(&self) -> B::Device {
+        self.embed_tokens.weight.device()
     }
 
     fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
@@ -79,6 +86,10 @@ impl<B: Backend> CausalNetwork<B> for ShallowNetwork<'_, B> {
             base: KvCache::new(self.twig.config.k),
             twig: self.twig.new_cache(),
         }
+    }
+
+    fn device(&self) -> B::Device {
+        CausalNetwork::device(self.base)
     }
 
     fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {

@@ -19,6 +19,7 @@ use std::time::Instant;
 
 use burn::prelude::*;
 use twigvlm_backbone::{AttentionProbe, KvCache, LlamaDecoder};
+use twigvlm_ttp::Prefill;
 use twigvlm_twig::Twig;
 
 use crate::error::{DecodeError, Result};
@@ -100,36 +101,30 @@ impl<B: Backend> Speculator<'_, B> {
         self.base.embed(Tensor::from_data(TensorData::new(vec![token as i32], [1, 1]), &self.device))
     }
 
-    /// Keeps the first `len` positions of every cache.
-    fn crop(&mut self, len: usize) -> Result<()> {
-        self.base_cache.crop(len)?;
-        self.twig_cache.crop(len)?;
+    /// Drops the last `count` entries of every cache (rejected drafts; every layer took the
+    /// same new entries this round, whatever length pruning left it with).
+    fn discard(&mut self, count: usize) -> Result<()> {
+        self.base_cache.truncate_last(count)?;
+        self.twig_cache.truncate_last(count)?;
         Ok(())
     }
 }
 
-/// Greedy self-speculative decoding from prompt embeddings `[1, prompt_len, hidden]` (positions
-/// `0..prompt_len`): the base's greedy tokens, produced in draft-and-verify rounds.
+/// Greedy self-speculative decoding after `prefill` (run under any pruning policy, with the
+/// twig's cache kept): the base's greedy tokens, produced in draft-and-verify rounds.
 pub fn decode_speculative<B: Backend>(
     base: &LlamaDecoder<B>,
     twig: &Twig<B>,
-    prompt_embeds: Tensor<B, 3>,
+    prefill: Prefill<B>,
     config: &DecodeConfig,
     draft: &DraftConfig,
     mut on_token: impl FnMut(u32) -> ControlFlow<()>,
 ) -> Result<(DecodeOutput, SpeculativeStats)> {
-    let prompt_len = prompt_embeds.dims()[1];
-    if prompt_len == 0 || prompt_len >= config.context_length {
-        return Err(DecodeError::PromptTooLong { prompt: prompt_len, context: config.context_length });
-    }
-    let device = prompt_embeds.device();
-    let mut run = Speculator { base, twig, base_cache: KvCache::new(base.num_layers()), twig_cache: twig.new_cache(), probe: AttentionProbe::default(), device };
-
-    let started = Instant::now();
-    let positions: Vec<usize> = (0..prompt_len).collect();
-    let (hidden, _) = run.shallow(prompt_embeds, &positions);
-    let prompt_logits = run.deep(hidden, &positions).pop().expect("a prompt position");
-    let prefill_time = started.elapsed();
+    let Prefill { base_cache, twig_cache, last_logits: prompt_logits, prompt_len, time: prefill_time, .. } = prefill;
+    config.check_prompt(prompt_len)?;
+    let twig_cache = twig_cache.ok_or(DecodeError::MissingTwigCache)?;
+    let device = base.embed_tokens.weight.device();
+    let mut run = Speculator { base, twig, base_cache, twig_cache, probe: AttentionProbe::default(), device };
 
     let started = Instant::now();
     let mut stats = SpeculativeStats::default();
@@ -172,7 +167,7 @@ pub fn decode_speculative<B: Backend>(
             stats.rounds += 1;
             stats.drafted += drafted.len();
             stats.accepted += accepted;
-            run.crop(start + accepted + 1)?;
+            run.discard(positions.len() - accepted - 1)?;
             for &token in &drafted[..accepted] {
                 if let Some(stop) = emitter.emit(token) {
                     break 'rounds stop;

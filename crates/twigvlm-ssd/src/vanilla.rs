@@ -4,6 +4,8 @@ use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use burn::prelude::*;
+use twigvlm_backbone::LlamaDecoder;
+use twigvlm_ttp::Prefill;
 
 use crate::error::{DecodeError, Result};
 use crate::network::CausalNetwork;
@@ -40,28 +42,67 @@ pub struct DecodeOutput {
     pub decode_time: Duration,
 }
 
+impl DecodeConfig {
+    /// A prompt must be non-empty and leave room for at least one generated token.
+    pub fn check_prompt(&self, prompt_len: usize) -> Result<()> {
+        if prompt_len == 0 || prompt_len >= self.context_length {
+            return Err(DecodeError::PromptTooLong { prompt: prompt_len, context: self.context_length });
+        }
+        Ok(())
+    }
+}
+
 /// Generates from prompt embeddings `[1, prompt_len, hidden]` (positions `0..prompt_len`) with
-/// `model` alone: the base model, or the twig's shallow network for twig-only decoding.
-/// `on_token` sees every token as it is produced and may stop generation.
+/// `model` alone and no pruning: the base model, or the twig's shallow network for twig-only
+/// decoding. `on_token` sees every token as it is produced and may stop generation.
 pub fn decode_vanilla<B: Backend, N: CausalNetwork<B>>(
     model: &N,
     prompt_embeds: Tensor<B, 3>,
     config: &DecodeConfig,
     sampler: &mut Sampler,
-    mut on_token: impl FnMut(u32) -> ControlFlow<()>,
+    on_token: impl FnMut(u32) -> ControlFlow<()>,
 ) -> Result<DecodeOutput> {
-    let device = prompt_embeds.device();
     let prompt_len = prompt_embeds.dims()[1];
-    if prompt_len == 0 || prompt_len >= config.context_length {
-        return Err(DecodeError::PromptTooLong { prompt: prompt_len, context: config.context_length });
-    }
+    config.check_prompt(prompt_len)?;
     let mut cache = model.new_cache();
-
     let started = Instant::now();
     let positions: Vec<usize> = (0..prompt_len).collect();
     let prompt_logits = logits_row(model.last_logits(prompt_embeds, &positions, &mut cache));
-    let prefill_time = started.elapsed();
+    let primed = Primed { cache, prompt_len, prompt_logits, prefill_time: started.elapsed() };
+    decode_from(model, primed, config, sampler, on_token)
+}
 
+/// Plain decoding by the base model from a prefill run under any pruning policy (each base
+/// layer's cache keeps the length the prefill left it with).
+pub fn decode_vanilla_prefilled<B: Backend>(
+    base: &LlamaDecoder<B>,
+    prefill: Prefill<B>,
+    config: &DecodeConfig,
+    sampler: &mut Sampler,
+    on_token: impl FnMut(u32) -> ControlFlow<()>,
+) -> Result<DecodeOutput> {
+    config.check_prompt(prefill.prompt_len)?;
+    let primed = Primed { cache: prefill.base_cache, prompt_len: prefill.prompt_len, prompt_logits: prefill.last_logits, prefill_time: prefill.time };
+    decode_from(base, primed, config, sampler, on_token)
+}
+
+/// A network's state after the prompt.
+struct Primed<C> {
+    cache: C,
+    prompt_len: usize,
+    prompt_logits: Vec<f32>,
+    prefill_time: Duration,
+}
+
+fn decode_from<B: Backend, N: CausalNetwork<B>>(
+    model: &N,
+    primed: Primed<N::Cache>,
+    config: &DecodeConfig,
+    sampler: &mut Sampler,
+    mut on_token: impl FnMut(u32) -> ControlFlow<()>,
+) -> Result<DecodeOutput> {
+    let Primed { mut cache, prompt_len, prompt_logits, prefill_time } = primed;
+    let device = model.device();
     let started = Instant::now();
     let mut emitter = Emitter::new(config, &mut on_token);
     let mut logits = prompt_logits.clone();

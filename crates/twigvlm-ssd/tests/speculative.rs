@@ -2,31 +2,17 @@
 //! (4 layers) it gives exactly the base's greedy tokens, whatever the twig drafts, the draft
 //! length, the threshold, the token budget or where an end-of-sequence token falls.
 
-use std::ops::ControlFlow;
-use std::path::PathBuf;
+mod common;
 
-use burn::backend::Flex;
-use burn::prelude::*;
-use twigvlm_backbone::{load_llava, LlamaDecoder, LoadOptions, LoadedLlava};
+use std::ops::ControlFlow;
+
+use common::{config, embeds, fixture, B};
+use twigvlm_backbone::LlamaDecoder;
 use twigvlm_ssd::{decode_speculative, decode_vanilla, DecodeConfig, DraftConfig, Sampler, Sampling, SpeculativeStats, StopReason};
+use twigvlm_ttp::{prefill, PruningSpec};
 use twigvlm_twig::{Twig, TwigConfig};
 
-type B = Flex;
-
-fn fixture() -> LoadedLlava<B> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llava-hf5");
-    load_llava::<B>(&dir, &LoadOptions::default(), &Default::default()).unwrap()
-}
-
 const PROMPTS: [&[i64]; 3] = [&[3, 17, 42, 5, 99, 250, 7], &[1, 2, 3], &[200, 11, 11, 11, 64, 90, 8, 31, 5, 77, 12]];
-
-fn embeds(base: &LlamaDecoder<B>, ids: &[i64]) -> Tensor<B, 3> {
-    base.embed(Tensor::from_data(TensorData::new(ids.to_vec(), [1, ids.len()]), &Default::default()))
-}
-
-fn config(max_new_tokens: usize, eos_token_ids: Vec<u32>) -> DecodeConfig {
-    DecodeConfig { max_new_tokens, eos_token_ids, context_length: 512 }
-}
 
 fn vanilla(base: &LlamaDecoder<B>, ids: &[i64], config: &DecodeConfig) -> (Vec<u32>, StopReason) {
     let out = decode_vanilla(base, embeds(base, ids), config, &mut Sampler::new(Sampling::Greedy, 0), |_| ControlFlow::Continue(())).unwrap();
@@ -35,7 +21,8 @@ fn vanilla(base: &LlamaDecoder<B>, ids: &[i64], config: &DecodeConfig) -> (Vec<u
 
 fn speculative(base: &LlamaDecoder<B>, twig: &Twig<B>, ids: &[i64], config: &DecodeConfig, draft: &DraftConfig) -> (Vec<u32>, StopReason, SpeculativeStats) {
     let mut streamed = Vec::new();
-    let (out, stats) = decode_speculative(base, twig, embeds(base, ids), config, draft, |t| {
+    let prefill = prefill(base, Some(twig), embeds(base, ids), None, &PruningSpec::none(), true).unwrap();
+    let (out, stats) = decode_speculative(base, twig, prefill, config, draft, |t| {
         streamed.push(t);
         ControlFlow::Continue(())
     })

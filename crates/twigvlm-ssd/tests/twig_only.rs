@@ -1,22 +1,17 @@
 //! Decoding with the twig's shallow network alone, on the tiny llava-hf fixture's language model
 //! (4 layers): its wiring against the base, and its two KV caches against a full recompute.
 
-use std::ops::ControlFlow;
-use std::path::PathBuf;
+mod common;
 
-use burn::backend::Flex;
+use std::ops::ControlFlow;
+
 use burn::prelude::*;
-use twigvlm_backbone::{load_llava, LlamaDecoder, LoadOptions, LoadedLlava};
+use common::{fixture, B};
+use twigvlm_backbone::LlamaDecoder;
 use twigvlm_ssd::{decode_vanilla, CausalNetwork, DecodeConfig, Sampler, Sampling, ShallowNetwork};
 use twigvlm_twig::{Twig, TwigConfig};
 
-type B = Flex;
 const NEW_TOKENS: usize = 12;
-
-fn fixture() -> LoadedLlava<B> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llava-hf5");
-    load_llava::<B>(&dir, &LoadOptions::default(), &Default::default()).unwrap()
-}
 
 fn prompt(base: &LlamaDecoder<B>) -> Tensor<B, 3> {
     let ids = Tensor::<B, 2, Int>::from_data(

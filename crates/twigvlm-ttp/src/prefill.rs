@@ -4,6 +4,7 @@
 //! from K_f on see text only. Every base layer's cache ends with its own length.
 
 use std::ops::Range;
+use std::time::{Duration, Instant};
 
 use burn::prelude::*;
 use twigvlm_backbone::{AttentionProbe, KvCache, LlamaDecoder};
@@ -27,6 +28,8 @@ pub struct Prefill<B: Backend> {
     pub prompt_len: usize,
     /// What pruning did; `None` when nothing was pruned.
     pub pruning: Option<PruningOutcome>,
+    /// Wall time of the prefill, logits on the host included.
+    pub time: Duration,
 }
 
 /// What a pruned prefill kept.
@@ -62,6 +65,7 @@ pub fn prefill<B: Backend>(
     spec: &PruningSpec,
     keep_twig_cache: bool,
 ) -> Result<Prefill<B>> {
+    let started = Instant::now();
     let device = embeds.device();
     let prompt_len = embeds.dims()[1];
     let num_layers = base.num_layers();
@@ -124,7 +128,7 @@ pub fn prefill<B: Backend>(
     let seq = top.dims()[1];
     let logits = base.logits(top.narrow(1, seq - 1, 1));
     let last_logits = logits.into_data().convert::<f32>().into_vec::<f32>().expect("f32 logits");
-    Ok(Prefill { base_cache, twig_cache, last_logits, prompt_len, pruning })
+    Ok(Prefill { base_cache, twig_cache, last_logits, prompt_len, pruning, time: started.elapsed() })
 }
 
 /// Layers K..L-1 over the layer-K hidden states with only `kept` visual tokens (indices within
