@@ -1,0 +1,143 @@
+//! The pruned prefill on the tiny llava-hf fixture's language model (4 layers) with a 10-token
+//! stand-in image: which tokens each layer keeps, what the selection reads, and the errors.
+
+use std::ops::Range;
+use std::path::PathBuf;
+
+use burn::backend::Flex;
+use burn::prelude::*;
+use twigvlm_backbone::{load_llava, AttentionProbe, KvCache, LlamaDecoder, LoadOptions, LoadedLlava};
+use twigvlm_ttp::{prefill, LayerPlan, Prefill, PruningSpec, TtpError};
+use twigvlm_twig::{Twig, TwigConfig};
+
+type B = Flex;
+
+const PROMPT: [i64; 16] = [3, 17, 42, 5, 99, 250, 7, 8, 9, 10, 11, 120, 121, 122, 64, 90];
+const IMAGE: Range<usize> = 3..13;
+const LAYERS: usize = 4;
+
+fn fixture() -> LoadedLlava<B> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llava-hf5");
+    load_llava::<B>(&dir, &LoadOptions::default(), &Default::default()).unwrap()
+}
+
+fn embeds(base: &LlamaDecoder<B>, ids: &[i64]) -> Tensor<B, 3> {
+    base.embed(Tensor::from_data(TensorData::new(ids.to_vec(), [1, ids.len()]), &Default::default()))
+}
+
+fn spec(policy: &str, budget: &str, final_wipe: Option<usize>) -> PruningSpec {
+    PruningSpec { policy: policy.parse().unwrap(), budget: Some(budget.parse().unwrap()), final_wipe }
+}
+
+fn run(base: &LlamaDecoder<B>, twig: Option<&Twig<B>>, spec: &PruningSpec) -> Prefill<B> {
+    prefill(base, twig, embeds(base, &PROMPT), Some(IMAGE), spec, false).unwrap()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn keeping_every_visual_token_without_final_wipe_changes_nothing() {
+    let llava = fixture();
+    let base = &llava.model.language_model;
+    let twig = Twig::init(base, &llava.config.text, TwigConfig::new(1, 2), &Default::default()).unwrap();
+    let unpruned = run(base, Some(&twig), &PruningSpec::none());
+    assert!(unpruned.pruning.is_none());
+    // R̄ = N_v with K_f = L: R' = N_v, and the gathered sequence keeps its position ids.
+    for policy in ["twig", "fastv", "random:1"] {
+        let full = run(base, Some(&twig), &spec(policy, "10", Some(LAYERS)));
+        let outcome = full.pruning.as_ref().expect("the pruning path ran");
+        assert_eq!(outcome.kept_visual_indices, (0..10).collect::<Vec<_>>());
+        assert!(max_abs_diff(&full.last_logits, &unpruned.last_logits) < 1e-5, "{policy}");
+        assert_eq!(full.base_cache.lengths(), unpruned.base_cache.lengths());
+    }
+}
+
+#[test]
+fn every_layer_cache_has_the_planned_length() {
+    let llava = fixture();
+    let base = &llava.model.language_model;
+    let twig = Twig::init(base, &llava.config.text, TwigConfig::new(1, 2), &Default::default()).unwrap();
+    for (final_wipe, budget) in [(None, "4"), (Some(3), "30%"), (Some(2), "6"), (Some(LAYERS), "2")] {
+        let spec = spec("twig", budget, final_wipe);
+        let out = prefill(base, Some(&twig), embeds(base, &PROMPT), Some(IMAGE), &spec, true).unwrap();
+        let outcome = out.pruning.as_ref().unwrap();
+        let plan = LayerPlan::new(LAYERS, 1, outcome.final_wipe).unwrap();
+        assert_eq!(out.base_cache.lengths(), plan.cache_lengths(PROMPT.len(), IMAGE.len(), outcome.r_prime), "{spec:?}");
+        assert_eq!(out.twig_cache.as_ref().unwrap().lengths(), [PROMPT.len(); 2], "the twig keeps every visual token");
+        let kept = &outcome.kept_visual_indices;
+        assert!(kept.windows(2).all(|w| w[0] < w[1]) && kept.iter().all(|&i| i < IMAGE.len()), "{kept:?}");
+        assert_eq!(kept.len(), outcome.r_prime);
+        let expected_average = (IMAGE.len() + (outcome.final_wipe - 1) * kept.len()) as f64 / LAYERS as f64;
+        assert_eq!(outcome.avg_visual_tokens, expected_average);
+    }
+    // No FinalWipe requested: the paper's 24/32 of 4 layers is layer 3.
+    assert_eq!(run(base, Some(&twig), &spec("twig", "4", None)).pruning.unwrap().final_wipe, 3);
+}
+
+/// Head-mean attention of the last prompt token over the image, from a plain unpruned forward.
+fn reference_row(base: &LlamaDecoder<B>, twig: Option<&Twig<B>>, base_layer: usize) -> Vec<f32> {
+    let positions: Vec<usize> = (0..PROMPT.len()).collect();
+    let rope = base.rope(&positions, &Default::default());
+    let mut cache = KvCache::new(LAYERS);
+    let all_rows = AttentionProbe { rows: positions.clone(), layers: Vec::new() };
+    let layers = if twig.is_some() { 0..1 } else { 0..LAYERS };
+    let out = base.forward_layers(embeds(base, &PROMPT), &rope, layers, &mut cache, &all_rows);
+    let probs = match twig {
+        Some(twig) => twig.forward(out.hidden, &rope, &mut twig.new_cache(), &all_rows).attention.pop().unwrap().1,
+        None => out.attention.into_iter().find(|(layer, _)| *layer == base_layer).unwrap().1,
+    };
+    // [1, heads, rows, keys]: the last row, mean over heads, the image's keys.
+    let [_, heads, rows, keys] = probs.dims();
+    let values = probs.into_data().convert::<f32>().into_vec::<f32>().unwrap();
+    IMAGE
+        .map(|key| (0..heads).map(|h| values[(h * rows + rows - 1) * keys + key]).sum::<f32>() / heads as f32)
+        .collect()
+}
+
+#[test]
+fn selections_read_the_attention_of_an_unpruned_forward() {
+    let llava = fixture();
+    let base = &llava.model.language_model;
+    let twig = Twig::init(base, &llava.config.text, TwigConfig::new(1, 2), &Default::default()).unwrap();
+    let twig_row = run(base, Some(&twig), &spec("twig", "3", None)).pruning.unwrap().visual_scores;
+    assert!(max_abs_diff(&twig_row, &reference_row(base, Some(&twig), 0)) < 1e-5);
+    // FastV reads layer K (1-indexed) = index 1 with K = 2 (no twig); vlm-layer:4 reads the
+    // deepest layer, above the pruning point.
+    for (policy, index) in [("fastv", 1), ("vlm-layer:1", 0), ("vlm-layer:4", 3)] {
+        let row = run(base, None, &spec(policy, "3", None)).pruning.unwrap().visual_scores;
+        assert!(max_abs_diff(&row, &reference_row(base, None, index)) < 1e-5, "{policy}");
+    }
+}
+
+#[test]
+fn nothing_is_pruned_when_there_is_nothing_to_prune() {
+    let llava = fixture();
+    let base = &llava.model.language_model;
+    let unpruned = run(base, None, &PruningSpec::none());
+    // Text only.
+    let text_only = prefill(base, None, embeds(base, &PROMPT), None, &spec("fastv", "3", None), false).unwrap();
+    assert!(text_only.pruning.is_none());
+    assert!(max_abs_diff(&text_only.last_logits, &unpruned.last_logits) < 1e-6);
+    // A budget above the image's visual tokens.
+    let generous = run(base, None, &spec("fastv", "11", None));
+    assert!(generous.pruning.is_none());
+    assert_eq!(generous.base_cache.lengths(), [PROMPT.len(); LAYERS]);
+}
+
+#[test]
+fn bad_requests_get_clear_errors() {
+    let llava = fixture();
+    let base = &llava.model.language_model;
+    let attempt = |spec: &PruningSpec, span: Range<usize>| prefill(base, None, embeds(base, &PROMPT), Some(span), spec, false).err();
+    assert!(matches!(attempt(&spec("twig", "3", None), IMAGE), Some(TtpError::MissingTwig)));
+    assert!(matches!(attempt(&spec("random", "3", Some(2)), IMAGE), Some(TtpError::InvalidLayers(_))));
+    assert!(matches!(attempt(&spec("random", "3", Some(5)), IMAGE), Some(TtpError::InvalidLayers(_))));
+    assert!(matches!(attempt(&spec("vlm-layer:5", "3", None), IMAGE), Some(TtpError::InvalidLayers(_))));
+    assert!(matches!(attempt(&PruningSpec { budget: None, ..spec("fastv", "3", None) }, IMAGE), Some(TtpError::MissingBudget(_))));
+    assert!(matches!(attempt(&spec("fastv", "3", None), 6..16), Some(TtpError::ImageAtPromptEnd)));
+    let message = attempt(&spec("random", "3", Some(2)), IMAGE).unwrap().to_string();
+    assert!(message.contains("K_f=2") && message.contains("K=2"), "{message}");
+}
