@@ -8,7 +8,8 @@ use burn::prelude::*;
 use image::DynamicImage;
 use serde::Serialize;
 use twigvlm_backbone::{load_llava, LoadOptions, LoadedLlava, PromptTokens, TextStream};
-use twigvlm_ssd::{decode_speculative, decode_vanilla, DecodeConfig, DraftConfig, Sampler, Sampling, ShallowNetwork, SpeculativeStats, StopReason};
+use twigvlm_ssd::{decode_speculative, decode_vanilla, decode_vanilla_prefilled, DecodeConfig, DraftConfig, Sampler, Sampling, ShallowNetwork, SpeculativeStats, StopReason};
+use twigvlm_ttp::{prefill, PruningOutcome, PruningSpec};
 use twigvlm_twig::{load_twig, TwigCheckpoint};
 
 /// Which network generates the answer.
@@ -48,6 +49,8 @@ pub struct GenerateRequest {
     /// Copy pixel values and image features back to the host (for `--dump-tensors`).
     pub capture_tensors: bool,
     pub decoder: DecoderKind,
+    /// Which visual tokens the prefill keeps.
+    pub pruning: PruningSpec,
 }
 
 /// Timings of one generation.
@@ -63,6 +66,9 @@ pub struct GenerateStats {
     /// Draft-and-verify rounds of the `ssd` decoder.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub speculative: Option<SpeculativeStats>,
+    /// What token pruning kept (`r_prime`, `kept_visual_indices`, …), when it pruned.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub pruning: Option<PruningOutcome>,
 }
 
 /// What a generation produced, plus the intermediate tensors `--dump-tensors` writes.
@@ -153,15 +159,27 @@ impl<B: Backend> Engine<B> {
                 ControlFlow::Break(())
             }
         };
+        config.check_prompt(prompt.len())?;
         let base = &llava.model.language_model;
-        let twig = || self.twig.as_ref().map(|t| &t.twig).ok_or_else(|| anyhow::anyhow!("the {} decoder needs a twig: attach one first (--twig DIR)", request.decoder.name()));
-        let (output, speculative) = match request.decoder {
-            DecoderKind::Base => (decode_vanilla(base, embeds, &config, &mut sampler, &mut on_token)?, None),
-            DecoderKind::TwigOnly => (decode_vanilla(&ShallowNetwork { base, twig: twig()? }, embeds, &config, &mut sampler, &mut on_token)?, None),
+        let attached = self.twig.as_ref().map(|t| &t.twig);
+        let twig = || attached.ok_or_else(|| anyhow::anyhow!("the {} decoder needs a twig: attach one first (--twig DIR)", request.decoder.name()));
+        let span = prompt.image_span.clone();
+        let (output, speculative, pruning) = match request.decoder {
+            DecoderKind::Base => {
+                let prefilled = prefill(base, attached, embeds, span, &request.pruning, false)?;
+                let pruning = prefilled.pruning.clone();
+                (decode_vanilla_prefilled(base, prefilled, &config, &mut sampler, &mut on_token)?, None, pruning)
+            }
+            DecoderKind::TwigOnly => {
+                anyhow::ensure!(request.pruning == PruningSpec::none(), "the twig-only decoder runs the shallow network on the whole prompt: drop --policy, or decode with --decoder base or ssd");
+                (decode_vanilla(&ShallowNetwork { base, twig: twig()? }, embeds, &config, &mut sampler, &mut on_token)?, None, None)
+            }
             DecoderKind::Ssd => {
                 anyhow::ensure!(request.sampling == Sampling::Greedy, "the ssd decoder is greedy only so far: use --temperature 0, or --decoder base to sample");
-                let (output, stats) = decode_speculative(base, twig()?, embeds, &config, &DraftConfig::default(), &mut on_token)?;
-                (output, Some(stats))
+                let prefilled = prefill(base, Some(twig()?), embeds, span, &request.pruning, true)?;
+                let pruning = prefilled.pruning.clone();
+                let (output, stats) = decode_speculative(base, twig()?, prefilled, &config, &DraftConfig::default(), &mut on_token)?;
+                (output, Some(stats), pruning)
             }
         };
         if let Some(e) = stream_error {
@@ -181,6 +199,7 @@ impl<B: Backend> Engine<B> {
                 tokens_per_s: if decode_s > 0.0 { new_tokens.saturating_sub(1) as f64 / decode_s } else { 0.0 },
                 stop_reason: output.stop,
                 speculative,
+                pruning,
             },
             pixel_values,
             image_features: features_host,

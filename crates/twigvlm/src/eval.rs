@@ -9,6 +9,7 @@ use twigvlm_data::score::{exact_match, normalise_answer, DescribeCounts};
 use twigvlm_data::spec::Dataset;
 use twigvlm_data::Task;
 use twigvlm_ssd::Sampling;
+use twigvlm_ttp::PruningSpec;
 
 use crate::engine::{DecoderKind, Engine, GenerateRequest};
 
@@ -22,11 +23,13 @@ pub struct EvalOptions {
     pub blank_image_baseline: bool,
     /// The network that answers (`twig-only` scores the twig alone).
     pub decoder: DecoderKind,
+    /// Which visual tokens the prefill keeps.
+    pub pruning: PruningSpec,
 }
 
 impl Default for EvalOptions {
     fn default() -> Self {
-        Self { short_max_new_tokens: 16, describe_max_new_tokens: 160, blank_image_baseline: true, decoder: DecoderKind::Base }
+        Self { short_max_new_tokens: 16, describe_max_new_tokens: 160, blank_image_baseline: true, decoder: DecoderKind::Base, pruning: PruningSpec::none() }
     }
 }
 
@@ -109,6 +112,7 @@ pub fn evaluate<B: Backend>(
                     seed: 0,
                     capture_tensors: false,
                     decoder: options.decoder,
+                    pruning: options.pruning.clone(),
                 };
                 Ok(engine.generate(&request, |_| {})?.text)
             };

@@ -155,17 +155,63 @@ fn training_refuses_evaluation_seeds() {
     assert!(stderr.contains("seed 1000001 is in the Eval range"), "{stderr}");
 }
 
-#[test]
-fn train_twig_writes_a_twig_that_converts_to_the_official_layout_and_back() {
-    let root = std::env::temp_dir().join(format!("twigvlm-cli-twig-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    let (ours, official, back) = (root.join("ours"), root.join("official"), root.join("back"));
-    let base = model("tiny-llava-hf5");
+/// A K=1, T=2 twig for the tiny fixture, trained for two steps into `root/ours`.
+fn train_tiny_twig(root: &std::path::Path) -> PathBuf {
+    let _ = std::fs::remove_dir_all(root);
+    let ours = root.join("ours");
     let out = twigvlm(&[
-        "train-twig", "--model", &base, "--data", "shapes:seed=3,n=4", "--eval-data", "shapes:seed=1000000,n=2",
+        "train-twig", "--model", &model("tiny-llava-hf5"), "--data", "shapes:seed=3,n=4", "--eval-data", "shapes:seed=1000000,n=2",
         "--k", "1", "--t", "2", "--batch-size", "2", "--quiet", "--out", &ours.display().to_string(),
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ours
+}
+
+/// `generate --json` on the tiny fixture with an image, 5 new tokens, plus `extra`.
+fn generate_about_an_image(extra: &[&str]) -> Output {
+    let (base, image) = (model("tiny-llava-hf5"), fixtures().join("images/shapes-80x60.png").display().to_string());
+    let mut args = vec!["generate", "--model", &base, "--image", &image, "--prompt", "What is shown?", "--max-new-tokens", "5", "--json"];
+    args.extend_from_slice(extra);
+    twigvlm(&args)
+}
+
+#[test]
+fn token_pruning_reports_its_selection_and_ssd_stays_lossless_under_it() {
+    let root = std::env::temp_dir().join(format!("twigvlm-cli-ttp-{}", std::process::id()));
+    let twig = train_tiny_twig(&root).display().to_string();
+    let json = |out: Output| -> serde_json::Value {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    // 16 visual tokens, 4 layers, K = 1: 50% is R̄ = 8; with FinalWipe at 3, R' = (4·8 − 16) / 2.
+    for (policy, r_prime) in [("twig", 8), ("vlm-layer:K+T", 8), ("random:2", 8), ("fastv", 6)] {
+        let args = ["--twig", &twig, "--policy", policy, "--visual-budget", "50%"];
+        let pruned = json(generate_about_an_image(&args));
+        let stats = &pruned["stats"];
+        assert_eq!((stats["policy"].as_str(), stats["r_prime"].as_u64()), (Some(policy), Some(r_prime)), "{stats}");
+        let kept: Vec<u64> = stats["kept_visual_indices"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+        assert!(kept.len() == r_prime as usize && kept.windows(2).all(|w| w[0] < w[1]) && kept.iter().all(|&i| i < 16), "{kept:?}");
+        let ssd = json(generate_about_an_image(&[&args[..], &["--decoder", "ssd"]].concat()));
+        assert_eq!(ssd["generated_ids"], pruned["generated_ids"], "{policy}");
+        assert_eq!(ssd["stats"]["kept_visual_indices"], stats["kept_visual_indices"]);
+    }
+    let unpruned = json(generate_about_an_image(&[]));
+    assert!(unpruned["stats"].get("r_prime").is_none());
+
+    let stderr = |args: &[&str]| String::from_utf8_lossy(&generate_about_an_image(args).stderr).into_owned();
+    assert!(stderr(&["--policy", "twig", "--visual-budget", "8"]).contains("needs a twig"));
+    assert!(stderr(&["--policy", "fastv"]).contains("needs a visual budget"));
+    assert!(stderr(&["--policy", "fastv", "--visual-budget", "120%"]).contains("invalid visual budget"));
+    assert!(stderr(&["--policy", "twig", "--twig", &twig, "--visual-budget", "8", "--final-wipe", "9"]).contains("K_f=9"));
+    assert!(stderr(&["--policy", "bogus"]).contains("unknown prefill policy"));
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn train_twig_writes_a_twig_that_converts_to_the_official_layout_and_back() {
+    let root = std::env::temp_dir().join(format!("twigvlm-cli-twig-{}", std::process::id()));
+    let (ours, official, back) = (train_tiny_twig(&root), root.join("official"), root.join("back"));
+    let base = model("tiny-llava-hf5");
     let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(ours.join("twig.json")).unwrap()).unwrap();
     assert_eq!((meta["config"]["k"].as_u64(), meta["config"]["t"].as_u64()), (Some(1), Some(2)));
     // One epoch by default: 4 conversations in batches of 2.
@@ -185,12 +231,7 @@ fn train_twig_writes_a_twig_that_converts_to_the_official_layout_and_back() {
     assert!(back.join("twig.safetensors").is_file());
 
     // The twig alone answers: ours, and the official layout given K on the command line.
-    let image = fixtures().join("images/shapes-80x60.png").display().to_string();
-    let generate = |extra: &[&str]| {
-        let mut args = vec!["generate", "--model", &base, "--image", &image, "--prompt", "What is shown?", "--max-new-tokens", "5", "--json"];
-        args.extend_from_slice(extra);
-        twigvlm(&args)
-    };
+    let generate = generate_about_an_image;
     for twig_args in [vec!["--twig", &*ours.to_string_lossy()], vec!["--twig", &*official.to_string_lossy(), "--twig-k", "1"]] {
         let out = generate(&twig_args);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -54,6 +54,7 @@ fn the_demo_model_is_assembled_from_the_wheel_and_answers_about_an_image() {
         seed: 0,
         capture_tensors: false,
         decoder: DecoderKind::Base,
+        pruning: twigvlm_ttp::PruningSpec::none(),
     };
     let result = engine.generate(&request, |_| {}).unwrap();
     eprintln!("answer: {:?}", result.text);

@@ -41,7 +41,7 @@ impl BackendJob for EvalJob {
         }
         let dataset = spec.open(args.image_root.as_deref())?;
         let questions = dataset.question_count();
-        let (engine, decoder) = super::load_engine::<B>(&args.model, device)?;
+        let (engine, decoder) = super::load_engine::<B>(&args.model, device, false)?;
         let options = EvalOptions { blank_image_baseline: !args.no_blank_baseline, decoder, ..EvalOptions::default() };
         let progress = indicatif::ProgressBar::new(questions as u64);
         progress.set_style(

@@ -10,6 +10,7 @@ use twigvlm::{BackendJob, DecoderKind, GenerateRequest, GenerateResult, Generate
 use twigvlm_backbone::preprocess::load_image;
 use twigvlm_backbone::weights::NamedTensor;
 use twigvlm_ssd::Sampling;
+use twigvlm_ttp::PruningSpec;
 
 #[derive(Debug, clap::Args)]
 pub struct GenerateArgs {
@@ -38,6 +39,8 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub dump_tensors: Option<PathBuf>,
     #[command(flatten)]
+    pub pruning: super::PruningArgs,
+    #[command(flatten)]
     pub model: super::ModelArgs,
 }
 
@@ -63,7 +66,8 @@ impl BackendJob for GenerateJob {
             .as_deref()
             .map(|path| load_image(path).with_context(|| format!("cannot use --image {}", path.display())))
             .transpose()?;
-        let (engine, decoder) = super::load_engine::<B>(&args.model, device)?;
+        let pruning = args.pruning.spec();
+        let (engine, decoder) = super::load_engine::<B>(&args.model, device, pruning != PruningSpec::none())?;
 
         let request = GenerateRequest {
             prompt: args.prompt.clone(),
@@ -73,6 +77,7 @@ impl BackendJob for GenerateJob {
             seed: args.seed,
             capture_tensors: args.dump_tensors.is_some(),
             decoder,
+            pruning,
         };
         let mut stdout = std::io::stdout().lock();
         let result = engine.generate(&request, |piece| {

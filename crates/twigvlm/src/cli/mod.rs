@@ -15,6 +15,7 @@ use burn::prelude::Backend;
 use clap::{Parser, Subcommand};
 use twigvlm::{BackendKind, DecoderKind, Engine};
 use twigvlm_backbone::LoadOptions;
+use twigvlm_ttp::{PrefillPolicy, PruningSpec, VisualBudget};
 use tracing_subscriber::filter::LevelFilter;
 
 /// Fast vision-language inference with twig-guided token pruning and self-speculative decoding.
@@ -87,6 +88,30 @@ pub struct ModelArgs {
     pub decoder: DecoderArgs,
 }
 
+/// Which visual tokens the prefill keeps (`generate`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct PruningArgs {
+    /// Token pruning at prefill: none, fastv, vlm-layer:N (1-indexed; also vlm-layer:K or
+    /// vlm-layer:K+T), random[:SEED], or twig (TTP; needs --twig). Pruning acts on the input of
+    /// layer K (the twig's K, else 2).
+    #[arg(long, default_value = "none")]
+    pub policy: PrefillPolicy,
+    /// Average visual tokens per layer, R̄: a count (`64`) or a share of the image's visual
+    /// tokens (`11.1%`). Required with a pruning policy.
+    #[arg(long)]
+    pub visual_budget: Option<VisualBudget>,
+    /// FinalWipe layer K_f: layers from K_f on see no visual token (default: 24/32 of the depth;
+    /// the depth itself disables it; FastV has none).
+    #[arg(long)]
+    pub final_wipe: Option<usize>,
+}
+
+impl PruningArgs {
+    pub fn spec(&self) -> PruningSpec {
+        PruningSpec { policy: self.policy, budget: self.visual_budget, final_wipe: self.final_wipe }
+    }
+}
+
 /// Which network answers.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DecoderArgs {
@@ -96,19 +121,20 @@ pub struct DecoderArgs {
     /// K of an official-layout twig that has no sidecar JSON.
     #[arg(long)]
     pub twig_k: Option<usize>,
-    /// Which network generates (default: twig-only with --twig, else base).
+    /// Which network generates (default: twig-only with --twig and no --policy, else base).
     #[arg(long, value_enum)]
     pub decoder: Option<DecoderKind>,
 }
 
 impl DecoderArgs {
-    /// The decoder these options ask for, once the twig it needs is attached to `engine`.
-    fn prepare<B: Backend>(&self, engine: &mut Engine<B>) -> anyhow::Result<DecoderKind> {
-        let decoder = self.decoder.unwrap_or(if self.twig.is_some() { DecoderKind::TwigOnly } else { DecoderKind::Base });
+    /// The decoder these options ask for, once the twig it (or token pruning, when `pruning`
+    /// is set) needs is attached to `engine`.
+    fn prepare<B: Backend>(&self, engine: &mut Engine<B>, pruning: bool) -> anyhow::Result<DecoderKind> {
+        let decoder = self.decoder.unwrap_or(if self.twig.is_some() && !pruning { DecoderKind::TwigOnly } else { DecoderKind::Base });
         match (decoder, &self.twig) {
             (DecoderKind::TwigOnly | DecoderKind::Ssd, None) => anyhow::bail!("--decoder {} needs --twig DIR", decoder.name()),
-            (DecoderKind::Base, Some(dir)) => anyhow::bail!("--twig {} is unused with --decoder base", dir.display()),
-            (DecoderKind::TwigOnly | DecoderKind::Ssd, Some(dir)) => {
+            (DecoderKind::Base, Some(dir)) if !pruning => anyhow::bail!("--twig {} is unused with --decoder base and no --policy", dir.display()),
+            (_, Some(dir)) => {
                 let twig = engine.attach_twig(dir, self.twig_k).with_context(|| format!("cannot use the twig in {}", dir.display()))?;
                 tracing::info!(k = twig.twig.config.k, t = twig.twig.config.t, format = ?twig.format, "twig attached");
             }
@@ -118,14 +144,15 @@ impl DecoderArgs {
     }
 }
 
-/// Loads a model directory (and the twig the decoder needs) with a spinner on stderr.
-fn load_engine<B: Backend>(args: &ModelArgs, device: B::Device) -> anyhow::Result<(Engine<B>, DecoderKind)> {
+/// Loads a model directory (and the twig the decoder or token pruning needs) with a spinner on
+/// stderr.
+fn load_engine<B: Backend>(args: &ModelArgs, device: B::Device, pruning: bool) -> anyhow::Result<(Engine<B>, DecoderKind)> {
     let model = &args.model;
     let spinner = indicatif::ProgressBar::new_spinner().with_message(format!("loading {}", model.display()));
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
     let options = LoadOptions { vision_tower_dir: args.vision_tower.clone() };
     let mut engine = Engine::<B>::load(model, &options, device).with_context(|| format!("cannot load the model in {}", model.display()))?;
-    let decoder = args.decoder.prepare(&mut engine)?;
+    let decoder = args.decoder.prepare(&mut engine, pruning)?;
     spinner.finish_and_clear();
     Ok((engine, decoder))
 }
