@@ -5,6 +5,8 @@ pub mod backend;
 pub mod demo_model;
 pub mod engine;
 pub mod eval;
+pub mod plot;
+pub mod relacc;
 
 pub use backend::{BackendKind, BackendJob};
 pub use engine::{DecoderKind, Engine, GenerateRequest, GenerateResult, GenerateStats};

@@ -198,6 +198,20 @@ fn token_pruning_reports_its_selection_and_ssd_stays_lossless_under_it() {
     let unpruned = json(generate_about_an_image(&[]));
     assert!(unpruned["stats"].get("r_prime").is_none());
 
+    // The RelAcc table: the unpruned row, then each policy at each budget; JSON and plot written.
+    let results = root.join("results");
+    let eval = json(twigvlm(&[
+        "eval", "--model", &model("tiny-llava-hf5"), "--twig", &twig, "--data", "shapes:seed=1000000,n=2,task=short", "--json",
+        "--policies", "fastv,twig", "--visual-budget", "50%,8", "--results-dir", &results.display().to_string(),
+    ]));
+    let rows = eval["rows"].as_array().unwrap();
+    let cells: Vec<(&str, Option<&str>, u64)> =
+        rows.iter().map(|r| (r["policy"].as_str().unwrap(), r["visual_budget"].as_str(), r["r_prime"].as_u64().unwrap())).collect();
+    assert_eq!(cells, [("none", None, 16), ("fastv", Some("50%"), 6), ("fastv", Some("8"), 6), ("twig", Some("50%"), 8), ("twig", Some("8"), 8)]);
+    assert!(rows.iter().all(|r| r["accuracy"].is_number() && r["avg_visual_tokens"].as_f64().unwrap() <= 16.0));
+    let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(results.join("relacc.json")).unwrap()).unwrap();
+    assert_eq!(written["rows"], eval["rows"]);
+
     let stderr = |args: &[&str]| String::from_utf8_lossy(&generate_about_an_image(args).stderr).into_owned();
     assert!(stderr(&["--policy", "twig", "--visual-budget", "8"]).contains("needs a twig"));
     assert!(stderr(&["--policy", "fastv"]).contains("needs a visual budget"));

@@ -1,12 +1,14 @@
 //! `twigvlm eval`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use burn::prelude::Backend;
 use twigvlm::eval::{evaluate, EvalOptions, EvalReport};
 use clap::ValueEnum;
+use twigvlm::relacc::{cell_count, plot_relacc, relacc_table, RelAccReport};
 use twigvlm::BackendJob;
+use twigvlm_ttp::{PrefillPolicy, VisualBudget};
 use twigvlm_data::{DatasetSpec, SeedRange};
 
 #[derive(Debug, clap::Args)]
@@ -24,6 +26,19 @@ pub struct EvalArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Score every listed prefill policy at every --visual-budget beside the unpruned model
+    /// (the RelAcc table), e.g. `none,fastv,vlm-layer:K,vlm-layer:K+T,random,twig`.
+    #[arg(long, value_delimiter = ',')]
+    pub policies: Vec<PrefillPolicy>,
+    /// R̄ values for --policies: counts or shares of the image's visual tokens (`11.1%,22.2%`).
+    #[arg(long, value_delimiter = ',', requires = "policies")]
+    pub visual_budget: Vec<VisualBudget>,
+    /// FinalWipe layer K_f for --policies (default: 24/32 of the depth; FastV has none).
+    #[arg(long, requires = "policies")]
+    pub final_wipe: Option<usize>,
+    /// Where --policies writes relacc.json and relacc.png.
+    #[arg(long, default_value = "bench/results")]
+    pub results_dir: PathBuf,
     #[command(flatten)]
     pub model: super::ModelArgs,
 }
@@ -41,14 +56,25 @@ impl BackendJob for EvalJob {
         }
         let dataset = spec.open(args.image_root.as_deref())?;
         let questions = dataset.question_count();
-        let (engine, decoder) = super::load_engine::<B>(&args.model, device, false)?;
-        let options = EvalOptions { blank_image_baseline: !args.no_blank_baseline, decoder, ..EvalOptions::default() };
-        let progress = indicatif::ProgressBar::new(questions as u64);
+        let relacc = !args.policies.is_empty();
+        anyhow::ensure!(!relacc || !args.visual_budget.is_empty(), "--policies needs --visual-budget (one or more, comma-separated)");
+        let (engine, decoder) = super::load_engine::<B>(&args.model, device, relacc)?;
+        let cells = if relacc { cell_count(&args.policies, &args.visual_budget) } else { 1 };
+        let progress = indicatif::ProgressBar::new((questions * cells) as u64);
         progress.set_style(
             indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} questions ({per_sec}, eta {eta})")
                 .expect("valid template")
                 .progress_chars("=> "),
         );
+        if relacc {
+            let report = relacc_table(&engine, &dataset, &args.policies, &args.visual_budget, args.final_wipe, decoder, |cell, done| {
+                progress.set_position((cell * questions + done) as u64)
+            })
+            .context("evaluation failed")?;
+            progress.finish_and_clear();
+            return write_relacc(&report, &args.results_dir, args.json);
+        }
+        let options = EvalOptions { blank_image_baseline: !args.no_blank_baseline, decoder, ..EvalOptions::default() };
         let report = evaluate(&engine, &dataset, &options, |done| progress.set_position(done as u64)).context("evaluation failed")?;
         progress.finish_and_clear();
         if args.json {
@@ -93,6 +119,38 @@ fn print_table(report: &EvalReport) {
         );
     }
     println!("{} questions in {:.1} s ({} decoder)", report.n, report.seconds, report.decoder.to_possible_value().map_or("?".into(), |v| v.get_name().to_string()));
+}
+
+/// Prints the table (or JSON) and writes relacc.json and relacc.png under `dir`.
+fn write_relacc(report: &RelAccReport, dir: &Path, json: bool) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let text = serde_json::to_string_pretty(report)?;
+    let json_path = dir.join("relacc.json");
+    std::fs::write(&json_path, &text).with_context(|| format!("cannot write {}", json_path.display()))?;
+    if let Err(e) = plot_relacc(report, &dir.join("relacc.png")) {
+        tracing::warn!("no RelAcc plot: {e:#}");
+    }
+    if json {
+        println!("{}", serde_json::to_string(report)?);
+        return Ok(());
+    }
+    let percent = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1}", 100.0 * v));
+    println!("{:<16} {:>8} {:>4} {:>4} {:>9} {:>9} {:>8} {:>8}", "policy", "budget", "K_f", "R'", "avg vis.", "accuracy", "RelAcc", "desc F1");
+    for row in &report.rows {
+        println!(
+            "{:<16} {:>8} {:>4} {:>4} {:>9.1} {:>9} {:>8} {:>8}",
+            row.policy,
+            row.visual_budget.as_deref().unwrap_or("-"),
+            row.final_wipe,
+            row.r_prime,
+            row.avg_visual_tokens,
+            percent(Some(row.accuracy)),
+            percent(row.rel_acc),
+            row.describe_f1.map_or("-".to_string(), |f| format!("{f:.3}"))
+        );
+    }
+    println!("{} questions per row, N_v = {}; written to {}", report.questions, report.visual_tokens, json_path.display());
+    Ok(())
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {

@@ -1,0 +1,127 @@
+//! The RelAcc table: the same questions answered under every prefill policy and visual budget,
+//! each cell's accuracy relative to the unpruned model's (the paper's RelAcc).
+
+use std::path::Path;
+
+use burn::prelude::Backend;
+use serde::Serialize;
+use twigvlm_data::spec::Dataset;
+use twigvlm_ttp::{PrefillPolicy, PruningSpec, TwigPlace, VisualBudget};
+
+use crate::engine::{DecoderKind, Engine};
+use crate::eval::{evaluate, EvalOptions};
+use crate::plot::{line_chart, Labels, Series};
+
+/// One policy at one budget.
+#[derive(Debug, Clone, Serialize)]
+pub struct RelAccRow {
+    pub policy: String,
+    /// R̄ as given (`None` for the unpruned row).
+    pub visual_budget: Option<String>,
+    /// K_f (the depth when there is no FinalWipe).
+    pub final_wipe: usize,
+    /// R': visual tokens kept in layers K..K_f-1.
+    pub r_prime: usize,
+    /// The average visual tokens per layer this cell really gives.
+    pub avg_visual_tokens: f64,
+    /// Exact match over the short-answer questions.
+    pub accuracy: f64,
+    pub describe_f1: Option<f64>,
+    /// `accuracy` / the unpruned accuracy (`None` when that is 0).
+    pub rel_acc: Option<f64>,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RelAccReport {
+    /// Questions per cell.
+    pub questions: usize,
+    /// N_v: visual tokens per image.
+    pub visual_tokens: usize,
+    pub decoder: DecoderKind,
+    /// The unpruned row first, then each policy at each budget.
+    pub rows: Vec<RelAccRow>,
+}
+
+/// A cell to evaluate: the spec and what it keeps.
+struct Cell {
+    spec: PruningSpec,
+    final_wipe: usize,
+    r_prime: usize,
+    avg_visual_tokens: f64,
+}
+
+/// Every cell's spec resolved up front, so a bad policy fails before hours of evaluation.
+fn cells<B: Backend>(engine: &Engine<B>, policies: &[PrefillPolicy], budgets: &[VisualBudget], final_wipe: Option<usize>) -> anyhow::Result<Vec<Cell>> {
+    let num_layers = engine.llava.model.language_model.num_layers();
+    let visual = engine.llava.config.visual_tokens_per_image();
+    let twig = engine.twig.as_ref().map(|t| TwigPlace { k: t.twig.config.k, t: t.twig.config.t });
+    let mut cells = vec![Cell { spec: PruningSpec::none(), final_wipe: num_layers, r_prime: visual, avg_visual_tokens: visual as f64 }];
+    for &policy in policies.iter().filter(|&&p| p != PrefillPolicy::None) {
+        for &budget in budgets {
+            let spec = PruningSpec { policy, budget: Some(budget), final_wipe };
+            let plan = spec.plan(num_layers, twig)?.expect("a pruning policy has a plan");
+            let tokens = budget.tokens(visual);
+            let cell = if tokens > visual as f64 {
+                Cell { spec, final_wipe: num_layers, r_prime: visual, avg_visual_tokens: visual as f64 }
+            } else {
+                let r_prime = plan.layers.kept_visual_tokens(tokens, visual);
+                Cell { spec, final_wipe: plan.layers.wipe_layer, r_prime, avg_visual_tokens: plan.layers.average_visual_tokens(r_prime, visual) }
+            };
+            cells.push(cell);
+        }
+    }
+    Ok(cells)
+}
+
+/// Scores `dataset` unpruned and under each policy × budget. `on_question(cell, done)` reports
+/// progress within the cell.
+pub fn relacc_table<B: Backend>(
+    engine: &Engine<B>,
+    dataset: &Dataset,
+    policies: &[PrefillPolicy],
+    budgets: &[VisualBudget],
+    final_wipe: Option<usize>,
+    decoder: DecoderKind,
+    mut on_question: impl FnMut(usize, usize),
+) -> anyhow::Result<RelAccReport> {
+    let cells = cells(engine, policies, budgets, final_wipe)?;
+    let mut rows: Vec<RelAccRow> = Vec::with_capacity(cells.len());
+    for (index, cell) in cells.into_iter().enumerate() {
+        let options = EvalOptions { blank_image_baseline: false, decoder, pruning: cell.spec.clone(), ..EvalOptions::default() };
+        let report = evaluate(engine, dataset, &options, |done| on_question(index, done))?;
+        let unpruned = rows.first().map_or(report.accuracy, |r| r.accuracy);
+        rows.push(RelAccRow {
+            policy: cell.spec.policy.to_string(),
+            visual_budget: cell.spec.budget.map(|b| b.to_string()),
+            final_wipe: cell.final_wipe,
+            r_prime: cell.r_prime,
+            avg_visual_tokens: cell.avg_visual_tokens,
+            accuracy: report.accuracy,
+            describe_f1: report.describe_f1,
+            rel_acc: (unpruned > 0.0).then(|| report.accuracy / unpruned),
+            seconds: report.seconds,
+        });
+    }
+    Ok(RelAccReport { questions: dataset.question_count(), visual_tokens: engine.llava.config.visual_tokens_per_image(), decoder, rows })
+}
+
+/// How many evaluations [`relacc_table`] runs.
+pub fn cell_count(policies: &[PrefillPolicy], budgets: &[VisualBudget]) -> usize {
+    1 + policies.iter().filter(|&&p| p != PrefillPolicy::None).count() * budgets.len()
+}
+
+/// RelAcc (%) against the share of visual tokens kept on average (%), one line per policy.
+pub fn plot_relacc(report: &RelAccReport, path: &Path) -> anyhow::Result<()> {
+    let mut series: Vec<Series> = Vec::new();
+    for row in &report.rows {
+        let Some(rel_acc) = row.rel_acc else { continue };
+        let point = (100.0 * row.avg_visual_tokens / report.visual_tokens as f64, 100.0 * rel_acc);
+        match series.iter_mut().find(|s| s.name == row.policy) {
+            Some(line) => line.points.push(point),
+            None => series.push(Series { name: row.policy.clone(), points: vec![point] }),
+        }
+    }
+    let labels = Labels { title: "RelAcc under visual token pruning", x: "average visual tokens per layer (% of the image's)", y: "RelAcc (%)" };
+    line_chart(path, &labels, &series)
+}
