@@ -2,6 +2,7 @@
 //! this crate.
 
 pub mod backend;
+pub mod bench;
 pub mod demo_model;
 pub mod engine;
 pub mod eval;

@@ -94,6 +94,44 @@ pub fn line_chart(path: &Path, labels: &Labels<'_>, series: &[Series]) -> anyhow
             .draw()?;
         root.present()?;
     }
+    save_png(path, buffer)
+}
+
+/// Draws one bar per `(name, value)` with the value printed above it, and writes a PNG.
+pub fn bar_chart(path: &Path, labels: &Labels<'_>, bars: &[(String, f64)]) -> anyhow::Result<()> {
+    register_system_font()?;
+    let top = bars.iter().map(|b| b.1).fold(0.0, f64::max).max(1e-6) * 1.15;
+    let mut buffer = vec![0u8; (SIZE.0 * SIZE.1 * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buffer, SIZE).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(labels.title, (FONT_FAMILY, TITLE_PX))
+            .margin(MARGIN)
+            .x_label_area_size(AXIS_AREA)
+            .y_label_area_size(AXIS_AREA + MARGIN)
+            .build_cartesian_2d(-0.5..bars.len() as f64 - 0.5, 0.0..top)?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(bars.len())
+            .x_label_formatter(&|x| bars.get(x.round().max(0.0) as usize).map_or(String::new(), |b| b.0.clone()))
+            .x_desc(labels.x)
+            .y_desc(labels.y)
+            .label_style((FONT_FAMILY, LABEL_PX))
+            .axis_desc_style((FONT_FAMILY, LABEL_PX))
+            .draw()?;
+        for (index, (_, value)) in bars.iter().enumerate() {
+            let (x, colour) = (index as f64, Palette99::pick(index).to_rgba());
+            chart.draw_series(std::iter::once(Rectangle::new([(x - 0.35, 0.0), (x + 0.35, *value)], colour.filled())))?;
+            chart.draw_series(std::iter::once(Text::new(format!("{value:.2}"), (x - 0.15, value + top * 0.02), (FONT_FAMILY, LABEL_PX))))?;
+        }
+        root.present()?;
+    }
+    save_png(path, buffer)
+}
+
+fn save_png(path: &Path, buffer: Vec<u8>) -> anyhow::Result<()> {
     let image = image::RgbImage::from_raw(SIZE.0, SIZE.1, buffer).context("plot buffer has the wrong size")?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;

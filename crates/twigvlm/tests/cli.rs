@@ -176,7 +176,7 @@ fn generate_about_an_image(extra: &[&str]) -> Output {
 }
 
 #[test]
-fn token_pruning_reports_its_selection_and_ssd_stays_lossless_under_it() {
+fn token_pruning_reports_its_selection_and_ssd_stays_lossless_under_it_in_generate_eval_and_bench() {
     let root = std::env::temp_dir().join(format!("twigvlm-cli-ttp-{}", std::process::id()));
     let twig = train_tiny_twig(&root).display().to_string();
     let json = |out: Output| -> serde_json::Value {
@@ -211,6 +211,23 @@ fn token_pruning_reports_its_selection_and_ssd_stays_lossless_under_it() {
     assert!(rows.iter().all(|r| r["accuracy"].is_number() && r["avg_visual_tokens"].as_f64().unwrap() <= 16.0));
     let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(results.join("relacc.json")).unwrap()).unwrap();
     assert_eq!(written["rows"], eval["rows"]);
+
+    // The speed benchmark: every mode side by side, the speculative ones lossless.
+    let bench = |modes: &str| {
+        json(twigvlm(&[
+            "bench", "--model", &model("tiny-llava-hf5"), "--twig", &twig, "--data", "shapes:seed=1000000,n=1,task=describe", "--json",
+            "--modes", modes, "--max-new-tokens", "6", "--repeats", "1", "--visual-budget", "50%", "--results-dir", &results.display().to_string(),
+        ]))
+    };
+    let report = bench("vanilla,fastv,ttp,ssd,ttp+ssd");
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.iter().map(|r| r["mode"].as_str().unwrap()).collect::<Vec<_>>(), ["vanilla", "fastv", "ttp", "ssd", "ttp+ssd"]);
+    assert!(rows.iter().all(|r| r["identical_to_baseline"] == true && r["tokens_per_s"].as_f64().unwrap() > 0.0), "{report}");
+    assert_eq!(rows[0]["rel_spd"], 1.0);
+    assert!(rows[3]["mean_accepted"].is_number() && rows[0]["mean_accepted"].is_null());
+    assert!(results.join("relspd.json").is_file());
+    // A speculative mode without its baseline in the run still gets checked against it.
+    assert_eq!(bench("ttp+ssd")["rows"][0]["identical_to_baseline"], true);
 
     let stderr = |args: &[&str]| String::from_utf8_lossy(&generate_about_an_image(args).stderr).into_owned();
     assert!(stderr(&["--policy", "twig", "--visual-budget", "8"]).contains("needs a twig"));

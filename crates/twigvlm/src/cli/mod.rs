@@ -1,5 +1,6 @@
 //! Argument parsing and dispatch of the `twigvlm` subcommands.
 
+mod bench;
 mod dump;
 mod eval;
 mod generate;
@@ -40,6 +41,9 @@ pub enum Command {
     /// Score a model on a dataset (exact match per task, describe F1) beside the blank-image and
     /// majority baselines.
     Eval(eval::EvalArgs),
+    /// Time generation modes side by side (vanilla, FastV, TTP, SSD, TTP+SSD) on the same
+    /// prompts: tokens/s, prefill and decode time, RelSpd, accepted draft length, lossless check.
+    Bench(bench::BenchArgs),
     /// Convert checkpoints from other formats into model directories.
     #[command(subcommand)]
     Import(import::ImportCommand),
@@ -64,6 +68,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Import(command) => import::run(command),
         Command::Train(command) => train::run(command),
         Command::TrainTwig(args) => twig::train_twig(args),

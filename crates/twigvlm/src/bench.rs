@@ -1,0 +1,237 @@
+//! The speed benchmark: every mode (a prefill policy with a decoder) answers the same prompts in
+//! one process, interleaved round-robin so that machine noise hits all modes alike, after one
+//! untimed warm-up each. Speed-ups are ratios to `vanilla` from the same run.
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::prelude::Backend;
+use image::DynamicImage;
+use serde::Serialize;
+use twigvlm_ssd::{Sampling, SpeculativeStats};
+use twigvlm_ttp::{PrefillPolicy, PruningSpec, VisualBudget};
+
+use crate::engine::{DecoderKind, Engine, GenerateRequest};
+
+/// A benchmarked way of generating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BenchMode {
+    /// Unpruned prefill, plain decoding.
+    Vanilla,
+    /// FastV pruning, plain decoding.
+    FastV,
+    /// Twig-guided pruning, plain decoding.
+    Ttp,
+    /// Unpruned prefill, self-speculative decoding.
+    Ssd,
+    /// Twig-guided pruning and self-speculative decoding (TwigVLM).
+    TtpSsd,
+}
+
+impl BenchMode {
+    pub const ALL: [BenchMode; 5] = [BenchMode::Vanilla, BenchMode::FastV, BenchMode::Ttp, BenchMode::Ssd, BenchMode::TtpSsd];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BenchMode::Vanilla => "vanilla",
+            BenchMode::FastV => "fastv",
+            BenchMode::Ttp => "ttp",
+            BenchMode::Ssd => "ssd",
+            BenchMode::TtpSsd => "ttp+ssd",
+        }
+    }
+
+    fn decoder(self) -> DecoderKind {
+        match self {
+            BenchMode::Vanilla | BenchMode::FastV | BenchMode::Ttp => DecoderKind::Base,
+            BenchMode::Ssd | BenchMode::TtpSsd => DecoderKind::Ssd,
+        }
+    }
+
+    fn policy(self) -> PrefillPolicy {
+        match self {
+            BenchMode::Vanilla | BenchMode::Ssd => PrefillPolicy::None,
+            BenchMode::FastV => PrefillPolicy::FastV,
+            BenchMode::Ttp | BenchMode::TtpSsd => PrefillPolicy::Twig,
+        }
+    }
+
+    /// The mode whose greedy output this one must reproduce exactly (same policy, plain decoding).
+    fn baseline(self) -> BenchMode {
+        match self {
+            BenchMode::Ssd => BenchMode::Vanilla,
+            BenchMode::TtpSsd => BenchMode::Ttp,
+            other => other,
+        }
+    }
+
+    fn pruning(self, budget: VisualBudget) -> PruningSpec {
+        match self.policy() {
+            PrefillPolicy::None => PruningSpec::none(),
+            policy => PruningSpec { policy, budget: Some(budget), final_wipe: None },
+        }
+    }
+}
+
+impl FromStr for BenchMode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        BenchMode::ALL.into_iter().find(|m| m.name() == text.trim()).ok_or_else(|| {
+            format!("unknown mode {text:?}: expected one of {}", BenchMode::ALL.map(BenchMode::name).join(", "))
+        })
+    }
+}
+
+impl fmt::Display for BenchMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub modes: Vec<BenchMode>,
+    pub max_new_tokens: usize,
+    /// R̄ of the pruning modes.
+    pub visual_budget: VisualBudget,
+    /// Timed passes over the prompts.
+    pub repeats: usize,
+}
+
+/// One prompt of the benchmark.
+#[derive(Debug, Clone)]
+pub struct BenchPrompt {
+    pub prompt: String,
+    pub image: Option<DynamicImage>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchRow {
+    pub mode: String,
+    /// New tokens per second of the whole generation (prefill included).
+    pub tokens_per_s: f64,
+    /// Mean per generation.
+    pub prefill_ms: f64,
+    pub decode_ms: f64,
+    pub new_tokens: f64,
+    /// `tokens_per_s` / vanilla's (`None` without a vanilla row).
+    pub rel_spd: Option<f64>,
+    /// Drafted tokens accepted per verification round (speculative modes).
+    pub mean_accepted: Option<f64>,
+    pub acceptance_rate: Option<f64>,
+    /// Every output equals the same policy's plain greedy output.
+    pub identical_to_baseline: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub prompts: usize,
+    pub repeats: usize,
+    pub max_new_tokens: usize,
+    pub visual_budget: String,
+    pub rows: Vec<BenchRow>,
+}
+
+#[derive(Default)]
+struct Tally {
+    runs: usize,
+    new_tokens: usize,
+    prefill_ms: f64,
+    decode_ms: f64,
+    speculative: Option<SpeculativeStats>,
+    /// Each prompt's output of the last pass.
+    outputs: Vec<Vec<u32>>,
+}
+
+/// Runs every mode on every prompt: one warm-up pass, then `repeats` timed passes with the
+/// modes interleaved per prompt. Baselines missing from `modes` run once, untimed.
+pub fn run_bench<B: Backend>(
+    engine: &Engine<B>,
+    prompts: &[BenchPrompt],
+    options: &BenchOptions,
+    mut on_generation: impl FnMut(),
+) -> anyhow::Result<BenchReport> {
+    anyhow::ensure!(!prompts.is_empty(), "the benchmark needs at least one prompt");
+    let generate = |mode: BenchMode, prompt: &BenchPrompt| {
+        let request = GenerateRequest {
+            prompt: prompt.prompt.clone(),
+            image: prompt.image.clone(),
+            max_new_tokens: options.max_new_tokens,
+            sampling: Sampling::Greedy,
+            seed: 0,
+            capture_tensors: false,
+            decoder: mode.decoder(),
+            pruning: mode.pruning(options.visual_budget),
+        };
+        engine.generate(&request, |_| {})
+    };
+    let mut tallies: Vec<Tally> = options.modes.iter().map(|_| Tally::default()).collect();
+    for pass in 0..=options.repeats {
+        for prompt in prompts {
+            for (mode, tally) in options.modes.iter().zip(&mut tallies) {
+                let result = generate(*mode, prompt)?;
+                on_generation();
+                if pass == 0 {
+                    continue; // warm-up
+                }
+                tally.runs += 1;
+                tally.new_tokens += result.stats.new_tokens;
+                tally.prefill_ms += result.stats.prefill_ms;
+                tally.decode_ms += result.stats.decode_ms;
+                if let Some(s) = result.stats.speculative {
+                    let sum = tally.speculative.get_or_insert_with(SpeculativeStats::default);
+                    (sum.rounds, sum.drafted, sum.accepted) = (sum.rounds + s.rounds, sum.drafted + s.drafted, sum.accepted + s.accepted);
+                }
+                if pass == options.repeats {
+                    tally.outputs.push(result.generated_ids);
+                }
+            }
+        }
+    }
+    let mut rows = Vec::with_capacity(tallies.len());
+    for (mode, tally) in options.modes.iter().zip(&tallies) {
+        let baseline = mode.baseline();
+        let identical = match options.modes.iter().position(|m| *m == baseline) {
+            Some(i) => tallies[i].outputs == tally.outputs,
+            None => {
+                let mut same = true;
+                for (prompt, output) in prompts.iter().zip(&tally.outputs) {
+                    same &= generate(baseline, prompt)?.generated_ids == *output;
+                    on_generation();
+                }
+                same
+            }
+        };
+        let runs = tally.runs.max(1) as f64;
+        let seconds = (tally.prefill_ms + tally.decode_ms) / 1e3;
+        rows.push(BenchRow {
+            mode: mode.name().to_string(),
+            tokens_per_s: if seconds > 0.0 { tally.new_tokens as f64 / seconds } else { 0.0 },
+            prefill_ms: tally.prefill_ms / runs,
+            decode_ms: tally.decode_ms / runs,
+            new_tokens: tally.new_tokens as f64 / runs,
+            rel_spd: None,
+            mean_accepted: tally.speculative.as_ref().map(SpeculativeStats::mean_accepted),
+            acceptance_rate: tally.speculative.as_ref().map(SpeculativeStats::acceptance_rate),
+            identical_to_baseline: identical,
+        });
+    }
+    let vanilla = rows.iter().find(|r| r.mode == BenchMode::Vanilla.name()).map(|r| r.tokens_per_s);
+    for row in &mut rows {
+        row.rel_spd = vanilla.filter(|&v| v > 0.0).map(|v| row.tokens_per_s / v);
+    }
+    Ok(BenchReport {
+        prompts: prompts.len(),
+        repeats: options.repeats,
+        max_new_tokens: options.max_new_tokens,
+        visual_budget: options.visual_budget.to_string(),
+        rows,
+    })
+}
+
+/// Generations [`run_bench`] runs at most (for a progress bar).
+pub fn generation_count(prompts: usize, options: &BenchOptions) -> usize {
+    let missing = options.modes.iter().filter(|m| !options.modes.contains(&m.baseline())).count();
+    prompts * (options.modes.len() * (options.repeats + 1) + missing)
+}

@@ -1,0 +1,116 @@
+//! `twigvlm bench`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use burn::prelude::Backend;
+use twigvlm::bench::{generation_count, run_bench, BenchMode, BenchOptions, BenchPrompt, BenchReport};
+use twigvlm::plot::{bar_chart, Labels};
+use twigvlm::BackendJob;
+use twigvlm_data::DatasetSpec;
+use twigvlm_ttp::VisualBudget;
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Prompts: `shapes:seed=<u64>,n=<count>[,task=...]` or a LLaVA instruction JSON file. The
+    /// default asks for descriptions, long answers as in the paper's MM-Vet measurement.
+    #[arg(long, default_value = "shapes:seed=1000000,n=4,task=describe")]
+    pub data: String,
+    /// Directory that a JSON dataset's image paths are relative to (default: the file's directory).
+    #[arg(long)]
+    pub image_root: Option<PathBuf>,
+    /// Modes to compare: vanilla, fastv, ttp, ssd, ttp+ssd (the last three need --twig).
+    #[arg(long, value_delimiter = ',', default_value = "vanilla,fastv,ttp,ssd,ttp+ssd")]
+    pub modes: Vec<BenchMode>,
+    /// Upper bound on generated tokens per answer.
+    #[arg(long, default_value_t = 128)]
+    pub max_new_tokens: usize,
+    /// R̄ of the pruning modes: a count or a share of the image's visual tokens.
+    #[arg(long, default_value = "11.1%")]
+    pub visual_budget: VisualBudget,
+    /// Timed passes over the prompts (after one untimed warm-up pass).
+    #[arg(long, default_value_t = 2)]
+    pub repeats: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Where relspd.json and relspd.png are written.
+    #[arg(long, default_value = "bench/results")]
+    pub results_dir: PathBuf,
+    #[command(flatten)]
+    pub model: super::ModelArgs,
+}
+
+struct BenchJob(BenchArgs);
+
+impl BackendJob for BenchJob {
+    type Output = anyhow::Result<()>;
+
+    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<()> {
+        let args = self.0;
+        anyhow::ensure!(!args.modes.is_empty(), "--modes is empty");
+        let dataset = DatasetSpec::parse(&args.data)?.open(args.image_root.as_deref())?;
+        let mut prompts = Vec::new();
+        for index in 0..dataset.len() {
+            let example = dataset.get(index);
+            let image = example.image.as_ref().map(|source| source.load()).transpose()?;
+            prompts.extend(example.turns.iter().map(|turn| BenchPrompt { prompt: turn.user.clone(), image: image.clone() }));
+        }
+        let uses_twig = args.modes.iter().any(|m| !matches!(m, BenchMode::Vanilla | BenchMode::FastV));
+        let mut model = args.model.clone();
+        if uses_twig && model.decoder.twig.is_none() {
+            anyhow::bail!("--modes {} need --twig DIR", args.modes.iter().map(|m| m.name()).collect::<Vec<_>>().join(","));
+        }
+        // The modes choose their decoders; the twig is attached for them.
+        model.decoder.decoder = Some(if uses_twig { twigvlm::DecoderKind::Ssd } else { twigvlm::DecoderKind::Base });
+        let (engine, _) = super::load_engine::<B>(&model, device, true)?;
+        let options = BenchOptions { modes: args.modes.clone(), max_new_tokens: args.max_new_tokens, visual_budget: args.visual_budget, repeats: args.repeats };
+        let progress = indicatif::ProgressBar::new(generation_count(prompts.len(), &options) as u64);
+        progress.set_style(
+            indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} generations (eta {eta})")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        let report = run_bench(&engine, &prompts, &options, || progress.inc(1)).context("benchmark failed")?;
+        progress.finish_and_clear();
+        write_report(&report, &args)
+    }
+}
+
+fn write_report(report: &BenchReport, args: &BenchArgs) -> anyhow::Result<()> {
+    let dir = &args.results_dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let json_path = dir.join("relspd.json");
+    std::fs::write(&json_path, serde_json::to_string_pretty(report)?).with_context(|| format!("cannot write {}", json_path.display()))?;
+    let bars: Vec<(String, f64)> = report.rows.iter().filter_map(|r| r.rel_spd.map(|s| (r.mode.clone(), s))).collect();
+    let labels = Labels { title: "Speed relative to vanilla decoding", x: "mode", y: "RelSpd (tokens/s ÷ vanilla's)" };
+    if let Err(e) = bar_chart(&dir.join("relspd.png"), &labels, &bars) {
+        tracing::warn!("no RelSpd plot: {e:#}");
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(report)?);
+        return Ok(());
+    }
+    let optional = |v: Option<f64>, precision: usize| v.map_or("-".to_string(), |v| format!("{v:.precision$}"));
+    println!("{:<9} {:>9} {:>11} {:>10} {:>7} {:>7} {:>9} {:>9}", "mode", "tokens/s", "prefill ms", "decode ms", "tokens", "RelSpd", "accepted", "identical");
+    for row in &report.rows {
+        println!(
+            "{:<9} {:>9.2} {:>11.1} {:>10.1} {:>7.1} {:>7} {:>9} {:>9}",
+            row.mode,
+            row.tokens_per_s,
+            row.prefill_ms,
+            row.decode_ms,
+            row.new_tokens,
+            optional(row.rel_spd, 3),
+            optional(row.mean_accepted, 2),
+            row.identical_to_baseline
+        );
+    }
+    println!("{} prompts × {} passes; written to {}", report.prompts, report.repeats, json_path.display());
+    Ok(())
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let backend = args.model.backend;
+    backend.run(BenchJob(args))?
+}
