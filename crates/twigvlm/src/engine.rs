@@ -86,6 +86,19 @@ pub struct GenerateResult {
     pub last_logits: Vec<f32>,
 }
 
+/// A prompt ready for the language model.
+pub struct EncodedPrompt<B: Backend> {
+    pub tokens: PromptTokens,
+    /// `[1, prompt_len, hidden]`, the image's features in its span.
+    pub embeds: Tensor<B, 3>,
+    /// `[3, size, size]` values fed to the vision tower (when captured).
+    pub pixel_values: Option<(Vec<f32>, [usize; 3])>,
+    /// Projector output `[visual_tokens, hidden]` (when captured).
+    pub image_features: Option<(Vec<f32>, [usize; 2])>,
+    /// Template, tokenizer, vision tower and projector.
+    pub time: std::time::Duration,
+}
+
 /// A loaded model on one device.
 pub struct Engine<B: Backend> {
     pub llava: LoadedLlava<B>,
@@ -109,15 +122,15 @@ impl<B: Backend> Engine<B> {
         Ok(self.twig.insert(twig))
     }
 
-    /// Runs one request; `on_text` receives decoded text as tokens arrive.
-    pub fn generate(&self, request: &GenerateRequest, mut on_text: impl FnMut(&str)) -> anyhow::Result<GenerateResult> {
+    /// Template, tokens, vision tower and projector: the prompt's embeddings.
+    pub fn encode(&self, prompt: &str, image: Option<&DynamicImage>, capture_tensors: bool) -> anyhow::Result<EncodedPrompt<B>> {
         let llava = &self.llava;
         let started = Instant::now();
-        let text = llava.template.render(&request.prompt, request.image.is_some())?;
+        let text = llava.template.render(prompt, image.is_some())?;
         let visual_tokens = llava.config.visual_tokens_per_image();
-        let prompt = llava.tokenizer.encode(&text, visual_tokens)?;
+        let tokens = llava.tokenizer.encode(&text, visual_tokens)?;
 
-        let (pixel_values, image_features) = match &request.image {
+        let (pixel_values, image_features) = match image {
             Some(image) => {
                 let (values, shape) = llava.preprocessor.preprocess(image);
                 let expected = llava.config.vision.image_size;
@@ -127,18 +140,33 @@ impl<B: Backend> Engine<B> {
                     shape[1],
                     shape[2]
                 );
-                let captured = request.capture_tensors.then(|| (values.clone(), shape));
+                let captured = capture_tensors.then(|| (values.clone(), shape));
                 let pixels = Tensor::<B, 3>::from_data(TensorData::new(values, shape), &self.device).unsqueeze::<4>();
                 (captured, Some(llava.model.image_features(pixels)))
             }
             None => (None, None),
         };
-        let features_host = image_features.as_ref().filter(|_| request.capture_tensors).map(|f| {
+        let image_features_host = image_features.as_ref().filter(|_| capture_tensors).map(|f| {
             let [_, n, d] = f.dims();
             (f.clone().into_data().convert::<f32>().into_vec::<f32>().expect("f32 features"), [n, d])
         });
-        let embeds = llava.model.embed_prompt(&prompt, image_features, &self.device);
-        let vision_time = started.elapsed();
+        let embeds = llava.model.embed_prompt(&tokens, image_features, &self.device);
+        Ok(EncodedPrompt { tokens, embeds, pixel_values, image_features: image_features_host, time: started.elapsed() })
+    }
+
+    /// Which visual tokens `pruning` keeps for this prompt (the prefill runs; nothing is decoded).
+    pub fn select_visual_tokens(&self, prompt: &str, image: &DynamicImage, pruning: &PruningSpec) -> anyhow::Result<Option<PruningOutcome>> {
+        let encoded = self.encode(prompt, Some(image), false)?;
+        let twig = self.twig.as_ref().map(|t| &t.twig);
+        let prefilled = prefill(&self.llava.model.language_model, twig, encoded.embeds, encoded.tokens.image_span, pruning, false)?;
+        Ok(prefilled.pruning)
+    }
+
+    /// Runs one request; `on_text` receives decoded text as tokens arrive.
+    pub fn generate(&self, request: &GenerateRequest, mut on_text: impl FnMut(&str)) -> anyhow::Result<GenerateResult> {
+        let llava = &self.llava;
+        let EncodedPrompt { tokens: prompt, embeds, pixel_values, image_features: features_host, time: vision_time } =
+            self.encode(&request.prompt, request.image.as_ref(), request.capture_tensors)?;
 
         let text_cfg = &llava.config.text;
         let config = DecodeConfig {

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod demo_model;
 pub mod engine;
 pub mod eval;
+pub mod explain;
 pub mod plot;
 pub mod relacc;
 

@@ -94,7 +94,7 @@ pub fn line_chart(path: &Path, labels: &Labels<'_>, series: &[Series]) -> anyhow
             .draw()?;
         root.present()?;
     }
-    save_png(path, buffer)
+    save_png(path, SIZE, buffer)
 }
 
 /// Draws one bar per `(name, value)` with the value printed above it, and writes a PNG.
@@ -128,11 +128,23 @@ pub fn bar_chart(path: &Path, labels: &Labels<'_>, bars: &[(String, f64)]) -> an
         }
         root.present()?;
     }
-    save_png(path, buffer)
+    save_png(path, SIZE, buffer)
 }
 
-fn save_png(path: &Path, buffer: Vec<u8>) -> anyhow::Result<()> {
-    let image = image::RgbImage::from_raw(SIZE.0, SIZE.1, buffer).context("plot buffer has the wrong size")?;
+/// Draws each `(text, (x, y))` onto an RGB buffer of `size`.
+pub fn write_text(buffer: &mut [u8], size: (u32, u32), texts: &[(String, (i32, i32))]) -> anyhow::Result<()> {
+    register_system_font()?;
+    let root = BitMapBackend::with_buffer(buffer, size).into_drawing_area();
+    for (text, at) in texts {
+        root.draw(&Text::new(text.as_str(), *at, (FONT_FAMILY, LABEL_PX + 2)))?;
+    }
+    root.present()?;
+    Ok(())
+}
+
+/// Writes an RGB buffer of `size` as PNG, creating the parent directory.
+pub fn save_png(path: &Path, size: (u32, u32), buffer: Vec<u8>) -> anyhow::Result<()> {
+    let image = image::RgbImage::from_raw(size.0, size.1, buffer).context("image buffer has the wrong size")?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }

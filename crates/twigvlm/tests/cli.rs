@@ -229,6 +229,19 @@ fn token_pruning_reports_its_selection_and_ssd_stays_lossless_under_it_in_genera
     // A speculative mode without its baseline in the run still gets checked against it.
     assert_eq!(bench("ttp+ssd")["rows"][0]["identical_to_baseline"], true);
 
+    // explain: both policies' selections drawn side by side.
+    let heat_map = root.join("explain.png");
+    let explained = json(twigvlm(&[
+        "explain", "--model", &model("tiny-llava-hf5"), "--twig", &twig, "--image", &fixtures().join("images/shapes-80x60.png").display().to_string(),
+        "--prompt", "What color is the triangle?", "--visual-budget", "50%", "--out", &heat_map.display().to_string(), "--json",
+    ]));
+    let panels = explained["panels"].as_array().unwrap();
+    let kept: Vec<usize> = panels.iter().map(|p| p["kept_patches"].as_array().unwrap().len()).collect();
+    assert_eq!(kept, [8, 6], "twig then FastV: {explained}");
+    assert!(panels.iter().all(|p| p["scores"].as_array().unwrap().len() == 16));
+    let drawn = image::open(&heat_map).unwrap();
+    assert!(2 * drawn.width() > 3 * drawn.height(), "two panels side by side: {}x{}", drawn.width(), drawn.height());
+
     let stderr = |args: &[&str]| String::from_utf8_lossy(&generate_about_an_image(args).stderr).into_owned();
     assert!(stderr(&["--policy", "twig", "--visual-budget", "8"]).contains("needs a twig"));
     assert!(stderr(&["--policy", "fastv"]).contains("needs a visual budget"));

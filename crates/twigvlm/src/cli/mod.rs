@@ -3,6 +3,7 @@
 mod bench;
 mod dump;
 mod eval;
+mod explain;
 mod generate;
 mod import;
 mod prepare;
@@ -44,6 +45,9 @@ pub enum Command {
     /// Time generation modes side by side (vanilla, FastV, TTP, SSD, TTP+SSD) on the same
     /// prompts: tokens/s, prefill and decode time, RelSpd, accepted draft length, lossless check.
     Bench(bench::BenchArgs),
+    /// Draw what the pruning policies look at: the image with each policy's attention over the
+    /// patches as a heat map and its kept patches outlined, side by side.
+    Explain(explain::ExplainArgs),
     /// Convert checkpoints from other formats into model directories.
     #[command(subcommand)]
     Import(import::ImportCommand),
@@ -69,6 +73,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(args) => generate::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Explain(args) => explain::run(args),
         Command::Import(command) => import::run(command),
         Command::Train(command) => train::run(command),
         Command::TrainTwig(args) => twig::train_twig(args),

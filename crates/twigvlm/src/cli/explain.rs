@@ -1,0 +1,77 @@
+//! `twigvlm explain`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use burn::prelude::Backend;
+use twigvlm::explain::{explain, render};
+use twigvlm::BackendJob;
+use twigvlm_backbone::preprocess::load_image;
+use twigvlm_ttp::{PrefillPolicy, PruningSpec, VisualBudget};
+
+#[derive(Debug, clap::Args)]
+pub struct ExplainArgs {
+    /// Image file (PNG, JPEG or WebP).
+    #[arg(long)]
+    pub image: PathBuf,
+    /// The question whose last token's attention ranks the patches.
+    #[arg(long)]
+    pub prompt: String,
+    /// Average visual tokens per layer, R̄: a count (`64`) or a share (`11.1%`).
+    #[arg(long)]
+    pub visual_budget: VisualBudget,
+    /// FinalWipe layer K_f of the policies that have one (default: 24/32 of the depth).
+    #[arg(long)]
+    pub final_wipe: Option<usize>,
+    /// The policies drawn side by side (twig needs --twig).
+    #[arg(long, value_delimiter = ',', default_value = "twig,fastv")]
+    pub policies: Vec<PrefillPolicy>,
+    /// Where the PNG goes.
+    #[arg(long, default_value = "explain.png")]
+    pub out: PathBuf,
+    /// Also print each policy's kept patches and scores as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub model: super::ModelArgs,
+}
+
+struct ExplainJob(ExplainArgs);
+
+impl BackendJob for ExplainJob {
+    type Output = anyhow::Result<()>;
+
+    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<()> {
+        let args = self.0;
+        let image = load_image(&args.image).with_context(|| format!("cannot use --image {}", args.image.display()))?;
+        let (engine, _) = super::load_engine::<B>(&args.model, device, true)?;
+        let policies: Vec<(String, PruningSpec)> = args
+            .policies
+            .iter()
+            .filter(|&&p| p != PrefillPolicy::None)
+            .map(|&policy| {
+                let final_wipe = (policy != PrefillPolicy::FastV).then_some(args.final_wipe).flatten();
+                (policy.to_string(), PruningSpec { policy, budget: Some(args.visual_budget), final_wipe })
+            })
+            .collect();
+        anyhow::ensure!(!policies.is_empty(), "--policies names no pruning policy");
+        let explanation = explain(&engine, &args.prompt, &image, &policies)?;
+        render(&explanation, &args.out)?;
+        if args.json {
+            let panels: Vec<serde_json::Value> = explanation
+                .panels
+                .iter()
+                .map(|p| serde_json::json!({"title": p.title, "kept_patches": p.kept, "scores": p.scores}))
+                .collect();
+            println!("{}", serde_json::json!({"patches_per_side": explanation.patches_per_side, "panels": panels, "out": args.out}));
+        } else {
+            eprintln!("wrote {}", args.out.display());
+        }
+        Ok(())
+    }
+}
+
+pub fn run(args: ExplainArgs) -> anyhow::Result<()> {
+    let backend = args.model.backend;
+    backend.run(ExplainJob(args))?
+}
