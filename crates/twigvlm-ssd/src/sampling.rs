@@ -45,18 +45,48 @@ impl Sampler {
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         match self.sampling {
             Sampling::Greedy => argmax(logits),
+            Sampling::TopP { .. } => self.draw(&self.distribution(logits)),
+        }
+    }
+
+    /// The distribution tokens are drawn from: one-hot on the argmax when greedy, else the
+    /// tempered softmax restricted to the nucleus and renormalised (zero elsewhere).
+    pub fn distribution(&self, logits: &[f32]) -> Vec<f32> {
+        let mut probs = vec![0.0; logits.len()];
+        match self.sampling {
+            Sampling::Greedy => probs[argmax(logits) as usize] = 1.0,
             Sampling::TopP { temperature, top_p } => {
-                let probs = nucleus(&softmax(logits, temperature), top_p);
-                let mut draw = self.rng.random::<f32>() * probs.iter().map(|(_, p)| p).sum::<f32>();
-                for &(id, p) in &probs {
-                    if draw < p {
-                        return id;
-                    }
-                    draw -= p;
+                let kept = nucleus(&softmax(logits, temperature), top_p);
+                let total: f32 = kept.iter().map(|(_, p)| p).sum();
+                for (id, p) in kept {
+                    probs[id as usize] = p / total;
                 }
-                probs.last().map_or(0, |&(id, _)| id)
             }
         }
+        probs
+    }
+
+    /// Draws a token from (possibly unnormalised) non-negative weights; the largest one when
+    /// greedy (no randomness is used then).
+    pub fn draw(&mut self, weights: &[f32]) -> u32 {
+        if self.sampling == Sampling::Greedy {
+            return argmax(weights);
+        }
+        let mut left = self.uniform() * weights.iter().sum::<f32>();
+        let mut last = 0;
+        for (id, &w) in weights.iter().enumerate().filter(|(_, &w)| w > 0.0) {
+            if left < w {
+                return id as u32;
+            }
+            left -= w;
+            last = id;
+        }
+        last as u32
+    }
+
+    /// A uniform draw in [0, 1).
+    pub fn uniform(&mut self) -> f32 {
+        self.rng.random::<f32>()
     }
 }
 

@@ -1,18 +1,21 @@
-//! Self-speculative decoding, greedy: the twig's shallow network (base layers 0..K-1, then the
-//! twig) drafts a chain of tokens, and the base checks them all in one forward over its layers
-//! K..L-1. Nothing is computed twice: a drafted token's layer 0..K-1 KV entries go straight into
-//! the base cache (the shallow network shares those layers with the base), and its layer-K hidden
-//! state is kept as the verification input. The output equals the base's greedy output.
+//! Self-speculative decoding: the twig's shallow network (base layers 0..K-1, then the twig)
+//! drafts a chain of tokens, and the base checks them all in one forward over its layers K..L-1.
+//! Nothing is computed twice: a drafted token's layer 0..K-1 KV entries go straight into the base
+//! cache (the shallow network shares those layers with the base), and its layer-K hidden state is
+//! kept as the verification input. The output follows the base's own distribution exactly:
+//! greedy, it equals the base's greedy output; sampling, it is speculative sampling.
 //!
 //! One round, with `t` the last emitted token (not yet run):
 //! 1. draft: run `t`, then each drafted token, through layers 0..K-1 and the twig; stop at
-//!    `max_draft` drafted tokens, when the twig's probability of its pick is below
-//!    `draft_threshold`, after a drafted end-of-sequence token, or at the token budget;
-//! 2. verify: layers K..L-1 over the `n + 1` kept hidden states give the base's pick after `t` and
-//!    after every drafted token;
-//! 3. emit the drafted tokens that equal the base's picks, then the base's own pick (the
-//!    correction, or a bonus token when all were accepted), and crop every cache to what was
-//!    emitted.
+//!    `max_draft` drafted tokens, when the twig's top probability is below `draft_threshold`
+//!    (decided before drawing, so a drafted token is an unbiased draw from the twig), after a
+//!    drafted end-of-sequence token, or at the token budget;
+//! 2. verify: layers K..L-1 over the `n + 1` kept hidden states give the base's distribution
+//!    after `t` and after every drafted token;
+//! 3. accept drafted token x with probability min(1, p(x)/q(x)) (greedy: when it is the base's
+//!    pick); at the first rejection draw from norm(max(0, p − q)) instead (greedy: the base's
+//!    pick), and when all were accepted draw a bonus token from the last p; emit, and drop the
+//!    rejected entries from every cache.
 
 use std::ops::ControlFlow;
 use std::time::Instant;
@@ -23,7 +26,7 @@ use twigvlm_ttp::Prefill;
 use twigvlm_twig::Twig;
 
 use crate::error::{DecodeError, Result};
-use crate::sampling::{argmax, softmax};
+use crate::sampling::{argmax, softmax, Sampler, Sampling};
 use crate::vanilla::{logits_row, DecodeConfig, DecodeOutput, Emitter, StopReason};
 
 /// Drafting limits (the paper's defaults).
@@ -110,14 +113,16 @@ impl<B: Backend> Speculator<'_, B> {
     }
 }
 
-/// Greedy self-speculative decoding after `prefill` (run under any pruning policy, with the
-/// twig's cache kept): the base's greedy tokens, produced in draft-and-verify rounds.
+/// Self-speculative decoding after `prefill` (run under any pruning policy, with the twig's
+/// cache kept): tokens distributed as the base's under `sampler` (greedy: exactly the base's
+/// greedy tokens), produced in draft-and-verify rounds.
 pub fn decode_speculative<B: Backend>(
     base: &LlamaDecoder<B>,
     twig: &Twig<B>,
     prefill: Prefill<B>,
     config: &DecodeConfig,
     draft: &DraftConfig,
+    sampler: &mut Sampler,
     mut on_token: impl FnMut(u32) -> ControlFlow<()>,
 ) -> Result<(DecodeOutput, SpeculativeStats)> {
     let Prefill { base_cache, twig_cache, last_logits: prompt_logits, prompt_len, time: prefill_time, .. } = prefill;
@@ -133,7 +138,7 @@ pub fn decode_speculative<B: Backend>(
         if let Some(stop) = emitter.budget_spent() {
             break 'rounds stop;
         }
-        let mut next = argmax(&prompt_logits);
+        let mut next = sampler.sample(&prompt_logits);
         loop {
             if let Some(stop) = emitter.emit(next) {
                 break 'rounds stop;
@@ -146,24 +151,26 @@ pub fn decode_speculative<B: Backend>(
             // Drafted tokens run at start+1.. and must leave room for the token after them.
             let limit = draft.max_draft.min(emitter.budget()).min(config.context_length - start - 2);
 
-            let (mut kept, mut drafted, mut token) = (Vec::new(), Vec::new(), next);
+            let (mut kept, mut drafted, mut draft_probs, mut token) = (Vec::new(), Vec::new(), Vec::new(), next);
             loop {
                 let (hidden, twig_logits) = run.shallow(run.embed(token), &[start + drafted.len()]);
                 kept.push(hidden);
                 if drafted.len() == limit || (!drafted.is_empty() && config.eos_token_ids.contains(&token)) {
                     break;
                 }
-                let pick = argmax(&twig_logits);
-                if softmax(&twig_logits, 1.0)[pick as usize] < draft.draft_threshold {
+                if draft_confidence(sampler, &twig_logits) < draft.draft_threshold {
                     break;
                 }
+                let q = sampler.distribution(&twig_logits);
+                let pick = sampler.draw(&q);
                 drafted.push(pick);
+                draft_probs.push(q);
                 token = pick;
             }
 
             let positions: Vec<usize> = (start..start + kept.len()).collect();
-            let base_picks: Vec<u32> = run.deep(Tensor::cat(kept, 1), &positions).iter().map(|row| argmax(row)).collect();
-            let accepted = drafted.iter().zip(&base_picks).take_while(|(d, b)| d == b).count();
+            let targets: Vec<Vec<f32>> = run.deep(Tensor::cat(kept, 1), &positions).iter().map(|row| sampler.distribution(row)).collect();
+            let (accepted, correction) = verify(&targets, &draft_probs, &drafted, sampler);
             stats.rounds += 1;
             stats.drafted += drafted.len();
             stats.accepted += accepted;
@@ -173,8 +180,76 @@ pub fn decode_speculative<B: Backend>(
                     break 'rounds stop;
                 }
             }
-            next = base_picks[accepted];
+            next = correction;
         }
     };
     Ok((DecodeOutput { tokens: emitter.tokens, stop, prompt_logits, prefill_time, decode_time: started.elapsed() }, stats))
+}
+
+/// The twig's top probability at the next position, known before anything is drawn: at
+/// temperature 1 when greedy, else under the sampling rule.
+fn draft_confidence(sampler: &Sampler, twig_logits: &[f32]) -> f32 {
+    match sampler.sampling {
+        Sampling::Greedy => softmax(twig_logits, 1.0)[argmax(twig_logits) as usize],
+        Sampling::TopP { .. } => sampler.distribution(twig_logits).into_iter().fold(0.0, f32::max),
+    }
+}
+
+/// Speculative sampling over one round: `targets[i]` is the base's distribution where
+/// `drafted[i]` (drawn from `drafts[i]`) was proposed; `targets` has one more row, after the
+/// last drafted token. Returns how many drafted tokens are accepted and the token after them.
+pub fn verify(targets: &[Vec<f32>], drafts: &[Vec<f32>], drafted: &[u32], sampler: &mut Sampler) -> (usize, u32) {
+    for (i, &token) in drafted.iter().enumerate() {
+        let (p, q) = (&targets[i], &drafts[i]);
+        let ratio = p[token as usize] / q[token as usize];
+        if ratio >= 1.0 || sampler.uniform() < ratio {
+            continue;
+        }
+        let residual: Vec<f32> = p.iter().zip(q).map(|(p, q)| (p - q).max(0.0)).collect();
+        // p ≤ q everywhere only when p = q up to rounding, and then nothing is rejected in exact
+        // arithmetic; draw from p itself.
+        let correction = if residual.iter().any(|&r| r > 0.0) { sampler.draw(&residual) } else { sampler.draw(p) };
+        return (i, correction);
+    }
+    (drafted.len(), sampler.draw(&targets[drafted.len()]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Draft x ~ q, verify against p: the first emitted token must be distributed as p.
+    #[test]
+    fn speculative_sampling_emits_the_target_distribution() {
+        let sampling = Sampling::TopP { temperature: 1.0, top_p: 1.0 };
+        let mut sampler = Sampler::new(sampling, 7);
+        let p = vec![0.5, 0.3, 0.15, 0.05, 0.0];
+        let q = vec![0.1, 0.6, 0.1, 0.0, 0.2];
+        let trials = 200_000;
+        let mut counts = [0usize; 5];
+        let mut accepted_total = 0;
+        for _ in 0..trials {
+            let x = sampler.draw(&q);
+            let (accepted, correction) = verify(&[p.clone(), p.clone()], &[q.clone()], &[x], &mut sampler);
+            accepted_total += accepted;
+            counts[if accepted == 1 { x } else { correction } as usize] += 1;
+        }
+        for (token, &count) in counts.iter().enumerate() {
+            let share = count as f64 / trials as f64;
+            // 200k draws: standard error ≤ 0.0012.
+            assert!((share - p[token] as f64).abs() < 0.006, "token {token}: {share} vs {}", p[token]);
+        }
+        // Acceptance rate = Σ min(p, q) = 0.1 + 0.3 + 0.1 = 0.5.
+        assert!((accepted_total as f64 / trials as f64 - 0.5).abs() < 0.01);
+    }
+
+    #[test]
+    fn greedy_verification_accepts_the_matching_prefix() {
+        let mut sampler = Sampler::new(Sampling::Greedy, 0);
+        let one_hot = |i: usize| (0..4).map(|j| if i == j { 1.0 } else { 0.0 }).collect::<Vec<f32>>();
+        let targets = [one_hot(2), one_hot(1), one_hot(3)];
+        let drafts = [one_hot(2), one_hot(0)];
+        assert_eq!(verify(&targets, &drafts, &[2, 0], &mut sampler), (1, 1));
+        assert_eq!(verify(&targets, &[one_hot(2), one_hot(1)], &[2, 1], &mut sampler), (2, 3));
+    }
 }

@@ -40,7 +40,7 @@ fn ssd_after_pruning_gives_the_greedy_tokens_of_the_same_pruning() {
                 let spec = spec(policy, budget, final_wipe);
                 let expected = vanilla(base, Some(&twig), &PROMPT, &spec, &config);
                 let prefilled = prefill(base, Some(&twig), embeds(base, &PROMPT), Some(IMAGE), &spec, true).unwrap();
-                let (out, stats) = decode_speculative(base, &twig, prefilled, &config, &draft, |_| ControlFlow::Continue(())).unwrap();
+                let (out, stats) = decode_speculative(base, &twig, prefilled, &config, &draft, &mut Sampler::new(Sampling::Greedy, 0), |_| ControlFlow::Continue(())).unwrap();
                 assert_eq!(out.tokens, expected, "{spec:?}");
                 rejected += stats.drafted - stats.accepted;
             }

@@ -1,6 +1,7 @@
-//! Greedy self-speculative decoding is lossless: on the tiny llava-hf fixture's language model
-//! (4 layers) it gives exactly the base's greedy tokens, whatever the twig drafts, the draft
-//! length, the threshold, the token budget or where an end-of-sequence token falls.
+//! Self-speculative decoding is lossless: on the tiny llava-hf fixture's language model (4
+//! layers) greedy decoding gives exactly the base's greedy tokens, whatever the twig drafts, the
+//! draft length, the threshold, the token budget or where an end-of-sequence token falls, and
+//! sampling follows the base's distribution.
 
 mod common;
 
@@ -8,7 +9,7 @@ use std::ops::ControlFlow;
 
 use common::{config, embeds, fixture, B};
 use twigvlm_backbone::LlamaDecoder;
-use twigvlm_ssd::{decode_speculative, decode_vanilla, DecodeConfig, DraftConfig, Sampler, Sampling, SpeculativeStats, StopReason};
+use twigvlm_ssd::{decode_speculative, decode_vanilla, DecodeConfig, DraftConfig, Sampler, Sampling, ShallowNetwork, SpeculativeStats, StopReason};
 use twigvlm_ttp::{prefill, PruningSpec};
 use twigvlm_twig::{Twig, TwigConfig};
 
@@ -22,7 +23,7 @@ fn vanilla(base: &LlamaDecoder<B>, ids: &[i64], config: &DecodeConfig) -> (Vec<u
 fn speculative(base: &LlamaDecoder<B>, twig: &Twig<B>, ids: &[i64], config: &DecodeConfig, draft: &DraftConfig) -> (Vec<u32>, StopReason, SpeculativeStats) {
     let mut streamed = Vec::new();
     let prefill = prefill(base, Some(twig), embeds(base, ids), None, &PruningSpec::none(), true).unwrap();
-    let (out, stats) = decode_speculative(base, twig, prefill, config, draft, |t| {
+    let (out, stats) = decode_speculative(base, twig, prefill, config, draft, &mut Sampler::new(Sampling::Greedy, 0), |t| {
         streamed.push(t);
         ControlFlow::Continue(())
     })
@@ -84,4 +85,54 @@ fn generation_stops_at_an_end_of_sequence_token_inside_a_draft() {
         let (tokens, stop, _) = speculative(base, &twig, ids, &config, &DraftConfig { max_draft, draft_threshold: 0.0 });
         assert_eq!((tokens, stop), (expected.clone(), StopReason::Eos), "max_draft {max_draft}");
     }
+}
+
+/// Tokens at generated positions 1 and 2 (position 0 comes from the prefill alone) over many
+/// seeds, as (position, token) → count.
+fn token_counts(seeds: u64, mut generate: impl FnMut(u64) -> Vec<u32>) -> std::collections::HashMap<(usize, u32), f64> {
+    let mut counts = std::collections::HashMap::new();
+    for seed in 0..seeds {
+        for (position, &token) in generate(seed).iter().enumerate().skip(1) {
+            *counts.entry((position, token)).or_insert(0.0) += 1.0 / seeds as f64;
+        }
+    }
+    counts
+}
+
+/// Total variation distance between two empirical distributions, summed over both positions.
+fn total_variation(a: &std::collections::HashMap<(usize, u32), f64>, b: &std::collections::HashMap<(usize, u32), f64>) -> f64 {
+    let keys: std::collections::HashSet<_> = a.keys().chain(b.keys()).collect();
+    keys.into_iter().map(|k| (a.get(k).unwrap_or(&0.0) - b.get(k).unwrap_or(&0.0)).abs()).sum::<f64>() / 2.0
+}
+
+#[test]
+fn speculative_sampling_follows_the_base_distribution() {
+    let llava = fixture();
+    let base = &llava.model.language_model;
+    let twig = Twig::init(base, &llava.config.text, TwigConfig::new(1, 1), &Default::default()).unwrap();
+    let ids = PROMPTS[0];
+    let sampling = Sampling::TopP { temperature: 0.15, top_p: 0.95 };
+    let config = config(3, vec![]);
+    let draft = DraftConfig { max_draft: 3, draft_threshold: 0.0 };
+    let seeds = 1500;
+    let vanilla = |seed| decode_vanilla(base, embeds(base, ids), &config, &mut Sampler::new(sampling, seed), |_| ControlFlow::Continue(())).unwrap().tokens;
+    let mut rejected = 0;
+    let speculative = token_counts(seeds, |seed| {
+        let prefill = prefill(base, Some(&twig), embeds(base, ids), None, &PruningSpec::none(), true).unwrap();
+        let (out, stats) = decode_speculative(base, &twig, prefill, &config, &draft, &mut Sampler::new(sampling, seed), |_| ControlFlow::Continue(())).unwrap();
+        rejected += stats.drafted - stats.accepted;
+        out.tokens
+    });
+    let reference = token_counts(seeds, vanilla);
+    // A second vanilla sample with other seeds: how far two samples of the same distribution lie.
+    let again = token_counts(seeds, |seed| vanilla(seed + seeds));
+    let twig_alone = token_counts(seeds, |seed| {
+        let network = ShallowNetwork { base, twig: &twig };
+        decode_vanilla(&network, embeds(base, ids), &config, &mut Sampler::new(sampling, seed), |_| ControlFlow::Continue(())).unwrap().tokens
+    });
+    let (noise, error, drafter) = (total_variation(&reference, &again), total_variation(&reference, &speculative), total_variation(&reference, &twig_alone));
+    eprintln!("total variation: vanilla vs vanilla {noise:.3}, vs speculative {error:.3}, vs the twig alone {drafter:.3}; {rejected} rejections");
+    assert!(rejected > 0, "every draft was accepted: the rejection path went untested");
+    assert!(drafter > 3.0 * noise, "the twig's own distribution is too close to the base's for this test to tell them apart");
+    assert!(error < 2.0 * noise.max(0.02), "speculative sampling drifts from the base distribution: {error} (sampling noise {noise})");
 }

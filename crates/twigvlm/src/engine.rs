@@ -22,8 +22,9 @@ pub enum DecoderKind {
     /// The twig's shallow network alone (base layers below K, then the twig): the twig's own
     /// quality, and what the speculative decoder drafts with.
     TwigOnly,
-    /// Self-speculative decoding: the twig drafts, the base verifies; the base's greedy output,
-    /// in fewer base forwards when the twig agrees with it (greedy only so far).
+    /// Self-speculative decoding: the twig drafts, the base verifies; the base's output
+    /// (greedy: the same tokens; sampling: the same distribution, by speculative sampling) in
+    /// fewer base forwards when the twig agrees with it.
     Ssd,
 }
 
@@ -203,10 +204,9 @@ impl<B: Backend> Engine<B> {
                 (decode_vanilla(&ShallowNetwork { base, twig: twig()? }, embeds, &config, &mut sampler, &mut on_token)?, None, None)
             }
             DecoderKind::Ssd => {
-                anyhow::ensure!(request.sampling == Sampling::Greedy, "the ssd decoder is greedy only so far: use --temperature 0, or --decoder base to sample");
                 let prefilled = prefill(base, Some(twig()?), embeds, span, &request.pruning, true)?;
                 let pruning = prefilled.pruning.clone();
-                let (output, stats) = decode_speculative(base, twig()?, prefilled, &config, &DraftConfig::default(), &mut on_token)?;
+                let (output, stats) = decode_speculative(base, twig()?, prefilled, &config, &DraftConfig::default(), &mut sampler, &mut on_token)?;
                 (output, Some(stats), pruning)
             }
         };
