@@ -36,7 +36,7 @@ fn check_model(model: &str) {
     }
 }
 
-fn check_case(model: &str, llava: &LoadedLlava<B>, reference: &Reference, case: &ReferenceCase, device: &burn::backend::flex::FlexDevice) {
+fn check_case(model: &str, llava: &LoadedLlava<B>, reference: &Reference, case: &ReferenceCase, device: &Device<B>) {
     let what = |part: &str| format!("{model}/{}: {part}", case.name);
     let prompt_text = match case.name.as_str() {
         "shapes" => "What is shown in this image?",

@@ -4,7 +4,12 @@ use std::path::PathBuf;
 
 use twigvlm_backbone::weights::TensorSource;
 
+/// The backend the integration tests run on: flex, or wgpu with the `wgpu` feature (CI runs the
+/// parity tests both ways; wgpu on Mesa's lavapipe software Vulkan driver).
+#[cfg(not(feature = "wgpu"))]
 pub type TestBackend = burn::backend::Flex;
+#[cfg(feature = "wgpu")]
+pub type TestBackend = burn::backend::Wgpu;
 
 /// `tests/fixtures` of the workspace.
 pub fn fixtures() -> PathBuf {
@@ -20,11 +25,24 @@ pub fn image_path(name: &str) -> PathBuf {
 }
 
 /// Tolerances of DESIGN.md §5.
-pub const VISION_ATOL: f32 = 1e-4;
-pub const LOGITS_ATOL: f32 = 1e-3;
-pub const ATTENTION_ATOL: f32 = 1e-4;
-/// Hidden states are compared at the logits tolerance.
-pub const HIDDEN_ATOL: f32 = 1e-3;
+#[cfg(not(feature = "wgpu"))]
+mod tolerance {
+    pub const VISION_ATOL: f32 = 1e-4;
+    pub const LOGITS_ATOL: f32 = 1e-3;
+    pub const ATTENTION_ATOL: f32 = 1e-4;
+    /// Hidden states are compared at the logits tolerance.
+    pub const HIDDEN_ATOL: f32 = 1e-3;
+}
+/// wgpu's kernels accumulate in other orders (tiled matmuls, fused reductions) and its `exp`/`erf`
+/// differ from libm by a few ulps, all in f32: DESIGN.md §5's tolerances, 10× looser.
+#[cfg(feature = "wgpu")]
+mod tolerance {
+    pub const VISION_ATOL: f32 = 1e-3;
+    pub const LOGITS_ATOL: f32 = 1e-2;
+    pub const ATTENTION_ATOL: f32 = 1e-3;
+    pub const HIDDEN_ATOL: f32 = 1e-2;
+}
+pub use tolerance::*;
 
 /// One case of a reference file written by `xtask/fixtures/make_llava_fixtures.py`.
 #[derive(Debug, Clone)]
@@ -82,5 +100,13 @@ pub fn max_abs_diff(got: &[f32], want: &[f32]) -> f32 {
 /// Asserts `|got - want| ≤ atol` element-wise, naming the largest deviation.
 pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32) {
     let diff = max_abs_diff(got, want);
-    assert!(diff <= atol, "{what}: max |diff| {diff:.3e} exceeds {atol:.0e}");
+    let worst = got.iter().zip(want).map(|(a, b)| (a - b).abs()).position(|d| d == diff).unwrap_or(0);
+    let around = worst.saturating_sub(3)..(worst + 4).min(got.len());
+    assert!(
+        diff <= atol,
+        "{what}: max |diff| {diff:.3e} exceeds {atol:.0e} at index {worst} of {}; got {:?}, want {:?} around it",
+        got.len(),
+        &got[around.clone()],
+        &want[around]
+    );
 }

@@ -1,6 +1,8 @@
 //! `cargo xtask <task>`: project chores that are not part of the library.
 //!
-//! * `ci`: what `.ci/run` runs (the README's test command, then a compile check of the GPU backends).
+//! * `ci`: runs `.ci/run` (the README's test command, the parity tests on wgpu/lavapipe, a compile
+//!   check of the CUDA backend).
+//! * `make-model`: a random model with a real model's shapes (`twigvlm make-model`).
 //! * `fixtures`: regenerates `tests/fixtures/` with HF transformers (Python, run by hand, never in CI).
 //! * `bench-hf`: greedy decoding speed of HF transformers vs `twigvlm generate` on the same models.
 //! * `demo`, `train-demo`: the demo model `models/shapes-smol` (see `demo.rs`).
@@ -24,8 +26,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// The CI run: tests (release) and `cargo check --features cuda,wgpu`.
+    /// The CI run (`.ci/run`).
     Ci,
+    /// Write a randomly initialised model with real shapes and a random twig
+    /// (`llava-1.5-7b-shape`, `llava-1b-shape`); arguments go to `twigvlm make-model`.
+    MakeModel {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Regenerate tests/fixtures with transformers (creates a Python venv under target/).
     Fixtures,
     /// Time HF transformers and twigvlm on the tiny fixture and a mid-size random model.
@@ -59,10 +67,8 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
-        Task::Ci => {
-            run(Command::new("cargo").args(["test", "--release", "--workspace"]))?;
-            run(Command::new("cargo").args(["check", "--release", "-p", "twigvlm", "--features", "cuda,wgpu"]))
-        }
+        Task::Ci => run(Command::new("bash").arg(".ci/run")),
+        Task::MakeModel { args } => run(Command::new("cargo").args(["run", "--release", "-p", "twigvlm", "--", "make-model"]).args(args)),
         Task::Fixtures => {
             let python = python::venv()?;
             run(Command::new(&python).args(["xtask/fixtures/make_llava_fixtures.py", "--out", "tests/fixtures"]))?;

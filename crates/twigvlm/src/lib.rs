@@ -9,6 +9,7 @@ pub mod eval;
 pub mod explain;
 pub mod plot;
 pub mod relacc;
+pub mod synthetic;
 
 pub use backend::{BackendKind, BackendJob};
 pub use engine::{DecoderKind, Engine, GenerateRequest, GenerateResult, GenerateStats};

