@@ -4,12 +4,15 @@ use std::path::PathBuf;
 
 use twigvlm_backbone::weights::TensorSource;
 
-/// The backend the integration tests run on: flex, or wgpu with the `wgpu` feature (CI runs the
-/// parity tests both ways; wgpu on Mesa's lavapipe software Vulkan driver).
-#[cfg(not(feature = "wgpu"))]
+/// The backend the integration tests run on: flex, wgpu with the `wgpu` feature (CI runs the
+/// parity tests on Mesa's lavapipe software Vulkan driver too), or CUDA with `cuda` (the GPU
+/// check), all in f32.
+#[cfg(not(any(feature = "wgpu", feature = "cuda")))]
 pub type TestBackend = burn::backend::Flex;
-#[cfg(feature = "wgpu")]
+#[cfg(all(feature = "wgpu", not(feature = "cuda")))]
 pub type TestBackend = burn::backend::Wgpu;
+#[cfg(feature = "cuda")]
+pub type TestBackend = burn::backend::Cuda;
 
 /// `tests/fixtures` of the workspace.
 pub fn fixtures() -> PathBuf {
@@ -25,7 +28,7 @@ pub fn image_path(name: &str) -> PathBuf {
 }
 
 /// Tolerances of DESIGN.md §5.
-#[cfg(not(feature = "wgpu"))]
+#[cfg(not(any(feature = "wgpu", feature = "cuda")))]
 mod tolerance {
     pub const VISION_ATOL: f32 = 1e-4;
     pub const LOGITS_ATOL: f32 = 1e-3;
@@ -33,9 +36,10 @@ mod tolerance {
     /// Hidden states are compared at the logits tolerance.
     pub const HIDDEN_ATOL: f32 = 1e-3;
 }
-/// wgpu's kernels accumulate in other orders (tiled matmuls, fused reductions) and its `exp`/`erf`
-/// differ from libm by a few ulps, all in f32: DESIGN.md §5's tolerances, 10× looser.
-#[cfg(feature = "wgpu")]
+/// The GPU backends' kernels accumulate in other orders (tiled matmuls, fused reductions) and
+/// their `exp`/`erf` differ from libm by a few ulps, all in f32: DESIGN.md §5's tolerances, 10×
+/// looser.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod tolerance {
     pub const VISION_ATOL: f32 = 1e-3;
     pub const LOGITS_ATOL: f32 = 1e-2;

@@ -3,11 +3,10 @@
 //! file drives its training stages and the demo question.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::Context;
 
-use crate::{run, workspace_root};
+use crate::{run, twigvlm, workspace_root};
 
 pub const MODEL_DIR: &str = "models/shapes-smol";
 /// The stage outputs, as `twigvlm train` writes them.
@@ -16,12 +15,6 @@ const PROJECTOR_FILE: &str = "projector.safetensors";
 const TUNED_LM_FILE: &str = "language_model_tuned.safetensors";
 /// The training stages' outputs (and the language model cache of `twigvlm prepare-demo`).
 const DEMO_CACHE: &str = "target/demo";
-
-fn twigvlm() -> Command {
-    let mut cmd = Command::new("cargo");
-    cmd.args(["run", "--release", "--quiet", "-p", "twigvlm", "--"]);
-    cmd
-}
 
 /// The imported language model directory (fetched and imported on first use).
 fn language_model() -> anyhow::Result<PathBuf> {

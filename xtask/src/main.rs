@@ -4,12 +4,16 @@
 //!   check of the CUDA backend).
 //! * `make-model`: a random model with a real model's shapes (`twigvlm make-model`).
 //! * `fixtures`: regenerates `tests/fixtures/` with HF transformers (Python, run by hand, never in CI).
+//! * `gpu-check`: the parity tests and the benchmark on a GPU (`xtask/gpu/gpu-check.sh`).
+//! * `cpu-roofline`: vanilla decode speed against the machine's memory-bandwidth bound.
 //! * `bench-hf`: greedy decoding speed of HF transformers vs `twigvlm generate` on the same models.
 //! * `demo`, `train-demo`: the demo model `models/shapes-smol` (see `demo.rs`).
 
 mod bench_hf;
 mod demo;
+mod gpu_check;
 mod python;
+mod roofline;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -45,6 +49,12 @@ enum Task {
         #[arg(long, default_value = "Describe the image.")]
         prompt: String,
     },
+    /// The GPU check: `--pack` builds and packs the CUDA binaries for a device call running
+    /// xtask/gpu/gpu-check.sh; `--local` runs that script here on flex.
+    GpuCheck(gpu_check::Args),
+    /// Vanilla decode speed on the ~1B random preset against the memory-bandwidth bound
+    /// (bench/results/cpu-roofline.json).
+    CpuRoofline(roofline::Args),
     /// Reproduce the demo model's trained parts with fixed seeds: vision tower (stage 0),
     /// projector (stage 1), projector + the language model's top layers (stage 2). Resumable.
     TrainDemo(demo::TrainDemoArgs),
@@ -53,6 +63,13 @@ enum Task {
 /// The workspace root (xtask lives one level below it).
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_path_buf()
+}
+
+/// `twigvlm` built and run by cargo (release), from the workspace root.
+pub fn twigvlm() -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.args(["run", "--release", "--quiet", "-p", "twigvlm", "--"]).current_dir(workspace_root());
+    cmd
 }
 
 /// Runs a command from the workspace root, failing on a non-zero exit.
@@ -75,6 +92,8 @@ fn main() -> anyhow::Result<()> {
             run(Command::new(&python).args(["xtask/fixtures/make_gguf_fixtures.py", "--out", "tests/fixtures/gguf"]))
         }
         Task::BenchHf(args) => bench_hf::run(args),
+        Task::CpuRoofline(args) => roofline::run(args),
+        Task::GpuCheck(args) => gpu_check::run_check(args),
         Task::Demo { image, prompt } => demo::demo(&image, &prompt),
         Task::TrainDemo(args) => demo::train(&args),
     }

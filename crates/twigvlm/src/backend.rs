@@ -71,12 +71,33 @@ impl<J: AutodiffJob> BackendJob for WithAutodiff<J> {
     }
 }
 
-/// The backend was not compiled into this binary.
+/// Floating-point type the model computes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FloatDtype {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl FloatDtype {
+    pub fn name(self) -> &'static str {
+        match self {
+            FloatDtype::F32 => "f32",
+            FloatDtype::F16 => "f16",
+            FloatDtype::Bf16 => "bf16",
+        }
+    }
+}
+
+/// Why a job cannot run where it was asked to.
 #[derive(Debug, thiserror::Error)]
-#[error("backend `{backend}` is not compiled into this binary; rebuild with `--features {feature}`")]
-pub struct BackendUnavailable {
-    pub backend: &'static str,
-    pub feature: &'static str,
+pub enum BackendError {
+    /// The backend was not compiled into this binary.
+    #[error("backend `{backend}` is not compiled into this binary; rebuild with `--features {feature}`")]
+    Unavailable { backend: &'static str, feature: &'static str },
+    #[error("backend `{backend}` does not compute in {dtype} (it supports: {supported})")]
+    Dtype { backend: &'static str, dtype: &'static str, supported: &'static str },
 }
 
 impl BackendKind {
@@ -88,37 +109,64 @@ impl BackendKind {
         }
     }
 
-    /// Runs `job` on this backend's default device.
-    pub fn run<J: BackendJob>(self, job: J) -> Result<J::Output, BackendUnavailable> {
+    /// The dtype used when none is asked for: f16 on CUDA (tensor cores; every A100-class card
+    /// has them), f32 elsewhere (flex is f32-only, and f16 shader support varies across wgpu
+    /// adapters).
+    pub fn default_dtype(self) -> FloatDtype {
         match self {
-            BackendKind::Flex => Ok(job.run::<burn::backend::Flex>(Default::default())),
-            BackendKind::Wgpu => run_wgpu(job),
-            BackendKind::Cuda => run_cuda(job),
+            BackendKind::Cuda => FloatDtype::F16,
+            BackendKind::Flex | BackendKind::Wgpu => FloatDtype::F32,
         }
     }
 
-    /// Runs training `job` on this backend with autodiff.
-    pub fn run_autodiff<J: AutodiffJob>(self, job: J) -> Result<J::Output, BackendUnavailable> {
+    /// Runs `job` on this backend's default device in f32.
+    pub fn run<J: BackendJob>(self, job: J) -> Result<J::Output, BackendError> {
+        self.run_in(FloatDtype::F32, job)
+    }
+
+    /// Runs `job` on this backend's default device, computing in `dtype`.
+    pub fn run_in<J: BackendJob>(self, dtype: FloatDtype, job: J) -> Result<J::Output, BackendError> {
+        match (self, dtype) {
+            (BackendKind::Flex, FloatDtype::F32) => Ok(job.run::<burn::backend::Flex>(Default::default())),
+            (BackendKind::Flex, dtype) => Err(BackendError::Dtype { backend: "flex", dtype: dtype.name(), supported: "f32" }),
+            (BackendKind::Wgpu, dtype) => run_wgpu(dtype, job),
+            (BackendKind::Cuda, dtype) => run_cuda(dtype, job),
+        }
+    }
+
+    /// Runs training `job` on this backend with autodiff (f32: optimiser state and gradients).
+    pub fn run_autodiff<J: AutodiffJob>(self, job: J) -> Result<J::Output, BackendError> {
         self.run(WithAutodiff(job))
     }
 }
 
 #[cfg(feature = "wgpu")]
-fn run_wgpu<J: BackendJob>(job: J) -> Result<J::Output, BackendUnavailable> {
-    Ok(job.run::<burn::backend::Wgpu>(Default::default()))
+fn run_wgpu<J: BackendJob>(dtype: FloatDtype, job: J) -> Result<J::Output, BackendError> {
+    use burn::backend::Wgpu;
+    match dtype {
+        FloatDtype::F32 => Ok(job.run::<Wgpu>(Default::default())),
+        FloatDtype::F16 => Ok(job.run::<Wgpu<burn::tensor::f16>>(Default::default())),
+        // WGSL has no bf16 type.
+        FloatDtype::Bf16 => Err(BackendError::Dtype { backend: "wgpu", dtype: "bf16", supported: "f32, f16" }),
+    }
 }
 
 #[cfg(not(feature = "wgpu"))]
-fn run_wgpu<J: BackendJob>(_job: J) -> Result<J::Output, BackendUnavailable> {
-    Err(BackendUnavailable { backend: "wgpu", feature: "wgpu" })
+fn run_wgpu<J: BackendJob>(_dtype: FloatDtype, _job: J) -> Result<J::Output, BackendError> {
+    Err(BackendError::Unavailable { backend: "wgpu", feature: "wgpu" })
 }
 
 #[cfg(feature = "cuda")]
-fn run_cuda<J: BackendJob>(job: J) -> Result<J::Output, BackendUnavailable> {
-    Ok(job.run::<burn::backend::Cuda>(Default::default()))
+fn run_cuda<J: BackendJob>(dtype: FloatDtype, job: J) -> Result<J::Output, BackendError> {
+    use burn::backend::Cuda;
+    Ok(match dtype {
+        FloatDtype::F32 => job.run::<Cuda>(Default::default()),
+        FloatDtype::F16 => job.run::<Cuda<burn::tensor::f16>>(Default::default()),
+        FloatDtype::Bf16 => job.run::<Cuda<burn::tensor::bf16>>(Default::default()),
+    })
 }
 
 #[cfg(not(feature = "cuda"))]
-fn run_cuda<J: BackendJob>(_job: J) -> Result<J::Output, BackendUnavailable> {
-    Err(BackendUnavailable { backend: "cuda", feature: "cuda" })
+fn run_cuda<J: BackendJob>(_dtype: FloatDtype, _job: J) -> Result<J::Output, BackendError> {
+    Err(BackendError::Unavailable { backend: "cuda", feature: "cuda" })
 }

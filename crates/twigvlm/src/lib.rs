@@ -11,5 +11,5 @@ pub mod plot;
 pub mod relacc;
 pub mod synthetic;
 
-pub use backend::{BackendKind, BackendJob};
+pub use backend::{BackendError, BackendJob, BackendKind, FloatDtype};
 pub use engine::{DecoderKind, Engine, GenerateRequest, GenerateResult, GenerateStats};

@@ -111,6 +111,6 @@ fn write_report(report: &BenchReport, args: &BenchArgs) -> anyhow::Result<()> {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let backend = args.model.backend;
-    backend.run(BenchJob(args))?
+    let model = args.model.clone();
+    model.run(BenchJob(args))?
 }

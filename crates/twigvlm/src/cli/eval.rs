@@ -154,6 +154,6 @@ fn write_relacc(report: &RelAccReport, dir: &Path, json: bool) -> anyhow::Result
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
-    let backend = args.model.backend;
-    backend.run(EvalJob(args))?
+    let model = args.model.clone();
+    model.run(EvalJob(args))?
 }

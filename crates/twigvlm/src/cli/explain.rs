@@ -72,6 +72,6 @@ impl BackendJob for ExplainJob {
 }
 
 pub fn run(args: ExplainArgs) -> anyhow::Result<()> {
-    let backend = args.model.backend;
-    backend.run(ExplainJob(args))?
+    let model = args.model.clone();
+    model.run(ExplainJob(args))?
 }

@@ -119,6 +119,6 @@ fn dump_entries(result: &GenerateResult) -> Vec<NamedTensor> {
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
-    let backend = args.model.backend;
-    backend.run(GenerateJob(args))?
+    let model = args.model.clone();
+    model.run(GenerateJob(args))?
 }

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use burn::prelude::Backend;
 use clap::{Parser, Subcommand};
-use twigvlm::{BackendKind, DecoderKind, Engine};
+use twigvlm::{BackendJob, BackendKind, DecoderKind, Engine, FloatDtype};
 use twigvlm_backbone::LoadOptions;
 use twigvlm_ttp::{PrefillPolicy, PruningSpec, VisualBudget};
 use tracing_subscriber::filter::LevelFilter;
@@ -96,11 +96,22 @@ pub struct ModelArgs {
     /// Compute backend.
     #[arg(long, value_enum, default_value_t = BackendKind::Flex)]
     pub backend: BackendKind,
+    /// Floating-point type of the computation (default: f16 on cuda, f32 on flex and wgpu; flex
+    /// is f32 only, wgpu has no bf16). Weights are converted on load.
+    #[arg(long, value_enum)]
+    pub dtype: Option<FloatDtype>,
     /// CLIP directory for original-layout LLaVA checkpoints whose `mm_vision_tower` is not a local path.
     #[arg(long)]
     pub vision_tower: Option<PathBuf>,
     #[command(flatten)]
     pub decoder: DecoderArgs,
+}
+
+impl ModelArgs {
+    /// Runs `job` on the backend and dtype these options name.
+    pub fn run<J: BackendJob>(&self, job: J) -> anyhow::Result<J::Output> {
+        Ok(self.backend.run_in(self.dtype.unwrap_or(self.backend.default_dtype()), job)?)
+    }
 }
 
 /// Which visual tokens the prefill keeps (`generate`).

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The GPU check (issue: backends): the HF parity tests on the GPU backend, then `twigvlm bench`
+# (vanilla, fastv, ttp, ssd, ttp+ssd) on a random model with LLaVA-1.5-7B's exact shapes, written
+# on the machine itself (a 14 GB upload would not fit a call). Everything lands in $OUT.
+#
+# On a lent GPU (after `cargo xtask gpu-check --pack` here), carrying .gpu/check:
+#     bash xtask/gpu/gpu-check.sh                       # cuda, llava-1.5-7b-shape, 256 new tokens
+# On this machine, with the default (CPU) build:
+#     bash xtask/gpu/gpu-check.sh flex llava-1b-shape 32
+# (`cargo xtask gpu-check --local` does that.)
+# Usage: gpu-check.sh [BACKEND] [PRESET] [NEW_TOKENS] [PARITY_TEST_BINARY]
+set -euo pipefail
+backend=${1:-cuda}
+preset=${2:-llava-1.5-7b-shape}
+new_tokens=${3:-256}
+repo=$PWD
+OUT=${OUT:-$repo/target/gpu-check}
+mkdir -p "$OUT"
+parts=.gpu/check
+
+# Binaries: the packed CUDA build when carried, else this checkout's own release build.
+if [ -f $parts/twigvlm.xz ]; then
+    unxz_to() { python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.stdin.buffer), sys.stdout.buffer)' > "$1"; chmod +x "$1"; }
+    bin=/tmp/twigvlm-check parity=/tmp/parity-check
+    unxz_to $bin < $parts/twigvlm.xz
+    unxz_to $parity < $parts/parity.xz
+    # The test binary finds the fixtures under the path it was built in.
+    built_in=$(cat $parts/built-in)
+    [ -d "$built_in/tests/fixtures" ] || { mkdir -p "$(dirname "$built_in")"; ln -sfn "$repo" "$built_in"; }
+else
+    bin=target/release/twigvlm
+    parity=${4:?without .gpu/check, name the parity test binary (cargo test --release --test parity --no-run prints it)}
+fi
+autotune=()
+[ "$backend" = flex ] || autotune=(--gpu-autotune minimal)
+
+{
+    date -u
+    nvidia-smi -L 2>/dev/null || true
+    echo "== parity tests ($backend build of the test binary)"
+    (cd tests && time "$parity" llava_hf_transformers5_layout_f16) || echo "PARITY FAILED"
+    echo "== random $preset model"
+    model=/tmp/check-$preset
+    [ -f $model/model.safetensors ] || time "$bin" make-model --preset "$preset" --out $model
+    echo "== bench: $new_tokens new tokens, batch 1"
+    time "$bin" "${autotune[@]}" bench --model $model --twig $model/twig --twig-k 2 --backend "$backend" \
+        --modes vanilla,fastv,ttp,ssd,ttp+ssd --max-new-tokens "$new_tokens" --repeats 1 \
+        --data shapes:seed=1000000,n=1,task=describe --results-dir "$OUT" | tee "$OUT/bench.txt"
+} 2>&1 | tee "$OUT/gpu-check.log"

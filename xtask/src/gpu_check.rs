@@ -1,0 +1,76 @@
+//! `cargo xtask gpu-check`: prepares or runs `xtask/gpu/gpu-check.sh` (the parity tests on the
+//! GPU backend, then `twigvlm bench` on a random LLaVA-1.5-7B-shaped model).
+//!
+//! `--pack` builds the CUDA `twigvlm` binary and the CUDA parity test binary here (cudarc loads
+//! the driver at run time, so no CUDA toolkit is needed to build), strips and compresses them
+//! into `.gpu/check/` for a device call that carries that folder. `--local` runs the same script
+//! on this machine with the CPU build and the ~1B preset.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::Context;
+
+use crate::{run, workspace_root};
+
+/// The device tool carries at most this much (working tree included).
+const CARRY_LIMIT_BYTES: u64 = 64 << 20;
+const PACK_DIR: &str = ".gpu/check";
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Build and pack the CUDA binaries for a device call.
+    #[arg(long, conflicts_with = "local")]
+    pack: bool,
+    /// Run the check here on flex with the ~1B preset and 32 new tokens.
+    #[arg(long)]
+    local: bool,
+}
+
+/// Builds the parity test binary with `features` and returns its path.
+fn parity_binary(features: &[&str]) -> anyhow::Result<PathBuf> {
+    let mut cmd = Command::new("cargo");
+    cmd.args(["test", "--release", "-p", "twigvlm-integration", "--test", "parity", "--no-run", "--message-format=json"]);
+    if !features.is_empty() {
+        cmd.args(["--features", &features.join(",")]);
+    }
+    let output = cmd.current_dir(workspace_root()).output().context("cannot run cargo test --no-run")?;
+    anyhow::ensure!(output.status.success(), "building the parity tests failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|message| message["target"]["name"] == "parity")
+        .find_map(|message| message["executable"].as_str().map(PathBuf::from))
+        .context("cargo named no parity test executable")
+}
+
+fn compress(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {
+    let stripped = to.with_extension("stripped");
+    run(Command::new("strip").arg("-o").arg(&stripped).arg(from))?;
+    let xz = std::fs::File::create(to)?;
+    let status = Command::new("xz").args(["-T0", "-6", "-c"]).arg(&stripped).stdout(xz).status().context("cannot run xz")?;
+    anyhow::ensure!(status.success(), "xz failed");
+    std::fs::remove_file(stripped)?;
+    Ok(())
+}
+
+pub fn run_check(args: Args) -> anyhow::Result<()> {
+    let root = workspace_root();
+    if args.local {
+        run(Command::new("cargo").args(["build", "--release", "-p", "twigvlm"]))?;
+        let parity = parity_binary(&[])?;
+        return run(Command::new("bash").arg("xtask/gpu/gpu-check.sh").args(["flex", "llava-1b-shape", "32"]).arg(parity));
+    }
+    anyhow::ensure!(args.pack, "say --pack (prepare a device call) or --local (run here)");
+    run(Command::new("cargo").args(["build", "--release", "-p", "twigvlm", "--features", "cuda"]))?;
+    let parity = parity_binary(&["cuda"])?;
+    let dir = root.join(PACK_DIR);
+    std::fs::create_dir_all(&dir)?;
+    compress(&root.join("target/release/twigvlm"), &dir.join("twigvlm.xz"))?;
+    compress(&parity, &dir.join("parity.xz"))?;
+    std::fs::write(dir.join("built-in"), root.display().to_string())?;
+    let packed: u64 = std::fs::read_dir(&dir)?.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum();
+    anyhow::ensure!(packed < CARRY_LIMIT_BYTES, "{PACK_DIR} holds {packed} bytes, over what a device call carries");
+    eprintln!("packed {packed} bytes into {PACK_DIR}; on the device, carrying {PACK_DIR}: bash xtask/gpu/gpu-check.sh");
+    Ok(())
+}
