@@ -1,10 +1,12 @@
 //! Line charts for the benchmark and RelAcc results, written as PNG. Text needs a TrueType
 //! font; the first of [`FONT_PATHS`] that exists is used (Debian: `fonts-dejavu-core`).
 
+use std::ops::Range;
 use std::path::Path;
 use std::sync::OnceLock;
 
 use anyhow::Context;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle};
 
@@ -51,9 +53,30 @@ fn register_system_font() -> anyhow::Result<()> {
     .map_err(anyhow::Error::msg)
 }
 
+type Chart<'a> = ChartContext<'a, BitMapBackend<'a>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// A titled chart over `x` × `y` on a white canvas; `draw` adds the mesh and the data, and the
+/// result is written as PNG.
+fn draw_chart(path: &Path, title: &str, x: Range<f64>, y: Range<f64>, draw: impl FnOnce(&mut Chart<'_>) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    register_system_font()?;
+    let mut buffer = vec![0u8; (SIZE.0 * SIZE.1 * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buffer, SIZE).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, (FONT_FAMILY, TITLE_PX))
+            .margin(MARGIN)
+            .x_label_area_size(AXIS_AREA)
+            .y_label_area_size(AXIS_AREA + MARGIN)
+            .build_cartesian_2d(x, y)?;
+        draw(&mut chart)?;
+        root.present()?;
+    }
+    save_png(path, SIZE, buffer)
+}
+
 /// Draws `series` as lines with markers and writes a PNG to `path`.
 pub fn line_chart(path: &Path, labels: &Labels<'_>, series: &[Series]) -> anyhow::Result<()> {
-    register_system_font()?;
     let points = || series.iter().flat_map(|s| s.points.iter().copied());
     let span = |values: Vec<f64>| {
         let (lo, hi) = values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
@@ -61,16 +84,7 @@ pub fn line_chart(path: &Path, labels: &Labels<'_>, series: &[Series]) -> anyhow
         if lo.is_finite() { (lo - pad)..(hi + pad) } else { 0.0..1.0 }
     };
     let (x_range, y_range) = (span(points().map(|p| p.0).collect()), span(points().map(|p| p.1).collect()));
-    let mut buffer = vec![0u8; (SIZE.0 * SIZE.1 * 3) as usize];
-    {
-        let root = BitMapBackend::with_buffer(&mut buffer, SIZE).into_drawing_area();
-        root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(labels.title, (FONT_FAMILY, TITLE_PX))
-            .margin(MARGIN)
-            .x_label_area_size(AXIS_AREA)
-            .y_label_area_size(AXIS_AREA + MARGIN)
-            .build_cartesian_2d(x_range, y_range)?;
+    draw_chart(path, labels.title, x_range, y_range, |chart| {
         chart
             .configure_mesh()
             .x_desc(labels.x)
@@ -92,25 +106,14 @@ pub fn line_chart(path: &Path, labels: &Labels<'_>, series: &[Series]) -> anyhow
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .draw()?;
-        root.present()?;
-    }
-    save_png(path, SIZE, buffer)
+        Ok(())
+    })
 }
 
 /// Draws one bar per `(name, value)` with the value printed above it, and writes a PNG.
 pub fn bar_chart(path: &Path, labels: &Labels<'_>, bars: &[(String, f64)]) -> anyhow::Result<()> {
-    register_system_font()?;
     let top = bars.iter().map(|b| b.1).fold(0.0, f64::max).max(1e-6) * 1.15;
-    let mut buffer = vec![0u8; (SIZE.0 * SIZE.1 * 3) as usize];
-    {
-        let root = BitMapBackend::with_buffer(&mut buffer, SIZE).into_drawing_area();
-        root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(labels.title, (FONT_FAMILY, TITLE_PX))
-            .margin(MARGIN)
-            .x_label_area_size(AXIS_AREA)
-            .y_label_area_size(AXIS_AREA + MARGIN)
-            .build_cartesian_2d(-0.5..bars.len() as f64 - 0.5, 0.0..top)?;
+    draw_chart(path, labels.title, -0.5..bars.len() as f64 - 0.5, 0.0..top, |chart| {
         chart
             .configure_mesh()
             .disable_x_mesh()
@@ -126,9 +129,8 @@ pub fn bar_chart(path: &Path, labels: &Labels<'_>, bars: &[(String, f64)]) -> an
             chart.draw_series(std::iter::once(Rectangle::new([(x - 0.35, 0.0), (x + 0.35, *value)], colour.filled())))?;
             chart.draw_series(std::iter::once(Text::new(format!("{value:.2}"), (x - 0.15, value + top * 0.02), (FONT_FAMILY, LABEL_PX))))?;
         }
-        root.present()?;
-    }
-    save_png(path, SIZE, buffer)
+        Ok(())
+    })
 }
 
 /// Draws each `(text, (x, y))` onto an RGB buffer of `size`.

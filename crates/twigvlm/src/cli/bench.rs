@@ -65,12 +65,7 @@ impl BackendJob for BenchJob {
         model.decoder.decoder = Some(if uses_twig { twigvlm::DecoderKind::Ssd } else { twigvlm::DecoderKind::Base });
         let (engine, _) = super::load_engine::<B>(&model, device, true)?;
         let options = BenchOptions { modes: args.modes.clone(), max_new_tokens: args.max_new_tokens, visual_budget: args.visual_budget, repeats: args.repeats };
-        let progress = indicatif::ProgressBar::new(generation_count(prompts.len(), &options) as u64);
-        progress.set_style(
-            indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} generations (eta {eta})")
-                .expect("valid template")
-                .progress_chars("=> "),
-        );
+        let progress = super::progress_bar(generation_count(prompts.len(), &options) as u64, "{pos}/{len} generations (eta {eta})");
         let report = run_bench(&engine, &prompts, &options, || progress.inc(1)).context("benchmark failed")?;
         progress.finish_and_clear();
         write_report(&report, &args)

@@ -60,12 +60,7 @@ impl BackendJob for EvalJob {
         anyhow::ensure!(!relacc || !args.visual_budget.is_empty(), "--policies needs --visual-budget (one or more, comma-separated)");
         let (engine, decoder) = super::load_engine::<B>(&args.model, device, relacc)?;
         let cells = if relacc { cell_count(&args.policies, &args.visual_budget) } else { 1 };
-        let progress = indicatif::ProgressBar::new((questions * cells) as u64);
-        progress.set_style(
-            indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} questions ({per_sec}, eta {eta})")
-                .expect("valid template")
-                .progress_chars("=> "),
-        );
+        let progress = super::progress_bar((questions * cells) as u64, "{pos}/{len} questions ({per_sec}, eta {eta})");
         if relacc {
             let report = relacc_table(&engine, &dataset, &args.policies, &args.visual_budget, args.final_wipe, decoder, |cell, done| {
                 progress.set_position((cell * questions + done) as u64)

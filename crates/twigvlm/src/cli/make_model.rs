@@ -23,12 +23,7 @@ pub fn run(args: MakeModelArgs) -> anyhow::Result<()> {
         "{} already holds a model; choose another --out or delete it",
         args.out.display()
     );
-    let progress = indicatif::ProgressBar::new(weight_bytes(args.preset));
-    progress.set_style(
-        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
+    let progress = super::progress_bar(weight_bytes(args.preset), "{bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})");
     let bar = progress.clone();
     let written = write_model(args.preset, &args.out, args.seed, move |bytes| bar.inc(bytes as u64))?;
     progress.finish_and_clear();

@@ -170,6 +170,13 @@ impl DecoderArgs {
     }
 }
 
+/// A progress bar on stderr: elapsed time, the bar, then `counts` (an indicatif template tail
+/// such as `"{pos}/{len} questions (eta {eta})"`).
+fn progress_bar(len: u64, counts: &str) -> indicatif::ProgressBar {
+    let style = indicatif::ProgressStyle::with_template(&format!("{{elapsed_precise}} [{{bar:30}}] {counts}")).expect("valid template");
+    indicatif::ProgressBar::new(len).with_style(style.progress_chars("=> "))
+}
+
 /// Loads a model directory (and the twig the decoder or token pruning needs) with a spinner on
 /// stderr.
 fn load_engine<B: Backend>(args: &ModelArgs, device: B::Device, pruning: bool) -> anyhow::Result<(Engine<B>, DecoderKind)> {
