@@ -39,6 +39,14 @@ impl<B: Backend> Twig<B> {
         Ok(Self { layers, norm, lm_head, config })
     }
 
+    /// Runs one-token matmuls as `split` inner-dimension blocks (see
+    /// `twigvlm_backbone::llama::single_row`).
+    pub fn set_single_row_split(&mut self, split: usize) {
+        for layer in &mut self.layers {
+            layer.set_single_row_split(split);
+        }
+    }
+
     /// A cache for the twig's own blocks (they never share the base's).
     pub fn new_cache(&self) -> KvCache<B> {
         KvCache::new(self.layers.len())
@@ -59,7 +67,8 @@ impl<B: Backend> Twig<B> {
     /// - hidden: `[batch, seq, hidden]` → `[batch, seq, vocab]`
     pub fn logits(&self, hidden: Tensor<B, 3>, base_head: &Linear<B>) -> Tensor<B, 3> {
         let normed = self.norm.forward(hidden);
-        self.lm_head.as_ref().unwrap_or(base_head).forward(normed)
+        let split = self.layers.first().map_or(1, |l| l.mlp.single_row_split);
+        twigvlm_backbone::llama::single_row::linear(self.lm_head.as_ref().unwrap_or(base_head), normed, split)
     }
 }
 

@@ -107,20 +107,33 @@ pub struct Engine<B: Backend> {
     pub model_dir: PathBuf,
     /// The twig attached with [`Engine::attach_twig`].
     pub twig: Option<TwigCheckpoint<B>>,
+    /// Inner-dimension blocks of one-token matmuls, for the base and any twig attached.
+    single_row_split: usize,
 }
 
 impl<B: Backend> Engine<B> {
     pub fn load(model_dir: &Path, options: &LoadOptions, device: B::Device) -> anyhow::Result<Self> {
         let llava = load_llava::<B>(model_dir, options, &device)?;
-        Ok(Self { llava, device, model_dir: model_dir.to_path_buf(), twig: None })
+        Ok(Self { llava, device, model_dir: model_dir.to_path_buf(), twig: None, single_row_split: 1 })
     }
 
     /// Loads a twig checkpoint (ours, or the official layout with `k` given or in a sidecar) for
     /// this model's language model; it must have been trained for this base.
     pub fn attach_twig(&mut self, dir: &Path, k: Option<usize>) -> anyhow::Result<&TwigCheckpoint<B>> {
         let base = &self.llava.model.language_model;
-        let twig = load_twig(dir, base, &self.llava.config.text, k, &self.device)?;
+        let mut twig = load_twig(dir, base, &self.llava.config.text, k, &self.device)?;
+        twig.twig.set_single_row_split(self.single_row_split);
         Ok(self.twig.insert(twig))
+    }
+
+    /// Runs one-token matmuls as `split` inner-dimension blocks (see
+    /// [`crate::BackendKind::single_row_split`]), in the base and the twig.
+    pub fn set_single_row_split(&mut self, split: usize) {
+        self.single_row_split = split;
+        self.llava.model.language_model.set_single_row_split(split);
+        if let Some(twig) = &mut self.twig {
+            twig.twig.set_single_row_split(split);
+        }
     }
 
     /// Template, tokens, vision tower and projector: the prompt's embeddings.

@@ -9,6 +9,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 
 use super::cache::LayerKvCache;
 use super::rope::RopeAngles;
+use super::single_row;
 
 #[derive(Module, Debug)]
 pub struct SelfAttention<B: Backend> {
@@ -19,6 +20,8 @@ pub struct SelfAttention<B: Backend> {
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
+    /// See [`super::single_row`].
+    pub single_row_split: usize,
 }
 
 impl<B: Backend> SelfAttention<B> {
@@ -37,9 +40,10 @@ impl<B: Backend> SelfAttention<B> {
     ) -> (Tensor<B, 3>, Option<Tensor<B, 4>>) {
         let [batch, new, _] = x.dims();
         let heads = |t: Tensor<B, 3>, n: usize| t.reshape([batch, new, n, self.head_dim]).swap_dims(1, 2);
-        let q = rope.apply(heads(self.q_proj.forward(x.clone()), self.num_heads));
-        let k = rope.apply(heads(self.k_proj.forward(x.clone()), self.num_kv_heads));
-        let v = heads(self.v_proj.forward(x), self.num_kv_heads);
+        let project = |layer: &Linear<B>, x: Tensor<B, 3>| single_row::linear(layer, x, self.single_row_split);
+        let q = rope.apply(heads(project(&self.q_proj, x.clone()), self.num_heads));
+        let k = rope.apply(heads(project(&self.k_proj, x.clone()), self.num_kv_heads));
+        let v = heads(project(&self.v_proj, x), self.num_kv_heads);
         let past = cache.len();
         let (k, v) = cache.append(k, v);
 
@@ -51,7 +55,7 @@ impl<B: Backend> SelfAttention<B> {
             attention(q, k, v, None, None, AttentionModuleOptions { is_causal: true, ..Default::default() })
         };
         let out = out.swap_dims(1, 2).reshape([batch, new, self.num_heads * self.head_dim]);
-        (self.o_proj.forward(out), probe)
+        (project(&self.o_proj, out), probe)
     }
 
     fn group_size(&self) -> usize {

@@ -5,6 +5,7 @@ use burn::prelude::*;
 
 use super::attention::SelfAttention;
 use super::cache::LayerKvCache;
+use super::single_row;
 use super::rope::RopeAngles;
 use crate::config::{Activation, LlamaConfig};
 use crate::error::Result;
@@ -17,12 +18,15 @@ pub struct Mlp<B: Backend> {
     pub down_proj: Linear<B>,
     #[module(skip)]
     pub activation: Activation,
+    /// See [`super::single_row`].
+    pub single_row_split: usize,
 }
 
 impl<B: Backend> Mlp<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let gate = self.activation.apply(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+        let split = self.single_row_split;
+        let gate = self.activation.apply(single_row::linear(&self.gate_proj, x.clone(), split));
+        single_row::linear(&self.down_proj, gate * single_row::linear(&self.up_proj, x, split), split)
     }
 }
 
@@ -52,6 +56,7 @@ impl<B: Backend> DecoderLayer<B> {
                 num_heads: cfg.num_heads,
                 num_kv_heads: cfg.num_kv_heads,
                 head_dim: cfg.head_dim,
+                single_row_split: 1,
             },
             post_attention_layernorm: loader.rms_norm(&format!("{prefix}.post_attention_layernorm.weight"), d, eps)?,
             mlp: Mlp {
@@ -59,6 +64,7 @@ impl<B: Backend> DecoderLayer<B> {
                 up_proj: mlp("up_proj", d, cfg.intermediate_size)?,
                 down_proj: mlp("down_proj", cfg.intermediate_size, d)?,
                 activation: cfg.mlp_activation,
+                single_row_split: 1,
             },
         })
     }
@@ -79,6 +85,7 @@ impl<B: Backend> DecoderLayer<B> {
                 num_heads: cfg.num_heads,
                 num_kv_heads: cfg.num_kv_heads,
                 head_dim: cfg.head_dim,
+                single_row_split: 1,
             },
             post_attention_layernorm: norm(),
             mlp: Mlp {
@@ -86,8 +93,15 @@ impl<B: Backend> DecoderLayer<B> {
                 up_proj: linear(d, cfg.intermediate_size, cfg.mlp_bias),
                 down_proj: linear(cfg.intermediate_size, d, cfg.mlp_bias),
                 activation: cfg.mlp_activation,
+                single_row_split: 1,
             },
         }
+    }
+
+    /// See [`super::single_row`].
+    pub fn set_single_row_split(&mut self, split: usize) {
+        self.self_attn.single_row_split = split;
+        self.mlp.single_row_split = split;
     }
 
     /// # Shapes

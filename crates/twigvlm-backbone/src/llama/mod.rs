@@ -5,6 +5,7 @@ pub mod attention;
 pub mod cache;
 pub mod layer;
 pub mod rope;
+pub mod single_row;
 
 use std::ops::Range;
 
@@ -79,6 +80,8 @@ pub struct LlamaDecoder<B: Backend> {
     pub lm_head: Linear<B>,
     pub head_dim: usize,
     pub rope_theta: f64,
+    /// Inner-dimension blocks of one-token matmuls ([`single_row`]); 1 = plain.
+    pub single_row_split: usize,
 }
 
 impl<B: Backend> LlamaDecoder<B> {
@@ -103,11 +106,21 @@ impl<B: Backend> LlamaDecoder<B> {
             lm_head,
             head_dim: cfg.head_dim,
             rope_theta: cfg.rope_theta,
+            single_row_split: 1,
         })
     }
 
     pub fn num_layers(&self) -> usize {
         self.layers.len()
+    }
+
+    /// Runs one-token matmuls (decoding) as `split` inner-dimension blocks ([`single_row`]): a
+    /// CPU backend whose one-row kernel is single-threaded then uses all its threads.
+    pub fn set_single_row_split(&mut self, split: usize) {
+        self.single_row_split = split;
+        for layer in &mut self.layers {
+            layer.set_single_row_split(split);
+        }
     }
 
     pub fn hidden_size(&self) -> usize {
@@ -147,6 +160,6 @@ impl<B: Backend> LlamaDecoder<B> {
     /// # Shapes
     /// - hidden: `[batch, seq, hidden]` → `[batch, seq, vocab]`
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.lm_head.forward(self.norm.forward(hidden))
+        single_row::linear(&self.lm_head, self.norm.forward(hidden), self.single_row_split)
     }
 }

@@ -185,6 +185,7 @@ fn load_engine<B: Backend>(args: &ModelArgs, device: B::Device, pruning: bool) -
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
     let options = LoadOptions { vision_tower_dir: args.vision_tower.clone() };
     let mut engine = Engine::<B>::load(model, &options, device).with_context(|| format!("cannot load the model in {}", model.display()))?;
+    engine.set_single_row_split(args.backend.single_row_split());
     let decoder = args.decoder.prepare(&mut engine, pruning)?;
     spinner.finish_and_clear();
     Ok((engine, decoder))
