@@ -7,6 +7,7 @@ use std::str::FromStr;
 
 use crate::budget::{LayerPlan, VisualBudget};
 use crate::error::{Result, TtpError};
+use twigvlm_twig::TwigConfig;
 
 /// K when no twig fixes it: FastV's and the paper's pruning layer for LLaVA-1.5-7B.
 pub const PAPER_PRUNE_LAYER: usize = 2;
@@ -89,6 +90,12 @@ pub struct TwigPlace {
     pub t: usize,
 }
 
+impl TwigPlace {
+    pub fn of(config: &TwigConfig) -> Self {
+        Self { k: config.k, t: config.t }
+    }
+}
+
 /// The ranking source of a resolved policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scores {
@@ -117,6 +124,15 @@ pub struct PruningPlan {
     pub budget: VisualBudget,
     pub layers: LayerPlan,
     pub scores: Scores,
+}
+
+impl PruningPlan {
+    /// R' for an image of `visual_tokens`, or `None` when the budget exceeds them (nothing
+    /// needs pruning, and nothing is pruned).
+    pub fn kept_visual_tokens(&self, visual_tokens: usize) -> Option<usize> {
+        let tokens = self.budget.tokens(visual_tokens);
+        (tokens <= visual_tokens as f64).then(|| self.layers.kept_visual_tokens(tokens, visual_tokens))
+    }
 }
 
 impl PruningSpec {

@@ -69,22 +69,21 @@ pub fn prefill<B: Backend>(
     let device = embeds.device();
     let prompt_len = embeds.dims()[1];
     let num_layers = base.num_layers();
-    let place = twig.map(|t| TwigPlace { k: t.config.k, t: t.config.t });
+    let place = twig.map(|t| TwigPlace::of(&t.config));
     let plan = spec.plan(num_layers, place)?;
     let pruned = match (&plan, image_span) {
-        (Some(plan), Some(span)) if !span.is_empty() && plan.budget.tokens(span.len()) <= span.len() as f64 => {
-            if span.end >= prompt_len {
-                return Err(TtpError::ImageAtPromptEnd);
-            }
-            Some((plan, span))
-        }
+        (Some(plan), Some(span)) if !span.is_empty() => match plan.kept_visual_tokens(span.len()) {
+            Some(_) if span.end >= prompt_len => return Err(TtpError::ImageAtPromptEnd),
+            Some(r_prime) => Some((plan, span, r_prime)),
+            None => None,
+        },
         _ => None,
     };
 
-    let split = pruned.as_ref().map(|(plan, _)| plan.layers.prune_layer).or(place.map(|p| p.k)).unwrap_or(num_layers);
+    let split = pruned.as_ref().map(|(plan, ..)| plan.layers.prune_layer).or(place.map(|p| p.k)).unwrap_or(num_layers);
     let query = prompt_len - 1;
     let probe_at = |layer: usize| AttentionProbe { rows: vec![query], layers: vec![layer] };
-    let scores = pruned.as_ref().map(|(plan, _)| plan.scores);
+    let scores = pruned.as_ref().map(|(plan, ..)| plan.scores);
     let positions: Vec<usize> = (0..prompt_len).collect();
     let rope = base.rope(&positions, &device);
     let mut base_cache = KvCache::new(num_layers);
@@ -106,7 +105,7 @@ pub fn prefill<B: Backend>(
 
     let (top, pruning) = match pruned {
         None => (base.forward_layers(low.hidden, &rope, split..num_layers, &mut base_cache, &AttentionProbe::default()).hidden, None),
-        Some((plan, span)) => {
+        Some((plan, span, r_prime)) => {
             let visual_scores = match plan.scores {
                 Scores::BaseLayer(_) if !low.attention.is_empty() => head_mean_row(low.attention.remove(0).1, span.clone()),
                 Scores::BaseLayer(layer) => {
@@ -119,7 +118,6 @@ pub fn prefill<B: Backend>(
                 Scores::Twig => head_mean_row(twig_attention.expect("the twig ran with a probe"), span.clone()),
                 Scores::Random { seed } => random_scores(span.len(), seed),
             };
-            let r_prime = plan.layers.kept_visual_tokens(plan.budget.tokens(span.len()), span.len());
             let kept = top_indices(&visual_scores, r_prime);
             let hidden = run_pruned(base, low.hidden, &plan.layers, &span, &kept, prompt_len, &mut base_cache);
             (hidden, Some(outcome(plan, span.len(), kept, visual_scores)))

@@ -168,11 +168,11 @@ impl<B: Backend> Engine<B> {
         Ok(EncodedPrompt { tokens, embeds, pixel_values, image_features: image_features_host, time: started.elapsed() })
     }
 
-    /// Which visual tokens `pruning` keeps for this prompt (the prefill runs; nothing is decoded).
-    pub fn select_visual_tokens(&self, prompt: &str, image: &DynamicImage, pruning: &PruningSpec) -> anyhow::Result<Option<PruningOutcome>> {
-        let encoded = self.encode(prompt, Some(image), false)?;
+    /// Which visual tokens `pruning` keeps for an encoded prompt (the prefill runs; nothing is
+    /// decoded).
+    pub fn select_visual_tokens(&self, encoded: &EncodedPrompt<B>, pruning: &PruningSpec) -> anyhow::Result<Option<PruningOutcome>> {
         let twig = self.twig.as_ref().map(|t| &t.twig);
-        let prefilled = prefill(&self.llava.model.language_model, twig, encoded.embeds, encoded.tokens.image_span, pruning, false)?;
+        let prefilled = prefill(&self.llava.model.language_model, twig, encoded.embeds.clone(), encoded.tokens.image_span.clone(), pruning, false)?;
         Ok(prefilled.pruning)
     }
 
@@ -208,8 +208,8 @@ impl<B: Backend> Engine<B> {
         let span = prompt.image_span.clone();
         let (output, speculative, pruning) = match request.decoder {
             DecoderKind::Base => {
-                let prefilled = prefill(base, attached, embeds, span, &request.pruning, false)?;
-                let pruning = prefilled.pruning.clone();
+                let mut prefilled = prefill(base, attached, embeds, span, &request.pruning, false)?;
+                let pruning = prefilled.pruning.take();
                 (decode_vanilla_prefilled(base, prefilled, &config, &mut sampler, &mut on_token)?, None, pruning)
             }
             DecoderKind::TwigOnly => {
@@ -217,8 +217,8 @@ impl<B: Backend> Engine<B> {
                 (decode_vanilla(&ShallowNetwork { base, twig: twig()? }, embeds, &config, &mut sampler, &mut on_token)?, None, None)
             }
             DecoderKind::Ssd => {
-                let prefilled = prefill(base, Some(twig()?), embeds, span, &request.pruning, true)?;
-                let pruning = prefilled.pruning.clone();
+                let mut prefilled = prefill(base, Some(twig()?), embeds, span, &request.pruning, true)?;
+                let pruning = prefilled.pruning.take();
                 let (output, stats) = decode_speculative(base, twig()?, prefilled, &config, &DraftConfig::default(), &mut sampler, &mut on_token)?;
                 (output, Some(stats), pruning)
             }

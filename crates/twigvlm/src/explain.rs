@@ -49,10 +49,12 @@ pub fn explain<B: Backend>(engine: &Engine<B>, prompt: &str, image: &DynamicImag
         FeatureSelect::Patches => 0,
         FeatureSelect::ClsAndPatches => 1,
     };
+    // The vision tower runs once; every policy prefills the same embeddings.
+    let encoded = engine.encode(prompt, Some(image), true)?;
     let mut panels = Vec::with_capacity(policies.len());
     for (title, spec) in policies {
         let outcome = engine
-            .select_visual_tokens(prompt, image, spec)?
+            .select_visual_tokens(&encoded, spec)?
             .with_context(|| format!("the {} policy pruned nothing: give a --visual-budget below the image's {} visual tokens", spec.policy, config.visual_tokens_per_image()))?;
         panels.push(Panel {
             title: format!("{title}: {} of {} kept, {:.1} per layer on average", outcome.r_prime, outcome.visual_tokens, outcome.avg_visual_tokens),
@@ -60,8 +62,8 @@ pub fn explain<B: Backend>(engine: &Engine<B>, prompt: &str, image: &DynamicImag
             kept: outcome.kept_visual_indices.iter().filter_map(|&i| i.checked_sub(first_patch)).collect(),
         });
     }
-    let (values, shape) = engine.llava.preprocessor.preprocess(image);
-    Ok(Explanation { input: model_input(&engine.llava.preprocessor, &values, shape), patches_per_side: config.vision.patches_per_side(), panels })
+    let (values, shape) = encoded.pixel_values.as_ref().expect("captured above");
+    Ok(Explanation { input: model_input(&engine.llava.preprocessor, values, *shape), patches_per_side: config.vision.patches_per_side(), panels })
 }
 
 /// Undoes normalisation and rescaling of `[3, h, w]` pixel values.

@@ -55,18 +55,18 @@ struct Cell {
 fn cells<B: Backend>(engine: &Engine<B>, policies: &[PrefillPolicy], budgets: &[VisualBudget], final_wipe: Option<usize>) -> anyhow::Result<Vec<Cell>> {
     let num_layers = engine.llava.model.language_model.num_layers();
     let visual = engine.llava.config.visual_tokens_per_image();
-    let twig = engine.twig.as_ref().map(|t| TwigPlace { k: t.twig.config.k, t: t.twig.config.t });
-    let mut cells = vec![Cell { spec: PruningSpec::none(), final_wipe: num_layers, r_prime: visual, avg_visual_tokens: visual as f64 }];
+    let twig = engine.twig.as_ref().map(|t| TwigPlace::of(&t.twig.config));
+    let unpruned = |spec| Cell { spec, final_wipe: num_layers, r_prime: visual, avg_visual_tokens: visual as f64 };
+    let mut cells = vec![unpruned(PruningSpec::none())];
     for &policy in policies.iter().filter(|&&p| p != PrefillPolicy::None) {
         for &budget in budgets {
             let spec = PruningSpec { policy, budget: Some(budget), final_wipe };
             let plan = spec.plan(num_layers, twig)?.expect("a pruning policy has a plan");
-            let tokens = budget.tokens(visual);
-            let cell = if tokens > visual as f64 {
-                Cell { spec, final_wipe: num_layers, r_prime: visual, avg_visual_tokens: visual as f64 }
-            } else {
-                let r_prime = plan.layers.kept_visual_tokens(tokens, visual);
-                Cell { spec, final_wipe: plan.layers.wipe_layer, r_prime, avg_visual_tokens: plan.layers.average_visual_tokens(r_prime, visual) }
+            let cell = match plan.kept_visual_tokens(visual) {
+                None => unpruned(spec),
+                Some(r_prime) => {
+                    Cell { spec, final_wipe: plan.layers.wipe_layer, r_prime, avg_visual_tokens: plan.layers.average_visual_tokens(r_prime, visual) }
+                }
             };
             cells.push(cell);
         }

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use burn::prelude::Backend;
 use twigvlm::eval::{evaluate, EvalOptions, EvalReport};
-use clap::ValueEnum;
 use twigvlm::relacc::{cell_count, plot_relacc, relacc_table, RelAccReport};
 use twigvlm::BackendJob;
 use twigvlm_ttp::{PrefillPolicy, VisualBudget};
@@ -113,7 +112,7 @@ fn print_table(report: &EvalReport) {
             d.blank_image_f1.map_or("-".to_string(), |f| format!("{f:.3}"))
         );
     }
-    println!("{} questions in {:.1} s ({} decoder)", report.n, report.seconds, report.decoder.to_possible_value().map_or("?".into(), |v| v.get_name().to_string()));
+    println!("{} questions in {:.1} s ({} decoder)", report.n, report.seconds, report.decoder.name());
 }
 
 /// Prints the table (or JSON) and writes relacc.json and relacc.png under `dir`.
