@@ -32,7 +32,11 @@ else
     parity=${4:?without .gpu/check, name the parity test binary (cargo test --release --test parity --no-run prints it)}
 fi
 autotune=()
-[ "$backend" = flex ] || autotune=(--gpu-autotune minimal)
+if [ "$backend" != flex ]; then
+    autotune=(--gpu-autotune minimal)
+    # The test binary reads cubecl's options from its working directory.
+    printf '[autotune]\nlevel = "minimal"\n' > tests/cubecl.toml
+fi
 
 {
     date -u
