@@ -11,7 +11,7 @@ use serde::Serialize;
 use twigvlm_ssd::{Sampling, SpeculativeStats};
 use twigvlm_ttp::{PrefillPolicy, PruningSpec, VisualBudget};
 
-use crate::engine::{DecoderKind, Engine, GenerateRequest};
+use crate::engine::{DecoderKind, Engine, GenerateRequest, Prompt};
 
 /// A benchmarked way of generating.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,7 +155,7 @@ pub fn run_bench<B: Backend>(
     anyhow::ensure!(!prompts.is_empty(), "the benchmark needs at least one prompt");
     let generate = |mode: BenchMode, prompt: &BenchPrompt| {
         let request = GenerateRequest {
-            prompt: prompt.prompt.clone(),
+            prompt: Prompt::User(prompt.prompt.clone()),
             image: prompt.image.clone(),
             max_new_tokens: options.max_new_tokens,
             sampling: Sampling::Greedy,
@@ -164,7 +164,7 @@ pub fn run_bench<B: Backend>(
             decoder: mode.decoder(),
             pruning: mode.pruning(options.visual_budget),
         };
-        engine.generate(&request, |_| {})
+        engine.generate(&request, |_| std::ops::ControlFlow::Continue(()))
     };
     let mut tallies: Vec<Tally> = options.modes.iter().map(|_| Tally::default()).collect();
     for pass in 0..=options.repeats {

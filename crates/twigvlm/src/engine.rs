@@ -7,6 +7,7 @@ use std::time::Instant;
 use burn::prelude::*;
 use image::DynamicImage;
 use serde::Serialize;
+use twigvlm_backbone::chat_template::{ChatMessage, ChatTemplate};
 use twigvlm_backbone::{load_llava, LoadOptions, LoadedLlava, PromptTokens, TextStream};
 use twigvlm_ssd::{decode_speculative, decode_vanilla, decode_vanilla_prefilled, DecodeConfig, DraftConfig, Sampler, Sampling, ShallowNetwork, SpeculativeStats, StopReason};
 use twigvlm_ttp::{prefill, PruningOutcome, PruningSpec};
@@ -39,10 +40,36 @@ impl DecoderKind {
     }
 }
 
+/// What the model is asked.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prompt {
+    /// One user turn; with an image and no placeholder in it, the image goes first (LLaVA-1.5).
+    User(String),
+    /// A whole conversation (system, user and assistant messages, the last from the user); the
+    /// image placeholder, if the request has an image, sits where the image was given.
+    Chat(Vec<ChatMessage>),
+}
+
+impl Prompt {
+    /// The model text: the conversation through the chat template, ending in the assistant's cue.
+    pub fn render(&self, template: &ChatTemplate, has_image: bool) -> anyhow::Result<String> {
+        Ok(match self {
+            Prompt::User(text) => template.render(text, has_image)?,
+            Prompt::Chat(messages) => template.render_messages(messages, true)?,
+        })
+    }
+}
+
+impl From<&str> for Prompt {
+    fn from(text: &str) -> Self {
+        Prompt::User(text.to_string())
+    }
+}
+
 /// One generation request.
 #[derive(Debug, Clone)]
 pub struct GenerateRequest {
-    pub prompt: String,
+    pub prompt: Prompt,
     pub image: Option<DynamicImage>,
     pub max_new_tokens: usize,
     pub sampling: Sampling,
@@ -137,10 +164,10 @@ impl<B: Backend> Engine<B> {
     }
 
     /// Template, tokens, vision tower and projector: the prompt's embeddings.
-    pub fn encode(&self, prompt: &str, image: Option<&DynamicImage>, capture_tensors: bool) -> anyhow::Result<EncodedPrompt<B>> {
+    pub fn encode(&self, prompt: &Prompt, image: Option<&DynamicImage>, capture_tensors: bool) -> anyhow::Result<EncodedPrompt<B>> {
         let llava = &self.llava;
         let started = Instant::now();
-        let text = llava.template.render(prompt, image.is_some())?;
+        let text = prompt.render(&llava.template, image.is_some())?;
         let visual_tokens = llava.config.visual_tokens_per_image();
         let tokens = llava.tokenizer.encode(&text, visual_tokens)?;
 
@@ -176,8 +203,9 @@ impl<B: Backend> Engine<B> {
         Ok(prefilled.pruning)
     }
 
-    /// Runs one request; `on_text` receives decoded text as tokens arrive.
-    pub fn generate(&self, request: &GenerateRequest, mut on_text: impl FnMut(&str)) -> anyhow::Result<GenerateResult> {
+    /// Runs one request; `on_text` receives decoded text as tokens arrive and may stop the
+    /// generation (the result then ends with [`StopReason::Cancelled`]).
+    pub fn generate(&self, request: &GenerateRequest, mut on_text: impl FnMut(&str) -> ControlFlow<()>) -> anyhow::Result<GenerateResult> {
         let llava = &self.llava;
         let EncodedPrompt { tokens: prompt, embeds, pixel_values, image_features: features_host, time: vision_time } =
             self.encode(&request.prompt, request.image.as_ref(), request.capture_tensors)?;
@@ -192,10 +220,7 @@ impl<B: Backend> Engine<B> {
         let mut stream = TextStream::default();
         let mut stream_error = None;
         let mut on_token = |token| match stream.push(&llava.tokenizer, token) {
-            Ok(piece) => {
-                on_text(&piece);
-                ControlFlow::Continue(())
-            }
+            Ok(piece) => on_text(&piece),
             Err(e) => {
                 stream_error = Some(e);
                 ControlFlow::Break(())

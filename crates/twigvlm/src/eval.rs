@@ -11,7 +11,7 @@ use twigvlm_data::Task;
 use twigvlm_ssd::Sampling;
 use twigvlm_ttp::PruningSpec;
 
-use crate::engine::{DecoderKind, Engine, GenerateRequest};
+use crate::engine::{DecoderKind, Engine, GenerateRequest, Prompt};
 
 #[derive(Debug, Clone)]
 pub struct EvalOptions {
@@ -105,7 +105,7 @@ pub fn evaluate<B: Backend>(
             let max_new_tokens = if is_describe { options.describe_max_new_tokens } else { options.short_max_new_tokens };
             let answer = |image: Option<image::DynamicImage>| -> anyhow::Result<String> {
                 let request = GenerateRequest {
-                    prompt: turn.user.clone(),
+                    prompt: Prompt::User(turn.user.clone()),
                     image,
                     max_new_tokens,
                     sampling: Sampling::Greedy,
@@ -114,7 +114,7 @@ pub fn evaluate<B: Backend>(
                     decoder: options.decoder,
                     pruning: options.pruning.clone(),
                 };
-                Ok(engine.generate(&request, |_| {})?.text)
+                Ok(engine.generate(&request, |_| std::ops::ControlFlow::Continue(()))?.text)
             };
             let prediction = answer(image.clone())?;
             let blank_prediction = blank.as_ref().map(|b| answer(Some(b.clone()))).transpose()?;

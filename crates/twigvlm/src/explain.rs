@@ -8,7 +8,7 @@ use anyhow::Context;
 use burn::prelude::Backend;
 use image::{DynamicImage, Rgb, RgbImage};
 use twigvlm_backbone::config::FeatureSelect;
-use twigvlm_ttp::PruningSpec;
+use twigvlm_ttp::{PrefillPolicy, PruningSpec, VisualBudget};
 
 use crate::engine::Engine;
 use crate::plot::{save_png, write_text};
@@ -50,7 +50,7 @@ pub fn explain<B: Backend>(engine: &Engine<B>, prompt: &str, image: &DynamicImag
         FeatureSelect::ClsAndPatches => 1,
     };
     // The vision tower runs once; every policy prefills the same embeddings.
-    let encoded = engine.encode(prompt, Some(image), true)?;
+    let encoded = engine.encode(&prompt.into(), Some(image), true)?;
     let mut panels = Vec::with_capacity(policies.len());
     for (title, spec) in policies {
         let outcome = engine
@@ -76,9 +76,30 @@ fn model_input(pre: &twigvlm_backbone::preprocess::ImagePreprocessor, values: &[
     })
 }
 
+/// One labelled spec per pruning policy (`none` skipped), all at `budget`; FastV has no
+/// FinalWipe, the others take `final_wipe` (None: their default).
+pub fn policy_specs(policies: &[PrefillPolicy], budget: VisualBudget, final_wipe: Option<usize>) -> Vec<(String, PruningSpec)> {
+    policies
+        .iter()
+        .filter(|&&p| p != PrefillPolicy::None)
+        .map(|&policy| {
+            let final_wipe = (policy != PrefillPolicy::FastV).then_some(final_wipe).flatten();
+            (policy.to_string(), PruningSpec { policy, budget: Some(budget), final_wipe })
+        })
+        .collect()
+}
+
 /// Draws the panels side by side and writes a PNG (titles need a system font; without one the
 /// panels are drawn untitled).
 pub fn render(explanation: &Explanation, path: &Path) -> anyhow::Result<()> {
+    let canvas = draw(explanation);
+    let (width, height) = canvas.dimensions();
+    save_png(path, (width, height), canvas.into_raw())
+}
+
+/// The panels side by side: each policy's scores as a heat map over the image, its kept patches
+/// outlined, its title above.
+pub fn draw(explanation: &Explanation) -> RgbImage {
     let input = &explanation.input;
     let factor = MIN_PANEL_SIDE.div_ceil(input.width().max(1)).max(1);
     let side = input.width() * factor;
@@ -111,5 +132,5 @@ pub fn render(explanation: &Explanation, path: &Path) -> anyhow::Result<()> {
     if let Err(e) = write_text(&mut buffer, (width, height), &titles) {
         tracing::warn!("explain image without titles: {e:#}");
     }
-    save_png(path, (width, height), buffer)
+    RgbImage::from_raw(width, height, buffer).expect("the buffer keeps its size")
 }

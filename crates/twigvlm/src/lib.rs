@@ -9,7 +9,8 @@ pub mod eval;
 pub mod explain;
 pub mod plot;
 pub mod relacc;
+pub mod serve;
 pub mod synthetic;
 
 pub use backend::{BackendError, BackendJob, BackendKind, FloatDtype};
-pub use engine::{DecoderKind, Engine, GenerateRequest, GenerateResult, GenerateStats};
+pub use engine::{DecoderKind, Engine, GenerateRequest, GenerateResult, GenerateStats, Prompt};

@@ -56,7 +56,7 @@ fn the_demo_model_is_assembled_from_the_wheel_and_answers_about_an_image() {
         decoder: DecoderKind::Base,
         pruning: twigvlm_ttp::PruningSpec::none(),
     };
-    let result = engine.generate(&request, |_| {}).unwrap();
+    let result = engine.generate(&request, |_| std::ops::ControlFlow::Continue(())).unwrap();
     eprintln!("answer: {:?}", result.text);
     assert_eq!(result.prompt.image_span.map(|span| span.len()), Some(engine.llava.config.visual_tokens_per_image()));
     assert!(!result.generated_ids.is_empty());

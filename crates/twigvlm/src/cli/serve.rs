@@ -1,0 +1,140 @@
+//! `twigvlm serve` and `twigvlm bench-serve`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use anyhow::Context;
+use base64::Engine as _;
+use burn::prelude::Backend;
+use twigvlm::serve::load::{run_load, LoadOptions};
+use twigvlm::serve::{serve, ImageLimits, RequestDefaults, ServeOptions};
+use twigvlm::BackendJob;
+use twigvlm_ttp::{PrefillPolicy, PruningSpec};
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on (0.0.0.0 for every interface).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// Port to listen on (0: any free port; the chosen one is printed).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// The model id clients send (default: the model directory's name).
+    #[arg(long)]
+    pub served_model_name: Option<String>,
+    /// Requests that may wait for the engine; beyond that the server answers 429.
+    #[arg(long, default_value_t = 16)]
+    pub queue_size: usize,
+    /// Tokens generated when a request gives no max_tokens.
+    #[arg(long, default_value_t = 256)]
+    pub default_max_tokens: usize,
+    /// Largest image a request may carry, in bytes (after base64 decoding).
+    #[arg(long, default_value_t = 10 << 20)]
+    pub max_image_bytes: usize,
+    /// Largest image a request may carry, in pixels (width × height).
+    #[arg(long, default_value_t = 4096 * 4096)]
+    pub max_image_pixels: u64,
+    /// Fetch http(s) image URLs named by clients (off: only data: URLs are accepted).
+    #[arg(long)]
+    pub allow_remote_images: bool,
+    /// The pruning requests get by default (each request may override policy, budget and
+    /// FinalWipe).
+    #[command(flatten)]
+    pub pruning: super::PruningArgs,
+    #[command(flatten)]
+    pub model: super::ModelArgs,
+}
+
+struct ServeJob(ServeArgs);
+
+impl BackendJob for ServeJob {
+    type Output = anyhow::Result<()>;
+
+    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<()> {
+        let args = self.0;
+        let pruning = args.pruning.spec();
+        // A twig, when given, is attached whatever the default decoder: requests may ask for it.
+        let uses_twig = args.model.decoder.twig.is_some() || pruning.policy != PrefillPolicy::None;
+        let (engine, decoder) = super::load_engine::<B>(&args.model, device, uses_twig)?;
+        let model_name = match &args.served_model_name {
+            Some(name) => name.clone(),
+            None => args.model.model.canonicalize().ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())).context("name the model with --served-model-name")?,
+        };
+        anyhow::ensure!(args.queue_size > 0, "--queue-size must be at least 1");
+        let options = ServeOptions {
+            address: SocketAddr::new(args.host, args.port),
+            model_name,
+            queue_capacity: args.queue_size,
+            images: ImageLimits { max_bytes: args.max_image_bytes, max_pixels: args.max_image_pixels, allow_remote: args.allow_remote_images },
+            defaults: RequestDefaults {
+                pruning: if pruning.policy == PrefillPolicy::None { PruningSpec::none() } else { pruning },
+                decoder,
+                max_tokens: args.default_max_tokens,
+            },
+        };
+        serve(engine, options)
+    }
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let model = args.model.clone();
+    model.run(ServeJob(args))?
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BenchServeArgs {
+    /// The server's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// The model id the server serves.
+    #[arg(long)]
+    pub model: String,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 4)]
+    pub clients: usize,
+    /// Requests in all.
+    #[arg(long, default_value_t = 32)]
+    pub requests: usize,
+    #[arg(long, default_value_t = 32)]
+    pub max_tokens: usize,
+    #[arg(long, default_value = "Describe the image.")]
+    pub prompt: String,
+    /// Image sent with every request (as a data: URL).
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    /// Also write the report (JSON) here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+pub fn bench_serve(args: BenchServeArgs) -> anyhow::Result<()> {
+    let image_url = args
+        .image
+        .as_ref()
+        .map(|path| -> anyhow::Result<String> {
+            let bytes = std::fs::read(path).with_context(|| format!("cannot read --image {}", path.display()))?;
+            let mime = match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+                Some("jpg" | "jpeg") => "image/jpeg",
+                Some("webp") => "image/webp",
+                _ => "image/png",
+            };
+            Ok(format!("data:{mime};base64,{}", base64::engine::general_purpose::STANDARD.encode(bytes)))
+        })
+        .transpose()?;
+    let options = LoadOptions {
+        url: args.url.trim_end_matches('/').to_string(),
+        model: args.model,
+        clients: args.clients,
+        requests: args.requests,
+        max_tokens: args.max_tokens,
+        prompt: args.prompt,
+        image_url,
+    };
+    let report = run_load(&options)?;
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(path) = &args.out {
+        std::fs::write(path, &json).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    println!("{json}");
+    Ok(())
+}

@@ -1,0 +1,141 @@
+//! `twigvlm serve`: an OpenAI-compatible HTTP server (axum on tokio) in front of one loaded engine.
+//!
+//! The engine runs on the thread that calls [`serve`]; the HTTP side runs on a small tokio
+//! runtime and hands requests to it through a bounded queue ([`worker`]). Every request is
+//! checked against the model before it is queued ([`request`]), so bad input costs no engine
+//! time and gets an OpenAI-style 4xx ([`error`]).
+//!
+//! Batching: requests run one at a time. Batching several in one forward needs a batch
+//! dimension in the per-layer caches with per-row lengths (pruned prefills keep different
+//! visual tokens per row and SSD accepts different draft lengths per row), i.e. padded,
+//! masked attention over ragged caches; the queue is where a batcher would take its rows from.
+
+pub mod api;
+mod error;
+mod handlers;
+mod images;
+pub mod load;
+mod metrics;
+mod request;
+mod worker;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use burn::prelude::Backend;
+
+use crate::Engine;
+
+pub use error::ApiError;
+pub use images::ImageLimits;
+pub use request::RequestDefaults;
+
+use metrics::Metrics;
+use request::ModelFacts;
+use worker::{run_engine, JobQueue};
+
+/// How the server is set up.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub address: SocketAddr,
+    /// The id clients send as `model` (and `/v1/models` lists).
+    pub model_name: String,
+    /// Requests that may wait for the engine; more are answered 429.
+    pub queue_capacity: usize,
+    pub images: ImageLimits,
+    pub defaults: RequestDefaults,
+}
+
+/// What every handler shares.
+pub(crate) struct AppState {
+    model_name: String,
+    created: u64,
+    facts: ModelFacts,
+    defaults: RequestDefaults,
+    images: ImageLimits,
+    queue: JobQueue,
+    metrics: Arc<Metrics>,
+    stopping: Arc<AtomicBool>,
+    next_id: AtomicU64,
+}
+
+impl AppState {
+    fn completion_id(&self) -> api::CompletionId {
+        let serial = self.next_id.fetch_add(1, Ordering::Relaxed);
+        api::CompletionId { id: format!("chatcmpl-{}-{serial}", self.created), created: unix_now(), model: self.model_name.clone() }
+    }
+
+    /// Largest request body: one image at the byte limit, base64-encoded, plus text.
+    fn body_limit(&self) -> usize {
+        const TEXT_ALLOWANCE: usize = 1 << 20;
+        self.images.max_bytes.div_ceil(3) * 4 + TEXT_ALLOWANCE
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Serves `engine` until SIGTERM or Ctrl-C. Prints `listening on http://ADDR` on stdout once the
+/// socket is bound (port 0 picks a free port). On the signal the server stops accepting
+/// connections, answers queued requests 503, lets the running one finish and returns.
+pub fn serve<B: Backend>(engine: Engine<B>, options: ServeOptions) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    let stopping = Arc::new(AtomicBool::new(false));
+    let (queue, jobs) = JobQueue::new(options.queue_capacity, metrics.clone(), stopping.clone());
+    let state = Arc::new(AppState {
+        model_name: options.model_name,
+        created: unix_now(),
+        facts: ModelFacts::of(&engine),
+        defaults: options.defaults,
+        images: options.images,
+        queue,
+        metrics: metrics.clone(),
+        stopping: stopping.clone(),
+        next_id: AtomicU64::new(0),
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind(options.address))?;
+    println!("listening on http://{}", listener.local_addr()?);
+    let server_stopping = stopping.clone();
+    let server = runtime.spawn(async move {
+        let app = handlers::router(state);
+        axum::serve(listener, app).with_graceful_shutdown(shutdown_signal(server_stopping)).await
+    });
+    // The router owns the queue's sending side: when the server has drained its connections and
+    // dropped it, the engine loop ends.
+    run_engine(&engine, jobs, &metrics, &stopping);
+    runtime.block_on(server)??;
+    tracing::info!("server stopped");
+    Ok(())
+}
+
+#[cfg(unix)]
+async fn terminate_signal() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut signal) => {
+            signal.recv().await;
+        }
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGTERM: {e}");
+            std::future::pending::<()>().await
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn terminate_signal() {
+    std::future::pending::<()>().await
+}
+
+async fn shutdown_signal(stopping: Arc<AtomicBool>) {
+    let terminate = terminate_signal();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutting down: finishing the running request, refusing the rest");
+    stopping.store(true, Ordering::SeqCst);
+}
