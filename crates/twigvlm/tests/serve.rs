@@ -1,0 +1,391 @@
+//! `twigvlm serve` over real HTTP on loopback: each test starts the binary on a free port with the
+//! tiny fixture model (its context raised so that long generations last long enough to be
+//! cancelled or interrupted; the weights do not depend on it) and a twig trained for one step.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Barrier, OnceLock};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+const MODEL: &str = "tiny-serve";
+/// Context of the served copy of the fixture: room for generations of a few seconds.
+const LONG_CONTEXT: usize = 8192;
+const LONG_GENERATION: usize = 8000;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn twigvlm() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_twigvlm"))
+}
+
+/// The fixture model with a longer context, and a twig for it (made once per test run).
+fn model_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(MODEL);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let source = fixtures().join("tiny-llava-hf5");
+        for entry in std::fs::read_dir(&source).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+        }
+        let mut config: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+        config["text_config"]["max_position_embeddings"] = json!(LONG_CONTEXT);
+        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        let twig = dir.join("twig");
+        let out = twigvlm()
+            .args(["train-twig", "--model"])
+            .arg(&dir)
+            .args(["--data", "shapes:seed=1,n=2", "--k", "1", "--t", "2", "--steps", "1", "--quiet", "--out"])
+            .arg(&twig)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        dir
+    })
+}
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Self {
+        let dir = model_dir();
+        let mut child = twigvlm()
+            .args(["serve", "--port", "0", "--model"])
+            .arg(dir)
+            .arg("--twig")
+            .arg(dir.join("twig"))
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let url = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_string();
+        Self { child, url }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    /// POSTs JSON and returns the status and the JSON body (errors included).
+    fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.post_raw(path, &body.to_string())
+    }
+
+    fn post_raw(&self, path: &str, body: &str) -> (u16, Value) {
+        match ureq::post(&self.url(path)).set("Content-Type", "application/json").send_string(body) {
+            Ok(response) => (response.status(), response.into_json().unwrap()),
+            Err(ureq::Error::Status(status, response)) => (status, response.into_json().unwrap()),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        match ureq::get(&self.url(path)).call() {
+            Ok(response) => (response.status(), response.into_string().unwrap()),
+            Err(ureq::Error::Status(status, response)) => (status, response.into_string().unwrap()),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// A counter or gauge from /metrics.
+    fn metric(&self, name: &str) -> f64 {
+        let (_, text) = self.get("/metrics");
+        text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()).unwrap_or_else(|| panic!("no {name} in {text}"))
+    }
+
+    fn stream(&self, body: &Value) -> impl Iterator<Item = String> {
+        let response = ureq::post(&self.url("/v1/chat/completions")).send_json(body.clone()).unwrap();
+        BufReader::new(response.into_reader()).lines().map_while(Result::ok).filter_map(|line| line.strip_prefix("data: ").map(str::to_string))
+    }
+
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn image_url(name: &str) -> String {
+    let bytes = std::fs::read(fixtures().join("images").join(name)).unwrap();
+    format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+fn chat(prompt: &str, image: Option<&str>, max_tokens: usize) -> Value {
+    let mut content = vec![json!({"type": "text", "text": prompt})];
+    if let Some(url) = image {
+        content.insert(0, json!({"type": "image_url", "image_url": {"url": url}}));
+    }
+    json!({"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens})
+}
+
+fn with(mut body: Value, extra: Value) -> Value {
+    for (key, value) in extra.as_object().unwrap() {
+        body[key] = value.clone();
+    }
+    body
+}
+
+fn text_of(completion: &Value) -> String {
+    completion["choices"][0]["message"]["content"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn completions_equal_the_command_line_and_stream_in_openai_chunks() {
+    let server = Server::start(&[]);
+    let prompt = "What is shown in this image?";
+    let image = fixtures().join("images/shapes-80x60.png");
+    let (status, completion) = server.post("/v1/chat/completions", &chat(prompt, Some(&image_url("shapes-80x60.png")), 20));
+    assert_eq!(status, 200, "{completion}");
+    assert_eq!(completion["object"], "chat.completion");
+    assert_eq!(completion["model"], MODEL);
+    assert_eq!(completion["choices"][0]["finish_reason"], "length");
+    assert_eq!(completion["usage"]["completion_tokens"], 20);
+    assert_eq!(completion["usage"]["prompt_tokens"], 34);
+    let cli = twigvlm().args(["generate", "--json", "--max-new-tokens", "20", "--prompt", prompt, "--model"]).arg(model_dir()).arg("--image").arg(&image).output().unwrap();
+    let cli: Value = serde_json::from_slice(&cli.stdout).unwrap();
+    assert_eq!(text_of(&completion), cli["text"].as_str().unwrap());
+
+    let body = with(chat(prompt, Some(&image_url("shapes-80x60.png")), 20), json!({"stream": true, "stream_options": {"include_usage": true}}));
+    let events: Vec<String> = server.stream(&body).collect();
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk" && c["id"] == chunks[0]["id"]));
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let streamed: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    assert_eq!(streamed, text_of(&completion));
+    let last = &chunks[chunks.len() - 2];
+    assert_eq!(last["choices"][0]["finish_reason"], "length");
+    assert!(last["twigvlm"]["tokens_per_s"].as_f64().unwrap() > 0.0);
+    let usage = &chunks[chunks.len() - 1];
+    assert_eq!(usage["choices"].as_array().unwrap().len(), 0);
+    assert_eq!(usage["usage"]["total_tokens"], 54);
+}
+
+#[test]
+fn models_health_metrics_and_page() {
+    let server = Server::start(&[]);
+    let (status, models) = server.get("/v1/models");
+    assert_eq!(status, 200);
+    let models: Value = serde_json::from_str(&models).unwrap();
+    assert_eq!(models["data"][0]["id"], MODEL);
+    let (status, health) = server.get("/health");
+    assert_eq!((status, serde_json::from_str::<Value>(&health).unwrap()["status"].clone()), (200, json!("ok")));
+    let (status, page) = server.get("/");
+    assert_eq!(status, 200);
+    assert!(page.contains("<form") && page.contains("/v1/chat/completions"));
+    server.post("/v1/chat/completions", &chat("Hello", None, 4));
+    assert_eq!(server.metric("twigvlm_requests_total{outcome=\"completed\"}"), 1.0);
+    assert_eq!(server.metric("twigvlm_generated_tokens_total"), 4.0);
+    assert_eq!(server.metric("twigvlm_queue_depth"), 0.0);
+    let (status, _) = server.get("/v1/nothing");
+    assert_eq!(status, 404);
+}
+
+#[test]
+fn speculative_and_pruned_requests_through_the_extension_fields() {
+    let server = Server::start(&[]);
+    let image = image_url("shapes-80x60.png");
+    let base = server.post("/v1/chat/completions", &chat("Describe the picture.", Some(&image), 24)).1;
+    let (status, ssd) = server.post("/v1/chat/completions", &with(chat("Describe the picture.", Some(&image), 24), json!({"decoder": "ssd"})));
+    assert_eq!(status, 200, "{ssd}");
+    assert_eq!(text_of(&ssd), text_of(&base), "greedy SSD is lossless");
+    assert_eq!(ssd["twigvlm"]["decoder"], "ssd");
+    assert!(ssd["twigvlm"]["speculative"]["rounds"].as_u64().unwrap() >= 1);
+    let (status, pruned) = server.post("/v1/chat/completions", &with(chat("Describe the picture.", Some(&image), 8), json!({"policy": "twig", "visual_budget": "50%"})));
+    assert_eq!(status, 200, "{pruned}");
+    assert_eq!(pruned["twigvlm"]["policy"], "twig");
+    assert!(!pruned["twigvlm"]["kept_visual_indices"].as_array().unwrap().is_empty());
+    let explain = ureq::post(&server.url("/v1/explain")).send_json(json!({"image_url": image, "prompt": "Where is the square?", "visual_budget": "25%"})).unwrap();
+    assert_eq!(explain.header("content-type"), Some("image/png"));
+    let mut png = Vec::new();
+    explain.into_reader().read_to_end(&mut png).unwrap();
+    assert!(image::load_from_memory(&png).is_ok());
+}
+
+#[test]
+fn concurrent_requests_equal_sequential_ones() {
+    let server = Server::start(&[]);
+    let requests: Vec<Value> = (0..4)
+        .map(|i| with(chat(&format!("Tell me story number {i}."), None, 16), json!({"temperature": 0.9, "top_p": 0.95, "seed": i})))
+        .collect();
+    let barrier = Barrier::new(requests.len());
+    let concurrent: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = requests
+            .iter()
+            .map(|request| {
+                let (server, barrier) = (&server, &barrier);
+                scope.spawn(move || {
+                    barrier.wait();
+                    text_of(&server.post("/v1/chat/completions", request).1)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let sequential: Vec<String> = requests.iter().map(|r| text_of(&server.post("/v1/chat/completions", r).1)).collect();
+    assert_eq!(concurrent, sequential);
+    assert!(sequential.windows(2).any(|w| w[0] != w[1]), "different seeds sample differently");
+}
+
+/// Polls `condition` for a few seconds.
+fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_client_that_goes_away_cancels_its_generation() {
+    let server = Server::start(&[]);
+    let body = with(chat("Tell me a long story.", None, LONG_GENERATION), json!({"stream": true}));
+    let mut events = server.stream(&body);
+    for _ in 0..3 {
+        events.next().unwrap();
+    }
+    drop(events);
+    eventually("the cancellation", || server.metric("twigvlm_requests_total{outcome=\"cancelled\"}") == 1.0);
+    assert_eq!(server.metric("twigvlm_running_requests"), 0.0);
+    assert_eq!(server.metric("twigvlm_requests_total{outcome=\"completed\"}"), 0.0);
+    // The engine is free again.
+    assert_eq!(server.post("/v1/chat/completions", &chat("Hi", None, 2)).0, 200);
+}
+
+#[test]
+fn a_full_queue_answers_429() {
+    let server = Server::start(&["--queue-size", "1"]);
+    let clients = 8;
+    let barrier = Barrier::new(clients);
+    let results: Vec<(u16, Value)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..clients)
+            .map(|_| {
+                let (server, barrier) = (&server, &barrier);
+                scope.spawn(move || {
+                    barrier.wait();
+                    server.post("/v1/chat/completions", &chat("Tell me a long story.", None, 2000))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let refused: Vec<&Value> = results.iter().filter(|(status, _)| *status == 429).map(|(_, body)| body).collect();
+    assert!(!refused.is_empty(), "one running and one queued: the rest must be refused");
+    assert!(refused.iter().all(|body| body["error"]["code"] == "queue_full" && body["error"]["type"] == "rate_limit_error"));
+    assert!(results.iter().all(|(status, _)| *status == 200 || *status == 429));
+    assert!(results.iter().filter(|(status, _)| *status == 200).count() >= 2);
+}
+
+#[test]
+fn sigterm_lets_the_running_request_finish_then_exits() {
+    let mut server = Server::start(&[]);
+    // About a thousand tokens (a third of a second here) before end-of-sequence.
+    let body = with(chat("Tell me a long story.", None, LONG_GENERATION), json!({"stream": true}));
+    let mut events = server.stream(&body);
+    events.next().unwrap();
+    assert!(twigvlm_kill(&server.pid()));
+    let rest: Vec<String> = events.collect();
+    assert_eq!(rest.last().map(String::as_str), Some("[DONE]"));
+    let last: Value = serde_json::from_str(&rest[rest.len() - 2]).unwrap();
+    assert_eq!(last["choices"][0]["finish_reason"], "stop", "the running request finished: {last}");
+    assert!(rest.len() > 100, "the whole answer came");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the server did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+}
+
+fn twigvlm_kill(pid: &str) -> bool {
+    Command::new("kill").args(["-TERM", pid]).status().map(|s| s.success()).unwrap_or(false)
+}
+
+#[test]
+fn bad_input_gets_a_4xx_with_an_openai_error_body() {
+    let server = Server::start(&["--max-image-bytes", "4000", "--max-image-pixels", "4900"]);
+    let image = image_url("shapes-80x60.png");
+    let big = format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(vec![0u8; 5000]));
+    let mut png = Vec::new();
+    image::DynamicImage::new_rgb8(100, 50).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+    let many_pixels = format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(png));
+    let two_images = json!({"model": MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": image}}, {"type": "image_url", "image_url": {"url": image}}, {"type": "text", "text": "Compare."}]}]});
+    let long_prompt = "word ".repeat(LONG_CONTEXT);
+    let cases: Vec<(&str, Result<Value, &str>, u16, Option<&str>)> = vec![
+        ("malformed JSON", Err("{\"model\": "), 400, None),
+        ("unknown model", Ok(with(chat("Hi", None, 4), json!({"model": "gpt-4o"}))), 404, Some("model_not_found")),
+        ("non-image data", Ok(chat("Hi", Some(&image_url("not-an-image.png")), 4)), 400, Some("invalid_image")),
+        ("corrupt image", Ok(chat("Hi", Some(&image_url("corrupt.png")), 4)), 400, Some("invalid_image")),
+        ("too many bytes", Ok(chat("Hi", Some(&big), 4)), 413, Some("image_too_large")),
+        ("too many pixels", Ok(chat("Hi", Some(&many_pixels), 4)), 413, Some("image_too_large")),
+        ("remote image", Ok(chat("Hi", Some("https://example.com/cat.png"), 4)), 400, Some("remote_images_disabled")),
+        ("two images", Ok(two_images), 400, Some("too_many_images")),
+        ("prompt too long", Ok(chat(&long_prompt, None, 4)), 400, Some("context_length_exceeded")),
+        ("unsupported parameter", Ok(with(chat("Hi", None, 4), json!({"logprobs": true}))), 400, None),
+        ("several choices", Ok(with(chat("Hi", None, 4), json!({"n": 3}))), 400, None),
+        ("negative temperature", Ok(with(chat("Hi", None, 4), json!({"temperature": -1.0}))), 400, None),
+        ("unknown decoder", Ok(with(chat("Hi", None, 4), json!({"decoder": "fast"}))), 400, None),
+        ("pruning without a budget", Ok(with(chat("Hi", None, 4), json!({"policy": "fastv"}))), 400, None),
+        ("zero max_tokens", Ok(chat("Hi", None, 0)), 400, None),
+        ("no messages", Ok(json!({"model": MODEL, "messages": []})), 400, None),
+        ("assistant last", Ok(json!({"model": MODEL, "messages": [{"role": "assistant", "content": "Hi"}]})), 400, None),
+    ];
+    for (name, body, status, code) in cases {
+        let (got, error) = match &body {
+            Ok(json) => server.post("/v1/chat/completions", json),
+            Err(raw) => server.post_raw("/v1/chat/completions", raw),
+        };
+        assert_eq!(got, status, "{name}: {error}");
+        let error = &error["error"];
+        assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()) && error["type"].is_string(), "{name}: {error}");
+        if let Some(code) = code {
+            assert_eq!(error["code"], code, "{name}: {error}");
+        }
+    }
+    assert_eq!(server.metric("twigvlm_requests_total{outcome=\"rejected\"}"), 17.0);
+    assert_eq!(server.post("/v1/chat/completions", &chat("Still here?", None, 2)).0, 200);
+}
+
+#[test]
+fn bounded_load_test() {
+    let server = Server::start(&[]);
+    let options = twigvlm::serve::load::LoadOptions {
+        url: server.url.clone(),
+        model: MODEL.into(),
+        clients: 3,
+        requests: 12,
+        max_tokens: 16,
+        prompt: "Describe the image.".into(),
+        image_url: Some(image_url("shapes-80x60.png")),
+    };
+    let report = twigvlm::serve::load::run_load(&options).unwrap();
+    assert_eq!(report.succeeded, 12, "{report:?}");
+    assert!(report.failed.is_empty());
+    assert!(report.latency_ms.p50 > 0.0 && report.latency_ms.p99 >= report.latency_ms.p50);
+    assert!(report.time_to_first_token_ms.p50 <= report.latency_ms.p50);
+    assert!(report.tokens_per_s > 0.0);
+    std::fs::write(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("serve-load.json"), serde_json::to_string_pretty(&report).unwrap()).unwrap();
+}
