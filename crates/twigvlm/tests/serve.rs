@@ -266,6 +266,11 @@ fn a_client_that_goes_away_cancels_its_generation() {
     drop(events);
     eventually("the cancellation", || server.metric("twigvlm_requests_total{outcome=\"cancelled\"}") == 1.0);
     assert_eq!(server.metric("twigvlm_running_requests"), 0.0);
+    // A client waiting for a whole (unstreamed) answer that gives up cancels it too.
+    let impatient = ureq::AgentBuilder::new().timeout(Duration::from_millis(50)).build();
+    let request = chat("Tell me a long story.", None, LONG_GENERATION);
+    assert!(impatient.post(&server.url("/v1/chat/completions")).send_json(request).is_err(), "the client gave up");
+    eventually("the second cancellation", || server.metric("twigvlm_requests_total{outcome=\"cancelled\"}") == 2.0);
     assert_eq!(server.metric("twigvlm_requests_total{outcome=\"completed\"}"), 0.0);
     // The engine is free again.
     assert_eq!(server.post("/v1/chat/completions", &chat("Hi", None, 2)).0, 200);
