@@ -294,10 +294,11 @@ fn a_full_queue_answers_429() {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let refused: Vec<&Value> = results.iter().filter(|(status, _)| *status == 429).map(|(_, body)| body).collect();
-    assert!(!refused.is_empty(), "one running and one queued: the rest must be refused");
+    assert!(!refused.is_empty(), "at most one running and one waiting: the rest must be refused");
     assert!(refused.iter().all(|body| body["error"]["code"] == "queue_full" && body["error"]["type"] == "rate_limit_error"));
     assert!(results.iter().all(|(status, _)| *status == 200 || *status == 429));
-    assert!(results.iter().filter(|(status, _)| *status == 200).count() >= 2);
+    // One runs and one waits, or (when all arrive before the engine takes the first) one waits.
+    assert!(results.iter().any(|(status, _)| *status == 200));
 }
 
 #[test]
