@@ -25,9 +25,9 @@ struct Totals {
     generated_tokens: u64,
     decode_seconds: f64,
     prefill_seconds: f64,
-    /// Speculative rounds and the tokens they produced.
+    /// Speculative rounds and the drafted tokens the base accepted in them.
     speculative_rounds: u64,
-    speculative_tokens: u64,
+    accepted_drafts: u64,
 }
 
 #[derive(Debug, Default)]
@@ -44,7 +44,7 @@ pub struct GenerationFigures {
     pub new_tokens: usize,
     pub prefill_s: f64,
     pub decode_s: f64,
-    /// (rounds, tokens produced by them) for the speculative decoder.
+    /// (rounds, accepted drafted tokens) for the speculative decoder.
     pub speculative: Option<(usize, usize)>,
 }
 
@@ -76,9 +76,9 @@ impl Metrics {
         totals.generated_tokens += figures.new_tokens as u64;
         totals.prefill_seconds += figures.prefill_s;
         totals.decode_seconds += figures.decode_s;
-        if let Some((rounds, tokens)) = figures.speculative {
+        if let Some((rounds, accepted)) = figures.speculative {
             totals.speculative_rounds += rounds as u64;
-            totals.speculative_tokens += tokens as u64;
+            totals.accepted_drafts += accepted as u64;
         }
     }
 
@@ -101,8 +101,8 @@ impl Metrics {
         metric("decode_seconds_total", "counter", "Time spent decoding.", &plain(totals.decode_seconds));
         let tokens_per_s = if totals.decode_seconds > 0.0 { totals.generated_tokens as f64 / totals.decode_seconds } else { 0.0 };
         metric("decode_tokens_per_second", "gauge", "Generated tokens per second of decoding, over the server's life.", &plain(tokens_per_s));
-        let accepted = if totals.speculative_rounds > 0 { totals.speculative_tokens as f64 / totals.speculative_rounds as f64 } else { 0.0 };
-        metric("speculative_tokens_per_round", "gauge", "Mean tokens per speculative round (accepted drafts + 1).", &plain(accepted));
+        let accepted = if totals.speculative_rounds > 0 { totals.accepted_drafts as f64 / totals.speculative_rounds as f64 } else { 0.0 };
+        metric("mean_accepted_draft_tokens", "gauge", "Drafted tokens accepted per speculative round (each round also yields one base token).", &plain(accepted));
         metric("queue_depth", "gauge", "Requests waiting for the engine.", &plain(self.queue_depth() as f64));
         metric("running_requests", "gauge", "Requests the engine is generating.", &plain(self.running.load(Ordering::Relaxed) as f64));
         text
@@ -124,7 +124,7 @@ mod tests {
         assert!(text.contains("twigvlm_requests_total{outcome=\"completed\"} 2"), "{text}");
         assert!(text.contains("twigvlm_requests_total{outcome=\"refused\"} 1"));
         assert!(text.contains("twigvlm_decode_tokens_per_second 5"));
-        assert!(text.contains("twigvlm_speculative_tokens_per_round 2.5"));
+        assert!(text.contains("twigvlm_mean_accepted_draft_tokens 2.5"));
         assert!(text.contains("# TYPE twigvlm_queue_depth gauge"));
     }
 }

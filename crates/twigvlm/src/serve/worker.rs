@@ -142,7 +142,7 @@ pub fn run_engine<B: Backend>(engine: &Engine<B>, jobs: Receiver<Job>, metrics: 
                     new_tokens: stats.new_tokens,
                     prefill_s: stats.prefill_ms / 1e3,
                     decode_s: stats.decode_ms / 1e3,
-                    speculative: stats.speculative.as_ref().map(|s| (s.rounds, s.rounds + s.accepted)),
+                    speculative: stats.speculative.as_ref().map(|s| (s.rounds, s.accepted)),
                 });
                 Ok(Finished { prompt_tokens: result.prompt.len(), completion_tokens: result.generated_ids.len(), stop: stats.stop_reason, stats })
             }
