@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check (issue: backends): the HF parity tests on the GPU backend, then `twigvlm bench`
 # (vanilla, fastv, ttp, ssd, ttp+ssd) on a random model with LLaVA-1.5-7B's exact shapes, written
-# on the machine itself (a 14 GB upload would not fit a call). Everything lands in $OUT.
+# on the machine itself (a 14 GB upload would not fit a call). Everything lands in $OUT. The
+# packed build has no kernel autotuning: fixed default kernels from the first call.
 #
 # On a lent GPU (after `cargo xtask gpu-check --pack` here), carrying .gpu/check:
 #     bash xtask/gpu/gpu-check.sh                       # cuda, llava-1.5-7b-shape, 256 new tokens
@@ -31,12 +32,6 @@ else
     bin=target/release/twigvlm
     parity=${4:?without .gpu/check, name the parity test binary (cargo test --release --test parity --no-run prints it)}
 fi
-autotune=()
-if [ "$backend" != flex ]; then
-    autotune=(--gpu-autotune minimal)
-    # The test binary reads cubecl's options from its working directory.
-    printf '[autotune]\nlevel = "minimal"\n' > tests/cubecl.toml
-fi
 
 {
     date -u
@@ -47,7 +42,7 @@ fi
     model=/tmp/check-$preset
     [ -f $model/model.safetensors ] || time "$bin" make-model --preset "$preset" --out $model
     echo "== bench: $new_tokens new tokens, batch 1"
-    time "$bin" "${autotune[@]}" bench --model $model --twig $model/twig --twig-k 2 --backend "$backend" \
+    time "$bin" bench --model $model --twig $model/twig --twig-k 2 --backend "$backend" \
         --modes vanilla,fastv,ttp,ssd,ttp+ssd --max-new-tokens "$new_tokens" --repeats 1 \
         --data shapes:seed=1000000,n=1,task=describe --results-dir "$OUT" | tee "$OUT/bench.txt"
 } 2>&1 | tee "$OUT/gpu-check.log"

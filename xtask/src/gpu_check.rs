@@ -2,8 +2,9 @@
 //! GPU backend, then `twigvlm bench` on a random LLaVA-1.5-7B-shaped model).
 //!
 //! `--pack` builds the CUDA `twigvlm` binary and the CUDA parity test binary here (cudarc loads
-//! the driver at run time, so no CUDA toolkit is needed to build), strips and compresses them
-//! into `.gpu/check/` for a device call that carries that folder. `--local` runs the same script
+//! the driver at run time, so no CUDA toolkit is needed to build), without kernel autotuning (a
+//! lent GPU's minutes cannot pay cubecl's seconds-per-shape benchmarks), strips and compresses
+//! them into `.gpu/check/` for a device call that carries that folder. `--local` runs the same script
 //! on this machine with the CPU build and the ~1B preset.
 
 use std::path::PathBuf;
@@ -27,13 +28,14 @@ pub struct Args {
     local: bool,
 }
 
-/// Builds the parity test binary with `features` and returns its path.
-fn parity_binary(features: &[&str]) -> anyhow::Result<PathBuf> {
+/// Cargo arguments of the packed GPU build: CUDA, no kernel autotuning.
+const GPU_BUILD: [&str; 3] = ["--no-default-features", "--features", "cuda"];
+
+/// Builds the parity test binary with `build_args` and returns its path.
+fn parity_binary(build_args: &[&str]) -> anyhow::Result<PathBuf> {
     let mut cmd = Command::new("cargo");
     cmd.args(["test", "--release", "-p", "twigvlm-integration", "--test", "parity", "--no-run", "--message-format=json"]);
-    if !features.is_empty() {
-        cmd.args(["--features", &features.join(",")]);
-    }
+    cmd.args(build_args);
     let output = cmd.current_dir(workspace_root()).output().context("cannot run cargo test --no-run")?;
     anyhow::ensure!(output.status.success(), "building the parity tests failed: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8_lossy(&output.stdout)
@@ -62,8 +64,8 @@ pub fn run_check(args: Args) -> anyhow::Result<()> {
         return run(Command::new("bash").arg("xtask/gpu/gpu-check.sh").args(["flex", "llava-1b-shape", "32"]).arg(parity));
     }
     anyhow::ensure!(args.pack, "say --pack (prepare a device call) or --local (run here)");
-    run(Command::new("cargo").args(["build", "--release", "-p", "twigvlm", "--features", "cuda"]))?;
-    let parity = parity_binary(&["cuda"])?;
+    run(Command::new("cargo").args(["build", "--release", "-p", "twigvlm"]).args(GPU_BUILD))?;
+    let parity = parity_binary(&GPU_BUILD)?;
     let dir = root.join(PACK_DIR);
     std::fs::create_dir_all(&dir)?;
     compress(&root.join("target/release/twigvlm"), &dir.join("twigvlm.xz"))?;
