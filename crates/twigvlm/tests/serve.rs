@@ -395,3 +395,20 @@ fn bounded_load_test() {
     assert!(report.tokens_per_s > 0.0);
     std::fs::write(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("serve-load.json"), serde_json::to_string_pretty(&report).unwrap()).unwrap();
 }
+
+#[test]
+fn a_conversation_with_history_renders_through_the_chat_template() {
+    let server = Server::start(&[]);
+    let image = image_url("shapes-80x60.png");
+    let first = json!([{"type": "image_url", "image_url": {"url": image}}, {"type": "text", "text": "What is shown?"}]);
+    let conversation = json!({"model": MODEL, "max_tokens": 4, "messages": [
+        {"role": "system", "content": "You answer briefly."},
+        {"role": "user", "content": first},
+        {"role": "assistant", "content": "Shapes."},
+        {"role": "user", "content": "Which colours?"}]});
+    let (status, answer) = server.post("/v1/chat/completions", &conversation);
+    assert_eq!(status, 200, "{answer}");
+    let (_, alone) = server.post("/v1/chat/completions", &chat("Which colours?", Some(&image), 4));
+    let tokens = |v: &Value| v["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(tokens(&answer) > tokens(&alone), "the history is part of the prompt: {} vs {}", tokens(&answer), tokens(&alone));
+}
