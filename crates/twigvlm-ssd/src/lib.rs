@@ -12,5 +12,5 @@ pub mod vanilla;
 pub use error::{DecodeError, Result};
 pub use network::{CausalNetwork, ShallowCache, ShallowNetwork};
 pub use sampling::{Sampler, Sampling};
-pub use speculative::{decode_speculative, DraftConfig, SpeculativeStats};
+pub use speculative::{decode_speculative, DraftConfig, DraftLength, SpeculativeStats, ADAPTIVE_RETRY_ROUNDS};
 pub use vanilla::{decode_vanilla, decode_vanilla_prefilled, DecodeConfig, DecodeOutput, StopReason};

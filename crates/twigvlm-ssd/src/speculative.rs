@@ -7,7 +7,7 @@
 //!
 //! One round, with `t` the last emitted token (not yet run):
 //! 1. draft: run `t`, then each drafted token, through layers 0..K-1 and the twig; stop at
-//!    `max_draft` drafted tokens, when the twig's top probability is below `draft_threshold`
+//!    `max_draft` drafted tokens (or the adaptive cap, [`DraftLength`]), when the twig's top probability is below `draft_threshold`
 //!    (decided before drawing, so a drafted token is an unbiased draw from the twig), after a
 //!    drafted end-of-sequence token, or at the token budget;
 //! 2. verify: layers K..L-1 over the `n + 1` kept hidden states give the base's distribution
@@ -36,11 +36,92 @@ pub struct DraftConfig {
     pub max_draft: usize,
     /// Drafting stops when the twig's probability of its own pick falls below this.
     pub draft_threshold: f32,
+    pub length: DraftLength,
 }
 
 impl Default for DraftConfig {
     fn default() -> Self {
-        Self { max_draft: 5, draft_threshold: 0.6 }
+        Self { max_draft: 5, draft_threshold: 0.6, length: DraftLength::Fixed }
+    }
+}
+
+/// How long a round's draft may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DraftLength {
+    /// Up to `max_draft` every round (the paper).
+    #[default]
+    Fixed,
+    /// Up to a cap that follows the twig's record (beyond the paper): one more after a round
+    /// whose drafts, as many as the cap, were all accepted; one fewer after a rejection. At zero
+    /// the twig only extends its cache (no head, no draft: a plain base step plus the twig's
+    /// layers), and one draft is tried again after [`ADAPTIVE_RETRY_ROUNDS`] such rounds. A twig
+    /// that rarely agrees with the base then costs little more than plain decoding.
+    Adaptive,
+}
+
+impl DraftLength {
+    pub const ALL: [DraftLength; 2] = [DraftLength::Fixed, DraftLength::Adaptive];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DraftLength::Fixed => "fixed",
+            DraftLength::Adaptive => "adaptive",
+        }
+    }
+}
+
+impl std::str::FromStr for DraftLength {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        DraftLength::ALL.into_iter().find(|d| d.name() == text).ok_or_else(|| format!("unknown draft length {text:?}: fixed or adaptive"))
+    }
+}
+
+impl std::fmt::Display for DraftLength {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Rounds without drafting before an adaptive cap of zero tries one draft again.
+pub const ADAPTIVE_RETRY_ROUNDS: usize = 8;
+
+/// The draft cap of the coming round.
+struct DraftCap {
+    config: DraftConfig,
+    cap: usize,
+    rounds_without_draft: usize,
+}
+
+impl DraftCap {
+    fn new(config: DraftConfig) -> Self {
+        Self { config, cap: config.max_draft, rounds_without_draft: 0 }
+    }
+
+    fn limit(&self) -> usize {
+        match self.config.length {
+            DraftLength::Fixed => self.config.max_draft,
+            DraftLength::Adaptive => self.cap,
+        }
+    }
+
+    /// Adapts the cap to a round that drafted `drafted` tokens under it, `accepted` of them kept.
+    fn record(&mut self, drafted: usize, accepted: usize) {
+        if self.config.length == DraftLength::Fixed {
+            return;
+        }
+        if self.cap == 0 {
+            self.rounds_without_draft += 1;
+            if self.rounds_without_draft >= ADAPTIVE_RETRY_ROUNDS {
+                (self.cap, self.rounds_without_draft) = (1.min(self.config.max_draft), 0);
+            }
+        } else if accepted < drafted {
+            self.cap -= 1;
+        } else if drafted == self.cap {
+            self.cap = (self.cap + 1).min(self.config.max_draft);
+        }
     }
 }
 
@@ -81,12 +162,18 @@ impl<B: Backend> Speculator<'_, B> {
         self.twig.config.k
     }
 
-    /// Runs `embeds` at `positions` through the shared layers 0..K-1 and the twig; returns the
-    /// layer-K hidden states and the twig's logits at the last position.
-    fn shallow(&mut self, embeds: Tensor<B, 3>, positions: &[usize]) -> (Tensor<B, 3>, Vec<f32>) {
+    /// Runs `embeds` at `positions` through the shared layers 0..K-1 and the twig's layers
+    /// (filling both caches); returns the layer-K and the twig's last hidden states.
+    fn shallow_hidden(&mut self, embeds: Tensor<B, 3>, positions: &[usize]) -> (Tensor<B, 3>, Tensor<B, 3>) {
         let rope = self.base.rope(positions, &self.device);
         let hidden = self.base.forward_layers(embeds, &rope, 0..self.k(), &mut self.base_cache, &self.probe).hidden;
         let twig_hidden = self.twig.forward(hidden.clone(), &rope, &mut self.twig_cache, &self.probe).hidden;
+        (hidden, twig_hidden)
+    }
+
+    /// [`Self::shallow_hidden`] plus the twig's logits at the last position.
+    fn shallow(&mut self, embeds: Tensor<B, 3>, positions: &[usize]) -> (Tensor<B, 3>, Vec<f32>) {
+        let (hidden, twig_hidden) = self.shallow_hidden(embeds, positions);
         let seq = twig_hidden.dims()[1];
         (hidden, logits_row(self.twig.logits(twig_hidden.narrow(1, seq - 1, 1), &self.base.lm_head)))
     }
@@ -133,6 +220,7 @@ pub fn decode_speculative<B: Backend>(
 
     let started = Instant::now();
     let mut stats = SpeculativeStats::default();
+    let mut cap = DraftCap::new(*draft);
     let mut emitter = Emitter::new(config, &mut on_token);
     let stop = 'rounds: {
         if let Some(stop) = emitter.budget_spent() {
@@ -149,15 +237,18 @@ pub fn decode_speculative<B: Backend>(
                 break 'rounds StopReason::ContextFull;
             }
             // Drafted tokens run at start+1.. and must leave room for the token after them.
-            let limit = draft.max_draft.min(emitter.budget()).min(config.context_length - start - 2);
+            let limit = cap.limit().min(emitter.budget()).min(config.context_length - start - 2);
 
             let (mut kept, mut drafted, mut draft_probs, mut token) = (Vec::new(), Vec::new(), Vec::new(), next);
             loop {
-                let (hidden, twig_logits) = run.shallow(run.embed(token), &[start + drafted.len()]);
-                kept.push(hidden);
+                let position = [start + drafted.len()];
                 if drafted.len() == limit || (!drafted.is_empty() && config.eos_token_ids.contains(&token)) {
+                    // Nothing more is drafted after this token: the twig needs only its cache entry.
+                    kept.push(run.shallow_hidden(run.embed(token), &position).0);
                     break;
                 }
+                let (hidden, twig_logits) = run.shallow(run.embed(token), &position);
+                kept.push(hidden);
                 if draft_confidence(sampler, &twig_logits) < draft.draft_threshold {
                     break;
                 }
@@ -174,6 +265,7 @@ pub fn decode_speculative<B: Backend>(
             stats.rounds += 1;
             stats.drafted += drafted.len();
             stats.accepted += accepted;
+            cap.record(drafted.len(), accepted);
             run.discard(positions.len() - accepted - 1)?;
             for &token in &drafted[..accepted] {
                 if let Some(stop) = emitter.emit(token) {
@@ -241,6 +333,32 @@ mod tests {
         }
         // Acceptance rate = Σ min(p, q) = 0.1 + 0.3 + 0.1 = 0.5.
         assert!((accepted_total as f64 / trials as f64 - 0.5).abs() < 0.01);
+    }
+
+    #[test]
+    fn the_adaptive_cap_follows_the_record_and_retries_after_a_pause() {
+        let mut cap = DraftCap::new(DraftConfig { max_draft: 3, draft_threshold: 0.0, length: DraftLength::Adaptive });
+        assert_eq!(cap.limit(), 3);
+        cap.record(3, 3);
+        assert_eq!(cap.limit(), 3, "never above max_draft");
+        cap.record(3, 1);
+        cap.record(2, 2);
+        assert_eq!(cap.limit(), 3, "one fewer after a rejection, one more after a full acceptance");
+        cap.record(1, 1);
+        assert_eq!(cap.limit(), 3, "a draft stopped early by the threshold leaves the cap alone");
+        for _ in 0..3 {
+            cap.record(cap.limit(), 0);
+        }
+        assert_eq!(cap.limit(), 0);
+        for _ in 0..ADAPTIVE_RETRY_ROUNDS - 1 {
+            cap.record(0, 0);
+            assert_eq!(cap.limit(), 0);
+        }
+        cap.record(0, 0);
+        assert_eq!(cap.limit(), 1, "one draft is tried again");
+        let mut fixed = DraftCap::new(DraftConfig::default());
+        fixed.record(5, 0);
+        assert_eq!(fixed.limit(), 5);
     }
 
     #[test]

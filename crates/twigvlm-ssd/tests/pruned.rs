@@ -32,7 +32,7 @@ fn ssd_after_pruning_gives_the_greedy_tokens_of_the_same_pruning() {
     let base = &llava.model.language_model;
     let twig = Twig::init(base, &llava.config.text, TwigConfig::new(1, 2), &Default::default()).unwrap();
     let config = config(12, vec![]);
-    let draft = DraftConfig { max_draft: 4, draft_threshold: 0.0 };
+    let draft = DraftConfig { max_draft: 4, draft_threshold: 0.0, ..DraftConfig::default() };
     let mut rejected = 0;
     for policy in ["fastv", "twig", "random:5", "vlm-layer:K+T", "vlm-layer:1"] {
         for budget in ["3", "50%"] {

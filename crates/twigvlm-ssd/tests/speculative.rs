@@ -9,7 +9,7 @@ use std::ops::ControlFlow;
 
 use common::{config, embeds, fixture, B};
 use twigvlm_backbone::LlamaDecoder;
-use twigvlm_ssd::{decode_speculative, decode_vanilla, DecodeConfig, DraftConfig, Sampler, Sampling, ShallowNetwork, SpeculativeStats, StopReason};
+use twigvlm_ssd::{decode_speculative, decode_vanilla, DecodeConfig, DraftConfig, DraftLength, Sampler, Sampling, ShallowNetwork, SpeculativeStats, StopReason};
 use twigvlm_ttp::{prefill, PruningSpec};
 use twigvlm_twig::{Twig, TwigConfig};
 
@@ -39,7 +39,7 @@ fn a_twig_equal_to_the_base_has_every_draft_accepted() {
     // K=1 and copies of all three layers above it: the shallow network is the base.
     let twig = Twig::init(base, &llava.config.text, TwigConfig::new(1, 3), &Default::default()).unwrap();
     let config = config(16, vec![]);
-    let draft = DraftConfig { max_draft: 4, draft_threshold: 0.0 };
+    let draft = DraftConfig { max_draft: 4, draft_threshold: 0.0, ..DraftConfig::default() };
     for ids in PROMPTS {
         let (tokens, stop, stats) = speculative(base, &twig, ids, &config, &draft);
         assert_eq!((tokens, stop), vanilla(base, ids, &config));
@@ -58,11 +58,13 @@ fn a_weak_twig_still_gives_the_base_greedy_tokens() {
     for ids in PROMPTS {
         for max_new_tokens in [1, 2, 7, 20] {
             for (max_draft, draft_threshold) in [(1, 0.0), (3, 0.0), (5, 0.0), (5, 0.6), (0, 0.0)] {
-                let config = config(max_new_tokens, vec![]);
-                let draft = DraftConfig { max_draft, draft_threshold };
-                let (tokens, stop, stats) = speculative(base, &twig, ids, &config, &draft);
-                assert_eq!((tokens, stop), vanilla(base, ids, &config), "prompt {ids:?}, {max_new_tokens} tokens, {draft:?}");
-                rejected += stats.drafted - stats.accepted;
+                for length in DraftLength::ALL {
+                    let config = config(max_new_tokens, vec![]);
+                    let draft = DraftConfig { max_draft, draft_threshold, length };
+                    let (tokens, stop, stats) = speculative(base, &twig, ids, &config, &draft);
+                    assert_eq!((tokens, stop), vanilla(base, ids, &config), "prompt {ids:?}, {max_new_tokens} tokens, {draft:?}");
+                    rejected += stats.drafted - stats.accepted;
+                }
             }
         }
     }
@@ -82,7 +84,7 @@ fn generation_stops_at_an_end_of_sequence_token_inside_a_draft() {
     let (expected, stop) = vanilla(base, ids, &config);
     assert_eq!(stop, StopReason::Eos);
     for max_draft in [1, 2, 4, 5] {
-        let (tokens, stop, _) = speculative(base, &twig, ids, &config, &DraftConfig { max_draft, draft_threshold: 0.0 });
+        let (tokens, stop, _) = speculative(base, &twig, ids, &config, &DraftConfig { max_draft, draft_threshold: 0.0, ..DraftConfig::default() });
         assert_eq!((tokens, stop), (expected.clone(), StopReason::Eos), "max_draft {max_draft}");
     }
 }
@@ -113,7 +115,7 @@ fn speculative_sampling_follows_the_base_distribution() {
     let ids = PROMPTS[0];
     let sampling = Sampling::TopP { temperature: 0.15, top_p: 0.95 };
     let config = config(3, vec![]);
-    let draft = DraftConfig { max_draft: 3, draft_threshold: 0.0 };
+    let draft = DraftConfig { max_draft: 3, draft_threshold: 0.0, ..DraftConfig::default() };
     let seeds = 1500;
     let vanilla = |seed| decode_vanilla(base, embeds(base, ids), &config, &mut Sampler::new(sampling, seed), |_| ControlFlow::Continue(())).unwrap().tokens;
     let mut rejected = 0;
@@ -135,4 +137,24 @@ fn speculative_sampling_follows_the_base_distribution() {
     assert!(rejected > 0, "every draft was accepted: the rejection path went untested");
     assert!(drafter > 3.0 * noise, "the twig's own distribution is too close to the base's for this test to tell them apart");
     assert!(error < 2.0 * noise.max(0.02), "speculative sampling drifts from the base distribution: {error} (sampling noise {noise})");
+}
+
+#[test]
+fn an_adaptive_draft_length_drafts_less_for_a_weak_twig_and_as_much_for_a_perfect_one() {
+    let llava = fixture();
+    let base = &llava.model.language_model;
+    let config = config(60, vec![]);
+    let draft = |length| DraftConfig { max_draft: 4, draft_threshold: 0.0, length };
+    let weak = Twig::init(base, &llava.config.text, TwigConfig::new(1, 1), &Default::default()).unwrap();
+    let perfect = Twig::init(base, &llava.config.text, TwigConfig::new(1, 3), &Default::default()).unwrap();
+    for ids in PROMPTS {
+        let (_, _, fixed) = speculative(base, &weak, ids, &config, &draft(DraftLength::Fixed));
+        let (tokens, _, adaptive) = speculative(base, &weak, ids, &config, &draft(DraftLength::Adaptive));
+        assert_eq!(tokens, vanilla(base, ids, &config).0);
+        let waste = |s: &SpeculativeStats| (s.drafted - s.accepted) as f64 / s.rounds as f64;
+        assert!(waste(&adaptive) < waste(&fixed), "rejected drafts per round: adaptive {adaptive:?} vs fixed {fixed:?}");
+        let (_, _, fixed) = speculative(base, &perfect, ids, &config, &draft(DraftLength::Fixed));
+        let (_, _, adaptive) = speculative(base, &perfect, ids, &config, &draft(DraftLength::Adaptive));
+        assert_eq!(adaptive, fixed, "every draft accepted: the cap stays at its maximum");
+    }
 }

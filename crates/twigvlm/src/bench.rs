@@ -8,7 +8,7 @@ use std::str::FromStr;
 use burn::prelude::Backend;
 use image::DynamicImage;
 use serde::Serialize;
-use twigvlm_ssd::{Sampling, SpeculativeStats};
+use twigvlm_ssd::{DraftLength, Sampling, SpeculativeStats};
 use twigvlm_ttp::{PrefillPolicy, PruningSpec, VisualBudget};
 
 use crate::engine::{DecoderKind, Engine, GenerateRequest, Prompt};
@@ -26,10 +26,12 @@ pub enum BenchMode {
     Ssd,
     /// Twig-guided pruning and self-speculative decoding (TwigVLM).
     TtpSsd,
+    /// Unpruned prefill, self-speculative decoding with the adaptive draft length.
+    SsdAdaptive,
 }
 
 impl BenchMode {
-    pub const ALL: [BenchMode; 5] = [BenchMode::Vanilla, BenchMode::FastV, BenchMode::Ttp, BenchMode::Ssd, BenchMode::TtpSsd];
+    pub const ALL: [BenchMode; 6] = [BenchMode::Vanilla, BenchMode::FastV, BenchMode::Ttp, BenchMode::Ssd, BenchMode::TtpSsd, BenchMode::SsdAdaptive];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -38,19 +40,27 @@ impl BenchMode {
             BenchMode::Ttp => "ttp",
             BenchMode::Ssd => "ssd",
             BenchMode::TtpSsd => "ttp+ssd",
+            BenchMode::SsdAdaptive => "ssd-adaptive",
         }
     }
 
     fn decoder(self) -> DecoderKind {
         match self {
             BenchMode::Vanilla | BenchMode::FastV | BenchMode::Ttp => DecoderKind::Base,
-            BenchMode::Ssd | BenchMode::TtpSsd => DecoderKind::Ssd,
+            BenchMode::Ssd | BenchMode::TtpSsd | BenchMode::SsdAdaptive => DecoderKind::Ssd,
+        }
+    }
+
+    fn draft_length(self) -> DraftLength {
+        match self {
+            BenchMode::SsdAdaptive => DraftLength::Adaptive,
+            _ => DraftLength::Fixed,
         }
     }
 
     fn policy(self) -> PrefillPolicy {
         match self {
-            BenchMode::Vanilla | BenchMode::Ssd => PrefillPolicy::None,
+            BenchMode::Vanilla | BenchMode::Ssd | BenchMode::SsdAdaptive => PrefillPolicy::None,
             BenchMode::FastV => PrefillPolicy::FastV,
             BenchMode::Ttp | BenchMode::TtpSsd => PrefillPolicy::Twig,
         }
@@ -59,7 +69,7 @@ impl BenchMode {
     /// The mode whose greedy output this one must reproduce exactly (same policy, plain decoding).
     fn baseline(self) -> BenchMode {
         match self {
-            BenchMode::Ssd => BenchMode::Vanilla,
+            BenchMode::Ssd | BenchMode::SsdAdaptive => BenchMode::Vanilla,
             BenchMode::TtpSsd => BenchMode::Ttp,
             other => other,
         }
@@ -163,6 +173,7 @@ pub fn run_bench<B: Backend>(
             capture_tensors: false,
             decoder: mode.decoder(),
             pruning: mode.pruning(options.visual_budget),
+            draft_length: mode.draft_length(),
         };
         engine.generate(&request, |_| std::ops::ControlFlow::Continue(()))
     };

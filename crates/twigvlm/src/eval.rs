@@ -113,6 +113,7 @@ pub fn evaluate<B: Backend>(
                     capture_tensors: false,
                     decoder: options.decoder,
                     pruning: options.pruning.clone(),
+                    draft_length: Default::default(),
                 };
                 Ok(engine.generate(&request, |_| std::ops::ControlFlow::Continue(()))?.text)
             };

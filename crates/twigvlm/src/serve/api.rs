@@ -25,6 +25,7 @@ const KNOWN_FIELDS: &[&str] = &[
     "visual_budget",
     "final_wipe",
     "decoder",
+    "draft_length",
 ];
 
 #[derive(Debug, Deserialize)]
@@ -49,6 +50,8 @@ pub struct ChatCompletionRequest {
     pub final_wipe: Option<usize>,
     /// `base`, `twig-only` or `ssd`.
     pub decoder: Option<String>,
+    /// `fixed` or `adaptive` (the speculative decoder's draft length).
+    pub draft_length: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
