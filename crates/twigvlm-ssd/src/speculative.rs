@@ -53,10 +53,13 @@ pub enum DraftLength {
     #[default]
     Fixed,
     /// Up to a cap that follows the twig's record (beyond the paper): one more after a round
-    /// whose drafts, as many as the cap, were all accepted; one fewer after a rejection. At zero
-    /// the twig only extends its cache (no head, no draft: a plain base step plus the twig's
-    /// layers), and one draft is tried again after [`ADAPTIVE_RETRY_ROUNDS`] such rounds. A twig
-    /// that rarely agrees with the base then costs little more than plain decoding.
+    /// whose drafts, as many as the cap, were all accepted; one fewer after any other round (a
+    /// rejection, or drafting stopped short by the confidence threshold). At zero a round is a
+    /// plain base step: the twig does not run (the layer-K hidden states it will need are kept,
+    /// and its cache catches up on them in one batched forward before it next drafts), and one
+    /// draft is tried again after [`ADAPTIVE_RETRY_ROUNDS`] such rounds, twice as many after each
+    /// retry that fails. A twig that rarely agrees with the base then costs little more than
+    /// plain decoding.
     Adaptive,
 }
 
@@ -87,17 +90,23 @@ impl std::fmt::Display for DraftLength {
 
 /// Rounds without drafting before an adaptive cap of zero tries one draft again.
 pub const ADAPTIVE_RETRY_ROUNDS: usize = 8;
+/// The longest wait between retries (the wait doubles after each failed retry).
+pub const ADAPTIVE_MAX_RETRY_ROUNDS: usize = 128;
 
 /// The draft cap of the coming round.
 struct DraftCap {
     config: DraftConfig,
     cap: usize,
     rounds_without_draft: usize,
+    /// Rounds at a cap of zero before the next retry.
+    retry_after: usize,
+    /// The coming round is a retry after a pause.
+    retrying: bool,
 }
 
 impl DraftCap {
     fn new(config: DraftConfig) -> Self {
-        Self { config, cap: config.max_draft, rounds_without_draft: 0 }
+        Self { config, cap: config.max_draft, rounds_without_draft: 0, retry_after: ADAPTIVE_RETRY_ROUNDS, retrying: false }
     }
 
     fn limit(&self) -> usize {
@@ -114,14 +123,25 @@ impl DraftCap {
         }
         if self.cap == 0 {
             self.rounds_without_draft += 1;
-            if self.rounds_without_draft >= ADAPTIVE_RETRY_ROUNDS {
-                (self.cap, self.rounds_without_draft) = (1.min(self.config.max_draft), 0);
+            if self.rounds_without_draft >= self.retry_after {
+                (self.cap, self.rounds_without_draft, self.retrying) = (1.min(self.config.max_draft), 0, true);
             }
-        } else if accepted < drafted {
-            self.cap -= 1;
-        } else if drafted == self.cap {
-            self.cap = (self.cap + 1).min(self.config.max_draft);
+            return;
         }
+        let was_retry = std::mem::take(&mut self.retrying);
+        if accepted > 0 {
+            self.retry_after = ADAPTIVE_RETRY_ROUNDS;
+        }
+        if accepted == self.cap {
+            self.cap = (self.cap + 1).min(self.config.max_draft);
+        } else {
+            self.cap -= 1;
+            if self.cap == 0 && was_retry {
+                // A retry that failed: wait longer before the next.
+                self.retry_after = (self.retry_after * 2).min(ADAPTIVE_MAX_RETRY_ROUNDS);
+            }
+        }
+        debug_assert!(accepted <= drafted && drafted <= self.config.max_draft);
     }
 }
 
@@ -153,6 +173,9 @@ struct Speculator<'a, B: Backend> {
     twig: &'a Twig<B>,
     base_cache: KvCache<B>,
     twig_cache: KvCache<B>,
+    /// Layer-K hidden states (and positions) of rounds without drafting, which the twig has
+    /// not run on yet.
+    twig_behind: Vec<(Tensor<B, 3>, usize)>,
     probe: AttentionProbe,
     device: B::Device,
 }
@@ -162,9 +185,30 @@ impl<B: Backend> Speculator<'_, B> {
         self.twig.config.k
     }
 
+    /// Runs `embed` at `position` through the shared layers 0..K-1 only (a round without
+    /// drafting); the twig catches up on it before it next drafts.
+    fn lower(&mut self, embed: Tensor<B, 3>, position: usize) -> Tensor<B, 3> {
+        let rope = self.base.rope(&[position], &self.device);
+        let hidden = self.base.forward_layers(embed, &rope, 0..self.k(), &mut self.base_cache, &self.probe).hidden;
+        self.twig_behind.push((hidden.clone(), position));
+        hidden
+    }
+
+    /// Runs the twig's layers over the positions it missed, in one forward, so that its cache
+    /// covers every position again.
+    fn twig_catch_up(&mut self) {
+        if self.twig_behind.is_empty() {
+            return;
+        }
+        let (hidden, positions): (Vec<_>, Vec<_>) = self.twig_behind.drain(..).unzip();
+        let rope = self.base.rope(&positions, &self.device);
+        self.twig.forward(Tensor::cat(hidden, 1), &rope, &mut self.twig_cache, &self.probe);
+    }
+
     /// Runs `embeds` at `positions` through the shared layers 0..K-1 and the twig's layers
     /// (filling both caches); returns the layer-K and the twig's last hidden states.
     fn shallow_hidden(&mut self, embeds: Tensor<B, 3>, positions: &[usize]) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        self.twig_catch_up();
         let rope = self.base.rope(positions, &self.device);
         let hidden = self.base.forward_layers(embeds, &rope, 0..self.k(), &mut self.base_cache, &self.probe).hidden;
         let twig_hidden = self.twig.forward(hidden.clone(), &rope, &mut self.twig_cache, &self.probe).hidden;
@@ -194,6 +238,7 @@ impl<B: Backend> Speculator<'_, B> {
     /// Drops the last `count` entries of every cache (rejected drafts; every layer took the
     /// same new entries this round, whatever length pruning left it with).
     fn discard(&mut self, count: usize) -> Result<()> {
+        debug_assert!(count == 0 || self.twig_behind.is_empty(), "only drafting rounds discard, and they run the twig");
         self.base_cache.truncate_last(count)?;
         self.twig_cache.truncate_last(count)?;
         Ok(())
@@ -216,7 +261,7 @@ pub fn decode_speculative<B: Backend>(
     config.check_prompt(prompt_len)?;
     let twig_cache = twig_cache.ok_or(DecodeError::MissingTwigCache)?;
     let device = base.embed_tokens.weight.device();
-    let mut run = Speculator { base, twig, base_cache, twig_cache, probe: AttentionProbe::default(), device };
+    let mut run = Speculator { base, twig, base_cache, twig_cache, twig_behind: Vec::new(), probe: AttentionProbe::default(), device };
 
     let started = Instant::now();
     let mut stats = SpeculativeStats::default();
@@ -243,8 +288,10 @@ pub fn decode_speculative<B: Backend>(
             loop {
                 let position = [start + drafted.len()];
                 if drafted.len() == limit || (!drafted.is_empty() && config.eos_token_ids.contains(&token)) {
-                    // Nothing more is drafted after this token: the twig needs only its cache entry.
-                    kept.push(run.shallow_hidden(run.embed(token), &position).0);
+                    // Nothing more is drafted after this token: the twig needs only its cache
+                    // entry, and none now in a round that drafts nothing.
+                    let hidden = if limit == 0 { run.lower(run.embed(token), position[0]) } else { run.shallow_hidden(run.embed(token), &position).0 };
+                    kept.push(hidden);
                     break;
                 }
                 let (hidden, twig_logits) = run.shallow(run.embed(token), &position);
@@ -345,9 +392,9 @@ mod tests {
         cap.record(2, 2);
         assert_eq!(cap.limit(), 3, "one fewer after a rejection, one more after a full acceptance");
         cap.record(1, 1);
-        assert_eq!(cap.limit(), 3, "a draft stopped early by the threshold leaves the cap alone");
-        for _ in 0..3 {
-            cap.record(cap.limit(), 0);
+        assert_eq!(cap.limit(), 2, "a draft stopped short by the threshold lowers the cap too");
+        for _ in 0..2 {
+            cap.record(0, 0);
         }
         assert_eq!(cap.limit(), 0);
         for _ in 0..ADAPTIVE_RETRY_ROUNDS - 1 {
@@ -356,6 +403,15 @@ mod tests {
         }
         cap.record(0, 0);
         assert_eq!(cap.limit(), 1, "one draft is tried again");
+        cap.record(1, 0);
+        for _ in 0..2 * ADAPTIVE_RETRY_ROUNDS - 1 {
+            cap.record(0, 0);
+        }
+        assert_eq!(cap.limit(), 0, "after a failed retry the wait doubles");
+        cap.record(0, 0);
+        assert_eq!(cap.limit(), 1);
+        cap.record(1, 1);
+        assert_eq!((cap.limit(), cap.retry_after), (2, ADAPTIVE_RETRY_ROUNDS), "an accepted draft resets the wait");
         let mut fixed = DraftCap::new(DraftConfig::default());
         fixed.record(5, 0);
         assert_eq!(fixed.limit(), 5);
