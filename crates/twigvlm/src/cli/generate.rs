@@ -11,7 +11,7 @@ use std::ops::ControlFlow;
 use twigvlm::{BackendJob, DecoderKind, GenerateRequest, GenerateResult, GenerateStats, Prompt};
 use twigvlm_backbone::preprocess::load_image;
 use twigvlm_backbone::weights::NamedTensor;
-use twigvlm_ssd::{DraftLength, Sampling};
+use twigvlm_ssd::Sampling;
 use twigvlm_ttp::PruningSpec;
 
 #[derive(Debug, clap::Args)]
@@ -40,10 +40,8 @@ pub struct GenerateArgs {
     /// Write pixel_values, image_features and last_logits (f32) to this safetensors file.
     #[arg(long)]
     pub dump_tensors: Option<PathBuf>,
-    /// Draft length of the speculative decoder: the paper's fixed cap (5), or a cap that
-    /// follows the twig's acceptance (drops to plain decoding while the twig keeps missing).
-    #[arg(long, default_value = "fixed")]
-    pub draft_length: DraftLength,
+    #[command(flatten)]
+    pub draft: super::DraftArgs,
     #[command(flatten)]
     pub pruning: super::PruningArgs,
     #[command(flatten)]
@@ -84,7 +82,7 @@ impl BackendJob for GenerateJob {
             capture_tensors: args.dump_tensors.is_some(),
             decoder,
             pruning,
-            draft_length: args.draft_length,
+            draft_length: args.draft.draft_length,
         };
         let mut stdout = std::io::stdout().lock();
         let result = engine.generate(&request, |piece| {

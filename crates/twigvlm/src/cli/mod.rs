@@ -147,6 +147,15 @@ impl PruningArgs {
     }
 }
 
+/// How the speculative decoder drafts (`generate`, `serve`; outputs do not depend on it).
+#[derive(Debug, Clone, clap::Args)]
+pub struct DraftArgs {
+    /// Draft length of the speculative decoder: the paper's fixed cap (5), or a cap that
+    /// follows the twig's acceptance (down to plain decoding while the twig keeps missing).
+    #[arg(long, default_value = "fixed")]
+    pub draft_length: twigvlm_ssd::DraftLength,
+}
+
 /// Which network answers.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DecoderArgs {

@@ -9,7 +9,6 @@ use burn::prelude::Backend;
 use twigvlm::serve::load::{run_load, LoadOptions};
 use twigvlm::serve::{serve, ImageLimits, RequestDefaults, ServeOptions};
 use twigvlm::BackendJob;
-use twigvlm_ssd::DraftLength;
 use twigvlm_ttp::{PrefillPolicy, PruningSpec};
 
 #[derive(Debug, clap::Args)]
@@ -39,8 +38,8 @@ pub struct ServeArgs {
     #[arg(long)]
     pub allow_remote_images: bool,
     /// The speculative decoder's draft length by default (requests may override it).
-    #[arg(long, default_value = "fixed")]
-    pub draft_length: DraftLength,
+    #[command(flatten)]
+    pub draft: super::DraftArgs,
     /// The pruning requests get by default (each request may override policy, budget and
     /// FinalWipe).
     #[command(flatten)]
@@ -73,7 +72,7 @@ impl BackendJob for ServeJob {
             defaults: RequestDefaults {
                 pruning: if pruning.policy == PrefillPolicy::None { PruningSpec::none() } else { pruning },
                 decoder,
-                draft_length: args.draft_length,
+                draft_length: args.draft.draft_length,
                 max_tokens: args.default_max_tokens,
             },
         };
