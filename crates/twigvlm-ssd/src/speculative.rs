@@ -7,8 +7,8 @@
 //!
 //! One round, with `t` the last emitted token (not yet run):
 //! 1. draft: run `t`, then each drafted token, through layers 0..K-1 and the twig; stop at
-//!    `max_draft` drafted tokens (or the adaptive cap, [`DraftLength`]), when the twig's top probability is below `draft_threshold`
-//!    (decided before drawing, so a drafted token is an unbiased draw from the twig), after a
+//!    `max_draft` drafted tokens (or the adaptive cap, [`DraftLength`]), when the twig's top
+//!    probability is below `draft_threshold` (decided before drawing, so a drafted token is an unbiased draw from the twig), after a
 //!    drafted end-of-sequence token, or at the token budget;
 //! 2. verify: layers K..L-1 over the `n + 1` kept hidden states give the base's distribution
 //!    after `t` and after every drafted token;
@@ -21,6 +21,7 @@ use std::ops::ControlFlow;
 use std::time::Instant;
 
 use burn::prelude::*;
+use twigvlm_backbone::llama::RopeAngles;
 use twigvlm_backbone::{AttentionProbe, KvCache, LlamaDecoder};
 use twigvlm_ttp::Prefill;
 use twigvlm_twig::Twig;
@@ -118,6 +119,7 @@ impl DraftCap {
 
     /// Adapts the cap to a round that drafted `drafted` tokens under it, `accepted` of them kept.
     fn record(&mut self, drafted: usize, accepted: usize) {
+        debug_assert!(accepted <= drafted && drafted <= self.config.max_draft);
         if self.config.length == DraftLength::Fixed {
             return;
         }
@@ -141,7 +143,6 @@ impl DraftCap {
                 self.retry_after = (self.retry_after * 2).min(ADAPTIVE_MAX_RETRY_ROUNDS);
             }
         }
-        debug_assert!(accepted <= drafted && drafted <= self.config.max_draft);
     }
 }
 
@@ -189,9 +190,14 @@ impl<B: Backend> Speculator<'_, B> {
     /// drafting); the twig catches up on it before it next drafts.
     fn lower(&mut self, embed: Tensor<B, 3>, position: usize) -> Tensor<B, 3> {
         let rope = self.base.rope(&[position], &self.device);
-        let hidden = self.base.forward_layers(embed, &rope, 0..self.k(), &mut self.base_cache, &self.probe).hidden;
+        let hidden = self.shared_layers(embed, &rope);
         self.twig_behind.push((hidden.clone(), position));
         hidden
+    }
+
+    /// The base's layers 0..K-1, which the twig shares (filling the base cache).
+    fn shared_layers(&mut self, embeds: Tensor<B, 3>, rope: &RopeAngles<B>) -> Tensor<B, 3> {
+        self.base.forward_layers(embeds, rope, 0..self.k(), &mut self.base_cache, &self.probe).hidden
     }
 
     /// Runs the twig's layers over the positions it missed, in one forward, so that its cache
@@ -210,7 +216,7 @@ impl<B: Backend> Speculator<'_, B> {
     fn shallow_hidden(&mut self, embeds: Tensor<B, 3>, positions: &[usize]) -> (Tensor<B, 3>, Tensor<B, 3>) {
         self.twig_catch_up();
         let rope = self.base.rope(positions, &self.device);
-        let hidden = self.base.forward_layers(embeds, &rope, 0..self.k(), &mut self.base_cache, &self.probe).hidden;
+        let hidden = self.shared_layers(embeds, &rope);
         let twig_hidden = self.twig.forward(hidden.clone(), &rope, &mut self.twig_cache, &self.probe).hidden;
         (hidden, twig_hidden)
     }

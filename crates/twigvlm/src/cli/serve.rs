@@ -117,11 +117,8 @@ pub fn bench_serve(args: BenchServeArgs) -> anyhow::Result<()> {
         .as_ref()
         .map(|path| -> anyhow::Result<String> {
             let bytes = std::fs::read(path).with_context(|| format!("cannot read --image {}", path.display()))?;
-            let mime = match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
-                Some("jpg" | "jpeg") => "image/jpeg",
-                Some("webp") => "image/webp",
-                _ => "image/png",
-            };
+            // The server sniffs the bytes itself; the media type is for the URL's form.
+            let mime = image::guess_format(&bytes).unwrap_or(image::ImageFormat::Png).to_mime_type();
             Ok(format!("data:{mime};base64,{}", base64::engine::general_purpose::STANDARD.encode(bytes)))
         })
         .transpose()?;

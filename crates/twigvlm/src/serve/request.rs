@@ -7,7 +7,8 @@ use serde_json::Value;
 use twigvlm_backbone::chat_template::{ChatMessage, ChatTemplate, Role};
 use twigvlm_backbone::prompt::IMAGE_PLACEHOLDER;
 use twigvlm_backbone::PromptTokenizer;
-use twigvlm_ssd::{DraftLength, Sampling};
+use clap::ValueEnum as _;
+use twigvlm_ssd::{DecodeConfig, DraftLength, Sampling};
 use twigvlm_ttp::{PrefillPolicy, PruningSpec, TwigPlace, VisualBudget};
 
 use super::api::{ChatCompletionRequest, Content, ContentPart};
@@ -115,11 +116,12 @@ where
     text.parse().map_err(|e| ApiError::invalid_request(format!("invalid {param}: {e}"), Some(param)))
 }
 
+/// The decoder named as on the command line.
 fn decoder(name: &str) -> Result<DecoderKind, ApiError> {
-    [DecoderKind::Base, DecoderKind::TwigOnly, DecoderKind::Ssd]
-        .into_iter()
-        .find(|d| d.name() == name)
-        .ok_or_else(|| ApiError::invalid_request(format!("unknown decoder {name:?} (base, twig-only or ssd)"), Some("decoder")))
+    <DecoderKind as clap::ValueEnum>::from_str(name, false).map_err(|_| {
+        let known: Vec<&str> = DecoderKind::value_variants().iter().map(|d| d.name()).collect();
+        ApiError::invalid_request(format!("unknown decoder {name:?} ({})", known.join(", ")), Some("decoder"))
+    })
 }
 
 /// The pruning a request asks for: the server's default, with any of policy, budget and
@@ -181,13 +183,12 @@ pub fn check(request: &ChatCompletionRequest, facts: &ModelFacts, defaults: &Req
     let prompt = Prompt::Chat(messages);
     let text = prompt.render(&facts.template, image_url.is_some()).map_err(|e| ApiError::invalid_request(format!("cannot render the conversation: {e:#}"), Some("messages")))?;
     let tokens = facts.tokenizer.encode(&text, facts.visual_tokens).map_err(|e| ApiError::invalid_request(e.to_string(), Some("messages")))?;
-    if tokens.len() >= facts.context_length {
-        return Err(ApiError::invalid_request(
-            format!("the prompt has {} tokens (the image counts {}); this model's context holds {}", tokens.len(), facts.visual_tokens, facts.context_length),
-            Some("messages"),
-        )
-        .with_code("context_length_exceeded"));
-    }
+    // The decoders' own rule, checked before the request waits in the queue.
+    let limits = DecodeConfig { max_new_tokens: max_tokens, eos_token_ids: Vec::new(), context_length: facts.context_length };
+    limits.check_prompt(tokens.len()).map_err(|e| {
+        let image = if image_url.is_some() { format!(" (the image counts {})", facts.visual_tokens) } else { String::new() };
+        ApiError::invalid_request(format!("{e}{image}"), Some("messages")).with_code("context_length_exceeded")
+    })?;
     let seed = request.seed.unwrap_or(0);
     Ok(Checked {
         request: GenerateRequest { prompt, image: None, max_new_tokens: max_tokens, sampling, seed, capture_tensors: false, decoder, pruning, draft_length },
