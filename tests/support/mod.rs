@@ -38,14 +38,23 @@ mod tolerance {
 }
 /// The GPU backends' kernels accumulate in other orders (tiled matmuls, fused reductions) and
 /// their `exp`/`erf` differ from libm by a few ulps: DESIGN.md §5's tolerances, 10× looser. On
-/// lavapipe (CI) everything is f32. On CUDA with tensor cores, f32 matmuls run as TF32 (10
-/// mantissa bits; see bench/results/gpu/README.md), which these tolerances do not cover yet.
-#[cfg(any(feature = "wgpu", feature = "cuda"))]
+/// lavapipe (CI) everything is f32.
+#[cfg(all(feature = "wgpu", not(feature = "cuda")))]
 mod tolerance {
     pub const VISION_ATOL: f32 = 1e-3;
     pub const LOGITS_ATOL: f32 = 1e-2;
     pub const ATTENTION_ATOL: f32 = 1e-3;
     pub const HIDDEN_ATOL: f32 = 1e-2;
+}
+/// On CUDA with tensor cores, f32 matmuls run as TF32 (10 mantissa bits, relative rounding
+/// 2^-11 per operand; see bench/results/gpu/README.md): the vision tower's 24 layers were measured
+/// at 1.85e-2 from HF (values up to ~8) on an H100. DESIGN.md §5's tolerances, 50× looser.
+#[cfg(feature = "cuda")]
+mod tolerance {
+    pub const VISION_ATOL: f32 = 5e-2;
+    pub const LOGITS_ATOL: f32 = 5e-2;
+    pub const ATTENTION_ATOL: f32 = 5e-3;
+    pub const HIDDEN_ATOL: f32 = 5e-2;
 }
 pub use tolerance::*;
 
@@ -107,6 +116,8 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32) {
     let diff = max_abs_diff(got, want);
     let worst = got.iter().zip(want).map(|(a, b)| (a - b).abs()).position(|d| d == diff).unwrap_or(0);
     let around = worst.saturating_sub(3)..(worst + 4).min(got.len());
+    // Printed for every comparison, so that `--nocapture` logs the measured deviations.
+    eprintln!("parity: {what}: max |diff| {diff:.3e} (tolerance {atol:.0e})");
     assert!(
         diff <= atol,
         "{what}: max |diff| {diff:.3e} exceeds {atol:.0e} at index {worst} of {}; got {:?}, want {:?} around it",

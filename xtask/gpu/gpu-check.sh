@@ -37,12 +37,12 @@ fi
     date -u
     nvidia-smi -L 2>/dev/null || true
     echo "== parity tests ($backend build of the test binary)"
-    (cd tests && time "$parity" llava_hf_transformers5_layout_f16) || echo "PARITY FAILED"
+    (cd tests && time "$parity" llava_hf_transformers5_layout_f16 --nocapture) || echo "PARITY FAILED"
     echo "== random $preset model"
     model=/tmp/check-$preset
     [ -f $model/model.safetensors ] || time "$bin" make-model --preset "$preset" --out $model
     echo "== bench: $new_tokens new tokens, batch 1"
-    time "$bin" bench --model $model --twig $model/twig --twig-k 2 --backend "$backend" \
+    time "$bin" --log-level info bench --model $model --twig $model/twig --twig-k 2 --backend "$backend" \
         --modes vanilla,fastv,ttp,ssd,ttp+ssd --max-new-tokens "$new_tokens" --repeats 1 \
         --data shapes:seed=1000000,n=1,task=describe --results-dir "$OUT" | tee "$OUT/bench.txt"
 } 2>&1 | tee "$OUT/gpu-check.log"

@@ -183,6 +183,16 @@ pub fn run_bench<B: Backend>(
             for (mode, tally) in options.modes.iter().zip(&mut tallies) {
                 let result = generate(*mode, prompt)?;
                 on_generation();
+                // One line per generation, so that a run cut short (a GPU call's time limit) still
+                // tells what it measured.
+                tracing::info!(
+                    pass,
+                    %mode,
+                    new_tokens = result.stats.new_tokens,
+                    prefill_ms = result.stats.prefill_ms,
+                    decode_ms = result.stats.decode_ms,
+                    "bench generation"
+                );
                 if pass == 0 {
                     continue; // warm-up
                 }
