@@ -35,26 +35,28 @@ mod tolerance {
     pub const ATTENTION_ATOL: f32 = 1e-4;
     /// Hidden states are compared at the logits tolerance.
     pub const HIDDEN_ATOL: f32 = 1e-3;
+    /// The backend's matmuls round at f32: the absolute tolerances cover it.
+    pub const MATMUL_RTOL: f32 = 0.0;
 }
 /// The GPU backends' kernels accumulate in other orders (tiled matmuls, fused reductions) and
-/// their `exp`/`erf` differ from libm by a few ulps: DESIGN.md §5's tolerances, 10× looser. On
-/// lavapipe (CI) everything is f32.
-#[cfg(all(feature = "wgpu", not(feature = "cuda")))]
+/// their `exp`/`erf` differ from libm by a few ulps: DESIGN.md §5's tolerances, 10× looser.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod tolerance {
     pub const VISION_ATOL: f32 = 1e-3;
     pub const LOGITS_ATOL: f32 = 1e-2;
     pub const ATTENTION_ATOL: f32 = 1e-3;
     pub const HIDDEN_ATOL: f32 = 1e-2;
-}
-/// On CUDA with tensor cores, f32 matmuls run as TF32 (10 mantissa bits, relative rounding
-/// 2^-11 per operand; see bench/results/gpu/README.md): the vision tower's 24 layers were measured
-/// at 1.85e-2 from HF (values up to ~8) on an H100. DESIGN.md §5's tolerances, 50× looser.
-#[cfg(feature = "cuda")]
-mod tolerance {
-    pub const VISION_ATOL: f32 = 5e-2;
-    pub const LOGITS_ATOL: f32 = 5e-2;
-    pub const ATTENTION_ATOL: f32 = 5e-3;
-    pub const HIDDEN_ATOL: f32 = 5e-2;
+    /// On lavapipe (CI) everything is f32.
+    #[cfg(not(feature = "cuda"))]
+    pub const MATMUL_RTOL: f32 = 0.0;
+    /// On CUDA with tensor cores, f32 matmuls run as TF32: 10 mantissa bits, a relative rounding
+    /// of 2^-11 ≈ 4.9e-4 per operand (bench/results/gpu/README.md), compounding over the vision
+    /// tower's and the language model's layers. Measured on an H100: 1.44e-2 on vision features
+    /// of magnitude ~8, 5.7e-2 on a layer-2 hidden state of magnitude ~18 (3e-3 of the largest
+    /// value). Allowed on top of the absolute tolerance: 5e-3 of the compared tensor's largest
+    /// magnitude, about 10× TF32's rounding.
+    #[cfg(feature = "cuda")]
+    pub const MATMUL_RTOL: f32 = 5e-3;
 }
 pub use tolerance::*;
 
@@ -111,16 +113,19 @@ pub fn max_abs_diff(got: &[f32], want: &[f32]) -> f32 {
     got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
 }
 
-/// Asserts `|got - want| ≤ atol` element-wise, naming the largest deviation.
+/// Asserts `|got - want| ≤ atol + MATMUL_RTOL · max|want|` element-wise (the relative term is
+/// zero except on TF32 matmuls), naming the largest deviation.
 pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32) {
     let diff = max_abs_diff(got, want);
+    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let allowed = atol + MATMUL_RTOL * scale;
     let worst = got.iter().zip(want).map(|(a, b)| (a - b).abs()).position(|d| d == diff).unwrap_or(0);
     let around = worst.saturating_sub(3)..(worst + 4).min(got.len());
     // Printed for every comparison, so that `--nocapture` logs the measured deviations.
-    eprintln!("parity: {what}: max |diff| {diff:.3e} (tolerance {atol:.0e})");
+    eprintln!("parity: {what}: max |diff| {diff:.3e} (allowed {allowed:.1e}, largest |value| {scale:.2})");
     assert!(
-        diff <= atol,
-        "{what}: max |diff| {diff:.3e} exceeds {atol:.0e} at index {worst} of {}; got {:?}, want {:?} around it",
+        diff <= allowed,
+        "{what}: max |diff| {diff:.3e} exceeds {allowed:.1e} at index {worst} of {}; got {:?}, want {:?} around it",
         got.len(),
         &got[around.clone()],
         &want[around]
