@@ -48,3 +48,10 @@ pub struct Conversation {
     pub image: Option<ImageSource>,
     pub turns: Vec<Turn>,
 }
+
+impl Conversation {
+    /// Each question with its answer as a conversation of its own about the same image.
+    pub fn questions_alone(&self) -> Vec<Conversation> {
+        self.turns.iter().map(|turn| Conversation { turns: vec![turn.clone()], ..self.clone() }).collect()
+    }
+}

@@ -132,11 +132,7 @@ struct TurnsOfOneImage {
 
 impl TurnsOfOneImage {
     fn new(encoder: &ConversationEncoder, conversation: &Conversation, visual_tokens: usize) -> Result<Self> {
-        let turns = conversation
-            .turns
-            .iter()
-            .map(|turn| encoder.encode(&Conversation { turns: vec![turn.clone()], ..conversation.clone() }, visual_tokens))
-            .collect::<Result<Vec<_>>>()?;
+        let turns = conversation.questions_alone().iter().map(|alone| encoder.encode(alone, visual_tokens)).collect::<Result<Vec<_>>>()?;
         let first = &turns.first().ok_or_else(|| TrainError::Config(format!("{} has no turns", conversation.id)))?.prompt.ids;
         let common = turns.iter().map(|t| first.iter().zip(&t.prompt.ids).take_while(|(a, b)| a == b).count()).min().unwrap_or(0);
         // Every trained position stays in its own turn, even when two questions are the same.
@@ -146,8 +142,29 @@ impl TurnsOfOneImage {
 }
 
 impl<B: AutodiffBackend> AlignmentObjective<B> {
+    /// Adds `conversation`'s assistant tokens to `loss`: with a frozen projector each question as
+    /// if asked alone, else the whole conversation through the graph.
+    pub fn add_conversation(&self, loss: &mut TokenMeanLoss<B>, parts: &AlignedParts<B>, conversation: &Conversation) -> Result<()> {
+        if self.freeze_projector {
+            let (language_model, projector) = (self.language_model.valid(), parts.projector.valid());
+            return self.add_turns_separately(loss, parts, &language_model, &projector, conversation);
+        }
+        let (encoded, features) = self.example(conversation)?;
+        loss.add(target_logits(&self.language_model, parts, Tensor::from_inner(features), &encoded, &self.device), &encoded.target_ids());
+        Ok(())
+    }
+}
+
+/// The questions about one image are right-padded to a multiple of this many tokens and run as
+/// one batch. Padding comes after every real token, so the causal mask keeps it out of the real
+/// rows; and GPU kernels, compiled per tensor shape, then meet a few lengths instead of one per
+/// question length (compiling them cost a lent H100 nearly all of a 430 s run).
+const QUESTION_PAD_MULTIPLE: usize = 32;
+
+impl<B: AutodiffBackend> AlignmentObjective<B> {
     /// Adds the loss of every question about `conversation`'s image, each asked alone: the
-    /// frozen layers (and projector) run without a graph, the shared beginning once per image.
+    /// frozen layers (and projector) run without a graph, the shared beginning once per image,
+    /// and the questions in one padded batch on top of it.
     fn add_turns_separately(
         &self,
         loss: &mut TokenMeanLoss<B>,
@@ -161,25 +178,48 @@ impl<B: AutodiffBackend> AlignmentObjective<B> {
         let (device, probe, first_tuned, prefix) = (&self.device, AttentionProbe::default(), parts.first_tuned_layer, image.prefix_len);
         let projected = projector.forward(features);
         let positions = |range: std::ops::Range<usize>| range.collect::<Vec<_>>();
-        let embeds: Vec<_> = image.turns.iter().map(|t| embed_with_image(frozen_lm, &t.prompt, Some(projected.clone()), device)).collect();
 
         let mut frozen_cache = KvCache::new(frozen_lm.num_layers());
         let mut tuned_cache = KvCache::new(frozen_lm.num_layers());
         if prefix > 0 {
-            let prefix_embeds = embeds[0].clone().narrow(1, 0, prefix);
+            let prefix_embeds = embed_with_image(frozen_lm, &image.turns[0].prompt, Some(projected.clone()), device).narrow(1, 0, prefix);
             let hidden = frozen_lm.forward_layers(prefix_embeds, &frozen_lm.rope(&positions(0..prefix), device), 0..first_tuned, &mut frozen_cache, &probe).hidden;
             let rope = self.language_model.rope(&positions(0..prefix), device);
             forward_stack(&parts.lm_layers, first_tuned, Tensor::from_inner(hidden), &rope, &mut tuned_cache, &probe);
         }
-        for (turn, embeds) in image.turns.iter().zip(embeds) {
-            let len = turn.prompt.len();
-            let suffix = embeds.narrow(1, prefix, len - prefix);
-            let hidden = frozen_lm.forward_layers(suffix, &frozen_lm.rope(&positions(prefix..len), device), 0..first_tuned, &mut frozen_cache.clone(), &probe).hidden;
-            let rope = self.language_model.rope(&positions(prefix..len), device);
-            let hidden = forward_stack(&parts.lm_layers, first_tuned, Tensor::from_inner(hidden), &rope, &mut tuned_cache.clone(), &probe).hidden;
-            let logits = self.language_model.logits(hidden.select(1, turn.target_rows_from(prefix, device)));
-            loss.add(single_sequence(logits), &turn.target_ids());
-        }
+        let longest = image.turns.iter().map(|turn| turn.prompt.len() - prefix).max().unwrap_or(0);
+        let padded = longest.div_ceil(QUESTION_PAD_MULTIPLE) * QUESTION_PAD_MULTIPLE;
+        let questions: Vec<_> = image
+            .turns
+            .iter()
+            .map(|turn| {
+                let embeds = embed_with_image(frozen_lm, &turn.prompt, Some(projected.clone()), device);
+                let [_, len, hidden] = embeds.dims();
+                let question = embeds.narrow(1, prefix, len - prefix);
+                match padded - (len - prefix) {
+                    0 => question,
+                    pad => Tensor::cat(vec![question, Tensor::zeros([1, pad, hidden], device)], 1),
+                }
+            })
+            .collect();
+        let batch = questions.len();
+        let rope_positions = positions(prefix..prefix + padded);
+        let hidden = frozen_lm
+            .forward_layers(Tensor::cat(questions, 0), &frozen_lm.rope(&rope_positions, device), 0..first_tuned, &mut frozen_cache.repeat_batch(batch), &probe)
+            .hidden;
+        let rope = self.language_model.rope(&rope_positions, device);
+        let hidden = forward_stack(&parts.lm_layers, first_tuned, Tensor::from_inner(hidden), &rope, &mut tuned_cache.repeat_batch(batch), &probe).hidden;
+        // Every question's target rows in the batch flattened to one sequence of `batch · padded`.
+        let rows: Vec<i32> = image
+            .turns
+            .iter()
+            .enumerate()
+            .flat_map(|(i, turn)| turn.targets.iter().map(move |&(position, _)| (i * padded + position - prefix) as i32))
+            .collect();
+        let targets: Vec<i64> = image.turns.iter().flat_map(Encoded::target_ids).collect();
+        let rows = Tensor::from_data(TensorData::new(rows, [targets.len()]), device);
+        let flat = hidden.reshape([1, batch * padded, self.language_model.hidden_size()]);
+        loss.add(single_sequence(self.language_model.logits(flat.select(1, rows))), &targets);
         Ok(())
     }
 }
@@ -201,17 +241,9 @@ impl<B: AutodiffBackend> Objective<B> for AlignmentObjective<B> {
 
     fn loss(&mut self, parts: &AlignedParts<B>, step: usize) -> Result<(Tensor<B, 1>, usize)> {
         let mut loss = TokenMeanLoss::new();
-        let frozen = self.freeze_projector.then(|| (self.language_model.valid(), parts.projector.valid()));
         for b in 0..self.batch_size {
             let index = (step * self.batch_size + b) % self.train.len.max(1);
-            let conversation = self.train.get(index);
-            if let Some((language_model, projector)) = &frozen {
-                self.add_turns_separately(&mut loss, parts, language_model, projector, &conversation)?;
-                continue;
-            }
-            let (encoded, features) = self.example(&conversation)?;
-            let logits = target_logits(&self.language_model, parts, Tensor::from_inner(features), &encoded, &self.device);
-            loss.add(logits, &encoded.target_ids());
+            self.add_conversation(&mut loss, parts, &self.train.get(index))?;
         }
         loss.finish().ok_or_else(|| TrainError::Config(format!("step {step}: no assistant tokens in the batch")))
     }

@@ -12,6 +12,7 @@ use twigvlm_backbone::{load_llava, LoadOptions, LoadedLlava};
 use twigvlm_data::{SceneConfig, ShapesDataset, TaskMix};
 use twigvlm_train::alignment::{AlignedParts, AlignmentObjective, TunedLayerParts};
 use twigvlm_train::examples::{ConversationEncoder, VisualInput};
+use twigvlm_train::loss::TokenMeanLoss;
 use twigvlm_train::{train, LrSchedule, Objective, OptimizerConfig, TrainOptions};
 
 type B = Autodiff<Flex>;
@@ -116,6 +117,22 @@ fn a_frozen_projector_gives_the_same_loss_and_stays_as_it_was_and_attention_only
     let (frozen, _) = objective.loss(&parts, 0).unwrap();
     let (a, b): (f32, f32) = (through_graph.into_scalar().elem(), frozen.into_scalar().elem());
     assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "the frozen path computes the same loss: {a} vs {b}");
+
+    // Several questions about one image run as one right-padded batch on the shared beginning:
+    // the same loss as each question asked alone through the graph.
+    objective.train.turns_per_image = 3;
+    let conversation = objective.train.get(0);
+    let mut batched = TokenMeanLoss::new();
+    objective.add_conversation(&mut batched, &parts, &conversation).unwrap();
+    objective.freeze_projector = false;
+    let mut alone = TokenMeanLoss::new();
+    for question in conversation.questions_alone() {
+        objective.add_conversation(&mut alone, &parts, &question).unwrap();
+    }
+    objective.freeze_projector = true;
+    let value = |loss: TokenMeanLoss<B>| -> f32 { loss.finish().expect("assistant tokens").0.into_scalar().elem() };
+    let (a, b) = (value(alone), value(batched));
+    assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "questions batched with padding give each question's own loss: {a} vs {b}");
     objective.train.turns_per_image = 2;
 
     let dir = std::env::temp_dir().join(format!("twigvlm-align-frozen-{}", std::process::id()));

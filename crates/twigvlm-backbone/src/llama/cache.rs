@@ -59,6 +59,16 @@ impl<B: Backend> LayerKvCache<B> {
         view
     }
 
+    /// This cache with its batch of one repeated `batch` times (several continuations of one
+    /// prefix in one forward).
+    pub fn repeat_batch(&self, batch: usize) -> Self {
+        let repeat = |t: &Option<Tensor<B, 4>>| t.as_ref().map(|t| t.clone().narrow(2, 0, self.len).repeat_dim(0, batch));
+        match self.len {
+            0 => Self::default(),
+            len => Self { keys: repeat(&self.keys), values: repeat(&self.values), len },
+        }
+    }
+
     /// Keeps only the first `len` entries.
     pub fn crop(&mut self, len: usize) -> Result<()> {
         if len > self.len {
@@ -95,6 +105,11 @@ impl<B: Backend> KvCache<B> {
     /// Lengths of every layer, in layer order.
     pub fn lengths(&self) -> Vec<usize> {
         self.layers.iter().map(LayerKvCache::len).collect()
+    }
+
+    /// Every layer with its batch of one repeated `batch` times.
+    pub fn repeat_batch(&self, batch: usize) -> Self {
+        Self { layers: self.layers.iter().map(|layer| layer.repeat_batch(batch)).collect() }
     }
 
     /// Keeps the first `len` entries of every layer (e.g. the accepted prefix after a draft).
