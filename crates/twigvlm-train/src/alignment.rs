@@ -137,7 +137,10 @@ impl TurnsOfOneImage {
         let common = turns.iter().map(|t| first.iter().zip(&t.prompt.ids).take_while(|(a, b)| a == b).count()).min().unwrap_or(0);
         // Every trained position stays in its own turn, even when two questions are the same.
         let first_target = turns.iter().filter_map(|t| t.targets.first().map(|&(position, _)| position)).min().unwrap_or(common);
-        Ok(Self { prefix_len: common.min(first_target), turns })
+        // The beginning ends with the image at the latest, so that its length (a tensor shape on
+        // the GPU) does not change with the questions' first words.
+        let image_end = turns[0].prompt.image_span.as_ref().map_or(common, |span| span.end);
+        Ok(Self { prefix_len: common.min(first_target).min(image_end), turns })
     }
 }
 
@@ -150,7 +153,8 @@ impl<B: AutodiffBackend> AlignmentObjective<B> {
             return self.add_turns_separately(loss, parts, &language_model, &projector, conversation);
         }
         let (encoded, features) = self.example(conversation)?;
-        loss.add(target_logits(&self.language_model, parts, Tensor::from_inner(features), &encoded, &self.device), &encoded.target_ids());
+        let (logits, targets) = target_logits(&self.language_model, parts, Tensor::from_inner(features), &encoded, &self.device);
+        loss.add_padded(logits, &targets.ids, targets.real);
         Ok(())
     }
 }
@@ -160,6 +164,9 @@ impl<B: AutodiffBackend> AlignmentObjective<B> {
 /// rows; and GPU kernels, compiled per tensor shape, then meet a few lengths instead of one per
 /// question length (compiling them cost a lent H100 nearly all of a 430 s run).
 const QUESTION_PAD_MULTIPLE: usize = 32;
+/// Their target rows (the answers' tokens: the language-model head and the loss run on these
+/// only) are padded to a multiple of this many with rows of weight zero, for the same reason.
+const TARGET_PAD_MULTIPLE: usize = 16;
 
 impl<B: AutodiffBackend> AlignmentObjective<B> {
     /// Adds the loss of every question about `conversation`'s image, each asked alone: the
@@ -194,12 +201,7 @@ impl<B: AutodiffBackend> AlignmentObjective<B> {
             .iter()
             .map(|turn| {
                 let embeds = embed_with_image(frozen_lm, &turn.prompt, Some(projected.clone()), device);
-                let [_, len, hidden] = embeds.dims();
-                let question = embeds.narrow(1, prefix, len - prefix);
-                match padded - (len - prefix) {
-                    0 => question,
-                    pad => Tensor::cat(vec![question, Tensor::zeros([1, pad, hidden], device)], 1),
-                }
+                right_pad(embeds.narrow(1, prefix, turn.prompt.len() - prefix), padded)
             })
             .collect();
         let batch = questions.len();
@@ -210,30 +212,70 @@ impl<B: AutodiffBackend> AlignmentObjective<B> {
         let rope = self.language_model.rope(&rope_positions, device);
         let hidden = forward_stack(&parts.lm_layers, first_tuned, Tensor::from_inner(hidden), &rope, &mut tuned_cache.repeat_batch(batch), &probe).hidden;
         // Every question's target rows in the batch flattened to one sequence of `batch · padded`.
-        let rows: Vec<i32> = image
+        let rows = image
             .turns
             .iter()
             .enumerate()
-            .flat_map(|(i, turn)| turn.targets.iter().map(move |&(position, _)| (i * padded + position - prefix) as i32))
+            .flat_map(|(i, turn)| turn.targets.iter().map(move |&(position, _)| i * padded + position - prefix))
             .collect();
-        let targets: Vec<i64> = image.turns.iter().flat_map(Encoded::target_ids).collect();
-        let rows = Tensor::from_data(TensorData::new(rows, [targets.len()]), device);
+        let targets = PaddedTargets::new(rows, image.turns.iter().flat_map(Encoded::target_ids).collect(), device);
         let flat = hidden.reshape([1, batch * padded, self.language_model.hidden_size()]);
-        loss.add(single_sequence(self.language_model.logits(flat.select(1, rows))), &targets);
+        loss.add_padded(single_sequence(self.language_model.logits(flat.select(1, targets.rows))), &targets.ids, targets.real);
         Ok(())
     }
 }
 
-/// Logits at the target positions `[targets, vocab]`, all on one backend.
-fn target_logits<C: Backend>(language_model: &LlamaDecoder<C>, parts: &AlignedParts<C>, features: Tensor<C, 3>, encoded: &Encoded, device: &C::Device) -> Tensor<C, 2> {
-    let embeds = embed_with_image(language_model, &encoded.prompt, Some(parts.projector.forward(features)), device);
-    let positions: Vec<usize> = (0..encoded.prompt.len()).collect();
+/// `[1, len, hidden]` followed by zero rows up to `[1, padded, hidden]`. The rows come after
+/// every real token, which the causal mask keeps from seeing them.
+fn right_pad<C: Backend>(embeds: Tensor<C, 3>, padded: usize) -> Tensor<C, 3> {
+    let [batch, len, hidden] = embeds.dims();
+    match padded - len {
+        0 => embeds,
+        pad => {
+            let device = embeds.device();
+            Tensor::cat(vec![embeds, Tensor::zeros([batch, pad, hidden], &device)], 1)
+        }
+    }
+}
+
+/// Target rows and ids, padded to a multiple of [`TARGET_PAD_MULTIPLE`] with copies of the first
+/// (counted with weight zero): the first `real` are the answers' tokens.
+struct PaddedTargets<C: Backend> {
+    rows: Tensor<C, 1, Int>,
+    ids: Vec<i64>,
+    real: usize,
+}
+
+impl<C: Backend> PaddedTargets<C> {
+    fn new(mut rows: Vec<usize>, mut ids: Vec<i64>, device: &C::Device) -> Self {
+        let real = ids.len();
+        let padded = real.div_ceil(TARGET_PAD_MULTIPLE) * TARGET_PAD_MULTIPLE;
+        rows.resize(padded, rows.first().copied().unwrap_or(0));
+        ids.resize(padded, ids.first().copied().unwrap_or(0));
+        let rows = rows.into_iter().map(|row| row as i32).collect();
+        Self { rows: Tensor::from_data(TensorData::new(rows, [padded]), device), ids, real }
+    }
+}
+
+/// Logits at the (padded) target positions `[targets, vocab]`, all on one backend, with the
+/// prompt right-padded to a multiple of [`QUESTION_PAD_MULTIPLE`].
+fn target_logits<C: Backend>(
+    language_model: &LlamaDecoder<C>,
+    parts: &AlignedParts<C>,
+    features: Tensor<C, 3>,
+    encoded: &Encoded,
+    device: &C::Device,
+) -> (Tensor<C, 2>, PaddedTargets<C>) {
+    let padded = encoded.prompt.len().div_ceil(QUESTION_PAD_MULTIPLE) * QUESTION_PAD_MULTIPLE;
+    let embeds = right_pad(embed_with_image(language_model, &encoded.prompt, Some(parts.projector.forward(features)), device), padded);
+    let positions: Vec<usize> = (0..padded).collect();
     let rope = language_model.rope(&positions, device);
     let (first_tuned, probe) = (parts.first_tuned_layer, AttentionProbe::default());
     let mut cache = KvCache::new(language_model.num_layers());
     let hidden = language_model.forward_layers(embeds, &rope, 0..first_tuned, &mut cache, &probe).hidden;
     let hidden = forward_stack(&parts.lm_layers, first_tuned, hidden, &rope, &mut cache, &probe).hidden;
-    single_sequence(language_model.logits(hidden.select(1, encoded.target_rows(device))))
+    let targets = PaddedTargets::new(encoded.targets.iter().map(|&(position, _)| position).collect(), encoded.target_ids(), device);
+    (single_sequence(language_model.logits(hidden.select(1, targets.rows.clone()))), targets)
 }
 
 impl<B: AutodiffBackend> Objective<B> for AlignmentObjective<B> {
@@ -256,8 +298,10 @@ impl<B: AutodiffBackend> Objective<B> for AlignmentObjective<B> {
         for index in 0..self.eval.len {
             let conversation = self.eval.get(index);
             let (encoded, features) = self.example(&conversation)?;
-            let logits = target_logits(&language_model, &parts, features, &encoded, &self.device);
-            accuracy.record(conversation.turns[0].task_name(), argmax_ids(logits) == encoded.target_ids());
+            let (logits, targets) = target_logits(&language_model, &parts, features, &encoded, &self.device);
+            let mut predicted = argmax_ids(logits);
+            predicted.truncate(targets.real);
+            accuracy.record(conversation.turns[0].task_name(), predicted == encoded.target_ids());
         }
         Ok(accuracy.into_metrics().collect())
     }

@@ -32,12 +32,18 @@ impl<B: Backend> TokenMeanLoss<B> {
 
     /// Adds one sequence's logits `[targets, vocab]` at its target positions.
     pub fn add(&mut self, logits: Tensor<B, 2>, targets: &[i64]) {
-        if targets.is_empty() {
+        self.add_padded(logits, targets, targets.len());
+    }
+
+    /// Adds logits `[rows, vocab]` whose first `real` rows are target tokens and whose other rows
+    /// are padding (any valid target, counted with weight zero).
+    pub fn add_padded(&mut self, logits: Tensor<B, 2>, targets: &[i64], real: usize) {
+        if real == 0 {
             return;
         }
-        let weights = vec![1.0; targets.len()];
-        self.sums.push(weighted_cross_entropy(logits, targets, &weights).mul_scalar(targets.len() as f64));
-        self.tokens += targets.len();
+        let weights: Vec<f32> = (0..targets.len()).map(|row| if row < real { 1.0 } else { 0.0 }).collect();
+        self.sums.push(weighted_cross_entropy(logits, targets, &weights).mul_scalar(real as f64));
+        self.tokens += real;
     }
 
     /// The mean over every added token and the token count (None: no tokens were added).

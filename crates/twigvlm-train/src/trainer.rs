@@ -44,15 +44,22 @@ pub struct TrainOptions {
     /// Continue from `out_dir`'s checkpoint if there is one.
     pub resume: bool,
     pub show_progress: bool,
-    /// Wall-clock budget of the run. After [`PACE_STEPS`] steps the loop measures its pace and
-    /// shortens the run, and the schedule with it, to end inside the budget; it also stops at
-    /// the budget whatever the plan.
+    /// Wall-clock budget of the run. After [`PACE_STEPS`] steps, and again each time the count
+    /// doubles, the loop measures its recent pace and fits the run (at most `steps`), and the
+    /// schedule with it, to end inside the budget; it also stops at the budget whatever the plan.
     pub time_limit: Option<Duration>,
 }
 
 /// Steps timed before a time-limited run fits its length (the first step, which compiles the
 /// GPU kernels, is left out of the pace).
 pub const PACE_STEPS: usize = 10;
+/// Whether a time-limited run fits its length after this many steps of the session: after
+/// [`PACE_STEPS`], then each time the count doubles, so that a pace measured while GPU kernels
+/// were still being compiled (new shapes keep coming at first) is corrected once they exist.
+fn is_fit_point(session_steps: usize) -> bool {
+    session_steps % PACE_STEPS == 0 && (session_steps / PACE_STEPS).is_power_of_two()
+}
+
 /// Share of the remaining budget a time-limited run plans to use (evaluations and checkpoints
 /// take the rest).
 const BUDGET_SHARE: f64 = 0.9;
@@ -105,7 +112,9 @@ where
     let mut plan = Plan::new(options, &report);
     progress.set_length(plan.steps as u64);
     let (mut loss_sum, mut norm_sum, mut items, mut window_steps, mut window_start) = (0.0f64, 0.0f64, 0usize, 0usize, Instant::now());
-    let mut first_step_done: Option<Instant> = None;
+    // (step, time) the pace is measured from: after the first step (which compiles the GPU
+    // kernels), then from each fit on.
+    let mut pace_window: Option<(usize, Instant)> = None;
     let resumed_at = report.steps_done;
     let mut step = resumed_at;
     while step < plan.steps {
@@ -124,13 +133,14 @@ where
         progress.inc(1);
         if let Some(limit) = options.time_limit {
             let session_steps = done - resumed_at;
-            let first = *first_step_done.get_or_insert_with(Instant::now);
-            if session_steps == PACE_STEPS {
-                let pace = first.elapsed().as_secs_f64() / (PACE_STEPS - 1) as f64;
-                plan.fit(done, limit.saturating_sub(session_start.elapsed()), pace);
+            let (window_from, window_start) = *pace_window.get_or_insert_with(|| (done, Instant::now()));
+            if is_fit_point(session_steps) {
+                let pace = window_start.elapsed().as_secs_f64() / (done - window_from) as f64;
+                plan.fit(done, limit.saturating_sub(session_start.elapsed()), pace, options.steps);
                 report.fitted_steps = Some(plan.steps);
                 progress.set_length(plan.steps as u64);
                 tracing::info!(steps = plan.steps, pace_s = pace, "fitted the run to the time limit");
+                pace_window = Some((done, Instant::now()));
             }
             if session_start.elapsed() >= limit && done < plan.steps {
                 tracing::warn!(step = done, "time limit reached before the planned steps");
@@ -184,12 +194,33 @@ impl Plan {
         }
     }
 
-    /// Shortens the run so that the steps after `done` fit in `remaining` at `pace` s/step.
-    fn fit(&mut self, done: usize, remaining: Duration, pace: f64) {
+    /// Sets the run's length (at most `most` steps) so that the steps after `done` fit in
+    /// `remaining` at `pace` s/step: shorter when the pace is slow, longer again (up to `most`)
+    /// when it has picked up.
+    fn fit(&mut self, done: usize, remaining: Duration, pace: f64, most: usize) {
         let affordable = (remaining.as_secs_f64() * BUDGET_SHARE / pace.max(f64::EPSILON)).floor() as usize;
-        let steps = self.steps.min(done + affordable).max(done);
-        if steps < self.steps {
+        let steps = most.min(done + affordable).max(done);
+        if steps != self.steps {
             *self = Self { steps, schedule: self.schedule.refit(steps) };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_plan_shrinks_at_a_slow_pace_and_grows_back_when_the_pace_picks_up() {
+        let mut plan = Plan { steps: 1000, schedule: LrSchedule::warmup_cosine(1e-3, 1000, 0.1) };
+        // 100 s left at 10 s/step: 90% of the budget affords 9 more steps.
+        plan.fit(PACE_STEPS, Duration::from_secs(100), 10.0, 1000);
+        assert_eq!((plan.steps, plan.schedule.total_steps), (PACE_STEPS + 9, PACE_STEPS + 9));
+        // Kernels compiled: 1 s/step affords far more, up to --steps.
+        plan.fit(2 * PACE_STEPS, Duration::from_secs(100), 1.0, 1000);
+        assert_eq!(plan.steps, 2 * PACE_STEPS + 90);
+        plan.fit(4 * PACE_STEPS, Duration::from_secs(10_000), 1.0, 1000);
+        assert_eq!(plan.steps, 1000, "never beyond --steps");
+        assert!(is_fit_point(PACE_STEPS) && is_fit_point(4 * PACE_STEPS) && !is_fit_point(3 * PACE_STEPS) && !is_fit_point(1));
     }
 }
