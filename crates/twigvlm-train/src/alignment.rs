@@ -145,81 +145,90 @@ impl TurnsOfOneImage {
 }
 
 impl<B: AutodiffBackend> AlignmentObjective<B> {
-    /// Adds `conversation`'s assistant tokens to `loss`: with a frozen projector each question as
-    /// if asked alone, else the whole conversation through the graph.
-    pub fn add_conversation(&self, loss: &mut TokenMeanLoss<B>, parts: &AlignedParts<B>, conversation: &Conversation) -> Result<()> {
+    /// Adds the conversations' assistant tokens to `loss`: with a frozen projector each question
+    /// as if asked alone (all of them in two batched forwards), else each whole conversation
+    /// through the graph.
+    pub fn add_conversations(&self, loss: &mut TokenMeanLoss<B>, parts: &AlignedParts<B>, conversations: &[Conversation]) -> Result<()> {
         if self.freeze_projector {
             let (language_model, projector) = (self.language_model.valid(), parts.projector.valid());
-            return self.add_turns_separately(loss, parts, &language_model, &projector, conversation);
+            return self.add_questions_alone(loss, parts, &language_model, &projector, conversations);
         }
-        let (encoded, features) = self.example(conversation)?;
-        let (logits, targets) = target_logits(&self.language_model, parts, Tensor::from_inner(features), &encoded, &self.device);
-        loss.add_padded(logits, &targets.ids, targets.real);
+        for conversation in conversations {
+            let (encoded, features) = self.example(conversation)?;
+            let (logits, targets) = target_logits(&self.language_model, parts, Tensor::from_inner(features), &encoded, &self.device);
+            loss.add_padded(logits, &targets.ids, targets.real);
+        }
         Ok(())
     }
 }
 
-/// The questions about one image are right-padded to a multiple of this many tokens and run as
-/// one batch. Padding comes after every real token, so the causal mask keeps it out of the real
-/// rows; and GPU kernels, compiled per tensor shape, then meet a few lengths instead of one per
-/// question length (compiling them cost a lent H100 nearly all of a 430 s run).
+/// Questions are right-padded to a multiple of this many tokens and run as one batch. Padding
+/// comes after every real token, so the causal mask keeps it out of the real rows; and GPU
+/// kernels, compiled per tensor shape, then meet a few lengths instead of one per question
+/// length (compiling them cost a lent H100 nearly all of a 430 s run).
 const QUESTION_PAD_MULTIPLE: usize = 32;
 /// Their target rows (the answers' tokens: the language-model head and the loss run on these
 /// only) are padded to a multiple of this many with rows of weight zero, for the same reason.
 const TARGET_PAD_MULTIPLE: usize = 16;
 
 impl<B: AutodiffBackend> AlignmentObjective<B> {
-    /// Adds the loss of every question about `conversation`'s image, each asked alone: the
-    /// frozen layers (and projector) run without a graph, the shared beginning once per image,
-    /// and the questions in one padded batch on top of it.
-    fn add_turns_separately(
+    /// Adds the loss of every question about the conversations' images, each asked alone. The
+    /// frozen layers (and projector) run without a graph. Two batched forwards: the beginnings
+    /// (system prompt and image, as long as the shortest image's shared beginning) of all
+    /// images, then all the questions, right-padded, each on a copy of its image's cache.
+    fn add_questions_alone(
         &self,
         loss: &mut TokenMeanLoss<B>,
         parts: &AlignedParts<B>,
         frozen_lm: &LlamaDecoder<B::InnerBackend>,
         projector: &Projector<B::InnerBackend>,
-        conversation: &Conversation,
+        conversations: &[Conversation],
     ) -> Result<()> {
-        let features = self.image_features(conversation)?;
-        let image = TurnsOfOneImage::new(&self.encoder, conversation, features.dims()[1])?;
-        let (device, probe, first_tuned, prefix) = (&self.device, AttentionProbe::default(), parts.first_tuned_layer, image.prefix_len);
-        let projected = projector.forward(features);
+        let (device, probe, first_tuned) = (&self.device, AttentionProbe::default(), parts.first_tuned_layer);
         let positions = |range: std::ops::Range<usize>| range.collect::<Vec<_>>();
+        // Per image: its questions (encoded alone) and the embeddings of each whole prompt.
+        let mut images = Vec::with_capacity(conversations.len());
+        for conversation in conversations {
+            let features = self.image_features(conversation)?;
+            let image = TurnsOfOneImage::new(&self.encoder, conversation, features.dims()[1])?;
+            let projected = projector.forward(features);
+            let embeds: Vec<_> = image.turns.iter().map(|turn| embed_with_image(frozen_lm, &turn.prompt, Some(projected.clone()), device)).collect();
+            images.push((image, embeds));
+        }
+        let prefix = images.iter().map(|(image, _)| image.prefix_len).min().unwrap_or(0);
 
         let mut frozen_cache = KvCache::new(frozen_lm.num_layers());
         let mut tuned_cache = KvCache::new(frozen_lm.num_layers());
         if prefix > 0 {
-            let prefix_embeds = embed_with_image(frozen_lm, &image.turns[0].prompt, Some(projected.clone()), device).narrow(1, 0, prefix);
-            let hidden = frozen_lm.forward_layers(prefix_embeds, &frozen_lm.rope(&positions(0..prefix), device), 0..first_tuned, &mut frozen_cache, &probe).hidden;
+            let beginnings = images.iter().map(|(_, embeds)| embeds[0].clone().narrow(1, 0, prefix)).collect();
+            let hidden = frozen_lm.forward_layers(Tensor::cat(beginnings, 0), &frozen_lm.rope(&positions(0..prefix), device), 0..first_tuned, &mut frozen_cache, &probe).hidden;
             let rope = self.language_model.rope(&positions(0..prefix), device);
             forward_stack(&parts.lm_layers, first_tuned, Tensor::from_inner(hidden), &rope, &mut tuned_cache, &probe);
         }
-        let longest = image.turns.iter().map(|turn| turn.prompt.len() - prefix).max().unwrap_or(0);
+        let questions = images.iter().flat_map(|(image, _)| &image.turns);
+        let longest = questions.clone().map(|turn| turn.prompt.len() - prefix).max().unwrap_or(0);
         let padded = longest.div_ceil(QUESTION_PAD_MULTIPLE) * QUESTION_PAD_MULTIPLE;
-        let questions: Vec<_> = image
-            .turns
-            .iter()
-            .map(|turn| {
-                let embeds = embed_with_image(frozen_lm, &turn.prompt, Some(projected.clone()), device);
-                right_pad(embeds.narrow(1, prefix, turn.prompt.len() - prefix), padded)
-            })
-            .collect();
-        let batch = questions.len();
+        let image_of_question: Vec<usize> = images.iter().enumerate().flat_map(|(i, (image, _))| std::iter::repeat_n(i, image.turns.len())).collect();
+        let question_embeds = images
+            .into_iter()
+            .flat_map(|(image, embeds)| image.turns.into_iter().zip(embeds))
+            .map(|(turn, embeds)| (right_pad(embeds.narrow(1, prefix, turn.prompt.len() - prefix), padded), turn))
+            .collect::<Vec<_>>();
+        let (embeds, turns): (Vec<_>, Vec<_>) = question_embeds.into_iter().unzip();
         let rope_positions = positions(prefix..prefix + padded);
         let hidden = frozen_lm
-            .forward_layers(Tensor::cat(questions, 0), &frozen_lm.rope(&rope_positions, device), 0..first_tuned, &mut frozen_cache.repeat_batch(batch), &probe)
+            .forward_layers(Tensor::cat(embeds, 0), &frozen_lm.rope(&rope_positions, device), 0..first_tuned, &mut frozen_cache.select_batch(&image_of_question), &probe)
             .hidden;
         let rope = self.language_model.rope(&rope_positions, device);
-        let hidden = forward_stack(&parts.lm_layers, first_tuned, Tensor::from_inner(hidden), &rope, &mut tuned_cache.repeat_batch(batch), &probe).hidden;
-        // Every question's target rows in the batch flattened to one sequence of `batch · padded`.
-        let rows = image
-            .turns
+        let hidden = forward_stack(&parts.lm_layers, first_tuned, Tensor::from_inner(hidden), &rope, &mut tuned_cache.select_batch(&image_of_question), &probe).hidden;
+        // Every question's target rows in the batch flattened to one sequence of `questions · padded`.
+        let rows = turns
             .iter()
             .enumerate()
-            .flat_map(|(i, turn)| turn.targets.iter().map(move |&(position, _)| i * padded + position - prefix))
+            .flat_map(|(q, turn)| turn.targets.iter().map(move |&(position, _)| q * padded + position - prefix))
             .collect();
-        let targets = PaddedTargets::new(rows, image.turns.iter().flat_map(Encoded::target_ids).collect(), device);
-        let flat = hidden.reshape([1, batch * padded, self.language_model.hidden_size()]);
+        let targets = PaddedTargets::new(rows, turns.iter().flat_map(Encoded::target_ids).collect(), device);
+        let flat = hidden.reshape([1, turns.len() * padded, self.language_model.hidden_size()]);
         loss.add_padded(single_sequence(self.language_model.logits(flat.select(1, targets.rows))), &targets.ids, targets.real);
         Ok(())
     }
@@ -282,11 +291,9 @@ impl<B: AutodiffBackend> Objective<B> for AlignmentObjective<B> {
     type Model = AlignedParts<B>;
 
     fn loss(&mut self, parts: &AlignedParts<B>, step: usize) -> Result<(Tensor<B, 1>, usize)> {
+        let conversations: Vec<_> = (0..self.batch_size).map(|b| self.train.get((step * self.batch_size + b) % self.train.len.max(1))).collect();
         let mut loss = TokenMeanLoss::new();
-        for b in 0..self.batch_size {
-            let index = (step * self.batch_size + b) % self.train.len.max(1);
-            self.add_conversation(&mut loss, parts, &self.train.get(index))?;
-        }
+        self.add_conversations(&mut loss, parts, &conversations)?;
         loss.finish().ok_or_else(|| TrainError::Config(format!("step {step}: no assistant tokens in the batch")))
     }
 

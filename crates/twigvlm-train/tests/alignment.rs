@@ -118,17 +118,16 @@ fn a_frozen_projector_gives_the_same_loss_and_stays_as_it_was_and_attention_only
     let (a, b): (f32, f32) = (through_graph.into_scalar().elem(), frozen.into_scalar().elem());
     assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "the frozen path computes the same loss: {a} vs {b}");
 
-    // Several questions about one image run as one right-padded batch on the shared beginning:
-    // the same loss as each question asked alone through the graph.
+    // Several questions about several images run as one right-padded batch on copies of their
+    // images' beginnings: the same loss as each question asked alone through the graph.
     objective.train.turns_per_image = 3;
-    let conversation = objective.train.get(0);
+    let conversations = [objective.train.get(0), objective.train.get(1)];
     let mut batched = TokenMeanLoss::new();
-    objective.add_conversation(&mut batched, &parts, &conversation).unwrap();
+    objective.add_conversations(&mut batched, &parts, &conversations).unwrap();
     objective.freeze_projector = false;
     let mut alone = TokenMeanLoss::new();
-    for question in conversation.questions_alone() {
-        objective.add_conversation(&mut alone, &parts, &question).unwrap();
-    }
+    let questions: Vec<_> = conversations.iter().flat_map(|c| c.questions_alone()).collect();
+    objective.add_conversations(&mut alone, &parts, &questions).unwrap();
     objective.freeze_projector = true;
     let value = |loss: TokenMeanLoss<B>| -> f32 { loss.finish().expect("assistant tokens").0.into_scalar().elem() };
     let (a, b) = (value(alone), value(batched));

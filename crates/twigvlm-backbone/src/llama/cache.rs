@@ -59,13 +59,13 @@ impl<B: Backend> LayerKvCache<B> {
         view
     }
 
-    /// This cache with its batch of one repeated `batch` times (several continuations of one
-    /// prefix in one forward).
-    pub fn repeat_batch(&self, batch: usize) -> Self {
-        let repeat = |t: &Option<Tensor<B, 4>>| t.as_ref().map(|t| t.clone().narrow(2, 0, self.len).repeat_dim(0, batch));
+    /// A cache whose batch entry `i` is this cache's entry `entries[i]` (several continuations
+    /// of each prefix in one forward).
+    pub fn select_batch(&self, entries: &Tensor<B, 1, Int>) -> Self {
+        let select = |t: &Option<Tensor<B, 4>>| t.as_ref().map(|t| t.clone().narrow(2, 0, self.len).select(0, entries.clone()));
         match self.len {
             0 => Self::default(),
-            len => Self { keys: repeat(&self.keys), values: repeat(&self.values), len },
+            len => Self { keys: select(&self.keys), values: select(&self.values), len },
         }
     }
 
@@ -107,9 +107,13 @@ impl<B: Backend> KvCache<B> {
         self.layers.iter().map(LayerKvCache::len).collect()
     }
 
-    /// Every layer with its batch of one repeated `batch` times.
-    pub fn repeat_batch(&self, batch: usize) -> Self {
-        Self { layers: self.layers.iter().map(|layer| layer.repeat_batch(batch)).collect() }
+    /// Every layer with batch entry `i` taken from this cache's entry `entries[i]`.
+    pub fn select_batch(&self, entries: &[usize]) -> Self {
+        let device = self.layers.iter().find_map(|layer| layer.keys.as_ref().map(Tensor::device));
+        let Some(device) = device else { return Self::new(self.layers.len()) };
+        let indices: Vec<i64> = entries.iter().map(|&e| e as i64).collect();
+        let entries = Tensor::<B, 1, Int>::from_data(TensorData::new(indices, [entries.len()]), &device);
+        Self { layers: self.layers.iter().map(|layer| layer.select_batch(&entries)).collect() }
     }
 
     /// Keeps the first `len` entries of every layer (e.g. the accepted prefix after a draft).
