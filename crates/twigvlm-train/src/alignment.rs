@@ -205,9 +205,8 @@ impl<B: AutodiffBackend> AlignmentObjective<B> {
             let rope = self.language_model.rope(&positions(0..prefix), device);
             forward_stack(&parts.lm_layers, first_tuned, Tensor::from_inner(hidden), &rope, &mut tuned_cache, &probe);
         }
-        let questions = images.iter().flat_map(|(image, _)| &image.turns);
-        let longest = questions.clone().map(|turn| turn.prompt.len() - prefix).max().unwrap_or(0);
-        let padded = longest.div_ceil(QUESTION_PAD_MULTIPLE) * QUESTION_PAD_MULTIPLE;
+        let longest = images.iter().flat_map(|(image, _)| &image.turns).map(|turn| turn.prompt.len() - prefix).max().unwrap_or(0);
+        let padded = longest.next_multiple_of(QUESTION_PAD_MULTIPLE);
         let image_of_question: Vec<usize> = images.iter().enumerate().flat_map(|(i, (image, _))| std::iter::repeat_n(i, image.turns.len())).collect();
         let question_embeds = images
             .into_iter()
@@ -258,7 +257,7 @@ struct PaddedTargets<C: Backend> {
 impl<C: Backend> PaddedTargets<C> {
     fn new(mut rows: Vec<usize>, mut ids: Vec<i64>, device: &C::Device) -> Self {
         let real = ids.len();
-        let padded = real.div_ceil(TARGET_PAD_MULTIPLE) * TARGET_PAD_MULTIPLE;
+        let padded = real.next_multiple_of(TARGET_PAD_MULTIPLE);
         rows.resize(padded, rows.first().copied().unwrap_or(0));
         ids.resize(padded, ids.first().copied().unwrap_or(0));
         let rows = rows.into_iter().map(|row| row as i32).collect();
@@ -275,7 +274,7 @@ fn target_logits<C: Backend>(
     encoded: &Encoded,
     device: &C::Device,
 ) -> (Tensor<C, 2>, PaddedTargets<C>) {
-    let padded = encoded.prompt.len().div_ceil(QUESTION_PAD_MULTIPLE) * QUESTION_PAD_MULTIPLE;
+    let padded = encoded.prompt.len().next_multiple_of(QUESTION_PAD_MULTIPLE);
     let embeds = right_pad(embed_with_image(language_model, &encoded.prompt, Some(parts.projector.forward(features)), device), padded);
     let positions: Vec<usize> = (0..padded).collect();
     let rope = language_model.rope(&positions, device);

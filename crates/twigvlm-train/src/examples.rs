@@ -21,13 +21,7 @@ pub struct Encoded {
 impl Encoded {
     /// The target positions as an index tensor.
     pub fn target_rows<B: Backend>(&self, device: &B::Device) -> Tensor<B, 1, Int> {
-        self.target_rows_from(0, device)
-    }
-
-    /// The target positions counted from `start`, for hidden states that begin at prompt
-    /// position `start` (every target must be at or after it).
-    pub fn target_rows_from<B: Backend>(&self, start: usize, device: &B::Device) -> Tensor<B, 1, Int> {
-        let rows: Vec<i32> = self.targets.iter().map(|&(p, _)| (p - start) as i32).collect();
+        let rows: Vec<i32> = self.targets.iter().map(|&(p, _)| p as i32).collect();
         Tensor::from_data(TensorData::new(rows, [self.targets.len()]), device)
     }
 
