@@ -20,7 +20,7 @@ pub mod weights;
 
 pub use config::LlavaConfig;
 pub use error::{BackboneError, Result};
-pub use llama::{AttentionProbe, DecoderLayer, KvCache, LlamaDecoder};
+pub use llama::{AttentionProbe, DecoderLayer, KvCache, LlamaDecoder, TreeMask};
 pub use llava::LlavaModel;
 pub use loading::{load_language_model, CAUSAL_LM_BODY, load_llava, read_llava_spec, LoadOptions, LoadedLanguageModel, LoadedLlava};
 pub use preprocess::ImagePreprocessor;

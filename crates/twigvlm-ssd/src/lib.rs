@@ -1,16 +1,19 @@
 //! Decoders. This crate owns token selection ([`sampling`]) and the decode loops: the plain
 //! autoregressive [`vanilla`] decoder over either [`network`] (the base model or the twig's
 //! shallow network), and the greedy self-speculative decoder ([`speculative`]: draft with the
-//! twig, verify with the base, sharing the layers below K and their KV cache).
+//! twig, verify with the base, sharing the layers below K and their KV cache), drafting a chain
+//! or, greedy, a [`tree`].
 
 pub mod error;
 pub mod network;
 pub mod sampling;
 pub mod speculative;
+pub mod tree;
 pub mod vanilla;
 
 pub use error::{DecodeError, Result};
 pub use network::{CausalNetwork, ShallowCache, ShallowNetwork};
 pub use sampling::{Sampler, Sampling};
+pub use tree::DraftTree;
 pub use speculative::{decode_speculative, DraftConfig, DraftLength, SpeculativeStats, ADAPTIVE_RETRY_ROUNDS};
 pub use vanilla::{decode_vanilla, decode_vanilla_prefilled, DecodeConfig, DecodeOutput, StopReason};

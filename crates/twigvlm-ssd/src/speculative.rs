@@ -28,6 +28,7 @@ use twigvlm_twig::Twig;
 
 use crate::error::{DecodeError, Result};
 use crate::sampling::{argmax, softmax, Sampler, Sampling};
+use crate::tree::DraftTree;
 use crate::vanilla::{logits_row, DecodeConfig, DecodeOutput, Emitter, StopReason};
 
 /// Drafting limits (the paper's defaults).
@@ -38,11 +39,14 @@ pub struct DraftConfig {
     /// Drafting stops when the twig's probability of its own pick falls below this.
     pub draft_threshold: f32,
     pub length: DraftLength,
+    /// Greedy decoding drafts this tree instead of a chain ([`crate::tree`]); the chain settings
+    /// above then apply to sampled decoding only.
+    pub tree: Option<DraftTree>,
 }
 
 impl Default for DraftConfig {
     fn default() -> Self {
-        Self { max_draft: 5, draft_threshold: 0.6, length: DraftLength::Fixed }
+        Self { max_draft: 5, draft_threshold: 0.6, length: DraftLength::Fixed, tree: None }
     }
 }
 
@@ -168,21 +172,31 @@ impl SpeculativeStats {
     }
 }
 
+/// What one draft-and-verify round decided.
+pub(crate) struct Round {
+    /// Drafted tokens the base checked.
+    pub drafted: usize,
+    /// The accepted drafted tokens, in order.
+    pub accepted: Vec<u32>,
+    /// The base's token after them.
+    pub correction: u32,
+}
+
 /// The base model and its twig, with their caches.
-struct Speculator<'a, B: Backend> {
-    base: &'a LlamaDecoder<B>,
-    twig: &'a Twig<B>,
-    base_cache: KvCache<B>,
-    twig_cache: KvCache<B>,
-    /// Layer-K hidden states (and positions) of rounds without drafting, which the twig has
-    /// not run on yet.
-    twig_behind: Vec<(Tensor<B, 3>, usize)>,
+pub(crate) struct Speculator<'a, B: Backend> {
+    pub(crate) base: &'a LlamaDecoder<B>,
+    pub(crate) twig: &'a Twig<B>,
+    pub(crate) base_cache: KvCache<B>,
+    pub(crate) twig_cache: KvCache<B>,
+    /// Layer-K hidden states (and positions) of rounds without drafting, or of a tree round's
+    /// last accepted token, which the twig has not run on yet.
+    pub(crate) twig_behind: Vec<(Tensor<B, 3>, usize)>,
     probe: AttentionProbe,
-    device: B::Device,
+    pub(crate) device: B::Device,
 }
 
 impl<B: Backend> Speculator<'_, B> {
-    fn k(&self) -> usize {
+    pub(crate) fn k(&self) -> usize {
         self.twig.config.k
     }
 
@@ -202,7 +216,7 @@ impl<B: Backend> Speculator<'_, B> {
 
     /// Runs the twig's layers over the positions it missed, in one forward, so that its cache
     /// covers every position again.
-    fn twig_catch_up(&mut self) {
+    pub(crate) fn twig_catch_up(&mut self) {
         if self.twig_behind.is_empty() {
             return;
         }
@@ -239,6 +253,40 @@ impl<B: Backend> Speculator<'_, B> {
 
     fn embed(&self, token: u32) -> Tensor<B, 3> {
         self.base.embed(Tensor::from_data(TensorData::new(vec![token as i32], [1, 1]), &self.device))
+    }
+
+    /// One chain round from `token` (emitted, not yet run) at `start`: drafts up to `limit`
+    /// tokens while the twig is confident, verifies them in one deep forward with speculative
+    /// sampling (greedy: the matching prefix), and drops the rejected entries.
+    fn chain_round(&mut self, mut token: u32, start: usize, limit: usize, threshold: f32, sampler: &mut Sampler, eos: &[u32]) -> Result<Round> {
+        let (mut kept, mut drafted, mut draft_probs) = (Vec::new(), Vec::new(), Vec::new());
+        loop {
+            let position = [start + drafted.len()];
+            if drafted.len() == limit || (!drafted.is_empty() && eos.contains(&token)) {
+                // Nothing more is drafted after this token: the twig needs only its cache
+                // entry, and none now in a round that drafts nothing.
+                let hidden = if limit == 0 { self.lower(self.embed(token), position[0]) } else { self.shallow_hidden(self.embed(token), &position).0 };
+                kept.push(hidden);
+                break;
+            }
+            let (hidden, twig_logits) = self.shallow(self.embed(token), &position);
+            kept.push(hidden);
+            if draft_confidence(sampler, &twig_logits) < threshold {
+                break;
+            }
+            let q = sampler.distribution(&twig_logits);
+            let pick = sampler.draw(&q);
+            drafted.push(pick);
+            draft_probs.push(q);
+            token = pick;
+        }
+
+        let positions: Vec<usize> = (start..start + kept.len()).collect();
+        let targets: Vec<Vec<f32>> = self.deep(Tensor::cat(kept, 1), &positions).iter().map(|row| sampler.distribution(row)).collect();
+        let (accepted, correction) = verify(&targets, &draft_probs, &drafted, sampler);
+        self.discard(positions.len() - accepted - 1)?;
+        drafted.truncate(accepted);
+        Ok(Round { drafted: draft_probs.len(), accepted: drafted, correction })
     }
 
     /// Drops the last `count` entries of every cache (rejected drafts; every layer took the
@@ -288,44 +336,24 @@ pub fn decode_speculative<B: Backend>(
                 break 'rounds StopReason::ContextFull;
             }
             // Drafted tokens run at start+1.. and must leave room for the token after them.
-            let limit = cap.limit().min(emitter.budget()).min(config.context_length - start - 2);
-
-            let (mut kept, mut drafted, mut draft_probs, mut token) = (Vec::new(), Vec::new(), Vec::new(), next);
-            loop {
-                let position = [start + drafted.len()];
-                if drafted.len() == limit || (!drafted.is_empty() && config.eos_token_ids.contains(&token)) {
-                    // Nothing more is drafted after this token: the twig needs only its cache
-                    // entry, and none now in a round that drafts nothing.
-                    let hidden = if limit == 0 { run.lower(run.embed(token), position[0]) } else { run.shallow_hidden(run.embed(token), &position).0 };
-                    kept.push(hidden);
-                    break;
+            let room = emitter.budget().min(config.context_length - start - 2);
+            let round = match (&draft.tree, sampler.sampling) {
+                (Some(tree), Sampling::Greedy) => run.tree_round(next, start, tree.depth.min(room), tree, &config.eos_token_ids),
+                _ => {
+                    let round = run.chain_round(next, start, cap.limit().min(room), draft.draft_threshold, sampler, &config.eos_token_ids)?;
+                    cap.record(round.drafted, round.accepted.len());
+                    round
                 }
-                let (hidden, twig_logits) = run.shallow(run.embed(token), &position);
-                kept.push(hidden);
-                if draft_confidence(sampler, &twig_logits) < draft.draft_threshold {
-                    break;
-                }
-                let q = sampler.distribution(&twig_logits);
-                let pick = sampler.draw(&q);
-                drafted.push(pick);
-                draft_probs.push(q);
-                token = pick;
-            }
-
-            let positions: Vec<usize> = (start..start + kept.len()).collect();
-            let targets: Vec<Vec<f32>> = run.deep(Tensor::cat(kept, 1), &positions).iter().map(|row| sampler.distribution(row)).collect();
-            let (accepted, correction) = verify(&targets, &draft_probs, &drafted, sampler);
+            };
             stats.rounds += 1;
-            stats.drafted += drafted.len();
-            stats.accepted += accepted;
-            cap.record(drafted.len(), accepted);
-            run.discard(positions.len() - accepted - 1)?;
-            for &token in &drafted[..accepted] {
+            stats.drafted += round.drafted;
+            stats.accepted += round.accepted.len();
+            for &token in &round.accepted {
                 if let Some(stop) = emitter.emit(token) {
                     break 'rounds stop;
                 }
             }
-            next = correction;
+            next = round.correction;
         }
     };
     Ok((DecodeOutput { tokens: emitter.tokens, stop, prompt_logits, prefill_time, decode_time: started.elapsed() }, stats))
@@ -390,7 +418,7 @@ mod tests {
 
     #[test]
     fn the_adaptive_cap_follows_the_record_and_retries_after_a_pause() {
-        let mut cap = DraftCap::new(DraftConfig { max_draft: 3, draft_threshold: 0.0, length: DraftLength::Adaptive });
+        let mut cap = DraftCap::new(DraftConfig { max_draft: 3, draft_threshold: 0.0, length: DraftLength::Adaptive, tree: None });
         assert_eq!(cap.limit(), 3);
         cap.record(3, 3);
         assert_eq!(cap.limit(), 3, "never above max_draft");

@@ -32,8 +32,10 @@ fn ssd_after_pruning_gives_the_greedy_tokens_of_the_same_pruning() {
     let base = &llava.model.language_model;
     let twig = Twig::init(base, &llava.config.text, TwigConfig::new(1, 2), &Default::default()).unwrap();
     let config = config(12, vec![]);
-    let draft = DraftConfig { max_draft: 4, draft_threshold: 0.0, ..DraftConfig::default() };
+    let chain = DraftConfig { max_draft: 4, draft_threshold: 0.0, ..DraftConfig::default() };
+    let tree = DraftConfig { tree: Some("3:3:8".parse().unwrap()), ..chain };
     let mut rejected = 0;
+    for draft in [chain, tree] {
     for policy in ["fastv", "twig", "random:5", "vlm-layer:K+T", "vlm-layer:1"] {
         for budget in ["3", "50%"] {
             for final_wipe in [None, Some(4)] {
@@ -41,10 +43,11 @@ fn ssd_after_pruning_gives_the_greedy_tokens_of_the_same_pruning() {
                 let expected = vanilla(base, Some(&twig), &PROMPT, &spec, &config);
                 let prefilled = prefill(base, Some(&twig), embeds(base, &PROMPT), Some(IMAGE), &spec, true).unwrap();
                 let (out, stats) = decode_speculative(base, &twig, prefilled, &config, &draft, &mut Sampler::new(Sampling::Greedy, 0), |_| ControlFlow::Continue(())).unwrap();
-                assert_eq!(out.tokens, expected, "{spec:?}");
+                assert_eq!(out.tokens, expected, "{spec:?}, {draft:?}");
                 rejected += stats.drafted - stats.accepted;
             }
         }
+    }
     }
     assert!(rejected > 0, "no draft was ever rejected: the cache cropping under pruning went untested");
 }

@@ -1,7 +1,7 @@
 //! Self-speculative decoding is lossless: on the tiny llava-hf fixture's language model (4
 //! layers) greedy decoding gives exactly the base's greedy tokens, whatever the twig drafts, the
-//! draft length, the threshold, the token budget or where an end-of-sequence token falls, and
-//! sampling follows the base's distribution.
+//! draft length, the threshold, the draft tree's shape, the token budget or where an
+//! end-of-sequence token falls, and sampling follows the base's distribution.
 
 mod common;
 
@@ -60,7 +60,7 @@ fn a_weak_twig_still_gives_the_base_greedy_tokens() {
             for (max_draft, draft_threshold) in [(1, 0.0), (3, 0.0), (5, 0.0), (5, 0.6), (0, 0.0)] {
                 for length in DraftLength::ALL {
                     let config = config(max_new_tokens, vec![]);
-                    let draft = DraftConfig { max_draft, draft_threshold, length };
+                    let draft = DraftConfig { max_draft, draft_threshold, length, tree: None };
                     let (tokens, stop, stats) = speculative(base, &twig, ids, &config, &draft);
                     assert_eq!((tokens, stop), vanilla(base, ids, &config), "prompt {ids:?}, {max_new_tokens} tokens, {draft:?}");
                     rejected += stats.drafted - stats.accepted;
@@ -144,7 +144,7 @@ fn an_adaptive_draft_length_drafts_less_for_a_weak_twig_and_as_much_for_a_perfec
     let llava = fixture();
     let base = &llava.model.language_model;
     let config = config(60, vec![]);
-    let draft = |length| DraftConfig { max_draft: 4, draft_threshold: 0.0, length };
+    let draft = |length| DraftConfig { max_draft: 4, draft_threshold: 0.0, length, tree: None };
     let weak = Twig::init(base, &llava.config.text, TwigConfig::new(1, 1), &Default::default()).unwrap();
     let perfect = Twig::init(base, &llava.config.text, TwigConfig::new(1, 3), &Default::default()).unwrap();
     for ids in PROMPTS {
@@ -157,4 +157,82 @@ fn an_adaptive_draft_length_drafts_less_for_a_weak_twig_and_as_much_for_a_perfec
         let (_, _, adaptive) = speculative(base, &perfect, ids, &config, &draft(DraftLength::Adaptive));
         assert_eq!(adaptive, fixed, "every draft accepted: the cap stays at its maximum");
     }
+}
+
+fn tree(shape: &str) -> DraftConfig {
+    DraftConfig { tree: Some(shape.parse().unwrap()), ..DraftConfig::default() }
+}
+
+#[test]
+fn a_one_branch_tree_drafts_and_accepts_exactly_as_the_chain() {
+    let llava = fixture();
+    let base = &llava.model.language_model;
+    let config = config(20, vec![]);
+    for twig_config in [TwigConfig::new(1, 1), TwigConfig::new(1, 3)] {
+        let twig = Twig::init(base, &llava.config.text, twig_config, &Default::default()).unwrap();
+        for ids in PROMPTS {
+            let chain = speculative(base, &twig, ids, &config, &DraftConfig { max_draft: 4, draft_threshold: 0.0, ..DraftConfig::default() });
+            assert_eq!(speculative(base, &twig, ids, &config, &tree("1:4:4")), chain, "{twig_config:?}, prompt {ids:?}");
+        }
+    }
+}
+
+#[test]
+fn tree_drafting_gives_the_base_greedy_tokens_and_accepts_more_than_the_chain() {
+    let llava = fixture();
+    let base = &llava.model.language_model;
+    let twig = Twig::init(base, &llava.config.text, TwigConfig::new(1, 1), &Default::default()).unwrap();
+    let (mut rejected, mut tree_accepted, mut chain_accepted) = (0, 0, 0);
+    for ids in PROMPTS {
+        for max_new_tokens in [1, 2, 7, 20] {
+            let config = config(max_new_tokens, vec![]);
+            let expected = vanilla(base, ids, &config);
+            for shape in ["2:3:6", "4:5:16", "3:2:20", "8:4:8", "5:1:5"] {
+                let (tokens, stop, stats) = speculative(base, &twig, ids, &config, &tree(shape));
+                assert_eq!((tokens, stop), expected, "prompt {ids:?}, {max_new_tokens} tokens, tree {shape}");
+                rejected += stats.drafted - stats.accepted;
+                if shape == "4:5:16" {
+                    tree_accepted += stats.accepted;
+                }
+            }
+            chain_accepted += speculative(base, &twig, ids, &config, &DraftConfig { max_draft: 5, draft_threshold: 0.0, ..DraftConfig::default() }).2.accepted;
+        }
+    }
+    assert!(rejected > 0, "no drafted node was ever rejected: the cache compaction went untested");
+    assert!(tree_accepted > chain_accepted, "a 16-node tree accepted {tree_accepted} tokens, a 5-token chain {chain_accepted}");
+}
+
+#[test]
+fn tree_drafting_stops_at_an_end_of_sequence_token_inside_the_tree() {
+    let llava = fixture();
+    let base = &llava.model.language_model;
+    let ids = PROMPTS[0];
+    let (free, _) = vanilla(base, ids, &config(20, vec![]));
+    let eos = free[6];
+    let config = config(20, vec![eos]);
+    let expected = vanilla(base, ids, &config);
+    assert_eq!(expected.1, StopReason::Eos);
+    for twig_config in [TwigConfig::new(1, 1), TwigConfig::new(1, 3)] {
+        let twig = Twig::init(base, &llava.config.text, twig_config, &Default::default()).unwrap();
+        for shape in ["2:3:6", "4:5:16", "1:5:5"] {
+            let (tokens, stop, _) = speculative(base, &twig, ids, &config, &tree(shape));
+            assert_eq!((tokens, stop), expected, "{twig_config:?}, tree {shape}");
+        }
+    }
+}
+
+#[test]
+fn sampling_with_a_tree_configured_drafts_a_chain() {
+    let llava = fixture();
+    let base = &llava.model.language_model;
+    let twig = Twig::init(base, &llava.config.text, TwigConfig::new(1, 1), &Default::default()).unwrap();
+    let sampling = Sampling::TopP { temperature: 0.7, top_p: 0.9 };
+    let config = config(12, vec![]);
+    let chain = DraftConfig { max_draft: 3, draft_threshold: 0.0, ..DraftConfig::default() };
+    let run = |draft: &DraftConfig| {
+        let prefill = prefill(base, Some(&twig), embeds(base, PROMPTS[0]), None, &PruningSpec::none(), true).unwrap();
+        let (out, stats) = decode_speculative(base, &twig, prefill, &config, draft, &mut Sampler::new(sampling, 3), |_| ControlFlow::Continue(())).unwrap();
+        (out.tokens, stats)
+    };
+    assert_eq!(run(&DraftConfig { tree: Some("4:5:16".parse().unwrap()), ..chain }), run(&chain));
 }

@@ -3,7 +3,7 @@
 use burn::nn::{Linear, RmsNorm};
 use burn::prelude::*;
 use twigvlm_backbone::config::LlamaConfig;
-use twigvlm_backbone::llama::{forward_stack, LayersOutput, RopeAngles};
+use twigvlm_backbone::llama::{forward_stack, forward_stack_tree, LayersOutput, RopeAngles, TreeMask};
 use twigvlm_backbone::{AttentionProbe, DecoderLayer, KvCache, LlamaDecoder};
 
 use crate::config::{TwigConfig, TwigHead, TwigInit};
@@ -59,6 +59,11 @@ impl<B: Backend> Twig<B> {
     /// - hidden: `[batch, new, hidden]` → `[batch, new, hidden]`
     pub fn forward(&self, hidden: Tensor<B, 3>, rope: &RopeAngles<B>, cache: &mut KvCache<B>, probe: &AttentionProbe) -> LayersOutput<B> {
         forward_stack(&self.layers, 0, hidden, rope, cache, probe)
+    }
+
+    /// [`Self::forward`] for the nodes of a draft tree (see `TreeMask`).
+    pub fn forward_tree(&self, hidden: Tensor<B, 3>, rope: &RopeAngles<B>, cache: &mut KvCache<B>, tree: &TreeMask) -> Tensor<B, 3> {
+        forward_stack_tree(&self.layers, 0, hidden, rope, cache, tree)
     }
 
     /// The twig's norm and head (or the base's head when shared).

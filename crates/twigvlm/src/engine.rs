@@ -83,6 +83,23 @@ pub struct GenerateRequest {
     pub draft_length: DraftLength,
 }
 
+impl GenerateRequest {
+    /// Greedy decoding by the base model, nothing pruned; change fields with struct-update syntax.
+    pub fn greedy(prompt: Prompt, image: Option<DynamicImage>, max_new_tokens: usize) -> Self {
+        Self {
+            prompt,
+            image,
+            max_new_tokens,
+            sampling: Sampling::Greedy,
+            seed: 0,
+            capture_tensors: false,
+            decoder: DecoderKind::Base,
+            pruning: PruningSpec::none(),
+            draft_length: DraftLength::default(),
+        }
+    }
+}
+
 /// Timings of one generation.
 #[derive(Debug, Clone, Serialize)]
 pub struct GenerateStats {

@@ -7,18 +7,38 @@ use burn::prelude::Backend;
 use serde::Serialize;
 use twigvlm_data::score::{exact_match, normalise_answer, DescribeCounts};
 use twigvlm_data::spec::Dataset;
-use twigvlm_data::Task;
-use twigvlm_ssd::Sampling;
+use twigvlm_data::{Task, Turn};
 use twigvlm_ttp::PruningSpec;
 
 use crate::engine::{DecoderKind, Engine, GenerateRequest, Prompt};
 
+/// How many tokens an answer may take, by the kind of question.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnswerBudget {
+    /// A short shapes-world answer ("row 3, column 5" is the longest, 7 tokens).
+    pub short: usize,
+    /// A description (six objects, about 14 tokens each) or a user's question of unknown length.
+    pub long: usize,
+}
+
+impl Default for AnswerBudget {
+    fn default() -> Self {
+        Self { short: 16, long: 160 }
+    }
+}
+
+impl AnswerBudget {
+    pub fn for_turn(&self, turn: &Turn) -> usize {
+        match turn.task {
+            Some(Task::Describe) | None => self.long,
+            Some(_) => self.short,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct EvalOptions {
-    /// Token budget of a short answer ("row 3, column 5" is the longest, 7 tokens).
-    pub short_max_new_tokens: usize,
-    /// Token budget of a description (six objects, about 14 tokens each).
-    pub describe_max_new_tokens: usize,
+    pub answer_budget: AnswerBudget,
     /// Also answer every question about the same image with the objects removed.
     pub blank_image_baseline: bool,
     /// The network that answers (`twig-only` scores the twig alone).
@@ -29,7 +49,7 @@ pub struct EvalOptions {
 
 impl Default for EvalOptions {
     fn default() -> Self {
-        Self { short_max_new_tokens: 16, describe_max_new_tokens: 160, blank_image_baseline: true, decoder: DecoderKind::Base, pruning: PruningSpec::none() }
+        Self { answer_budget: AnswerBudget::default(), blank_image_baseline: true, decoder: DecoderKind::Base, pruning: PruningSpec::none() }
     }
 }
 
@@ -102,18 +122,12 @@ pub fn evaluate<B: Backend>(
         let blank = blank_source.map(|shapes| shapes.blank_image(index).load()).transpose()?;
         for turn in &example.turns {
             let is_describe = turn.task == Some(Task::Describe);
-            let max_new_tokens = if is_describe { options.describe_max_new_tokens } else { options.short_max_new_tokens };
+            let max_new_tokens = options.answer_budget.for_turn(turn);
             let answer = |image: Option<image::DynamicImage>| -> anyhow::Result<String> {
                 let request = GenerateRequest {
-                    prompt: Prompt::User(turn.user.clone()),
-                    image,
-                    max_new_tokens,
-                    sampling: Sampling::Greedy,
-                    seed: 0,
-                    capture_tensors: false,
                     decoder: options.decoder,
                     pruning: options.pruning.clone(),
-                    draft_length: Default::default(),
+                    ..GenerateRequest::greedy(Prompt::User(turn.user.clone()), image, max_new_tokens)
                 };
                 Ok(engine.generate(&request, |_| std::ops::ControlFlow::Continue(()))?.text)
             };

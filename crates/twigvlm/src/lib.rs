@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod bench;
 pub mod demo_model;
+pub mod distill;
 pub mod engine;
 pub mod eval;
 pub mod explain;

@@ -10,6 +10,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use super::cache::LayerKvCache;
 use super::rope::RopeAngles;
 use super::single_row;
+use super::tree_mask::TreeMask;
 
 #[derive(Module, Debug)]
 pub struct SelfAttention<B: Backend> {
@@ -25,8 +26,9 @@ pub struct SelfAttention<B: Backend> {
 }
 
 impl<B: Backend> SelfAttention<B> {
-    /// Attends the new tokens to everything cached in this layer plus themselves (causally).
-    /// The new tokens must come after every cached entry in sequence order.
+    /// Attends the new tokens to everything cached in this layer plus themselves: causally, or,
+    /// with a `tree`, as the draft tree in the cache's tail allows. Without a tree the new tokens
+    /// must come after every cached entry in sequence order. The probe follows the causal rule.
     ///
     /// # Shapes
     /// - x: `[batch, new, hidden]` → `[batch, new, hidden]`
@@ -37,6 +39,7 @@ impl<B: Backend> SelfAttention<B> {
         rope: &RopeAngles<B>,
         cache: &mut LayerKvCache<B>,
         probe_rows: Option<&[usize]>,
+        tree: Option<&TreeMask>,
     ) -> (Tensor<B, 3>, Option<Tensor<B, 4>>) {
         let [batch, new, _] = x.dims();
         let heads = |t: Tensor<B, 3>, n: usize| t.reshape([batch, new, n, self.head_dim]).swap_dims(1, 2);
@@ -48,11 +51,16 @@ impl<B: Backend> SelfAttention<B> {
         let (k, v) = cache.append(k, v);
 
         let probe = probe_rows.map(|rows| self.row_probabilities(q.clone(), k.clone(), rows, past));
-        let out = if new == 1 {
-            self.attend_single_query(q, k, v)
-        } else {
-            let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
-            attention(q, k, v, None, None, AttentionModuleOptions { is_causal: true, ..Default::default() })
+        let out = match tree {
+            Some(tree) => {
+                let mask = tree.masked(k.dims()[2], &k.device());
+                attention(q, self.repeat_kv(k), self.repeat_kv(v), Some(mask), None, AttentionModuleOptions::default())
+            }
+            None if new == 1 => self.attend_single_query(q, k, v),
+            None => {
+                let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
+                attention(q, k, v, None, None, AttentionModuleOptions { is_causal: true, ..Default::default() })
+            }
         };
         let out = out.swap_dims(1, 2).reshape([batch, new, self.num_heads * self.head_dim]);
         (project(&self.o_proj, out), probe)

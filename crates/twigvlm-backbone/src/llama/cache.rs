@@ -69,6 +69,29 @@ impl<B: Backend> LayerKvCache<B> {
         }
     }
 
+    /// Of the last `tail` entries keeps those at `keep` (ascending indices into the tail), moved
+    /// to follow the entries before the tail: the accepted path of a draft tree.
+    pub fn keep_tail(&mut self, tail: usize, keep: &[usize]) -> Result<()> {
+        let start = self.len.checked_sub(tail).ok_or_else(|| BackboneError::Cache(format!("a tail of {tail} in a layer cache of length {}", self.len)))?;
+        if keep.iter().any(|&i| i >= tail) || keep.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(BackboneError::Cache(format!("cannot keep entries {keep:?} of a tail of {tail}: they must be ascending and inside it")));
+        }
+        if keep.iter().enumerate().all(|(j, &i)| i == j) {
+            return self.crop(start + keep.len());
+        }
+        let indices: Vec<i64> = keep.iter().map(|&i| (start + i) as i64).collect();
+        let compact = |t: Tensor<B, 4>| {
+            let [batch, heads, _, head_dim] = t.dims();
+            let indices = Tensor::<B, 1, Int>::from_data(TensorData::new(indices.clone(), [keep.len()]), &t.device());
+            let kept = t.clone().select(2, indices);
+            t.slice_assign([0..batch, 0..heads, start..start + keep.len(), 0..head_dim], kept)
+        };
+        self.keys = self.keys.take().map(compact);
+        self.values = self.values.take().map(compact);
+        self.len = start + keep.len();
+        Ok(())
+    }
+
     /// Keeps only the first `len` entries.
     pub fn crop(&mut self, len: usize) -> Result<()> {
         if len > self.len {
@@ -121,6 +144,11 @@ impl<B: Backend> KvCache<B> {
         self.layers.iter_mut().try_for_each(|layer| layer.crop(len))
     }
 
+    /// [`LayerKvCache::keep_tail`] on each of `layers`.
+    pub fn keep_tail(&mut self, layers: std::ops::Range<usize>, tail: usize, keep: &[usize]) -> Result<()> {
+        self.layers[layers].iter_mut().try_for_each(|layer| layer.keep_tail(tail, keep))
+    }
+
     /// Drops the last `count` entries of every layer (e.g. rejected draft tokens).
     pub fn truncate_last(&mut self, count: usize) -> Result<()> {
         for layer in &mut self.layers {
@@ -130,5 +158,40 @@ impl<B: Backend> KvCache<B> {
             layer.crop(len)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    /// A one-head cache whose entry `i` holds the value `i` (keys) and `-i` (values).
+    fn numbered(len: usize) -> LayerKvCache<Flex> {
+        let mut cache = LayerKvCache::default();
+        let device = Default::default();
+        let entries = |sign: f32| Tensor::<Flex, 1>::from_data(TensorData::new((0..len).map(|i| sign * i as f32).collect::<Vec<_>>(), [len]), &device).reshape([1, 1, len, 1]);
+        cache.append(entries(1.0), entries(-1.0));
+        cache
+    }
+
+    fn contents(cache: &mut LayerKvCache<Flex>) -> (Vec<f32>, Vec<f32>) {
+        let device = Default::default();
+        let empty = Tensor::<Flex, 4>::zeros([1, 1, 0, 1], &device);
+        let (k, v) = cache.append(empty.clone(), empty);
+        (k.into_data().to_vec().unwrap(), v.into_data().to_vec().unwrap())
+    }
+
+    #[test]
+    fn keep_tail_moves_the_kept_entries_up_behind_the_context() {
+        let mut cache = numbered(8);
+        cache.keep_tail(5, &[0, 2, 4]).unwrap();
+        assert_eq!(contents(&mut cache), (vec![0.0, 1.0, 2.0, 3.0, 5.0, 7.0], vec![-0.0, -1.0, -2.0, -3.0, -5.0, -7.0]));
+        let mut prefix = numbered(8);
+        prefix.keep_tail(5, &[0, 1]).unwrap();
+        assert_eq!(contents(&mut prefix).0, vec![0.0, 1.0, 2.0, 3.0, 4.0]);
+        assert!(numbered(8).keep_tail(9, &[]).is_err());
+        assert!(numbered(8).keep_tail(5, &[2, 1]).is_err());
+        assert!(numbered(8).keep_tail(5, &[5]).is_err());
     }
 }

@@ -7,6 +7,7 @@ use super::attention::SelfAttention;
 use super::cache::LayerKvCache;
 use super::single_row;
 use super::rope::RopeAngles;
+use super::tree_mask::TreeMask;
 use crate::config::{Activation, LlamaConfig};
 use crate::error::Result;
 use crate::weights::WeightLoader;
@@ -105,15 +106,17 @@ impl<B: Backend> DecoderLayer<B> {
     }
 
     /// # Shapes
-    /// - x: `[batch, new, hidden]` → `[batch, new, hidden]` (plus the probe of [`SelfAttention::forward`])
+    /// - x: `[batch, new, hidden]` → `[batch, new, hidden]` (plus the probe of [`SelfAttention::forward`],
+    ///   whose visibility rule `tree` also is)
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
         rope: &RopeAngles<B>,
         cache: &mut LayerKvCache<B>,
         probe_rows: Option<&[usize]>,
+        tree: Option<&TreeMask>,
     ) -> (Tensor<B, 3>, Option<Tensor<B, 4>>) {
-        let (attn, probe) = self.self_attn.forward(self.input_layernorm.forward(x.clone()), rope, cache, probe_rows);
+        let (attn, probe) = self.self_attn.forward(self.input_layernorm.forward(x.clone()), rope, cache, probe_rows, tree);
         let x = x + attn;
         let x = x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x));
         (x, probe)

@@ -6,6 +6,7 @@ pub mod cache;
 pub mod layer;
 pub mod rope;
 pub mod single_row;
+pub mod tree_mask;
 
 use std::ops::Range;
 
@@ -16,6 +17,7 @@ pub use attention::SelfAttention;
 pub use cache::{KvCache, LayerKvCache};
 pub use layer::{DecoderLayer, Mlp};
 pub use rope::RopeAngles;
+pub use tree_mask::TreeMask;
 
 use crate::config::LlamaConfig;
 use crate::error::Result;
@@ -55,15 +57,40 @@ pub struct LayersOutput<B: Backend> {
 pub fn forward_stack<B: Backend>(
     layers: &[DecoderLayer<B>],
     first_index: usize,
-    mut hidden: Tensor<B, 3>,
+    hidden: Tensor<B, 3>,
     rope: &RopeAngles<B>,
     cache: &mut KvCache<B>,
     probe: &AttentionProbe,
 ) -> LayersOutput<B> {
+    run_stack(layers, first_index, hidden, rope, cache, probe, None)
+}
+
+/// [`forward_stack`] for the nodes of a draft tree: each sees what `tree` allows of the cache's
+/// tail (the rotary angles give each node its depth's position).
+pub fn forward_stack_tree<B: Backend>(
+    layers: &[DecoderLayer<B>],
+    first_index: usize,
+    hidden: Tensor<B, 3>,
+    rope: &RopeAngles<B>,
+    cache: &mut KvCache<B>,
+    tree: &TreeMask,
+) -> Tensor<B, 3> {
+    run_stack(layers, first_index, hidden, rope, cache, &AttentionProbe::default(), Some(tree)).hidden
+}
+
+fn run_stack<B: Backend>(
+    layers: &[DecoderLayer<B>],
+    first_index: usize,
+    mut hidden: Tensor<B, 3>,
+    rope: &RopeAngles<B>,
+    cache: &mut KvCache<B>,
+    probe: &AttentionProbe,
+    tree: Option<&TreeMask>,
+) -> LayersOutput<B> {
     let mut attention = Vec::new();
     for (offset, layer) in layers.iter().enumerate() {
         let index = first_index + offset;
-        let (out, probs) = layer.forward(hidden, rope, cache.layer_mut(index), probe.rows_for(index));
+        let (out, probs) = layer.forward(hidden, rope, cache.layer_mut(index), probe.rows_for(index), tree);
         hidden = out;
         if let Some(probs) = probs {
             attention.push((index, probs));
@@ -153,6 +180,11 @@ impl<B: Backend> LlamaDecoder<B> {
         probe: &AttentionProbe,
     ) -> LayersOutput<B> {
         forward_stack(&self.layers[layers.clone()], layers.start, hidden, rope, cache, probe)
+    }
+
+    /// [`Self::forward_layers`] for the nodes of a draft tree ([`forward_stack_tree`]).
+    pub fn forward_tree_layers(&self, hidden: Tensor<B, 3>, rope: &RopeAngles<B>, layers: Range<usize>, cache: &mut KvCache<B>, tree: &TreeMask) -> Tensor<B, 3> {
+        forward_stack_tree(&self.layers[layers.clone()], layers.start, hidden, rope, cache, tree)
     }
 
     /// Final norm and LM head at every given position.

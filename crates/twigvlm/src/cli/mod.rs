@@ -1,6 +1,7 @@
 //! Argument parsing and dispatch of the `twigvlm` subcommands.
 
 mod bench;
+mod distill;
 mod dump;
 mod eval;
 mod explain;
@@ -56,6 +57,9 @@ pub enum Command {
     /// Train the parts of a model this project trains (the demo model's stages).
     #[command(subcommand)]
     Train(train::TrainCommand),
+    /// Self-distillation data for a twig: the base model's own greedy answers to a dataset's
+    /// questions, as LLaVA instruction JSON that `train-twig --data` reads.
+    Distill(distill::DistillArgs),
     /// Train a twig for a base model (only the twig learns; the base stays frozen).
     TrainTwig(twig::TrainTwigArgs),
     /// Twig checkpoint utilities.
@@ -87,6 +91,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Explain(args) => explain::run(args),
         Command::Import(command) => import::run(command),
         Command::Train(command) => train::run(command),
+        Command::Distill(args) => distill::run(args),
         Command::TrainTwig(args) => twig::train_twig(args),
         Command::Twig(command) => twig::run(command),
         Command::PrepareDemo(args) => prepare::run(args),
