@@ -8,7 +8,7 @@ use std::str::FromStr;
 use burn::prelude::Backend;
 use image::DynamicImage;
 use serde::Serialize;
-use twigvlm_ssd::{DraftLength, Sampling, SpeculativeStats};
+use twigvlm_ssd::{DraftConfig, DraftLength, DraftTree, SpeculativeStats};
 use twigvlm_ttp::{PrefillPolicy, PruningSpec, VisualBudget};
 
 use crate::engine::{DecoderKind, Engine, GenerateRequest, Prompt};
@@ -28,10 +28,15 @@ pub enum BenchMode {
     TtpSsd,
     /// Unpruned prefill, self-speculative decoding with the adaptive draft length.
     SsdAdaptive,
+    /// Unpruned prefill, self-speculative decoding drafting a tree ([`BenchOptions::draft_tree`]).
+    SsdTree,
+    /// Twig-guided pruning and self-speculative decoding drafting a tree.
+    TtpSsdTree,
 }
 
 impl BenchMode {
-    pub const ALL: [BenchMode; 6] = [BenchMode::Vanilla, BenchMode::FastV, BenchMode::Ttp, BenchMode::Ssd, BenchMode::TtpSsd, BenchMode::SsdAdaptive];
+    pub const ALL: [BenchMode; 8] =
+        [BenchMode::Vanilla, BenchMode::FastV, BenchMode::Ttp, BenchMode::Ssd, BenchMode::TtpSsd, BenchMode::SsdAdaptive, BenchMode::SsdTree, BenchMode::TtpSsdTree];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -41,36 +46,40 @@ impl BenchMode {
             BenchMode::Ssd => "ssd",
             BenchMode::TtpSsd => "ttp+ssd",
             BenchMode::SsdAdaptive => "ssd-adaptive",
+            BenchMode::SsdTree => "ssd-tree",
+            BenchMode::TtpSsdTree => "ttp+ssd-tree",
         }
     }
 
     fn decoder(self) -> DecoderKind {
         match self {
             BenchMode::Vanilla | BenchMode::FastV | BenchMode::Ttp => DecoderKind::Base,
-            BenchMode::Ssd | BenchMode::TtpSsd | BenchMode::SsdAdaptive => DecoderKind::Ssd,
+            BenchMode::Ssd | BenchMode::TtpSsd | BenchMode::SsdAdaptive | BenchMode::SsdTree | BenchMode::TtpSsdTree => DecoderKind::Ssd,
         }
     }
 
-    fn draft_length(self) -> DraftLength {
+    /// How a speculative mode drafts (`tree`: the shape of the tree modes).
+    fn draft(self, tree: DraftTree) -> DraftConfig {
         match self {
-            BenchMode::SsdAdaptive => DraftLength::Adaptive,
-            _ => DraftLength::Fixed,
+            BenchMode::SsdAdaptive => DraftConfig { length: DraftLength::Adaptive, ..DraftConfig::default() },
+            BenchMode::SsdTree | BenchMode::TtpSsdTree => DraftConfig { tree: Some(tree), ..DraftConfig::default() },
+            _ => DraftConfig::default(),
         }
     }
 
     fn policy(self) -> PrefillPolicy {
         match self {
-            BenchMode::Vanilla | BenchMode::Ssd | BenchMode::SsdAdaptive => PrefillPolicy::None,
+            BenchMode::Vanilla | BenchMode::Ssd | BenchMode::SsdAdaptive | BenchMode::SsdTree => PrefillPolicy::None,
             BenchMode::FastV => PrefillPolicy::FastV,
-            BenchMode::Ttp | BenchMode::TtpSsd => PrefillPolicy::Twig,
+            BenchMode::Ttp | BenchMode::TtpSsd | BenchMode::TtpSsdTree => PrefillPolicy::Twig,
         }
     }
 
     /// The mode whose greedy output this one must reproduce exactly (same policy, plain decoding).
     fn baseline(self) -> BenchMode {
         match self {
-            BenchMode::Ssd | BenchMode::SsdAdaptive => BenchMode::Vanilla,
-            BenchMode::TtpSsd => BenchMode::Ttp,
+            BenchMode::Ssd | BenchMode::SsdAdaptive | BenchMode::SsdTree => BenchMode::Vanilla,
+            BenchMode::TtpSsd | BenchMode::TtpSsdTree => BenchMode::Ttp,
             other => other,
         }
     }
@@ -107,6 +116,8 @@ pub struct BenchOptions {
     pub visual_budget: VisualBudget,
     /// Timed passes over the prompts.
     pub repeats: usize,
+    /// The draft tree of the tree modes.
+    pub draft_tree: DraftTree,
 }
 
 /// One prompt of the benchmark.
@@ -165,15 +176,10 @@ pub fn run_bench<B: Backend>(
     anyhow::ensure!(!prompts.is_empty(), "the benchmark needs at least one prompt");
     let generate = |mode: BenchMode, prompt: &BenchPrompt| {
         let request = GenerateRequest {
-            prompt: Prompt::User(prompt.prompt.clone()),
-            image: prompt.image.clone(),
-            max_new_tokens: options.max_new_tokens,
-            sampling: Sampling::Greedy,
-            seed: 0,
-            capture_tensors: false,
             decoder: mode.decoder(),
             pruning: mode.pruning(options.visual_budget),
-            draft_length: mode.draft_length(),
+            draft: mode.draft(options.draft_tree),
+            ..GenerateRequest::greedy(Prompt::User(prompt.prompt.clone()), prompt.image.clone(), options.max_new_tokens)
         };
         engine.generate(&request, |_| std::ops::ControlFlow::Continue(()))
     };

@@ -9,7 +9,7 @@ use image::DynamicImage;
 use serde::Serialize;
 use twigvlm_backbone::chat_template::{ChatMessage, ChatTemplate};
 use twigvlm_backbone::{load_llava, LoadOptions, LoadedLlava, PromptTokens, TextStream};
-use twigvlm_ssd::{decode_speculative, decode_vanilla, decode_vanilla_prefilled, DecodeConfig, DraftConfig, DraftLength, Sampler, Sampling, ShallowNetwork, SpeculativeStats, StopReason};
+use twigvlm_ssd::{decode_speculative, decode_vanilla, decode_vanilla_prefilled, DecodeConfig, DraftConfig, Sampler, Sampling, ShallowNetwork, SpeculativeStats, StopReason};
 use twigvlm_ttp::{prefill, PruningOutcome, PruningSpec};
 use twigvlm_twig::{load_twig, TwigCheckpoint};
 
@@ -79,8 +79,8 @@ pub struct GenerateRequest {
     pub decoder: DecoderKind,
     /// Which visual tokens the prefill keeps.
     pub pruning: PruningSpec,
-    /// Draft length schedule of the speculative decoder.
-    pub draft_length: DraftLength,
+    /// How the speculative decoder drafts (chain length, threshold, or a tree when greedy).
+    pub draft: DraftConfig,
 }
 
 impl GenerateRequest {
@@ -95,7 +95,7 @@ impl GenerateRequest {
             capture_tensors: false,
             decoder: DecoderKind::Base,
             pruning: PruningSpec::none(),
-            draft_length: DraftLength::default(),
+            draft: DraftConfig::default(),
         }
     }
 }
@@ -263,8 +263,7 @@ impl<B: Backend> Engine<B> {
             DecoderKind::Ssd => {
                 let mut prefilled = prefill(base, Some(twig()?), embeds, span, &request.pruning, true)?;
                 let pruning = prefilled.pruning.take();
-                let draft = DraftConfig { length: request.draft_length, ..DraftConfig::default() };
-                let (output, stats) = decode_speculative(base, twig()?, prefilled, &config, &draft, &mut sampler, &mut on_token)?;
+                let (output, stats) = decode_speculative(base, twig()?, prefilled, &config, &request.draft, &mut sampler, &mut on_token)?;
                 (output, Some(stats), pruning)
             }
         };

@@ -194,6 +194,8 @@ fn token_pruning_reports_its_selection_and_ssd_stays_lossless_under_it_in_genera
         let ssd = json(generate_about_an_image(&[&args[..], &["--decoder", "ssd"]].concat()));
         assert_eq!(ssd["generated_ids"], pruned["generated_ids"], "{policy}");
         assert_eq!(ssd["stats"]["kept_visual_indices"], stats["kept_visual_indices"]);
+        let tree = json(generate_about_an_image(&[&args[..], &["--decoder", "ssd", "--draft-tree", "3:3:6"]].concat()));
+        assert_eq!(tree["generated_ids"], pruned["generated_ids"], "{policy}, tree drafting");
     }
     let unpruned = json(generate_about_an_image(&[]));
     assert!(unpruned["stats"].get("r_prime").is_none());
@@ -219,9 +221,9 @@ fn token_pruning_reports_its_selection_and_ssd_stays_lossless_under_it_in_genera
             "--modes", modes, "--max-new-tokens", "6", "--repeats", "1", "--visual-budget", "50%", "--results-dir", &results.display().to_string(),
         ]))
     };
-    let report = bench("vanilla,fastv,ttp,ssd,ttp+ssd");
+    let report = bench("vanilla,fastv,ttp,ssd,ttp+ssd,ssd-tree,ttp+ssd-tree");
     let rows = report["rows"].as_array().unwrap();
-    assert_eq!(rows.iter().map(|r| r["mode"].as_str().unwrap()).collect::<Vec<_>>(), ["vanilla", "fastv", "ttp", "ssd", "ttp+ssd"]);
+    assert_eq!(rows.iter().map(|r| r["mode"].as_str().unwrap()).collect::<Vec<_>>(), ["vanilla", "fastv", "ttp", "ssd", "ttp+ssd", "ssd-tree", "ttp+ssd-tree"]);
     assert!(rows.iter().all(|r| r["identical_to_baseline"] == true && r["tokens_per_s"].as_f64().unwrap() > 0.0), "{report}");
     assert_eq!(rows[0]["rel_spd"], 1.0);
     assert!(rows[3]["mean_accepted"].is_number() && rows[0]["mean_accepted"].is_null());
@@ -249,6 +251,49 @@ fn token_pruning_reports_its_selection_and_ssd_stays_lossless_under_it_in_genera
     assert!(stderr(&["--policy", "twig", "--twig", &twig, "--visual-budget", "8", "--final-wipe", "9"]).contains("K_f=9"));
     assert!(stderr(&["--policy", "bogus"]).contains("unknown prefill policy"));
     std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn distill_writes_the_base_answers_as_instruction_json_that_train_twig_reads() {
+    let root = std::env::temp_dir().join(format!("twigvlm-cli-distill-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let out = root.display().to_string();
+    let tiny = model("tiny-llava-hf5");
+    let distill = |extra: &[&str]| {
+        let args = [&["distill", "--model", &tiny, "--data", "shapes:seed=7,n=2,task=all,turns=2", "--out", &out, "--short-max-new-tokens", "4", "--long-max-new-tokens", "6"][..], extra].concat();
+        twigvlm(&args)
+    };
+    let run = distill(&[]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let records: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(root.join("distill.json")).unwrap()).unwrap();
+    assert_eq!(records.len(), 4, "two images, two questions each, each asked alone");
+    for record in &records {
+        let image = record["image"].as_str().unwrap();
+        assert!(root.join(image).is_file(), "{image}");
+        let turns = record["conversations"].as_array().unwrap();
+        assert_eq!((turns.len(), turns[0]["from"].as_str(), turns[1]["from"].as_str()), (2, Some("human"), Some("gpt")));
+    }
+    // The first answer is the base's own greedy answer to the same question about the same image.
+    let first = &records[0]["conversations"];
+    let answer = twigvlm(&[
+        "generate", "--model", &model("tiny-llava-hf5"), "--image", &root.join(records[0]["image"].as_str().unwrap()).display().to_string(),
+        "--prompt", first[0]["value"].as_str().unwrap(), "--max-new-tokens", "6", "--json",
+    ]);
+    let answer: serde_json::Value = serde_json::from_slice(&answer.stdout).unwrap();
+    assert!(answer["text"].as_str().unwrap().starts_with(first[1]["value"].as_str().unwrap()), "{answer} vs {first}");
+
+    let again = distill(&[]);
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("--resume"));
+    let resumed = distill(&["--resume"]);
+    assert!(String::from_utf8_lossy(&resumed.stdout).contains("0 answers generated now"), "{}", String::from_utf8_lossy(&resumed.stdout));
+
+    let twig = root.join("twig").display().to_string();
+    let trained = twigvlm(&[
+        "train-twig", "--model", &model("tiny-llava-hf5"), "--data", &root.join("distill.json").display().to_string(), "--eval-data", "shapes:seed=1000000,n=2",
+        "--k", "1", "--t", "2", "--steps", "2", "--batch-size", "2", "--targets", "base", "--out", &twig, "--quiet",
+    ]);
+    assert!(trained.status.success(), "{}", String::from_utf8_lossy(&trained.stderr));
+    let _ = std::fs::remove_dir_all(&root);
 }
 
 #[test]

@@ -55,7 +55,7 @@ fn the_demo_model_is_assembled_from_the_wheel_and_answers_about_an_image() {
         capture_tensors: false,
         decoder: DecoderKind::Base,
         pruning: twigvlm_ttp::PruningSpec::none(),
-        draft_length: Default::default(),
+        draft: Default::default(),
     };
     let result = engine.generate(&request, |_| std::ops::ControlFlow::Continue(())).unwrap();
     eprintln!("answer: {:?}", result.text);

@@ -212,6 +212,8 @@ fn speculative_and_pruned_requests_through_the_extension_fields() {
     assert!(ssd["twigvlm"]["speculative"]["rounds"].as_u64().unwrap() >= 1);
     let adaptive = with(chat("Describe the picture.", Some(&image), 24), json!({"decoder": "ssd", "draft_length": "adaptive"}));
     assert_eq!(text_of(&server.post("/v1/chat/completions", &adaptive).1), text_of(&base));
+    let tree = with(chat("Describe the picture.", Some(&image), 24), json!({"decoder": "ssd", "draft_tree": "3:3:6"}));
+    assert_eq!(text_of(&server.post("/v1/chat/completions", &tree).1), text_of(&base), "tree drafting is lossless");
     let (status, pruned) = server.post("/v1/chat/completions", &with(chat("Describe the picture.", Some(&image), 8), json!({"policy": "twig", "visual_budget": "50%"})));
     assert_eq!(status, 200, "{pruned}");
     assert_eq!(pruned["twigvlm"]["policy"], "twig");
@@ -357,6 +359,7 @@ fn bad_input_gets_a_4xx_with_an_openai_error_body() {
         ("negative temperature", Ok(with(chat("Hi", None, 4), json!({"temperature": -1.0}))), 400, None),
         ("unknown decoder", Ok(with(chat("Hi", None, 4), json!({"decoder": "fast"}))), 400, None),
         ("unknown draft length", Ok(with(chat("Hi", None, 4), json!({"draft_length": "long"}))), 400, None),
+        ("bad draft tree", Ok(with(chat("Hi", None, 4), json!({"draft_tree": "4:0:16"}))), 400, None),
         ("pruning without a budget", Ok(with(chat("Hi", None, 4), json!({"policy": "fastv"}))), 400, None),
         ("zero max_tokens", Ok(chat("Hi", None, 0)), 400, None),
         ("no messages", Ok(json!({"model": MODEL, "messages": []})), 400, None),
@@ -374,7 +377,7 @@ fn bad_input_gets_a_4xx_with_an_openai_error_body() {
             assert_eq!(error["code"], code, "{name}: {error}");
         }
     }
-    assert_eq!(server.metric("twigvlm_requests_total{outcome=\"rejected\"}"), 18.0);
+    assert_eq!(server.metric("twigvlm_requests_total{outcome=\"rejected\"}"), 19.0);
     assert_eq!(server.post("/v1/chat/completions", &chat("Still here?", None, 2)).0, 200);
 }
 

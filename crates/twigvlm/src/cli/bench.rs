@@ -19,7 +19,8 @@ pub struct BenchArgs {
     /// Directory that a JSON dataset's image paths are relative to (default: the file's directory).
     #[arg(long)]
     pub image_root: Option<PathBuf>,
-    /// Modes to compare: vanilla, fastv, ttp, ssd, ttp+ssd (the last three need --twig).
+    /// Modes to compare: vanilla, fastv, ttp, ssd, ttp+ssd, ssd-adaptive, ssd-tree,
+    /// ttp+ssd-tree (all but the first two need --twig).
     #[arg(long, value_delimiter = ',', default_value = "vanilla,fastv,ttp,ssd,ttp+ssd")]
     pub modes: Vec<BenchMode>,
     /// Upper bound on generated tokens per answer.
@@ -31,6 +32,9 @@ pub struct BenchArgs {
     /// Timed passes over the prompts (after one untimed warm-up pass).
     #[arg(long, default_value_t = 2)]
     pub repeats: usize,
+    /// The draft tree of the tree modes: `top_k:depth:nodes`.
+    #[arg(long, default_value = "4:5:16")]
+    pub draft_tree: twigvlm_ssd::DraftTree,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -64,7 +68,7 @@ impl BackendJob for BenchJob {
         // The modes choose their decoders; the twig is attached for them.
         model.decoder.decoder = Some(if uses_twig { twigvlm::DecoderKind::Ssd } else { twigvlm::DecoderKind::Base });
         let (engine, _) = super::load_engine::<B>(&model, device, true)?;
-        let options = BenchOptions { modes: args.modes.clone(), max_new_tokens: args.max_new_tokens, visual_budget: args.visual_budget, repeats: args.repeats };
+        let options = BenchOptions { modes: args.modes.clone(), max_new_tokens: args.max_new_tokens, visual_budget: args.visual_budget, repeats: args.repeats, draft_tree: args.draft_tree };
         let progress = super::progress_bar(generation_count(prompts.len(), &options) as u64, "{pos}/{len} generations (eta {eta})");
         let report = run_bench(&engine, &prompts, &options, || progress.inc(1)).context("benchmark failed")?;
         progress.finish_and_clear();

@@ -82,7 +82,7 @@ impl BackendJob for GenerateJob {
             capture_tensors: args.dump_tensors.is_some(),
             decoder,
             pruning,
-            draft_length: args.draft.draft_length,
+            draft: args.draft.config(),
         };
         let mut stdout = std::io::stdout().lock();
         let result = engine.generate(&request, |piece| {

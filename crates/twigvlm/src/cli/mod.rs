@@ -20,6 +20,7 @@ use burn::prelude::Backend;
 use clap::{Parser, Subcommand};
 use twigvlm::{BackendJob, BackendKind, DecoderKind, Engine, FloatDtype};
 use twigvlm_backbone::LoadOptions;
+use twigvlm_ssd::DraftConfig;
 use twigvlm_ttp::{PrefillPolicy, PruningSpec, VisualBudget};
 use tracing_subscriber::filter::LevelFilter;
 
@@ -152,13 +153,31 @@ impl PruningArgs {
     }
 }
 
-/// How the speculative decoder drafts (`generate`, `serve`; outputs do not depend on it).
+/// How the speculative decoder drafts (`generate`, `serve`; greedy outputs do not depend on it,
+/// sampled ones follow the base's distribution whatever it is).
 #[derive(Debug, Clone, clap::Args)]
 pub struct DraftArgs {
-    /// Draft length of the speculative decoder: the paper's fixed cap (5), or a cap that
-    /// follows the twig's acceptance (down to plain decoding while the twig keeps missing).
+    /// Most tokens in a drafted chain.
+    #[arg(long, default_value_t = DraftConfig::default().max_draft)]
+    pub max_draft: usize,
+    /// A chain stops when the twig's probability of its own next pick is below this.
+    #[arg(long, default_value_t = DraftConfig::default().draft_threshold)]
+    pub draft_threshold: f32,
+    /// Chain length: the paper's fixed cap (--max-draft), or a cap that follows the twig's
+    /// acceptance (down to plain decoding while the twig keeps missing).
     #[arg(long, default_value = "fixed")]
     pub draft_length: twigvlm_ssd::DraftLength,
+    /// Greedy decoding drafts a tree instead of a chain: `top_k:depth:nodes` (the twig's top_k
+    /// tokens per expanded node, top_k nodes expanded per depth, the best `nodes` drafted tokens
+    /// verified in one forward). Sampled decoding still drafts a chain.
+    #[arg(long)]
+    pub draft_tree: Option<twigvlm_ssd::DraftTree>,
+}
+
+impl DraftArgs {
+    pub fn config(&self) -> DraftConfig {
+        DraftConfig { max_draft: self.max_draft, draft_threshold: self.draft_threshold, length: self.draft_length, tree: self.draft_tree }
+    }
 }
 
 /// Which network answers.

@@ -72,7 +72,7 @@ impl BackendJob for ServeJob {
             defaults: RequestDefaults {
                 pruning: if pruning.policy == PrefillPolicy::None { PruningSpec::none() } else { pruning },
                 decoder,
-                draft_length: args.draft.draft_length,
+                draft: args.draft.config(),
                 max_tokens: args.default_max_tokens,
             },
         };

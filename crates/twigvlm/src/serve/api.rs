@@ -26,6 +26,7 @@ const KNOWN_FIELDS: &[&str] = &[
     "final_wipe",
     "decoder",
     "draft_length",
+    "draft_tree",
 ];
 
 #[derive(Debug, Deserialize)]
@@ -52,6 +53,8 @@ pub struct ChatCompletionRequest {
     pub decoder: Option<String>,
     /// `fixed` or `adaptive` (the speculative decoder's draft length).
     pub draft_length: Option<String>,
+    /// `top_k:depth:nodes` (greedy requests draft this tree) or `none` (a chain).
+    pub draft_tree: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

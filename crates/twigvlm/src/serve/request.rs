@@ -8,7 +8,7 @@ use twigvlm_backbone::chat_template::{ChatMessage, ChatTemplate, Role};
 use twigvlm_backbone::prompt::IMAGE_PLACEHOLDER;
 use twigvlm_backbone::PromptTokenizer;
 use clap::ValueEnum as _;
-use twigvlm_ssd::{DecodeConfig, DraftLength, Sampling};
+use twigvlm_ssd::{DecodeConfig, DraftConfig, DraftLength, DraftTree, Sampling};
 use twigvlm_ttp::{PrefillPolicy, PruningSpec, TwigPlace, VisualBudget};
 
 use super::api::{ChatCompletionRequest, Content, ContentPart};
@@ -21,7 +21,8 @@ use crate::{DecoderKind, Engine, GenerateRequest, Prompt};
 pub struct RequestDefaults {
     pub pruning: PruningSpec,
     pub decoder: DecoderKind,
-    pub draft_length: DraftLength,
+    /// Chain settings, draft length schedule and tree of the speculative decoder.
+    pub draft: DraftConfig,
     pub max_tokens: usize,
 }
 
@@ -170,7 +171,15 @@ pub fn check(request: &ChatCompletionRequest, facts: &ModelFacts, defaults: &Req
         .map_err(|e| ApiError::invalid_request(e.to_string(), Some(if temperature < 0.0 { "temperature" } else { "top_p" })))?;
     let decoder = request.decoder.as_deref().map(decoder).transpose()?.unwrap_or(defaults.decoder);
     let pruning = pruning(request, &defaults.pruning)?;
-    let draft_length = request.draft_length.as_deref().map(|text| parse_field::<DraftLength>(text, "draft_length")).transpose()?.unwrap_or(defaults.draft_length);
+    let draft = DraftConfig {
+        length: request.draft_length.as_deref().map(|text| parse_field::<DraftLength>(text, "draft_length")).transpose()?.unwrap_or(defaults.draft.length),
+        tree: match request.draft_tree.as_deref() {
+            None => defaults.draft.tree,
+            Some("none") => None,
+            Some(text) => Some(parse_field::<DraftTree>(text, "draft_tree")?),
+        },
+        ..defaults.draft
+    };
     let needs_twig = decoder != DecoderKind::Base || pruning.policy == PrefillPolicy::Twig;
     if needs_twig && !facts.has_twig() {
         return Err(ApiError::invalid_request("this request needs a twig, and the server was started without --twig", Some(if decoder != DecoderKind::Base { "decoder" } else { "policy" })));
@@ -191,7 +200,7 @@ pub fn check(request: &ChatCompletionRequest, facts: &ModelFacts, defaults: &Req
     })?;
     let seed = request.seed.unwrap_or(0);
     Ok(Checked {
-        request: GenerateRequest { prompt, image: None, max_new_tokens: max_tokens, sampling, seed, capture_tensors: false, decoder, pruning, draft_length },
+        request: GenerateRequest { prompt, image: None, max_new_tokens: max_tokens, sampling, seed, capture_tensors: false, decoder, pruning, draft },
         image_url,
         stream: request.stream,
         include_usage: request.stream_options.as_ref().is_some_and(|o| o.include_usage),
