@@ -164,6 +164,8 @@ where
             if !entry.eval.is_empty() {
                 let metrics: Vec<String> = entry.eval.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
                 progress.println(format!("step {done}: loss {:.4}, {}", entry.loss, metrics.join(", ")));
+                // Also in the log, which a run with a hidden progress bar (`--quiet`) still writes.
+                tracing::info!(step = done, metrics = %metrics.join(", "), "eval");
             }
             tracing::info!(step = done, loss = entry.loss, lr, grad_norm = entry.grad_norm, "train");
             report.history.push(entry);
