@@ -1,22 +1,30 @@
-//! Linear layers for one token at a time (decoding). Some CPU matmul kernels run a one-row
-//! product on a single thread however large the weight; splitting the inner dimension into
-//! `split` blocks turns it into a batch of `split` one-row products, which such backends spread
-//! over their threads, and a sum. Same result up to float rounding; `split = 1` is the plain layer.
+//! Linear layers for a few tokens at a time (decoding, draft verification). Some CPU matmul
+//! kernels run a product of a few rows on a single thread however large the weight; splitting the
+//! inner dimension into `split` blocks turns it into a batch of `split` such products, which those
+//! backends spread over their threads, and a sum. Same result up to float rounding; `split = 1`
+//! is the plain layer. (Measured on the demo model, flex, 2 cores: up to 16 rows split took
+//! tree-drafting decode from 21.8 to 15.2 s and chain SSD from 9.1 to 7.0 s for the same tokens.)
 
 use burn::nn::Linear;
 use burn::prelude::*;
 
-/// `linear(x)` for `x` of shape `[batch, seq, d_in]`, split as described above when the input is
-/// a single row and `split` divides `d_in`.
+/// Inputs of at most this many rows (decoding, draft verification) are split; longer ones go to
+/// the backend's own matmul, which parallelises over rows.
+pub const MAX_SPLIT_ROWS: usize = 16;
+
+/// `linear(x)` for `x` of shape `[batch, seq, d_in]`, split as described above when the input has
+/// at most [`MAX_SPLIT_ROWS`] rows and `split` divides `d_in`.
 pub fn linear<B: Backend>(linear: &Linear<B>, x: Tensor<B, 3>, split: usize) -> Tensor<B, 3> {
     let [batch, seq, d_in] = x.dims();
-    if split <= 1 || batch * seq != 1 || d_in % split != 0 {
+    let rows = batch * seq;
+    if split <= 1 || rows > MAX_SPLIT_ROWS || d_in % split != 0 {
         return linear.forward(x);
     }
     let weight = linear.weight.val();
     let d_out = weight.dims()[1];
-    let blocks = x.reshape([split, 1, d_in / split]).matmul(weight.reshape([split, d_in / split, d_out]));
-    let out = blocks.sum_dim(0);
+    let x = x.reshape([rows, split, d_in / split]).swap_dims(0, 1);
+    let blocks = x.matmul(weight.reshape([split, d_in / split, d_out]));
+    let out = blocks.sum_dim(0).reshape([batch, seq, d_out]);
     match &linear.bias {
         Some(bias) => out + bias.val().reshape([1, 1, d_out]),
         None => out,
@@ -39,8 +47,11 @@ mod tests {
             let diff = (linear(&layer, x.clone(), split) - plain.clone()).abs().max().into_scalar();
             assert!(diff < 1e-5, "split {split}: {diff}");
         }
-        // Several rows are never split.
+        // A few rows (draft verification) are split too, many rows (a prefill) never.
         let rows = Tensor::<Flex, 3>::random([1, 3, 64], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
-        assert_eq!(linear(&layer, rows.clone(), 4).into_data(), layer.forward(rows).into_data());
+        let diff = (linear(&layer, rows.clone(), 4) - layer.forward(rows)).abs().max().into_scalar();
+        assert!(diff < 1e-5, "3 rows: {diff}");
+        let many = Tensor::<Flex, 3>::random([1, MAX_SPLIT_ROWS + 1, 64], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+        assert_eq!(linear(&layer, many.clone(), 4).into_data(), layer.forward(many).into_data());
     }
 }
