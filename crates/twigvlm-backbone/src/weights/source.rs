@@ -2,7 +2,7 @@
 //! `model.safetensors.index.json`) and PyTorch pickles (`pytorch_model*.bin`, sharded with
 //! `pytorch_model.bin.index.json`). Data is read and converted to f32 only when a tensor is fetched.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -42,6 +42,10 @@ const UNSUPPORTED_DTYPE: &str = "unsupported dtype";
 #[derive(Default)]
 pub struct TensorSource {
     tensors: BTreeMap<String, RawTensor>,
+    /// The shard a sharded checkpoint's index names for each tensor: a copy of a tensor in
+    /// another shard is not the one the checkpoint means (the demo model's tuned layers live in
+    /// their own shard beside the language model's full one).
+    indexed_file: HashMap<String, PathBuf>,
 }
 
 /// Weight file names, in the order they are looked for in a model directory.
@@ -55,14 +59,14 @@ impl TensorSource {
     pub fn open_dir(dir: &Path) -> Result<Self> {
         let mut source = Self::default();
         if dir.join(SAFETENSORS_INDEX).is_file() {
-            for shard in shard_files(&dir.join(SAFETENSORS_INDEX))? {
-                source.add_safetensors(&dir.join(shard))?;
+            for shard in source.read_index(dir, SAFETENSORS_INDEX)? {
+                source.add_safetensors(&shard)?;
             }
         } else if dir.join(SAFETENSORS_SINGLE).is_file() {
             source.add_safetensors(&dir.join(SAFETENSORS_SINGLE))?;
         } else if dir.join(PYTORCH_INDEX).is_file() {
-            for shard in shard_files(&dir.join(PYTORCH_INDEX))? {
-                source.add_pytorch(&dir.join(shard))?;
+            for shard in source.read_index(dir, PYTORCH_INDEX)? {
+                source.add_pytorch(&shard)?;
             }
         } else if dir.join(PYTORCH_SINGLE).is_file() {
             source.add_pytorch(&dir.join(PYTORCH_SINGLE))?;
@@ -139,6 +143,9 @@ impl TensorSource {
     }
 
     fn insert(&mut self, name: String, shape: Vec<usize>, dtype: String, file: &Path, read: Reader) {
+        if self.indexed_file.get(&name).is_some_and(|indexed| indexed != file) {
+            return;
+        }
         if self.tensors.contains_key(&name) {
             tracing::warn!(tensor = %name, file = %file.display(), "tensor appears in more than one shard; the last one wins");
         }
@@ -177,8 +184,25 @@ fn decode_le(bytes: &[u8], kind: FloatKind, count: usize) -> std::result::Result
     })
 }
 
-/// Shard file names listed in a `*.index.json` `weight_map`, deduplicated, in order.
-fn shard_files(index: &Path) -> Result<Vec<String>> {
+impl TensorSource {
+    /// Reads `dir/index_name` (a `weight_map` of tensor → shard file): remembers each tensor's
+    /// shard and returns the shard paths, deduplicated, in order.
+    fn read_index(&mut self, dir: &Path, index_name: &str) -> Result<Vec<PathBuf>> {
+        let map = weight_map(&dir.join(index_name))?;
+        let mut files: Vec<PathBuf> = Vec::new();
+        for (tensor, file) in map {
+            let path = dir.join(file);
+            if !files.contains(&path) {
+                files.push(path.clone());
+            }
+            self.indexed_file.insert(tensor, path);
+        }
+        Ok(files)
+    }
+}
+
+/// The `weight_map` of a `*.index.json`: tensor name → shard file name.
+fn weight_map(index: &Path) -> Result<Vec<(String, String)>> {
     let text = std::fs::read_to_string(index).map_err(|e| BackboneError::io(index, e))?;
     let json: serde_json::Value =
         serde_json::from_str(&text).map_err(|source| BackboneError::Json { path: index.to_path_buf(), source })?;
@@ -186,11 +210,27 @@ fn shard_files(index: &Path) -> Result<Vec<String>> {
         path: index.to_path_buf(),
         reason: "no `weight_map` object".into(),
     })?;
-    let mut files: Vec<String> = Vec::new();
-    for file in map.values().filter_map(|v| v.as_str()) {
-        if !files.iter().any(|f| f == file) {
-            files.push(file.to_string());
-        }
+    Ok(map.iter().filter_map(|(tensor, file)| Some((tensor.clone(), file.as_str()?.to_string()))).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::weights::writer::{write_safetensors, StorageDtype};
+
+    #[test]
+    fn a_sharded_checkpoint_takes_each_tensor_from_the_shard_its_index_names() {
+        let dir = std::env::temp_dir().join(format!("twigvlm-index-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tensor = |value: f32| ("w".to_string(), vec![1], vec![value]);
+        // Both shards hold `w`; the index names the one that sorts and loads first.
+        write_safetensors(&dir.join("a.safetensors"), &[tensor(1.0), ("only_a".to_string(), vec![1], vec![3.0])], StorageDtype::F32).unwrap();
+        write_safetensors(&dir.join("b.safetensors"), &[tensor(2.0)], StorageDtype::F32).unwrap();
+        let index = serde_json::json!({"weight_map": {"w": "a.safetensors", "only_a": "a.safetensors", "x": "b.safetensors"}});
+        std::fs::write(dir.join(SAFETENSORS_INDEX), index.to_string()).unwrap();
+        let source = TensorSource::open_dir(&dir).unwrap();
+        assert_eq!(source.get("w").unwrap().read_f32("w").unwrap(), vec![1.0]);
+        assert_eq!(source.get("only_a").unwrap().read_f32("only_a").unwrap(), vec![3.0]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
-    Ok(files)
 }
