@@ -75,7 +75,7 @@ pub fn distill<B: Backend>(
                 continue;
             }
             if image_path.is_none() {
-                image_path = example.image.as_ref().map(|source| stored_image(source, image.as_ref(), index, out_dir)).transpose()?;
+                image_path = example.image.as_ref().map(|source| stored_image(source, index, out_dir)).transpose()?;
             }
             let request = GenerateRequest::greedy(Prompt::User(turn.user.clone()), image.clone(), options.answer_budget.for_turn(turn));
             let answer = engine.generate(&request, |_| std::ops::ControlFlow::Continue(()))?;
@@ -96,15 +96,14 @@ pub fn distill<B: Backend>(
 
 /// The record's image path: a file's own path, or a rendered image saved under `out_dir/images`
 /// (relative, so the output directory can move).
-fn stored_image(source: &ImageSource, image: Option<&image::DynamicImage>, index: usize, out_dir: &Path) -> anyhow::Result<String> {
+fn stored_image(source: &ImageSource, index: usize, out_dir: &Path) -> anyhow::Result<String> {
     match source {
         ImageSource::File(path) => {
             let absolute = std::path::absolute(path).with_context(|| format!("cannot resolve {}", path.display()))?;
             absolute.to_str().map(str::to_string).with_context(|| format!("image path {} is not UTF-8", absolute.display()))
         }
-        ImageSource::Rendered(_) => {
+        ImageSource::Rendered(image) => {
             let relative = format!("{IMAGE_DIR}/{index:07}.png");
-            let image = image.expect("a rendered source loads");
             image.save(out_dir.join(&relative)).with_context(|| format!("cannot write {}", out_dir.join(&relative).display()))?;
             Ok(relative)
         }
