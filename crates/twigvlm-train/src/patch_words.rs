@@ -1,9 +1,14 @@
 //! Stage 1 by regression (the demo model's cheap alternative to LLaVA's captioning stage 1): the
 //! projector learns to map each patch's vision feature onto the language model's own embedding of
-//! the words that describe the patch: its colour and shape words (or "empty") and its row and
-//! column numbers, summed. No language-model layer runs, so thousands of images train in minutes
-//! on a CPU, and the visual tokens start out in the space the language model reads words in
-//! (stage 2 then teaches the language model to answer from them).
+//! the words that describe the patch: its colour and shape words (or "empty"), plus its row and
+//! column numbers at a smaller weight. No language-model layer runs, so thousands of images train
+//! in minutes on a CPU, and the visual tokens start out in the space the language model reads
+//! words in (stage 2 then teaches the language model to answer from them).
+//!
+//! Measured on SmolLM2-135M with these exact targets as visual tokens (no projector error), stage 2
+//! tuning the top 16 layers' attention on one-object scenes: with the row and column numbers at
+//! full weight the colour answer stayed at chance after 640 questions, with colour and shape alone
+//! (one or two objects) it reached 75% after 320. The numbers drown the content words in the sum.
 
 use burn::module::AutodiffModule;
 use burn::nn::loss::{MseLoss, Reduction};
@@ -20,6 +25,9 @@ use crate::trainer::Objective;
 /// The word of an empty patch.
 pub const EMPTY_WORD: &str = " empty";
 
+/// Weight of the row and column numbers in a patch's target, relative to its content words.
+pub const POSITION_WORD_WEIGHT: f32 = 0.3;
+
 /// Token ids of every word a patch description uses.
 #[derive(Debug, Clone)]
 pub struct PatchVocabulary {
@@ -31,8 +39,9 @@ pub struct PatchVocabulary {
 }
 
 impl PatchVocabulary {
-    /// Colour and shape words with a leading space (as inside a sentence), numbers bare (the
-    /// tokenizer splits digits off the space before them).
+    /// Colour and shape words bare, as the short answers say them ("red", not " red": the answer
+    /// then copies the token it reads), numbers bare (the tokenizer splits digits off the space
+    /// before them).
     pub fn new(tokenizer: &PromptTokenizer, grid: usize) -> Result<Self> {
         let ids = |word: &str| -> Result<Vec<u32>> {
             let ids = tokenizer.encode(word, 0).map_err(|e| TrainError::Config(e.to_string()))?.ids;
@@ -42,26 +51,42 @@ impl PatchVocabulary {
             Ok(ids)
         };
         Ok(Self {
-            colours: Colour::ALL.iter().map(|c| ids(&format!(" {}", c.word()))).collect::<Result<_>>()?,
-            shapes: Shape::ALL.iter().map(|s| ids(&format!(" {}", s.word()))).collect::<Result<_>>()?,
+            colours: Colour::ALL.iter().map(|c| ids(c.word())).collect::<Result<_>>()?,
+            shapes: Shape::ALL.iter().map(|s| ids(s.word())).collect::<Result<_>>()?,
             numbers: (1..=grid).map(|n| ids(&n.to_string())).collect::<Result<_>>()?,
             empty: ids(EMPTY_WORD)?,
         })
     }
 
-    /// The words of every cell of `scene` in reading order; a word is its tokens.
-    fn cell_words(&self, scene: &Scene, grid: usize) -> Vec<Vec<&[u32]>> {
+    /// The words of every cell of `scene` in reading order.
+    fn cell_words(&self, scene: &Scene, grid: usize) -> Vec<CellWords<'_>> {
         (0..grid * grid)
             .map(|cell| {
                 let (row, column) = (cell / grid, cell % grid);
-                let mut words: Vec<&[u32]> = match scene.objects.iter().find(|o| o.row == row && o.column == column) {
+                let content: Vec<&[u32]> = match scene.objects.iter().find(|o| o.row == row && o.column == column) {
                     Some(o) => vec![&self.colours[colour_index(o.colour)], &self.shapes[shape_index(o.shape)]],
                     None => vec![&self.empty],
                 };
-                words.extend([self.numbers[row].as_slice(), self.numbers[column].as_slice()]);
-                words
+                CellWords { content, position: [&self.numbers[row], &self.numbers[column]] }
             })
             .collect()
+    }
+}
+
+/// What a cell shows and where it is; a word is its tokens.
+#[derive(Debug, PartialEq)]
+struct CellWords<'a> {
+    content: Vec<&'a [u32]>,
+    /// Row and column numbers.
+    position: [&'a [u32]; 2],
+}
+
+impl CellWords<'_> {
+    /// The cell's target: its content words summed, plus its position words summed at
+    /// [`POSITION_WORD_WEIGHT`].
+    fn target(&self, embeddings: &[f32], d: usize) -> Vec<f32> {
+        let position = words_embedding(embeddings, d, &self.position);
+        words_embedding(embeddings, d, &self.content).into_iter().zip(position).map(|(c, p)| c + POSITION_WORD_WEIGHT * p).collect()
     }
 }
 
@@ -130,7 +155,7 @@ impl<B: AutodiffBackend> PatchWordsObjective<B> {
         let values: Vec<f32> = scenes
             .iter()
             .flat_map(|scene| self.vocabulary.cell_words(scene, grid))
-            .flat_map(|words| words_embedding(&self.embeddings, self.d, &words))
+            .flat_map(|words| words.target(&self.embeddings, self.d))
             .collect();
         Tensor::from_data(TensorData::new(values, [scenes.len(), grid * grid, self.d]), &self.device)
     }
@@ -219,10 +244,20 @@ mod tests {
         let words = vocabulary.cell_words(&scene, 2);
         let ids = |word: &str| tokenizer.encode(word, 0).unwrap().ids;
         let (one, two) = (ids("1"), ids("2"));
+        let (empty, red, triangle) = (ids(EMPTY_WORD), ids("red"), ids("triangle"));
         assert_eq!(words.len(), 4);
-        assert_eq!(words[0], [ids(EMPTY_WORD).as_slice(), &one, &one]);
-        assert_eq!(words[1], [ids(" red").as_slice(), &ids(" triangle"), &one, &two]);
-        assert_eq!(words[3], [ids(EMPTY_WORD).as_slice(), &two, &two]);
+        assert_eq!(words[0], CellWords { content: vec![&empty], position: [&one, &one] });
+        assert_eq!(words[1], CellWords { content: vec![&red, &triangle], position: [&one, &two] });
+        assert_eq!(words[3], CellWords { content: vec![&empty], position: [&two, &two] });
+    }
+
+    #[test]
+    fn a_cell_target_weighs_its_position_below_its_content() {
+        // Vocabulary of 3 tokens, d = 2.
+        let embeddings = [1.0, 0.0, 0.0, 1.0, 2.0, 2.0];
+        let cell = CellWords { content: vec![&[0][..], &[1][..]], position: [&[2][..], &[2][..]] };
+        let w = POSITION_WORD_WEIGHT;
+        assert_eq!(cell.target(&embeddings, 2), [1.0 + 4.0 * w, 1.0 + 4.0 * w]);
     }
 
     #[test]
