@@ -166,13 +166,22 @@ pub const CAUSAL_LM_BODY: &str = "model";
 
 /// Loads a `LlamaForCausalLM` directory (`model.*` and `lm_head` keys, or tied embeddings).
 pub fn load_language_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<LoadedLanguageModel<B>> {
+    load_language_model_with(dir, &[], device)
+}
+
+/// [`load_language_model`] with the tensors of each safetensors file in `replacements` (such as
+/// tuned layers from an earlier training run) in place of the checkpoint's own.
+pub fn load_language_model_with<B: Backend>(dir: &Path, replacements: &[PathBuf], device: &B::Device) -> Result<LoadedLanguageModel<B>> {
     const HEAD: &str = "lm_head";
     let config_path = dir.join("config.json");
     let hf: HfLlamaConfig = read_json(&config_path)?;
     let config = hf
         .to_llama(None)
         .map_err(|reason| BackboneError::UnsupportedConfig { path: config_path.clone(), reason })?;
-    let source = TensorSource::open_dir(dir)?;
+    let mut source = TensorSource::open_dir(dir)?;
+    for file in replacements {
+        source.override_with_safetensors(file)?;
+    }
     let loader = WeightLoader::<B>::new(&source, device);
     let model = LlamaDecoder::load(&loader, CAUSAL_LM_BODY, HEAD, &config)?;
     let report = loader.report(|name| ignorable(name, "", 0));

@@ -121,6 +121,18 @@ impl TensorSource {
         Ok(())
     }
 
+    /// Adds one safetensors file whose tensors replace those of the same names already added (an
+    /// index naming another file for them included): trained replacements of a checkpoint's parts.
+    pub fn override_with_safetensors(&mut self, path: &Path) -> Result<()> {
+        let mut replacements = Self::default();
+        replacements.add_safetensors(path)?;
+        for (name, tensor) in replacements.tensors {
+            self.indexed_file.remove(&name);
+            self.tensors.insert(name, tensor);
+        }
+        Ok(())
+    }
+
     /// Adds one PyTorch pickle checkpoint through burn-store's reader.
     pub fn add_pytorch(&mut self, path: &Path) -> Result<()> {
         let reader = burn_store::pytorch::PytorchReader::new(path)
@@ -231,6 +243,23 @@ mod tests {
         let source = TensorSource::open_dir(&dir).unwrap();
         assert_eq!(source.get("w").unwrap().read_f32("w").unwrap(), vec![1.0]);
         assert_eq!(source.get("only_a").unwrap().read_f32("only_a").unwrap(), vec![3.0]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_replacement_file_wins_over_the_index_and_leaves_the_other_tensors() {
+        let dir = std::env::temp_dir().join(format!("twigvlm-replace-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tensor = |name: &str, value: f32| (name.to_string(), vec![1], vec![value]);
+        write_safetensors(&dir.join("a.safetensors"), &[tensor("w", 1.0), tensor("kept", 3.0)], StorageDtype::F32).unwrap();
+        let index = serde_json::json!({"weight_map": {"w": "a.safetensors", "kept": "a.safetensors"}});
+        std::fs::write(dir.join(SAFETENSORS_INDEX), index.to_string()).unwrap();
+        let replacement = dir.join("tuned.safetensors");
+        write_safetensors(&replacement, &[tensor("w", 2.0)], StorageDtype::F32).unwrap();
+        let mut source = TensorSource::open_dir(&dir).unwrap();
+        source.override_with_safetensors(&replacement).unwrap();
+        assert_eq!(source.get("w").unwrap().read_f32("w").unwrap(), vec![2.0]);
+        assert_eq!(source.get("kept").unwrap().read_f32("kept").unwrap(), vec![3.0]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

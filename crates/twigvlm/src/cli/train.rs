@@ -12,7 +12,7 @@ use twigvlm::demo_model::{PROJECTOR_FILE, TUNED_LM_FILE, VISION_FILE};
 use twigvlm_backbone::clip::ClipVisionTower;
 use twigvlm_backbone::projector::Projector;
 use twigvlm_backbone::weights::{hf_tensors, write_safetensors, StorageDtype, TensorSource, WeightLoader};
-use twigvlm_backbone::{load_language_model, read_llava_spec, ImagePreprocessor, LlavaConfig, LoadedLanguageModel, CAUSAL_LM_BODY};
+use twigvlm_backbone::{load_language_model_with, read_llava_spec, ImagePreprocessor, LlavaConfig, LoadedLanguageModel, CAUSAL_LM_BODY};
 use twigvlm_train::trainable::trainable;
 use twigvlm_data::{DatasetSpec, SeedRange, ShapesDataset};
 use twigvlm_train::alignment::{AlignedParts, AlignmentObjective, TunedLayerParts};
@@ -173,6 +173,10 @@ pub struct InstructArgs {
     /// tuned file holds only the attention tensors, a quarter of a layer).
     #[arg(long)]
     pub attention_only: bool,
+    /// Output directory of an earlier `train instruct` run to start the tuned layers from (its
+    /// language_model_tuned.safetensors), e.g. one trained on easier scenes: a curriculum.
+    #[arg(long)]
+    pub tuned_from: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -237,6 +241,8 @@ struct AlignmentJob {
     projector_from: Option<PathBuf>,
     freeze_projector: bool,
     tuned_parts: TunedLayerParts,
+    /// A tuned-layers file to start the language model's tuned layers from.
+    tuned_from: Option<PathBuf>,
 }
 
 impl AlignmentJob {
@@ -248,6 +254,7 @@ impl AlignmentJob {
 /// The frozen vision tower (with its input pipeline) and language model of a language-side stage.
 fn language_stage_inputs<B: AutodiffBackend>(
     args: &ProjectorArgs,
+    tuned_from: Option<&std::path::Path>,
     config: &LlavaConfig,
     preprocessor: ImagePreprocessor,
     device: &B::Device,
@@ -257,7 +264,8 @@ fn language_stage_inputs<B: AutodiffBackend>(
     source.add_safetensors(&vision_file).with_context(|| format!("reading the vision tower {}", vision_file.display()))?;
     let layers = config.vision_layers_needed().map_err(anyhow::Error::msg)?;
     let vision = ClipVisionTower::<B::InnerBackend>::load(&WeightLoader::new(&source, device), VISION_PREFIX, &config.vision, layers)?;
-    let lm = load_language_model::<B>(&args.language_model, device)
+    let replacements: Vec<PathBuf> = tuned_from.map(std::path::Path::to_path_buf).into_iter().collect();
+    let lm = load_language_model_with::<B>(&args.language_model, &replacements, device)
         .with_context(|| format!("loading the language model in {}", args.language_model.display()))?;
     anyhow::ensure!(
         lm.config.hidden_size == config.text.hidden_size,
@@ -285,7 +293,7 @@ impl AutodiffJob for PatchWordsJob {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> anyhow::Result<()> {
         let args = &self.0;
         let (config, preprocessor, train_data, eval_data) = stage_inputs(&args.config, &args.data, &args.eval_data)?;
-        let (visual, lm) = language_stage_inputs::<B>(args, &config, preprocessor, &device)?;
+        let (visual, lm) = language_stage_inputs::<B>(args, None, &config, preprocessor, &device)?;
         B::seed(&device, args.run.seed);
         let embeddings = lm.model.embed_tokens.weight.val().inner();
         let mut objective =
@@ -314,7 +322,7 @@ impl AutodiffJob for AlignmentJob {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> anyhow::Result<()> {
         let args = &self.args;
         let (config, preprocessor, train_data, eval_data) = stage_inputs(&args.config, &args.data, &args.eval_data)?;
-        let (visual, lm) = language_stage_inputs::<B>(args, &config, preprocessor, &device)?;
+        let (visual, lm) = language_stage_inputs::<B>(args, self.tuned_from.as_deref(), &config, preprocessor, &device)?;
         B::seed(&device, args.run.seed);
         let projector = match &self.projector_from {
             Some(dir) => load_projector::<B>(dir, &config, &device)?,
@@ -350,7 +358,7 @@ pub fn run(command: TrainCommand) -> anyhow::Result<()> {
         }
         TrainCommand::Projector(args) => {
             let backend = args.run.backend;
-            backend.run_autodiff(AlignmentJob { args, lm_layers: 0, projector_from: None, freeze_projector: false, tuned_parts: TunedLayerParts::Whole })?
+            backend.run_autodiff(AlignmentJob { args, lm_layers: 0, projector_from: None, freeze_projector: false, tuned_parts: TunedLayerParts::Whole, tuned_from: None })?
         }
         TrainCommand::ProjectorWords(args) => {
             let backend = args.run.backend;
@@ -365,6 +373,7 @@ pub fn run(command: TrainCommand) -> anyhow::Result<()> {
                 projector_from: args.projector,
                 freeze_projector: args.freeze_projector,
                 tuned_parts,
+                tuned_from: args.tuned_from.map(|dir| dir.join(TUNED_LM_FILE)),
             };
             backend.run_autodiff(job)?
         }
