@@ -251,10 +251,11 @@ impl AlignmentJob {
     }
 }
 
-/// The frozen vision tower (with its input pipeline) and language model of a language-side stage.
+/// The frozen vision tower (with its input pipeline) and language model of a language-side stage,
+/// with the tensors of the `tuned_layers` files (an earlier stage 2's) in place of the pretrained ones.
 fn language_stage_inputs<B: AutodiffBackend>(
     args: &ProjectorArgs,
-    tuned_from: Option<&std::path::Path>,
+    tuned_layers: &[PathBuf],
     config: &LlavaConfig,
     preprocessor: ImagePreprocessor,
     device: &B::Device,
@@ -264,8 +265,7 @@ fn language_stage_inputs<B: AutodiffBackend>(
     source.add_safetensors(&vision_file).with_context(|| format!("reading the vision tower {}", vision_file.display()))?;
     let layers = config.vision_layers_needed().map_err(anyhow::Error::msg)?;
     let vision = ClipVisionTower::<B::InnerBackend>::load(&WeightLoader::new(&source, device), VISION_PREFIX, &config.vision, layers)?;
-    let replacements: Vec<PathBuf> = tuned_from.map(std::path::Path::to_path_buf).into_iter().collect();
-    let lm = load_language_model_with::<B>(&args.language_model, &replacements, device)
+    let lm = load_language_model_with::<B>(&args.language_model, tuned_layers, device)
         .with_context(|| format!("loading the language model in {}", args.language_model.display()))?;
     anyhow::ensure!(
         lm.config.hidden_size == config.text.hidden_size,
@@ -293,7 +293,7 @@ impl AutodiffJob for PatchWordsJob {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> anyhow::Result<()> {
         let args = &self.0;
         let (config, preprocessor, train_data, eval_data) = stage_inputs(&args.config, &args.data, &args.eval_data)?;
-        let (visual, lm) = language_stage_inputs::<B>(args, None, &config, preprocessor, &device)?;
+        let (visual, lm) = language_stage_inputs::<B>(args, &[], &config, preprocessor, &device)?;
         B::seed(&device, args.run.seed);
         let embeddings = lm.model.embed_tokens.weight.val().inner();
         let mut objective =
@@ -322,7 +322,7 @@ impl AutodiffJob for AlignmentJob {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> anyhow::Result<()> {
         let args = &self.args;
         let (config, preprocessor, train_data, eval_data) = stage_inputs(&args.config, &args.data, &args.eval_data)?;
-        let (visual, lm) = language_stage_inputs::<B>(args, self.tuned_from.as_deref(), &config, preprocessor, &device)?;
+        let (visual, lm) = language_stage_inputs::<B>(args, self.tuned_from.as_slice(), &config, preprocessor, &device)?;
         B::seed(&device, args.run.seed);
         let projector = match &self.projector_from {
             Some(dir) => load_projector::<B>(dir, &config, &device)?,
