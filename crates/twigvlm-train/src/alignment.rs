@@ -104,6 +104,7 @@ pub struct AlignmentObjective<B: AutodiffBackend> {
     /// everything below the tuned layers runs without a graph, which makes a step several times
     /// cheaper, and each question about an image trains as if asked alone.
     pub freeze_projector: bool,
+    pub padding: SequencePadding,
     pub device: B::Device,
 }
 
@@ -155,21 +156,40 @@ impl<B: AutodiffBackend> AlignmentObjective<B> {
         }
         for conversation in conversations {
             let (encoded, features) = self.example(conversation)?;
-            let (logits, targets) = target_logits(&self.language_model, parts, Tensor::from_inner(features), &encoded, &self.device);
+            let (logits, targets) = target_logits(&self.language_model, parts, Tensor::from_inner(features), &encoded, self.padding, &self.device);
             loss.add_padded(logits, &targets.ids, targets.real);
         }
         Ok(())
     }
 }
 
-/// Questions are right-padded to a multiple of this many tokens and run as one batch. Padding
-/// comes after every real token, so the causal mask keeps it out of the real rows; and GPU
-/// kernels, compiled per tensor shape, then meet a few lengths instead of one per question
-/// length (compiling them cost a lent H100 nearly all of a 430 s run).
-const QUESTION_PAD_MULTIPLE: usize = 32;
-/// Their target rows (the answers' tokens: the language-model head and the loss run on these
-/// only) are padded to a multiple of this many with rows of weight zero, for the same reason.
-const TARGET_PAD_MULTIPLE: usize = 16;
+/// How batched questions and their target rows are padded. Questions are right-padded to a
+/// multiple of `question_multiple` tokens and run as one batch: padding comes after every real
+/// token, so the causal mask keeps it out of the real rows. Their target rows (the answers'
+/// tokens: the language-model head and the loss run on these only) are padded to a multiple of
+/// `target_multiple` with rows of weight zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SequencePadding {
+    pub question_multiple: usize,
+    pub target_multiple: usize,
+}
+
+impl SequencePadding {
+    /// For backends that compile a kernel per tensor shape (the GPU ones): a few lengths instead
+    /// of one per question length (compiling them cost a lent H100 nearly all of a 430 s run).
+    pub const FEW_SHAPES: Self = Self { question_multiple: 32, target_multiple: 16 };
+    /// For the CPU backend, which runs any shape at no extra cost: short questions (about 14–18
+    /// tokens after the image) would otherwise be nearly half padding.
+    pub const TIGHT: Self = Self { question_multiple: 8, target_multiple: 8 };
+
+    pub fn for_kernels_compiled_per_shape(compiled_per_shape: bool) -> Self {
+        if compiled_per_shape {
+            Self::FEW_SHAPES
+        } else {
+            Self::TIGHT
+        }
+    }
+}
 
 impl<B: AutodiffBackend> AlignmentObjective<B> {
     /// Adds the loss of every question about the conversations' images, each asked alone. The
@@ -206,7 +226,7 @@ impl<B: AutodiffBackend> AlignmentObjective<B> {
             forward_stack(&parts.lm_layers, first_tuned, Tensor::from_inner(hidden), &rope, &mut tuned_cache, &probe);
         }
         let longest = images.iter().flat_map(|(image, _)| &image.turns).map(|turn| turn.prompt.len() - prefix).max().unwrap_or(0);
-        let padded = longest.next_multiple_of(QUESTION_PAD_MULTIPLE);
+        let padded = longest.next_multiple_of(self.padding.question_multiple);
         let image_of_question: Vec<usize> = images.iter().enumerate().flat_map(|(i, (image, _))| std::iter::repeat_n(i, image.turns.len())).collect();
         let question_embeds = images
             .into_iter()
@@ -226,7 +246,7 @@ impl<B: AutodiffBackend> AlignmentObjective<B> {
             .enumerate()
             .flat_map(|(q, turn)| turn.targets.iter().map(move |&(position, _)| q * padded + position - prefix))
             .collect();
-        let targets = PaddedTargets::new(rows, turns.iter().flat_map(Encoded::target_ids).collect(), device);
+        let targets = PaddedTargets::new(rows, turns.iter().flat_map(Encoded::target_ids).collect(), self.padding.target_multiple, device);
         let flat = hidden.reshape([1, turns.len() * padded, self.language_model.hidden_size()]);
         loss.add_padded(single_sequence(self.language_model.logits(flat.select(1, targets.rows))), &targets.ids, targets.real);
         Ok(())
@@ -246,7 +266,7 @@ fn right_pad<C: Backend>(embeds: Tensor<C, 3>, padded: usize) -> Tensor<C, 3> {
     }
 }
 
-/// Target rows and ids, padded to a multiple of [`TARGET_PAD_MULTIPLE`] with copies of the first
+/// Target rows and ids, padded to a multiple of [`SequencePadding::target_multiple`] with copies of the first
 /// (counted with weight zero): the first `real` are the answers' tokens.
 struct PaddedTargets<C: Backend> {
     rows: Tensor<C, 1, Int>,
@@ -255,9 +275,9 @@ struct PaddedTargets<C: Backend> {
 }
 
 impl<C: Backend> PaddedTargets<C> {
-    fn new(mut rows: Vec<usize>, mut ids: Vec<i64>, device: &C::Device) -> Self {
+    fn new(mut rows: Vec<usize>, mut ids: Vec<i64>, multiple: usize, device: &C::Device) -> Self {
         let real = ids.len();
-        let padded = real.next_multiple_of(TARGET_PAD_MULTIPLE);
+        let padded = real.next_multiple_of(multiple);
         rows.resize(padded, rows.first().copied().unwrap_or(0));
         ids.resize(padded, ids.first().copied().unwrap_or(0));
         let rows = rows.into_iter().map(|row| row as i32).collect();
@@ -266,15 +286,16 @@ impl<C: Backend> PaddedTargets<C> {
 }
 
 /// Logits at the (padded) target positions `[targets, vocab]`, all on one backend, with the
-/// prompt right-padded to a multiple of [`QUESTION_PAD_MULTIPLE`].
+/// prompt right-padded as `padding` says.
 fn target_logits<C: Backend>(
     language_model: &LlamaDecoder<C>,
     parts: &AlignedParts<C>,
     features: Tensor<C, 3>,
     encoded: &Encoded,
+    padding: SequencePadding,
     device: &C::Device,
 ) -> (Tensor<C, 2>, PaddedTargets<C>) {
-    let padded = encoded.prompt.len().next_multiple_of(QUESTION_PAD_MULTIPLE);
+    let padded = encoded.prompt.len().next_multiple_of(padding.question_multiple);
     let embeds = right_pad(embed_with_image(language_model, &encoded.prompt, Some(parts.projector.forward(features)), device), padded);
     let positions: Vec<usize> = (0..padded).collect();
     let rope = language_model.rope(&positions, device);
@@ -282,7 +303,7 @@ fn target_logits<C: Backend>(
     let mut cache = KvCache::new(language_model.num_layers());
     let hidden = language_model.forward_layers(embeds, &rope, 0..first_tuned, &mut cache, &probe).hidden;
     let hidden = forward_stack(&parts.lm_layers, first_tuned, hidden, &rope, &mut cache, &probe).hidden;
-    let targets = PaddedTargets::new(encoded.targets.iter().map(|&(position, _)| position).collect(), encoded.target_ids(), device);
+    let targets = PaddedTargets::new(encoded.targets.iter().map(|&(position, _)| position).collect(), encoded.target_ids(), padding.target_multiple, device);
     (single_sequence(language_model.logits(hidden.select(1, targets.rows.clone()))), targets)
 }
 
@@ -304,7 +325,7 @@ impl<B: AutodiffBackend> Objective<B> for AlignmentObjective<B> {
         for index in 0..self.eval.len {
             let conversation = self.eval.get(index);
             let (encoded, features) = self.example(&conversation)?;
-            let (logits, targets) = target_logits(&language_model, &parts, features, &encoded, &self.device);
+            let (logits, targets) = target_logits(&language_model, &parts, features, &encoded, self.padding, &self.device);
             let mut predicted = argmax_ids(logits);
             predicted.truncate(targets.real);
             accuracy.record(conversation.turns[0].task_name(), predicted == encoded.target_ids());

@@ -1,7 +1,7 @@
 //! Stage 1 by regression (the demo model's cheap alternative to LLaVA's captioning stage 1): the
 //! projector learns to map each patch's vision feature onto the language model's own embedding of
-//! the words that describe the patch: its colour and shape words (or "empty"), plus its row and
-//! column numbers at a smaller weight. No language-model layer runs, so thousands of images train
+//! the words that describe the patch: its colour and shape words (or "empty"), plus its row (a
+//! digit) and column (a number word) at a smaller weight. No language-model layer runs, so thousands of images train
 //! in minutes on a CPU, and the visual tokens start out in the space the language model reads
 //! words in (stage 2 then teaches the language model to answer from them).
 //!
@@ -9,6 +9,8 @@
 //! tuning the top 16 layers' attention on one-object scenes: with the row and column numbers at
 //! full weight the colour answer stayed at chance after 640 questions, with colour and shape alone
 //! (one or two objects) it reached 75% after 320. The numbers drown the content words in the sum.
+//! Row and column are told apart by their words: as two digits, a sum of embeddings could not
+//! say which is the row ("row 3, column 5" and "row 5, column 3" gave the same target).
 
 use burn::module::AutodiffModule;
 use burn::nn::loss::{MseLoss, Reduction};
@@ -25,24 +27,32 @@ use crate::trainer::Objective;
 /// The word of an empty patch.
 pub const EMPTY_WORD: &str = " empty";
 
-/// Weight of the row and column numbers in a patch's target, relative to its content words.
+/// Weight of the row and column words in a patch's target, relative to its content words.
 pub const POSITION_WORD_WEIGHT: f32 = 0.3;
+
+/// A cell's column as a word (" three"), so that it differs from its row, a digit ("3").
+const COLUMN_WORDS: [&str; 12] = [" one", " two", " three", " four", " five", " six", " seven", " eight", " nine", " ten", " eleven", " twelve"];
 
 /// Token ids of every word a patch description uses.
 #[derive(Debug, Clone)]
 pub struct PatchVocabulary {
     colours: Vec<Vec<u32>>,
     shapes: Vec<Vec<u32>>,
-    /// Numbers 1..=grid, as in "row 3".
-    numbers: Vec<Vec<u32>>,
+    /// Rows 1..=grid as digits, as in "row 3".
+    rows: Vec<Vec<u32>>,
+    /// Columns 1..=grid as number words ([`COLUMN_WORDS`]).
+    columns: Vec<Vec<u32>>,
     empty: Vec<u32>,
 }
 
 impl PatchVocabulary {
     /// Colour and shape words bare, as the short answers say them ("red", not " red": the answer
-    /// then copies the token it reads), numbers bare (the tokenizer splits digits off the space
-    /// before them).
+    /// then copies the token it reads), row digits bare (the tokenizer splits digits off the space
+    /// before them), column words with their leading space (their common form in text).
     pub fn new(tokenizer: &PromptTokenizer, grid: usize) -> Result<Self> {
+        if grid > COLUMN_WORDS.len() {
+            return Err(TrainError::Config(format!("projector-words targets name at most {} columns; the grid has {grid}", COLUMN_WORDS.len())));
+        }
         let ids = |word: &str| -> Result<Vec<u32>> {
             let ids = tokenizer.encode(word, 0).map_err(|e| TrainError::Config(e.to_string()))?.ids;
             if ids.is_empty() {
@@ -53,7 +63,8 @@ impl PatchVocabulary {
         Ok(Self {
             colours: Colour::ALL.iter().map(|c| ids(c.word())).collect::<Result<_>>()?,
             shapes: Shape::ALL.iter().map(|s| ids(s.word())).collect::<Result<_>>()?,
-            numbers: (1..=grid).map(|n| ids(&n.to_string())).collect::<Result<_>>()?,
+            rows: (1..=grid).map(|n| ids(&n.to_string())).collect::<Result<_>>()?,
+            columns: COLUMN_WORDS[..grid].iter().map(|word| ids(word)).collect::<Result<_>>()?,
             empty: ids(EMPTY_WORD)?,
         })
     }
@@ -67,7 +78,7 @@ impl PatchVocabulary {
                     Some(o) => vec![&self.colours[colour_index(o.colour)], &self.shapes[shape_index(o.shape)]],
                     None => vec![&self.empty],
                 };
-                CellWords { content, position: [&self.numbers[row], &self.numbers[column]] }
+                CellWords { content, position: [&self.rows[row], &self.columns[column]] }
             })
             .collect()
     }
@@ -77,7 +88,7 @@ impl PatchVocabulary {
 #[derive(Debug, PartialEq)]
 struct CellWords<'a> {
     content: Vec<&'a [u32]>,
-    /// Row and column numbers.
+    /// Row and column words.
     position: [&'a [u32]; 2],
 }
 
@@ -174,18 +185,6 @@ fn argmax(values: &[f32]) -> usize {
     values.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i)
 }
 
-/// Whether the best number is the row and, when the column differs, the second best the column
-/// (in either order).
-fn position_right(numbers: &[f32], row: usize, column: usize) -> bool {
-    let best = argmax(numbers);
-    if row == column {
-        return best == row;
-    }
-    let rest: Vec<f32> = numbers.iter().enumerate().map(|(i, &v)| if i == best { f32::NEG_INFINITY } else { v }).collect();
-    let second = argmax(&rest);
-    (best, second) == (row, column) || (best, second) == (column, row)
-}
-
 impl<B: AutodiffBackend> Objective<B> for PatchWordsObjective<B> {
     type Model = Projector<B>;
 
@@ -199,8 +198,8 @@ impl<B: AutodiffBackend> Objective<B> for PatchWordsObjective<B> {
     }
 
     /// On held-out images: the object patches whose nearest colour word and nearest shape word
-    /// (by dot product) are both right, and the patches whose two nearest numbers are their row
-    /// and column.
+    /// (by dot product) are both right, and the patches whose nearest row word and nearest column
+    /// word are both right.
     fn evaluate(&mut self, projector: &Projector<B>) -> Result<Vec<(String, f64)>> {
         let projector = projector.valid();
         let grid = self.eval.scene.grid;
@@ -208,12 +207,13 @@ impl<B: AutodiffBackend> Objective<B> for PatchWordsObjective<B> {
         let projected = projector.forward(features).reshape([scenes.len() * grid * grid, self.d]);
         let colours = self.word_scores(projected.clone(), &self.vocabulary.colours);
         let shapes = self.word_scores(projected.clone(), &self.vocabulary.shapes);
-        let numbers = self.word_scores(projected, &self.vocabulary.numbers);
+        let rows = self.word_scores(projected.clone(), &self.vocabulary.rows);
+        let columns = self.word_scores(projected, &self.vocabulary.columns);
         let (mut objects, mut object_hits, mut position_hits) = (0usize, 0usize, 0usize);
         for (image, scene) in scenes.iter().enumerate() {
             for cell in 0..grid * grid {
                 let at = image * grid * grid + cell;
-                position_hits += position_right(&numbers[at], cell / grid, cell % grid) as usize;
+                position_hits += (argmax(&rows[at]) == cell / grid && argmax(&columns[at]) == cell % grid) as usize;
                 if let Some(o) = scene.objects.iter().find(|o| o.row * grid + o.column == cell) {
                     objects += 1;
                     object_hits += (argmax(&colours[at]) == colour_index(o.colour) && argmax(&shapes[at]) == shape_index(o.shape)) as usize;
@@ -243,12 +243,20 @@ mod tests {
         let scene = Scene::new(vec![SceneObject { row: 0, column: 1, shape: Shape::Triangle, colour: Colour::Red }]);
         let words = vocabulary.cell_words(&scene, 2);
         let ids = |word: &str| tokenizer.encode(word, 0).unwrap().ids;
-        let (one, two) = (ids("1"), ids("2"));
+        let (one, two, column_one, column_two) = (ids("1"), ids("2"), ids(" one"), ids(" two"));
         let (empty, red, triangle) = (ids(EMPTY_WORD), ids("red"), ids("triangle"));
         assert_eq!(words.len(), 4);
-        assert_eq!(words[0], CellWords { content: vec![&empty], position: [&one, &one] });
-        assert_eq!(words[1], CellWords { content: vec![&red, &triangle], position: [&one, &two] });
-        assert_eq!(words[3], CellWords { content: vec![&empty], position: [&two, &two] });
+        assert_eq!(words[0], CellWords { content: vec![&empty], position: [&one, &column_one] });
+        assert_eq!(words[1], CellWords { content: vec![&red, &triangle], position: [&one, &column_two] });
+        assert_eq!(words[3], CellWords { content: vec![&empty], position: [&two, &column_two] });
+    }
+
+    #[test]
+    fn a_grid_wider_than_the_column_words_is_refused() {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llava-hf5/tokenizer.json");
+        let tokenizer = PromptTokenizer::from_file(&path).unwrap();
+        let error = PatchVocabulary::new(&tokenizer, COLUMN_WORDS.len() + 1).unwrap_err().to_string();
+        assert!(error.contains("at most 12 columns"), "{error}");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use burn::prelude::ElementConversion;
 use twigvlm_backbone::weights::{hf_tensors, TensorSource};
 use twigvlm_backbone::{load_llava, LoadOptions, LoadedLlava};
 use twigvlm_data::{SceneConfig, ShapesDataset, TaskMix};
-use twigvlm_train::alignment::{AlignedParts, AlignmentObjective, TunedLayerParts};
+use twigvlm_train::alignment::{AlignedParts, AlignmentObjective, SequencePadding, TunedLayerParts};
 use twigvlm_train::examples::{ConversationEncoder, VisualInput};
 use twigvlm_train::loss::TokenMeanLoss;
 use twigvlm_train::{train, LrSchedule, Objective, OptimizerConfig, TrainOptions};
@@ -44,6 +44,7 @@ fn objective(loaded: LoadedLlava<B>, device: &<B as burn::tensor::backend::Backe
         eval,
         batch_size: 2,
         freeze_projector: false,
+        padding: SequencePadding::TIGHT,
         device: device.clone(),
     }
 }
@@ -120,18 +121,22 @@ fn a_frozen_projector_gives_the_same_loss_and_stays_as_it_was_and_attention_only
 
     // Several questions about several images run as one right-padded batch on copies of their
     // images' beginnings: the same loss as each question asked alone through the graph.
+    // With either padding (few shapes for the GPU, tight for the CPU).
     objective.train.turns_per_image = 3;
-    let conversations = [objective.train.get(0), objective.train.get(1)];
-    let mut batched = TokenMeanLoss::new();
-    objective.add_conversations(&mut batched, &parts, &conversations).unwrap();
-    objective.freeze_projector = false;
-    let mut alone = TokenMeanLoss::new();
-    let questions: Vec<_> = conversations.iter().flat_map(|c| c.questions_alone()).collect();
-    objective.add_conversations(&mut alone, &parts, &questions).unwrap();
-    objective.freeze_projector = true;
-    let value = |loss: TokenMeanLoss<B>| -> f32 { loss.finish().expect("assistant tokens").0.into_scalar().elem() };
-    let (a, b) = (value(alone), value(batched));
-    assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "questions batched with padding give each question's own loss: {a} vs {b}");
+    for padding in [SequencePadding::TIGHT, SequencePadding::FEW_SHAPES] {
+        objective.padding = padding;
+        let conversations = [objective.train.get(0), objective.train.get(1)];
+        let mut batched = TokenMeanLoss::new();
+        objective.add_conversations(&mut batched, &parts, &conversations).unwrap();
+        objective.freeze_projector = false;
+        let mut alone = TokenMeanLoss::new();
+        let questions: Vec<_> = conversations.iter().flat_map(|c| c.questions_alone()).collect();
+        objective.add_conversations(&mut alone, &parts, &questions).unwrap();
+        objective.freeze_projector = true;
+        let value = |loss: TokenMeanLoss<B>| -> f32 { loss.finish().expect("assistant tokens").0.into_scalar().elem() };
+        let (a, b) = (value(alone), value(batched));
+        assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "questions batched with padding give each question's own loss with {padding:?}: {a} vs {b}");
+    }
     objective.train.turns_per_image = 2;
 
     let dir = std::env::temp_dir().join(format!("twigvlm-align-frozen-{}", std::process::id()));

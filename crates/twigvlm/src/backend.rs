@@ -109,6 +109,15 @@ impl BackendKind {
         }
     }
 
+    /// Whether the backend compiles a kernel for each new tensor shape (the GPU ones, through
+    /// cubecl), so that batches are better padded to a few lengths.
+    pub fn compiles_kernels_per_shape(self) -> bool {
+        match self {
+            BackendKind::Flex => false,
+            BackendKind::Wgpu | BackendKind::Cuda => true,
+        }
+    }
+
     /// The dtype used when none is asked for: f16 on CUDA (tensor cores; every A100-class card
     /// has them), f32 elsewhere (flex is f32-only, and f16 shader support varies across wgpu
     /// adapters).

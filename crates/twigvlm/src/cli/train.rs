@@ -15,7 +15,7 @@ use twigvlm_backbone::weights::{hf_tensors, write_safetensors, StorageDtype, Ten
 use twigvlm_backbone::{load_language_model_with, read_llava_spec, ImagePreprocessor, LlavaConfig, LoadedLanguageModel, CAUSAL_LM_BODY};
 use twigvlm_train::trainable::trainable;
 use twigvlm_data::{DatasetSpec, SeedRange, ShapesDataset};
-use twigvlm_train::alignment::{AlignedParts, AlignmentObjective, TunedLayerParts};
+use twigvlm_train::alignment::{AlignedParts, AlignmentObjective, SequencePadding, TunedLayerParts};
 use twigvlm_train::patch_words::PatchWordsObjective;
 use twigvlm_train::examples::{ConversationEncoder, VisualInput};
 use twigvlm_train::vision::{PatchClassifier, VisionObjective};
@@ -337,6 +337,7 @@ impl AutodiffJob for AlignmentJob {
             eval: eval_data,
             batch_size: args.run.batch_size,
             freeze_projector: self.freeze_projector,
+            padding: SequencePadding::for_kernels_compiled_per_shape(args.run.backend.compiles_kernels_per_shape()),
             device: device.clone(),
         };
         let options = args.run.options(DEMO_STAGE_DEFAULTS);
