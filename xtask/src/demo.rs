@@ -28,6 +28,44 @@ fn language_model() -> anyhow::Result<PathBuf> {
     Ok(workspace_root().join(String::from_utf8(output.stdout)?.trim()))
 }
 
+/// One run of stage 2: what it trains on and for how long. Each run starts from the layers the
+/// run before it tuned (`--tuned-from`), so that the model first learns to read one object, then
+/// to find the named one among two or three, then the whole task on full scenes; trained on full
+/// scenes from the start, it stayed at chance (README, "Demo model").
+struct InstructRun {
+    name: &'static str,
+    data: &'static str,
+    eval_data: &'static str,
+    questions_per_image: usize,
+    steps: usize,
+    /// Wall-clock budget in seconds (the run fits its length and schedule to it).
+    time_limit: Option<u64>,
+}
+
+/// The curriculum before the last run (whose data is [`FULL_SCENES`]).
+const CURRICULUM: [InstructRun; 2] = [
+    InstructRun {
+        name: "instruct-one-or-two",
+        data: "shapes:seed=1,n=100000,task=short,objects=1-2",
+        eval_data: "shapes:seed=1000000,n=64,task=short,objects=1-2",
+        questions_per_image: 4,
+        steps: 109,
+        time_limit: None,
+    },
+    InstructRun {
+        name: "instruct-two-or-three",
+        data: "shapes:seed=1,n=100000,task=color+shape+exists,objects=2-3",
+        eval_data: "shapes:seed=1000000,n=96,task=color+shape+exists,objects=2-3",
+        questions_per_image: 8,
+        steps: 171,
+        time_limit: None,
+    },
+];
+
+/// The last run: every short question on full scenes.
+const FULL_SCENES: (&str, &str) = ("shapes:seed=1,n=100000,task=short", "shapes:seed=1000000,n=128,task=short");
+const FULL_SCENES_QUESTIONS_PER_IMAGE: usize = 8;
+
 /// Steps and sizes of the demo model's stages; the defaults are the recipe of the committed model
 /// (see the README's "Demo model" section for the measured times and accuracies).
 #[derive(Debug, clap::Args)]
@@ -35,10 +73,12 @@ pub struct TrainDemoArgs {
     /// Stage 1 (projector onto the language model's word embeddings) steps of 32 images.
     #[arg(long, default_value_t = 1000)]
     pub projector_steps: usize,
-    /// Stage 2 steps of 4 images with 8 questions each (each trained as if asked alone).
-    #[arg(long, default_value_t = 1200)]
+    /// Steps of stage 2's last run (full scenes), 4 images with 8 questions each (each trained
+    /// as if asked alone).
+    #[arg(long, default_value_t = 330)]
     pub instruct_steps: usize,
-    /// Wall-clock budget of stage 2 in seconds (the run fits its length and schedule to it).
+    /// Wall-clock budget of stage 2's last run in seconds (the run fits its length and schedule
+    /// to it).
     #[arg(long)]
     pub instruct_time_limit: Option<u64>,
     /// Language-model layers (from the top) whose attention stage 2 tunes.
@@ -51,12 +91,12 @@ pub struct TrainDemoArgs {
 
 /// Trains stage 0 (vision tower), stage 1 (projector by regression onto the language model's
 /// word embeddings) and stage 2 (the attention of the language model's top layers, projector
-/// frozen) with fixed
-/// seeds, each resumable, and copies the results into the model directory.
+/// frozen, as the curriculum [`CURRICULUM`] then full scenes) with fixed seeds, each run
+/// resumable, and copies the results into the model directory.
 pub fn train(args: &TrainDemoArgs) -> anyhow::Result<()> {
     let lm = language_model()?;
     let cache = workspace_root().join(DEMO_CACHE);
-    let (vision_out, projector_out, instruct_out) = (cache.join("vision"), cache.join("projector-words"), cache.join("instruct"));
+    let (vision_out, projector_out) = (cache.join("vision"), cache.join("projector-words"));
     let common = ["--config", MODEL_DIR, "--resume", "--backend", args.backend.as_str()];
     run(twigvlm().args(["train", "vision", "--steps", "400", "--batch-size", "32", "--lr", "1e-3"]).args(common).arg("--out").arg(&vision_out))?;
     let language_stage = |stage: &str, out: &Path| {
@@ -67,20 +107,42 @@ pub fn train(args: &TrainDemoArgs) -> anyhow::Result<()> {
     };
     let projector_steps = args.projector_steps.to_string();
     run(language_stage("projector-words", &projector_out).args(["--steps", &projector_steps, "--batch-size", "32", "--lr", "2e-3", "--eval-every", "250"]))?;
-    let mut instruct = language_stage("instruct", &instruct_out);
-    instruct.args(["--data", "shapes:seed=1,n=100000,task=all,turns=8", "--eval-data", "shapes:seed=1000000,n=80,task=all"]);
-    instruct.args(["--steps", &args.instruct_steps.to_string(), "--batch-size", "4", "--lr", "1e-3", "--warmup", "0.05"]);
-    instruct.args(["--eval-every", "50", "--checkpoint-every", "50", "--lm-layers", &args.lm_layers.to_string(), "--attention-only"]);
-    instruct.arg("--projector").arg(&projector_out).arg("--freeze-projector");
-    if let Some(seconds) = args.instruct_time_limit {
-        instruct.args(["--time-limit", &seconds.to_string()]);
+
+    let last = InstructRun {
+        name: "instruct",
+        data: FULL_SCENES.0,
+        eval_data: FULL_SCENES.1,
+        questions_per_image: FULL_SCENES_QUESTIONS_PER_IMAGE,
+        steps: args.instruct_steps,
+        time_limit: args.instruct_time_limit,
+    };
+    let mut tuned_from: Option<PathBuf> = None;
+    for stage in CURRICULUM.iter().chain([&last]) {
+        let out = cache.join(stage.name);
+        let mut instruct = language_stage("instruct", &out);
+        let data = format!("{},turns={}", stage.data, stage.questions_per_image);
+        instruct.args(["--data", &data, "--eval-data", stage.eval_data]);
+        instruct.args(["--steps", &stage.steps.to_string(), "--batch-size", "4", "--lr", "1e-3", "--warmup", "0.05"]);
+        instruct.args(["--eval-every", "25", "--checkpoint-every", "25", "--lm-layers", &args.lm_layers.to_string(), "--attention-only"]);
+        instruct.arg("--projector").arg(&projector_out).arg("--freeze-projector");
+        if let Some(dir) = &tuned_from {
+            instruct.arg("--tuned-from").arg(dir);
+        }
+        if let Some(seconds) = stage.time_limit {
+            instruct.args(["--time-limit", &seconds.to_string()]);
+        }
+        run(&mut instruct)?;
+        tuned_from = Some(out);
     }
-    run(&mut instruct)?;
+    let instruct_out = cache.join(last.name);
     let dir = workspace_root().join(MODEL_DIR);
     std::fs::copy(vision_out.join(VISION_FILE), dir.join(VISION_FILE))?;
     std::fs::copy(instruct_out.join(PROJECTOR_FILE), dir.join(PROJECTOR_FILE))?;
     std::fs::copy(instruct_out.join(TUNED_LM_FILE), dir.join(TUNED_LM_FILE))?;
-    for (stage, out) in [("vision", &vision_out), ("projector-words", &projector_out), ("instruct", &instruct_out)] {
+    let runs = [("vision", vision_out.clone()), ("projector-words", projector_out.clone())]
+        .into_iter()
+        .chain(CURRICULUM.iter().chain([&last]).map(|stage| (stage.name, cache.join(stage.name))));
+    for (stage, out) in runs {
         std::fs::copy(out.join("training.json"), dir.join(format!("training-{stage}.json")))?;
     }
     Ok(())

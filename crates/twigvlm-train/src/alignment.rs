@@ -11,6 +11,8 @@
 //! the tuned top layers are trainable copies held by [`AlignedParts`], and the frozen model's own
 //! copies of them are never run.
 
+use std::collections::BTreeMap;
+
 use burn::module::AutodiffModule;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
@@ -193,9 +195,10 @@ impl SequencePadding {
 
 impl<B: AutodiffBackend> AlignmentObjective<B> {
     /// Adds the loss of every question about the conversations' images, each asked alone. The
-    /// frozen layers (and projector) run without a graph. Two batched forwards: the beginnings
+    /// frozen layers (and projector) run without a graph. Batched forwards: the beginnings
     /// (system prompt and image, as long as the shortest image's shared beginning) of all
-    /// images, then all the questions, right-padded, each on a copy of its image's cache.
+    /// images, then the questions, right-padded, each on a copy of its image's cache, one batch
+    /// per padded length.
     fn add_questions_alone(
         &self,
         loss: &mut TokenMeanLoss<B>,
@@ -225,22 +228,46 @@ impl<B: AutodiffBackend> AlignmentObjective<B> {
             let rope = self.language_model.rope(&positions(0..prefix), device);
             forward_stack(&parts.lm_layers, first_tuned, Tensor::from_inner(hidden), &rope, &mut tuned_cache, &probe);
         }
-        let longest = images.iter().flat_map(|(image, _)| &image.turns).map(|turn| turn.prompt.len() - prefix).max().unwrap_or(0);
-        let padded = longest.next_multiple_of(self.padding.question_multiple);
-        let image_of_question: Vec<usize> = images.iter().enumerate().flat_map(|(i, (image, _))| std::iter::repeat_n(i, image.turns.len())).collect();
-        let question_embeds = images
-            .into_iter()
-            .flat_map(|(image, embeds)| image.turns.into_iter().zip(embeds))
-            .map(|(turn, embeds)| (right_pad(embeds.narrow(1, prefix, turn.prompt.len() - prefix), padded), turn))
-            .collect::<Vec<_>>();
-        let (embeds, turns): (Vec<_>, Vec<_>) = question_embeds.into_iter().unzip();
-        let rope_positions = positions(prefix..prefix + padded);
+        // Questions of about the same length run together: a long description would otherwise
+        // pad every short question of the batch to its length.
+        let mut by_length: BTreeMap<usize, Vec<(usize, Encoded, Tensor<B::InnerBackend, 3>)>> = BTreeMap::new();
+        for (image_index, (image, embeds)) in images.into_iter().enumerate() {
+            for (turn, embeds) in image.turns.into_iter().zip(embeds) {
+                let padded = (turn.prompt.len() - prefix).next_multiple_of(self.padding.question_multiple);
+                let question = right_pad(embeds.narrow(1, prefix, turn.prompt.len() - prefix), padded);
+                by_length.entry(padded).or_default().push((image_index, turn, question));
+            }
+        }
+        let caches = PrefixCaches { prefix, frozen: &frozen_cache, tuned: &tuned_cache };
+        for (padded, questions) in by_length {
+            self.add_question_group(loss, parts, frozen_lm, &caches, padded, questions);
+        }
+        Ok(())
+    }
+}
+
+impl<B: AutodiffBackend> AlignmentObjective<B> {
+    /// Adds the loss of questions right-padded to the same `padded` length, each on a copy of its
+    /// image's cache: one batched forward of the frozen layers, one of the tuned ones.
+    fn add_question_group(
+        &self,
+        loss: &mut TokenMeanLoss<B>,
+        parts: &AlignedParts<B>,
+        frozen_lm: &LlamaDecoder<B::InnerBackend>,
+        caches: &PrefixCaches<'_, B>,
+        padded: usize,
+        questions: Vec<(usize, Encoded, Tensor<B::InnerBackend, 3>)>,
+    ) {
+        let (device, probe, first_tuned, prefix) = (&self.device, AttentionProbe::default(), parts.first_tuned_layer, caches.prefix);
+        let image_of_question: Vec<usize> = questions.iter().map(|(image, _, _)| *image).collect();
+        let (turns, embeds): (Vec<_>, Vec<_>) = questions.into_iter().map(|(_, turn, embeds)| (turn, embeds)).unzip();
+        let rope_positions: Vec<usize> = (prefix..prefix + padded).collect();
         let hidden = frozen_lm
-            .forward_layers(Tensor::cat(embeds, 0), &frozen_lm.rope(&rope_positions, device), 0..first_tuned, &mut frozen_cache.select_batch(&image_of_question), &probe)
+            .forward_layers(Tensor::cat(embeds, 0), &frozen_lm.rope(&rope_positions, device), 0..first_tuned, &mut caches.frozen.select_batch(&image_of_question), &probe)
             .hidden;
         let rope = self.language_model.rope(&rope_positions, device);
-        let hidden = forward_stack(&parts.lm_layers, first_tuned, Tensor::from_inner(hidden), &rope, &mut tuned_cache.select_batch(&image_of_question), &probe).hidden;
-        // Every question's target rows in the batch flattened to one sequence of `questions · padded`.
+        let hidden = forward_stack(&parts.lm_layers, first_tuned, Tensor::from_inner(hidden), &rope, &mut caches.tuned.select_batch(&image_of_question), &probe).hidden;
+        // Every question's target rows in the group flattened to one sequence of `questions · padded`.
         let rows = turns
             .iter()
             .enumerate()
@@ -249,8 +276,14 @@ impl<B: AutodiffBackend> AlignmentObjective<B> {
         let targets = PaddedTargets::new(rows, turns.iter().flat_map(Encoded::target_ids).collect(), self.padding.target_multiple, device);
         let flat = hidden.reshape([1, turns.len() * padded, self.language_model.hidden_size()]);
         loss.add_padded(single_sequence(self.language_model.logits(flat.select(1, targets.rows))), &targets.ids, targets.real);
-        Ok(())
     }
+}
+
+/// The caches of the images' shared beginnings (`prefix` tokens), below and in the tuned layers.
+struct PrefixCaches<'a, B: AutodiffBackend> {
+    prefix: usize,
+    frozen: &'a KvCache<B::InnerBackend>,
+    tuned: &'a KvCache<B>,
 }
 
 /// `[1, len, hidden]` followed by zero rows up to `[1, padded, hidden]`. The rows come after

@@ -121,11 +121,15 @@ fn a_frozen_projector_gives_the_same_loss_and_stays_as_it_was_and_attention_only
 
     // Several questions about several images run as one right-padded batch on copies of their
     // images' beginnings: the same loss as each question asked alone through the graph.
-    // With either padding (few shapes for the GPU, tight for the CPU).
+    // With either padding (few shapes for the GPU, tight for the CPU), and with descriptions
+    // among the short answers (questions of different lengths run as separate batches).
     objective.train.turns_per_image = 3;
+    objective.train.tasks = TaskMix::all();
     for padding in [SequencePadding::TIGHT, SequencePadding::FEW_SHAPES] {
         objective.padding = padding;
         let conversations = [objective.train.get(0), objective.train.get(1)];
+        let tasks: Vec<_> = conversations.iter().flat_map(|c| &c.turns).map(|turn| turn.task_name()).collect();
+        assert!(tasks.contains(&"describe") && tasks.iter().any(|&task| task != "describe"), "{tasks:?}");
         let mut batched = TokenMeanLoss::new();
         objective.add_conversations(&mut batched, &parts, &conversations).unwrap();
         objective.freeze_projector = false;
@@ -138,6 +142,7 @@ fn a_frozen_projector_gives_the_same_loss_and_stays_as_it_was_and_attention_only
         assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "questions batched with padding give each question's own loss with {padding:?}: {a} vs {b}");
     }
     objective.train.turns_per_image = 2;
+    objective.train.tasks = TaskMix::short();
 
     let dir = std::env::temp_dir().join(format!("twigvlm-align-frozen-{}", std::process::id()));
     let options = TrainOptions {
