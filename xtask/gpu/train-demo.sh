@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Stage 2 of the demo model on a lent GPU: two candidates side by side on the one GPU, with the
-# committed stage-1 projector (models/shapes-smol, `train projector-words`, trained here on CPU)
-# frozen, each fitted to a wall-clock budget.
+# Stage 2 of the demo model on a lent GPU, as the curriculum of `cargo xtask train-demo`
+# (xtask/src/demo.rs): scenes of one or two objects, then two or three (finding the named one),
+# then full scenes with every task, each run starting from the layers the run before tuned. The
+# committed vision tower and stage-1 projector (models/shapes-smol) stay frozen; the budget is
+# shared 15/25/60 between the three runs, each fitted to its share by --time-limit.
 # Usage: xtask/gpu/train-demo.sh SECONDS [BACKEND] (cuda by default; flex for a dry run here)
-# Brings back (under $OUT) each run's directory as a tar split into parts that the device tool
-# returns (16 MiB a file), and the logs; `xtask/gpu/unpack.sh` joins them here.
+# Brings back (under $OUT) the last run's directory as a tar split into parts that the device
+# tool returns (16 MiB a file), and every run's log; `xtask/gpu/unpack.sh` joins them here.
 source "$(dirname "$0")/common.sh"
 budget=${1:?usage: train-demo.sh SECONDS [BACKEND]}
 backend=${2:-cuda}
@@ -13,19 +15,20 @@ mkdir -p $RUNS
 unpack_binary
 unpack_language_model 2>&1 | tail -3
 
-candidate() {
-    local name=$1; shift
+# instruct_run NAME SHARE% DATA EVAL_DATA [more twigvlm arguments]
+instruct_run() {
+    local name=$1 share=$2 data=$3 eval_data=$4; shift 4
     "$BIN" train instruct --config models/shapes-smol --vision models/shapes-smol --language-model /tmp/smollm2 \
-        --projector models/shapes-smol --freeze-projector \
-        --data "shapes:seed=1,n=1000000,task=all,turns=8" --eval-data "shapes:seed=1000000,n=80,task=all" \
-        --steps 100000 --time-limit "$budget" --warmup 0.05 --eval-every 100 --checkpoint-every 1000 \
-        --backend "$backend" --gpu-autotune minimal --quiet --log-level info --out $RUNS/$name "$@" > "$RUNS/$name.log" 2>&1 || echo "$name failed" >> "$RUNS/$name.log"
+        --projector models/shapes-smol --freeze-projector --lm-layers 16 --attention-only --lr 1e-3 --batch-size 16 \
+        --data "$data" --eval-data "$eval_data" --steps 100000 --time-limit $((budget * share / 100)) --warmup 0.05 \
+        --eval-every 50 --checkpoint-every 1000 --backend "$backend" --gpu-autotune minimal --quiet --log-level info \
+        --out $RUNS/$name "$@" > "$RUNS/$name.log" 2>&1 || echo "$name failed" >> "$RUNS/$name.log"
+    tail -3 "$RUNS/$name.log"
 }
-candidate a16 --lm-layers 16 --attention-only --lr 1e-3 --batch-size 16 &
-candidate w4 --lm-layers 4 --lr 5e-4 --batch-size 16 &
-wait
-nvidia-smi --query-gpu=memory.used --format=csv >> $RUNS/a16.log || true
-for name in a16 w4; do
-    tail -5 $RUNS/$name.log
-    tar -C $RUNS -cf - --exclude checkpoint $name $name.log | split -b 15M - "$OUT/$name.tar.part-"
-done
+instruct_run one-or-two 15 "shapes:seed=1,n=1000000,task=short,turns=4,objects=1-2" "shapes:seed=1000000,n=64,task=short,objects=1-2"
+instruct_run two-or-three 25 "shapes:seed=1,n=1000000,task=color+shape+exists,turns=8,objects=2-3" \
+    "shapes:seed=1000000,n=96,task=color+shape+exists,objects=2-3" --tuned-from $RUNS/one-or-two
+instruct_run full 60 "shapes:seed=1,n=1000000,task=all,turns=8" "shapes:seed=1000000,n=80,task=all" --tuned-from $RUNS/two-or-three
+nvidia-smi --query-gpu=memory.used --format=csv >> $RUNS/full.log || true
+cp $RUNS/*.log "$OUT/"
+tar -C $RUNS -cf - --exclude checkpoint full | split -b 15M - "$OUT/full.tar.part-"

@@ -4,7 +4,6 @@
 set -euo pipefail
 from=${1:?usage: unpack.sh FILES_AT (files_at of the device reply)}
 mkdir -p target/gpu-runs
-for name in a16 w4; do
-    ls "$from/$name.tar.part-"* > /dev/null 2>&1 && cat "$from/$name.tar.part-"* | tar -C target/gpu-runs -xf -
-done
+cat "$from/full.tar.part-"* | tar -C target/gpu-runs -xf -
+cp "$from"/*.log target/gpu-runs/
 ls -la target/gpu-runs
