@@ -75,7 +75,7 @@ pub struct TrainDemoArgs {
     pub projector_steps: usize,
     /// Steps of stage 2's last run (full scenes), 4 images with 8 questions each (each trained
     /// as if asked alone).
-    #[arg(long, default_value_t = 330)]
+    #[arg(long, default_value_t = 300)]
     pub instruct_steps: usize,
     /// Wall-clock budget of stage 2's last run in seconds (the run fits its length and schedule
     /// to it).

@@ -46,7 +46,7 @@ enum Task {
     Demo {
         #[arg(long, default_value = "examples/shapes-1.png")]
         image: String,
-        #[arg(long, default_value = "Describe the image.")]
+        #[arg(long, default_value = "What color is the cross?")]
         prompt: String,
     },
     /// The GPU check: `--pack` builds and packs the CUDA binaries for a device call running
