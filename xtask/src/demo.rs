@@ -38,18 +38,20 @@ struct InstructRun {
     eval_data: &'static str,
     questions_per_image: usize,
     steps: usize,
+    lr: &'static str,
     /// Wall-clock budget in seconds (the run fits its length and schedule to it).
     time_limit: Option<u64>,
 }
 
-/// The curriculum before the last run (whose data is [`FULL_SCENES`]).
-const CURRICULUM: [InstructRun; 2] = [
+/// The curriculum before the last run (whose data is [`FULL_SCENES_HARD_TASKS`]).
+const CURRICULUM: [InstructRun; 3] = [
     InstructRun {
         name: "instruct-one-or-two",
         data: "shapes:seed=1,n=100000,task=short,objects=1-2",
         eval_data: "shapes:seed=1000000,n=64,task=short,objects=1-2",
         questions_per_image: 4,
         steps: 109,
+        lr: "1e-3",
         time_limit: None,
     },
     InstructRun {
@@ -58,13 +60,26 @@ const CURRICULUM: [InstructRun; 2] = [
         eval_data: "shapes:seed=1000000,n=96,task=color+shape+exists,objects=2-3",
         questions_per_image: 8,
         steps: 171,
+        lr: "1e-3",
+        time_limit: None,
+    },
+    InstructRun {
+        name: "instruct-full-scenes",
+        data: "shapes:seed=1,n=100000,task=short",
+        eval_data: "shapes:seed=1000000,n=128,task=short",
+        questions_per_image: 8,
+        steps: 300,
+        lr: "1e-3",
         time_limit: None,
     },
 ];
 
-/// The last run: every short question on full scenes.
-const FULL_SCENES: (&str, &str) = ("shapes:seed=1,n=100000,task=short", "shapes:seed=1000000,n=128,task=short");
-const FULL_SCENES_QUESTIONS_PER_IMAGE: usize = 8;
+/// The last run: full scenes again (other images), twice as many `exists` and `where` questions
+/// (the two tasks the full-scene run left behind), at half the learning rate.
+const FULL_SCENES_HARD_TASKS: (&str, &str) =
+    ("shapes:seed=7,n=100000,task=color+shape+exists+exists+where+where", "shapes:seed=1000000,n=128,task=short");
+const LAST_RUN_LR: &str = "5e-4";
+const LAST_RUN_QUESTIONS_PER_IMAGE: usize = 8;
 
 /// Steps and sizes of the demo model's stages; the defaults are the recipe of the committed model
 /// (see the README's "Demo model" section for the measured times and accuracies).
@@ -73,9 +88,9 @@ pub struct TrainDemoArgs {
     /// Stage 1 (projector onto the language model's word embeddings) steps of 32 images.
     #[arg(long, default_value_t = 1000)]
     pub projector_steps: usize,
-    /// Steps of stage 2's last run (full scenes), 4 images with 8 questions each (each trained
-    /// as if asked alone).
-    #[arg(long, default_value_t = 300)]
+    /// Steps of stage 2's last run (full scenes, more `exists` and `where`), 4 images with 8
+    /// questions each (each trained as if asked alone).
+    #[arg(long, default_value_t = 89)]
     pub instruct_steps: usize,
     /// Wall-clock budget of stage 2's last run in seconds (the run fits its length and schedule
     /// to it).
@@ -91,7 +106,7 @@ pub struct TrainDemoArgs {
 
 /// Trains stage 0 (vision tower), stage 1 (projector by regression onto the language model's
 /// word embeddings) and stage 2 (the attention of the language model's top layers, projector
-/// frozen, as the curriculum [`CURRICULUM`] then full scenes) with fixed seeds, each run
+/// frozen, as the curriculum [`CURRICULUM`] then a run weighted to the hard tasks) with fixed seeds, each run
 /// resumable, and copies the results into the model directory.
 pub fn train(args: &TrainDemoArgs) -> anyhow::Result<()> {
     let lm = language_model()?;
@@ -110,10 +125,11 @@ pub fn train(args: &TrainDemoArgs) -> anyhow::Result<()> {
 
     let last = InstructRun {
         name: "instruct",
-        data: FULL_SCENES.0,
-        eval_data: FULL_SCENES.1,
-        questions_per_image: FULL_SCENES_QUESTIONS_PER_IMAGE,
+        data: FULL_SCENES_HARD_TASKS.0,
+        eval_data: FULL_SCENES_HARD_TASKS.1,
+        questions_per_image: LAST_RUN_QUESTIONS_PER_IMAGE,
         steps: args.instruct_steps,
+        lr: LAST_RUN_LR,
         time_limit: args.instruct_time_limit,
     };
     let mut tuned_from: Option<PathBuf> = None;
@@ -122,7 +138,7 @@ pub fn train(args: &TrainDemoArgs) -> anyhow::Result<()> {
         let mut instruct = language_stage("instruct", &out);
         let data = format!("{},turns={}", stage.data, stage.questions_per_image);
         instruct.args(["--data", &data, "--eval-data", stage.eval_data]);
-        instruct.args(["--steps", &stage.steps.to_string(), "--batch-size", "4", "--lr", "1e-3", "--warmup", "0.05"]);
+        instruct.args(["--steps", &stage.steps.to_string(), "--batch-size", "4", "--lr", stage.lr, "--warmup", "0.05"]);
         instruct.args(["--eval-every", "25", "--checkpoint-every", "25", "--lm-layers", &args.lm_layers.to_string(), "--attention-only"]);
         instruct.arg("--projector").arg(&projector_out).arg("--freeze-projector");
         if let Some(dir) = &tuned_from {
