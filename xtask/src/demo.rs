@@ -43,7 +43,7 @@ struct InstructRun {
     time_limit: Option<u64>,
 }
 
-/// The curriculum before the last run (whose data is [`FULL_SCENES_HARD_TASKS`]).
+/// The curriculum before [`LAST_RUN`].
 const CURRICULUM: [InstructRun; 3] = [
     InstructRun {
         name: "instruct-one-or-two",
@@ -75,11 +75,17 @@ const CURRICULUM: [InstructRun; 3] = [
 ];
 
 /// The last run: full scenes again (other images), twice as many `exists` and `where` questions
-/// (the two tasks the full-scene run left behind), at half the learning rate.
-const FULL_SCENES_HARD_TASKS: (&str, &str) =
-    ("shapes:seed=7,n=100000,task=color+shape+exists+exists+where+where", "shapes:seed=1000000,n=128,task=short");
-const LAST_RUN_LR: &str = "5e-4";
-const LAST_RUN_QUESTIONS_PER_IMAGE: usize = 8;
+/// (the two tasks the full-scene run left behind), at half the learning rate. Its steps and time
+/// limit come from the command line.
+const LAST_RUN: InstructRun = InstructRun {
+    name: "instruct",
+    data: "shapes:seed=7,n=100000,task=color+shape+exists+exists+where+where",
+    eval_data: "shapes:seed=1000000,n=128,task=short",
+    questions_per_image: 8,
+    steps: 89,
+    lr: "5e-4",
+    time_limit: None,
+};
 
 /// Steps and sizes of the demo model's stages; the defaults are the recipe of the committed model
 /// (see the README's "Demo model" section for the measured times and accuracies).
@@ -90,7 +96,7 @@ pub struct TrainDemoArgs {
     pub projector_steps: usize,
     /// Steps of stage 2's last run (full scenes, more `exists` and `where`), 4 images with 8
     /// questions each (each trained as if asked alone).
-    #[arg(long, default_value_t = 89)]
+    #[arg(long, default_value_t = LAST_RUN.steps)]
     pub instruct_steps: usize,
     /// Wall-clock budget of stage 2's last run in seconds (the run fits its length and schedule
     /// to it).
@@ -123,17 +129,10 @@ pub fn train(args: &TrainDemoArgs) -> anyhow::Result<()> {
     let projector_steps = args.projector_steps.to_string();
     run(language_stage("projector-words", &projector_out).args(["--steps", &projector_steps, "--batch-size", "32", "--lr", "2e-3", "--eval-every", "250"]))?;
 
-    let last = InstructRun {
-        name: "instruct",
-        data: FULL_SCENES_HARD_TASKS.0,
-        eval_data: FULL_SCENES_HARD_TASKS.1,
-        questions_per_image: LAST_RUN_QUESTIONS_PER_IMAGE,
-        steps: args.instruct_steps,
-        lr: LAST_RUN_LR,
-        time_limit: args.instruct_time_limit,
-    };
+    let last = InstructRun { steps: args.instruct_steps, time_limit: args.instruct_time_limit, ..LAST_RUN };
+    let instruct_runs: Vec<&InstructRun> = CURRICULUM.iter().chain([&last]).collect();
     let mut tuned_from: Option<PathBuf> = None;
-    for stage in CURRICULUM.iter().chain([&last]) {
+    for stage in &instruct_runs {
         let out = cache.join(stage.name);
         let mut instruct = language_stage("instruct", &out);
         let data = format!("{},turns={}", stage.data, stage.questions_per_image);
@@ -157,7 +156,7 @@ pub fn train(args: &TrainDemoArgs) -> anyhow::Result<()> {
     std::fs::copy(instruct_out.join(TUNED_LM_FILE), dir.join(TUNED_LM_FILE))?;
     let runs = [("vision", vision_out.clone()), ("projector-words", projector_out.clone())]
         .into_iter()
-        .chain(CURRICULUM.iter().chain([&last]).map(|stage| (stage.name, cache.join(stage.name))));
+        .chain(instruct_runs.iter().map(|stage| (stage.name, cache.join(stage.name))));
     for (stage, out) in runs {
         std::fs::copy(out.join("training.json"), dir.join(format!("training-{stage}.json")))?;
     }

@@ -244,9 +244,7 @@ impl<B: AutodiffBackend> AlignmentObjective<B> {
         }
         Ok(())
     }
-}
 
-impl<B: AutodiffBackend> AlignmentObjective<B> {
     /// Adds the loss of questions right-padded to the same `padded` length, each on a copy of its
     /// image's cache: one batched forward of the frozen layers, one of the tuned ones.
     fn add_question_group(
