@@ -14,13 +14,27 @@ use twigvlm_backbone::llama::RopeAngles;
 use twigvlm_backbone::projector::Projector;
 use twigvlm_backbone::{AttentionProbe, ImagePreprocessor, KvCache, LlamaDecoder, LlavaModel};
 use twigvlm_data::{Conversation, Dataset};
-use twigvlm_twig::Twig;
+use twigvlm_twig::{Twig, TwigMlp};
 
 use crate::error::{Result, TrainError};
 use crate::examples::{single_sequence, ConversationEncoder, Encoded, VisualInput};
 use crate::loss::TokenMeanLoss;
 use crate::metrics::{argmax_ids, TaskAccuracy};
+use crate::trainable::trainable;
 use crate::trainer::Objective;
+
+/// The twig ready to train: every parameter requires gradients except the blocks' MLPs when its
+/// config keeps them frozen (`TwigMlp::Frozen`: they get no gradient and no optimizer state, and
+/// stay the base layers' copies).
+pub fn trainable_twig<B: AutodiffBackend>(twig: Twig<B>) -> Twig<B> {
+    let mut twig = trainable(twig);
+    if twig.config.mlp == TwigMlp::Frozen {
+        for layer in &mut twig.layers {
+            layer.mlp = layer.mlp.clone().no_grad();
+        }
+    }
+    twig
+}
 
 /// What the twig learns to predict at each assistant position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -1,5 +1,6 @@
 //! Twig training on the tiny llava-hf fixture: only the twig gets gradients and changes, the base
-//! stays bit-identical, and the loss on a fixed batch falls, with both kinds of targets.
+//! stays bit-identical, and the loss on a fixed batch falls, with both kinds of targets; with
+//! frozen MLPs those stay the base layers' copies too.
 
 use std::path::PathBuf;
 
@@ -12,7 +13,7 @@ use twigvlm_data::{Dataset, SceneConfig, ShapesDataset, TaskMix};
 use twigvlm_train::examples::ConversationEncoder;
 use twigvlm_train::twig::{TwigObjective, TwigTargets};
 use twigvlm_train::{train, LrSchedule, Objective, OptimizerConfig, TrainOptions};
-use twigvlm_twig::{Twig, TwigConfig};
+use twigvlm_twig::{Twig, TwigConfig, TwigMlp};
 
 type B = Autodiff<Flex>;
 
@@ -26,13 +27,19 @@ fn data(seed: u64) -> Dataset {
     Dataset::Shapes(data)
 }
 
-fn run(targets: TwigTargets) {
+/// A twig block's MLP tensors, by name.
+fn mlp_values(twig: &Twig<Flex>) -> Vec<(String, Vec<f32>)> {
+    hf_tensors(twig, &|p| p.to_string()).into_iter().filter(|(name, _, _)| name.contains(".mlp.")).map(|(n, _, v)| (n, v)).collect()
+}
+
+fn run(targets: TwigTargets, mlp: TwigMlp) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llava-hf5");
     let device = Default::default();
     let loaded = load_llava::<Flex>(&dir, &LoadOptions::default(), &device).unwrap();
     let base_before = flat(&loaded.model);
-    let twig = Twig::<Flex>::init(&loaded.model.language_model, &loaded.config.text, TwigConfig::new(1, 2), &device).unwrap();
-    let twig = twigvlm_train::trainable::trainable(Twig::<B>::from_inner(twig));
+    let config = TwigConfig { mlp, ..TwigConfig::new(1, 2) };
+    let twig = Twig::<Flex>::init(&loaded.model.language_model, &loaded.config.text, config, &device).unwrap();
+    let twig = twigvlm_train::twig::trainable_twig(Twig::<B>::from_inner(twig));
     let encoder = ConversationEncoder { tokenizer: loaded.tokenizer, template: loaded.template, system: None };
     let datasets = (data(7), data(twigvlm_data::EVAL_SEED_START));
     let mut objective = TwigObjective::<B>::new(loaded.model, loaded.preprocessor, encoder, targets, datasets, 2, device);
@@ -40,10 +47,15 @@ fn run(targets: TwigTargets) {
     let (loss, _) = objective.loss(&twig, 0).unwrap();
     let grads = GradientsParams::from_grads(loss.backward(), &twig);
     let twig_tensors = hf_tensors(&twig.valid(), &|p| p.to_string()).len();
-    assert_eq!(grads.len(), twig_tensors, "every twig tensor and nothing else has a gradient");
+    let frozen = match mlp {
+        TwigMlp::Trained => 0,
+        TwigMlp::Frozen => mlp_values(&twig.valid()).len(),
+    };
+    assert_eq!(grads.len(), twig_tensors - frozen, "every trained twig tensor and nothing else has a gradient");
 
     let twig_before = flat(&twig.valid());
-    let out = std::env::temp_dir().join(format!("twigvlm-twig-train-{targets:?}-{}", std::process::id()));
+    let mlp_before = mlp_values(&twig.valid());
+    let out = std::env::temp_dir().join(format!("twigvlm-twig-train-{targets:?}-{mlp:?}-{}", std::process::id()));
     let options = TrainOptions {
         steps: 10,
         schedule: LrSchedule::warmup_cosine(1e-2, 10, 0.1),
@@ -61,6 +73,11 @@ fn run(targets: TwigTargets) {
     eprintln!("{targets:?}: loss {first:.3} -> {last:.3}");
     assert!(last < 0.7 * first, "the loss on a fixed batch must fall by 30%: {first} -> {last}");
     assert_ne!(flat(&twig.valid()), twig_before, "the twig trains");
+    let mlp_after = mlp_values(&twig.valid());
+    match mlp {
+        TwigMlp::Trained => assert_ne!(mlp_after, mlp_before, "trained MLPs change"),
+        TwigMlp::Frozen => assert_eq!(mlp_after, mlp_before, "frozen MLPs stay the base layers' copies"),
+    }
     let metrics = objective.evaluate(&twig).unwrap();
     assert_eq!(metrics[0].0, "agreement");
     assert!((0.0..=1.0).contains(&metrics[0].1));
@@ -71,10 +88,15 @@ fn run(targets: TwigTargets) {
 
 #[test]
 fn twig_trains_on_dataset_answers() {
-    run(TwigTargets::Data);
+    run(TwigTargets::Data, TwigMlp::Trained);
+}
+
+#[test]
+fn twig_with_frozen_mlps_trains_the_rest() {
+    run(TwigTargets::Data, TwigMlp::Frozen);
 }
 
 #[test]
 fn twig_trains_on_the_base_models_own_predictions() {
-    run(TwigTargets::Base);
+    run(TwigTargets::Base, TwigMlp::Trained);
 }

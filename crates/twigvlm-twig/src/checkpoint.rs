@@ -2,7 +2,9 @@
 //! identity, a training summary). The official TwigVLM layout: a directory whose
 //! `model.safetensors` holds `model.layers.{0..T-1}.*`, `model.norm.weight` and `lm_head.weight`
 //! in bf16; the official code takes K from its environment, so it comes from the caller or a
-//! `twig.json` beside the weights. Both use the same tensor names.
+//! `twig.json` beside the weights. Both use the same tensor names. A twig whose MLPs stayed frozen
+//! copies of base layers (`TwigMlp::Frozen`) stores none of them in our format; loading copies
+//! them from the base again.
 
 use std::path::{Path, PathBuf};
 
@@ -12,7 +14,7 @@ use twigvlm_backbone::config::LlamaConfig;
 use twigvlm_backbone::weights::{hf_tensors, write_safetensors, StorageDtype, TensorSource, WeightLoader};
 use twigvlm_backbone::{DecoderLayer, LlamaDecoder};
 
-use crate::config::{TwigConfig, TwigHead, TwigInit};
+use crate::config::{TwigConfig, TwigHead, TwigInit, TwigMlp};
 use crate::error::{Result, TwigError};
 use crate::identity::BaseIdentity;
 use crate::module::Twig;
@@ -23,6 +25,8 @@ pub const OFFICIAL_WEIGHTS: &str = "model.safetensors";
 const LAYER_PREFIX: &str = "model.layers";
 const NORM: &str = "model.norm.weight";
 const HEAD: &str = "lm_head";
+/// The MLP of a block, as in `model.layers.0.mlp.gate_proj.weight`.
+const MLP: &str = "mlp";
 const FORMAT_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,10 +75,20 @@ fn create_dir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| TwigError::Write { path: dir.to_path_buf(), reason: e.to_string() })
 }
 
-/// Writes our format: weights in `dtype`, then `twig.json` (each file atomically).
+/// Whether `name` is a weight of a block's MLP.
+fn is_mlp(name: &str) -> bool {
+    name.strip_prefix(LAYER_PREFIX).is_some_and(|rest| rest.split('.').nth(2) == Some(MLP))
+}
+
+/// Writes our format: weights in `dtype` (frozen MLPs left out), then `twig.json` (each file
+/// atomically).
 pub fn save_twig<B: Backend>(dir: &Path, twig: &Twig<B>, base: &LlamaDecoder<B>, training: serde_json::Value, dtype: StorageDtype) -> Result<()> {
     create_dir(dir)?;
-    write_safetensors(&dir.join(OURS_WEIGHTS), &tensors(twig), dtype)?;
+    let mut named = tensors(twig);
+    if twig.config.mlp == TwigMlp::Frozen {
+        named.retain(|(name, _, _)| !is_mlp(name));
+    }
+    write_safetensors(&dir.join(OURS_WEIGHTS), &named, dtype)?;
     write_meta(dir, &TwigMeta { format_version: FORMAT_VERSION, config: twig.config, base: BaseIdentity::of(base), training })
 }
 
@@ -87,8 +101,7 @@ pub fn save_official<B: Backend>(dir: &Path, twig: &Twig<B>, base: &LlamaDecoder
         named.extend(hf_tensors(&base.lm_head, &|path| format!("{HEAD}.{path}")));
     }
     write_safetensors(&dir.join(OFFICIAL_WEIGHTS), &named, StorageDtype::BF16)?;
-    let mut config = twig.config;
-    config.head = TwigHead::Trained;
+    let config = TwigConfig { head: TwigHead::Trained, mlp: TwigMlp::Trained, ..twig.config };
     write_meta(dir, &TwigMeta { format_version: FORMAT_VERSION, config, base: BaseIdentity::of(base), training })
 }
 
@@ -137,8 +150,21 @@ pub fn load_twig<B: Backend>(dir: &Path, base: &LlamaDecoder<B>, base_config: &L
     let k = k.or(meta.as_ref().map(|m| m.config.k)).ok_or_else(|| TwigError::MissingK { path: dir.to_path_buf() })?;
     let has_head = source.contains(&format!("{HEAD}.weight"));
     let init = meta.as_ref().map_or(TwigInit::Adjacent, |m| m.config.init);
-    let config = TwigConfig { k, t, init, head: if has_head { TwigHead::Trained } else { TwigHead::Shared } };
+    let has_mlp = source.names().any(is_mlp);
+    let mlp = match (has_mlp, meta.as_ref().map(|m| m.config.mlp)) {
+        (true, _) => TwigMlp::Trained,
+        (false, Some(TwigMlp::Frozen)) => TwigMlp::Frozen,
+        (false, _) => return Err(TwigError::MissingMlp { path: weights }),
+    };
+    let config = TwigConfig { k, t, init, head: if has_head { TwigHead::Trained } else { TwigHead::Shared }, mlp };
     config.validate(base.num_layers())?;
+    if mlp == TwigMlp::Frozen {
+        let sources = config.source_layers(base.num_layers()).expect("validated: frozen MLPs copy base layers");
+        for (i, layer) in sources.enumerate() {
+            let copies = hf_tensors(&base.layers[layer].mlp, &|path| format!("{LAYER_PREFIX}.{i}.{MLP}.{path}"));
+            source.add_in_memory(copies, &dir.join(format!("(base layer {layer})")));
+        }
+    }
     let loader = WeightLoader::new(&source, device);
     let layers = (0..t).map(|i| DecoderLayer::load(&loader, &format!("{LAYER_PREFIX}.{i}"), base_config)).collect::<std::result::Result<Vec<_>, _>>()?;
     let norm = loader.rms_norm(NORM, base.hidden_size(), base_config.rms_norm_eps)?;

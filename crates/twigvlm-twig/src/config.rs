@@ -27,6 +27,21 @@ pub enum TwigHead {
     Shared,
 }
 
+/// Whether the twig's blocks train their MLPs or keep them as copies of the base layers they
+/// started from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TwigMlp {
+    /// Every block parameter trains (the paper's choice).
+    #[default]
+    Trained,
+    /// The MLPs stay the copies the initialisation made: only attention, norms (and a trained
+    /// head) learn, and the checkpoint stores no MLP weight (its loader copies them from the base
+    /// again), three quarters of each block's size. Needs an initialisation that copies base
+    /// layers (`adjacent` or `last`).
+    Frozen,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TwigConfig {
     /// Base layers before the twig (the twig reads layer K's input hidden states).
@@ -35,6 +50,9 @@ pub struct TwigConfig {
     pub t: usize,
     pub init: TwigInit,
     pub head: TwigHead,
+    /// Absent from twig.json files written before it existed: those trained every MLP.
+    #[serde(default)]
+    pub mlp: TwigMlp,
 }
 
 impl TwigConfig {
@@ -43,10 +61,11 @@ impl TwigConfig {
     pub const PAPER_T: usize = 3;
 
     pub fn new(k: usize, t: usize) -> Self {
-        Self { k, t, init: TwigInit::Adjacent, head: TwigHead::Trained }
+        Self { k, t, init: TwigInit::Adjacent, head: TwigHead::Trained, mlp: TwigMlp::Trained }
     }
 
-    /// K ≥ 1 (the twig shares at least one base layer), T ≥ 1, and the copied base layers exist.
+    /// K ≥ 1 (the twig shares at least one base layer), T ≥ 1, the copied base layers exist, and
+    /// frozen MLPs have base layers to be copies of.
     pub fn validate(&self, base_layers: usize) -> Result<()> {
         if self.k == 0 {
             return Err(TwigError::Shape("K must be at least 1 (the twig attaches after a base layer)".into()));
@@ -59,6 +78,9 @@ impl TwigConfig {
                 "K + T = {} + {} exceeds the base model's {base_layers} layers",
                 self.k, self.t
             )));
+        }
+        if self.mlp == TwigMlp::Frozen && self.init == TwigInit::Random {
+            return Err(TwigError::Shape("frozen MLPs are copies of base layers; a random initialisation copies none (use adjacent or last)".into()));
         }
         Ok(())
     }

@@ -16,6 +16,9 @@ pub enum TwigError {
     #[error("{path} holds no twig: expected twig.safetensors + twig.json (ours) or model.safetensors with model.layers.* (official TwigVLM)")]
     NotATwig { path: PathBuf },
 
+    #[error("{path} holds no MLP weights and no twig.json says they are frozen copies of base layers")]
+    MissingMlp { path: PathBuf },
+
     #[error("cannot read {path}: {source}")]
     Read {
         path: PathBuf,

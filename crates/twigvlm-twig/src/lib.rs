@@ -10,7 +10,7 @@ pub mod identity;
 pub mod module;
 
 pub use checkpoint::{load_twig, save_twig, save_official, TwigCheckpoint, TwigFormat};
-pub use config::{TwigConfig, TwigHead, TwigInit};
+pub use config::{TwigConfig, TwigHead, TwigInit, TwigMlp};
 pub use error::{Result, TwigError};
 pub use identity::BaseIdentity;
 pub use module::Twig;

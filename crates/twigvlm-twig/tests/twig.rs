@@ -7,10 +7,10 @@ use burn::backend::Flex;
 use burn::module::Module;
 use burn::prelude::*;
 use twigvlm_backbone::config::LlamaConfig;
-use twigvlm_backbone::weights::{hf_tensors, StorageDtype};
+use twigvlm_backbone::weights::{hf_tensors, StorageDtype, TensorSource};
 use twigvlm_backbone::{load_llava, AttentionProbe, KvCache, LlamaDecoder, LoadOptions};
 use twigvlm_twig::checkpoint::convert;
-use twigvlm_twig::{load_twig, save_official, save_twig, Twig, TwigConfig, TwigError, TwigFormat, TwigHead, TwigInit};
+use twigvlm_twig::{load_twig, save_official, save_twig, Twig, TwigConfig, TwigError, TwigFormat, TwigHead, TwigInit, TwigMlp};
 
 type B = Flex;
 
@@ -145,4 +145,46 @@ fn a_twig_for_another_base_is_refused() {
     let err = load_twig(&scratch("empty"), &base, &cfg, None, &device).err().unwrap();
     assert!(matches!(err, TwigError::NotATwig { .. }), "{err}");
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_twig_with_frozen_mlps_stores_none_and_takes_them_from_the_base() {
+    let (base, cfg) = base();
+    let device = Default::default();
+    let random = TwigConfig { init: TwigInit::Random, mlp: TwigMlp::Frozen, ..TwigConfig::new(1, 2) };
+    let err = Twig::init(&base, &cfg, random, &device).err().unwrap();
+    assert!(err.to_string().contains("random"), "{err}");
+
+    for init in [TwigInit::Adjacent, TwigInit::Last] {
+        let config = TwigConfig { init, mlp: TwigMlp::Frozen, ..TwigConfig::new(1, 2) };
+        let mut twig = Twig::init(&base, &cfg, config, &device).unwrap();
+        // Trained attention, so that a load taking everything from the base would be caught.
+        twig.layers[1].self_attn.q_proj.weight = twig.layers[1].self_attn.q_proj.weight.clone().map(|w| w.mul_scalar(0.5));
+        let dir = scratch(&format!("frozen-mlp-{init:?}"));
+        save_twig(&dir, &twig, &base, serde_json::Value::Null, StorageDtype::F32).unwrap();
+        let mut stored = TensorSource::default();
+        stored.add_safetensors(&dir.join("twig.safetensors")).unwrap();
+        let names: Vec<&str> = stored.names().collect();
+        assert!(names.iter().any(|n| n.contains(".self_attn.")), "{names:?}");
+        assert!(!names.iter().any(|n| n.contains(".mlp.")), "frozen MLPs must not be stored: {names:?}");
+        let loaded = load_twig(&dir, &base, &cfg, None, &device).unwrap();
+        assert_eq!(loaded.twig.config, config);
+        assert_eq!(values(&loaded.twig), values(&twig), "{init:?}: the MLPs come back from the right base layers");
+
+        // The official layout holds every tensor, so it loads as a twig with trained MLPs.
+        let official = scratch(&format!("frozen-mlp-official-{init:?}"));
+        save_official(&official, &twig, &base, serde_json::Value::Null).unwrap();
+        let converted = load_twig(&official, &base, &cfg, None, &device).unwrap();
+        assert_eq!(converted.twig.config.mlp, TwigMlp::Trained);
+
+        // Without twig.json nothing says where the missing MLPs come from.
+        let bare = scratch(&format!("frozen-mlp-bare-{init:?}"));
+        std::fs::create_dir_all(&bare).unwrap();
+        std::fs::copy(dir.join("twig.safetensors"), bare.join("model.safetensors")).unwrap();
+        let err = load_twig(&bare, &base, &cfg, Some(1), &device).err().unwrap();
+        assert!(matches!(err, TwigError::MissingMlp { .. }), "{err}");
+        for d in [dir, official, bare] {
+            std::fs::remove_dir_all(d).unwrap();
+        }
+    }
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use burn::tensor::DType;
 use safetensors::{Dtype as StDtype, SafeTensors};
 
+use super::NamedTensor;
 use crate::error::{BackboneError, Result};
 
 type Reader = Box<dyn Fn() -> std::result::Result<Vec<f32>, String>>;
@@ -131,6 +132,16 @@ impl TensorSource {
             self.tensors.insert(name, tensor);
         }
         Ok(())
+    }
+
+    /// Adds tensors held in memory (a module's parameters, as [`super::hf_tensors`] exports them);
+    /// `origin` names where they came from in messages.
+    pub fn add_in_memory(&mut self, tensors: Vec<NamedTensor>, origin: &Path) {
+        for (name, shape, values) in tensors {
+            let values = Arc::new(values);
+            let read: Reader = Box::new(move || Ok(values.as_ref().clone()));
+            self.insert(name, shape, "F32".to_string(), origin, read);
+        }
     }
 
     /// Adds one PyTorch pickle checkpoint through burn-store's reader.

@@ -15,7 +15,7 @@ use twigvlm_train::examples::ConversationEncoder;
 use twigvlm_train::twig::{TwigObjective, TwigTargets};
 use twigvlm_train::train;
 use twigvlm_twig::checkpoint::convert;
-use twigvlm_twig::{save_twig, Twig, TwigConfig, TwigFormat, TwigHead, TwigInit};
+use twigvlm_twig::{save_twig, Twig, TwigConfig, TwigFormat, TwigHead, TwigInit, TwigMlp};
 
 use super::train::{LoopArgs, StageDefaults};
 
@@ -48,6 +48,11 @@ pub struct TrainTwigArgs {
     /// Train the twig's own LM head or share the base's (frozen).
     #[arg(long, value_enum, default_value_t = HeadArg::Trained)]
     pub twig_head: HeadArg,
+    /// Train the blocks' MLPs, or keep them frozen copies of the base layers the twig started from
+    /// (only attention, norms and a trained head learn; the checkpoint stores no MLP, three
+    /// quarters of each block's size; needs --init adjacent or last).
+    #[arg(long, value_enum, default_value_t = MlpArg::Trained)]
+    pub twig_mlp: MlpArg,
     /// Targets: the dataset's answers, or the base model's own predictions (self-distillation).
     #[arg(long, value_enum, default_value_t = TargetsArg::Data)]
     pub targets: TargetsArg,
@@ -72,6 +77,12 @@ pub enum HeadArg {
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum MlpArg {
+    Trained,
+    Frozen,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum TargetsArg {
     Data,
     Base,
@@ -90,6 +101,10 @@ impl TrainTwigArgs {
             head: match self.twig_head {
                 HeadArg::Trained => TwigHead::Trained,
                 HeadArg::Shared => TwigHead::Shared,
+            },
+            mlp: match self.twig_mlp {
+                MlpArg::Trained => TwigMlp::Trained,
+                MlpArg::Frozen => TwigMlp::Frozen,
             },
         }
     }
@@ -116,7 +131,7 @@ impl AutodiffJob for TrainTwigJob {
             .with_context(|| format!("cannot load the base model in {}", args.model.display()))?;
         B::seed(&device, args.run.seed);
         let twig = Twig::init(&loaded.model.language_model, &loaded.config.text, args.config(), &device)?;
-        let twig = twigvlm_train::trainable::trainable(Twig::<B>::from_inner(twig));
+        let twig = twigvlm_train::twig::trainable_twig(Twig::<B>::from_inner(twig));
         let encoder = ConversationEncoder { tokenizer: loaded.tokenizer, template: loaded.template, system: None };
         let targets = match args.targets {
             TargetsArg::Data => TwigTargets::Data,
