@@ -163,6 +163,51 @@ pub fn train(args: &TrainDemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The demo twig's recipe (see the README's "Demo model" section for the variants it was chosen
+/// from): the paper's K=2, T=3 and adjacent initialisation; the head shared with the base (tied
+/// embeddings, nothing to store) and the MLPs kept as the base layers' copies, so that only
+/// attention and norms train and the committed twig stays small; the base model's own predictions
+/// on the dataset's short answers (self-distillation: what speculative decoding needs the twig to
+/// agree with), packed four to a conversation.
+const TWIG_ARGS: [&str; 20] = [
+    "--k", "2", "--t", "3", "--init", "adjacent", "--twig-head", "shared", "--twig-mlp", "frozen", "--targets", "base",
+    "--data", "shapes:seed=3,n=100000,task=short,turns=4", "--eval-data", "shapes:seed=1000000,n=32,task=short",
+    "--lr", "3e-4", "--batch-size", "8",
+];
+/// Where the committed twig lives inside the demo model directory.
+const TWIG_DIR: &str = "twig";
+/// The twig's weights and `twig.json` (which carries the training log too).
+const TWIG_FILES: [&str; 2] = ["twig.safetensors", "twig.json"];
+
+/// Steps of the demo twig's training.
+#[derive(Debug, clap::Args)]
+pub struct TrainDemoTwigArgs {
+    /// Steps of 8 conversations (4 questions each).
+    #[arg(long, default_value_t = 60)]
+    pub steps: usize,
+    /// Backend (cuda on a GPU machine).
+    #[arg(long, default_value = "flex")]
+    pub backend: String,
+}
+
+/// Trains the demo twig on the assembled demo model (resumable) and copies it into
+/// `models/shapes-smol/twig`.
+pub fn train_twig(args: &TrainDemoTwigArgs) -> anyhow::Result<()> {
+    run(twigvlm().args(["prepare-demo", "--model", MODEL_DIR, "--cache", DEMO_CACHE]))?;
+    let out = workspace_root().join(DEMO_CACHE).join(TWIG_DIR);
+    let steps = args.steps.to_string();
+    let mut train = twigvlm();
+    train.args(["train-twig", "--model", MODEL_DIR]).args(TWIG_ARGS);
+    train.args(["--steps", &steps, "--eval-every", "20", "--checkpoint-every", "20", "--resume", "--backend", &args.backend]);
+    run(train.arg("--out").arg(&out))?;
+    let dir = workspace_root().join(MODEL_DIR).join(TWIG_DIR);
+    std::fs::create_dir_all(&dir)?;
+    for file in TWIG_FILES {
+        std::fs::copy(out.join(file), dir.join(file)).with_context(|| format!("cannot copy {file} into {}", dir.display()))?;
+    }
+    Ok(())
+}
+
 /// Prepares the model if needed and answers a question about an example image.
 pub fn demo(image: &str, prompt: &str) -> anyhow::Result<()> {
     run(twigvlm().args(["prepare-demo", "--model", MODEL_DIR, "--cache", DEMO_CACHE]))?;

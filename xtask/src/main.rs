@@ -7,7 +7,7 @@
 //! * `gpu-check`: the parity tests and the benchmark on a GPU (`xtask/gpu/gpu-check.sh`).
 //! * `cpu-roofline`: vanilla decode speed against the machine's memory-bandwidth bound.
 //! * `bench-hf`: greedy decoding speed of HF transformers vs `twigvlm generate` on the same models.
-//! * `demo`, `train-demo`: the demo model `models/shapes-smol` (see `demo.rs`).
+//! * `demo`, `train-demo`, `train-demo-twig`: the demo model `models/shapes-smol` (see `demo.rs`).
 
 mod bench_hf;
 mod demo;
@@ -58,6 +58,8 @@ enum Task {
     /// Reproduce the demo model's trained parts with fixed seeds: vision tower (stage 0),
     /// projector (stage 1), projector + the language model's top layers (stage 2). Resumable.
     TrainDemo(demo::TrainDemoArgs),
+    /// Train the demo model's twig (`models/shapes-smol/twig`) with a fixed seed. Resumable.
+    TrainDemoTwig(demo::TrainDemoTwigArgs),
 }
 
 /// The workspace root (xtask lives one level below it).
@@ -96,5 +98,6 @@ fn main() -> anyhow::Result<()> {
         Task::GpuCheck(args) => gpu_check::run_check(args),
         Task::Demo { image, prompt } => demo::demo(&image, &prompt),
         Task::TrainDemo(args) => demo::train(&args),
+        Task::TrainDemoTwig(args) => demo::train_twig(&args),
     }
 }

