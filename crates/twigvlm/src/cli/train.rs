@@ -347,7 +347,11 @@ impl AutodiffJob for AlignmentJob {
         if !parts.lm_layers.is_empty() {
             write_safetensors(&args.run.out.join(TUNED_LM_FILE), &parts.tuned_layer_tensors(CAUSAL_LM_BODY), StorageDtype::F16)?;
         }
-        args.run.finish(&args.run.summary(self.stage(), &args.data, &args.eval_data, &options, &report), &report, &written)
+        let mut summary = args.run.summary(self.stage(), &args.data, &args.eval_data, &options, &report);
+        // Where the run started from, so that a curriculum's runs can be traced back.
+        summary["projector_from"] = serde_json::json!(self.projector_from.as_ref().map(|dir| dir.display().to_string()));
+        summary["tuned_from"] = serde_json::json!(self.tuned_from.as_ref().map(|file| file.display().to_string()));
+        args.run.finish(&summary, &report, &written)
     }
 }
 
