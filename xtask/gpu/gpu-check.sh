@@ -33,11 +33,43 @@ else
     parity=${4:?without .gpu/check, name the parity test binary (cargo test --release --test parity --no-run prints it)}
 fi
 
+# Every test of the parity binary (all fixture layouts); compilation of the kernels dominates.
+PARITY_LIMIT_S=180
+# The decode profile runs on the small preset: the same kernels as the 7B one at a tenth of the
+# loading time. cubecl profiles every kernel (each launch waits for the previous one), so its
+# times are per-kernel GPU times, not the bench's; the compilations logged in between show whether
+# decoding keeps compiling new kernels (one per KV length) after the first tokens.
+PROFILE_PRESET=llava-1b-shape
+PROFILE_TOKENS=48
+profile_model() {
+    local model=/tmp/check-$PROFILE_PRESET dir=/tmp/cubecl-profile
+    [ -f $model/model.safetensors ] || "$bin" make-model --preset $PROFILE_PRESET --out $model > /dev/null
+    mkdir -p $dir
+    # cubecl reads cubecl.toml from the working directory.
+    cat > $dir/cubecl.toml <<TOML
+[profiling.logger]
+level = "basic"
+file = "$dir/profile.log"
+[compilation.logger]
+level = "basic"
+file = "$dir/profile.log"
+TOML
+    (cd $dir && time "$bin" generate --model $model --image "$repo/examples/shapes-1.png" --backend "$backend" \
+        --prompt "Describe the image." --max-new-tokens $PROFILE_TOKENS --json > $dir/generate.json) || echo "PROFILE FAILED"
+    python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["stats"])' $dir/generate.json || true
+    wc -l $dir/*.log || true
+    xz -c $dir/profile.log > "$OUT/profile.log.xz" 2>/dev/null || python3 -c 'import lzma,sys; open(sys.argv[2],"wb").write(lzma.compress(open(sys.argv[1],"rb").read()))' $dir/profile.log "$OUT/profile.log.xz"
+}
+
 {
     date -u
     nvidia-smi -L 2>/dev/null || true
     echo "== parity tests ($backend build of the test binary)"
-    (cd tests && time "$parity" llava_hf_transformers5_layout_f16 --nocapture) || echo "PARITY FAILED"
+    (cd tests && time timeout $PARITY_LIMIT_S "$parity" --nocapture) || echo "PARITY FAILED"
+    if [ "$backend" != flex ]; then
+        echo "== decode profile: cubecl's per-kernel GPU times, $PROFILE_PRESET, $PROFILE_TOKENS new tokens"
+        profile_model
+    fi
     echo "== random $preset model"
     model=/tmp/check-$preset
     [ -f $model/model.safetensors ] || time "$bin" make-model --preset "$preset" --out $model
