@@ -99,7 +99,7 @@ fn check_case(model: &str, llava: &LoadedLlava<B>, reference: &Reference, case: 
         hidden = out.hidden;
         let (_, probs) = &out.attention[0];
         let want = &ref_attention[layer * per_attention..(layer + 1) * per_attention];
-        assert_close(&what(&format!("layer {layer} last-query attention")), &host(probs.clone()), want, ATTENTION_ATOL);
+        assert_close_probabilities(&what(&format!("layer {layer} last-query attention")), &host(probs.clone()), want);
         // HF's last hidden state is after the final norm; every earlier one is a layer output.
         if layer + 1 < lm.num_layers() {
             let want = &ref_hidden[(layer + 1) * per_layer..(layer + 2) * per_layer];

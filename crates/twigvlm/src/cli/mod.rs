@@ -118,6 +118,11 @@ pub struct ModelArgs {
     /// CLIP directory for original-layout LLaVA checkpoints whose `mm_vision_tower` is not a local path.
     #[arg(long)]
     pub vision_tower: Option<PathBuf>,
+    /// Split the inner dimension of few-row matmuls (decoding, draft verification) into this many
+    /// blocks computed as one batch and summed (default: the backend's, 4 on flex, 1 on the GPU
+    /// backends). More blocks give a backend's kernel more parallel work when a row is short.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub single_row_split: Option<u16>,
     #[command(flatten)]
     pub decoder: DecoderArgs,
 }
@@ -227,7 +232,7 @@ fn load_engine<B: Backend>(args: &ModelArgs, device: B::Device, pruning: bool) -
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
     let options = LoadOptions { vision_tower_dir: args.vision_tower.clone() };
     let mut engine = Engine::<B>::load(model, &options, device).with_context(|| format!("cannot load the model in {}", model.display()))?;
-    engine.set_single_row_split(args.backend.single_row_split());
+    engine.set_single_row_split(args.single_row_split.map_or(args.backend.single_row_split(), usize::from));
     let decoder = args.decoder.prepare(&mut engine, pruning)?;
     spinner.finish_and_clear();
     Ok((engine, decoder))
