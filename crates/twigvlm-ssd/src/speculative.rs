@@ -18,7 +18,7 @@
 //!    rejected entries from every cache.
 
 use std::ops::ControlFlow;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use burn::prelude::*;
 use twigvlm_backbone::llama::RopeAngles;
@@ -158,9 +158,34 @@ pub struct SpeculativeStats {
     pub drafted: usize,
     /// Drafted tokens the base agreed with.
     pub accepted: usize,
+    /// Wall-clock milliseconds of the rounds' drafting: the round's tokens through base layers
+    /// 0..K-1 (which the base needs too) and the twig, and the twig's logits.
+    pub draft_ms: f64,
+    /// Milliseconds of verification forwards: base layers K..L-1 over the round's tokens and the
+    /// base's logits, read back. The rest of the decode time is choosing tokens and cropping
+    /// caches. On asynchronous (GPU) backends work is timed where its results are read, which
+    /// puts a draft's last shared-layer step into verification.
+    pub verify_ms: f64,
 }
 
 impl SpeculativeStats {
+    /// Adds another generation's rounds (bench totals).
+    pub fn add(&mut self, other: &SpeculativeStats) {
+        self.rounds += other.rounds;
+        self.drafted += other.drafted;
+        self.accepted += other.accepted;
+        self.draft_ms += other.draft_ms;
+        self.verify_ms += other.verify_ms;
+    }
+
+    fn record(&mut self, round: &Round) {
+        self.rounds += 1;
+        self.drafted += round.drafted;
+        self.accepted += round.accepted.len();
+        self.draft_ms += round.time.draft.as_secs_f64() * 1e3;
+        self.verify_ms += round.time.verify.as_secs_f64() * 1e3;
+    }
+
     /// Mean accepted drafted tokens per round.
     pub fn mean_accepted(&self) -> f64 {
         self.accepted as f64 / self.rounds.max(1) as f64
@@ -180,6 +205,20 @@ pub(crate) struct Round {
     pub accepted: Vec<u32>,
     /// The base's token after them.
     pub correction: u32,
+    pub time: RoundTime,
+}
+
+/// Where a round's time went (see [`SpeculativeStats`]).
+pub(crate) struct RoundTime {
+    pub draft: Duration,
+    pub verify: Duration,
+}
+
+impl RoundTime {
+    /// Splits the time since `began` at `drafted` (drafting done) and now (verification done).
+    pub(crate) fn since(began: Instant, drafted: Instant) -> Self {
+        Self { draft: drafted - began, verify: drafted.elapsed() }
+    }
 }
 
 /// The base model and its twig, with their caches.
@@ -259,6 +298,7 @@ impl<B: Backend> Speculator<'_, B> {
     /// tokens while the twig is confident, verifies them in one deep forward with speculative
     /// sampling (greedy: the matching prefix), and drops the rejected entries.
     fn chain_round(&mut self, mut token: u32, start: usize, limit: usize, threshold: f32, sampler: &mut Sampler, eos: &[u32]) -> Result<Round> {
+        let began = Instant::now();
         let (mut kept, mut drafted, mut draft_probs) = (Vec::new(), Vec::new(), Vec::new());
         loop {
             let position = [start + drafted.len()];
@@ -282,11 +322,14 @@ impl<B: Backend> Speculator<'_, B> {
         }
 
         let positions: Vec<usize> = (start..start + kept.len()).collect();
-        let targets: Vec<Vec<f32>> = self.deep(Tensor::cat(kept, 1), &positions).iter().map(|row| sampler.distribution(row)).collect();
+        let drafted_at = Instant::now();
+        let deep_logits = self.deep(Tensor::cat(kept, 1), &positions);
+        let time = RoundTime::since(began, drafted_at);
+        let targets: Vec<Vec<f32>> = deep_logits.iter().map(|row| sampler.distribution(row)).collect();
         let (accepted, correction) = verify(&targets, &draft_probs, &drafted, sampler);
         self.discard(positions.len() - accepted - 1)?;
         drafted.truncate(accepted);
-        Ok(Round { drafted: draft_probs.len(), accepted: drafted, correction })
+        Ok(Round { drafted: draft_probs.len(), accepted: drafted, correction, time })
     }
 
     /// Drops the last `count` entries of every cache (rejected drafts; every layer took the
@@ -345,9 +388,7 @@ pub fn decode_speculative<B: Backend>(
                     round
                 }
             };
-            stats.rounds += 1;
-            stats.drafted += round.drafted;
-            stats.accepted += round.accepted.len();
+            stats.record(&round);
             for &token in &round.accepted {
                 if let Some(stop) = emitter.emit(token) {
                     break 'rounds stop;

@@ -14,12 +14,13 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::Instant;
 
 use burn::prelude::*;
 use twigvlm_backbone::TreeMask;
 
 use crate::sampling::argmax;
-use crate::speculative::{Round, Speculator};
+use crate::speculative::{Round, RoundTime, Speculator};
 use crate::vanilla::logits_row;
 
 /// The shape of a draft tree: `top_k:depth:nodes` on the command line.
@@ -73,6 +74,7 @@ impl<B: Backend> Speculator<'_, B> {
     /// One greedy round from `root` (emitted, not yet run) at `start`, drafting at most
     /// `max_depth` tokens on any path; `eos` tokens are drafted but never expanded.
     pub(crate) fn tree_round(&mut self, root: u32, start: usize, max_depth: usize, shape: &DraftTree, eos: &[u32]) -> Round {
+        let began = Instant::now();
         self.twig_catch_up();
         let mut nodes = vec![Node { token: root, parent: None, depth: 0, score: 0.0, lower_entry: None, hidden_k: None, expanded: false }];
         // Parent of each of the round's entries in base layers 0..K-1 (and, for the expanded
@@ -118,8 +120,10 @@ impl<B: Backend> Speculator<'_, B> {
         let hidden = Tensor::cat(verified.iter().map(|&n| nodes[n].hidden_k.clone().expect("run above")).collect(), 1);
         let rope = self.base.rope(&positions, &self.device);
         let layers = self.k()..self.base.num_layers();
+        let drafted_at = Instant::now();
         let top = self.base.forward_tree_layers(hidden, &rope, layers.clone(), &mut self.base_cache, &TreeMask::from_parents(&deep_parents, verified.len()));
         let logits = logits_row(self.base.logits(top));
+        let time = RoundTime::since(began, drafted_at);
         let vocab = logits.len() / verified.len();
         let base_pick = |slot: usize| argmax(&logits[slot * vocab..(slot + 1) * vocab]);
 
@@ -142,7 +146,7 @@ impl<B: Backend> Speculator<'_, B> {
             // Only a path's last node can be unexpanded; the twig catches up on it next round.
             self.twig_behind.push((nodes[last].hidden_k.clone().expect("verified"), start + nodes[last].depth));
         }
-        Round { drafted: verified.len() - 1, accepted: path[1..].iter().map(|&n| nodes[n].token).collect(), correction }
+        Round { drafted: verified.len() - 1, accepted: path[1..].iter().map(|&n| nodes[n].token).collect(), correction, time }
     }
 
     /// Runs `rows` (nodes in index order) through base layers 0..K-1 with tree attention,

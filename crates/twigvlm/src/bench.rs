@@ -141,6 +141,10 @@ pub struct BenchRow {
     /// Drafted tokens accepted per verification round (speculative modes).
     pub mean_accepted: Option<f64>,
     pub acceptance_rate: Option<f64>,
+    /// Mean per generation, of `decode_ms` (speculative modes): drafting and verification
+    /// forwards ([`SpeculativeStats`]); the rest is choosing tokens and cropping caches.
+    pub draft_ms: Option<f64>,
+    pub verify_ms: Option<f64>,
     /// Every output equals the same policy's plain greedy output.
     pub identical_to_baseline: bool,
 }
@@ -208,7 +212,7 @@ pub fn run_bench<B: Backend>(
                 tally.decode_ms += result.stats.decode_ms;
                 if let Some(s) = result.stats.speculative {
                     let sum = tally.speculative.get_or_insert_with(SpeculativeStats::default);
-                    (sum.rounds, sum.drafted, sum.accepted) = (sum.rounds + s.rounds, sum.drafted + s.drafted, sum.accepted + s.accepted);
+                    sum.add(&s);
                 }
                 if pass == options.repeats {
                     tally.outputs.push(result.generated_ids);
@@ -241,6 +245,8 @@ pub fn run_bench<B: Backend>(
             rel_spd: None,
             mean_accepted: tally.speculative.as_ref().map(SpeculativeStats::mean_accepted),
             acceptance_rate: tally.speculative.as_ref().map(SpeculativeStats::acceptance_rate),
+            draft_ms: tally.speculative.as_ref().map(|s| s.draft_ms / runs),
+            verify_ms: tally.speculative.as_ref().map(|s| s.verify_ms / runs),
             identical_to_baseline: identical,
         });
     }

@@ -91,14 +91,19 @@ fn write_report(report: &BenchReport, args: &BenchArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let optional = |v: Option<f64>, precision: usize| v.map_or("-".to_string(), |v| format!("{v:.precision$}"));
-    println!("{:<9} {:>9} {:>11} {:>10} {:>7} {:>7} {:>9} {:>9}", "mode", "tokens/s", "prefill ms", "decode ms", "tokens", "RelSpd", "accepted", "identical");
+    println!(
+        "{:<9} {:>9} {:>11} {:>10} {:>9} {:>10} {:>7} {:>7} {:>9} {:>9}",
+        "mode", "tokens/s", "prefill ms", "decode ms", "draft ms", "verify ms", "tokens", "RelSpd", "accepted", "identical"
+    );
     for row in &report.rows {
         println!(
-            "{:<9} {:>9.2} {:>11.1} {:>10.1} {:>7.1} {:>7} {:>9} {:>9}",
+            "{:<9} {:>9.2} {:>11.1} {:>10.1} {:>9} {:>10} {:>7.1} {:>7} {:>9} {:>9}",
             row.mode,
             row.tokens_per_s,
             row.prefill_ms,
             row.decode_ms,
+            optional(row.draft_ms, 1),
+            optional(row.verify_ms, 1),
             row.new_tokens,
             optional(row.rel_spd, 3),
             optional(row.mean_accepted, 2),
