@@ -150,8 +150,9 @@ impl DraftCap {
     }
 }
 
-/// What the rounds did.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+/// What the rounds did. No `PartialEq`: two runs that decide alike still take different times;
+/// compare [`SpeculativeStats::counts`].
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct SpeculativeStats {
     /// Draft-and-verify rounds (each emits at least one token).
     pub rounds: usize,
@@ -169,6 +170,11 @@ pub struct SpeculativeStats {
 }
 
 impl SpeculativeStats {
+    /// Rounds, drafted and accepted tokens: what the rounds decided, without their times.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        (self.rounds, self.drafted, self.accepted)
+    }
+
     /// Adds another generation's rounds (bench totals).
     pub fn add(&mut self, other: &SpeculativeStats) {
         self.rounds += other.rounds;
