@@ -13,10 +13,7 @@ cp "$GPU_DIR"/*/* $PARTS/ 2>/dev/null || true
 OUT=${OUT:-$PWD/target/gpu-out}
 mkdir -p "$OUT"
 
-# xz through Python's lzma: the machine's image has python3 but may lack the xz tool.
-unxz_to() {
-    python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.stdin.buffer), sys.stdout.buffer)' > "$1"
-}
+source "$(dirname "${BASH_SOURCE[0]}")/xz.sh"
 
 unpack_binary() {
     [ -x "$BIN" ] || { unxz_to "$BIN" < $PARTS/twigvlm.xz; chmod +x "$BIN"; }

@@ -21,10 +21,11 @@ parts=.gpu/check
 
 # Binaries: the packed CUDA build when carried, else this checkout's own release build.
 if [ -f $parts/twigvlm.xz ]; then
-    unxz_to() { python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.stdin.buffer), sys.stdout.buffer)' > "$1"; chmod +x "$1"; }
+    source "$(dirname "$0")/xz.sh"
     bin=/tmp/twigvlm-check parity=/tmp/parity-check
     unxz_to $bin < $parts/twigvlm.xz
     unxz_to $parity < $parts/parity.xz
+    chmod +x $bin $parity
     # The test binary finds the fixtures under the path it was built in.
     built_in=$(cat $parts/built-in)
     [ -d "$built_in/tests/fixtures" ] || { mkdir -p "$(dirname "$built_in")"; ln -sfn "$repo" "$built_in"; }

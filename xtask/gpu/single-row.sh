@@ -17,7 +17,8 @@ mkdir -p "$OUT"
 bin=target/release/twigvlm
 if [ -f .gpu/check/twigvlm.xz ]; then
     bin=/tmp/twigvlm-check
-    [ -x $bin ] || { python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.stdin.buffer), sys.stdout.buffer)' < .gpu/check/twigvlm.xz > $bin; chmod +x $bin; }
+    source "$(dirname "$0")/xz.sh"
+    [ -x $bin ] || { unxz_to $bin < .gpu/check/twigvlm.xz; chmod +x $bin; }
 fi
 model=/tmp/check-$preset
 [ -f $model/model.safetensors ] || "$bin" make-model --preset $preset --out $model > /dev/null
