@@ -8,7 +8,7 @@
 #     bash xtask/gpu/gpu-check.sh                       # cuda, llava-1.5-7b-shape, 256 new tokens
 # On this machine, with the default (CPU) build:
 #     bash xtask/gpu/gpu-check.sh flex llava-1b-shape 32
-# (`cargo xtask gpu-check --local` does that.)
+# (`cargo xtask gpu-check --local` does that.) PRESET `none`: the parity tests alone.
 # Usage: gpu-check.sh [BACKEND] [PRESET] [NEW_TOKENS] [PARITY_TEST_BINARY]
 set -euo pipefail
 backend=${1:-cuda}
@@ -67,6 +67,7 @@ TOML
     nvidia-smi -L 2>/dev/null || true
     echo "== parity tests ($backend build of the test binary)"
     (cd tests && time timeout $PARITY_LIMIT_S "$parity" --nocapture) || echo "PARITY FAILED"
+    [ "$preset" = none ] && exit 0
     if [ "$backend" != flex ]; then
         echo "== decode profile: cubecl's per-kernel GPU times, $PROFILE_PRESET, $PROFILE_TOKENS new tokens"
         profile_model

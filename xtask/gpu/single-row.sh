@@ -11,17 +11,9 @@ set -euo pipefail
 backend=${1:-cuda}
 new_tokens=${2:-64}
 splits=${3:-1 4 16 64}
-preset=llava-1b-shape
 OUT=${OUT:-$PWD/target/single-row}
 mkdir -p "$OUT"
-bin=target/release/twigvlm
-if [ -f .gpu/check/twigvlm.xz ]; then
-    bin=/tmp/twigvlm-check
-    source "$(dirname "$0")/xz.sh"
-    [ -x $bin ] || { unxz_to $bin < .gpu/check/twigvlm.xz; chmod +x $bin; }
-fi
-model=/tmp/check-$preset
-[ -f $model/model.safetensors ] || "$bin" make-model --preset $preset --out $model > /dev/null
+source "$(dirname "$0")/small-preset.sh"
 for split in $splits; do
     echo "== split $split"
     mkdir -p "$OUT/split-$split"

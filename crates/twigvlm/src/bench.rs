@@ -147,6 +147,9 @@ pub struct BenchRow {
     pub verify_ms: Option<f64>,
     /// Every output equals the same policy's plain greedy output.
     pub identical_to_baseline: bool,
+    /// The earliest new-token index, over the prompts, at which an output leaves the baseline's
+    /// (`None` when identical): a late one points at rounding near a tie, an early one at a bug.
+    pub first_divergence: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -223,17 +226,19 @@ pub fn run_bench<B: Backend>(
     let mut rows = Vec::with_capacity(tallies.len());
     for (mode, tally) in options.modes.iter().zip(&tallies) {
         let baseline = mode.baseline();
-        let identical = match options.modes.iter().position(|m| *m == baseline) {
-            Some(i) => tallies[i].outputs == tally.outputs,
+        let baseline_outputs = match options.modes.iter().position(|m| *m == baseline) {
+            Some(i) => tallies[i].outputs.clone(),
             None => {
-                let mut same = true;
-                for (prompt, output) in prompts.iter().zip(&tally.outputs) {
-                    same &= generate(baseline, prompt)?.generated_ids == *output;
+                let mut outputs = Vec::with_capacity(prompts.len());
+                for prompt in prompts {
+                    outputs.push(generate(baseline, prompt)?.generated_ids);
                     on_generation();
                 }
-                same
+                outputs
             }
         };
+        let first_divergence =
+            tally.outputs.iter().zip(&baseline_outputs).filter_map(|(output, reference)| first_difference(output, reference)).min();
         let runs = tally.runs.max(1) as f64;
         let seconds = (tally.prefill_ms + tally.decode_ms) / 1e3;
         rows.push(BenchRow {
@@ -247,7 +252,8 @@ pub fn run_bench<B: Backend>(
             acceptance_rate: tally.speculative.as_ref().map(SpeculativeStats::acceptance_rate),
             draft_ms: tally.speculative.as_ref().map(|s| s.draft_ms / runs),
             verify_ms: tally.speculative.as_ref().map(|s| s.verify_ms / runs),
-            identical_to_baseline: identical,
+            identical_to_baseline: first_divergence.is_none(),
+            first_divergence,
         });
     }
     let vanilla = rows.iter().find(|r| r.mode == BenchMode::Vanilla.name()).map(|r| r.tokens_per_s);
@@ -263,8 +269,30 @@ pub fn run_bench<B: Backend>(
     })
 }
 
+/// The first index at which two token sequences differ, counting a missing token as a difference.
+fn first_difference(a: &[u32], b: &[u32]) -> Option<usize> {
+    match a.iter().zip(b).position(|(x, y)| x != y) {
+        Some(i) => Some(i),
+        None if a.len() != b.len() => Some(a.len().min(b.len())),
+        None => None,
+    }
+}
+
 /// Generations [`run_bench`] runs at most (for a progress bar).
 pub fn generation_count(prompts: usize, options: &BenchOptions) -> usize {
     let missing = options.modes.iter().filter(|m| !options.modes.contains(&m.baseline())).count();
     prompts * (options.modes.len() * (options.repeats + 1) + missing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_difference;
+
+    #[test]
+    fn first_difference_finds_the_earliest_mismatch_or_a_length_change() {
+        assert_eq!(first_difference(&[1, 2, 3], &[1, 2, 3]), None);
+        assert_eq!(first_difference(&[1, 2, 3], &[1, 5, 3]), Some(1));
+        assert_eq!(first_difference(&[1, 2], &[1, 2, 3]), Some(2));
+        assert_eq!(first_difference(&[], &[]), None);
+    }
 }

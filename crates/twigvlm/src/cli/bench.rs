@@ -107,7 +107,7 @@ fn write_report(report: &BenchReport, args: &BenchArgs) -> anyhow::Result<()> {
             row.new_tokens,
             optional(row.rel_spd, 3),
             optional(row.mean_accepted, 2),
-            row.identical_to_baseline
+            row.first_divergence.map_or("yes".to_string(), |i| format!("no@{i}"))
         );
     }
     println!("{} prompts × {} passes; written to {}", report.prompts, report.repeats, json_path.display());
