@@ -1,6 +1,6 @@
 //! Dataset specs as written on the command line:
 //! `shapes:seed=<u64>,n=<count>[,task=short|describe|all|<task>[+<task>...]][,objects=<min>-<max>][,turns=<k>]`
-//! or the path of a LLaVA instruction JSON file.
+//! or the path of a LLaVA instruction JSON file. Several specs make a [`Dataset::Mixture`].
 //!
 //! Seeds below [`EVAL_SEED_START`] are for training, seeds from it on for evaluation; the trainer
 //! refuses evaluation seeds, so held-out scenes are never trained on.
@@ -35,6 +35,7 @@ impl SeedRange {
 pub enum DatasetSpec {
     Shapes(ShapesDataset),
     LlavaJson(PathBuf),
+    Mixture(Vec<DatasetSpec>),
 }
 
 /// An opened dataset: generated on demand or read from disk.
@@ -42,6 +43,9 @@ pub enum DatasetSpec {
 pub enum Dataset {
     Shapes(ShapesDataset),
     Records(Vec<Conversation>),
+    /// Its parts taken in turn (example `i` is part `i % parts`), each part cycled until the
+    /// longest has been read once: every batch draws evenly from every part.
+    Mixture(Vec<Dataset>),
 }
 
 impl Dataset {
@@ -49,6 +53,7 @@ impl Dataset {
         match self {
             Dataset::Shapes(d) => d.len,
             Dataset::Records(r) => r.len(),
+            Dataset::Mixture(parts) => parts.len() * parts.iter().map(Dataset::len).max().unwrap_or(0),
         }
     }
 
@@ -58,21 +63,50 @@ impl Dataset {
 
     /// Questions in the dataset (every turn of every example), known without generating it.
     pub fn question_count(&self) -> usize {
+        self.questions_in_first(self.len())
+    }
+
+    /// Questions in examples `0..n` (`n` at most `len`).
+    fn questions_in_first(&self, n: usize) -> usize {
         match self {
-            Dataset::Shapes(d) => d.len * d.turns_per_image,
-            Dataset::Records(r) => r.iter().map(|c| c.turns.len()).sum(),
+            Dataset::Shapes(d) => n * d.turns_per_image,
+            Dataset::Records(r) => r[..n].iter().map(|c| c.turns.len()).sum(),
+            Dataset::Mixture(parts) => {
+                let count = parts.len();
+                let drawn = |part: usize| (n + count - 1 - part) / count;
+                parts.iter().enumerate().map(|(i, part)| part.questions_in_cycled(drawn(i))).sum()
+            }
         }
+    }
+
+    /// Questions in `draws` examples read in order, starting over at the end.
+    fn questions_in_cycled(&self, draws: usize) -> usize {
+        let len = self.len().max(1);
+        (draws / len) * self.question_count() + self.questions_in_first(draws % len)
     }
 
     pub fn get(&self, index: usize) -> Conversation {
         match self {
             Dataset::Shapes(d) => d.get(index),
             Dataset::Records(r) => r[index].clone(),
+            Dataset::Mixture(parts) => {
+                let part = &parts[index % parts.len()];
+                part.get((index / parts.len()) % part.len())
+            }
         }
     }
 }
 
 impl DatasetSpec {
+    /// One spec, or a mixture of several (the command line's repeated `--data`).
+    pub fn parse_all(specs: &[String]) -> Result<Self> {
+        match specs {
+            [] => Err(DataError::Spec { spec: String::new(), reason: "no dataset given".into() }),
+            [one] => Self::parse(one),
+            many => Ok(DatasetSpec::Mixture(many.iter().map(|s| Self::parse(s)).collect::<Result<_>>()?)),
+        }
+    }
+
     pub fn parse(spec: &str) -> Result<Self> {
         let error = |reason: String| DataError::Spec { spec: spec.to_string(), reason };
         let Some(params) = spec.strip_prefix("shapes:") else {
@@ -113,10 +147,15 @@ impl DatasetSpec {
     }
 
     /// The seed range of a shapes spec (None for user data).
+    /// A mixture is in the evaluation range if any of its parts is.
     pub fn seed_range(&self) -> Option<SeedRange> {
         match self {
             DatasetSpec::Shapes(d) => Some(SeedRange::of(d.seed)),
             DatasetSpec::LlavaJson(_) => None,
+            DatasetSpec::Mixture(parts) => {
+                let ranges: Vec<SeedRange> = parts.iter().filter_map(DatasetSpec::seed_range).collect();
+                ranges.iter().copied().find(|r| *r == SeedRange::Eval).or(ranges.first().copied())
+            }
         }
     }
 
@@ -128,6 +167,13 @@ impl DatasetSpec {
             DatasetSpec::LlavaJson(path) => {
                 let root = image_root.map(Path::to_path_buf).unwrap_or_else(|| path.parent().unwrap_or(Path::new(".")).to_path_buf());
                 Ok(Dataset::Records(llava_json::read(path, &root)?))
+            }
+            DatasetSpec::Mixture(parts) => {
+                let parts = parts.iter().map(|p| p.open(image_root)).collect::<Result<Vec<_>>>()?;
+                if let Some(empty) = parts.iter().position(Dataset::is_empty) {
+                    return Err(DataError::Spec { spec: "the mixture".into(), reason: format!("part {} has no examples", empty + 1) });
+                }
+                Ok(Dataset::Mixture(parts))
             }
         }
     }

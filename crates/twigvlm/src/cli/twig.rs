@@ -22,6 +22,8 @@ use super::train::{LoopArgs, StageDefaults};
 /// The paper's twig recipe: AdamW lr 1e-4, cosine, 3% warm-up, one epoch (steps = data / batch).
 const TWIG_LR: f64 = 1e-4;
 const TWIG_WARMUP: f64 = 0.03;
+/// Between the specs of a mixture in the training summary.
+const MIXTURE_SEPARATOR: &str = " + ";
 
 #[derive(Debug, clap::Args)]
 pub struct TrainTwigArgs {
@@ -29,11 +31,14 @@ pub struct TrainTwigArgs {
     #[arg(long)]
     pub model: PathBuf,
     /// Training data: a shapes spec with a training seed, or a LLaVA instruction JSON file.
+    /// Repeat it to mix sources: each batch then takes from every source in turn, cycling the
+    /// shorter ones (e.g. shapes-world questions and distilled chat answers).
     #[arg(long, default_value = "shapes:seed=3,n=4096,task=all")]
-    pub data: String,
-    /// Held-out data for agreement with the base and the twig's own exact match.
+    pub data: Vec<String>,
+    /// Held-out data for agreement with the base and the twig's own exact match (repeatable, as
+    /// --data).
     #[arg(long, default_value = "shapes:seed=1000000,n=32,task=all")]
-    pub eval_data: String,
+    pub eval_data: Vec<String>,
     /// Directory that JSON datasets' image paths are relative to.
     #[arg(long)]
     pub image_root: Option<PathBuf>,
@@ -117,12 +122,12 @@ impl AutodiffJob for TrainTwigJob {
 
     fn run<B: AutodiffBackend>(self, device: B::Device) -> anyhow::Result<()> {
         let args = self.0;
-        let train_spec = DatasetSpec::parse(&args.data)?;
+        let train_spec = DatasetSpec::parse_all(&args.data)?;
         if train_spec.seed_range() == Some(SeedRange::Eval) {
             bail!("--data uses an evaluation seed; training seeds are below {}", twigvlm_data::EVAL_SEED_START);
         }
         let train_data = train_spec.open(args.image_root.as_deref())?;
-        let eval_data = DatasetSpec::parse(&args.eval_data)?.open(args.image_root.as_deref())?;
+        let eval_data = DatasetSpec::parse_all(&args.eval_data)?.open(args.image_root.as_deref())?;
         let options = args.run.options(
             StageDefaults { steps: train_data.len().div_ceil(args.run.batch_size.max(1)), lr: TWIG_LR, warmup: TWIG_WARMUP },
         );
@@ -140,7 +145,7 @@ impl AutodiffJob for TrainTwigJob {
         let mut objective =
             TwigObjective::<B>::new(loaded.model, loaded.preprocessor, encoder, targets, (train_data, eval_data), args.run.batch_size, device.clone());
         let (twig, report) = train(&mut objective, twig, &options, &device)?;
-        let mut summary = args.run.summary("twig", &args.data, &args.eval_data, &options, &report);
+        let mut summary = args.run.summary("twig", &args.data.join(MIXTURE_SEPARATOR), &args.eval_data.join(MIXTURE_SEPARATOR), &options, &report);
         summary["targets"] = serde_json::to_value(targets)?;
         save_twig(&args.run.out, &twig.valid(), &objective.language_model, summary.clone(), StorageDtype::F16)?;
         args.run.finish(&summary, &report, &args.run.out.join(twigvlm_twig::checkpoint::OURS_WEIGHTS))
