@@ -22,7 +22,7 @@ use twigvlm_backbone::weights::{hf_tensors, NamedTensor};
 use twigvlm_backbone::llama::forward_stack;
 use twigvlm_backbone::{AttentionProbe, DecoderLayer, KvCache};
 use twigvlm_backbone::LlamaDecoder;
-use twigvlm_data::{Conversation, ShapesDataset};
+use twigvlm_data::{Conversation, Dataset, ShapesDataset};
 
 use crate::error::{Result, TrainError};
 use crate::examples::{single_sequence, ConversationEncoder, Encoded, VisualInput};
@@ -99,7 +99,8 @@ pub struct AlignmentObjective<B: AutodiffBackend> {
     pub visual: VisualInput<B::InnerBackend>,
     pub language_model: LlamaDecoder<B>,
     pub encoder: ConversationEncoder,
-    pub train: ShapesDataset,
+    /// Image conversations; with a frozen projector also text-only ones (a chat replay).
+    pub train: Dataset,
     pub eval: ShapesDataset,
     pub batch_size: usize,
     /// Keep the projector as it is (stage 2 then tunes only the language model's top layers):
@@ -212,10 +213,11 @@ impl<B: AutodiffBackend> AlignmentObjective<B> {
         // Per image: its questions (encoded alone) and the embeddings of each whole prompt.
         let mut images = Vec::with_capacity(conversations.len());
         for conversation in conversations {
-            let features = self.image_features(conversation)?;
-            let image = TurnsOfOneImage::new(&self.encoder, conversation, features.dims()[1])?;
-            let projected = projector.forward(features);
-            let embeds: Vec<_> = image.turns.iter().map(|turn| embed_with_image(frozen_lm, &turn.prompt, Some(projected.clone()), device)).collect();
+            // A text-only conversation (a chat replay) is a conversation of zero visual tokens.
+            let features = self.visual.features(conversation, device)?;
+            let image = TurnsOfOneImage::new(&self.encoder, conversation, features.as_ref().map_or(0, |f| f.dims()[1]))?;
+            let projected = features.map(|f| projector.forward(f));
+            let embeds: Vec<_> = image.turns.iter().map(|turn| embed_with_image(frozen_lm, &turn.prompt, projected.clone(), device)).collect();
             images.push((image, embeds));
         }
         let prefix = images.iter().map(|(image, _)| image.prefix_len).min().unwrap_or(0);
@@ -342,7 +344,7 @@ impl<B: AutodiffBackend> Objective<B> for AlignmentObjective<B> {
     type Model = AlignedParts<B>;
 
     fn loss(&mut self, parts: &AlignedParts<B>, step: usize) -> Result<(Tensor<B, 1>, usize)> {
-        let conversations: Vec<_> = (0..self.batch_size).map(|b| self.train.get((step * self.batch_size + b) % self.train.len.max(1))).collect();
+        let conversations: Vec<_> = (0..self.batch_size).map(|b| self.train.get((step * self.batch_size + b) % self.train.len().max(1))).collect();
         let mut loss = TokenMeanLoss::new();
         self.add_conversations(&mut loss, parts, &conversations)?;
         loss.finish().ok_or_else(|| TrainError::Config(format!("step {step}: no assistant tokens in the batch")))

@@ -9,7 +9,7 @@ use burn::module::{AutodiffModule, Module};
 use burn::prelude::ElementConversion;
 use twigvlm_backbone::weights::{hf_tensors, TensorSource};
 use twigvlm_backbone::{load_llava, LoadOptions, LoadedLlava};
-use twigvlm_data::{SceneConfig, ShapesDataset, TaskMix};
+use twigvlm_data::{Conversation, Dataset, SceneConfig, ShapesDataset, TaskMix, Turn};
 use twigvlm_train::alignment::{AlignedParts, AlignmentObjective, SequencePadding, TunedLayerParts};
 use twigvlm_train::examples::{ConversationEncoder, VisualInput};
 use twigvlm_train::loss::TokenMeanLoss;
@@ -40,12 +40,20 @@ fn objective(loaded: LoadedLlava<B>, device: &<B as burn::tensor::backend::Backe
         visual: VisualInput { vision: loaded.model.vision_tower.valid(), feature_select: loaded.config.feature_select, preprocessor: loaded.preprocessor },
         language_model: loaded.model.language_model,
         encoder: ConversationEncoder { tokenizer: loaded.tokenizer, template: loaded.template, system: None },
-        train: data,
+        train: Dataset::Shapes(data),
         eval,
         batch_size: 2,
         freeze_projector: false,
         padding: SequencePadding::TIGHT,
         device: device.clone(),
+    }
+}
+
+/// The objective's shapes training data, to change its questions.
+fn shapes(objective: &mut AlignmentObjective<B>) -> &mut ShapesDataset {
+    match &mut objective.train {
+        Dataset::Shapes(data) => data,
+        other => panic!("the tests train on shapes data, not {other:?}"),
     }
 }
 
@@ -112,7 +120,7 @@ fn a_frozen_projector_gives_the_same_loss_and_stays_as_it_was_and_attention_only
 
     // One question per image: the frozen path (shared beginning run once, then the question on
     // its cache) computes what the graph path computes over the whole prompt.
-    objective.train.turns_per_image = 1;
+    shapes(&mut objective).turns_per_image = 1;
     let (through_graph, _) = objective.loss(&parts, 0).unwrap();
     objective.freeze_projector = true;
     let (frozen, _) = objective.loss(&parts, 0).unwrap();
@@ -123,8 +131,8 @@ fn a_frozen_projector_gives_the_same_loss_and_stays_as_it_was_and_attention_only
     // images' beginnings: the same loss as each question asked alone through the graph.
     // With either padding (few shapes for the GPU, tight for the CPU), and with descriptions
     // among the short answers (questions of different lengths run as separate batches).
-    objective.train.turns_per_image = 3;
-    objective.train.tasks = TaskMix::all();
+    shapes(&mut objective).turns_per_image = 3;
+    shapes(&mut objective).tasks = TaskMix::all();
     for padding in [SequencePadding::TIGHT, SequencePadding::FEW_SHAPES] {
         objective.padding = padding;
         let conversations = [objective.train.get(0), objective.train.get(1)];
@@ -141,8 +149,8 @@ fn a_frozen_projector_gives_the_same_loss_and_stays_as_it_was_and_attention_only
         let (a, b) = (value(alone), value(batched));
         assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "questions batched with padding give each question's own loss with {padding:?}: {a} vs {b}");
     }
-    objective.train.turns_per_image = 2;
-    objective.train.tasks = TaskMix::short();
+    shapes(&mut objective).turns_per_image = 2;
+    shapes(&mut objective).tasks = TaskMix::short();
 
     let dir = std::env::temp_dir().join(format!("twigvlm-align-frozen-{}", std::process::id()));
     let options = TrainOptions {
@@ -166,4 +174,59 @@ fn a_frozen_projector_gives_the_same_loss_and_stays_as_it_was_and_attention_only
     assert_eq!(exported.len(), flat_count(&parts.lm_layers[0].self_attn), "only the attention tensors are saved");
     assert!(exported.iter().all(|(name, _, _)| name.contains(".self_attn.")));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A chat replay: a text-only conversation in a frozen-projector batch trains on what the
+/// language model alone computes over its prompt, and does not change the image questions' loss.
+#[test]
+fn text_only_conversations_train_beside_image_ones_with_a_frozen_projector() {
+    use burn::prelude::Tensor;
+    use twigvlm_backbone::llava::embed_with_image;
+    use twigvlm_backbone::{AttentionProbe, KvCache};
+    use twigvlm_train::examples::single_sequence;
+
+    let device = Default::default();
+    let loaded = load_llava::<B>(&fixture(), &LoadOptions::default(), &device).unwrap();
+    let projector = twigvlm_train::trainable::trainable(loaded.model.projector.clone());
+    let parts = AlignedParts::new(projector, &loaded.model.language_model, 1, TunedLayerParts::Attention).unwrap();
+    let mut objective = objective(loaded, &device);
+    objective.freeze_projector = true;
+    let chat = Conversation {
+        id: "chat".into(),
+        image: None,
+        turns: vec![Turn { user: "Say hello to the cat.".into(), assistant: "Hello, cat! How are you?".into(), task: None }],
+    };
+    let value = |loss: TokenMeanLoss<B>| -> (f32, usize) {
+        let (mean, tokens) = loss.finish().expect("assistant tokens");
+        (mean.into_scalar().elem(), tokens)
+    };
+    let loss_of = |objective: &AlignmentObjective<B>, conversations: &[Conversation]| {
+        let mut loss = TokenMeanLoss::new();
+        objective.add_conversations(&mut loss, &parts, conversations).unwrap();
+        value(loss)
+    };
+
+    // Reference: the whole language model over the prompt, cross-entropy at the answer's tokens.
+    let lm = objective.language_model.valid();
+    let encoded = objective.encoder.encode(&chat, 0).unwrap();
+    assert!(encoded.prompt.image_span.is_none());
+    let positions: Vec<usize> = (0..encoded.prompt.len()).collect();
+    let embeds = embed_with_image(&lm, &encoded.prompt, None, &device);
+    let mut cache = KvCache::new(lm.num_layers());
+    let hidden = lm.forward_layers(embeds, &lm.rope(&positions, &device), 0..lm.num_layers(), &mut cache, &AttentionProbe::default()).hidden;
+    let logits = single_sequence(lm.logits(hidden.select(1, encoded.target_rows::<<B as burn::tensor::backend::AutodiffBackend>::InnerBackend>(&device))));
+    let mut reference = TokenMeanLoss::<B>::new();
+    reference.add(Tensor::from_inner(logits), &encoded.target_ids());
+    let (expected, expected_tokens) = value(reference);
+
+    let (text, text_tokens) = loss_of(&objective, std::slice::from_ref(&chat));
+    assert_eq!(text_tokens, expected_tokens);
+    assert!((text - expected).abs() <= 1e-5 * expected.abs().max(1.0), "text-only loss {text} vs the language model's {expected}");
+
+    let image = objective.train.get(0);
+    let (image_loss, image_tokens) = loss_of(&objective, std::slice::from_ref(&image));
+    let (mixed, mixed_tokens) = loss_of(&objective, &[image, chat]);
+    assert_eq!(mixed_tokens, image_tokens + text_tokens);
+    let weighted = (image_loss * image_tokens as f32 + text * text_tokens as f32) / mixed_tokens as f32;
+    assert!((mixed - weighted).abs() <= 1e-5 * weighted.abs().max(1.0), "mixed batch {mixed} vs the token-weighted mean {weighted}");
 }

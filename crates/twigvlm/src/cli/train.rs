@@ -14,7 +14,7 @@ use twigvlm_backbone::projector::Projector;
 use twigvlm_backbone::weights::{hf_tensors, write_safetensors, StorageDtype, TensorSource, WeightLoader};
 use twigvlm_backbone::{load_language_model_with, read_llava_spec, ImagePreprocessor, LlavaConfig, LoadedLanguageModel, CAUSAL_LM_BODY};
 use twigvlm_train::trainable::trainable;
-use twigvlm_data::{DatasetSpec, SeedRange, ShapesDataset};
+use twigvlm_data::{Dataset, DatasetSpec, SeedRange, ShapesDataset};
 use twigvlm_train::alignment::{AlignedParts, AlignmentObjective, SequencePadding, TunedLayerParts};
 use twigvlm_train::patch_words::PatchWordsObjective;
 use twigvlm_train::examples::{ConversationEncoder, VisualInput};
@@ -177,6 +177,12 @@ pub struct InstructArgs {
     /// language_model_tuned.safetensors), e.g. one trained on easier scenes: a curriculum.
     #[arg(long)]
     pub tuned_from: Option<PathBuf>,
+    /// Text-only conversations (LLaVA instruction JSON) mixed one for one with the --data
+    /// conversations, so that the language model keeps answering as it did before this stage:
+    /// e.g. the pretrained model's own answers to chat prompts (`twigvlm distill`), as LLaVA-1.5
+    /// mixes text-only chats into its instruction data. Needs --freeze-projector.
+    #[arg(long, requires = "freeze_projector")]
+    pub replay_data: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -203,7 +209,7 @@ fn shapes(spec: &str, expected: SeedRange, what: &str) -> anyhow::Result<ShapesD
             SeedRange::of(data.seed),
             twigvlm_data::EVAL_SEED_START
         ),
-        DatasetSpec::LlavaJson(_) => bail!("{what} must be a shapes spec for the vision stage"),
+        DatasetSpec::LlavaJson(_) | DatasetSpec::Mixture(_) => bail!("{what} must be a shapes spec for this stage"),
     }
 }
 
@@ -243,11 +249,21 @@ struct AlignmentJob {
     tuned_parts: TunedLayerParts,
     /// A tuned-layers file to start the language model's tuned layers from.
     tuned_from: Option<PathBuf>,
+    /// Text-only conversations mixed into the training data.
+    replay_data: Option<PathBuf>,
 }
 
 impl AlignmentJob {
     fn stage(&self) -> &'static str {
         if self.lm_layers == 0 { "projector" } else { "instruct" }
+    }
+
+    /// The shapes data, mixed one for one with the replay conversations when there are any.
+    fn training_data(&self, shapes: ShapesDataset) -> anyhow::Result<Dataset> {
+        let Some(replay) = &self.replay_data else { return Ok(Dataset::Shapes(shapes)) };
+        let text = DatasetSpec::LlavaJson(replay.clone()).open(None)?;
+        anyhow::ensure!(!text.is_empty(), "--replay-data {} has no conversations", replay.display());
+        Ok(Dataset::Mixture(vec![Dataset::Shapes(shapes), text]))
     }
 }
 
@@ -333,7 +349,7 @@ impl AutodiffJob for AlignmentJob {
             visual,
             language_model: lm.model,
             encoder: ConversationEncoder { tokenizer: lm.tokenizer, template: lm.template, system: None },
-            train: train_data,
+            train: self.training_data(train_data)?,
             eval: eval_data,
             batch_size: args.run.batch_size,
             freeze_projector: self.freeze_projector,
@@ -351,6 +367,7 @@ impl AutodiffJob for AlignmentJob {
         // Where the run started from, so that a curriculum's runs can be traced back.
         summary["projector_from"] = serde_json::json!(self.projector_from.as_ref().map(|dir| dir.display().to_string()));
         summary["tuned_from"] = serde_json::json!(self.tuned_from.as_ref().map(|file| file.display().to_string()));
+        summary["replay_data"] = serde_json::json!(self.replay_data.as_ref().map(|file| file.display().to_string()));
         args.run.finish(&summary, &report, &written)
     }
 }
@@ -363,7 +380,7 @@ pub fn run(command: TrainCommand) -> anyhow::Result<()> {
         }
         TrainCommand::Projector(args) => {
             let backend = args.run.backend;
-            backend.run_autodiff(AlignmentJob { args, lm_layers: 0, projector_from: None, freeze_projector: false, tuned_parts: TunedLayerParts::Whole, tuned_from: None })?
+            backend.run_autodiff(AlignmentJob { args, lm_layers: 0, projector_from: None, freeze_projector: false, tuned_parts: TunedLayerParts::Whole, tuned_from: None, replay_data: None })?
         }
         TrainCommand::ProjectorWords(args) => {
             let backend = args.run.backend;
@@ -379,6 +396,7 @@ pub fn run(command: TrainCommand) -> anyhow::Result<()> {
                 freeze_projector: args.freeze_projector,
                 tuned_parts,
                 tuned_from: args.tuned_from.map(|dir| dir.join(TUNED_LM_FILE)),
+                replay_data: args.replay_data,
             };
             backend.run_autodiff(job)?
         }
