@@ -41,10 +41,12 @@ struct InstructRun {
     lr: &'static str,
     /// Wall-clock budget in seconds (the run fits its length and schedule to it).
     time_limit: Option<u64>,
+    /// Text-only conversations trained beside the images (`--replay-data`).
+    replay_data: Option<&'static str>,
 }
 
 /// The curriculum before [`LAST_RUN`].
-const CURRICULUM: [InstructRun; 4] = [
+const CURRICULUM: [InstructRun; 5] = [
     InstructRun {
         name: "instruct-one-or-two",
         data: "shapes:seed=1,n=100000,task=short,objects=1-2",
@@ -53,6 +55,7 @@ const CURRICULUM: [InstructRun; 4] = [
         steps: 109,
         lr: "1e-3",
         time_limit: None,
+        replay_data: None,
     },
     InstructRun {
         name: "instruct-two-or-three",
@@ -62,6 +65,7 @@ const CURRICULUM: [InstructRun; 4] = [
         steps: 171,
         lr: "1e-3",
         time_limit: None,
+        replay_data: None,
     },
     InstructRun {
         name: "instruct-full-scenes",
@@ -71,6 +75,7 @@ const CURRICULUM: [InstructRun; 4] = [
         steps: 300,
         lr: "1e-3",
         time_limit: None,
+        replay_data: None,
     },
     // Full scenes again (other images), twice as many `exists` and `where` questions (the two
     // tasks the full-scene run left behind), at half the learning rate.
@@ -82,20 +87,45 @@ const CURRICULUM: [InstructRun; 4] = [
         steps: 89,
         lr: "5e-4",
         time_limit: None,
+        replay_data: None,
+    },
+    // Descriptions (a third of the questions, one sentence per object) beside every short task,
+    // six questions per image, at a lower learning rate (fitted to 40 minutes: 153 steps).
+    InstructRun {
+        name: "instruct-describe",
+        data: "shapes:seed=13,n=100000,task=describe+describe+color+shape+exists+where",
+        eval_data: "shapes:seed=1000000,n=128,task=short",
+        questions_per_image: 6,
+        steps: 153,
+        lr: "3e-4",
+        time_limit: None,
+        replay_data: None,
     },
 ];
 
-/// The last run: descriptions (a third of the questions, one sentence per object) beside every
-/// short task, six questions per image, at a lower learning rate. Its steps and time limit come
-/// from the command line; the committed model's run was fitted to 40 minutes and did 153 steps.
+/// The pretrained language model's own answers to general chat prompts ([`chat_replay`]),
+/// replayed in the last run: after the runs above the model answered "Explain photosynthesis"
+/// with "A cyanobarrier at row 1, column 3".
+const CHAT_REPLAY: &str = "xtask/data/chat-replay-smollm2.json";
+/// The same for held-out prompts on other topics: what the tuned model and the twig are measured on.
+const CHAT_REPLAY_EVAL: &str = "xtask/data/chat-replay-smollm2-eval.json";
+/// The chat prompts each file answers.
+const CHAT_PROMPTS: [(&str, &str); 2] = [("xtask/data/chat-prompts-train.json", CHAT_REPLAY), ("xtask/data/chat-prompts-eval.json", CHAT_REPLAY_EVAL)];
+/// Tokens of a replayed answer at most.
+const CHAT_REPLAY_TOKENS: &str = "96";
+
+/// The last run: the describe run's mix of questions on other images, one for one with the chat
+/// replay, so that the model keeps speaking as its language model did. Its steps and time limit
+/// come from the command line.
 const LAST_RUN: InstructRun = InstructRun {
-    name: "instruct-describe",
-    data: "shapes:seed=13,n=100000,task=describe+describe+color+shape+exists+where",
+    name: "instruct-chat-replay",
+    data: "shapes:seed=14,n=100000,task=describe+describe+color+shape+exists+where",
     eval_data: "shapes:seed=1000000,n=128,task=short",
     questions_per_image: 6,
-    steps: 153,
+    steps: 120,
     lr: "3e-4",
     time_limit: None,
+    replay_data: Some(CHAT_REPLAY),
 };
 
 /// Steps and sizes of the demo model's stages; the defaults are the recipe of the committed model
@@ -105,8 +135,8 @@ pub struct TrainDemoArgs {
     /// Stage 1 (projector onto the language model's word embeddings) steps of 32 images.
     #[arg(long, default_value_t = 1000)]
     pub projector_steps: usize,
-    /// Steps of stage 2's last run (descriptions beside the short tasks), 4 images with 6
-    /// questions each (each trained as if asked alone).
+    /// Steps of stage 2's last run (descriptions beside the short tasks, and the chat replay),
+    /// 2 images with 6 questions each (each trained as if asked alone) and 2 chat answers.
     #[arg(long, default_value_t = LAST_RUN.steps)]
     pub instruct_steps: usize,
     /// Wall-clock budget of stage 2's last run in seconds (the run fits its length and schedule
@@ -157,6 +187,9 @@ pub fn train(args: &TrainDemoArgs) -> anyhow::Result<()> {
         if let Some(seconds) = stage.time_limit {
             instruct.args(["--time-limit", &seconds.to_string()]);
         }
+        if let Some(replay) = stage.replay_data {
+            instruct.arg("--replay-data").arg(workspace_root().join(replay));
+        }
         run(&mut instruct)?;
         tuned_from = Some(out);
     }
@@ -179,10 +212,12 @@ pub fn train(args: &TrainDemoArgs) -> anyhow::Result<()> {
 /// embeddings, nothing to store) and the MLPs kept as the base layers' copies, so that only
 /// attention and norms train and the committed twig stays small; the base model's own predictions
 /// on the dataset's questions, descriptions included (self-distillation: what speculative decoding
-/// needs the twig to agree with), packed four to a conversation.
-const TWIG_ARGS: [&str; 20] = [
+/// needs the twig to agree with), packed four to a conversation, one for one with the chat
+/// replay's answers (text-only: the base's own predictions along the pretrained model's answers).
+const TWIG_ARGS: [&str; 24] = [
     "--k", "2", "--t", "3", "--init", "adjacent", "--twig-head", "shared", "--twig-mlp", "frozen", "--targets", "base",
-    "--data", "shapes:seed=3,n=100000,task=describe+color+shape+exists+where,turns=4", "--eval-data", "shapes:seed=1000000,n=32,task=all",
+    "--data", "shapes:seed=3,n=100000,task=describe+color+shape+exists+where,turns=4", "--data", CHAT_REPLAY,
+    "--eval-data", "shapes:seed=1000000,n=32,task=all", "--eval-data", CHAT_REPLAY_EVAL,
     "--lr", "3e-4", "--batch-size", "8",
 ];
 /// Where the committed twig lives inside the demo model directory.
@@ -215,6 +250,26 @@ pub fn train_twig(args: &TrainDemoTwigArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     for file in TWIG_FILES {
         std::fs::copy(out.join(file), dir.join(file)).with_context(|| format!("cannot copy {file} into {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Writes [`CHAT_REPLAY`] and [`CHAT_REPLAY_EVAL`]: the demo model without its tuned layers (the
+/// pretrained SmolLM2 behind the demo's vision tower and projector) answers [`CHAT_PROMPTS`]
+/// greedily.
+pub fn chat_replay() -> anyhow::Result<()> {
+    let pretrained = workspace_root().join(DEMO_CACHE).join("pretrained-lm");
+    std::fs::create_dir_all(&pretrained)?;
+    for file in ["config.json", "preprocessor_config.json", VISION_FILE, PROJECTOR_FILE] {
+        std::fs::copy(workspace_root().join(MODEL_DIR).join(file), pretrained.join(file)).with_context(|| format!("cannot copy {file}"))?;
+    }
+    run(twigvlm().arg("prepare-demo").arg("--model").arg(&pretrained).args(["--cache", DEMO_CACHE]))?;
+    for (prompts, answers) in CHAT_PROMPTS {
+        let out = pretrained.join(Path::new(answers).file_stem().expect("a file name"));
+        let mut distill = twigvlm();
+        distill.arg("distill").arg("--model").arg(&pretrained).args(["--data", prompts, "--long-max-new-tokens", CHAT_REPLAY_TOKENS, "--resume"]);
+        run(distill.arg("--out").arg(&out))?;
+        std::fs::copy(out.join("distill.json"), workspace_root().join(answers))?;
     }
     Ok(())
 }

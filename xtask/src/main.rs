@@ -60,6 +60,10 @@ enum Task {
     TrainDemo(demo::TrainDemoArgs),
     /// Train the demo model's twig (`models/shapes-smol/twig`) with a fixed seed. Resumable.
     TrainDemoTwig(demo::TrainDemoTwigArgs),
+    /// Rewrite xtask/data/chat-replay-smollm2{,-eval}.json (the chat answers that stage 2 replays
+    /// and the twig trains on, and their held-out counterpart): the pretrained language model's
+    /// own greedy answers to xtask/data/chat-prompts-{train,eval}.json.
+    ChatReplay,
 }
 
 /// The workspace root (xtask lives one level below it).
@@ -99,5 +103,6 @@ fn main() -> anyhow::Result<()> {
         Task::Demo { image, prompt } => demo::demo(&image, &prompt),
         Task::TrainDemo(args) => demo::train(&args),
         Task::TrainDemoTwig(args) => demo::train_twig(&args),
+        Task::ChatReplay => demo::chat_replay(),
     }
 }
