@@ -2,7 +2,10 @@
 //! no optimizer state); its hidden states entering layer K are handed to the twig, the only
 //! trained module. Next-token cross-entropy on assistant tokens, with either the dataset's
 //! answers or the base model's own teacher-forced argmax as targets (self-distillation: what
-//! speculative decoding needs the twig to agree with).
+//! speculative decoding needs the twig to agree with). Optionally (beyond the paper) a second
+//! loss pulls the twig's selection attention toward a deep base layer's ([`AttentionDistill`]).
+
+use std::ops::Range;
 
 use burn::module::AutodiffModule;
 use burn::nn::Linear;
@@ -47,6 +50,35 @@ pub enum TwigTargets {
     Base,
 }
 
+/// Beyond the paper: a KL term that pulls the twig's selection attention (its last block, head
+/// mean, last prompt token over the visual tokens: what TTP ranks by) toward a deep base layer's.
+/// Next-token training alone moved the demo twig's selection away from the asked object
+/// (bench/results/demo-relacc), while deep base layers keep it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AttentionDistill {
+    /// The base layer (0-based) whose attention the twig learns.
+    pub teacher_layer: usize,
+    /// Weight of the mean KL divergence beside the token loss.
+    pub weight: f64,
+}
+
+/// Attention probabilities are clamped to this before their logarithm (a visual token the
+/// softmax gave no weight at all would otherwise make the divergence NaN).
+const PROBABILITY_FLOOR: f64 = 1e-12;
+
+/// The head-mean attention of one query row `[1, heads, 1, keys]` over `visual`, renormalised
+/// to a distribution over the visual tokens.
+fn visual_distribution<C: Backend>(attention: Tensor<C, 4>, visual: &Range<usize>) -> Tensor<C, 1> {
+    let row = attention.mean_dim(1).narrow(3, visual.start, visual.len()).reshape([visual.len()]);
+    row.clone().div(row.sum())
+}
+
+/// KL(teacher ‖ student) of two distributions over the same tokens.
+fn kl_divergence<C: Backend>(teacher: Tensor<C, 1>, student: Tensor<C, 1>) -> Tensor<C, 1> {
+    let log_ratio = teacher.clone().clamp_min(PROBABILITY_FLOOR).log() - student.clamp_min(PROBABILITY_FLOOR).log();
+    (teacher * log_ratio).sum()
+}
+
 /// The frozen base VLM on the inner backend and the data.
 pub struct TwigObjective<B: AutodiffBackend> {
     pub visual: VisualInput<B::InnerBackend>,
@@ -60,6 +92,7 @@ pub struct TwigObjective<B: AutodiffBackend> {
     pub eval: Dataset,
     pub batch_size: usize,
     pub device: B::Device,
+    pub attention_distill: Option<AttentionDistill>,
 }
 
 /// One example run through the frozen base up to layer K.
@@ -70,6 +103,9 @@ struct Prefix<B: Backend> {
     positions: Vec<usize>,
     /// The base model's argmax at each target position (only computed when needed).
     base_argmax: Option<Vec<i64>>,
+    /// With [`AttentionDistill`] and an image: the selection query (the first question's last
+    /// token), the visual tokens, and the teacher layer's distribution over them.
+    teacher: Option<(usize, Range<usize>, Tensor<B, 1>)>,
 }
 
 impl<B: AutodiffBackend> TwigObjective<B> {
@@ -85,7 +121,17 @@ impl<B: AutodiffBackend> TwigObjective<B> {
         let LlavaModel { vision_tower, projector, language_model, feature_select } = base;
         let visual = VisualInput { vision: vision_tower, feature_select, preprocessor };
         let base_head = Linear::from_inner(language_model.lm_head.clone());
-        Self { visual, projector, language_model, base_head, encoder, targets, train, eval, batch_size, device }
+        Self { visual, projector, language_model, base_head, encoder, targets, train, eval, batch_size, device, attention_distill: None }
+    }
+
+    /// Adds the attention loss (the teacher layer must exist in the base model).
+    pub fn with_attention_distill(mut self, distill: AttentionDistill) -> Result<Self> {
+        let layers = self.language_model.num_layers();
+        if distill.teacher_layer >= layers {
+            return Err(TrainError::Config(format!("the attention teacher is layer {} but the base model has {layers}", distill.teacher_layer + 1)));
+        }
+        self.attention_distill = Some(distill);
+        Ok(self)
     }
 
     fn prefix(&self, conversation: &Conversation, k: usize, with_argmax: bool) -> Result<Prefix<B::InnerBackend>> {
@@ -97,19 +143,46 @@ impl<B: AutodiffBackend> TwigObjective<B> {
         let positions: Vec<usize> = (0..encoded.prompt.len()).collect();
         let rope = lm.rope(&positions, &self.device);
         let mut cache = KvCache::new(lm.num_layers());
-        let probe = AttentionProbe::default();
-        let hidden_k = lm.forward_layers(embeds, &rope, 0..k, &mut cache, &probe).hidden;
-        let base_argmax = with_argmax.then(|| {
-            let last = lm.forward_layers(hidden_k.clone(), &rope, k..lm.num_layers(), &mut cache, &probe).hidden;
-            argmax_ids(single_sequence(lm.logits(last.select(1, encoded.target_rows(&self.device)))))
+        // The selection query and the visual tokens, when there is an attention to learn.
+        let selection = match (&self.attention_distill, &encoded.prompt.image_span, encoded.targets.first()) {
+            (Some(distill), Some(visual), Some(&(query, _))) if !visual.is_empty() => Some((distill.teacher_layer, query, visual.clone())),
+            _ => None,
+        };
+        let probe = selection.as_ref().map_or_else(AttentionProbe::default, |(layer, query, _)| AttentionProbe { rows: vec![*query], layers: vec![*layer] });
+        let below = lm.forward_layers(embeds, &rope, 0..k, &mut cache, &probe);
+        let hidden_k = below.hidden;
+        let mut attention = below.attention;
+        // Above K: as far as the argmax (the head) or the teacher layer needs.
+        let teacher_end = selection.as_ref().map_or(k, |(layer, ..)| layer + 1);
+        let end = if with_argmax { lm.num_layers() } else { teacher_end.max(k) };
+        let mut base_argmax = None;
+        if end > k {
+            let above = lm.forward_layers(hidden_k.clone(), &rope, k..end, &mut cache, &probe);
+            attention.extend(above.attention);
+            base_argmax = with_argmax.then(|| argmax_ids(single_sequence(lm.logits(above.hidden.select(1, encoded.target_rows(&self.device))))));
+        }
+        let teacher = selection.zip(attention.pop()).map(|((_, query, visual), (_, probs))| {
+            let distribution = visual_distribution(probs, &visual);
+            (query, visual, distribution)
         });
-        Ok(Prefix { encoded, hidden_k, positions, base_argmax })
+        Ok(Prefix { encoded, hidden_k, positions, base_argmax, teacher })
     }
 
-    /// Twig logits `[targets, vocab]` at the target positions.
-    fn twig_logits<C: Backend>(twig: &Twig<C>, head: &Linear<C>, hidden_k: Tensor<C, 3>, rope: &RopeAngles<C>, encoded: &Encoded, device: &C::Device) -> Tensor<C, 2> {
-        let hidden = twig.forward(hidden_k, rope, &mut twig.new_cache(), &AttentionProbe::default()).hidden;
-        single_sequence(twig.logits(hidden.select(1, encoded.target_rows(device)), head))
+    /// Twig logits `[targets, vocab]` at the target positions and, for a `selection` (query
+    /// row, visual tokens), its last block's distribution over the visual tokens.
+    fn twig_forward<C: Backend>(
+        twig: &Twig<C>,
+        head: &Linear<C>,
+        hidden_k: Tensor<C, 3>,
+        rope: &RopeAngles<C>,
+        encoded: &Encoded,
+        selection: Option<(usize, &Range<usize>)>,
+        device: &C::Device,
+    ) -> (Tensor<C, 2>, Option<Tensor<C, 1>>) {
+        let probe = selection.map_or_else(AttentionProbe::default, |(query, _)| AttentionProbe { rows: vec![query], layers: vec![twig.config.t - 1] });
+        let mut output = twig.forward(hidden_k, rope, &mut twig.new_cache(), &probe);
+        let student = selection.zip(output.attention.pop()).map(|((_, visual), (_, probs))| visual_distribution(probs, visual));
+        (single_sequence(twig.logits(output.hidden.select(1, encoded.target_rows(device)), head)), student)
     }
 }
 
@@ -118,30 +191,47 @@ impl<B: AutodiffBackend> Objective<B> for TwigObjective<B> {
 
     fn loss(&mut self, twig: &Twig<B>, step: usize) -> Result<(Tensor<B, 1>, usize)> {
         let mut loss = TokenMeanLoss::new();
+        let mut divergences = Vec::new();
         for b in 0..self.batch_size {
             let index = (step * self.batch_size + b) % self.train.len().max(1);
             let mut prefix = self.prefix(&self.train.get(index), twig.config.k, self.targets == TwigTargets::Base)?;
             let targets = prefix.base_argmax.take().unwrap_or_else(|| prefix.encoded.target_ids());
             let rope = RopeAngles::new(&prefix.positions, self.language_model.head_dim, self.language_model.rope_theta, &self.device);
             let hidden_k = Tensor::<B, 3>::from_inner(prefix.hidden_k);
-            loss.add(Self::twig_logits(twig, &self.base_head, hidden_k, &rope, &prefix.encoded, &self.device), &targets);
+            let selection = prefix.teacher.as_ref().map(|(query, visual, _)| (*query, visual));
+            let (logits, student) = Self::twig_forward(twig, &self.base_head, hidden_k, &rope, &prefix.encoded, selection, &self.device);
+            loss.add(logits, &targets);
+            if let (Some((.., teacher)), Some(student)) = (prefix.teacher, student) {
+                divergences.push(kl_divergence(Tensor::from_inner(teacher), student));
+            }
         }
-        loss.finish().ok_or_else(|| TrainError::Config(format!("step {step}: no assistant tokens in the batch")))
+        let (token_loss, tokens) = loss.finish().ok_or_else(|| TrainError::Config(format!("step {step}: no assistant tokens in the batch")))?;
+        match (self.attention_distill, divergences.is_empty()) {
+            (Some(distill), false) => Ok((token_loss + Tensor::cat(divergences, 0).mean().mul_scalar(distill.weight), tokens)),
+            _ => Ok((token_loss, tokens)),
+        }
     }
 
     /// Teacher-forced, on held-out conversations: `agreement` = share of assistant positions where
     /// the twig's argmax equals the base's (what speculative decoding accepts); `{task}_acc` =
-    /// share of answers the twig alone gets entirely right.
+    /// share of answers the twig alone gets entirely right; with [`AttentionDistill`],
+    /// `attention_kl` = the mean divergence of its selection attention from the teacher's.
     fn evaluate(&mut self, twig: &Twig<B>) -> Result<Vec<(String, f64)>> {
         let twig = twig.valid();
         let (mut agree, mut positions) = (0usize, 0usize);
+        let (mut divergence, mut images) = (0.0, 0usize);
         let mut accuracy = TaskAccuracy::default();
         for index in 0..self.eval.len() {
             let conversation = self.eval.get(index);
             let prefix = self.prefix(&conversation, twig.config.k, true)?;
             let lm = &self.language_model;
             let rope = lm.rope(&prefix.positions, &self.device);
-            let logits = Self::twig_logits(&twig, &lm.lm_head, prefix.hidden_k, &rope, &prefix.encoded, &self.device);
+            let selection = prefix.teacher.as_ref().map(|(query, visual, _)| (*query, visual));
+            let (logits, student) = Self::twig_forward(&twig, &lm.lm_head, prefix.hidden_k, &rope, &prefix.encoded, selection, &self.device);
+            if let (Some((.., teacher)), Some(student)) = (prefix.teacher, student) {
+                divergence += kl_divergence(teacher, student).into_scalar().elem::<f64>();
+                images += 1;
+            }
             let predicted = argmax_ids(logits);
             let base = prefix.base_argmax.expect("computed for evaluation");
             agree += predicted.iter().zip(&base).filter(|(a, b)| a == b).count();
@@ -149,6 +239,9 @@ impl<B: AutodiffBackend> Objective<B> for TwigObjective<B> {
             accuracy.record(conversation.turns[0].task_name(), predicted == prefix.encoded.target_ids());
         }
         let mut metrics = vec![("agreement".to_string(), agree as f64 / positions.max(1) as f64)];
+        if images > 0 {
+            metrics.push(("attention_kl".to_string(), divergence / images as f64));
+        }
         metrics.extend(accuracy.into_metrics());
         Ok(metrics)
     }

@@ -100,3 +100,60 @@ fn twig_with_frozen_mlps_trains_the_rest() {
 fn twig_trains_on_the_base_models_own_predictions() {
     run(TwigTargets::Base, TwigMlp::Trained);
 }
+
+/// The attention term: zero for the base layer an adjacent twig's last block copies (exact check
+/// of the wiring: same query, same visual tokens, same head mean), positive for another layer,
+/// and training with it brings the twig's selection attention toward that layer's.
+#[test]
+fn attention_distillation_is_zero_for_the_copied_layer_and_pulls_toward_another() {
+    use twigvlm_train::twig::AttentionDistill;
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llava-hf5");
+    let device = Default::default();
+    let objective_with = |teacher_layer: usize| {
+        let loaded = load_llava::<Flex>(&dir, &LoadOptions::default(), &device).unwrap();
+        let config = TwigConfig { mlp: TwigMlp::Frozen, ..TwigConfig::new(1, 2) };
+        let twig = Twig::<Flex>::init(&loaded.model.language_model, &loaded.config.text, config, &device).unwrap();
+        let twig = twigvlm_train::twig::trainable_twig(Twig::<B>::from_inner(twig));
+        let encoder = ConversationEncoder { tokenizer: loaded.tokenizer, template: loaded.template, system: None };
+        let datasets = (data(7), data(twigvlm_data::EVAL_SEED_START));
+        let objective = TwigObjective::<B>::new(loaded.model, loaded.preprocessor, encoder, TwigTargets::Base, datasets, 2, device)
+            .with_attention_distill(AttentionDistill { teacher_layer, weight: 10.0 });
+        (objective, twig)
+    };
+    // The fixture has 4 layers.
+    let error = objective_with(4).0.err().expect("a teacher layer beyond the base model").to_string();
+    assert!(error.contains("layer 5") && error.contains("has 4"), "{error}");
+    let kl = |objective: &mut TwigObjective<B>, twig: &Twig<B>| {
+        let metrics = objective.evaluate(twig).unwrap();
+        metrics.iter().find(|(name, _)| name == "attention_kl").expect("an attention_kl metric").1
+    };
+
+    // K = 1, T = 2: the last block starts as base layer 2 (0-based).
+    let (copied, twig) = objective_with(2);
+    let mut copied = copied.unwrap();
+    let at_copy = kl(&mut copied, &twig);
+    assert!(at_copy.abs() < 1e-5, "the adjacent twig attends exactly as the layer it copies: KL {at_copy}");
+
+    let (other, twig) = objective_with(3);
+    let mut other = other.unwrap();
+    let before = kl(&mut other, &twig);
+    assert!(before > 1e-3, "another layer attends differently: KL {before}");
+    let out = std::env::temp_dir().join(format!("twigvlm-twig-attention-{}", std::process::id()));
+    let options = TrainOptions {
+        steps: 10,
+        schedule: LrSchedule::warmup_cosine(1e-2, 10, 0.1),
+        optimizer: OptimizerConfig::default(),
+        checkpoint_every: 1000,
+        eval_every: None,
+        log_every: 2,
+        out_dir: out.clone(),
+        resume: false,
+        show_progress: false,
+        time_limit: None,
+    };
+    let (twig, _) = train(&mut other, twig, &options, &device).unwrap();
+    let after = kl(&mut other, &twig);
+    eprintln!("attention KL toward layer 3: {before:.4} -> {after:.4}");
+    assert!(after < 0.5 * before, "training with the attention term halves the divergence: {before} -> {after}");
+    let _ = std::fs::remove_dir_all(out);
+}

@@ -12,7 +12,7 @@ use twigvlm_backbone::weights::StorageDtype;
 use twigvlm_backbone::{load_llava, LoadOptions};
 use twigvlm_data::{DatasetSpec, SeedRange};
 use twigvlm_train::examples::ConversationEncoder;
-use twigvlm_train::twig::{TwigObjective, TwigTargets};
+use twigvlm_train::twig::{AttentionDistill, TwigObjective, TwigTargets};
 use twigvlm_train::train;
 use twigvlm_twig::checkpoint::convert;
 use twigvlm_twig::{save_twig, Twig, TwigConfig, TwigFormat, TwigHead, TwigInit, TwigMlp};
@@ -58,6 +58,14 @@ pub struct TrainTwigArgs {
     /// quarters of each block's size; needs --init adjacent or last).
     #[arg(long, value_enum, default_value_t = MlpArg::Trained)]
     pub twig_mlp: MlpArg,
+    /// Beyond the paper: also train the twig's selection attention (last block, head mean, last
+    /// prompt token over the visual tokens) toward this base layer's, counted from 1 as
+    /// `--policies vlm-layer:N` counts (a KL term weighted by --attention-weight).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub attention_teacher: Option<u64>,
+    /// Weight of the attention term beside the token loss.
+    #[arg(long, default_value_t = 1.0, requires = "attention_teacher")]
+    pub attention_weight: f64,
     /// Targets: the dataset's answers, or the base model's own predictions (self-distillation).
     #[arg(long, value_enum, default_value_t = TargetsArg::Data)]
     pub targets: TargetsArg,
@@ -144,9 +152,14 @@ impl AutodiffJob for TrainTwigJob {
         };
         let mut objective =
             TwigObjective::<B>::new(loaded.model, loaded.preprocessor, encoder, targets, (train_data, eval_data), args.run.batch_size, device.clone());
+        let attention = args.attention_teacher.map(|layer| AttentionDistill { teacher_layer: layer as usize - 1, weight: args.attention_weight });
+        if let Some(distill) = attention {
+            objective = objective.with_attention_distill(distill)?;
+        }
         let (twig, report) = train(&mut objective, twig, &options, &device)?;
         let mut summary = args.run.summary("twig", &args.data.join(MIXTURE_SEPARATOR), &args.eval_data.join(MIXTURE_SEPARATOR), &options, &report);
         summary["targets"] = serde_json::to_value(targets)?;
+        summary["attention_distill"] = serde_json::to_value(attention)?;
         save_twig(&args.run.out, &twig.valid(), &objective.language_model, summary.clone(), StorageDtype::F16)?;
         args.run.finish(&summary, &report, &args.run.out.join(twigvlm_twig::checkpoint::OURS_WEIGHTS))
     }
