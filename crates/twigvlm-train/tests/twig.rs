@@ -32,6 +32,22 @@ fn mlp_values(twig: &Twig<Flex>) -> Vec<(String, Vec<f32>)> {
     hf_tensors(twig, &|p| p.to_string()).into_iter().filter(|(name, _, _)| name.contains(".mlp.")).map(|(n, _, v)| (n, v)).collect()
 }
 
+/// Ten steps at lr 1e-2 on a fixed batch, no evaluation or checkpoint on the way.
+fn ten_steps(out: &std::path::Path) -> TrainOptions {
+    TrainOptions {
+        steps: 10,
+        schedule: LrSchedule::warmup_cosine(1e-2, 10, 0.1),
+        optimizer: OptimizerConfig::default(),
+        checkpoint_every: 1000,
+        eval_every: None,
+        log_every: 2,
+        out_dir: out.to_path_buf(),
+        resume: false,
+        show_progress: false,
+        time_limit: None,
+    }
+}
+
 fn run(targets: TwigTargets, mlp: TwigMlp) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llava-hf5");
     let device = Default::default();
@@ -56,18 +72,7 @@ fn run(targets: TwigTargets, mlp: TwigMlp) {
     let twig_before = flat(&twig.valid());
     let mlp_before = mlp_values(&twig.valid());
     let out = std::env::temp_dir().join(format!("twigvlm-twig-train-{targets:?}-{mlp:?}-{}", std::process::id()));
-    let options = TrainOptions {
-        steps: 10,
-        schedule: LrSchedule::warmup_cosine(1e-2, 10, 0.1),
-        optimizer: OptimizerConfig::default(),
-        checkpoint_every: 1000,
-        eval_every: None,
-        log_every: 2,
-        out_dir: out.clone(),
-        resume: false,
-        show_progress: false,
-        time_limit: None,
-    };
+    let options = ten_steps(&out);
     let (twig, report) = train(&mut objective, twig, &options, &device).unwrap();
     let (first, last) = (report.history.first().unwrap().loss, report.history.last().unwrap().loss);
     eprintln!("{targets:?}: loss {first:.3} -> {last:.3}");
@@ -139,18 +144,7 @@ fn attention_distillation_is_zero_for_the_copied_layer_and_pulls_toward_another(
     let before = kl(&mut other, &twig);
     assert!(before > 1e-3, "another layer attends differently: KL {before}");
     let out = std::env::temp_dir().join(format!("twigvlm-twig-attention-{}", std::process::id()));
-    let options = TrainOptions {
-        steps: 10,
-        schedule: LrSchedule::warmup_cosine(1e-2, 10, 0.1),
-        optimizer: OptimizerConfig::default(),
-        checkpoint_every: 1000,
-        eval_every: None,
-        log_every: 2,
-        out_dir: out.clone(),
-        resume: false,
-        show_progress: false,
-        time_limit: None,
-    };
+    let options = ten_steps(&out);
     let (twig, _) = train(&mut other, twig, &options, &device).unwrap();
     let after = kl(&mut other, &twig);
     eprintln!("attention KL toward layer 3: {before:.4} -> {after:.4}");
