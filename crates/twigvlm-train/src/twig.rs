@@ -17,6 +17,7 @@ use twigvlm_backbone::llama::RopeAngles;
 use twigvlm_backbone::projector::Projector;
 use twigvlm_backbone::{AttentionProbe, ImagePreprocessor, KvCache, LlamaDecoder, LlavaModel};
 use twigvlm_data::{Conversation, Dataset};
+use twigvlm_ttp::selection::head_mean_scores;
 use twigvlm_twig::{Twig, TwigMlp};
 
 use crate::error::{Result, TrainError};
@@ -66,11 +67,11 @@ pub struct AttentionDistill {
 /// softmax gave no weight at all would otherwise make the divergence NaN).
 const PROBABILITY_FLOOR: f64 = 1e-12;
 
-/// The head-mean attention of one query row `[1, heads, 1, keys]` over `visual`, renormalised
-/// to a distribution over the visual tokens.
+/// TTP's scores of one query row `[1, heads, 1, keys]` over `visual`
+/// ([`twigvlm_ttp::selection::head_mean_scores`]), renormalised to a distribution over them.
 fn visual_distribution<C: Backend>(attention: Tensor<C, 4>, visual: &Range<usize>) -> Tensor<C, 1> {
-    let row = attention.mean_dim(1).narrow(3, visual.start, visual.len()).reshape([visual.len()]);
-    row.clone().div(row.sum())
+    let scores = head_mean_scores(attention, visual);
+    scores.clone().div(scores.sum())
 }
 
 /// KL(teacher ‖ student) of two distributions over the same tokens.

@@ -7,13 +7,18 @@ use burn::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-/// The head-mean attention that one query row pays to each key in `keys`.
+/// The head-mean attention that one query row pays to each key in `keys`: what TTP ranks by
+/// (and what a twig's attention term trains), as a tensor `[keys]`.
 ///
 /// # Shapes
 /// - probs: `[1, heads, 1, all_keys]`
+pub fn head_mean_scores<B: Backend>(probs: Tensor<B, 4>, keys: &Range<usize>) -> Tensor<B, 1> {
+    probs.mean_dim(1).narrow(3, keys.start, keys.len()).reshape([keys.len()])
+}
+
+/// [`head_mean_scores`] read back.
 pub fn head_mean_row<B: Backend>(probs: Tensor<B, 4>, keys: Range<usize>) -> Vec<f32> {
-    let row = probs.mean_dim(1).narrow(3, keys.start, keys.len());
-    row.into_data().convert::<f32>().into_vec::<f32>().expect("f32 attention")
+    head_mean_scores(probs, &keys).into_data().convert::<f32>().into_vec::<f32>().expect("f32 attention")
 }
 
 /// Seeded uniform scores: their top-k is a uniformly random subset.
