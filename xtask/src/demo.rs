@@ -46,7 +46,7 @@ struct InstructRun {
 }
 
 /// The curriculum before [`LAST_RUN`].
-const CURRICULUM: [InstructRun; 5] = [
+const CURRICULUM: [InstructRun; 6] = [
     InstructRun {
         name: "instruct-one-or-two",
         data: "shapes:seed=1,n=100000,task=short,objects=1-2",
@@ -101,6 +101,18 @@ const CURRICULUM: [InstructRun; 5] = [
         time_limit: None,
         replay_data: None,
     },
+    // The describe run's mix of questions on other images, one for one with the chat replay
+    // ([`CHAT_REPLAY`]), so that the model keeps speaking as its language model did.
+    InstructRun {
+        name: "instruct-chat-replay",
+        data: "shapes:seed=14,n=100000,task=describe+describe+color+shape+exists+where",
+        eval_data: "shapes:seed=1000000,n=128,task=short",
+        questions_per_image: 6,
+        steps: 120,
+        lr: "3e-4",
+        time_limit: None,
+        replay_data: Some(CHAT_REPLAY),
+    },
 ];
 
 /// The pretrained language model's own answers to general chat prompts ([`chat_replay`]),
@@ -114,16 +126,19 @@ const CHAT_PROMPTS: [(&str, &str); 2] = [("xtask/data/chat-prompts-train.json", 
 /// Tokens of a replayed answer at most.
 const CHAT_REPLAY_TOKENS: &str = "96";
 
-/// The last run: the describe run's mix of questions on other images, one for one with the chat
-/// replay, so that the model keeps speaking as its language model did. Its steps and time limit
-/// come from the command line.
+/// The last run: where things are said the new way ("row 3, column five": the column as the
+/// number word the visual tokens carry, no longer as a digit the model had to translate it into;
+/// with digits its column answers were at chance). Twice as many `where` questions and
+/// descriptions as the other tasks, one for one with the chat replay, from the chat-replay run's
+/// layers. The runs before it were trained when columns were said as digits; the recipe now says
+/// them as words in every run. Its steps and time limit come from the command line.
 const LAST_RUN: InstructRun = InstructRun {
-    name: "instruct-chat-replay",
-    data: "shapes:seed=14,n=100000,task=describe+describe+color+shape+exists+where",
+    name: "instruct-column-words",
+    data: "shapes:seed=15,n=100000,task=describe+describe+where+where+color+shape+exists",
     eval_data: "shapes:seed=1000000,n=128,task=short",
     questions_per_image: 6,
-    steps: 120,
-    lr: "3e-4",
+    steps: 240,
+    lr: "5e-4",
     time_limit: None,
     replay_data: Some(CHAT_REPLAY),
 };
@@ -135,7 +150,7 @@ pub struct TrainDemoArgs {
     /// Stage 1 (projector onto the language model's word embeddings) steps of 32 images.
     #[arg(long, default_value_t = 1000)]
     pub projector_steps: usize,
-    /// Steps of stage 2's last run (descriptions beside the short tasks, and the chat replay),
+    /// Steps of stage 2's last run (`where` and descriptions beside the other tasks, and the chat replay),
     /// 2 images with 6 questions each (each trained as if asked alone) and 2 chat answers.
     #[arg(long, default_value_t = LAST_RUN.steps)]
     pub instruct_steps: usize,
@@ -153,7 +168,7 @@ pub struct TrainDemoArgs {
 
 /// Trains stage 0 (vision tower), stage 1 (projector by regression onto the language model's
 /// word embeddings) and stage 2 (the attention of the language model's top layers, projector
-/// frozen, as the curriculum [`CURRICULUM`] then a run with descriptions) with fixed seeds, each run
+/// frozen, as the curriculum [`CURRICULUM`] then [`LAST_RUN`]) with fixed seeds, each run
 /// resumable, and copies the results into the model directory.
 pub fn train(args: &TrainDemoArgs) -> anyhow::Result<()> {
     let lm = language_model()?;

@@ -10,5 +10,5 @@ pub mod spec;
 
 pub use conversation::{Conversation, ImageSource, Turn};
 pub use error::{DataError, Result};
-pub use shapes::{Colour, Scene, SceneConfig, SceneObject, Shape, ShapesDataset, Task, TaskMix};
+pub use shapes::{Colour, Scene, SceneConfig, SceneObject, Shape, ShapesDataset, Task, TaskMix, COLUMN_WORDS};
 pub use spec::{Dataset, DatasetSpec, SeedRange, EVAL_SEED_START};

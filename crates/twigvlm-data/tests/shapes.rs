@@ -1,6 +1,6 @@
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use twigvlm_data::shapes::{ask, describe_answer, parse_description, render};
+use twigvlm_data::shapes::{ask, column_word, describe_answer, parse_description, render, COLUMN_WORDS};
 use twigvlm_data::{Colour, DatasetSpec, ImageSource, Scene, SceneConfig, SceneObject, Shape, ShapesDataset, Task, TaskMix};
 
 fn object(row: usize, column: usize, shape: Shape, colour: Colour) -> SceneObject {
@@ -68,15 +68,15 @@ fn answers_are_read_off_the_scene() {
         let turn = ask(Task::Where, &scene, &mut rng);
         assert!(["Where is the triangle?", "Where is the ring?", "Where is the cross?"].contains(&turn.user.as_str()));
         let expected = match turn.user.as_str() {
-            "Where is the triangle?" => "row 6, column 2",
-            "Where is the ring?" => "row 1, column 8",
-            _ => "row 3, column 4",
+            "Where is the triangle?" => "row 6, column two",
+            "Where is the ring?" => "row 1, column eight",
+            _ => "row 3, column four",
         };
         assert_eq!(turn.assistant, expected);
     }
     assert_eq!(
         describe_answer(&scene),
-        "A blue ring at row 1, column 8. A yellow cross at row 3, column 4. A red triangle at row 6, column 2."
+        "A blue ring at row 1, column eight. A yellow cross at row 3, column four. A red triangle at row 6, column two."
     );
 }
 
@@ -108,7 +108,11 @@ fn descriptions_parse_back() {
     let mut parsed = parse_description(&describe_answer(&scene));
     parsed.sort_by_key(|o| (o.row, o.column));
     assert_eq!(parsed, scene.objects);
-    assert_eq!(parse_description("A red triangle somewhere. Blue ring at Row 1, column 8"), vec![object(0, 7, Shape::Ring, Colour::Blue)]);
+    assert_eq!(parse_description("A red triangle somewhere. Blue ring at Row 1, column Eight"), vec![object(0, 7, Shape::Ring, Colour::Blue)]);
+    // A column said as a digit is read too; a row said as a word is not a location.
+    assert_eq!(parse_description("A blue ring at row 1, column 8. A red cross at row one, column two."), vec![object(0, 7, Shape::Ring, Colour::Blue)]);
+    assert_eq!(column_word(2), "three");
+    assert_eq!(column_word(COLUMN_WORDS.len()), "13");
 }
 
 #[test]
@@ -179,7 +183,7 @@ fn scoring_normalises_and_counts_objects() {
     assert!(!exact_match("red circle", "red"));
     let reference = describe_answer(&hand_built());
     let mut counts = DescribeCounts::default();
-    counts.add("A blue ring at row 1, column 8. A red triangle at row 6, column 3. A green square at row 2, column 2.", &reference);
+    counts.add("A blue ring at row 1, column eight. A red triangle at row 6, column three. A green square at row 2, column two.", &reference);
     assert_eq!((counts.true_positives, counts.false_positives, counts.false_negatives), (1, 2, 2));
     assert!((counts.precision() - 1.0 / 3.0).abs() < 1e-12 && (counts.recall() - 1.0 / 3.0).abs() < 1e-12);
     counts = DescribeCounts::default();

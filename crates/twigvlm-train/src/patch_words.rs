@@ -9,8 +9,16 @@
 //! tuning the top 16 layers' attention on one-object scenes: with the row and column numbers at
 //! full weight the colour answer stayed at chance after 640 questions, with colour and shape alone
 //! (one or two objects) it reached 75% after 320. The numbers drown the content words in the sum.
-//! Row and column are told apart by their words: as two digits, a sum of embeddings could not
-//! say which is the row ("row 3, column 5" and "row 5, column 3" gave the same target).
+//! Row and column are told apart by their words, the ones the answers say ("row 3, column five",
+//! `twigvlm_data::COLUMN_WORDS`): as two digits, a sum of embeddings could not say which is the
+//! row ("row 3, column 5" and "row 5, column 3" gave the same target).
+//!
+//! What tells one row from another is small beside that weight: SmolLM2's digit embeddings have a
+//! mean pairwise cosine of 0.77 (its number words 0.62), so at 0.3 the part of a row digit that
+//! differs from the other rows was about as large as the projector's remaining error (both about
+//! 0.3 in norm) and the demo model's `where` answers stayed near chance. So each position word
+//! adds its set's mean (all rows, or all columns) at [`POSITION_WORD_WEIGHT`] and its own
+//! difference from that mean at [`POSITION_DISTINCT_WEIGHT`].
 
 use burn::module::AutodiffModule;
 use burn::nn::loss::{MseLoss, Reduction};
@@ -18,7 +26,7 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use twigvlm_backbone::projector::Projector;
 use twigvlm_backbone::PromptTokenizer;
-use twigvlm_data::{Colour, Scene, Shape, ShapesDataset};
+use twigvlm_data::{Colour, Scene, Shape, ShapesDataset, COLUMN_WORDS};
 
 use crate::error::{Result, TrainError};
 use crate::examples::VisualInput;
@@ -27,11 +35,14 @@ use crate::trainer::Objective;
 /// The word of an empty patch.
 pub const EMPTY_WORD: &str = " empty";
 
-/// Weight of the row and column words in a patch's target, relative to its content words.
+/// Weight of the row and column words' common part (their set's mean) in a patch's target,
+/// relative to its content words.
 pub const POSITION_WORD_WEIGHT: f32 = 0.3;
 
-/// A cell's column as a word (" three"), so that it differs from its row, a digit ("3").
-const COLUMN_WORDS: [&str; 12] = [" one", " two", " three", " four", " five", " six", " seven", " eight", " nine", " ten", " eleven", " twelve"];
+/// Weight of what distinguishes a row (column) word from the other rows (columns): the word's
+/// embedding minus its set's mean.
+pub const POSITION_DISTINCT_WEIGHT: f32 = 1.0;
+
 
 /// Token ids of every word a patch description uses.
 #[derive(Debug, Clone)]
@@ -40,7 +51,7 @@ pub struct PatchVocabulary {
     shapes: Vec<Vec<u32>>,
     /// Rows 1..=grid as digits, as in "row 3".
     rows: Vec<Vec<u32>>,
-    /// Columns 1..=grid as number words ([`COLUMN_WORDS`]).
+    /// Columns 1..=grid as number words ([`COLUMN_WORDS`], after a space as in "column five").
     columns: Vec<Vec<u32>>,
     empty: Vec<u32>,
 }
@@ -64,7 +75,7 @@ impl PatchVocabulary {
             colours: Colour::ALL.iter().map(|c| ids(c.word())).collect::<Result<_>>()?,
             shapes: Shape::ALL.iter().map(|s| ids(s.word())).collect::<Result<_>>()?,
             rows: (1..=grid).map(|n| ids(&n.to_string())).collect::<Result<_>>()?,
-            columns: COLUMN_WORDS[..grid].iter().map(|word| ids(word)).collect::<Result<_>>()?,
+            columns: COLUMN_WORDS[..grid].iter().map(|word| ids(&format!(" {word}"))).collect::<Result<_>>()?,
             empty: ids(EMPTY_WORD)?,
         })
     }
@@ -78,27 +89,55 @@ impl PatchVocabulary {
                     Some(o) => vec![&self.colours[colour_index(o.colour)], &self.shapes[shape_index(o.shape)]],
                     None => vec![&self.empty],
                 };
-                CellWords { content, position: [&self.rows[row], &self.columns[column]] }
+                CellWords { content, row, column }
             })
             .collect()
     }
 }
 
-/// What a cell shows and where it is; a word is its tokens.
+/// What a cell shows (its words, a word being its tokens) and where it is (0-based).
 #[derive(Debug, PartialEq)]
 struct CellWords<'a> {
     content: Vec<&'a [u32]>,
-    /// Row and column words.
-    position: [&'a [u32]; 2],
+    row: usize,
+    column: usize,
 }
 
 impl CellWords<'_> {
-    /// The cell's target: its content words summed, plus its position words summed at
-    /// [`POSITION_WORD_WEIGHT`].
-    fn target(&self, embeddings: &[f32], d: usize) -> Vec<f32> {
-        let position = words_embedding(embeddings, d, &self.position);
-        words_embedding(embeddings, d, &self.content).into_iter().zip(position).map(|(c, p)| c + POSITION_WORD_WEIGHT * p).collect()
+    /// The cell's target: its content words summed, plus its row and column as
+    /// [`PositionVectors`] say them.
+    fn target(&self, embeddings: &[f32], d: usize, positions: &PositionVectors) -> Vec<f32> {
+        let (row, column) = (&positions.rows[self.row], &positions.columns[self.column]);
+        words_embedding(embeddings, d, &self.content).into_iter().zip(row).zip(column).map(|((c, r), k)| c + r + k).collect()
     }
+}
+
+/// Each row's and each column's part of a cell target: [`POSITION_WORD_WEIGHT`] × the mean of the
+/// set's word embeddings + [`POSITION_DISTINCT_WEIGHT`] × the word's difference from that mean.
+#[derive(Debug, Clone)]
+struct PositionVectors {
+    rows: Vec<Vec<f32>>,
+    columns: Vec<Vec<f32>>,
+    /// The differences alone (what tells the words of a set apart), to read positions back.
+    distinct_rows: Vec<Vec<f32>>,
+    distinct_columns: Vec<Vec<f32>>,
+}
+
+impl PositionVectors {
+    fn new(vocabulary: &PatchVocabulary, embeddings: &[f32], d: usize) -> Self {
+        let (rows, distinct_rows) = position_set(&vocabulary.rows, embeddings, d);
+        let (columns, distinct_columns) = position_set(&vocabulary.columns, embeddings, d);
+        Self { rows, columns, distinct_rows, distinct_columns }
+    }
+}
+
+/// The weighted vectors of one set of position words, and their differences from the set's mean.
+fn position_set(words: &[Vec<u32>], embeddings: &[f32], d: usize) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+    let vectors: Vec<Vec<f32>> = words.iter().map(|w| words_embedding(embeddings, d, &[w.as_slice()])).collect();
+    let mean: Vec<f32> = (0..d).map(|i| vectors.iter().map(|v| v[i]).sum::<f32>() / vectors.len() as f32).collect();
+    let distinct: Vec<Vec<f32>> = vectors.iter().map(|v| v.iter().zip(&mean).map(|(x, m)| x - m).collect()).collect();
+    let weighted = distinct.iter().map(|v| v.iter().zip(&mean).map(|(x, m)| POSITION_WORD_WEIGHT * m + POSITION_DISTINCT_WEIGHT * x).collect()).collect();
+    (weighted, distinct)
 }
 
 fn colour_index(colour: Colour) -> usize {
@@ -127,6 +166,7 @@ pub struct PatchWordsObjective<B: AutodiffBackend> {
     embeddings: Vec<f32>,
     d: usize,
     vocabulary: PatchVocabulary,
+    positions: PositionVectors,
     pub train: ShapesDataset,
     pub eval: ShapesDataset,
     pub batch_size: usize,
@@ -147,7 +187,8 @@ impl<B: AutodiffBackend> PatchWordsObjective<B> {
         let d = embeddings.dims()[1];
         let embeddings = embeddings.into_data().convert::<f32>().into_vec::<f32>().map_err(|e| TrainError::Config(format!("{e:?}")))?;
         let vocabulary = PatchVocabulary::new(tokenizer, train.scene.grid)?;
-        Ok(Self { visual, embeddings, d, vocabulary, train, eval, batch_size, device })
+        let positions = PositionVectors::new(&vocabulary, &embeddings, d);
+        Ok(Self { visual, embeddings, d, vocabulary, positions, train, eval, batch_size, device })
     }
 
     /// Visual features `[images, patches, vision_hidden]` and the scenes of `indices`.
@@ -166,18 +207,24 @@ impl<B: AutodiffBackend> PatchWordsObjective<B> {
         let values: Vec<f32> = scenes
             .iter()
             .flat_map(|scene| self.vocabulary.cell_words(scene, grid))
-            .flat_map(|words| words.target(&self.embeddings, self.d))
+            .flat_map(|words| words.target(&self.embeddings, self.d, &self.positions))
             .collect();
         Tensor::from_data(TensorData::new(values, [scenes.len(), grid * grid, self.d]), &self.device)
     }
 
     /// Dot products of `vectors` `[n, d]` with each word of `words`, as `[n, words]`.
     fn word_scores(&self, vectors: Tensor<B::InnerBackend, 2>, words: &[Vec<u32>]) -> Vec<Vec<f32>> {
+        let table: Vec<Vec<f32>> = words.iter().map(|w| words_embedding(&self.embeddings, self.d, &[w.as_slice()])).collect();
+        self.scores(vectors, &table)
+    }
+
+    /// Dot products of `vectors` `[n, d]` with each row of `table`, as `[n, rows]`.
+    fn scores(&self, vectors: Tensor<B::InnerBackend, 2>, table: &[Vec<f32>]) -> Vec<Vec<f32>> {
         let n = vectors.dims()[0];
-        let table: Vec<f32> = words.iter().flat_map(|w| words_embedding(&self.embeddings, self.d, &[w.as_slice()])).collect();
-        let table = Tensor::<B::InnerBackend, 2>::from_data(TensorData::new(table, [words.len(), self.d]), &self.device);
-        let scores = vectors.matmul(table.transpose()).into_data().convert::<f32>().into_vec::<f32>().expect("float scores");
-        scores.chunks(words.len()).take(n).map(<[f32]>::to_vec).collect()
+        let flat: Vec<f32> = table.iter().flatten().copied().collect();
+        let table_tensor = Tensor::<B::InnerBackend, 2>::from_data(TensorData::new(flat, [table.len(), self.d]), &self.device);
+        let scores = vectors.matmul(table_tensor.transpose()).into_data().convert::<f32>().into_vec::<f32>().expect("float scores");
+        scores.chunks(table.len()).take(n).map(<[f32]>::to_vec).collect()
     }
 }
 
@@ -207,8 +254,8 @@ impl<B: AutodiffBackend> Objective<B> for PatchWordsObjective<B> {
         let projected = projector.forward(features).reshape([scenes.len() * grid * grid, self.d]);
         let colours = self.word_scores(projected.clone(), &self.vocabulary.colours);
         let shapes = self.word_scores(projected.clone(), &self.vocabulary.shapes);
-        let rows = self.word_scores(projected.clone(), &self.vocabulary.rows);
-        let columns = self.word_scores(projected, &self.vocabulary.columns);
+        let rows = self.scores(projected.clone(), &self.positions.distinct_rows);
+        let columns = self.scores(projected, &self.positions.distinct_columns);
         let (mut objects, mut object_hits, mut position_hits) = (0usize, 0usize, 0usize);
         for (image, scene) in scenes.iter().enumerate() {
             for cell in 0..grid * grid {
@@ -243,12 +290,12 @@ mod tests {
         let scene = Scene::new(vec![SceneObject { row: 0, column: 1, shape: Shape::Triangle, colour: Colour::Red }]);
         let words = vocabulary.cell_words(&scene, 2);
         let ids = |word: &str| tokenizer.encode(word, 0).unwrap().ids;
-        let (one, two, column_one, column_two) = (ids("1"), ids("2"), ids(" one"), ids(" two"));
         let (empty, red, triangle) = (ids(EMPTY_WORD), ids("red"), ids("triangle"));
         assert_eq!(words.len(), 4);
-        assert_eq!(words[0], CellWords { content: vec![&empty], position: [&one, &column_one] });
-        assert_eq!(words[1], CellWords { content: vec![&red, &triangle], position: [&one, &column_two] });
-        assert_eq!(words[3], CellWords { content: vec![&empty], position: [&two, &column_two] });
+        assert_eq!(words[0], CellWords { content: vec![&empty], row: 0, column: 0 });
+        assert_eq!(words[1], CellWords { content: vec![&red, &triangle], row: 0, column: 1 });
+        assert_eq!(words[3], CellWords { content: vec![&empty], row: 1, column: 1 });
+        assert_eq!((vocabulary.rows[1].clone(), vocabulary.columns[1].clone()), (ids("2"), ids(" two")));
     }
 
     #[test]
@@ -260,12 +307,20 @@ mod tests {
     }
 
     #[test]
-    fn a_cell_target_weighs_its_position_below_its_content() {
-        // Vocabulary of 3 tokens, d = 2.
-        let embeddings = [1.0, 0.0, 0.0, 1.0, 2.0, 2.0];
-        let cell = CellWords { content: vec![&[0][..], &[1][..]], position: [&[2][..], &[2][..]] };
-        let w = POSITION_WORD_WEIGHT;
-        assert_eq!(cell.target(&embeddings, 2), [1.0 + 4.0 * w, 1.0 + 4.0 * w]);
+    fn a_cell_target_adds_the_position_words_common_and_distinct_parts_at_their_weights() {
+        // Vocabulary of 4 tokens, d = 2: columns are tokens 0 and 1, rows tokens 2 and 3.
+        let embeddings = [1.0, 0.0, 0.0, 1.0, 2.0, 0.0, 0.0, 2.0];
+        let vocabulary = PatchVocabulary { colours: vec![], shapes: vec![], rows: vec![vec![2], vec![3]], columns: vec![vec![0], vec![1]], empty: vec![0] };
+        let positions = PositionVectors::new(&vocabulary, &embeddings, 2);
+        // Row means (1, 1), the second row's difference (-1, 1); column means (0.5, 0.5), the first
+        // column's difference (0.5, -0.5).
+        assert_eq!(positions.distinct_rows, [vec![1.0, -1.0], vec![-1.0, 1.0]]);
+        assert_eq!(positions.distinct_columns, [vec![0.5, -0.5], vec![-0.5, 0.5]]);
+        let cell = CellWords { content: vec![&[0][..]], row: 1, column: 0 };
+        let (w, distinct) = (POSITION_WORD_WEIGHT, POSITION_DISTINCT_WEIGHT);
+        let expected = [1.0 + 1.5 * w - 0.5 * distinct, 1.5 * w + 0.5 * distinct];
+        let target = cell.target(&embeddings, 2, &positions);
+        assert!(target.iter().zip(expected).all(|(t, e)| (t - e).abs() < 1e-6), "{target:?} against {expected:?}");
     }
 
     #[test]

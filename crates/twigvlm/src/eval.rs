@@ -15,7 +15,7 @@ use crate::engine::{DecoderKind, Engine, GenerateRequest, Prompt};
 /// How many tokens an answer may take, by the kind of question.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AnswerBudget {
-    /// A short shapes-world answer ("row 3, column 5" is the longest, 7 tokens).
+    /// A short shapes-world answer ("row 3, column five" is the longest).
     pub short: usize,
     /// A description (six objects, about 14 tokens each) or a user's question of unknown length.
     pub long: usize,
@@ -133,6 +133,7 @@ pub fn evaluate<B: Backend>(
             };
             let prediction = answer(image.clone())?;
             let blank_prediction = blank.as_ref().map(|b| answer(Some(b.clone()))).transpose()?;
+            tracing::debug!(task = turn.task_name(), question = %turn.user, reference = %turn.assistant, %prediction, "answer");
             if is_describe {
                 describe_n += 1;
                 describe.add(&prediction, &turn.assistant);

@@ -8,6 +8,6 @@ mod render;
 mod scene;
 
 pub use dataset::{ShapesDataset, TaskMix};
-pub use questions::{ask, describe_answer, parse_description, Task};
+pub use questions::{ask, column_word, describe_answer, parse_description, Task, COLUMN_WORDS};
 pub use render::render;
 pub use scene::{Colour, Scene, SceneConfig, SceneObject, Shape};

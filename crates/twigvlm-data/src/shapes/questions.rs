@@ -1,5 +1,6 @@
-//! Questions about a scene and their answers. Short answers are single words (or "row r, column c");
-//! the description is one sentence per object in reading order.
+//! Questions about a scene and their answers. Short answers are single words (or "row 3, column
+//! five": the row as a digit, the column as a number word); the description is one sentence per
+//! object in reading order.
 
 use std::fmt;
 use std::str::FromStr;
@@ -57,11 +58,31 @@ impl FromStr for Task {
     }
 }
 
-fn location(object: &SceneObject) -> String {
-    format!("row {}, column {}", object.row + 1, object.column + 1)
+/// Columns 1, 2, … as words. A location says its row as a digit and its column as a word ("row 3,
+/// column five"), so that the two are different tokens: a visual token that carries both (the demo
+/// projector's targets, `twigvlm-train`'s `patch_words`) then says which number is the row, and an
+/// answer copies each as it is. Measured on the demo model with both as digits: the row right in
+/// about half of the answers, the column at chance (it mostly repeated the row).
+pub const COLUMN_WORDS: [&str; 12] = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"];
+
+/// Column `column` (0-based) as [`location`] says it: its word, or its digits beyond
+/// [`COLUMN_WORDS`].
+pub fn column_word(column: usize) -> String {
+    COLUMN_WORDS.get(column).map_or_else(|| (column + 1).to_string(), |word| word.to_string())
 }
 
-/// The description of a scene: "A red circle at row 1, column 2." per object.
+/// Where an object is, as answers say it: "row 3, column five".
+fn location(object: &SceneObject) -> String {
+    format!("row {}, column {}", object.row + 1, column_word(object.column))
+}
+
+/// The column a location's word names ("five" or "5"), 0-based.
+fn parse_column(word: &str) -> Option<usize> {
+    let number = COLUMN_WORDS.iter().position(|w| *w == word).map(|i| i + 1).or_else(|| word.parse::<usize>().ok())?;
+    number.checked_sub(1)
+}
+
+/// The description of a scene: "A red circle at row 1, column two." per object.
 pub fn describe_answer(scene: &Scene) -> String {
     scene
         .objects
@@ -83,11 +104,9 @@ pub fn parse_description(text: &str) -> Vec<SceneObject> {
                 .collect();
             let colour = words.iter().find_map(|w| Colour::from_word(w))?;
             let shape = words.iter().find_map(|w| Shape::from_word(w))?;
-            let number_after = |key: &str| -> Option<usize> {
-                let at = words.iter().position(|w| w == key)?;
-                words.get(at + 1)?.parse::<usize>().ok()?.checked_sub(1)
-            };
-            Some(SceneObject { row: number_after("row")?, column: number_after("column")?, shape, colour })
+            let word_after = |key: &str| -> Option<&String> { words.get(words.iter().position(|w| w == key)? + 1) };
+            let row = word_after("row")?.parse::<usize>().ok()?.checked_sub(1)?;
+            Some(SceneObject { row, column: parse_column(word_after("column")?)?, shape, colour })
         })
         .collect()
 }
