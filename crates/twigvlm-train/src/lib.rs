@@ -10,6 +10,7 @@ pub mod loss;
 pub mod metrics;
 pub mod optimizer;
 pub mod patch_words;
+pub mod position_code;
 pub mod alignment;
 pub mod schedule;
 pub mod trainable;

@@ -13,12 +13,9 @@
 //! `twigvlm_data::COLUMN_WORDS`): as two digits, a sum of embeddings could not say which is the
 //! row ("row 3, column 5" and "row 5, column 3" gave the same target).
 //!
-//! What tells one row from another is small beside that weight: SmolLM2's digit embeddings have a
-//! mean pairwise cosine of 0.77 (its number words 0.62), so at 0.3 the part of a row digit that
-//! differs from the other rows was about as large as the projector's remaining error (both about
-//! 0.3 in norm) and the demo model's `where` answers stayed near chance. So each position word
-//! adds its set's mean (all rows, or all columns) at [`POSITION_WORD_WEIGHT`] and its own
-//! difference from that mean at [`POSITION_DISTINCT_WEIGHT`].
+//! Where the patch is goes into the token as [`PositionCode`] says: so that the language model's
+//! own embeddings read the row and the column off it without the content or each other in the
+//! way (the plain sum at 0.3 left the demo model's `where` answers near chance).
 
 use burn::module::AutodiffModule;
 use burn::nn::loss::{MseLoss, Reduction};
@@ -30,18 +27,12 @@ use twigvlm_data::{Colour, Scene, Shape, ShapesDataset, COLUMN_WORDS};
 
 use crate::error::{Result, TrainError};
 use crate::examples::VisualInput;
+use crate::position_code::PositionCode;
 use crate::trainer::Objective;
 
 /// The word of an empty patch.
 pub const EMPTY_WORD: &str = " empty";
 
-/// Weight of the row and column words' common part (their set's mean) in a patch's target,
-/// relative to its content words.
-pub const POSITION_WORD_WEIGHT: f32 = 0.3;
-
-/// Weight of what distinguishes a row (column) word from the other rows (columns): the word's
-/// embedding minus its set's mean.
-pub const POSITION_DISTINCT_WEIGHT: f32 = 1.0;
 
 
 /// Token ids of every word a patch description uses.
@@ -104,40 +95,10 @@ struct CellWords<'a> {
 }
 
 impl CellWords<'_> {
-    /// The cell's target: its content words summed, plus its row and column as
-    /// [`PositionVectors`] say them.
-    fn target(&self, embeddings: &[f32], d: usize, positions: &PositionVectors) -> Vec<f32> {
-        let (row, column) = (&positions.rows[self.row], &positions.columns[self.column]);
-        words_embedding(embeddings, d, &self.content).into_iter().zip(row).zip(column).map(|((c, r), k)| c + r + k).collect()
+    /// The cell's target: its content words summed, with its row and column as `positions` says them.
+    fn target(&self, embeddings: &[f32], d: usize, positions: &PositionCode) -> Vec<f32> {
+        positions.target(&words_embedding(embeddings, d, &self.content), self.row, self.column)
     }
-}
-
-/// Each row's and each column's part of a cell target: [`POSITION_WORD_WEIGHT`] × the mean of the
-/// set's word embeddings + [`POSITION_DISTINCT_WEIGHT`] × the word's difference from that mean.
-#[derive(Debug, Clone)]
-struct PositionVectors {
-    rows: Vec<Vec<f32>>,
-    columns: Vec<Vec<f32>>,
-    /// The differences alone (what tells the words of a set apart), to read positions back.
-    distinct_rows: Vec<Vec<f32>>,
-    distinct_columns: Vec<Vec<f32>>,
-}
-
-impl PositionVectors {
-    fn new(vocabulary: &PatchVocabulary, embeddings: &[f32], d: usize) -> Self {
-        let (rows, distinct_rows) = position_set(&vocabulary.rows, embeddings, d);
-        let (columns, distinct_columns) = position_set(&vocabulary.columns, embeddings, d);
-        Self { rows, columns, distinct_rows, distinct_columns }
-    }
-}
-
-/// The weighted vectors of one set of position words, and their differences from the set's mean.
-fn position_set(words: &[Vec<u32>], embeddings: &[f32], d: usize) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
-    let vectors: Vec<Vec<f32>> = words.iter().map(|w| words_embedding(embeddings, d, &[w.as_slice()])).collect();
-    let mean: Vec<f32> = (0..d).map(|i| vectors.iter().map(|v| v[i]).sum::<f32>() / vectors.len() as f32).collect();
-    let distinct: Vec<Vec<f32>> = vectors.iter().map(|v| v.iter().zip(&mean).map(|(x, m)| x - m).collect()).collect();
-    let weighted = distinct.iter().map(|v| v.iter().zip(&mean).map(|(x, m)| POSITION_WORD_WEIGHT * m + POSITION_DISTINCT_WEIGHT * x).collect()).collect();
-    (weighted, distinct)
 }
 
 fn colour_index(colour: Colour) -> usize {
@@ -166,7 +127,7 @@ pub struct PatchWordsObjective<B: AutodiffBackend> {
     embeddings: Vec<f32>,
     d: usize,
     vocabulary: PatchVocabulary,
-    positions: PositionVectors,
+    positions: PositionCode,
     pub train: ShapesDataset,
     pub eval: ShapesDataset,
     pub batch_size: usize,
@@ -187,7 +148,8 @@ impl<B: AutodiffBackend> PatchWordsObjective<B> {
         let d = embeddings.dims()[1];
         let embeddings = embeddings.into_data().convert::<f32>().into_vec::<f32>().map_err(|e| TrainError::Config(format!("{e:?}")))?;
         let vocabulary = PatchVocabulary::new(tokenizer, train.scene.grid)?;
-        let positions = PositionVectors::new(&vocabulary, &embeddings, d);
+        let word_vectors = |words: &[Vec<u32>]| -> Vec<Vec<f32>> { words.iter().map(|w| words_embedding(&embeddings, d, &[w.as_slice()])).collect() };
+        let positions = PositionCode::new(&word_vectors(&vocabulary.rows), &word_vectors(&vocabulary.columns))?;
         Ok(Self { visual, embeddings, d, vocabulary, positions, train, eval, batch_size, device })
     }
 
@@ -214,17 +176,11 @@ impl<B: AutodiffBackend> PatchWordsObjective<B> {
 
     /// Dot products of `vectors` `[n, d]` with each word of `words`, as `[n, words]`.
     fn word_scores(&self, vectors: Tensor<B::InnerBackend, 2>, words: &[Vec<u32>]) -> Vec<Vec<f32>> {
-        let table: Vec<Vec<f32>> = words.iter().map(|w| words_embedding(&self.embeddings, self.d, &[w.as_slice()])).collect();
-        self.scores(vectors, &table)
-    }
-
-    /// Dot products of `vectors` `[n, d]` with each row of `table`, as `[n, rows]`.
-    fn scores(&self, vectors: Tensor<B::InnerBackend, 2>, table: &[Vec<f32>]) -> Vec<Vec<f32>> {
         let n = vectors.dims()[0];
-        let flat: Vec<f32> = table.iter().flatten().copied().collect();
-        let table_tensor = Tensor::<B::InnerBackend, 2>::from_data(TensorData::new(flat, [table.len(), self.d]), &self.device);
-        let scores = vectors.matmul(table_tensor.transpose()).into_data().convert::<f32>().into_vec::<f32>().expect("float scores");
-        scores.chunks(table.len()).take(n).map(<[f32]>::to_vec).collect()
+        let table: Vec<f32> = words.iter().flat_map(|w| words_embedding(&self.embeddings, self.d, &[w.as_slice()])).collect();
+        let table = Tensor::<B::InnerBackend, 2>::from_data(TensorData::new(table, [words.len(), self.d]), &self.device);
+        let scores = vectors.matmul(table.transpose()).into_data().convert::<f32>().into_vec::<f32>().expect("float scores");
+        scores.chunks(words.len()).take(n).map(<[f32]>::to_vec).collect()
     }
 }
 
@@ -254,8 +210,8 @@ impl<B: AutodiffBackend> Objective<B> for PatchWordsObjective<B> {
         let projected = projector.forward(features).reshape([scenes.len() * grid * grid, self.d]);
         let colours = self.word_scores(projected.clone(), &self.vocabulary.colours);
         let shapes = self.word_scores(projected.clone(), &self.vocabulary.shapes);
-        let rows = self.scores(projected.clone(), &self.positions.distinct_rows);
-        let columns = self.scores(projected, &self.positions.distinct_columns);
+        let rows = self.word_scores(projected.clone(), &self.vocabulary.rows);
+        let columns = self.word_scores(projected, &self.vocabulary.columns);
         let (mut objects, mut object_hits, mut position_hits) = (0usize, 0usize, 0usize);
         for (image, scene) in scenes.iter().enumerate() {
             for cell in 0..grid * grid {
@@ -304,23 +260,6 @@ mod tests {
         let tokenizer = PromptTokenizer::from_file(&path).unwrap();
         let error = PatchVocabulary::new(&tokenizer, COLUMN_WORDS.len() + 1).unwrap_err().to_string();
         assert!(error.contains("at most 12 columns"), "{error}");
-    }
-
-    #[test]
-    fn a_cell_target_adds_the_position_words_common_and_distinct_parts_at_their_weights() {
-        // Vocabulary of 4 tokens, d = 2: columns are tokens 0 and 1, rows tokens 2 and 3.
-        let embeddings = [1.0, 0.0, 0.0, 1.0, 2.0, 0.0, 0.0, 2.0];
-        let vocabulary = PatchVocabulary { colours: vec![], shapes: vec![], rows: vec![vec![2], vec![3]], columns: vec![vec![0], vec![1]], empty: vec![0] };
-        let positions = PositionVectors::new(&vocabulary, &embeddings, 2);
-        // Row means (1, 1), the second row's difference (-1, 1); column means (0.5, 0.5), the first
-        // column's difference (0.5, -0.5).
-        assert_eq!(positions.distinct_rows, [vec![1.0, -1.0], vec![-1.0, 1.0]]);
-        assert_eq!(positions.distinct_columns, [vec![0.5, -0.5], vec![-0.5, 0.5]]);
-        let cell = CellWords { content: vec![&[0][..]], row: 1, column: 0 };
-        let (w, distinct) = (POSITION_WORD_WEIGHT, POSITION_DISTINCT_WEIGHT);
-        let expected = [1.0 + 1.5 * w - 0.5 * distinct, 1.5 * w + 0.5 * distinct];
-        let target = cell.target(&embeddings, 2, &positions);
-        assert!(target.iter().zip(expected).all(|(t, e)| (t - e).abs() < 1e-6), "{target:?} against {expected:?}");
     }
 
     #[test]
