@@ -126,14 +126,14 @@ const CHAT_PROMPTS: [(&str, &str); 2] = [("xtask/data/chat-prompts-train.json", 
 /// Tokens of a replayed answer at most.
 const CHAT_REPLAY_TOKENS: &str = "96";
 
-/// The last run: where things are said the new way ("row 3, column five": the column as the
-/// number word the visual tokens carry, no longer as a digit the model had to translate it into;
-/// with digits its column answers were at chance). Twice as many `where` questions and
-/// descriptions as the other tasks, one for one with the chat replay, from the chat-replay run's
-/// layers. The runs before it were trained when columns were said as digits; the recipe now says
-/// them as words in every run. Its steps and time limit come from the command line.
+/// The last run, on the projector whose targets carry positions as a code the language model's
+/// embeddings read exactly (`twigvlm_train::position_code`), with locations said as "row 3,
+/// column five": twice as many `where` questions and descriptions as the other tasks, one for one
+/// with the chat replay, from the chat-replay run's layers. The runs before it were trained on the
+/// earlier projectors (and with columns said as digits); the recipe now gives every run the new
+/// projector and wording. Its steps and time limit come from the command line.
 const LAST_RUN: InstructRun = InstructRun {
-    name: "instruct-column-words",
+    name: "instruct-positions",
     data: "shapes:seed=15,n=100000,task=describe+describe+where+where+color+shape+exists",
     eval_data: "shapes:seed=1000000,n=128,task=short",
     questions_per_image: 6,
