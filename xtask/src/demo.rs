@@ -137,7 +137,7 @@ const LAST_RUN: InstructRun = InstructRun {
     data: "shapes:seed=15,n=100000,task=describe+describe+where+where+color+shape+exists",
     eval_data: "shapes:seed=1000000,n=128,task=short",
     questions_per_image: 6,
-    steps: 240,
+    steps: 177,
     lr: "5e-4",
     time_limit: None,
     replay_data: Some(CHAT_REPLAY),
