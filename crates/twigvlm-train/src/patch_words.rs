@@ -1,9 +1,9 @@
 //! Stage 1 by regression (the demo model's cheap alternative to LLaVA's captioning stage 1): the
 //! projector learns to map each patch's vision feature onto the language model's own embedding of
 //! the words that describe the patch: its colour and shape words (or "empty"), plus its row (a
-//! digit) and column (a number word) at a smaller weight. No language-model layer runs, so thousands of images train
-//! in minutes on a CPU, and the visual tokens start out in the space the language model reads
-//! words in (stage 2 then teaches the language model to answer from them).
+//! digit) and column (a number word) as a position code. No language-model layer runs, so
+//! thousands of images train in minutes on a CPU, and the visual tokens start out in the space
+//! the language model reads words in (stage 2 then teaches the language model to answer from them).
 //!
 //! Measured on SmolLM2-135M with these exact targets as visual tokens (no projector error), stage 2
 //! tuning the top 16 layers' attention on one-object scenes: with the row and column numbers at
@@ -32,8 +32,6 @@ use crate::trainer::Objective;
 
 /// The word of an empty patch.
 pub const EMPTY_WORD: &str = " empty";
-
-
 
 /// Token ids of every word a patch description uses.
 #[derive(Debug, Clone)]
