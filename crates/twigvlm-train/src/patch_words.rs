@@ -147,7 +147,7 @@ impl<B: AutodiffBackend> PatchWordsObjective<B> {
         let embeddings = embeddings.into_data().convert::<f32>().into_vec::<f32>().map_err(|e| TrainError::Config(format!("{e:?}")))?;
         let vocabulary = PatchVocabulary::new(tokenizer, train.scene.grid)?;
         let word_vectors = |words: &[Vec<u32>]| -> Vec<Vec<f32>> { words.iter().map(|w| words_embedding(&embeddings, d, &[w.as_slice()])).collect() };
-        let positions = PositionCode::new(&word_vectors(&vocabulary.rows), &word_vectors(&vocabulary.columns))?;
+        let positions = PositionCode::new(&word_vectors(&vocabulary.rows), &word_vectors(&vocabulary.columns));
         Ok(Self { visual, embeddings, d, vocabulary, positions, train, eval, batch_size, device })
     }
 
