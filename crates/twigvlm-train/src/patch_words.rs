@@ -119,6 +119,11 @@ fn words_embedding(embeddings: &[f32], d: usize, words: &[&[u32]]) -> Vec<f32> {
     sum
 }
 
+/// Each word's embedding (the mean over its tokens), one vector per word.
+fn word_vectors(embeddings: &[f32], d: usize, words: &[Vec<u32>]) -> Vec<Vec<f32>> {
+    words.iter().map(|w| words_embedding(embeddings, d, &[w.as_slice()])).collect()
+}
+
 pub struct PatchWordsObjective<B: AutodiffBackend> {
     pub visual: VisualInput<B::InnerBackend>,
     /// The language model's input embedding matrix, row-major `[vocab, d]`.
@@ -146,8 +151,7 @@ impl<B: AutodiffBackend> PatchWordsObjective<B> {
         let d = embeddings.dims()[1];
         let embeddings = embeddings.into_data().convert::<f32>().into_vec::<f32>().map_err(|e| TrainError::Config(format!("{e:?}")))?;
         let vocabulary = PatchVocabulary::new(tokenizer, train.scene.grid)?;
-        let word_vectors = |words: &[Vec<u32>]| -> Vec<Vec<f32>> { words.iter().map(|w| words_embedding(&embeddings, d, &[w.as_slice()])).collect() };
-        let positions = PositionCode::new(&word_vectors(&vocabulary.rows), &word_vectors(&vocabulary.columns));
+        let positions = PositionCode::new(&word_vectors(&embeddings, d, &vocabulary.rows), &word_vectors(&embeddings, d, &vocabulary.columns));
         Ok(Self { visual, embeddings, d, vocabulary, positions, train, eval, batch_size, device })
     }
 
@@ -175,7 +179,7 @@ impl<B: AutodiffBackend> PatchWordsObjective<B> {
     /// Dot products of `vectors` `[n, d]` with each word of `words`, as `[n, words]`.
     fn word_scores(&self, vectors: Tensor<B::InnerBackend, 2>, words: &[Vec<u32>]) -> Vec<Vec<f32>> {
         let n = vectors.dims()[0];
-        let table: Vec<f32> = words.iter().flat_map(|w| words_embedding(&self.embeddings, self.d, &[w.as_slice()])).collect();
+        let table: Vec<f32> = word_vectors(&self.embeddings, self.d, words).concat();
         let table = Tensor::<B::InnerBackend, 2>::from_data(TensorData::new(table, [words.len(), self.d]), &self.device);
         let scores = vectors.matmul(table.transpose()).into_data().convert::<f32>().into_vec::<f32>().expect("float scores");
         scores.chunks(words.len()).take(n).map(<[f32]>::to_vec).collect()
