@@ -153,10 +153,10 @@ const CHAT_PROMPTS: [(&str, &str); 2] = [("xtask/data/chat-prompts-train.json", 
 /// Tokens of a replayed answer at most.
 const CHAT_REPLAY_TOKENS: &str = "96";
 
-/// The last run: twice as many `where` questions as the other tasks (columns were right for 9 of
-/// 20 held-out `where` questions after the balance run, rows for 15), twice as many `exists`,
-/// descriptions, one for one with the chat replay, at a slightly lower learning rate. Its steps
-/// and time limit come from the command line.
+/// The last run: twice as many `where` and `exists` questions as colour, shape and descriptions
+/// (after the balance run the column was right for 9 of 20 held-out `where` questions, the row for
+/// 15), one for one with the chat replay, at a slightly lower learning rate. Its steps and time
+/// limit come from the command line.
 const LAST_RUN: InstructRun = InstructRun {
     name: "instruct-where",
     data: "shapes:seed=17,n=100000,task=where+where+describe+exists+exists+color+shape",
