@@ -15,6 +15,17 @@ mkdir -p "$OUT"
 
 source "$(dirname "${BASH_SOURCE[0]}")/xz.sh"
 
+# Joins the payload that pack.sh split into one part per call, once the last call brought its part.
+join_payload() {
+    [ -f $PARTS/twigvlm.xz ] && return 0
+    local want have
+    want=$(cat $PARTS/parts 2>/dev/null) || { echo "no payload manifest here: carry pack.sh's last .gpu/call folder" >&2; return 1; }
+    have=$(ls $PARTS/payload.tar.* 2>/dev/null | wc -l)
+    [ "$have" -eq "$want" ] || { echo "$have of $want payload parts on this machine: the earlier calls' parts are gone (the machine went cold?)" >&2; return 1; }
+    cat $PARTS/payload.tar.* | tar -C $PARTS -xf -
+    rm $PARTS/payload.tar.*
+}
+
 unpack_binary() {
     [ -x "$BIN" ] || { unxz_to "$BIN" < $PARTS/twigvlm.xz; chmod +x "$BIN"; }
 }
@@ -23,7 +34,7 @@ unpack_binary() {
 unpack_language_model() {
     local gguf=/tmp/lm.gguf
     if [ ! -f /tmp/smollm2/model.safetensors ]; then
-        cat $PARTS/lm.gguf.xz.* | unxz_to "$gguf"
+        cat $PARTS/lm.gguf.xz* | unxz_to "$gguf"
         "$BIN" import gguf "$gguf" --out /tmp/smollm2
     fi
 }

