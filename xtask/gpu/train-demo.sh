@@ -12,6 +12,7 @@ budget=${1:?usage: train-demo.sh SECONDS [BACKEND]}
 backend=${2:-cuda}
 RUNS=/tmp/runs
 mkdir -p $RUNS
+join_payload
 unpack_binary
 unpack_language_model 2>&1 | tail -3
 
