@@ -86,7 +86,6 @@ fn the_committed_twig_drafts_for_the_demo_model_without_changing_its_answers() {
 }
 
 #[test]
-#[ignore = "the demo model does not meet its bar yet (demo-model issue); run with --ignored once it is trained"]
 fn the_demo_model_meets_its_quality_bar() {
     let Some(engine) = demo_model() else { return };
     let dataset = DatasetSpec::parse(EVAL_DATA).unwrap().open(None).unwrap();
