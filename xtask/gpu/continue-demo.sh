@@ -13,14 +13,14 @@ source "$(dirname "$0")/common.sh"
 usage="usage: continue-demo.sh BACKEND SECONDS DATA LR [TWIG_SECONDS TWIG ARGS...]"
 backend=${1:?$usage}
 budget=${2:?$usage}
-data=${3:?$usage (DATA e.g. shapes:seed=18,n=1000000,task=where+describe,turns=6)}
+data=${3:?$usage (DATA e.g. shapes:seed=18,n=100000,task=where+describe,turns=6)}
 lr=${4:?$usage}
 twig_budget=${5:-}
 shift $(($# < 5 ? $# : 5))
 BATCH=16
 # Upper bounds of the runs' lengths. --time-limit fits a run to its budget from step 10 on, but
 # until then it follows the warm-up and schedule of this many steps, so they are set near the
-# lengths that the budgets give on an H200 (574 instruct steps in 410 s, 60 twig steps in 110 s).
+# lengths that the budgets give on an H200 (574 instruct steps in 410 s, 57 twig steps in 112 s).
 INSTRUCT_STEPS_AT_MOST=1000
 TWIG_STEPS_AT_MOST=150
 EVAL_EVERY=200

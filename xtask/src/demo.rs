@@ -170,9 +170,9 @@ const CURRICULUM: [InstructRun; 10] = [
         time_limit: None,
         replay_data: Some(CHAT_REPLAY),
     },
-    // On a lent GPU, four times the batch: twice as many `where` questions and descriptions as
-    // the other tasks and `exists` doubled (the CPU runs left the column right 13 times of 20 and
-    // describe F1 at 0.64), one for one with the chat replay (fitted to 410 s: 574 steps).
+    // On a lent GPU, four times the batch: `where`, descriptions and `exists` twice as often as
+    // colour and shape (the CPU runs left the column right 13 times of 20 and describe F1 at
+    // 0.64), one for one with the chat replay (fitted to 410 s: 574 steps).
     InstructRun {
         name: "instruct-gpu",
         data: "shapes:seed=18,n=100000,task=where+where+describe+describe+exists+exists+color+shape",
