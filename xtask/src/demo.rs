@@ -315,8 +315,9 @@ const TWIG_FILES: [&str; 2] = ["twig.safetensors", "twig.json"];
 /// Steps of the demo twig's training.
 #[derive(Debug, clap::Args)]
 pub struct TrainDemoTwigArgs {
-    /// Steps of 8 conversations (4 questions each).
-    #[arg(long, default_value_t = 60)]
+    /// Steps of 8 conversations (4 questions each). 120 steps took agreement with the base from
+    /// 0.602 (60 steps) to 0.690 and kept 79.8% instead of 78.8% at 11.1% of the visual tokens.
+    #[arg(long, default_value_t = 120)]
     pub steps: usize,
     /// Backend (cuda on a GPU machine).
     #[arg(long, default_value = "flex")]
