@@ -15,6 +15,34 @@ mkdir -p "$OUT"
 
 source "$(dirname "${BASH_SOURCE[0]}")/xz.sh"
 
+# Where the jobs write their runs (directories and logs).
+RUNS=/tmp/runs
+mkdir -p $RUNS
+
+# steps_within SECONDS: an upper bound of the steps a time-limited run can take in SECONDS.
+# --time-limit fits a run to its budget from step 10 on, but until then the run follows the
+# warm-up and schedule of its --steps, which must therefore be near the real length. On an H200 a
+# stage-2 step of 16 conversations took 0.53 s and a twig step of 8 took 0.75 s.
+STEPS_PER_SECOND_AT_MOST=2
+steps_within() {
+    echo $(($1 * STEPS_PER_SECOND_AT_MOST))
+}
+
+# train_instruct ARGS…: stage 2 on the committed vision tower and projector (both frozen), the
+# attention of the language model's top 16 layers tuned.
+train_instruct() {
+    "$BIN" train instruct --config models/shapes-smol --vision models/shapes-smol --language-model /tmp/smollm2 \
+        --projector models/shapes-smol --freeze-projector --lm-layers 16 --attention-only "$@"
+}
+
+# bring_back NAME: the run directory $RUNS/NAME (without its checkpoint) as tar parts that the
+# device tool returns (16 MiB a file), and its log, into $OUT.
+bring_back() {
+    nvidia-smi --query-gpu=memory.used --format=csv >> $RUNS/$1.log 2>/dev/null || true
+    cp $RUNS/$1.log "$OUT/"
+    if [ -d $RUNS/$1 ]; then tar -C $RUNS -cf - --exclude checkpoint $1 | split -b 15M - "$OUT/$1.tar.part-"; fi
+}
+
 # Joins the payload that pack.sh split into one part per call, once the last call brought its part.
 join_payload() {
     [ -f $PARTS/twigvlm.xz ] && return 0

@@ -18,30 +18,16 @@ lr=${4:?$usage}
 twig_budget=${5:-}
 shift $(($# < 5 ? $# : 5))
 BATCH=16
-# Upper bounds of the runs' lengths. --time-limit fits a run to its budget from step 10 on, but
-# until then it follows the warm-up and schedule of this many steps, so they are set near the
-# lengths that the budgets give on an H200 (574 instruct steps in 410 s, 57 twig steps in 112 s).
-INSTRUCT_STEPS_AT_MOST=1000
-TWIG_STEPS_AT_MOST=150
 EVAL_EVERY=200
 TWIG_EVAL_EVERY=50
-RUNS=/tmp/runs
 MODEL=/tmp/model-continued
-mkdir -p $RUNS
-# bring_back NAME: the run directory $RUNS/NAME (without its checkpoint) and its log into $OUT.
-bring_back() {
-    nvidia-smi --query-gpu=memory.used --format=csv >> $RUNS/$1.log 2>/dev/null || true
-    cp $RUNS/$1.log "$OUT/"
-    if [ -d $RUNS/$1 ]; then tar -C $RUNS -cf - --exclude checkpoint $1 | split -b 15M - "$OUT/$1.tar.part-"; fi
-}
 join_payload
 unpack_binary
 unpack_language_model 2>&1 | tail -3
 # This machine's copy of the tree came without the committed tuned layers (pack.sh).
 [ -f models/shapes-smol/language_model_tuned.safetensors ] || cp $PARTS/language_model_tuned.safetensors models/shapes-smol/
-"$BIN" train instruct --config models/shapes-smol --vision models/shapes-smol --language-model /tmp/smollm2 \
-    --projector models/shapes-smol --freeze-projector --lm-layers 16 --attention-only --tuned-from models/shapes-smol \
-    --batch-size $BATCH --lr "$lr" --warmup 0.05 --steps $INSTRUCT_STEPS_AT_MOST --time-limit "$budget" --eval-every $EVAL_EVERY \
+train_instruct --tuned-from models/shapes-smol \
+    --batch-size $BATCH --lr "$lr" --warmup 0.05 --steps $(steps_within $budget) --time-limit "$budget" --eval-every $EVAL_EVERY \
     --checkpoint-every 100000 --data "$data" --replay-data xtask/data/chat-replay-smollm2.json \
     --eval-data shapes:seed=1000000,n=128,task=short --backend "$backend" --quiet --log-level info \
     --out $RUNS/continue > $RUNS/continue.log 2>&1 || echo "continue failed" >> $RUNS/continue.log
@@ -53,7 +39,7 @@ if [ -n "$twig_budget" ] && [ -f $RUNS/continue/language_model_tuned.safetensors
     rm -rf $MODEL && cp -r models/shapes-smol $MODEL && rm -rf $MODEL/twig
     cp $RUNS/continue/language_model_tuned.safetensors $MODEL/
     "$BIN" prepare-demo --model $MODEL --cache /tmp > /dev/null
-    "$BIN" train-twig --model $MODEL "$@" --steps $TWIG_STEPS_AT_MOST --time-limit "$twig_budget" --eval-every $TWIG_EVAL_EVERY \
+    "$BIN" train-twig --model $MODEL "$@" --steps $(steps_within $twig_budget) --time-limit "$twig_budget" --eval-every $TWIG_EVAL_EVERY \
         --checkpoint-every 100000 --backend "$backend" --quiet --log-level info \
         --out $RUNS/twig > $RUNS/twig.log 2>&1 || echo "twig failed" >> $RUNS/twig.log
     tail -3 $RUNS/twig.log

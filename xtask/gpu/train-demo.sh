@@ -10,8 +10,6 @@
 source "$(dirname "$0")/common.sh"
 budget=${1:?usage: train-demo.sh SECONDS [BACKEND]}
 backend=${2:-cuda}
-RUNS=/tmp/runs
-mkdir -p $RUNS
 join_payload
 unpack_binary
 unpack_language_model 2>&1 | tail -3
@@ -19,9 +17,9 @@ unpack_language_model 2>&1 | tail -3
 # instruct_run NAME SHARE% DATA EVAL_DATA [more twigvlm arguments]
 instruct_run() {
     local name=$1 share=$2 data=$3 eval_data=$4; shift 4
-    "$BIN" train instruct --config models/shapes-smol --vision models/shapes-smol --language-model /tmp/smollm2 \
-        --projector models/shapes-smol --freeze-projector --lm-layers 16 --attention-only --lr 1e-3 --batch-size 16 \
-        --data "$data" --eval-data "$eval_data" --steps 100000 --time-limit $((budget * share / 100)) --warmup 0.05 \
+    local seconds=$((budget * share / 100))
+    train_instruct --lr 1e-3 --batch-size 16 \
+        --data "$data" --eval-data "$eval_data" --steps $(steps_within $seconds) --time-limit $seconds --warmup 0.05 \
         --eval-every 50 --checkpoint-every 1000 --backend "$backend" --gpu-autotune minimal --quiet --log-level info \
         --out $RUNS/$name "$@" > "$RUNS/$name.log" 2>&1 || echo "$name failed" >> "$RUNS/$name.log"
     tail -3 "$RUNS/$name.log"
@@ -30,6 +28,5 @@ instruct_run one-or-two 15 "shapes:seed=1,n=1000000,task=short,turns=4,objects=1
 instruct_run two-or-three 25 "shapes:seed=1,n=1000000,task=color+shape+exists,turns=8,objects=2-3" \
     "shapes:seed=1000000,n=96,task=color+shape+exists,objects=2-3" --tuned-from $RUNS/one-or-two
 instruct_run full 60 "shapes:seed=1,n=1000000,task=all,turns=8" "shapes:seed=1000000,n=80,task=all" --tuned-from $RUNS/two-or-three
-nvidia-smi --query-gpu=memory.used --format=csv >> $RUNS/full.log || true
+bring_back full
 cp $RUNS/*.log "$OUT/"
-tar -C $RUNS -cf - --exclude checkpoint full | split -b 15M - "$OUT/full.tar.part-"
