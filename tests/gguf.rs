@@ -39,7 +39,8 @@ fn every_type_dequantises_like_the_reference_package() {
         assert_close(&info.name, &got, &want.read_f32(&info.name).unwrap(), 1e-6);
         seen.insert(info.ggml_type.name());
     }
-    let all: std::collections::BTreeSet<String> = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1"].map(String::from).into();
+    let all: std::collections::BTreeSet<String> =
+        ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1"].map(String::from).into();
     assert_eq!(seen, all, "the fixture covers every supported type");
 }
 

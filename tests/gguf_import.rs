@@ -22,7 +22,8 @@ struct Reference {
 fn reference() -> Reference {
     let path = fixtures().join("gguf/tiny-llama.reference.json");
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let ids = |v: &serde_json::Value| v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect::<Vec<_>>();
+    let ids =
+        |v: &serde_json::Value| v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect::<Vec<_>>();
     let texts = json["round_trip_texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string());
     Reference {
         text: json["text"].as_str().unwrap().to_string(),
@@ -54,7 +55,10 @@ fn check(dtype: ImportDtype, logits_atol: f32) {
 
     let prompt = lm.tokenizer.encode(&reference.text, 0).unwrap();
     assert_eq!(prompt.ids, reference.prompt_ids, "tokenisation with special tokens, digits and emoji");
-    assert_eq!(lm.tokenizer.decode(&prompt.ids).unwrap(), reference.text.replace("<|im_start|>", "").replace("<|im_end|>", ""));
+    assert_eq!(
+        lm.tokenizer.decode(&prompt.ids).unwrap(),
+        reference.text.replace("<|im_start|>", "").replace("<|im_end|>", "")
+    );
     for (text, ids) in &reference.round_trip {
         assert_eq!(&lm.tokenizer.encode(text, 0).unwrap().ids, ids, "{text}");
         assert_eq!(&lm.tokenizer.decode(ids).unwrap(), text);
@@ -65,14 +69,27 @@ fn check(dtype: ImportDtype, logits_atol: f32) {
     let embeds = lm.model.embed(Tensor::from_data(TensorData::new(ids.clone(), [1, ids.len()]), &device));
     let positions: Vec<usize> = (0..ids.len()).collect();
     let mut cache = KvCache::new(lm.model.num_layers());
-    let out_h = lm.model.forward_layers(embeds.clone(), &lm.model.rope(&positions, &device), 0..lm.model.num_layers(), &mut cache, &AttentionProbe::default());
+    let out_h = lm.model.forward_layers(
+        embeds.clone(),
+        &lm.model.rope(&positions, &device),
+        0..lm.model.num_layers(),
+        &mut cache,
+        &AttentionProbe::default(),
+    );
     let last = lm.model.logits(out_h.hidden.narrow(1, ids.len() - 1, 1)).into_data().into_vec::<f32>().unwrap();
     let diff = max_abs_diff(&last, &reference.last_logits);
     eprintln!("{dtype:?} import: last-logit max |diff| {diff:.2e}");
     assert!(diff <= logits_atol, "{dtype:?}: {diff}");
 
-    let config = DecodeConfig { max_new_tokens: reference.greedy_ids.len(), eos_token_ids: vec![2], context_length: lm.config.max_position_embeddings };
-    let out = decode_vanilla(&lm.model, embeds, &config, &mut Sampler::new(Sampling::Greedy, 0), |_| ControlFlow::Continue(())).unwrap();
+    let config = DecodeConfig {
+        max_new_tokens: reference.greedy_ids.len(),
+        eos_token_ids: vec![2],
+        context_length: lm.config.max_position_embeddings,
+    };
+    let out = decode_vanilla(&lm.model, embeds, &config, &mut Sampler::new(Sampling::Greedy, 0), |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap();
     assert_eq!(out.tokens, reference.greedy_ids);
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -91,10 +108,14 @@ fn f16_import_keeps_greedy_tokens() {
 #[test]
 fn foreign_architectures_and_tensors_are_refused() {
     let out = std::env::temp_dir().join(format!("twigvlm-import-bad-{}", std::process::id()));
-    let err = import_gguf(&fixtures().join("gguf/unsupported-q4k.gguf"), &out, ImportDtype::F16, |_, _| {}).unwrap_err().to_string();
+    let err = import_gguf(&fixtures().join("gguf/unsupported-q4k.gguf"), &out, ImportDtype::F16, |_, _| {})
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("missing metadata"), "{err}");
     assert!(!out.exists(), "nothing is written on failure");
-    let err = import_gguf(&fixtures().join("gguf/unknown-arch.gguf"), &out, ImportDtype::F16, |_, _| {}).unwrap_err().to_string();
+    let err = import_gguf(&fixtures().join("gguf/unknown-arch.gguf"), &out, ImportDtype::F16, |_, _| {})
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("architecture `mamba` is not supported"), "{err}");
     assert!(!out.exists());
 }
@@ -117,7 +138,11 @@ fn imported_chat_template_renders_the_reference_prompt_and_splits_training_turns
     assert_eq!(span.len(), 4);
     assert!(trained[..span.end].iter().all(|&t| !t), "nothing before the first answer is trained");
     let answer_ids: Vec<u32> = tokens.ids.iter().zip(&trained).filter(|(_, &t)| t).map(|(&id, _)| id).collect();
-    assert_eq!(lm.tokenizer.decode(&answer_ids).unwrap(), "red\nblue\n", "answers and their end-of-turn tokens are trained");
+    assert_eq!(
+        lm.tokenizer.decode(&answer_ids).unwrap(),
+        "red\nblue\n",
+        "answers and their end-of-turn tokens are trained"
+    );
     assert_eq!(answer_ids.iter().filter(|&&id| id == 2).count(), 2, "<|im_end|> closes each answer");
     std::fs::remove_dir_all(&dir).unwrap();
 }

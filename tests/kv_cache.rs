@@ -8,7 +8,10 @@ use twigvlm_integration::*;
 type B = TestBackend;
 
 fn decoder() -> LlamaDecoder<B> {
-    load_llava::<B>(&model_dir("tiny-llava-hf5"), &LoadOptions::default(), &Default::default()).unwrap().model.language_model
+    load_llava::<B>(&model_dir("tiny-llava-hf5"), &LoadOptions::default(), &Default::default())
+        .unwrap()
+        .model
+        .language_model
 }
 
 fn ids(tokens: &[i32]) -> Tensor<B, 2, Int> {
@@ -23,7 +26,13 @@ fn host(t: Tensor<B, 3>) -> Vec<f32> {
 fn logits_from(lm: &LlamaDecoder<B>, cache: &mut KvCache<B>, tokens: &[i32], start: usize) -> Vec<f32> {
     let positions: Vec<usize> = (start..tokens.len()).collect();
     let rope = lm.rope(&positions, &Default::default());
-    let out = lm.forward_layers(lm.embed(ids(&tokens[start..])), &rope, 0..lm.num_layers(), cache, &AttentionProbe::default());
+    let out = lm.forward_layers(
+        lm.embed(ids(&tokens[start..])),
+        &rope,
+        0..lm.num_layers(),
+        cache,
+        &AttentionProbe::default(),
+    );
     host(lm.logits(out.hidden))
 }
 
@@ -67,15 +76,31 @@ fn layers_can_hold_different_lengths_and_positions_stay_explicit() {
     let kept: Vec<usize> = vec![0, 1, 5, 6, 7, 8];
     let mut cache = KvCache::new(lm.num_layers());
     let all: Vec<usize> = (0..TOKENS.len()).collect();
-    let out = lm.forward_layers(lm.embed(ids(&TOKENS)), &lm.rope(&all, &device), 0..1, &mut cache, &AttentionProbe::default());
-    let index = Tensor::<B, 1, Int>::from_data(TensorData::new(kept.iter().map(|&k| k as i32).collect::<Vec<_>>(), [kept.len()]), &device);
+    let out = lm.forward_layers(
+        lm.embed(ids(&TOKENS)),
+        &lm.rope(&all, &device),
+        0..1,
+        &mut cache,
+        &AttentionProbe::default(),
+    );
+    let index = Tensor::<B, 1, Int>::from_data(
+        TensorData::new(kept.iter().map(|&k| k as i32).collect::<Vec<_>>(), [kept.len()]),
+        &device,
+    );
     let pruned = out.hidden.select(1, index);
-    let out = lm.forward_layers(pruned, &lm.rope(&kept, &device), 1..lm.num_layers(), &mut cache, &AttentionProbe::default());
+    let out =
+        lm.forward_layers(pruned, &lm.rope(&kept, &device), 1..lm.num_layers(), &mut cache, &AttentionProbe::default());
     let mut lengths = vec![kept.len(); lm.num_layers()];
     lengths[0] = TOKENS.len();
     assert_eq!(cache.lengths(), lengths);
     // The next token at position 9 attends per layer to what that layer holds.
-    let next = lm.forward_layers(lm.embed(ids(&[42])), &lm.rope(&[9], &device), 0..lm.num_layers(), &mut cache, &AttentionProbe::last_row(1));
+    let next = lm.forward_layers(
+        lm.embed(ids(&[42])),
+        &lm.rope(&[9], &device),
+        0..lm.num_layers(),
+        &mut cache,
+        &AttentionProbe::last_row(1),
+    );
     assert_eq!(next.attention[0].1.dims(), [1, 4, 1, 10]);
     assert_eq!(next.attention[1].1.dims(), [1, 4, 1, 7]);
     assert!(host(out.hidden).iter().all(|v| v.is_finite()));

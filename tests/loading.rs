@@ -83,7 +83,9 @@ fn missing_tensor_is_named() {
 
 #[test]
 fn unused_tensors_are_reported() {
-    let dir = edited_copy("tiny-llava-hf5", |tensors| tensors.push(("model.language_model.extra.weight".into(), vec![2], vec![1.0, 2.0])));
+    let dir = edited_copy("tiny-llava-hf5", |tensors| {
+        tensors.push(("model.language_model.extra.weight".into(), vec![2], vec![1.0, 2.0]))
+    });
     let llava = load_llava::<B>(dir.path(), &LoadOptions::default(), &Default::default()).unwrap();
     assert_eq!(llava.report.unexpected, vec!["model.language_model.extra.weight".to_string()]);
     // post_layernorm and the unused last vision layer are ignored by design, not reported.

@@ -65,18 +65,33 @@ fn check_case(model: &str, llava: &LoadedLlava<B>, reference: &Reference, case: 
         assert_eq!(our_shape.to_vec(), shape, "{}", what("pixel shape"));
         if image.ends_with(".jpg") {
             let mean = pixels.iter().zip(&ref_pixels).map(|(a, b)| (a - b).abs()).sum::<f32>() / pixels.len() as f32;
-            eprintln!("{}: JPEG pixel max |diff| {:.4}, mean {mean:.5}", what("pixel_values"), max_abs_diff(&pixels, &ref_pixels));
+            eprintln!(
+                "{}: JPEG pixel max |diff| {:.4}, mean {mean:.5}",
+                what("pixel_values"),
+                max_abs_diff(&pixels, &ref_pixels)
+            );
             assert_close(&what("pixel_values"), &pixels, &ref_pixels, JPEG_PIXEL_MAX_ATOL);
             assert!(mean <= JPEG_PIXEL_MEAN_ATOL, "{}: mean |diff| {mean}", what("pixel_values"));
         } else {
             assert_close(&what("pixel_values"), &pixels, &ref_pixels, PIXEL_ATOL);
         }
 
-        let pixels = Tensor::<B, 3>::from_data(TensorData::new(ref_pixels, [shape[0], shape[1], shape[2]]), device).unsqueeze::<4>();
+        let pixels = Tensor::<B, 3>::from_data(TensorData::new(ref_pixels, [shape[0], shape[1], shape[2]]), device)
+            .unsqueeze::<4>();
         let vision = llava.model.vision_features(pixels.clone());
-        assert_close(&what("vision features"), &host(vision), &reference.tensor(&case.name, "vision_features").0, VISION_ATOL);
+        assert_close(
+            &what("vision features"),
+            &host(vision),
+            &reference.tensor(&case.name, "vision_features").0,
+            VISION_ATOL,
+        );
         let projected = llava.model.image_features(pixels);
-        assert_close(&what("image features"), &host(projected.clone()), &reference.tensor(&case.name, "image_features").0, VISION_ATOL);
+        assert_close(
+            &what("image features"),
+            &host(projected.clone()),
+            &reference.tensor(&case.name, "image_features").0,
+            VISION_ATOL,
+        );
         projected
     });
 

@@ -92,7 +92,8 @@ impl Reference {
         let meta: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{model}.json"))).expect("reference json"))
                 .expect("valid json");
-        let ids = |v: &serde_json::Value| v.as_array().expect("id list").iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        let ids =
+            |v: &serde_json::Value| v.as_array().expect("id list").iter().map(|x| x.as_u64().unwrap() as u32).collect();
         let cases = meta["cases"]
             .as_object()
             .expect("cases")

@@ -43,12 +43,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if !args.tiny_only {
         let mid = root.join("target/bench-models/mid-llava");
         if !mid.join("config.json").is_file() {
-            run_command(Command::new(&python)
-                .arg("xtask/bench/make_midsize.py")
-                .arg("--out")
-                .arg(&mid)
-                .arg("--tokenizer-from")
-                .arg(root.join("tests/fixtures/tiny-llava-hf5")))?;
+            run_command(
+                Command::new(&python)
+                    .arg("xtask/bench/make_midsize.py")
+                    .arg("--out")
+                    .arg(&mid)
+                    .arg("--tokenizer-from")
+                    .arg(root.join("tests/fixtures/tiny-llava-hf5")),
+            )?;
         }
         cases.push(Case {
             name: "mid-llava (d1024, 12 layers, 576 visual tokens)",
@@ -63,7 +65,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let hf = hf_run(&python, case, &args, threads)?;
         let ours = ours_run(case, &args)?;
         let ratio = ours["tokens_per_s"].as_f64().unwrap_or(0.0) / hf["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
-        let prefill_ratio = hf["prefill_ms"].as_f64().unwrap_or(f64::NAN) / ours["prefill_ms"].as_f64().unwrap_or(f64::NAN);
+        let prefill_ratio =
+            hf["prefill_ms"].as_f64().unwrap_or(f64::NAN) / ours["prefill_ms"].as_f64().unwrap_or(f64::NAN);
         let same_tokens = hf["generated_ids"] == ours["generated_ids"];
         println!(
             "{:<50} decode tok/s: HF {:>8.1}  twigvlm {:>8.1}  ratio {:>5.2}x | prefill ms: HF {:>8.1}  twigvlm {:>8.1} | same tokens: {same_tokens}",

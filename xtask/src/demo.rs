@@ -193,7 +193,8 @@ const CHAT_REPLAY: &str = "xtask/data/chat-replay-smollm2.json";
 /// The same for held-out prompts on other topics: what the tuned model and the twig are measured on.
 const CHAT_REPLAY_EVAL: &str = "xtask/data/chat-replay-smollm2-eval.json";
 /// The chat prompts each file answers.
-const CHAT_PROMPTS: [(&str, &str); 2] = [("xtask/data/chat-prompts-train.json", CHAT_REPLAY), ("xtask/data/chat-prompts-eval.json", CHAT_REPLAY_EVAL)];
+const CHAT_PROMPTS: [(&str, &str); 2] =
+    [("xtask/data/chat-prompts-train.json", CHAT_REPLAY), ("xtask/data/chat-prompts-eval.json", CHAT_REPLAY_EVAL)];
 /// Tokens of a replayed answer at most.
 const CHAT_REPLAY_TOKENS: &str = "96";
 
@@ -245,7 +246,11 @@ pub fn train(args: &TrainDemoArgs) -> anyhow::Result<()> {
     let cache = workspace_root().join(DEMO_CACHE);
     let (vision_out, projector_out) = (cache.join("vision"), cache.join("projector-words"));
     let common = ["--config", MODEL_DIR, "--resume", "--backend", args.backend.as_str()];
-    run(twigvlm().args(["train", "vision", "--steps", "400", "--batch-size", "32", "--lr", "1e-3"]).args(common).arg("--out").arg(&vision_out))?;
+    run(twigvlm()
+        .args(["train", "vision", "--steps", "400", "--batch-size", "32", "--lr", "1e-3"])
+        .args(common)
+        .arg("--out")
+        .arg(&vision_out))?;
     let language_stage = |stage: &str, out: &Path| {
         let mut cmd = twigvlm();
         cmd.args(["train", stage, "--vision"]).arg(&vision_out).arg("--language-model").arg(&lm);
@@ -253,7 +258,16 @@ pub fn train(args: &TrainDemoArgs) -> anyhow::Result<()> {
         cmd
     };
     let projector_steps = args.projector_steps.to_string();
-    run(language_stage("projector-words", &projector_out).args(["--steps", &projector_steps, "--batch-size", "32", "--lr", "2e-3", "--eval-every", "250"]))?;
+    run(language_stage("projector-words", &projector_out).args([
+        "--steps",
+        &projector_steps,
+        "--batch-size",
+        "32",
+        "--lr",
+        "2e-3",
+        "--eval-every",
+        "250",
+    ]))?;
 
     let last = InstructRun { steps: args.instruct_steps, time_limit: args.instruct_time_limit, ..LAST_RUN };
     let instruct_runs: Vec<&InstructRun> = CURRICULUM.iter().chain([&last]).collect();
@@ -263,8 +277,25 @@ pub fn train(args: &TrainDemoArgs) -> anyhow::Result<()> {
         let mut instruct = language_stage("instruct", &out);
         let data = format!("{},turns={}", stage.data, stage.questions_per_image);
         instruct.args(["--data", &data, "--eval-data", stage.eval_data]);
-        instruct.args(["--steps", &stage.steps.to_string(), "--batch-size", &stage.batch_size.to_string(), "--lr", stage.lr, "--warmup", "0.05"]);
-        instruct.args(["--eval-every", "25", "--checkpoint-every", "25", "--lm-layers", &args.lm_layers.to_string(), "--attention-only"]);
+        instruct.args([
+            "--steps",
+            &stage.steps.to_string(),
+            "--batch-size",
+            &stage.batch_size.to_string(),
+            "--lr",
+            stage.lr,
+            "--warmup",
+            "0.05",
+        ]);
+        instruct.args([
+            "--eval-every",
+            "25",
+            "--checkpoint-every",
+            "25",
+            "--lm-layers",
+            &args.lm_layers.to_string(),
+            "--attention-only",
+        ]);
         instruct.arg("--projector").arg(&projector_out).arg("--freeze-projector");
         if let Some(dir) = &tuned_from {
             instruct.arg("--tuned-from").arg(dir);
@@ -303,9 +334,30 @@ pub fn train(args: &TrainDemoArgs) -> anyhow::Result<()> {
 /// left out: it cut the drafts accepted per round on descriptions from 1.76 to 1.02, and chat drafts were almost never
 /// accepted (bench/results/demo-twig/chat-mixture).
 const TWIG_ARGS: [&str; 24] = [
-    "--k", "2", "--t", "3", "--init", "adjacent", "--twig-head", "shared", "--twig-mlp", "frozen", "--targets", "base",
-    "--data", "shapes:seed=3,n=100000,task=describe+color+shape+exists+where,turns=4", "--eval-data", "shapes:seed=1000000,n=32,task=all",
-    "--lr", "3e-4", "--batch-size", "8", "--attention-teacher", "24", "--attention-weight", "4",
+    "--k",
+    "2",
+    "--t",
+    "3",
+    "--init",
+    "adjacent",
+    "--twig-head",
+    "shared",
+    "--twig-mlp",
+    "frozen",
+    "--targets",
+    "base",
+    "--data",
+    "shapes:seed=3,n=100000,task=describe+color+shape+exists+where,turns=4",
+    "--eval-data",
+    "shapes:seed=1000000,n=32,task=all",
+    "--lr",
+    "3e-4",
+    "--batch-size",
+    "8",
+    "--attention-teacher",
+    "24",
+    "--attention-weight",
+    "4",
 ];
 /// Where the committed twig lives inside the demo model directory.
 const TWIG_DIR: &str = "twig";
@@ -332,12 +384,23 @@ pub fn train_twig(args: &TrainDemoTwigArgs) -> anyhow::Result<()> {
     let steps = args.steps.to_string();
     let mut train = twigvlm();
     train.args(["train-twig", "--model", MODEL_DIR]).args(TWIG_ARGS);
-    train.args(["--steps", &steps, "--eval-every", "20", "--checkpoint-every", "20", "--resume", "--backend", &args.backend]);
+    train.args([
+        "--steps",
+        &steps,
+        "--eval-every",
+        "20",
+        "--checkpoint-every",
+        "20",
+        "--resume",
+        "--backend",
+        &args.backend,
+    ]);
     run(train.arg("--out").arg(&out))?;
     let dir = workspace_root().join(MODEL_DIR).join(TWIG_DIR);
     std::fs::create_dir_all(&dir)?;
     for file in TWIG_FILES {
-        std::fs::copy(out.join(file), dir.join(file)).with_context(|| format!("cannot copy {file} into {}", dir.display()))?;
+        std::fs::copy(out.join(file), dir.join(file))
+            .with_context(|| format!("cannot copy {file} into {}", dir.display()))?;
     }
     Ok(())
 }
@@ -349,13 +412,20 @@ pub fn chat_replay() -> anyhow::Result<()> {
     let pretrained = workspace_root().join(DEMO_CACHE).join("pretrained-lm");
     std::fs::create_dir_all(&pretrained)?;
     for file in ["config.json", "preprocessor_config.json", VISION_FILE, PROJECTOR_FILE] {
-        std::fs::copy(workspace_root().join(MODEL_DIR).join(file), pretrained.join(file)).with_context(|| format!("cannot copy {file}"))?;
+        std::fs::copy(workspace_root().join(MODEL_DIR).join(file), pretrained.join(file))
+            .with_context(|| format!("cannot copy {file}"))?;
     }
     run(twigvlm().arg("prepare-demo").arg("--model").arg(&pretrained).args(["--cache", DEMO_CACHE]))?;
     for (prompts, answers) in CHAT_PROMPTS {
         let out = pretrained.join(Path::new(answers).file_stem().expect("a file name"));
         let mut distill = twigvlm();
-        distill.arg("distill").arg("--model").arg(&pretrained).args(["--data", prompts, "--long-max-new-tokens", CHAT_REPLAY_TOKENS, "--resume"]);
+        distill.arg("distill").arg("--model").arg(&pretrained).args([
+            "--data",
+            prompts,
+            "--long-max-new-tokens",
+            CHAT_REPLAY_TOKENS,
+            "--resume",
+        ]);
         run(distill.arg("--out").arg(&out))?;
         std::fs::copy(out.join("distill.json"), workspace_root().join(answers))?;
     }
@@ -365,5 +435,15 @@ pub fn chat_replay() -> anyhow::Result<()> {
 /// Prepares the model if needed and answers a question about an example image.
 pub fn demo(image: &str, prompt: &str) -> anyhow::Result<()> {
     run(twigvlm().args(["prepare-demo", "--model", MODEL_DIR, "--cache", DEMO_CACHE]))?;
-    run(twigvlm().args(["generate", "--model", MODEL_DIR, "--image", image, "--prompt", prompt, "--max-new-tokens", "96"]))
+    run(twigvlm().args([
+        "generate",
+        "--model",
+        MODEL_DIR,
+        "--image",
+        image,
+        "--prompt",
+        prompt,
+        "--max-new-tokens",
+        "96",
+    ]))
 }

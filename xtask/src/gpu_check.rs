@@ -34,10 +34,23 @@ const GPU_BUILD: [&str; 3] = ["--no-default-features", "--features", "cuda"];
 /// Builds the parity test binary with `build_args` and returns its path.
 fn parity_binary(build_args: &[&str]) -> anyhow::Result<PathBuf> {
     let mut cmd = Command::new("cargo");
-    cmd.args(["test", "--release", "-p", "twigvlm-integration", "--test", "parity", "--no-run", "--message-format=json"]);
+    cmd.args([
+        "test",
+        "--release",
+        "-p",
+        "twigvlm-integration",
+        "--test",
+        "parity",
+        "--no-run",
+        "--message-format=json",
+    ]);
     cmd.args(build_args);
     let output = cmd.current_dir(workspace_root()).output().context("cannot run cargo test --no-run")?;
-    anyhow::ensure!(output.status.success(), "building the parity tests failed: {}", String::from_utf8_lossy(&output.stderr));
+    anyhow::ensure!(
+        output.status.success(),
+        "building the parity tests failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
@@ -50,7 +63,8 @@ fn compress(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> 
     let stripped = to.with_extension("stripped");
     run(Command::new("strip").arg("-o").arg(&stripped).arg(from))?;
     let xz = std::fs::File::create(to)?;
-    let status = Command::new("xz").args(["-T0", "-6", "-c"]).arg(&stripped).stdout(xz).status().context("cannot run xz")?;
+    let status =
+        Command::new("xz").args(["-T0", "-6", "-c"]).arg(&stripped).stdout(xz).status().context("cannot run xz")?;
     anyhow::ensure!(status.success(), "xz failed");
     std::fs::remove_file(stripped)?;
     Ok(())
@@ -61,7 +75,10 @@ pub fn run_check(args: Args) -> anyhow::Result<()> {
     if args.local {
         run(Command::new("cargo").args(["build", "--release", "-p", "twigvlm"]))?;
         let parity = parity_binary(&[])?;
-        return run(Command::new("bash").arg("xtask/gpu/gpu-check.sh").args(["flex", "llava-1b-shape", "32"]).arg(parity));
+        return run(Command::new("bash")
+            .arg("xtask/gpu/gpu-check.sh")
+            .args(["flex", "llava-1b-shape", "32"])
+            .arg(parity));
     }
     anyhow::ensure!(args.pack, "say --pack (prepare a device call) or --local (run here)");
     run(Command::new("cargo").args(["build", "--release", "-p", "twigvlm"]).args(GPU_BUILD))?;

@@ -91,7 +91,9 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Ci => run(Command::new("bash").arg(".ci/run")),
-        Task::MakeModel { args } => run(Command::new("cargo").args(["run", "--release", "-p", "twigvlm", "--", "make-model"]).args(args)),
+        Task::MakeModel { args } => {
+            run(Command::new("cargo").args(["run", "--release", "-p", "twigvlm", "--", "make-model"]).args(args))
+        }
         Task::Fixtures => {
             let python = python::venv()?;
             run(Command::new(&python).args(["xtask/fixtures/make_llava_fixtures.py", "--out", "tests/fixtures"]))?;

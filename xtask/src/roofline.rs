@@ -56,8 +56,14 @@ fn copy_bandwidth(threads: usize) -> f64 {
 fn decode_weight_count(config: &Value) -> anyhow::Result<f64> {
     let text = &config["text_config"];
     let get = |key: &str| text[key].as_f64().with_context(|| format!("config.json has no text_config.{key}"));
-    let (hidden, intermediate, layers, heads, kv_heads, vocab) =
-        (get("hidden_size")?, get("intermediate_size")?, get("num_hidden_layers")?, get("num_attention_heads")?, get("num_key_value_heads")?, get("vocab_size")?);
+    let (hidden, intermediate, layers, heads, kv_heads, vocab) = (
+        get("hidden_size")?,
+        get("intermediate_size")?,
+        get("num_hidden_layers")?,
+        get("num_attention_heads")?,
+        get("num_key_value_heads")?,
+        get("vocab_size")?,
+    );
     let head_dim = hidden / heads;
     let attention = 2.0 * hidden * heads * head_dim + 2.0 * hidden * kv_heads * head_dim;
     let mlp = 3.0 * hidden * intermediate;
@@ -90,7 +96,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(output.status.success(), "twigvlm bench failed: {}", String::from_utf8_lossy(&output.stderr));
     let report: Value = serde_json::from_slice(&output.stdout)?;
     let row = &report["rows"][0];
-    let (new_tokens, decode_ms) = (row["new_tokens"].as_f64().context("new_tokens")?, row["decode_ms"].as_f64().context("decode_ms")?);
+    let (new_tokens, decode_ms) =
+        (row["new_tokens"].as_f64().context("new_tokens")?, row["decode_ms"].as_f64().context("decode_ms")?);
     // The first token comes from the prefill.
     let decode_tokens_per_s = (new_tokens - 1.0) / (decode_ms / 1e3);
     let bytes_per_token = decode_weight_count(&config)? * RUNTIME_BYTES_PER_WEIGHT;
@@ -114,5 +121,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 fn write_json(path: &Path, value: &Value) -> anyhow::Result<()> {
     std::fs::create_dir_all(path.parent().expect("a results directory"))?;
-    std::fs::write(path, serde_json::to_string_pretty(value)?).with_context(|| format!("cannot write {}", path.display()))
+    std::fs::write(path, serde_json::to_string_pretty(value)?)
+        .with_context(|| format!("cannot write {}", path.display()))
 }

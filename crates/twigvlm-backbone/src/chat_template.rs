@@ -95,7 +95,8 @@ impl ChatTemplate {
     pub fn from_model_dir(dir: &Path) -> Result<Option<Self>> {
         let config_path = dir.join("tokenizer_config.json");
         let config: serde_json::Value = match std::fs::read_to_string(&config_path) {
-            Ok(text) => serde_json::from_str(&text).map_err(|source| BackboneError::Json { path: config_path.clone(), source })?,
+            Ok(text) => serde_json::from_str(&text)
+                .map_err(|source| BackboneError::Json { path: config_path.clone(), source })?,
             Err(_) => serde_json::Value::Null,
         };
         let jinja_path = dir.join("chat_template.jinja");
@@ -136,7 +137,12 @@ impl ChatTemplate {
     /// Splits a conversation (optional system message, then user/assistant pairs, the image
     /// placeholder handled as in [`Self::render`]) into prompt and trained segments: each trained
     /// segment is what the template adds for one assistant message after the assistant's cue.
-    pub fn training_segments(&self, system: Option<&str>, turns: &[(String, String)], has_image: bool) -> Result<Vec<Segment>> {
+    pub fn training_segments(
+        &self,
+        system: Option<&str>,
+        turns: &[(String, String)],
+        has_image: bool,
+    ) -> Result<Vec<Segment>> {
         let mut messages: Vec<ChatMessage> = system.map(|s| ChatMessage::new(Role::System, s)).into_iter().collect();
         let mut segments = Vec::new();
         let mut rendered = String::new();
@@ -146,7 +152,9 @@ impl ChatTemplate {
             let prompt = self.render_messages(&messages, true)?;
             messages.push(ChatMessage::new(Role::Assistant, assistant.clone()));
             let full = self.render_messages(&messages, false)?;
-            let (Some(question), Some(answer)) = (prompt.strip_prefix(rendered.as_str()), full.strip_prefix(prompt.as_str())) else {
+            let (Some(question), Some(answer)) =
+                (prompt.strip_prefix(rendered.as_str()), full.strip_prefix(prompt.as_str()))
+            else {
                 return Err(BackboneError::Prompt(
                     "the chat template does not render conversations incrementally (each turn must extend the previous text); \
                      it cannot be used for training"
@@ -169,7 +177,9 @@ fn user_text(prompt: &str, has_image: bool) -> Result<String> {
     match (has_image, prompt.matches(IMAGE_PLACEHOLDER).count()) {
         (false, 0) | (true, 1) => Ok(prompt.to_string()),
         (true, 0) => Ok(format!("{IMAGE_PLACEHOLDER}\n{prompt}")),
-        (false, _) => Err(BackboneError::Prompt(format!("the prompt contains {IMAGE_PLACEHOLDER} but no image was given"))),
+        (false, _) => {
+            Err(BackboneError::Prompt(format!("the prompt contains {IMAGE_PLACEHOLDER} but no image was given")))
+        }
         (true, n) => Err(BackboneError::Prompt(format!(
             "the prompt contains {n} {IMAGE_PLACEHOLDER} placeholders; one image per prompt is supported"
         ))),

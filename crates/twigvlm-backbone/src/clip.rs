@@ -77,8 +77,8 @@ impl<B: Backend> ClipVisionTower<B> {
             .with_stride([cfg.patch_size, cfg.patch_size])
             .with_bias(false)
             .init(loader.device());
-        patch_embedding.weight =
-            loader.param(&format!("{emb}.patch_embedding.weight"), [d, cfg.num_channels, cfg.patch_size, cfg.patch_size])?;
+        patch_embedding.weight = loader
+            .param(&format!("{emb}.patch_embedding.weight"), [d, cfg.num_channels, cfg.patch_size, cfg.patch_size])?;
         let layers = (0..layers_needed)
             .map(|i| {
                 let p = format!("{prefix}.encoder.layers.{i}");

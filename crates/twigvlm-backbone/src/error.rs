@@ -32,11 +32,7 @@ pub enum BackboneError {
     MissingTensor { name: String, expected: Vec<usize> },
 
     #[error("tensor `{name}` has shape {found:?} in the checkpoint, but the model expects {expected:?}")]
-    ShapeMismatch {
-        name: String,
-        expected: Vec<usize>,
-        found: Vec<usize>,
-    },
+    ShapeMismatch { name: String, expected: Vec<usize>, found: Vec<usize> },
 
     #[error("tensor `{name}` has unsupported dtype {dtype}; supported: f32, f16, bf16")]
     UnsupportedDtype { name: String, dtype: String },

@@ -38,7 +38,12 @@ impl<B: Backend> LlavaModel<B> {
     ///
     /// # Shapes
     /// - output: `[1, prompt_len, hidden]`
-    pub fn embed_prompt(&self, prompt: &PromptTokens, image_features: Option<Tensor<B, 3>>, device: &B::Device) -> Tensor<B, 3> {
+    pub fn embed_prompt(
+        &self,
+        prompt: &PromptTokens,
+        image_features: Option<Tensor<B, 3>>,
+        device: &B::Device,
+    ) -> Tensor<B, 3> {
         embed_with_image(&self.language_model, prompt, image_features, device)
     }
 }

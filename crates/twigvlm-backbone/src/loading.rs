@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use burn::prelude::*;
 use serde::de::DeserializeOwned;
 
+use crate::chat_template::ChatTemplate;
 use crate::clip::ClipVisionTower;
 use crate::config::hf::{HfClipDirConfig, HfLlamaConfig, HfLlavaConfig, HfOriginalLlavaExtras, HfPreprocessorConfig};
 use crate::config::LlavaConfig;
@@ -14,7 +15,6 @@ use crate::llama::LlamaDecoder;
 use crate::llava::LlavaModel;
 use crate::preprocess::ImagePreprocessor;
 use crate::projector::Projector;
-use crate::chat_template::ChatTemplate;
 use crate::prompt::PromptTokenizer;
 use crate::weights::layout::{find_vision, ignorable, LayoutKind};
 use crate::weights::{CheckpointLayout, LoadReport, TensorSource, WeightLoader};
@@ -69,14 +69,20 @@ pub fn load_llava<B: Backend>(dir: &Path, options: &LoadOptions, device: &B::Dev
         (Some(_), _) => None,
         (None, Some(clip_dir)) => Some(TensorSource::open_dir(clip_dir)?),
         (None, None) => return Err(BackboneError::MissingTensor {
-            name: "vision_tower.vision_model.embeddings.patch_embedding.weight (no vision tower under any known prefix)".into(),
-            expected: vec![config.vision.hidden_size, config.vision.num_channels, config.vision.patch_size, config.vision.patch_size],
+            name:
+                "vision_tower.vision_model.embeddings.patch_embedding.weight (no vision tower under any known prefix)"
+                    .into(),
+            expected: vec![
+                config.vision.hidden_size,
+                config.vision.num_channels,
+                config.vision.patch_size,
+                config.vision.patch_size,
+            ],
         }),
     };
     let vision_prefix = match &separate_vision {
-        Some(clip) => find_vision(clip).ok_or_else(|| BackboneError::UnknownLayout {
-            sample: clip.names().take(8).map(String::from).collect(),
-        })?,
+        Some(clip) => find_vision(clip)
+            .ok_or_else(|| BackboneError::UnknownLayout { sample: clip.names().take(8).map(String::from).collect() })?,
         None => layout.vision.clone().expect("checked above"),
     };
     let vision_layers = config.vision_layers_needed().map_err(unsupported)?;
@@ -116,7 +122,12 @@ pub fn read_llava_spec(dir: &Path) -> Result<(LlavaConfig, ImagePreprocessor)> {
     Ok((config, preprocessor))
 }
 
-fn preprocessor_for(dir: &Path, clip_dir: Option<&Path>, config: &LlavaConfig, pad_default: bool) -> Result<ImagePreprocessor> {
+fn preprocessor_for(
+    dir: &Path,
+    clip_dir: Option<&Path>,
+    config: &LlavaConfig,
+    pad_default: bool,
+) -> Result<ImagePreprocessor> {
     const FILE: &str = "preprocessor_config.json";
     let candidates = std::iter::once(dir.join(FILE)).chain(clip_dir.map(|d| d.join(FILE)));
     for path in candidates {
@@ -171,13 +182,16 @@ pub fn load_language_model<B: Backend>(dir: &Path, device: &B::Device) -> Result
 
 /// [`load_language_model`] with the tensors of each safetensors file in `replacements` (such as
 /// tuned layers from an earlier training run) in place of the checkpoint's own.
-pub fn load_language_model_with<B: Backend>(dir: &Path, replacements: &[PathBuf], device: &B::Device) -> Result<LoadedLanguageModel<B>> {
+pub fn load_language_model_with<B: Backend>(
+    dir: &Path,
+    replacements: &[PathBuf],
+    device: &B::Device,
+) -> Result<LoadedLanguageModel<B>> {
     const HEAD: &str = "lm_head";
     let config_path = dir.join("config.json");
     let hf: HfLlamaConfig = read_json(&config_path)?;
-    let config = hf
-        .to_llama(None)
-        .map_err(|reason| BackboneError::UnsupportedConfig { path: config_path.clone(), reason })?;
+    let config =
+        hf.to_llama(None).map_err(|reason| BackboneError::UnsupportedConfig { path: config_path.clone(), reason })?;
     let mut source = TensorSource::open_dir(dir)?;
     for file in replacements {
         source.override_with_safetensors(file)?;

@@ -62,9 +62,7 @@ impl ImagePreprocessor {
             shortest_edge: cfg.do_resize.then(|| edge(&cfg.size).map(|(h, _)| h)).flatten(),
             crop: cfg.do_center_crop.then(|| edge(&cfg.crop_size)).flatten(),
             rescale_factor: cfg.do_rescale.then_some(cfg.rescale_factor),
-            normalize: cfg
-                .do_normalize
-                .then(|| (triple(&cfg.image_mean, CLIP_MEAN), triple(&cfg.image_std, CLIP_STD))),
+            normalize: cfg.do_normalize.then(|| (triple(&cfg.image_mean, CLIP_MEAN), triple(&cfg.image_std, CLIP_STD))),
         }
     }
 

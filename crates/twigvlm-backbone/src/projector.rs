@@ -26,7 +26,9 @@ impl<B: Backend> Projector<B> {
                 linear_2: Some(loader.linear(second, d_out, d_out, cfg.bias)?),
                 activation: cfg.activation,
             }),
-            ([only], None) => Ok(Self { linear_1: loader.linear(only, d_in, d_out, cfg.bias)?, linear_2: None, activation: None }),
+            ([only], None) => {
+                Ok(Self { linear_1: loader.linear(only, d_in, d_out, cfg.bias)?, linear_2: None, activation: None })
+            }
             _ => Err(crate::error::BackboneError::MissingTensor {
                 name: format!("{} (projector layers do not match the configured projector type)", prefixes.join(", ")),
                 expected: vec![d_in, d_out],

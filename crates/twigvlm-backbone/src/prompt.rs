@@ -102,7 +102,11 @@ impl PromptTokenizer {
     /// Encodes training segments (see `ChatTemplate::training_segments`): the first segment like a
     /// prompt (special tokens, image placeholder), later ones as plain continuations. Returns the
     /// tokens and, per token, whether it belongs to a trained segment.
-    pub fn encode_segments(&self, segments: &[crate::chat_template::Segment], visual_tokens: usize) -> Result<(PromptTokens, Vec<bool>)> {
+    pub fn encode_segments(
+        &self,
+        segments: &[crate::chat_template::Segment],
+        visual_tokens: usize,
+    ) -> Result<(PromptTokens, Vec<bool>)> {
         let mut tokens = PromptTokens { ids: Vec::new(), image_span: None };
         let mut trained = Vec::new();
         for (index, segment) in segments.iter().enumerate() {
@@ -111,9 +115,14 @@ impl PromptTokenizer {
                 tokens.ids.len()
             } else {
                 if segment.text.contains(IMAGE_PLACEHOLDER) {
-                    return Err(BackboneError::Prompt(format!("{IMAGE_PLACEHOLDER} may only appear in the first user turn")));
+                    return Err(BackboneError::Prompt(format!(
+                        "{IMAGE_PLACEHOLDER} may only appear in the first user turn"
+                    )));
                 }
-                let ids = self.tokenizer.encode(segment.text.as_str(), false).map_err(|e| BackboneError::Tokenizer(e.to_string()))?;
+                let ids = self
+                    .tokenizer
+                    .encode(segment.text.as_str(), false)
+                    .map_err(|e| BackboneError::Tokenizer(e.to_string()))?;
                 tokens.ids.extend_from_slice(ids.get_ids());
                 ids.len()
             };

@@ -16,7 +16,11 @@ fn chatml_renders_like_transformers_apply_chat_template() {
         "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
          <|im_start|>user\n<image>\nWhat color is the triangle?<|im_end|>\n<|im_start|>assistant\n"
     );
-    let messages = [ChatMessage::new(Role::System, "Be brief."), ChatMessage::new(Role::User, "Hi"), ChatMessage::new(Role::Assistant, "Hello")];
+    let messages = [
+        ChatMessage::new(Role::System, "Be brief."),
+        ChatMessage::new(Role::User, "Hi"),
+        ChatMessage::new(Role::Assistant, "Hello"),
+    ];
     assert_eq!(
         t.render_messages(&messages, false).unwrap(),
         "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello<|im_end|>\n"
@@ -26,17 +30,24 @@ fn chatml_renders_like_transformers_apply_chat_template() {
 #[test]
 fn vicuna_v1_multi_turn_matches_llava_conversation() {
     let t = ChatTemplate::VicunaV1;
-    let turns = [("<image>\nWhat is it?".to_string(), "A cat.".to_string()), ("Colour?".to_string(), "Black.".to_string())];
+    let turns =
+        [("<image>\nWhat is it?".to_string(), "A cat.".to_string()), ("Colour?".to_string(), "Black.".to_string())];
     let segments = t.training_segments(None, &turns, true).unwrap();
     let text: String = segments.iter().map(|s| s.text.as_str()).collect();
-    assert!(text.ends_with("USER: <image>\nWhat is it? ASSISTANT: A cat.</s>USER: Colour? ASSISTANT: Black.</s>"), "{text}");
+    assert!(
+        text.ends_with("USER: <image>\nWhat is it? ASSISTANT: A cat.</s>USER: Colour? ASSISTANT: Black.</s>"),
+        "{text}"
+    );
     let trained: Vec<&str> = segments.iter().filter(|s| s.trained).map(|s| s.text.as_str()).collect();
     assert_eq!(trained, [" A cat.</s>", " Black.</s>"]);
 }
 
 #[test]
 fn training_segments_split_prompt_from_answer() {
-    let turns = [("What color is the ring?".to_string(), "red".to_string()), ("Is there a blue cross?".to_string(), "no".to_string())];
+    let turns = [
+        ("What color is the ring?".to_string(), "red".to_string()),
+        ("Is there a blue cross?".to_string(), "no".to_string()),
+    ];
     let segments = chatml().training_segments(Some("Answer briefly."), &turns, true).unwrap();
     assert_eq!(
         segments,
@@ -51,15 +62,25 @@ fn training_segments_split_prompt_from_answer() {
 
 #[test]
 fn template_errors_are_reported() {
-    let raising = JinjaTemplate::new("{{ raise_exception('only user turns') }}".into(), String::new(), String::new()).unwrap();
+    let raising =
+        JinjaTemplate::new("{{ raise_exception('only user turns') }}".into(), String::new(), String::new()).unwrap();
     let err = ChatTemplate::Jinja(raising).render("hi", false).unwrap_err().to_string();
     assert!(err.contains("only user turns"), "{err}");
-    assert!(JinjaTemplate::new("{% for %}".into(), String::new(), String::new()).unwrap_err().to_string().contains("does not parse"));
+    assert!(JinjaTemplate::new("{% for %}".into(), String::new(), String::new())
+        .unwrap_err()
+        .to_string()
+        .contains("does not parse"));
     // Python string methods work (pycompat), as HF templates use them.
-    let stripping = JinjaTemplate::new("{{ messages[0]['content'].strip() }}|".into(), String::new(), String::new()).unwrap();
+    let stripping =
+        JinjaTemplate::new("{{ messages[0]['content'].strip() }}|".into(), String::new(), String::new()).unwrap();
     assert_eq!(ChatTemplate::Jinja(stripping).render("  hi  ", false).unwrap(), "hi|");
     // A template that puts the newest message first cannot be split into training segments.
-    let reversed = JinjaTemplate::new("{% for m in messages|reverse %}{{ m['content'] }};{% endfor %}".into(), String::new(), String::new()).unwrap();
+    let reversed = JinjaTemplate::new(
+        "{% for m in messages|reverse %}{{ m['content'] }};{% endfor %}".into(),
+        String::new(),
+        String::new(),
+    )
+    .unwrap();
     let turns = [("a".to_string(), "b".to_string()), ("c".to_string(), "d".to_string())];
     let err = ChatTemplate::Jinja(reversed).training_segments(None, &turns, false).unwrap_err().to_string();
     assert!(err.contains("incrementally"), "{err}");
@@ -75,6 +96,10 @@ fn templates_are_found_in_a_model_directory() {
     let t = ChatTemplate::from_model_dir(&dir).unwrap().unwrap();
     assert_eq!(t.render("x", false).unwrap(), "<s>x</s>");
     std::fs::write(dir.join("chat_template.jinja"), "[{{ messages[0]['content'] }}]").unwrap();
-    assert_eq!(ChatTemplate::from_model_dir(&dir).unwrap().unwrap().render("x", false).unwrap(), "[x]", "chat_template.jinja wins");
+    assert_eq!(
+        ChatTemplate::from_model_dir(&dir).unwrap().unwrap().render("x", false).unwrap(),
+        "[x]",
+        "chat_template.jinja wins"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

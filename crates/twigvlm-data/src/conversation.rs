@@ -20,7 +20,9 @@ impl ImageSource {
     pub fn load(&self) -> Result<DynamicImage> {
         match self {
             ImageSource::Rendered(image) => Ok(DynamicImage::ImageRgb8(image.clone())),
-            ImageSource::File(path) => image::open(path).map_err(|e| DataError::Image { path: path.clone(), reason: e.to_string() }),
+            ImageSource::File(path) => {
+                image::open(path).map_err(|e| DataError::Image { path: path.clone(), reason: e.to_string() })
+            }
         }
     }
 }

@@ -29,7 +29,11 @@ impl Record {
     /// One question and its answer, in the roles LLaVA's own files use.
     pub fn single_turn(id: String, image: Option<String>, user: String, assistant: String) -> Self {
         let message = |from: &str, value| Message { from: from.to_string(), value };
-        Record { id: Some(serde_json::Value::String(id)), image, conversations: vec![message(USER_ROLES[0], user), message(ASSISTANT_ROLES[0], assistant)] }
+        Record {
+            id: Some(serde_json::Value::String(id)),
+            image,
+            conversations: vec![message(USER_ROLES[0], user), message(ASSISTANT_ROLES[0], assistant)],
+        }
     }
 
     /// The id as a string (a number is written as JSON; absent: None).
@@ -77,8 +81,12 @@ pub fn read(path: &Path, image_root: &Path) -> Result<Vec<Conversation>> {
                 .chunks(2)
                 .map(|pair| {
                     let (user, assistant) = (&pair[0], &pair[1]);
-                    if !USER_ROLES.contains(&user.from.as_str()) || !ASSISTANT_ROLES.contains(&assistant.from.as_str()) {
-                        return Err(at(format!("expected a human message then a gpt message, got `{}` then `{}`", user.from, assistant.from)));
+                    if !USER_ROLES.contains(&user.from.as_str()) || !ASSISTANT_ROLES.contains(&assistant.from.as_str())
+                    {
+                        return Err(at(format!(
+                            "expected a human message then a gpt message, got `{}` then `{}`",
+                            user.from, assistant.from
+                        )));
                     }
                     Ok(Turn { user: user.value.clone(), assistant: assistant.value.clone(), task: None })
                 })

@@ -121,7 +121,8 @@ impl DatasetSpec {
         let mut turns = 1;
         for pair in params.split(',').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').ok_or_else(|| error(format!("`{pair}` is not key=value")))?;
-            let number = |v: &str| v.parse::<u64>().map_err(|_| error(format!("{key}={v} is not a non-negative integer")));
+            let number =
+                |v: &str| v.parse::<u64>().map_err(|_| error(format!("{key}={v} is not a non-negative integer")));
             match key {
                 "seed" => seed = Some(number(value)?),
                 "n" => len = Some(number(value)? as usize),
@@ -165,13 +166,18 @@ impl DatasetSpec {
         match self {
             DatasetSpec::Shapes(d) => Ok(Dataset::Shapes(d.clone())),
             DatasetSpec::LlavaJson(path) => {
-                let root = image_root.map(Path::to_path_buf).unwrap_or_else(|| path.parent().unwrap_or(Path::new(".")).to_path_buf());
+                let root = image_root
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| path.parent().unwrap_or(Path::new(".")).to_path_buf());
                 Ok(Dataset::Records(llava_json::read(path, &root)?))
             }
             DatasetSpec::Mixture(parts) => {
                 let parts = parts.iter().map(|p| p.open(image_root)).collect::<Result<Vec<_>>>()?;
                 if let Some(empty) = parts.iter().position(Dataset::is_empty) {
-                    return Err(DataError::Spec { spec: "the mixture".into(), reason: format!("part {} has no examples", empty + 1) });
+                    return Err(DataError::Spec {
+                        spec: "the mixture".into(),
+                        reason: format!("part {} has no examples", empty + 1),
+                    });
                 }
                 Ok(Dataset::Mixture(parts))
             }

@@ -74,7 +74,10 @@ fn a_mixture_takes_its_parts_in_turn_and_cycles_the_shorter() {
     let with_eval = ["shapes:seed=1000000,n=2".to_string(), specs[1].clone()];
     assert_eq!(DatasetSpec::parse_all(&with_eval).unwrap().seed_range(), Some(twigvlm_data::SeedRange::Eval));
     let empty = write(&dir, "empty.json", "[]");
-    let err = DatasetSpec::parse_all(&[specs[0].clone(), empty.to_str().unwrap().to_string()]).unwrap().open(None).unwrap_err();
+    let err = DatasetSpec::parse_all(&[specs[0].clone(), empty.to_str().unwrap().to_string()])
+        .unwrap()
+        .open(None)
+        .unwrap_err();
     assert!(err.to_string().contains("part 2 has no examples"), "{err}");
     assert!(DatasetSpec::parse_all(&[]).is_err());
 }

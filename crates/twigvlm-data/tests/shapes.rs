@@ -1,7 +1,9 @@
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use twigvlm_data::shapes::{ask, column_word, describe_answer, parse_description, render, COLUMN_WORDS};
-use twigvlm_data::{Colour, DatasetSpec, ImageSource, Scene, SceneConfig, SceneObject, Shape, ShapesDataset, Task, TaskMix};
+use twigvlm_data::{
+    Colour, DatasetSpec, ImageSource, Scene, SceneConfig, SceneObject, Shape, ShapesDataset, Task, TaskMix,
+};
 
 fn object(row: usize, column: usize, shape: Shape, colour: Colour) -> SceneObject {
     SceneObject { row, column, shape, colour }
@@ -24,7 +26,11 @@ fn generator_is_deterministic_and_random_access() {
     assert_eq!(forward[31], b.get(31));
     assert_ne!(a.get(1), a.get(2));
     let (scene, image) = a.scene_and_image(31);
-    assert_eq!((scene, Some(ImageSource::Rendered(image))), (a.scene(31), a.get(31).image), "the same scene and image without questions");
+    assert_eq!(
+        (scene, Some(ImageSource::Rendered(image))),
+        (a.scene(31), a.get(31).image),
+        "the same scene and image without questions"
+    );
     assert_ne!(ShapesDataset::new(8, 50, TaskMix::all()).get(31), a.get(31));
 }
 
@@ -108,9 +114,15 @@ fn descriptions_parse_back() {
     let mut parsed = parse_description(&describe_answer(&scene));
     parsed.sort_by_key(|o| (o.row, o.column));
     assert_eq!(parsed, scene.objects);
-    assert_eq!(parse_description("A red triangle somewhere. Blue ring at Row 1, column Eight"), vec![object(0, 7, Shape::Ring, Colour::Blue)]);
+    assert_eq!(
+        parse_description("A red triangle somewhere. Blue ring at Row 1, column Eight"),
+        vec![object(0, 7, Shape::Ring, Colour::Blue)]
+    );
     // A column said as a digit is read too; a row said as a word is not a location.
-    assert_eq!(parse_description("A blue ring at row 1, column 8. A red cross at row one, column two."), vec![object(0, 7, Shape::Ring, Colour::Blue)]);
+    assert_eq!(
+        parse_description("A blue ring at row 1, column 8. A red cross at row one, column two."),
+        vec![object(0, 7, Shape::Ring, Colour::Blue)]
+    );
     assert_eq!(column_word(2), "three");
     assert_eq!(column_word(COLUMN_WORDS.len()), "13");
 }
@@ -136,7 +148,8 @@ fn rendering_paints_each_object_in_its_cell() {
 #[test]
 fn blank_image_keeps_background_drops_objects() {
     let data = ShapesDataset::new(11, 4, TaskMix::short());
-    let (ImageSource::Rendered(real), ImageSource::Rendered(blank)) = (data.get(2).image.unwrap(), data.blank_image(2)) else {
+    let (ImageSource::Rendered(real), ImageSource::Rendered(blank)) = (data.get(2).image.unwrap(), data.blank_image(2))
+    else {
         panic!("rendered images expected")
     };
     let scene = data.scene(2);
@@ -153,7 +166,9 @@ fn blank_image_keeps_background_drops_objects() {
 
 #[test]
 fn specs_parse_and_reject_bad_input() {
-    let DatasetSpec::Shapes(d) = DatasetSpec::parse("shapes:seed=1000001,n=40,task=color+where,objects=1-2,turns=3").unwrap() else {
+    let DatasetSpec::Shapes(d) =
+        DatasetSpec::parse("shapes:seed=1000001,n=40,task=color+where,objects=1-2,turns=3").unwrap()
+    else {
         panic!()
     };
     assert_eq!((d.seed, d.len, d.turns_per_image), (1_000_001, 40, 3));

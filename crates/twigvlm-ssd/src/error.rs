@@ -5,7 +5,9 @@ pub enum DecodeError {
     InvalidSampling(String),
     #[error("the prompt has {prompt} tokens, but the model's context holds {context}")]
     PromptTooLong { prompt: usize, context: usize },
-    #[error("self-speculative decoding needs the twig's prefill cache: prefill with the twig attached and its cache kept")]
+    #[error(
+        "self-speculative decoding needs the twig's prefill cache: prefill with the twig attached and its cache kept"
+    )]
     MissingTwigCache,
     #[error(transparent)]
     Pruning(#[from] twigvlm_ttp::TtpError),

@@ -14,6 +14,6 @@ pub mod vanilla;
 pub use error::{DecodeError, Result};
 pub use network::{CausalNetwork, ShallowCache, ShallowNetwork};
 pub use sampling::{Sampler, Sampling};
-pub use tree::DraftTree;
 pub use speculative::{decode_speculative, DraftConfig, DraftLength, SpeculativeStats, ADAPTIVE_RETRY_ROUNDS};
+pub use tree::DraftTree;
 pub use vanilla::{decode_vanilla, decode_vanilla_prefilled, DecodeConfig, DecodeOutput, StopReason};

@@ -20,12 +20,7 @@ pub trait CausalNetwork<B: Backend> {
 
     /// Runs `embeds` (`[1, seq, hidden]`, tokens at `positions`), appending to `cache`, and
     /// returns the logits at the last position, `[1, 1, vocab]`.
-    fn last_logits(
-        &self,
-        embeds: Tensor<B, 3>,
-        positions: &[usize],
-        cache: &mut Self::Cache,
-    ) -> Tensor<B, 3>;
+    fn last_logits(&self, embeds: Tensor<B, 3>, positions: &[usize], cache: &mut Self::Cache) -> Tensor<B, 3>;
 }
 
 fn last_position<B: Backend>(hidden: Tensor<B, 3>) -> Tensor<B, 3> {
@@ -48,20 +43,9 @@ impl<B: Backend> CausalNetwork<B> for LlamaDecoder<B> {
         LlamaDecoder::embed(self, ids)
     }
 
-    fn last_logits(
-        &self,
-        embeds: Tensor<B, 3>,
-        positions: &[usize],
-        cache: &mut KvCache<B>,
-    ) -> Tensor<B, 3> {
+    fn last_logits(&self, embeds: Tensor<B, 3>, positions: &[usize], cache: &mut KvCache<B>) -> Tensor<B, 3> {
         let rope = self.rope(positions, &embeds.device());
-        let out = self.forward_layers(
-            embeds,
-            &rope,
-            0..self.num_layers(),
-            cache,
-            &AttentionProbe::default(),
-        );
+        let out = self.forward_layers(embeds, &rope, 0..self.num_layers(), cache, &AttentionProbe::default());
         self.logits(last_position(out.hidden))
     }
 }
@@ -82,10 +66,7 @@ impl<B: Backend> CausalNetwork<B> for ShallowNetwork<'_, B> {
     type Cache = ShallowCache<B>;
 
     fn new_cache(&self) -> ShallowCache<B> {
-        ShallowCache {
-            base: KvCache::new(self.twig.config.k),
-            twig: self.twig.new_cache(),
-        }
+        ShallowCache { base: KvCache::new(self.twig.config.k), twig: self.twig.new_cache() }
     }
 
     fn device(&self) -> B::Device {
@@ -96,25 +77,11 @@ impl<B: Backend> CausalNetwork<B> for ShallowNetwork<'_, B> {
         self.base.embed(ids)
     }
 
-    fn last_logits(
-        &self,
-        embeds: Tensor<B, 3>,
-        positions: &[usize],
-        cache: &mut ShallowCache<B>,
-    ) -> Tensor<B, 3> {
+    fn last_logits(&self, embeds: Tensor<B, 3>, positions: &[usize], cache: &mut ShallowCache<B>) -> Tensor<B, 3> {
         let rope = self.base.rope(positions, &embeds.device());
         let probe = AttentionProbe::default();
-        let below_k = self.base.forward_layers(
-            embeds,
-            &rope,
-            0..self.twig.config.k,
-            &mut cache.base,
-            &probe,
-        );
-        let twig_out = self
-            .twig
-            .forward(below_k.hidden, &rope, &mut cache.twig, &probe);
-        self.twig
-            .logits(last_position(twig_out.hidden), &self.base.lm_head)
+        let below_k = self.base.forward_layers(embeds, &rope, 0..self.twig.config.k, &mut cache.base, &probe);
+        let twig_out = self.twig.forward(below_k.hidden, &rope, &mut cache.twig, &probe);
+        self.twig.logits(last_position(twig_out.hidden), &self.base.lm_head)
     }
 }

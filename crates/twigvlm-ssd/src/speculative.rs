@@ -83,7 +83,10 @@ impl std::str::FromStr for DraftLength {
     type Err = String;
 
     fn from_str(text: &str) -> std::result::Result<Self, String> {
-        DraftLength::ALL.into_iter().find(|d| d.name() == text).ok_or_else(|| format!("unknown draft length {text:?}: fixed or adaptive"))
+        DraftLength::ALL
+            .into_iter()
+            .find(|d| d.name() == text)
+            .ok_or_else(|| format!("unknown draft length {text:?}: fixed or adaptive"))
     }
 }
 
@@ -111,7 +114,13 @@ struct DraftCap {
 
 impl DraftCap {
     fn new(config: DraftConfig) -> Self {
-        Self { config, cap: config.max_draft, rounds_without_draft: 0, retry_after: ADAPTIVE_RETRY_ROUNDS, retrying: false }
+        Self {
+            config,
+            cap: config.max_draft,
+            rounds_without_draft: 0,
+            retry_after: ADAPTIVE_RETRY_ROUNDS,
+            retrying: false,
+        }
     }
 
     fn limit(&self) -> usize {
@@ -303,7 +312,15 @@ impl<B: Backend> Speculator<'_, B> {
     /// One chain round from `token` (emitted, not yet run) at `start`: drafts up to `limit`
     /// tokens while the twig is confident, verifies them in one deep forward with speculative
     /// sampling (greedy: the matching prefix), and drops the rejected entries.
-    fn chain_round(&mut self, mut token: u32, start: usize, limit: usize, threshold: f32, sampler: &mut Sampler, eos: &[u32]) -> Result<Round> {
+    fn chain_round(
+        &mut self,
+        mut token: u32,
+        start: usize,
+        limit: usize,
+        threshold: f32,
+        sampler: &mut Sampler,
+        eos: &[u32],
+    ) -> Result<Round> {
         let began = Instant::now();
         let (mut kept, mut drafted, mut draft_probs) = (Vec::new(), Vec::new(), Vec::new());
         loop {
@@ -311,7 +328,11 @@ impl<B: Backend> Speculator<'_, B> {
             if drafted.len() == limit || (!drafted.is_empty() && eos.contains(&token)) {
                 // Nothing more is drafted after this token: the twig needs only its cache
                 // entry, and none now in a round that drafts nothing.
-                let hidden = if limit == 0 { self.lower(self.embed(token), position[0]) } else { self.shallow_hidden(self.embed(token), &position).0 };
+                let hidden = if limit == 0 {
+                    self.lower(self.embed(token), position[0])
+                } else {
+                    self.shallow_hidden(self.embed(token), &position).0
+                };
                 kept.push(hidden);
                 break;
             }
@@ -364,7 +385,15 @@ pub fn decode_speculative<B: Backend>(
     config.check_prompt(prompt_len)?;
     let twig_cache = twig_cache.ok_or(DecodeError::MissingTwigCache)?;
     let device = base.embed_tokens.weight.device();
-    let mut run = Speculator { base, twig, base_cache, twig_cache, twig_behind: Vec::new(), probe: AttentionProbe::default(), device };
+    let mut run = Speculator {
+        base,
+        twig,
+        base_cache,
+        twig_cache,
+        twig_behind: Vec::new(),
+        probe: AttentionProbe::default(),
+        device,
+    };
 
     let started = Instant::now();
     let mut stats = SpeculativeStats::default();
@@ -387,9 +416,18 @@ pub fn decode_speculative<B: Backend>(
             // Drafted tokens run at start+1.. and must leave room for the token after them.
             let room = emitter.budget().min(config.context_length - start - 2);
             let round = match (&draft.tree, sampler.sampling) {
-                (Some(tree), Sampling::Greedy) => run.tree_round(next, start, tree.depth.min(room), tree, &config.eos_token_ids),
+                (Some(tree), Sampling::Greedy) => {
+                    run.tree_round(next, start, tree.depth.min(room), tree, &config.eos_token_ids)
+                }
                 _ => {
-                    let round = run.chain_round(next, start, cap.limit().min(room), draft.draft_threshold, sampler, &config.eos_token_ids)?;
+                    let round = run.chain_round(
+                        next,
+                        start,
+                        cap.limit().min(room),
+                        draft.draft_threshold,
+                        sampler,
+                        &config.eos_token_ids,
+                    )?;
                     cap.record(round.drafted, round.accepted.len());
                     round
                 }
@@ -403,7 +441,10 @@ pub fn decode_speculative<B: Backend>(
             next = round.correction;
         }
     };
-    Ok((DecodeOutput { tokens: emitter.tokens, stop, prompt_logits, prefill_time, decode_time: started.elapsed() }, stats))
+    Ok((
+        DecodeOutput { tokens: emitter.tokens, stop, prompt_logits, prefill_time, decode_time: started.elapsed() },
+        stats,
+    ))
 }
 
 /// The twig's top probability at the next position, known before anything is drawn: at
@@ -465,7 +506,12 @@ mod tests {
 
     #[test]
     fn the_adaptive_cap_follows_the_record_and_retries_after_a_pause() {
-        let mut cap = DraftCap::new(DraftConfig { max_draft: 3, draft_threshold: 0.0, length: DraftLength::Adaptive, tree: None });
+        let mut cap = DraftCap::new(DraftConfig {
+            max_draft: 3,
+            draft_threshold: 0.0,
+            length: DraftLength::Adaptive,
+            tree: None,
+        });
         assert_eq!(cap.limit(), 3);
         cap.record(3, 3);
         assert_eq!(cap.limit(), 3, "never above max_draft");

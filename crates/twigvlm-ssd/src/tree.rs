@@ -38,7 +38,11 @@ impl FromStr for DraftTree {
     type Err = String;
 
     fn from_str(text: &str) -> std::result::Result<Self, String> {
-        let parts: Vec<usize> = text.split(':').map(|p| p.trim().parse::<usize>()).collect::<std::result::Result<_, _>>().map_err(|_| format!("draft tree {text:?}: expected top_k:depth:nodes, e.g. 4:5:16"))?;
+        let parts: Vec<usize> = text
+            .split(':')
+            .map(|p| p.trim().parse::<usize>())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| format!("draft tree {text:?}: expected top_k:depth:nodes, e.g. 4:5:16"))?;
         let &[top_k, depth, nodes] = parts.as_slice() else {
             return Err(format!("draft tree {text:?}: expected three numbers top_k:depth:nodes, e.g. 4:5:16"));
         };
@@ -73,10 +77,25 @@ struct Node<B: Backend> {
 impl<B: Backend> Speculator<'_, B> {
     /// One greedy round from `root` (emitted, not yet run) at `start`, drafting at most
     /// `max_depth` tokens on any path; `eos` tokens are drafted but never expanded.
-    pub(crate) fn tree_round(&mut self, root: u32, start: usize, max_depth: usize, shape: &DraftTree, eos: &[u32]) -> Round {
+    pub(crate) fn tree_round(
+        &mut self,
+        root: u32,
+        start: usize,
+        max_depth: usize,
+        shape: &DraftTree,
+        eos: &[u32],
+    ) -> Round {
         let began = Instant::now();
         self.twig_catch_up();
-        let mut nodes = vec![Node { token: root, parent: None, depth: 0, score: 0.0, lower_entry: None, hidden_k: None, expanded: false }];
+        let mut nodes = vec![Node {
+            token: root,
+            parent: None,
+            depth: 0,
+            score: 0.0,
+            lower_entry: None,
+            hidden_k: None,
+            expanded: false,
+        }];
         // Parent of each of the round's entries in base layers 0..K-1 (and, for the expanded
         // ones, which come first, in the twig's cache).
         let mut lower_parents: Vec<Option<usize>> = Vec::new();
@@ -95,7 +114,15 @@ impl<B: Backend> Speculator<'_, B> {
                 for (token, log_prob) in top_log_probs(&twig_logits[row * vocab..(row + 1) * vocab], shape.top_k) {
                     let (depth, score) = (nodes[parent].depth + 1, nodes[parent].score + log_prob);
                     children.push(nodes.len());
-                    nodes.push(Node { token, parent: Some(parent), depth, score, lower_entry: None, hidden_k: None, expanded: false });
+                    nodes.push(Node {
+                        token,
+                        parent: Some(parent),
+                        depth,
+                        score,
+                        lower_entry: None,
+                        hidden_k: None,
+                        expanded: false,
+                    });
                 }
             }
             children.retain(|&c| !eos.contains(&nodes[c].token));
@@ -121,7 +148,13 @@ impl<B: Backend> Speculator<'_, B> {
         let rope = self.base.rope(&positions, &self.device);
         let layers = self.k()..self.base.num_layers();
         let drafted_at = Instant::now();
-        let top = self.base.forward_tree_layers(hidden, &rope, layers.clone(), &mut self.base_cache, &TreeMask::from_parents(&deep_parents, verified.len()));
+        let top = self.base.forward_tree_layers(
+            hidden,
+            &rope,
+            layers.clone(),
+            &mut self.base_cache,
+            &TreeMask::from_parents(&deep_parents, verified.len()),
+        );
         let logits = logits_row(self.base.logits(top));
         let time = RoundTime::since(began, drafted_at);
         let vocab = logits.len() / verified.len();
@@ -129,14 +162,18 @@ impl<B: Backend> Speculator<'_, B> {
 
         let mut path = vec![0];
         let mut correction = base_pick(0);
-        while let Some(&child) = verified.iter().find(|&&n| nodes[n].parent == path.last().copied() && nodes[n].token == correction) {
+        while let Some(&child) =
+            verified.iter().find(|&&n| nodes[n].parent == path.last().copied() && nodes[n].token == correction)
+        {
             path.push(child);
             correction = base_pick(slot(child));
         }
 
-        let lower_keep: Vec<usize> = path.iter().map(|&n| nodes[n].lower_entry.expect("every verified node ran")).collect();
+        let lower_keep: Vec<usize> =
+            path.iter().map(|&n| nodes[n].lower_entry.expect("every verified node ran")).collect();
         let expanded = nodes.iter().filter(|n| n.expanded).count();
-        let twig_keep: Vec<usize> = path.iter().filter(|&&n| nodes[n].expanded).map(|&n| nodes[n].lower_entry.expect("expanded")).collect();
+        let twig_keep: Vec<usize> =
+            path.iter().filter(|&&n| nodes[n].expanded).map(|&n| nodes[n].lower_entry.expect("expanded")).collect();
         let deep_keep: Vec<usize> = path.iter().map(|&n| slot(n)).collect();
         self.base_cache.keep_tail(0..self.k(), lower_parents.len(), &lower_keep).expect("the round's own entries");
         self.base_cache.keep_tail(layers, verified.len(), &deep_keep).expect("the round's own entries");
@@ -146,16 +183,29 @@ impl<B: Backend> Speculator<'_, B> {
             // Only a path's last node can be unexpanded; the twig catches up on it next round.
             self.twig_behind.push((nodes[last].hidden_k.clone().expect("verified"), start + nodes[last].depth));
         }
-        Round { drafted: verified.len() - 1, accepted: path[1..].iter().map(|&n| nodes[n].token).collect(), correction, time }
+        Round {
+            drafted: verified.len() - 1,
+            accepted: path[1..].iter().map(|&n| nodes[n].token).collect(),
+            correction,
+            time,
+        }
     }
 
     /// Runs `rows` (nodes in index order) through base layers 0..K-1 with tree attention,
     /// appending their entries, and through the twig too when `with_twig`; returns the layer-K
     /// hidden states `[1, rows, hidden]` and the twig's output.
-    fn run_lower(&mut self, nodes: &mut [Node<B>], rows: &[usize], lower_parents: &mut Vec<Option<usize>>, start: usize, with_twig: bool) -> (Tensor<B, 3>, Option<Tensor<B, 3>>) {
+    fn run_lower(
+        &mut self,
+        nodes: &mut [Node<B>],
+        rows: &[usize],
+        lower_parents: &mut Vec<Option<usize>>,
+        start: usize,
+        with_twig: bool,
+    ) -> (Tensor<B, 3>, Option<Tensor<B, 3>>) {
         for &n in rows {
             nodes[n].lower_entry = Some(lower_parents.len());
-            lower_parents.push(nodes[n].parent.map(|p| nodes[p].lower_entry.expect("a parent runs before its children")));
+            lower_parents
+                .push(nodes[n].parent.map(|p| nodes[p].lower_entry.expect("a parent runs before its children")));
         }
         let mask = TreeMask::from_parents(lower_parents, rows.len());
         let ids: Vec<i32> = rows.iter().map(|&n| nodes[n].token as i32).collect();

@@ -82,7 +82,12 @@ pub fn decode_vanilla_prefilled<B: Backend>(
     on_token: impl FnMut(u32) -> ControlFlow<()>,
 ) -> Result<DecodeOutput> {
     config.check_prompt(prefill.prompt_len)?;
-    let primed = Primed { cache: prefill.base_cache, prompt_len: prefill.prompt_len, prompt_logits: prefill.last_logits, prefill_time: prefill.time };
+    let primed = Primed {
+        cache: prefill.base_cache,
+        prompt_len: prefill.prompt_len,
+        prompt_logits: prefill.last_logits,
+        prefill_time: prefill.time,
+    };
     decode_from(base, primed, config, sampler, on_token)
 }
 

@@ -20,10 +20,20 @@ fn spec(policy: &str, budget: &str, final_wipe: Option<usize>) -> PruningSpec {
     PruningSpec { policy: policy.parse().unwrap(), budget: Some(budget.parse().unwrap()), final_wipe }
 }
 
-fn vanilla(base: &LlamaDecoder<B>, twig: Option<&Twig<B>>, ids: &[i64], spec: &PruningSpec, config: &DecodeConfig) -> Vec<u32> {
+fn vanilla(
+    base: &LlamaDecoder<B>,
+    twig: Option<&Twig<B>>,
+    ids: &[i64],
+    spec: &PruningSpec,
+    config: &DecodeConfig,
+) -> Vec<u32> {
     let prefilled = prefill(base, twig, embeds(base, ids), Some(IMAGE), spec, false).unwrap();
     assert!(prefilled.pruning.is_some(), "{spec:?} pruned nothing");
-    decode_vanilla_prefilled(base, prefilled, config, &mut Sampler::new(Sampling::Greedy, 0), |_| ControlFlow::Continue(())).unwrap().tokens
+    decode_vanilla_prefilled(base, prefilled, config, &mut Sampler::new(Sampling::Greedy, 0), |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap()
+    .tokens
 }
 
 #[test]
@@ -36,18 +46,28 @@ fn ssd_after_pruning_gives_the_greedy_tokens_of_the_same_pruning() {
     let tree = DraftConfig { tree: Some("3:3:8".parse().unwrap()), ..chain };
     let mut rejected = 0;
     for draft in [chain, tree] {
-    for policy in ["fastv", "twig", "random:5", "vlm-layer:K+T", "vlm-layer:1"] {
-        for budget in ["3", "50%"] {
-            for final_wipe in [None, Some(4)] {
-                let spec = spec(policy, budget, final_wipe);
-                let expected = vanilla(base, Some(&twig), &PROMPT, &spec, &config);
-                let prefilled = prefill(base, Some(&twig), embeds(base, &PROMPT), Some(IMAGE), &spec, true).unwrap();
-                let (out, stats) = decode_speculative(base, &twig, prefilled, &config, &draft, &mut Sampler::new(Sampling::Greedy, 0), |_| ControlFlow::Continue(())).unwrap();
-                assert_eq!(out.tokens, expected, "{spec:?}, {draft:?}");
-                rejected += stats.drafted - stats.accepted;
+        for policy in ["fastv", "twig", "random:5", "vlm-layer:K+T", "vlm-layer:1"] {
+            for budget in ["3", "50%"] {
+                for final_wipe in [None, Some(4)] {
+                    let spec = spec(policy, budget, final_wipe);
+                    let expected = vanilla(base, Some(&twig), &PROMPT, &spec, &config);
+                    let prefilled =
+                        prefill(base, Some(&twig), embeds(base, &PROMPT), Some(IMAGE), &spec, true).unwrap();
+                    let (out, stats) = decode_speculative(
+                        base,
+                        &twig,
+                        prefilled,
+                        &config,
+                        &draft,
+                        &mut Sampler::new(Sampling::Greedy, 0),
+                        |_| ControlFlow::Continue(()),
+                    )
+                    .unwrap();
+                    assert_eq!(out.tokens, expected, "{spec:?}, {draft:?}");
+                    rejected += stats.drafted - stats.accepted;
+                }
             }
         }
-    }
     }
     assert!(rejected > 0, "no draft was ever rejected: the cache cropping under pruning went untested");
 }

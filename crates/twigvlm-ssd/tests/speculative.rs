@@ -9,25 +9,38 @@ use std::ops::ControlFlow;
 
 use common::{config, embeds, fixture, B};
 use twigvlm_backbone::LlamaDecoder;
-use twigvlm_ssd::{decode_speculative, decode_vanilla, DecodeConfig, DraftConfig, DraftLength, Sampler, Sampling, ShallowNetwork, SpeculativeStats, StopReason};
+use twigvlm_ssd::{
+    decode_speculative, decode_vanilla, DecodeConfig, DraftConfig, DraftLength, Sampler, Sampling, ShallowNetwork,
+    SpeculativeStats, StopReason,
+};
 use twigvlm_ttp::{prefill, PruningSpec};
 use twigvlm_twig::{Twig, TwigConfig};
 
 const PROMPTS: [&[i64]; 3] = [&[3, 17, 42, 5, 99, 250, 7], &[1, 2, 3], &[200, 11, 11, 11, 64, 90, 8, 31, 5, 77, 12]];
 
 fn vanilla(base: &LlamaDecoder<B>, ids: &[i64], config: &DecodeConfig) -> (Vec<u32>, StopReason) {
-    let out = decode_vanilla(base, embeds(base, ids), config, &mut Sampler::new(Sampling::Greedy, 0), |_| ControlFlow::Continue(())).unwrap();
-    (out.tokens, out.stop)
-}
-
-fn speculative(base: &LlamaDecoder<B>, twig: &Twig<B>, ids: &[i64], config: &DecodeConfig, draft: &DraftConfig) -> (Vec<u32>, StopReason, SpeculativeStats) {
-    let mut streamed = Vec::new();
-    let prefill = prefill(base, Some(twig), embeds(base, ids), None, &PruningSpec::none(), true).unwrap();
-    let (out, stats) = decode_speculative(base, twig, prefill, config, draft, &mut Sampler::new(Sampling::Greedy, 0), |t| {
-        streamed.push(t);
+    let out = decode_vanilla(base, embeds(base, ids), config, &mut Sampler::new(Sampling::Greedy, 0), |_| {
         ControlFlow::Continue(())
     })
     .unwrap();
+    (out.tokens, out.stop)
+}
+
+fn speculative(
+    base: &LlamaDecoder<B>,
+    twig: &Twig<B>,
+    ids: &[i64],
+    config: &DecodeConfig,
+    draft: &DraftConfig,
+) -> (Vec<u32>, StopReason, SpeculativeStats) {
+    let mut streamed = Vec::new();
+    let prefill = prefill(base, Some(twig), embeds(base, ids), None, &PruningSpec::none(), true).unwrap();
+    let (out, stats) =
+        decode_speculative(base, twig, prefill, config, draft, &mut Sampler::new(Sampling::Greedy, 0), |t| {
+            streamed.push(t);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
     assert_eq!(streamed, out.tokens, "every token is streamed once, in order");
     (out.tokens, out.stop, stats)
 }
@@ -44,7 +57,10 @@ fn a_twig_equal_to_the_base_has_every_draft_accepted() {
         let (tokens, stop, stats) = speculative(base, &twig, ids, &config, &draft);
         assert_eq!((tokens, stop), vanilla(base, ids, &config));
         assert_eq!(stats.accepted, stats.drafted, "{stats:?}");
-        assert_eq!(stats.rounds, 3, "16 tokens: one from the prefill, then 3 rounds of 4 accepted drafts and a bonus token; {stats:?}");
+        assert_eq!(
+            stats.rounds, 3,
+            "16 tokens: one from the prefill, then 3 rounds of 4 accepted drafts and a bonus token; {stats:?}"
+        );
     }
 }
 
@@ -62,7 +78,11 @@ fn a_weak_twig_still_gives_the_base_greedy_tokens() {
                     let config = config(max_new_tokens, vec![]);
                     let draft = DraftConfig { max_draft, draft_threshold, length, tree: None };
                     let (tokens, stop, stats) = speculative(base, &twig, ids, &config, &draft);
-                    assert_eq!((tokens, stop), vanilla(base, ids, &config), "prompt {ids:?}, {max_new_tokens} tokens, {draft:?}");
+                    assert_eq!(
+                        (tokens, stop),
+                        vanilla(base, ids, &config),
+                        "prompt {ids:?}, {max_new_tokens} tokens, {draft:?}"
+                    );
                     rejected += stats.drafted - stats.accepted;
                 }
             }
@@ -84,7 +104,13 @@ fn generation_stops_at_an_end_of_sequence_token_inside_a_draft() {
     let (expected, stop) = vanilla(base, ids, &config);
     assert_eq!(stop, StopReason::Eos);
     for max_draft in [1, 2, 4, 5] {
-        let (tokens, stop, _) = speculative(base, &twig, ids, &config, &DraftConfig { max_draft, draft_threshold: 0.0, ..DraftConfig::default() });
+        let (tokens, stop, _) = speculative(
+            base,
+            &twig,
+            ids,
+            &config,
+            &DraftConfig { max_draft, draft_threshold: 0.0, ..DraftConfig::default() },
+        );
         assert_eq!((tokens, stop), (expected.clone(), StopReason::Eos), "max_draft {max_draft}");
     }
 }
@@ -102,7 +128,10 @@ fn token_counts(seeds: u64, mut generate: impl FnMut(u64) -> Vec<u32>) -> std::c
 }
 
 /// Total variation distance between two empirical distributions, summed over both positions.
-fn total_variation(a: &std::collections::HashMap<(usize, u32), f64>, b: &std::collections::HashMap<(usize, u32), f64>) -> f64 {
+fn total_variation(
+    a: &std::collections::HashMap<(usize, u32), f64>,
+    b: &std::collections::HashMap<(usize, u32), f64>,
+) -> f64 {
     let keys: std::collections::HashSet<_> = a.keys().chain(b.keys()).collect();
     keys.into_iter().map(|k| (a.get(k).unwrap_or(&0.0) - b.get(k).unwrap_or(&0.0)).abs()).sum::<f64>() / 2.0
 }
@@ -117,11 +146,21 @@ fn speculative_sampling_follows_the_base_distribution() {
     let config = config(3, vec![]);
     let draft = DraftConfig { max_draft: 3, draft_threshold: 0.0, ..DraftConfig::default() };
     let seeds = 1500;
-    let vanilla = |seed| decode_vanilla(base, embeds(base, ids), &config, &mut Sampler::new(sampling, seed), |_| ControlFlow::Continue(())).unwrap().tokens;
+    let vanilla = |seed| {
+        decode_vanilla(base, embeds(base, ids), &config, &mut Sampler::new(sampling, seed), |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap()
+        .tokens
+    };
     let mut rejected = 0;
     let speculative = token_counts(seeds, |seed| {
         let prefill = prefill(base, Some(&twig), embeds(base, ids), None, &PruningSpec::none(), true).unwrap();
-        let (out, stats) = decode_speculative(base, &twig, prefill, &config, &draft, &mut Sampler::new(sampling, seed), |_| ControlFlow::Continue(())).unwrap();
+        let (out, stats) =
+            decode_speculative(base, &twig, prefill, &config, &draft, &mut Sampler::new(sampling, seed), |_| {
+                ControlFlow::Continue(())
+            })
+            .unwrap();
         rejected += stats.drafted - stats.accepted;
         out.tokens
     });
@@ -130,13 +169,27 @@ fn speculative_sampling_follows_the_base_distribution() {
     let again = token_counts(seeds, |seed| vanilla(seed + seeds));
     let twig_alone = token_counts(seeds, |seed| {
         let network = ShallowNetwork { base, twig: &twig };
-        decode_vanilla(&network, embeds(base, ids), &config, &mut Sampler::new(sampling, seed), |_| ControlFlow::Continue(())).unwrap().tokens
+        decode_vanilla(&network, embeds(base, ids), &config, &mut Sampler::new(sampling, seed), |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap()
+        .tokens
     });
-    let (noise, error, drafter) = (total_variation(&reference, &again), total_variation(&reference, &speculative), total_variation(&reference, &twig_alone));
+    let (noise, error, drafter) = (
+        total_variation(&reference, &again),
+        total_variation(&reference, &speculative),
+        total_variation(&reference, &twig_alone),
+    );
     eprintln!("total variation: vanilla vs vanilla {noise:.3}, vs speculative {error:.3}, vs the twig alone {drafter:.3}; {rejected} rejections");
     assert!(rejected > 0, "every draft was accepted: the rejection path went untested");
-    assert!(drafter > 3.0 * noise, "the twig's own distribution is too close to the base's for this test to tell them apart");
-    assert!(error < 2.0 * noise.max(0.02), "speculative sampling drifts from the base distribution: {error} (sampling noise {noise})");
+    assert!(
+        drafter > 3.0 * noise,
+        "the twig's own distribution is too close to the base's for this test to tell them apart"
+    );
+    assert!(
+        error < 2.0 * noise.max(0.02),
+        "speculative sampling drifts from the base distribution: {error} (sampling noise {noise})"
+    );
 }
 
 #[test]
@@ -152,7 +205,10 @@ fn an_adaptive_draft_length_drafts_less_for_a_weak_twig_and_as_much_for_a_perfec
         let (tokens, _, adaptive) = speculative(base, &weak, ids, &config, &draft(DraftLength::Adaptive));
         assert_eq!(tokens, vanilla(base, ids, &config).0);
         let waste = |s: &SpeculativeStats| (s.drafted - s.accepted) as f64 / s.rounds as f64;
-        assert!(waste(&adaptive) < waste(&fixed), "rejected drafts per round: adaptive {adaptive:?} vs fixed {fixed:?}");
+        assert!(
+            waste(&adaptive) < waste(&fixed),
+            "rejected drafts per round: adaptive {adaptive:?} vs fixed {fixed:?}"
+        );
         let (_, _, fixed) = speculative(base, &perfect, ids, &config, &draft(DraftLength::Fixed));
         let (_, _, adaptive) = speculative(base, &perfect, ids, &config, &draft(DraftLength::Adaptive));
         assert_eq!(adaptive.counts(), fixed.counts(), "every draft accepted: the cap stays at its maximum");
@@ -171,9 +227,20 @@ fn a_one_branch_tree_drafts_and_accepts_exactly_as_the_chain() {
     for twig_config in [TwigConfig::new(1, 1), TwigConfig::new(1, 3)] {
         let twig = Twig::init(base, &llava.config.text, twig_config, &Default::default()).unwrap();
         for ids in PROMPTS {
-            let decided = |(tokens, stop, stats): (Vec<u32>, StopReason, SpeculativeStats)| (tokens, stop, stats.counts());
-            let chain = decided(speculative(base, &twig, ids, &config, &DraftConfig { max_draft: 4, draft_threshold: 0.0, ..DraftConfig::default() }));
-            assert_eq!(decided(speculative(base, &twig, ids, &config, &tree("1:4:4"))), chain, "{twig_config:?}, prompt {ids:?}");
+            let decided =
+                |(tokens, stop, stats): (Vec<u32>, StopReason, SpeculativeStats)| (tokens, stop, stats.counts());
+            let chain = decided(speculative(
+                base,
+                &twig,
+                ids,
+                &config,
+                &DraftConfig { max_draft: 4, draft_threshold: 0.0, ..DraftConfig::default() },
+            ));
+            assert_eq!(
+                decided(speculative(base, &twig, ids, &config, &tree("1:4:4"))),
+                chain,
+                "{twig_config:?}, prompt {ids:?}"
+            );
         }
     }
 }
@@ -196,11 +263,22 @@ fn tree_drafting_gives_the_base_greedy_tokens_and_accepts_more_than_the_chain() 
                     tree_accepted += stats.accepted;
                 }
             }
-            chain_accepted += speculative(base, &twig, ids, &config, &DraftConfig { max_draft: 5, draft_threshold: 0.0, ..DraftConfig::default() }).2.accepted;
+            chain_accepted += speculative(
+                base,
+                &twig,
+                ids,
+                &config,
+                &DraftConfig { max_draft: 5, draft_threshold: 0.0, ..DraftConfig::default() },
+            )
+            .2
+            .accepted;
         }
     }
     assert!(rejected > 0, "no drafted node was ever rejected: the cache compaction went untested");
-    assert!(tree_accepted > chain_accepted, "a 16-node tree accepted {tree_accepted} tokens, a 5-token chain {chain_accepted}");
+    assert!(
+        tree_accepted > chain_accepted,
+        "a 16-node tree accepted {tree_accepted} tokens, a 5-token chain {chain_accepted}"
+    );
 }
 
 #[test]
@@ -232,7 +310,11 @@ fn sampling_with_a_tree_configured_drafts_a_chain() {
     let chain = DraftConfig { max_draft: 3, draft_threshold: 0.0, ..DraftConfig::default() };
     let run = |draft: &DraftConfig| {
         let prefill = prefill(base, Some(&twig), embeds(base, PROMPTS[0]), None, &PruningSpec::none(), true).unwrap();
-        let (out, stats) = decode_speculative(base, &twig, prefill, &config, draft, &mut Sampler::new(sampling, 3), |_| ControlFlow::Continue(())).unwrap();
+        let (out, stats) =
+            decode_speculative(base, &twig, prefill, &config, draft, &mut Sampler::new(sampling, 3), |_| {
+                ControlFlow::Continue(())
+            })
+            .unwrap();
         (out.tokens, stats.counts())
     };
     assert_eq!(run(&DraftConfig { tree: Some("4:5:16".parse().unwrap()), ..chain }), run(&chain));

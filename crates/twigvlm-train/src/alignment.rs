@@ -16,12 +16,12 @@ use std::collections::BTreeMap;
 use burn::module::AutodiffModule;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
+use twigvlm_backbone::llama::forward_stack;
 use twigvlm_backbone::llava::embed_with_image;
 use twigvlm_backbone::projector::Projector;
 use twigvlm_backbone::weights::{hf_tensors, NamedTensor};
-use twigvlm_backbone::llama::forward_stack;
-use twigvlm_backbone::{AttentionProbe, DecoderLayer, KvCache};
 use twigvlm_backbone::LlamaDecoder;
+use twigvlm_backbone::{AttentionProbe, DecoderLayer, KvCache};
 use twigvlm_data::{Conversation, Dataset, ShapesDataset};
 
 use crate::error::{Result, TrainError};
@@ -58,15 +58,24 @@ pub struct AlignedParts<B: Backend> {
 impl<B: AutodiffBackend> AlignedParts<B> {
     /// Trainable copies of `language_model`'s top `tuned_layers` layers (the `tuned_parts` of each)
     /// beside `projector`.
-    pub fn new(projector: Projector<B>, language_model: &LlamaDecoder<B>, tuned_layers: usize, tuned_parts: TunedLayerParts) -> Result<Self> {
+    pub fn new(
+        projector: Projector<B>,
+        language_model: &LlamaDecoder<B>,
+        tuned_layers: usize,
+        tuned_parts: TunedLayerParts,
+    ) -> Result<Self> {
         let total = language_model.num_layers();
         if tuned_layers > total {
-            return Err(TrainError::Config(format!("cannot tune {tuned_layers} layers of a {total}-layer language model")));
+            return Err(TrainError::Config(format!(
+                "cannot tune {tuned_layers} layers of a {total}-layer language model"
+            )));
         }
         let first_tuned_layer = total - tuned_layers;
         let tune = |layer: &DecoderLayer<B>| match tuned_parts {
             TunedLayerParts::Whole => trainable(layer.clone()),
-            TunedLayerParts::Attention => DecoderLayer { self_attn: trainable(layer.self_attn.clone()), ..layer.clone() },
+            TunedLayerParts::Attention => {
+                DecoderLayer { self_attn: trainable(layer.self_attn.clone()), ..layer.clone() }
+            }
         };
         let lm_layers = language_model.layers[first_tuned_layer..].iter().map(tune).collect();
         Ok(Self { projector, lm_layers, first_tuned_layer, tuned_parts })
@@ -82,7 +91,8 @@ impl<B: Backend> AlignedParts<B> {
     /// replaces those layers (only the attention tensors when only attention trained).
     pub fn tuned_layer_tensors(&self, decoder_prefix: &str) -> Vec<NamedTensor> {
         let rename = |burn_path: &str| {
-            let (offset, rest) = burn_path.split_once('.').expect("a tuned layer's parameter path starts with its index");
+            let (offset, rest) =
+                burn_path.split_once('.').expect("a tuned layer's parameter path starts with its index");
             let offset: usize = offset.parse().expect("a tuned layer index");
             format!("{decoder_prefix}.layers.{}.{rest}", self.first_tuned_layer + offset)
         };
@@ -136,11 +146,21 @@ struct TurnsOfOneImage {
 
 impl TurnsOfOneImage {
     fn new(encoder: &ConversationEncoder, conversation: &Conversation, visual_tokens: usize) -> Result<Self> {
-        let turns = conversation.questions_alone().iter().map(|alone| encoder.encode(alone, visual_tokens)).collect::<Result<Vec<_>>>()?;
-        let first = &turns.first().ok_or_else(|| TrainError::Config(format!("{} has no turns", conversation.id)))?.prompt.ids;
-        let common = turns.iter().map(|t| first.iter().zip(&t.prompt.ids).take_while(|(a, b)| a == b).count()).min().unwrap_or(0);
+        let turns = conversation
+            .questions_alone()
+            .iter()
+            .map(|alone| encoder.encode(alone, visual_tokens))
+            .collect::<Result<Vec<_>>>()?;
+        let first =
+            &turns.first().ok_or_else(|| TrainError::Config(format!("{} has no turns", conversation.id)))?.prompt.ids;
+        let common = turns
+            .iter()
+            .map(|t| first.iter().zip(&t.prompt.ids).take_while(|(a, b)| a == b).count())
+            .min()
+            .unwrap_or(0);
         // Every trained position stays in its own turn, even when two questions are the same.
-        let first_target = turns.iter().filter_map(|t| t.targets.first().map(|&(position, _)| position)).min().unwrap_or(common);
+        let first_target =
+            turns.iter().filter_map(|t| t.targets.first().map(|&(position, _)| position)).min().unwrap_or(common);
         // The beginning ends with the image at the latest, so that its length (a tensor shape on
         // the GPU) does not change with the questions' first words.
         let image_end = turns[0].prompt.image_span.as_ref().map_or(common, |span| span.end);
@@ -152,14 +172,26 @@ impl<B: AutodiffBackend> AlignmentObjective<B> {
     /// Adds the conversations' assistant tokens to `loss`: with a frozen projector each question
     /// as if asked alone (all of them in two batched forwards), else each whole conversation
     /// through the graph.
-    pub fn add_conversations(&self, loss: &mut TokenMeanLoss<B>, parts: &AlignedParts<B>, conversations: &[Conversation]) -> Result<()> {
+    pub fn add_conversations(
+        &self,
+        loss: &mut TokenMeanLoss<B>,
+        parts: &AlignedParts<B>,
+        conversations: &[Conversation],
+    ) -> Result<()> {
         if self.freeze_projector {
             let (language_model, projector) = (self.language_model.valid(), parts.projector.valid());
             return self.add_questions_alone(loss, parts, &language_model, &projector, conversations);
         }
         for conversation in conversations {
             let (encoded, features) = self.example(conversation)?;
-            let (logits, targets) = target_logits(&self.language_model, parts, Tensor::from_inner(features), &encoded, self.padding, &self.device);
+            let (logits, targets) = target_logits(
+                &self.language_model,
+                parts,
+                Tensor::from_inner(features),
+                &encoded,
+                self.padding,
+                &self.device,
+            );
             loss.add_padded(logits, &targets.ids, targets.real);
         }
         Ok(())
@@ -215,9 +247,14 @@ impl<B: AutodiffBackend> AlignmentObjective<B> {
         for conversation in conversations {
             // A text-only conversation (a chat replay) is a conversation of zero visual tokens.
             let features = self.visual.features(conversation, device)?;
-            let image = TurnsOfOneImage::new(&self.encoder, conversation, features.as_ref().map_or(0, |f| f.dims()[1]))?;
+            let image =
+                TurnsOfOneImage::new(&self.encoder, conversation, features.as_ref().map_or(0, |f| f.dims()[1]))?;
             let projected = features.map(|f| projector.forward(f));
-            let embeds: Vec<_> = image.turns.iter().map(|turn| embed_with_image(frozen_lm, &turn.prompt, projected.clone(), device)).collect();
+            let embeds: Vec<_> = image
+                .turns
+                .iter()
+                .map(|turn| embed_with_image(frozen_lm, &turn.prompt, projected.clone(), device))
+                .collect();
             images.push((image, embeds));
         }
         let prefix = images.iter().map(|(image, _)| image.prefix_len).min().unwrap_or(0);
@@ -226,7 +263,15 @@ impl<B: AutodiffBackend> AlignmentObjective<B> {
         let mut tuned_cache = KvCache::new(frozen_lm.num_layers());
         if prefix > 0 {
             let beginnings = images.iter().map(|(_, embeds)| embeds[0].clone().narrow(1, 0, prefix)).collect();
-            let hidden = frozen_lm.forward_layers(Tensor::cat(beginnings, 0), &frozen_lm.rope(&positions(0..prefix), device), 0..first_tuned, &mut frozen_cache, &probe).hidden;
+            let hidden = frozen_lm
+                .forward_layers(
+                    Tensor::cat(beginnings, 0),
+                    &frozen_lm.rope(&positions(0..prefix), device),
+                    0..first_tuned,
+                    &mut frozen_cache,
+                    &probe,
+                )
+                .hidden;
             let rope = self.language_model.rope(&positions(0..prefix), device);
             forward_stack(&parts.lm_layers, first_tuned, Tensor::from_inner(hidden), &rope, &mut tuned_cache, &probe);
         }
@@ -258,24 +303,48 @@ impl<B: AutodiffBackend> AlignmentObjective<B> {
         padded: usize,
         questions: Vec<(usize, Encoded, Tensor<B::InnerBackend, 3>)>,
     ) {
-        let (device, probe, first_tuned, prefix) = (&self.device, AttentionProbe::default(), parts.first_tuned_layer, caches.prefix);
+        let (device, probe, first_tuned, prefix) =
+            (&self.device, AttentionProbe::default(), parts.first_tuned_layer, caches.prefix);
         let image_of_question: Vec<usize> = questions.iter().map(|(image, _, _)| *image).collect();
         let (turns, embeds): (Vec<_>, Vec<_>) = questions.into_iter().map(|(_, turn, embeds)| (turn, embeds)).unzip();
         let rope_positions: Vec<usize> = (prefix..prefix + padded).collect();
         let hidden = frozen_lm
-            .forward_layers(Tensor::cat(embeds, 0), &frozen_lm.rope(&rope_positions, device), 0..first_tuned, &mut caches.frozen.select_batch(&image_of_question), &probe)
+            .forward_layers(
+                Tensor::cat(embeds, 0),
+                &frozen_lm.rope(&rope_positions, device),
+                0..first_tuned,
+                &mut caches.frozen.select_batch(&image_of_question),
+                &probe,
+            )
             .hidden;
         let rope = self.language_model.rope(&rope_positions, device);
-        let hidden = forward_stack(&parts.lm_layers, first_tuned, Tensor::from_inner(hidden), &rope, &mut caches.tuned.select_batch(&image_of_question), &probe).hidden;
+        let hidden = forward_stack(
+            &parts.lm_layers,
+            first_tuned,
+            Tensor::from_inner(hidden),
+            &rope,
+            &mut caches.tuned.select_batch(&image_of_question),
+            &probe,
+        )
+        .hidden;
         // Every question's target rows in the group flattened to one sequence of `questions · padded`.
         let rows = turns
             .iter()
             .enumerate()
             .flat_map(|(q, turn)| turn.targets.iter().map(move |&(position, _)| q * padded + position - prefix))
             .collect();
-        let targets = PaddedTargets::new(rows, turns.iter().flat_map(Encoded::target_ids).collect(), self.padding.target_multiple, device);
+        let targets = PaddedTargets::new(
+            rows,
+            turns.iter().flat_map(Encoded::target_ids).collect(),
+            self.padding.target_multiple,
+            device,
+        );
         let flat = hidden.reshape([1, turns.len() * padded, self.language_model.hidden_size()]);
-        loss.add_padded(single_sequence(self.language_model.logits(flat.select(1, targets.rows))), &targets.ids, targets.real);
+        loss.add_padded(
+            single_sequence(self.language_model.logits(flat.select(1, targets.rows))),
+            &targets.ids,
+            targets.real,
+        );
     }
 }
 
@@ -329,14 +398,22 @@ fn target_logits<C: Backend>(
     device: &C::Device,
 ) -> (Tensor<C, 2>, PaddedTargets<C>) {
     let padded = encoded.prompt.len().next_multiple_of(padding.question_multiple);
-    let embeds = right_pad(embed_with_image(language_model, &encoded.prompt, Some(parts.projector.forward(features)), device), padded);
+    let embeds = right_pad(
+        embed_with_image(language_model, &encoded.prompt, Some(parts.projector.forward(features)), device),
+        padded,
+    );
     let positions: Vec<usize> = (0..padded).collect();
     let rope = language_model.rope(&positions, device);
     let (first_tuned, probe) = (parts.first_tuned_layer, AttentionProbe::default());
     let mut cache = KvCache::new(language_model.num_layers());
     let hidden = language_model.forward_layers(embeds, &rope, 0..first_tuned, &mut cache, &probe).hidden;
     let hidden = forward_stack(&parts.lm_layers, first_tuned, hidden, &rope, &mut cache, &probe).hidden;
-    let targets = PaddedTargets::new(encoded.targets.iter().map(|&(position, _)| position).collect(), encoded.target_ids(), padding.target_multiple, device);
+    let targets = PaddedTargets::new(
+        encoded.targets.iter().map(|&(position, _)| position).collect(),
+        encoded.target_ids(),
+        padding.target_multiple,
+        device,
+    );
     (single_sequence(language_model.logits(hidden.select(1, targets.rows.clone()))), targets)
 }
 
@@ -344,7 +421,9 @@ impl<B: AutodiffBackend> Objective<B> for AlignmentObjective<B> {
     type Model = AlignedParts<B>;
 
     fn loss(&mut self, parts: &AlignedParts<B>, step: usize) -> Result<(Tensor<B, 1>, usize)> {
-        let conversations: Vec<_> = (0..self.batch_size).map(|b| self.train.get((step * self.batch_size + b) % self.train.len().max(1))).collect();
+        let conversations: Vec<_> = (0..self.batch_size)
+            .map(|b| self.train.get((step * self.batch_size + b) % self.train.len().max(1)))
+            .collect();
         let mut loss = TokenMeanLoss::new();
         self.add_conversations(&mut loss, parts, &conversations)?;
         loss.finish().ok_or_else(|| TrainError::Config(format!("step {step}: no assistant tokens in the batch")))
@@ -358,7 +437,8 @@ impl<B: AutodiffBackend> Objective<B> for AlignmentObjective<B> {
         for index in 0..self.eval.len {
             let conversation = self.eval.get(index);
             let (encoded, features) = self.example(&conversation)?;
-            let (logits, targets) = target_logits(&language_model, &parts, features, &encoded, self.padding, &self.device);
+            let (logits, targets) =
+                target_logits(&language_model, &parts, features, &encoded, self.padding, &self.device);
             let mut predicted = argmax_ids(logits);
             predicted.truncate(targets.real);
             accuracy.record(conversation.turns[0].task_name(), predicted == encoded.target_ids());

@@ -46,7 +46,8 @@ pub struct ConversationEncoder {
 
 impl ConversationEncoder {
     pub fn encode(&self, conversation: &Conversation, visual_tokens: usize) -> Result<Encoded> {
-        let turns: Vec<(String, String)> = conversation.turns.iter().map(|t| (t.user.clone(), t.assistant.clone())).collect();
+        let turns: Vec<(String, String)> =
+            conversation.turns.iter().map(|t| (t.user.clone(), t.assistant.clone())).collect();
         let segments = self.template.training_segments(self.system.as_deref(), &turns, conversation.image.is_some())?;
         let (prompt, trained) = self.tokenizer.encode_segments(&segments, visual_tokens)?;
         let targets = (1..prompt.len()).filter(|&t| trained[t]).map(|t| (t - 1, prompt.ids[t])).collect();

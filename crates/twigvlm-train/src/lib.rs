@@ -2,6 +2,7 @@
 //! rate, global-norm gradient clipping, progress, atomic checkpoints and resume; the objectives
 //! plug into it (the vision tower's per-patch pre-training, LLaVA stages 1 and 2, the twig).
 
+pub mod alignment;
 pub mod checkpoint;
 pub mod clipping;
 pub mod error;
@@ -11,7 +12,6 @@ pub mod metrics;
 pub mod optimizer;
 pub mod patch_words;
 pub mod position_code;
-pub mod alignment;
 pub mod schedule;
 pub mod trainable;
 pub mod trainer;

@@ -51,7 +51,10 @@ impl PatchVocabulary {
     /// before them), column words with their leading space (their common form in text).
     pub fn new(tokenizer: &PromptTokenizer, grid: usize) -> Result<Self> {
         if grid > COLUMN_WORDS.len() {
-            return Err(TrainError::Config(format!("projector-words targets name at most {} columns; the grid has {grid}", COLUMN_WORDS.len())));
+            return Err(TrainError::Config(format!(
+                "projector-words targets name at most {} columns; the grid has {grid}",
+                COLUMN_WORDS.len()
+            )));
         }
         let ids = |word: &str| -> Result<Vec<u32>> {
             let ids = tokenizer.encode(word, 0).map_err(|e| TrainError::Config(e.to_string()))?.ids;
@@ -149,14 +152,25 @@ impl<B: AutodiffBackend> PatchWordsObjective<B> {
         device: B::Device,
     ) -> Result<Self> {
         let d = embeddings.dims()[1];
-        let embeddings = embeddings.into_data().convert::<f32>().into_vec::<f32>().map_err(|e| TrainError::Config(format!("{e:?}")))?;
+        let embeddings = embeddings
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .map_err(|e| TrainError::Config(format!("{e:?}")))?;
         let vocabulary = PatchVocabulary::new(tokenizer, train.scene.grid)?;
-        let positions = PositionCode::new(&word_vectors(&embeddings, d, &vocabulary.rows), &word_vectors(&embeddings, d, &vocabulary.columns));
+        let positions = PositionCode::new(
+            &word_vectors(&embeddings, d, &vocabulary.rows),
+            &word_vectors(&embeddings, d, &vocabulary.columns),
+        );
         Ok(Self { visual, embeddings, d, vocabulary, positions, train, eval, batch_size, device })
     }
 
     /// Visual features `[images, patches, vision_hidden]` and the scenes of `indices`.
-    fn features(&self, data: &ShapesDataset, indices: impl Iterator<Item = usize>) -> Result<(Tensor<B::InnerBackend, 3>, Vec<Scene>)> {
+    fn features(
+        &self,
+        data: &ShapesDataset,
+        indices: impl Iterator<Item = usize>,
+    ) -> Result<(Tensor<B::InnerBackend, 3>, Vec<Scene>)> {
         let (mut features, mut scenes) = (Vec::new(), Vec::new());
         for index in indices {
             let (scene, image) = data.scene_and_image(index);
@@ -180,8 +194,10 @@ impl<B: AutodiffBackend> PatchWordsObjective<B> {
     fn word_scores(&self, vectors: Tensor<B::InnerBackend, 2>, words: &[Vec<u32>]) -> Vec<Vec<f32>> {
         let n = vectors.dims()[0];
         let table: Vec<f32> = word_vectors(&self.embeddings, self.d, words).concat();
-        let table = Tensor::<B::InnerBackend, 2>::from_data(TensorData::new(table, [words.len(), self.d]), &self.device);
-        let scores = vectors.matmul(table.transpose()).into_data().convert::<f32>().into_vec::<f32>().expect("float scores");
+        let table =
+            Tensor::<B::InnerBackend, 2>::from_data(TensorData::new(table, [words.len(), self.d]), &self.device);
+        let scores =
+            vectors.matmul(table.transpose()).into_data().convert::<f32>().into_vec::<f32>().expect("float scores");
         scores.chunks(words.len()).take(n).map(<[f32]>::to_vec).collect()
     }
 }
@@ -221,7 +237,8 @@ impl<B: AutodiffBackend> Objective<B> for PatchWordsObjective<B> {
                 position_hits += (argmax(&rows[at]) == cell / grid && argmax(&columns[at]) == cell % grid) as usize;
                 if let Some(o) = scene.objects.iter().find(|o| o.row * grid + o.column == cell) {
                     objects += 1;
-                    object_hits += (argmax(&colours[at]) == colour_index(o.colour) && argmax(&shapes[at]) == shape_index(o.shape)) as usize;
+                    object_hits += (argmax(&colours[at]) == colour_index(o.colour)
+                        && argmax(&shapes[at]) == shape_index(o.shape)) as usize;
                 }
             }
         }

@@ -54,14 +54,22 @@ impl PositionCode {
         let (row_mean, row_distinct) = centred(rows, d);
         let (column_mean, column_distinct) = centred(columns, d);
         let leave_last = |v: &[Vec<f64>]| v[..v.len().saturating_sub(1)].to_vec();
-        let spanning: Vec<Vec<f64>> = leave_last(&row_distinct).into_iter().chain(leave_last(&column_distinct)).collect();
+        let spanning: Vec<Vec<f64>> =
+            leave_last(&row_distinct).into_iter().chain(leave_last(&column_distinct)).collect();
         let gram: Vec<Vec<f64>> = spanning.iter().map(|a| spanning.iter().map(|b| dot(a, b)).collect()).collect();
         let inverse = invert(gram);
         let dual: Vec<Vec<f64>> = inverse.iter().map(|coefficients| combine(coefficients, &spanning, d)).collect();
         let row_dual = &dual[..rows.len().saturating_sub(1)];
         let column_dual = &dual[rows.len().saturating_sub(1)..];
-        let common = row_mean.iter().zip(&column_mean).map(|(r, c)| f64::from(POSITION_WORD_WEIGHT) * (r + c)).collect();
-        Self { rows: set_codes(row_dual, rows.len(), d), columns: set_codes(column_dual, columns.len(), d), spanning, dual, common }
+        let common =
+            row_mean.iter().zip(&column_mean).map(|(r, c)| f64::from(POSITION_WORD_WEIGHT) * (r + c)).collect();
+        Self {
+            rows: set_codes(row_dual, rows.len(), d),
+            columns: set_codes(column_dual, columns.len(), d),
+            spanning,
+            dual,
+            common,
+        }
     }
 
     /// The target of a cell whose content words sum to `content`: content and common part with
@@ -96,7 +104,9 @@ fn centred(vectors: &[Vec<f32>], d: usize) -> (Vec<f64>, Vec<Vec<f64>>) {
 fn set_codes(dual: &[Vec<f64>], n: usize, d: usize) -> Vec<Vec<f64>> {
     (0..n)
         .map(|word| {
-            let coefficients: Vec<f64> = (0..dual.len()).map(|k| f64::from(POSITION_MARGIN) * (f64::from(u8::from(k == word)) - 1.0 / n as f64)).collect();
+            let coefficients: Vec<f64> = (0..dual.len())
+                .map(|k| f64::from(POSITION_MARGIN) * (f64::from(u8::from(k == word)) - 1.0 / n as f64))
+                .collect();
             combine(&coefficients, dual, d)
         })
         .collect()
@@ -121,13 +131,18 @@ fn invert(matrix: Vec<Vec<f64>>) -> Vec<Vec<f64>> {
     let scale = (0..n).map(|i| matrix[i][i].abs()).fold(0.0, f64::max);
     // All-zero differences: any positive ridge gives the zero code.
     let ridge = if scale > 0.0 { GRAM_RIDGE * scale } else { 1.0 };
-    let mut rows: Vec<Vec<f64>> = matrix.into_iter().enumerate().map(|(i, mut row)| {
-        row[i] += ridge;
-        row.extend((0..n).map(|j| f64::from(u8::from(i == j))));
-        row
-    }).collect();
+    let mut rows: Vec<Vec<f64>> = matrix
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut row)| {
+            row[i] += ridge;
+            row.extend((0..n).map(|j| f64::from(u8::from(i == j))));
+            row
+        })
+        .collect();
     for column in 0..n {
-        let pivot = (column..n).max_by(|&a, &b| rows[a][column].abs().total_cmp(&rows[b][column].abs())).expect("a row");
+        let pivot =
+            (column..n).max_by(|&a, &b| rows[a][column].abs().total_cmp(&rows[b][column].abs())).expect("a row");
         rows.swap(column, pivot);
         let p = rows[column][column];
         rows[column].iter_mut().for_each(|x| *x /= p);
@@ -150,7 +165,9 @@ mod tests {
     fn vector(seed: u64, d: usize) -> Vec<f32> {
         (0..d as u64)
             .map(|i| {
-                let h = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add((i + 1).wrapping_mul(1_442_695_040_888_963_407));
+                let h = seed
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add((i + 1).wrapping_mul(1_442_695_040_888_963_407));
                 ((h ^ (h >> 29)) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
             })
             .collect()
@@ -171,7 +188,12 @@ mod tests {
         let code = PositionCode::new(&rows, &columns);
         for (row, column, content_seed) in [(0, 3, 31), (2, 2, 32), (3, 0, 33)] {
             // Content that leans towards another row's and another column's words.
-            let content: Vec<f32> = vector(content_seed, d).iter().zip(&rows[(row + 1) % grid]).zip(&columns[(column + 1) % grid]).map(|((c, r), k)| c + 2.0 * r + 2.0 * k).collect();
+            let content: Vec<f32> = vector(content_seed, d)
+                .iter()
+                .zip(&rows[(row + 1) % grid])
+                .zip(&columns[(column + 1) % grid])
+                .map(|((c, r), k)| c + 2.0 * r + 2.0 * k)
+                .collect();
             let target = code.target(&content, row, column);
             for (words, own) in [(&rows, row), (&columns, column)] {
                 let scores: Vec<f32> = words.iter().map(|w| dot32(&target, w)).collect();
@@ -192,7 +214,8 @@ mod tests {
         let zero = vec![0.0; d];
         let baseline = code.target(&zero, 1, 0);
         // A content vector orthogonal to the position subspace: the target moves by exactly it.
-        let content: Vec<f32> = code.outside(vector(60, d).iter().map(|&c| f64::from(c)).collect()).iter().map(|&c| c as f32).collect();
+        let content: Vec<f32> =
+            code.outside(vector(60, d).iter().map(|&c| f64::from(c)).collect()).iter().map(|&c| c as f32).collect();
         let target = code.target(&content, 1, 0);
         for i in 0..d {
             assert!((target[i] - baseline[i] - content[i]).abs() < 1e-4, "dimension {i}");
@@ -207,8 +230,15 @@ mod tests {
         let code = PositionCode::new(&rows, &columns);
         let content = vector(90, d);
         let (first, last) = (code.target(&content, 0, 1), code.target(&content, 2, 1));
-        assert!(first.iter().zip(&last).all(|(a, b)| (a - b).abs() < 1e-5), "rows that are the same words must give the same target");
+        assert!(
+            first.iter().zip(&last).all(|(a, b)| (a - b).abs() < 1e-5),
+            "rows that are the same words must give the same target"
+        );
         let scores: Vec<f32> = columns.iter().map(|w| dot32(&first, w)).collect();
-        assert!((scores[1] - scores[0] - POSITION_MARGIN).abs() < 1e-3 && (scores[1] - scores[2] - POSITION_MARGIN).abs() < 1e-3, "{scores:?}");
+        assert!(
+            (scores[1] - scores[0] - POSITION_MARGIN).abs() < 1e-3
+                && (scores[1] - scores[2] - POSITION_MARGIN).abs() < 1e-3,
+            "{scores:?}"
+        );
     }
 }

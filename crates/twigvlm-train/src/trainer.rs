@@ -87,7 +87,12 @@ pub struct TrainReport {
     pub history: Vec<StepMetrics>,
 }
 
-pub fn train<B, O>(objective: &mut O, model: O::Model, options: &TrainOptions, device: &B::Device) -> Result<(O::Model, TrainReport)>
+pub fn train<B, O>(
+    objective: &mut O,
+    model: O::Model,
+    options: &TrainOptions,
+    device: &B::Device,
+) -> Result<(O::Model, TrainReport)>
 where
     B: AutodiffBackend,
     O: Objective<B>,
@@ -100,18 +105,24 @@ where
     let mut optimizer = options.optimizer.adamw::<B, O::Model>();
     let (mut model, mut report) = (model, TrainReport::default());
     if options.resume && checkpoint::exists(&options.out_dir) {
-        (model, optimizer, report) = checkpoint::load::<B, _, _, TrainReport>(&options.out_dir, model, optimizer, device)?;
+        (model, optimizer, report) =
+            checkpoint::load::<B, _, _, TrainReport>(&options.out_dir, model, optimizer, device)?;
         tracing::info!(step = report.steps_done, "resumed from checkpoint");
     }
     let progress = if options.show_progress { ProgressBar::new(options.steps as u64) } else { ProgressBar::hidden() };
-    progress.set_style(ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} steps {msg}").expect("valid template").progress_chars("=> "));
+    progress.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} steps {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
     progress.set_position(report.steps_done as u64);
 
     let started = Instant::now() - Duration::from_secs_f64(report.seconds);
     let session_start = Instant::now();
     let mut plan = Plan::new(options, &report);
     progress.set_length(plan.steps as u64);
-    let (mut loss_sum, mut norm_sum, mut items, mut window_steps, mut window_start) = (0.0f64, 0.0f64, 0usize, 0usize, Instant::now());
+    let (mut loss_sum, mut norm_sum, mut items, mut window_steps, mut window_start) =
+        (0.0f64, 0.0f64, 0usize, 0usize, Instant::now());
     // (step, time) the pace is measured from: after the first step (which compiles the GPU
     // kernels), then from each fit on.
     let mut pace_window: Option<(usize, Instant)> = None;
@@ -127,7 +138,8 @@ where
         let grad_norm = clip_global_norm(&model, &mut grads, options.optimizer.max_grad_norm);
         let lr = plan.schedule.at(step);
         model = optimizer.step(lr, model, grads);
-        (loss_sum, norm_sum, items, window_steps) = (loss_sum + loss_value as f64, norm_sum + grad_norm, items + step_items, window_steps + 1);
+        (loss_sum, norm_sum, items, window_steps) =
+            (loss_sum + loss_value as f64, norm_sum + grad_norm, items + step_items, window_steps + 1);
         let done = step + 1;
         step = done;
         progress.inc(1);
@@ -160,7 +172,10 @@ where
                 items_per_s: items as f64 / window_start.elapsed().as_secs_f64().max(1e-9),
                 eval,
             };
-            progress.set_message(format!("loss {:.4} lr {:.2e} |g| {:.2} {:.1} items/s", entry.loss, lr, entry.grad_norm, entry.items_per_s));
+            progress.set_message(format!(
+                "loss {:.4} lr {:.2e} |g| {:.2} {:.1} items/s",
+                entry.loss, lr, entry.grad_norm, entry.items_per_s
+            ));
             if !entry.eval.is_empty() {
                 let metrics: Vec<String> = entry.eval.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
                 progress.println(format!("step {done}: loss {:.4}, {}", entry.loss, metrics.join(", ")));
@@ -223,6 +238,11 @@ mod tests {
         assert_eq!(plan.steps, 2 * PACE_STEPS + 90);
         plan.fit(4 * PACE_STEPS, Duration::from_secs(10_000), 1.0, 1000);
         assert_eq!(plan.steps, 1000, "never beyond --steps");
-        assert!(is_fit_point(PACE_STEPS) && is_fit_point(4 * PACE_STEPS) && !is_fit_point(3 * PACE_STEPS) && !is_fit_point(1));
+        assert!(
+            is_fit_point(PACE_STEPS)
+                && is_fit_point(4 * PACE_STEPS)
+                && !is_fit_point(3 * PACE_STEPS)
+                && !is_fit_point(1)
+        );
     }
 }

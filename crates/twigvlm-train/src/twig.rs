@@ -12,8 +12,8 @@ use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
-use twigvlm_backbone::llava::embed_with_image;
 use twigvlm_backbone::llama::RopeAngles;
+use twigvlm_backbone::llava::embed_with_image;
 use twigvlm_backbone::projector::Projector;
 use twigvlm_backbone::{AttentionProbe, ImagePreprocessor, KvCache, LlamaDecoder, LlavaModel};
 use twigvlm_data::{Conversation, Dataset};
@@ -122,14 +122,29 @@ impl<B: AutodiffBackend> TwigObjective<B> {
         let LlavaModel { vision_tower, projector, language_model, feature_select } = base;
         let visual = VisualInput { vision: vision_tower, feature_select, preprocessor };
         let base_head = Linear::from_inner(language_model.lm_head.clone());
-        Self { visual, projector, language_model, base_head, encoder, targets, train, eval, batch_size, device, attention_distill: None }
+        Self {
+            visual,
+            projector,
+            language_model,
+            base_head,
+            encoder,
+            targets,
+            train,
+            eval,
+            batch_size,
+            device,
+            attention_distill: None,
+        }
     }
 
     /// Adds the attention loss (the teacher layer must exist in the base model).
     pub fn with_attention_distill(mut self, distill: AttentionDistill) -> Result<Self> {
         let layers = self.language_model.num_layers();
         if distill.teacher_layer >= layers {
-            return Err(TrainError::Config(format!("the attention teacher is layer {} but the base model has {layers}", distill.teacher_layer + 1)));
+            return Err(TrainError::Config(format!(
+                "the attention teacher is layer {} but the base model has {layers}",
+                distill.teacher_layer + 1
+            )));
         }
         self.attention_distill = Some(distill);
         Ok(self)
@@ -146,10 +161,15 @@ impl<B: AutodiffBackend> TwigObjective<B> {
         let mut cache = KvCache::new(lm.num_layers());
         // The selection query and the visual tokens, when there is an attention to learn.
         let selection = match (&self.attention_distill, &encoded.prompt.image_span, encoded.targets.first()) {
-            (Some(distill), Some(visual), Some(&(query, _))) if !visual.is_empty() => Some((distill.teacher_layer, query, visual.clone())),
+            (Some(distill), Some(visual), Some(&(query, _))) if !visual.is_empty() => {
+                Some((distill.teacher_layer, query, visual.clone()))
+            }
             _ => None,
         };
-        let probe = selection.as_ref().map_or_else(AttentionProbe::default, |(layer, query, _)| AttentionProbe { rows: vec![*query], layers: vec![*layer] });
+        let probe = selection.as_ref().map_or_else(AttentionProbe::default, |(layer, query, _)| AttentionProbe {
+            rows: vec![*query],
+            layers: vec![*layer],
+        });
         let below = lm.forward_layers(embeds, &rope, 0..k, &mut cache, &probe);
         let hidden_k = below.hidden;
         let mut attention = below.attention;
@@ -160,7 +180,9 @@ impl<B: AutodiffBackend> TwigObjective<B> {
         if end > k {
             let above = lm.forward_layers(hidden_k.clone(), &rope, k..end, &mut cache, &probe);
             attention.extend(above.attention);
-            base_argmax = with_argmax.then(|| argmax_ids(single_sequence(lm.logits(above.hidden.select(1, encoded.target_rows(&self.device))))));
+            base_argmax = with_argmax.then(|| {
+                argmax_ids(single_sequence(lm.logits(above.hidden.select(1, encoded.target_rows(&self.device)))))
+            });
         }
         let teacher = selection.zip(attention.pop()).map(|((_, query, visual), (_, probs))| {
             let distribution = visual_distribution(probs, &visual);
@@ -180,9 +202,13 @@ impl<B: AutodiffBackend> TwigObjective<B> {
         selection: Option<(usize, &Range<usize>)>,
         device: &C::Device,
     ) -> (Tensor<C, 2>, Option<Tensor<C, 1>>) {
-        let probe = selection.map_or_else(AttentionProbe::default, |(query, _)| AttentionProbe { rows: vec![query], layers: vec![twig.config.t - 1] });
+        let probe = selection.map_or_else(AttentionProbe::default, |(query, _)| AttentionProbe {
+            rows: vec![query],
+            layers: vec![twig.config.t - 1],
+        });
         let mut output = twig.forward(hidden_k, rope, &mut twig.new_cache(), &probe);
-        let student = selection.zip(output.attention.pop()).map(|((_, visual), (_, probs))| visual_distribution(probs, visual));
+        let student =
+            selection.zip(output.attention.pop()).map(|((_, visual), (_, probs))| visual_distribution(probs, visual));
         (single_sequence(twig.logits(output.hidden.select(1, encoded.target_rows(device)), head)), student)
     }
 }
@@ -197,18 +223,28 @@ impl<B: AutodiffBackend> Objective<B> for TwigObjective<B> {
             let index = (step * self.batch_size + b) % self.train.len().max(1);
             let mut prefix = self.prefix(&self.train.get(index), twig.config.k, self.targets == TwigTargets::Base)?;
             let targets = prefix.base_argmax.take().unwrap_or_else(|| prefix.encoded.target_ids());
-            let rope = RopeAngles::new(&prefix.positions, self.language_model.head_dim, self.language_model.rope_theta, &self.device);
+            let rope = RopeAngles::new(
+                &prefix.positions,
+                self.language_model.head_dim,
+                self.language_model.rope_theta,
+                &self.device,
+            );
             let hidden_k = Tensor::<B, 3>::from_inner(prefix.hidden_k);
             let selection = prefix.teacher.as_ref().map(|(query, visual, _)| (*query, visual));
-            let (logits, student) = Self::twig_forward(twig, &self.base_head, hidden_k, &rope, &prefix.encoded, selection, &self.device);
+            let (logits, student) =
+                Self::twig_forward(twig, &self.base_head, hidden_k, &rope, &prefix.encoded, selection, &self.device);
             loss.add(logits, &targets);
             if let (Some((.., teacher)), Some(student)) = (prefix.teacher, student) {
                 divergences.push(kl_divergence(Tensor::from_inner(teacher), student));
             }
         }
-        let (token_loss, tokens) = loss.finish().ok_or_else(|| TrainError::Config(format!("step {step}: no assistant tokens in the batch")))?;
+        let (token_loss, tokens) = loss
+            .finish()
+            .ok_or_else(|| TrainError::Config(format!("step {step}: no assistant tokens in the batch")))?;
         match (self.attention_distill, divergences.is_empty()) {
-            (Some(distill), false) => Ok((token_loss + Tensor::cat(divergences, 0).mean().mul_scalar(distill.weight), tokens)),
+            (Some(distill), false) => {
+                Ok((token_loss + Tensor::cat(divergences, 0).mean().mul_scalar(distill.weight), tokens))
+            }
             _ => Ok((token_loss, tokens)),
         }
     }
@@ -228,7 +264,15 @@ impl<B: AutodiffBackend> Objective<B> for TwigObjective<B> {
             let lm = &self.language_model;
             let rope = lm.rope(&prefix.positions, &self.device);
             let selection = prefix.teacher.as_ref().map(|(query, visual, _)| (*query, visual));
-            let (logits, student) = Self::twig_forward(&twig, &lm.lm_head, prefix.hidden_k, &rope, &prefix.encoded, selection, &self.device);
+            let (logits, student) = Self::twig_forward(
+                &twig,
+                &lm.lm_head,
+                prefix.hidden_k,
+                &rope,
+                &prefix.encoded,
+                selection,
+                &self.device,
+            );
             if let (Some((.., teacher)), Some(student)) = (prefix.teacher, student) {
                 divergence += kl_divergence(teacher, student).into_scalar().elem::<f64>();
                 images += 1;

@@ -12,9 +12,9 @@ use twigvlm_backbone::config::ClipVisionConfig;
 use twigvlm_backbone::ImagePreprocessor;
 use twigvlm_data::{Colour, Shape, ShapesDataset};
 
-use crate::metrics::argmax_ids;
 use crate::error::{Result, TrainError};
 use crate::loss::weighted_cross_entropy;
+use crate::metrics::argmax_ids;
 use crate::trainer::Objective;
 
 /// Loss weights: empty patches count less in the content heads (most patches are empty); the
@@ -102,7 +102,14 @@ pub struct VisionObjective<B: Backend> {
 }
 
 impl<B: Backend> VisionObjective<B> {
-    pub fn new(train: ShapesDataset, eval: ShapesDataset, preprocessor: ImagePreprocessor, cfg: &ClipVisionConfig, batch_size: usize, device: B::Device) -> Result<Self> {
+    pub fn new(
+        train: ShapesDataset,
+        eval: ShapesDataset,
+        preprocessor: ImagePreprocessor,
+        cfg: &ClipVisionConfig,
+        batch_size: usize,
+        device: B::Device,
+    ) -> Result<Self> {
         let grid = cfg.patches_per_side();
         if train.scene.grid != grid || train.scene.image_px() as usize != cfg.image_size {
             return Err(TrainError::Config(format!(
@@ -115,7 +122,12 @@ impl<B: Backend> VisionObjective<B> {
         Ok(Self { train, eval, preprocessor, batch_size, weights: PatchLossWeights::default(), device })
     }
 
-    fn batch<C: Backend>(&self, data: &ShapesDataset, indices: std::ops::Range<usize>, device: &C::Device) -> (Tensor<C, 4>, PatchTargets) {
+    fn batch<C: Backend>(
+        &self,
+        data: &ShapesDataset,
+        indices: std::ops::Range<usize>,
+        device: &C::Device,
+    ) -> (Tensor<C, 4>, PatchTargets) {
         let grid = data.scene.grid;
         let mut pixels = Vec::new();
         let mut targets = PatchTargets { shape: vec![], colour: vec![], row: vec![], column: vec![], occupied: vec![] };
@@ -129,8 +141,12 @@ impl<B: Backend> VisionObjective<B> {
             for cell in 0..grid * grid {
                 let (row, column) = (cell / grid, cell % grid);
                 let object = scene.objects.iter().find(|o| o.row == row && o.column == column);
-                targets.shape.push(object.map_or(0, |o| 1 + Shape::ALL.iter().position(|&s| s == o.shape).expect("known") as i64));
-                targets.colour.push(object.map_or(0, |o| 1 + Colour::ALL.iter().position(|&c| c == o.colour).expect("known") as i64));
+                targets.shape.push(
+                    object.map_or(0, |o| 1 + Shape::ALL.iter().position(|&s| s == o.shape).expect("known") as i64),
+                );
+                targets.colour.push(
+                    object.map_or(0, |o| 1 + Colour::ALL.iter().position(|&c| c == o.colour).expect("known") as i64),
+                );
                 targets.row.push(row as i64);
                 targets.column.push(column as i64);
                 targets.occupied.push(object.is_some());
@@ -150,12 +166,14 @@ impl<B: AutodiffBackend> Objective<B> for VisionObjective<B> {
         let end = (start + self.batch_size).min(self.train.len);
         let (pixels, targets) = self.batch::<B>(&self.train, start..end, &self.device);
         let logits = model.forward(pixels);
-        let content: Vec<f32> = targets.occupied.iter().map(|&o| if o { 1.0 } else { self.weights.empty_patch }).collect();
+        let content: Vec<f32> =
+            targets.occupied.iter().map(|&o| if o { 1.0 } else { self.weights.empty_patch }).collect();
         let all = vec![1.0; content.len()];
         let loss = weighted_cross_entropy(logits.shape, &targets.shape, &content)
             + weighted_cross_entropy(logits.colour, &targets.colour, &content)
-            + (weighted_cross_entropy(logits.row, &targets.row, &all) + weighted_cross_entropy(logits.column, &targets.column, &all))
-                .mul_scalar(self.weights.position);
+            + (weighted_cross_entropy(logits.row, &targets.row, &all)
+                + weighted_cross_entropy(logits.column, &targets.column, &all))
+            .mul_scalar(self.weights.position);
         Ok((loss, end - start))
     }
 
@@ -163,7 +181,8 @@ impl<B: AutodiffBackend> Objective<B> for VisionObjective<B> {
     fn evaluate(&mut self, model: &PatchClassifier<B>) -> Result<Vec<(String, f64)>> {
         let model = model.valid();
         let device = self.device.clone();
-        let (mut object_hits, mut objects, mut patch_hits, mut patches, mut row_hits) = (0usize, 0usize, 0usize, 0usize, 0usize);
+        let (mut object_hits, mut objects, mut patch_hits, mut patches, mut row_hits) =
+            (0usize, 0usize, 0usize, 0usize, 0usize);
         for start in (0..self.eval.len).step_by(self.batch_size) {
             let end = (start + self.batch_size).min(self.eval.len);
             let (pixels, targets) = self.batch::<B::InnerBackend>(&self.eval, start..end, &device);

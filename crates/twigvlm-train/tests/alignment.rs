@@ -30,14 +30,21 @@ fn flat_count<M: Module<Flex>>(module: &M) -> usize {
 }
 
 /// The fixture's frozen parts around a one-image training set (every step sees the same batch).
-fn objective(loaded: LoadedLlava<B>, device: &<B as burn::tensor::backend::BackendTypes>::Device) -> AlignmentObjective<B> {
+fn objective(
+    loaded: LoadedLlava<B>,
+    device: &<B as burn::tensor::backend::BackendTypes>::Device,
+) -> AlignmentObjective<B> {
     let mut data = ShapesDataset::new(5, 2, TaskMix::short());
     data.scene = SceneConfig { grid: 4, cell_px: 14, objects: 1..=3 };
     data.turns_per_image = 2;
     let mut eval = data.clone();
     eval.seed = twigvlm_data::EVAL_SEED_START;
     AlignmentObjective {
-        visual: VisualInput { vision: loaded.model.vision_tower.valid(), feature_select: loaded.config.feature_select, preprocessor: loaded.preprocessor },
+        visual: VisualInput {
+            vision: loaded.model.vision_tower.valid(),
+            feature_select: loaded.config.feature_select,
+            preprocessor: loaded.preprocessor,
+        },
         language_model: loaded.model.language_model,
         encoder: ConversationEncoder { tokenizer: loaded.tokenizer, template: loaded.template, system: None },
         train: Dataset::Shapes(data),
@@ -68,7 +75,13 @@ fn stage_two_trains_only_the_projector_and_the_tuned_layers() {
     let projector = twigvlm_train::trainable::trainable(loaded.model.projector.clone());
     let parts = AlignedParts::new(projector, &loaded.model.language_model, 1, TunedLayerParts::Whole).unwrap();
     assert_eq!(parts.first_tuned_layer, layers - 1);
-    assert!(AlignedParts::new(parts.projector.clone(), &loaded.model.language_model, layers + 1, TunedLayerParts::Whole).is_err());
+    assert!(AlignedParts::new(
+        parts.projector.clone(),
+        &loaded.model.language_model,
+        layers + 1,
+        TunedLayerParts::Whole
+    )
+    .is_err());
 
     let mut objective = objective(loaded, &device);
     let dir = std::env::temp_dir().join(format!("twigvlm-align-{}", std::process::id()));
@@ -115,7 +128,8 @@ fn a_frozen_projector_gives_the_same_loss_and_stays_as_it_was_and_attention_only
     let projector_before = flat(&loaded.model.projector.valid());
     let projector = twigvlm_train::trainable::trainable(loaded.model.projector.clone());
     let parts = AlignedParts::new(projector, &loaded.model.language_model, 1, TunedLayerParts::Attention).unwrap();
-    let (attention_before, mlp_before) = (flat(&parts.lm_layers[0].self_attn.valid()), flat(&parts.lm_layers[0].mlp.valid()));
+    let (attention_before, mlp_before) =
+        (flat(&parts.lm_layers[0].self_attn.valid()), flat(&parts.lm_layers[0].mlp.valid()));
     let mut objective = objective(loaded, &device);
 
     // One question per image: the frozen path (shared beginning run once, then the question on
@@ -147,7 +161,10 @@ fn a_frozen_projector_gives_the_same_loss_and_stays_as_it_was_and_attention_only
         objective.freeze_projector = true;
         let value = |loss: TokenMeanLoss<B>| -> f32 { loss.finish().expect("assistant tokens").0.into_scalar().elem() };
         let (a, b) = (value(alone), value(batched));
-        assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "questions batched with padding give each question's own loss with {padding:?}: {a} vs {b}");
+        assert!(
+            (a - b).abs() <= 1e-5 * a.abs().max(1.0),
+            "questions batched with padding give each question's own loss with {padding:?}: {a} vs {b}"
+        );
     }
     shapes(&mut objective).turns_per_image = 2;
     shapes(&mut objective).tasks = TaskMix::short();
@@ -194,7 +211,11 @@ fn text_only_conversations_train_beside_image_ones_with_a_frozen_projector() {
     let chat = Conversation {
         id: "chat".into(),
         image: None,
-        turns: vec![Turn { user: "Say hello to the cat.".into(), assistant: "Hello, cat! How are you?".into(), task: None }],
+        turns: vec![Turn {
+            user: "Say hello to the cat.".into(),
+            assistant: "Hello, cat! How are you?".into(),
+            task: None,
+        }],
     };
     let value = |loss: TokenMeanLoss<B>| -> (f32, usize) {
         let (mean, tokens) = loss.finish().expect("assistant tokens");
@@ -213,20 +234,36 @@ fn text_only_conversations_train_beside_image_ones_with_a_frozen_projector() {
     let positions: Vec<usize> = (0..encoded.prompt.len()).collect();
     let embeds = embed_with_image(&lm, &encoded.prompt, None, &device);
     let mut cache = KvCache::new(lm.num_layers());
-    let hidden = lm.forward_layers(embeds, &lm.rope(&positions, &device), 0..lm.num_layers(), &mut cache, &AttentionProbe::default()).hidden;
-    let logits = single_sequence(lm.logits(hidden.select(1, encoded.target_rows::<<B as burn::tensor::backend::AutodiffBackend>::InnerBackend>(&device))));
+    let hidden = lm
+        .forward_layers(
+            embeds,
+            &lm.rope(&positions, &device),
+            0..lm.num_layers(),
+            &mut cache,
+            &AttentionProbe::default(),
+        )
+        .hidden;
+    let logits = single_sequence(lm.logits(
+        hidden.select(1, encoded.target_rows::<<B as burn::tensor::backend::AutodiffBackend>::InnerBackend>(&device)),
+    ));
     let mut reference = TokenMeanLoss::<B>::new();
     reference.add(Tensor::from_inner(logits), &encoded.target_ids());
     let (expected, expected_tokens) = value(reference);
 
     let (text, text_tokens) = loss_of(&objective, std::slice::from_ref(&chat));
     assert_eq!(text_tokens, expected_tokens);
-    assert!((text - expected).abs() <= 1e-5 * expected.abs().max(1.0), "text-only loss {text} vs the language model's {expected}");
+    assert!(
+        (text - expected).abs() <= 1e-5 * expected.abs().max(1.0),
+        "text-only loss {text} vs the language model's {expected}"
+    );
 
     let image = objective.train.get(0);
     let (image_loss, image_tokens) = loss_of(&objective, std::slice::from_ref(&image));
     let (mixed, mixed_tokens) = loss_of(&objective, &[image, chat]);
     assert_eq!(mixed_tokens, image_tokens + text_tokens);
     let weighted = (image_loss * image_tokens as f32 + text * text_tokens as f32) / mixed_tokens as f32;
-    assert!((mixed - weighted).abs() <= 1e-5 * weighted.abs().max(1.0), "mixed batch {mixed} vs the token-weighted mean {weighted}");
+    assert!(
+        (mixed - weighted).abs() <= 1e-5 * weighted.abs().max(1.0),
+        "mixed batch {mixed} vs the token-weighted mean {weighted}"
+    );
 }

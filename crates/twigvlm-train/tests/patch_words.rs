@@ -23,9 +23,14 @@ fn the_projector_moves_towards_the_patch_words() {
     data.scene = SceneConfig { grid: 4, cell_px: 14, objects: 1..=3 };
     let mut eval = data.clone();
     (eval.seed, eval.len) = (twigvlm_data::EVAL_SEED_START, 4);
-    let visual = VisualInput { vision: loaded.model.vision_tower.valid(), feature_select: loaded.config.feature_select, preprocessor: loaded.preprocessor };
+    let visual = VisualInput {
+        vision: loaded.model.vision_tower.valid(),
+        feature_select: loaded.config.feature_select,
+        preprocessor: loaded.preprocessor,
+    };
     let embeddings = loaded.model.language_model.embed_tokens.weight.val().inner();
-    let mut objective = PatchWordsObjective::<B>::new(visual, embeddings, &loaded.tokenizer, data, eval, 8, device).unwrap();
+    let mut objective =
+        PatchWordsObjective::<B>::new(visual, embeddings, &loaded.tokenizer, data, eval, 8, device).unwrap();
     let dir = std::env::temp_dir().join(format!("twigvlm-patch-words-{}", std::process::id()));
     let options = TrainOptions {
         steps: 40,

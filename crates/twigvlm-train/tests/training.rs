@@ -39,7 +39,15 @@ fn tiny_data(seed: u64, len: usize) -> ShapesDataset {
 
 fn objective(batch: usize) -> VisionObjective<B> {
     let preprocessor = ImagePreprocessor::llava_default(56);
-    VisionObjective::new(tiny_data(1, 4096), tiny_data(1_000_000, 32), preprocessor, &tiny_config(), batch, Default::default()).unwrap()
+    VisionObjective::new(
+        tiny_data(1, 4096),
+        tiny_data(1_000_000, 32),
+        preprocessor,
+        &tiny_config(),
+        batch,
+        Default::default(),
+    )
+    .unwrap()
 }
 
 fn options(dir: &std::path::Path, steps: usize, total: usize) -> TrainOptions {
@@ -204,13 +212,21 @@ fn exported_tower_loads_back_through_the_inference_loader() {
     Flex::seed(&device, 9);
     let tower = ClipVisionTower::<Flex>::init(&cfg, cfg.num_layers, &device);
     let tensors = hf_tensors(&tower, &|p| ClipVisionTower::<Flex>::hf_name("vision_tower.vision_model", p));
-    assert!(tensors.iter().any(|t| t.0 == "vision_tower.vision_model.encoder.layers.1.mlp.fc2.weight" && t.1 == vec![32, 64]));
+    assert!(tensors
+        .iter()
+        .any(|t| t.0 == "vision_tower.vision_model.encoder.layers.1.mlp.fc2.weight" && t.1 == vec![32, 64]));
     assert!(tensors.iter().any(|t| t.0 == "vision_tower.vision_model.pre_layrnorm.bias"));
     let dir = scratch("export");
     std::fs::create_dir_all(&dir).unwrap();
     write_safetensors(&dir.join("model.safetensors"), &tensors, StorageDtype::F32).unwrap();
     let source = TensorSource::open_dir(&dir).unwrap();
-    let loaded = ClipVisionTower::<Flex>::load(&WeightLoader::new(&source, &device), "vision_tower.vision_model", &cfg, cfg.num_layers).unwrap();
+    let loaded = ClipVisionTower::<Flex>::load(
+        &WeightLoader::new(&source, &device),
+        "vision_tower.vision_model",
+        &cfg,
+        cfg.num_layers,
+    )
+    .unwrap();
     let pixels = Tensor::<Flex, 4>::random([2, 3, 56, 56], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
     let (a, b) = (tower.forward(pixels.clone()), loaded.forward(pixels));
     let diff = (a - b).abs().max().into_scalar();

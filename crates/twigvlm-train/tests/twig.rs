@@ -29,7 +29,11 @@ fn data(seed: u64) -> Dataset {
 
 /// A twig block's MLP tensors, by name.
 fn mlp_values(twig: &Twig<Flex>) -> Vec<(String, Vec<f32>)> {
-    hf_tensors(twig, &|p| p.to_string()).into_iter().filter(|(name, _, _)| name.contains(".mlp.")).map(|(n, _, v)| (n, v)).collect()
+    hf_tensors(twig, &|p| p.to_string())
+        .into_iter()
+        .filter(|(name, _, _)| name.contains(".mlp."))
+        .map(|(n, _, v)| (n, v))
+        .collect()
 }
 
 /// Ten steps at lr 1e-2 on a fixed batch, no evaluation or checkpoint on the way.
@@ -58,7 +62,8 @@ fn run(targets: TwigTargets, mlp: TwigMlp) {
     let twig = twigvlm_train::twig::trainable_twig(Twig::<B>::from_inner(twig));
     let encoder = ConversationEncoder { tokenizer: loaded.tokenizer, template: loaded.template, system: None };
     let datasets = (data(7), data(twigvlm_data::EVAL_SEED_START));
-    let mut objective = TwigObjective::<B>::new(loaded.model, loaded.preprocessor, encoder, targets, datasets, 2, device);
+    let mut objective =
+        TwigObjective::<B>::new(loaded.model, loaded.preprocessor, encoder, targets, datasets, 2, device);
 
     let (loss, _) = objective.loss(&twig, 0).unwrap();
     let grads = GradientsParams::from_grads(loss.backward(), &twig);
@@ -86,7 +91,8 @@ fn run(targets: TwigTargets, mlp: TwigMlp) {
     let metrics = objective.evaluate(&twig).unwrap();
     assert_eq!(metrics[0].0, "agreement");
     assert!((0.0..=1.0).contains(&metrics[0].1));
-    let base_after = [flat(&objective.visual.vision), flat(&objective.projector), flat(&objective.language_model)].concat();
+    let base_after =
+        [flat(&objective.visual.vision), flat(&objective.projector), flat(&objective.language_model)].concat();
     assert_eq!(base_after, base_before, "the base must stay bit-identical");
     let _ = std::fs::remove_dir_all(out);
 }
@@ -121,8 +127,9 @@ fn attention_distillation_is_zero_for_the_copied_layer_and_pulls_toward_another(
         let twig = twigvlm_train::twig::trainable_twig(Twig::<B>::from_inner(twig));
         let encoder = ConversationEncoder { tokenizer: loaded.tokenizer, template: loaded.template, system: None };
         let datasets = (data(7), data(twigvlm_data::EVAL_SEED_START));
-        let objective = TwigObjective::<B>::new(loaded.model, loaded.preprocessor, encoder, TwigTargets::Base, datasets, 2, device)
-            .with_attention_distill(AttentionDistill { teacher_layer, weight: 10.0 });
+        let objective =
+            TwigObjective::<B>::new(loaded.model, loaded.preprocessor, encoder, TwigTargets::Base, datasets, 2, device)
+                .with_attention_distill(AttentionDistill { teacher_layer, weight: 10.0 });
         (objective, twig)
     };
     // The fixture has 4 layers.

@@ -99,7 +99,8 @@ impl LayerPlan {
     /// R': visual tokens kept in layers K..K_f-1 so that the average over all layers is
     /// `budget_tokens` (R̄), for an image of `visual_tokens` (N_v).
     pub fn kept_visual_tokens(&self, budget_tokens: f64, visual_tokens: usize) -> usize {
-        let (l, k, k_f, n_v) = (self.num_layers as f64, self.prune_layer as f64, self.wipe_layer as f64, visual_tokens as f64);
+        let (l, k, k_f, n_v) =
+            (self.num_layers as f64, self.prune_layer as f64, self.wipe_layer as f64, visual_tokens as f64);
         let r_prime = ((l * budget_tokens - k * n_v) / (k_f - k) - CEIL_SLACK).ceil();
         r_prime.clamp(0.0, n_v) as usize
     }

@@ -103,7 +103,9 @@ pub enum Scores {
     BaseLayer(usize),
     /// Head-mean attention of the last prompt token in the twig's last block.
     Twig,
-    Random { seed: u64 },
+    Random {
+        seed: u64,
+    },
 }
 
 /// What a prefill does with visual tokens: a policy, a budget and an optional FinalWipe layer.
@@ -154,8 +156,8 @@ impl PruningSpec {
         let wipe_layer = match (self.policy, self.final_wipe) {
             (PrefillPolicy::FastV, Some(k_f)) if k_f != num_layers => {
                 return Err(TtpError::InvalidLayers(format!(
-                    "FastV has no FinalWipe; use vlm-layer:K with --final-wipe {k_f} for FastV's attention with FinalWipe"
-                )))
+                "FastV has no FinalWipe; use vlm-layer:K with --final-wipe {k_f} for FastV's attention with FinalWipe"
+            )))
             }
             (PrefillPolicy::FastV, _) => num_layers,
             (_, Some(k_f)) => k_f,
@@ -192,7 +194,11 @@ impl PruningSpec {
 fn default_wipe_layer(num_layers: usize, prune_layer: usize) -> usize {
     let (num, den) = PAPER_WIPE_SHARE;
     let scaled = (num_layers * num + den / 2) / den;
-    if scaled > prune_layer { scaled } else { num_layers }
+    if scaled > prune_layer {
+        scaled
+    } else {
+        num_layers
+    }
 }
 
 #[cfg(test)]

@@ -104,15 +104,27 @@ pub fn prefill<B: Backend>(
     }
 
     let (top, pruning) = match pruned {
-        None => (base.forward_layers(low.hidden, &rope, split..num_layers, &mut base_cache, &AttentionProbe::default()).hidden, None),
+        None => (
+            base.forward_layers(low.hidden, &rope, split..num_layers, &mut base_cache, &AttentionProbe::default())
+                .hidden,
+            None,
+        ),
         Some((plan, span, r_prime)) => {
             let visual_scores = match plan.scores {
-                Scores::BaseLayer(_) if !low.attention.is_empty() => head_mean_row(low.attention.remove(0).1, span.clone()),
+                Scores::BaseLayer(_) if !low.attention.is_empty() => {
+                    head_mean_row(low.attention.remove(0).1, span.clone())
+                }
                 Scores::BaseLayer(layer) => {
                     // The ablation's deeper layer sees the unpruned prompt: layers K..N-1 run
                     // once more on a scratch cache (only this policy computes anything twice).
                     let mut scratch = KvCache::new(num_layers);
-                    let deeper = base.forward_layers(low.hidden.clone(), &rope, split..layer + 1, &mut scratch, &probe_at(layer));
+                    let deeper = base.forward_layers(
+                        low.hidden.clone(),
+                        &rope,
+                        split..layer + 1,
+                        &mut scratch,
+                        &probe_at(layer),
+                    );
                     head_mean_row(deeper.attention.into_iter().next().expect("probed layer").1, span.clone())
                 }
                 Scores::Twig => head_mean_row(twig_attention.expect("the twig ran with a probe"), span.clone()),
@@ -142,22 +154,38 @@ fn run_pruned<B: Backend>(
 ) -> Tensor<B, 3> {
     let device = hidden.device();
     let text_after = span.end..prompt_len;
-    let rows: Vec<usize> = (0..span.start).chain(kept.iter().map(|&i| span.start + i)).chain(text_after.clone()).collect();
+    let rows: Vec<usize> =
+        (0..span.start).chain(kept.iter().map(|&i| span.start + i)).chain(text_after.clone()).collect();
     let pruned = gather_rows(hidden, &rows);
-    let middle = base.forward_layers(pruned, &base.rope(&rows, &device), layers.prune_layer..layers.wipe_layer, cache, &AttentionProbe::default());
+    let middle = base.forward_layers(
+        pruned,
+        &base.rope(&rows, &device),
+        layers.prune_layer..layers.wipe_layer,
+        cache,
+        &AttentionProbe::default(),
+    );
     if !layers.has_final_wipe() {
         return middle.hidden;
     }
     let text_rows: Vec<usize> = (0..span.start).chain(span.start + kept.len()..rows.len()).collect();
     let text_positions: Vec<usize> = (0..span.start).chain(text_after).collect();
     let text = gather_rows(middle.hidden, &text_rows);
-    base.forward_layers(text, &base.rope(&text_positions, &device), layers.wipe_layer..layers.num_layers, cache, &AttentionProbe::default())
-        .hidden
+    base.forward_layers(
+        text,
+        &base.rope(&text_positions, &device),
+        layers.wipe_layer..layers.num_layers,
+        cache,
+        &AttentionProbe::default(),
+    )
+    .hidden
 }
 
 /// `[1, seq, hidden]` → `[1, rows, hidden]`.
 fn gather_rows<B: Backend>(hidden: Tensor<B, 3>, rows: &[usize]) -> Tensor<B, 3> {
-    let index = Tensor::<B, 1, Int>::from_data(TensorData::new(rows.iter().map(|&r| r as i32).collect::<Vec<_>>(), [rows.len()]), &hidden.device());
+    let index = Tensor::<B, 1, Int>::from_data(
+        TensorData::new(rows.iter().map(|&r| r as i32).collect::<Vec<_>>(), [rows.len()]),
+        &hidden.device(),
+    );
     hidden.select(1, index)
 }
 

@@ -65,7 +65,11 @@ fn every_layer_cache_has_the_planned_length() {
         let out = prefill(base, Some(&twig), embeds(base, &PROMPT), Some(IMAGE), &spec, true).unwrap();
         let outcome = out.pruning.as_ref().unwrap();
         let plan = LayerPlan::new(LAYERS, 1, outcome.final_wipe).unwrap();
-        assert_eq!(out.base_cache.lengths(), plan.cache_lengths(PROMPT.len(), IMAGE.len(), outcome.r_prime), "{spec:?}");
+        assert_eq!(
+            out.base_cache.lengths(),
+            plan.cache_lengths(PROMPT.len(), IMAGE.len(), outcome.r_prime),
+            "{spec:?}"
+        );
         assert_eq!(out.twig_cache.as_ref().unwrap().lengths(), [PROMPT.len(); 2], "the twig keeps every visual token");
         let kept = &outcome.kept_visual_indices;
         assert!(kept.windows(2).all(|w| w[0] < w[1]) && kept.iter().all(|&i| i < IMAGE.len()), "{kept:?}");
@@ -131,12 +135,17 @@ fn nothing_is_pruned_when_there_is_nothing_to_prune() {
 fn bad_requests_get_clear_errors() {
     let llava = fixture();
     let base = &llava.model.language_model;
-    let attempt = |spec: &PruningSpec, span: Range<usize>| prefill(base, None, embeds(base, &PROMPT), Some(span), spec, false).err();
+    let attempt = |spec: &PruningSpec, span: Range<usize>| {
+        prefill(base, None, embeds(base, &PROMPT), Some(span), spec, false).err()
+    };
     assert!(matches!(attempt(&spec("twig", "3", None), IMAGE), Some(TtpError::MissingTwig)));
     assert!(matches!(attempt(&spec("random", "3", Some(2)), IMAGE), Some(TtpError::InvalidLayers(_))));
     assert!(matches!(attempt(&spec("random", "3", Some(5)), IMAGE), Some(TtpError::InvalidLayers(_))));
     assert!(matches!(attempt(&spec("vlm-layer:5", "3", None), IMAGE), Some(TtpError::InvalidLayers(_))));
-    assert!(matches!(attempt(&PruningSpec { budget: None, ..spec("fastv", "3", None) }, IMAGE), Some(TtpError::MissingBudget(_))));
+    assert!(matches!(
+        attempt(&PruningSpec { budget: None, ..spec("fastv", "3", None) }, IMAGE),
+        Some(TtpError::MissingBudget(_))
+    ));
     assert!(matches!(attempt(&spec("fastv", "3", None), 6..16), Some(TtpError::ImageAtPromptEnd)));
     let message = attempt(&spec("random", "3", Some(2)), IMAGE).unwrap().to_string();
     assert!(message.contains("K_f=2") && message.contains("K=2"), "{message}");

@@ -82,19 +82,33 @@ fn is_mlp(name: &str) -> bool {
 
 /// Writes our format: weights in `dtype` (frozen MLPs left out), then `twig.json` (each file
 /// atomically).
-pub fn save_twig<B: Backend>(dir: &Path, twig: &Twig<B>, base: &LlamaDecoder<B>, training: serde_json::Value, dtype: StorageDtype) -> Result<()> {
+pub fn save_twig<B: Backend>(
+    dir: &Path,
+    twig: &Twig<B>,
+    base: &LlamaDecoder<B>,
+    training: serde_json::Value,
+    dtype: StorageDtype,
+) -> Result<()> {
     create_dir(dir)?;
     let mut named = tensors(twig);
     if twig.config.mlp == TwigMlp::Frozen {
         named.retain(|(name, _, _)| !is_mlp(name));
     }
     write_safetensors(&dir.join(OURS_WEIGHTS), &named, dtype)?;
-    write_meta(dir, &TwigMeta { format_version: FORMAT_VERSION, config: twig.config, base: BaseIdentity::of(base), training })
+    write_meta(
+        dir,
+        &TwigMeta { format_version: FORMAT_VERSION, config: twig.config, base: BaseIdentity::of(base), training },
+    )
 }
 
 /// Writes the official layout (bf16 `model.safetensors`; the head is written even when shared, as
 /// the official loader expects one) and our `twig.json` beside it so that K travels with it.
-pub fn save_official<B: Backend>(dir: &Path, twig: &Twig<B>, base: &LlamaDecoder<B>, training: serde_json::Value) -> Result<()> {
+pub fn save_official<B: Backend>(
+    dir: &Path,
+    twig: &Twig<B>,
+    base: &LlamaDecoder<B>,
+    training: serde_json::Value,
+) -> Result<()> {
     create_dir(dir)?;
     let mut named = tensors(twig);
     if twig.lm_head.is_none() {
@@ -107,7 +121,9 @@ pub fn save_official<B: Backend>(dir: &Path, twig: &Twig<B>, base: &LlamaDecoder
 
 fn read_meta(path: &Path) -> Result<Option<TwigMeta>> {
     match std::fs::read_to_string(path) {
-        Ok(text) => serde_json::from_str(&text).map(Some).map_err(|source| TwigError::Json { path: path.to_path_buf(), source }),
+        Ok(text) => {
+            serde_json::from_str(&text).map(Some).map_err(|source| TwigError::Json { path: path.to_path_buf(), source })
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(TwigError::Read { path: path.to_path_buf(), source }),
     }
@@ -126,7 +142,13 @@ fn count_layers(source: &TensorSource) -> usize {
 
 /// Loads a twig in either format from `dir` for `base`. `k` overrides (and is required for an
 /// official twig without `twig.json`). A twig recorded for another base model is refused.
-pub fn load_twig<B: Backend>(dir: &Path, base: &LlamaDecoder<B>, base_config: &LlamaConfig, k: Option<usize>, device: &B::Device) -> Result<TwigCheckpoint<B>> {
+pub fn load_twig<B: Backend>(
+    dir: &Path,
+    base: &LlamaDecoder<B>,
+    base_config: &LlamaConfig,
+    k: Option<usize>,
+    device: &B::Device,
+) -> Result<TwigCheckpoint<B>> {
     let (format, weights) = if dir.join(OURS_WEIGHTS).is_file() {
         (TwigFormat::Ours, dir.join(OURS_WEIGHTS))
     } else if dir.join(OFFICIAL_WEIGHTS).is_file() {
@@ -141,7 +163,11 @@ pub fn load_twig<B: Backend>(dir: &Path, base: &LlamaDecoder<B>, base_config: &L
     if let Some(meta) = &meta {
         let found = BaseIdentity::of(base);
         if meta.base != found {
-            return Err(TwigError::WrongBase { path: dir.to_path_buf(), expected: meta.base.to_string(), found: found.to_string() });
+            return Err(TwigError::WrongBase {
+                path: dir.to_path_buf(),
+                expected: meta.base.to_string(),
+                found: found.to_string(),
+            });
         }
     }
     let mut source = TensorSource::default();
@@ -166,9 +192,12 @@ pub fn load_twig<B: Backend>(dir: &Path, base: &LlamaDecoder<B>, base_config: &L
         }
     }
     let loader = WeightLoader::new(&source, device);
-    let layers = (0..t).map(|i| DecoderLayer::load(&loader, &format!("{LAYER_PREFIX}.{i}"), base_config)).collect::<std::result::Result<Vec<_>, _>>()?;
+    let layers = (0..t)
+        .map(|i| DecoderLayer::load(&loader, &format!("{LAYER_PREFIX}.{i}"), base_config))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
     let norm = loader.rms_norm(NORM, base.hidden_size(), base_config.rms_norm_eps)?;
-    let lm_head = if has_head { Some(loader.linear(HEAD, base.hidden_size(), base.vocab_size(), false)?) } else { None };
+    let lm_head =
+        if has_head { Some(loader.linear(HEAD, base.hidden_size(), base.vocab_size(), false)?) } else { None };
     Ok(TwigCheckpoint { twig: Twig { layers, norm, lm_head, config }, format, meta })
 }
 

@@ -80,7 +80,10 @@ impl TwigConfig {
             )));
         }
         if self.mlp == TwigMlp::Frozen && self.init == TwigInit::Random {
-            return Err(TwigError::Shape("frozen MLPs are copies of base layers; a random initialisation copies none (use adjacent or last)".into()));
+            return Err(TwigError::Shape(
+                "frozen MLPs are copies of base layers; a random initialisation copies none (use adjacent or last)"
+                    .into(),
+            ));
         }
         Ok(())
     }

@@ -21,7 +21,11 @@ pub struct BaseIdentity {
 
 impl std::fmt::Display for BaseIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} layers, hidden {}, vocab {}, fingerprint {}", self.layers, self.hidden_size, self.vocab_size, self.fingerprint)
+        write!(
+            f,
+            "{} layers, hidden {}, vocab {}, fingerprint {}",
+            self.layers, self.hidden_size, self.vocab_size, self.fingerprint
+        )
     }
 }
 

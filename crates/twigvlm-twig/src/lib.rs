@@ -9,7 +9,7 @@ pub mod error;
 pub mod identity;
 pub mod module;
 
-pub use checkpoint::{load_twig, save_twig, save_official, TwigCheckpoint, TwigFormat};
+pub use checkpoint::{load_twig, save_official, save_twig, TwigCheckpoint, TwigFormat};
 pub use config::{TwigConfig, TwigHead, TwigInit, TwigMlp};
 pub use error::{Result, TwigError};
 pub use identity::BaseIdentity;

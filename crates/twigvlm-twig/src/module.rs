@@ -22,14 +22,21 @@ pub struct Twig<B: Backend> {
 impl<B: Backend> Twig<B> {
     /// A twig for `base` initialised as `config.init` says. Copies share nothing with the base
     /// (training changes only the twig).
-    pub fn init(base: &LlamaDecoder<B>, base_config: &LlamaConfig, config: TwigConfig, device: &B::Device) -> Result<Self> {
+    pub fn init(
+        base: &LlamaDecoder<B>,
+        base_config: &LlamaConfig,
+        config: TwigConfig,
+        device: &B::Device,
+    ) -> Result<Self> {
         config.validate(base.num_layers())?;
         let layers = match config.source_layers(base.num_layers()) {
             Some(range) => base.layers[range].iter().map(deep_copy).collect(),
             None => (0..config.t).map(|_| DecoderLayer::init(base_config, device)).collect(),
         };
         let norm = match config.init {
-            TwigInit::Random => burn::nn::RmsNormConfig::new(base.hidden_size()).with_epsilon(base_config.rms_norm_eps).init(device),
+            TwigInit::Random => {
+                burn::nn::RmsNormConfig::new(base.hidden_size()).with_epsilon(base_config.rms_norm_eps).init(device)
+            }
             TwigInit::Adjacent | TwigInit::Last => deep_copy(&base.norm),
         };
         let lm_head = match config.head {
@@ -57,12 +64,24 @@ impl<B: Backend> Twig<B> {
     ///
     /// # Shapes
     /// - hidden: `[batch, new, hidden]` → `[batch, new, hidden]`
-    pub fn forward(&self, hidden: Tensor<B, 3>, rope: &RopeAngles<B>, cache: &mut KvCache<B>, probe: &AttentionProbe) -> LayersOutput<B> {
+    pub fn forward(
+        &self,
+        hidden: Tensor<B, 3>,
+        rope: &RopeAngles<B>,
+        cache: &mut KvCache<B>,
+        probe: &AttentionProbe,
+    ) -> LayersOutput<B> {
         forward_stack(&self.layers, 0, hidden, rope, cache, probe)
     }
 
     /// [`Self::forward`] for the nodes of a draft tree (see `TreeMask`).
-    pub fn forward_tree(&self, hidden: Tensor<B, 3>, rope: &RopeAngles<B>, cache: &mut KvCache<B>, tree: &TreeMask) -> Tensor<B, 3> {
+    pub fn forward_tree(
+        &self,
+        hidden: Tensor<B, 3>,
+        rope: &RopeAngles<B>,
+        cache: &mut KvCache<B>,
+        tree: &TreeMask,
+    ) -> Tensor<B, 3> {
         forward_stack_tree(&self.layers, 0, hidden, rope, cache, tree)
     }
 
@@ -82,7 +101,10 @@ impl<B: Backend> Twig<B> {
 fn deep_copy<B: Backend, M: Module<B>>(module: &M) -> M {
     struct Fresh;
     impl<B: Backend> burn::module::ModuleMapper<B> for Fresh {
-        fn map_float<const D: usize>(&mut self, param: burn::module::Param<Tensor<B, D>>) -> burn::module::Param<Tensor<B, D>> {
+        fn map_float<const D: usize>(
+            &mut self,
+            param: burn::module::Param<Tensor<B, D>>,
+        ) -> burn::module::Param<Tensor<B, D>> {
             let value = param.val();
             let copy = Tensor::from_data(value.to_data(), &value.device());
             burn::module::Param::initialized(burn::module::ParamId::new(), copy)

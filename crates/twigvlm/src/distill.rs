@@ -54,7 +54,11 @@ pub fn distill<B: Backend>(
     let started = std::time::Instant::now();
     let file = out_dir.join(DISTILL_FILE);
     let mut records = if file.exists() {
-        anyhow::ensure!(options.resume, "{} exists: pass --resume to complete it, or choose another --out", file.display());
+        anyhow::ensure!(
+            options.resume,
+            "{} exists: pass --resume to complete it, or choose another --out",
+            file.display()
+        );
         read_records(&file)?
     } else {
         Vec::new()
@@ -77,7 +81,11 @@ pub fn distill<B: Backend>(
             if image_path.is_none() {
                 image_path = example.image.as_ref().map(|source| stored_image(source, index, out_dir)).transpose()?;
             }
-            let request = GenerateRequest::greedy(Prompt::User(turn.user.clone()), image.clone(), options.answer_budget.for_turn(turn));
+            let request = GenerateRequest::greedy(
+                Prompt::User(turn.user.clone()),
+                image.clone(),
+                options.answer_budget.for_turn(turn),
+            );
             let answer = engine.generate(&request, |_| std::ops::ControlFlow::Continue(()))?;
             summary.generated += 1;
             summary.generated_tokens += answer.generated_ids.len();
@@ -100,11 +108,16 @@ fn stored_image(source: &ImageSource, index: usize, out_dir: &Path) -> anyhow::R
     match source {
         ImageSource::File(path) => {
             let absolute = std::path::absolute(path).with_context(|| format!("cannot resolve {}", path.display()))?;
-            absolute.to_str().map(str::to_string).with_context(|| format!("image path {} is not UTF-8", absolute.display()))
+            absolute
+                .to_str()
+                .map(str::to_string)
+                .with_context(|| format!("image path {} is not UTF-8", absolute.display()))
         }
         ImageSource::Rendered(image) => {
             let relative = format!("{IMAGE_DIR}/{index:07}.png");
-            image.save(out_dir.join(&relative)).with_context(|| format!("cannot write {}", out_dir.join(&relative).display()))?;
+            image
+                .save(out_dir.join(&relative))
+                .with_context(|| format!("cannot write {}", out_dir.join(&relative).display()))?;
             Ok(relative)
         }
     }

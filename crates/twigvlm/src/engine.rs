@@ -9,7 +9,10 @@ use image::DynamicImage;
 use serde::Serialize;
 use twigvlm_backbone::chat_template::{ChatMessage, ChatTemplate};
 use twigvlm_backbone::{load_llava, LoadOptions, LoadedLlava, PromptTokens, TextStream};
-use twigvlm_ssd::{decode_speculative, decode_vanilla, decode_vanilla_prefilled, DecodeConfig, DraftConfig, Sampler, Sampling, ShallowNetwork, SpeculativeStats, StopReason};
+use twigvlm_ssd::{
+    decode_speculative, decode_vanilla, decode_vanilla_prefilled, DecodeConfig, DraftConfig, Sampler, Sampling,
+    ShallowNetwork, SpeculativeStats, StopReason,
+};
 use twigvlm_ttp::{prefill, PruningOutcome, PruningSpec};
 use twigvlm_twig::{load_twig, TwigCheckpoint};
 
@@ -183,7 +186,12 @@ impl<B: Backend> Engine<B> {
     }
 
     /// Template, tokens, vision tower and projector: the prompt's embeddings.
-    pub fn encode(&self, prompt: &Prompt, image: Option<&DynamicImage>, capture_tensors: bool) -> anyhow::Result<EncodedPrompt<B>> {
+    pub fn encode(
+        &self,
+        prompt: &Prompt,
+        image: Option<&DynamicImage>,
+        capture_tensors: bool,
+    ) -> anyhow::Result<EncodedPrompt<B>> {
         let llava = &self.llava;
         let started = Instant::now();
         let text = prompt.render(&llava.template, image.is_some())?;
@@ -216,15 +224,30 @@ impl<B: Backend> Engine<B> {
 
     /// Which visual tokens `pruning` keeps for an encoded prompt (the prefill runs; nothing is
     /// decoded).
-    pub fn select_visual_tokens(&self, encoded: &EncodedPrompt<B>, pruning: &PruningSpec) -> anyhow::Result<Option<PruningOutcome>> {
+    pub fn select_visual_tokens(
+        &self,
+        encoded: &EncodedPrompt<B>,
+        pruning: &PruningSpec,
+    ) -> anyhow::Result<Option<PruningOutcome>> {
         let twig = self.twig.as_ref().map(|t| &t.twig);
-        let prefilled = prefill(&self.llava.model.language_model, twig, encoded.embeds.clone(), encoded.tokens.image_span.clone(), pruning, false)?;
+        let prefilled = prefill(
+            &self.llava.model.language_model,
+            twig,
+            encoded.embeds.clone(),
+            encoded.tokens.image_span.clone(),
+            pruning,
+            false,
+        )?;
         Ok(prefilled.pruning)
     }
 
     /// Runs one request; `on_text` receives decoded text as tokens arrive and may stop the
     /// generation (the result then ends with [`StopReason::Cancelled`]).
-    pub fn generate(&self, request: &GenerateRequest, mut on_text: impl FnMut(&str) -> ControlFlow<()>) -> anyhow::Result<GenerateResult> {
+    pub fn generate(
+        &self,
+        request: &GenerateRequest,
+        mut on_text: impl FnMut(&str) -> ControlFlow<()>,
+    ) -> anyhow::Result<GenerateResult> {
         let llava = &self.llava;
         let EncodedPrompt { tokens: prompt, embeds, pixel_values, image_features: features_host, time: vision_time } =
             self.encode(&request.prompt, request.image.as_ref(), request.capture_tensors)?;
@@ -248,7 +271,11 @@ impl<B: Backend> Engine<B> {
         config.check_prompt(prompt.len())?;
         let base = &llava.model.language_model;
         let attached = self.twig.as_ref().map(|t| &t.twig);
-        let twig = || attached.ok_or_else(|| anyhow::anyhow!("the {} decoder needs a twig: attach one first (--twig DIR)", request.decoder.name()));
+        let twig = || {
+            attached.ok_or_else(|| {
+                anyhow::anyhow!("the {} decoder needs a twig: attach one first (--twig DIR)", request.decoder.name())
+            })
+        };
         let span = prompt.image_span.clone();
         let (output, speculative, pruning) = match request.decoder {
             DecoderKind::Base => {
@@ -258,12 +285,23 @@ impl<B: Backend> Engine<B> {
             }
             DecoderKind::TwigOnly => {
                 anyhow::ensure!(request.pruning == PruningSpec::none(), "the twig-only decoder runs the shallow network on the whole prompt: drop --policy, or decode with --decoder base or ssd");
-                (decode_vanilla(&ShallowNetwork { base, twig: twig()? }, embeds, &config, &mut sampler, &mut on_token)?, None, None)
+                (
+                    decode_vanilla(
+                        &ShallowNetwork { base, twig: twig()? },
+                        embeds,
+                        &config,
+                        &mut sampler,
+                        &mut on_token,
+                    )?,
+                    None,
+                    None,
+                )
             }
             DecoderKind::Ssd => {
                 let mut prefilled = prefill(base, Some(twig()?), embeds, span, &request.pruning, true)?;
                 let pruning = prefilled.pruning.take();
-                let (output, stats) = decode_speculative(base, twig()?, prefilled, &config, &request.draft, &mut sampler, &mut on_token)?;
+                let (output, stats) =
+                    decode_speculative(base, twig()?, prefilled, &config, &request.draft, &mut sampler, &mut on_token)?;
                 (output, Some(stats), pruning)
             }
         };

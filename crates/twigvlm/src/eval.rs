@@ -49,7 +49,12 @@ pub struct EvalOptions {
 
 impl Default for EvalOptions {
     fn default() -> Self {
-        Self { answer_budget: AnswerBudget::default(), blank_image_baseline: true, decoder: DecoderKind::Base, pruning: PruningSpec::none() }
+        Self {
+            answer_budget: AnswerBudget::default(),
+            blank_image_baseline: true,
+            decoder: DecoderKind::Base,
+            pruning: PruningSpec::none(),
+        }
     }
 }
 
@@ -171,10 +176,15 @@ fn report(
             for r in &tally.references {
                 *counts.entry(r.as_str()).or_default() += 1;
             }
-            let (majority_answer, majority) = counts.iter().max_by_key(|(_, &c)| c).map(|(a, &c)| (a.to_string(), c)).unwrap_or_default();
+            let (majority_answer, majority) =
+                counts.iter().max_by_key(|(_, &c)| c).map(|(a, &c)| (a.to_string(), c)).unwrap_or_default();
             let n = tally.references.len();
-            (n_short, correct, blank_correct, majority_correct) =
-                (n_short + n, correct + tally.correct, blank_correct + tally.blank_correct, majority_correct + majority);
+            (n_short, correct, blank_correct, majority_correct) = (
+                n_short + n,
+                correct + tally.correct,
+                blank_correct + tally.blank_correct,
+                majority_correct + majority,
+            );
             let report = TaskReport {
                 n,
                 accuracy: ratio(tally.correct, n),

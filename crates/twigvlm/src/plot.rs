@@ -44,10 +44,15 @@ fn register_system_font() -> anyhow::Result<()> {
     static FONT: OnceLock<Result<(), String>> = OnceLock::new();
     FONT.get_or_init(|| {
         let path = FONT_PATHS.iter().find(|p| Path::new(p).is_file()).ok_or_else(|| {
-            format!("no TrueType font found for plot text (looked for {}); on Debian: apt-get install fonts-dejavu-core", FONT_PATHS.join(", "))
+            format!(
+                "no TrueType font found for plot text (looked for {}); on Debian: apt-get install fonts-dejavu-core",
+                FONT_PATHS.join(", ")
+            )
         })?;
-        let bytes: &'static [u8] = Box::leak(std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?.into_boxed_slice());
-        register_font(FONT_FAMILY, FontStyle::Normal, bytes).map_err(|_| format!("{path} is not a usable TrueType font"))
+        let bytes: &'static [u8] =
+            Box::leak(std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?.into_boxed_slice());
+        register_font(FONT_FAMILY, FontStyle::Normal, bytes)
+            .map_err(|_| format!("{path} is not a usable TrueType font"))
     })
     .clone()
     .map_err(anyhow::Error::msg)
@@ -57,7 +62,13 @@ type Chart<'a> = ChartContext<'a, BitMapBackend<'a>, Cartesian2d<RangedCoordf64,
 
 /// A titled chart over `x` × `y` on a white canvas; `draw` adds the mesh and the data, and the
 /// result is written as PNG.
-fn draw_chart(path: &Path, title: &str, x: Range<f64>, y: Range<f64>, draw: impl FnOnce(&mut Chart<'_>) -> anyhow::Result<()>) -> anyhow::Result<()> {
+fn draw_chart(
+    path: &Path,
+    title: &str,
+    x: Range<f64>,
+    y: Range<f64>,
+    draw: impl FnOnce(&mut Chart<'_>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     register_system_font()?;
     let mut buffer = vec![0u8; (SIZE.0 * SIZE.1 * 3) as usize];
     {
@@ -81,7 +92,11 @@ pub fn line_chart(path: &Path, labels: &Labels<'_>, series: &[Series]) -> anyhow
     let span = |values: Vec<f64>| {
         let (lo, hi) = values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
         let pad = ((hi - lo) * 0.05).max(1e-6);
-        if lo.is_finite() { (lo - pad)..(hi + pad) } else { 0.0..1.0 }
+        if lo.is_finite() {
+            (lo - pad)..(hi + pad)
+        } else {
+            0.0..1.0
+        }
     };
     let (x_range, y_range) = (span(points().map(|p| p.0).collect()), span(points().map(|p| p.1).collect()));
     draw_chart(path, labels.title, x_range, y_range, |chart| {
@@ -126,8 +141,13 @@ pub fn bar_chart(path: &Path, labels: &Labels<'_>, bars: &[(String, f64)]) -> an
             .draw()?;
         for (index, (_, value)) in bars.iter().enumerate() {
             let (x, colour) = (index as f64, Palette99::pick(index).to_rgba());
-            chart.draw_series(std::iter::once(Rectangle::new([(x - 0.35, 0.0), (x + 0.35, *value)], colour.filled())))?;
-            chart.draw_series(std::iter::once(Text::new(format!("{value:.2}"), (x - 0.15, value + top * 0.02), (FONT_FAMILY, LABEL_PX))))?;
+            chart
+                .draw_series(std::iter::once(Rectangle::new([(x - 0.35, 0.0), (x + 0.35, *value)], colour.filled())))?;
+            chart.draw_series(std::iter::once(Text::new(
+                format!("{value:.2}"),
+                (x - 0.15, value + top * 0.02),
+                (FONT_FAMILY, LABEL_PX),
+            )))?;
         }
         Ok(())
     })

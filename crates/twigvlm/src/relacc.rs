@@ -52,7 +52,12 @@ struct Cell {
 }
 
 /// Every cell's spec resolved up front, so a bad policy fails before hours of evaluation.
-fn cells<B: Backend>(engine: &Engine<B>, policies: &[PrefillPolicy], budgets: &[VisualBudget], final_wipe: Option<usize>) -> anyhow::Result<Vec<Cell>> {
+fn cells<B: Backend>(
+    engine: &Engine<B>,
+    policies: &[PrefillPolicy],
+    budgets: &[VisualBudget],
+    final_wipe: Option<usize>,
+) -> anyhow::Result<Vec<Cell>> {
     let num_layers = engine.llava.model.language_model.num_layers();
     let visual = engine.llava.config.visual_tokens_per_image();
     let twig = engine.twig.as_ref().map(|t| TwigPlace::of(&t.twig.config));
@@ -64,9 +69,12 @@ fn cells<B: Backend>(engine: &Engine<B>, policies: &[PrefillPolicy], budgets: &[
             let plan = spec.plan(num_layers, twig)?.expect("a pruning policy has a plan");
             let cell = match plan.kept_visual_tokens(visual) {
                 None => unpruned(spec),
-                Some(r_prime) => {
-                    Cell { spec, final_wipe: plan.layers.wipe_layer, r_prime, avg_visual_tokens: plan.layers.average_visual_tokens(r_prime, visual) }
-                }
+                Some(r_prime) => Cell {
+                    spec,
+                    final_wipe: plan.layers.wipe_layer,
+                    r_prime,
+                    avg_visual_tokens: plan.layers.average_visual_tokens(r_prime, visual),
+                },
             };
             cells.push(cell);
         }
@@ -88,7 +96,8 @@ pub fn relacc_table<B: Backend>(
     let cells = cells(engine, policies, budgets, final_wipe)?;
     let mut rows: Vec<RelAccRow> = Vec::with_capacity(cells.len());
     for (index, cell) in cells.into_iter().enumerate() {
-        let options = EvalOptions { blank_image_baseline: false, decoder, pruning: cell.spec.clone(), ..EvalOptions::default() };
+        let options =
+            EvalOptions { blank_image_baseline: false, decoder, pruning: cell.spec.clone(), ..EvalOptions::default() };
         let report = evaluate(engine, dataset, &options, |done| on_question(index, done))?;
         let unpruned = rows.first().map_or(report.accuracy, |r| r.accuracy);
         rows.push(RelAccRow {
@@ -103,7 +112,12 @@ pub fn relacc_table<B: Backend>(
             seconds: report.seconds,
         });
     }
-    Ok(RelAccReport { questions: dataset.question_count(), visual_tokens: engine.llava.config.visual_tokens_per_image(), decoder, rows })
+    Ok(RelAccReport {
+        questions: dataset.question_count(),
+        visual_tokens: engine.llava.config.visual_tokens_per_image(),
+        decoder,
+        rows,
+    })
 }
 
 /// How many evaluations [`relacc_table`] runs.
@@ -122,6 +136,10 @@ pub fn plot_relacc(report: &RelAccReport, path: &Path) -> anyhow::Result<()> {
             None => series.push(Series { name: row.policy.clone(), points: vec![point] }),
         }
     }
-    let labels = Labels { title: "RelAcc under visual token pruning", x: "average visual tokens per layer (% of the image's)", y: "RelAcc (%)" };
+    let labels = Labels {
+        title: "RelAcc under visual token pruning",
+        x: "average visual tokens per layer (% of the image's)",
+        y: "RelAcc (%)",
+    };
     line_chart(path, &labels, &series)
 }

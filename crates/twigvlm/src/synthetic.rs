@@ -67,11 +67,36 @@ impl Preset {
     fn shapes(self) -> (TextShape, VisionShape) {
         match self {
             Preset::Llava7b => (
-                TextShape { hidden: 4096, intermediate: 11008, layers: 32, heads: 32, kv_heads: 32, vocab: 32064, context: 4096, rope_theta: 10000.0 },
-                VisionShape { hidden: 1024, intermediate: 4096, layers: 24, heads: 16, image_size: 336, patch_size: 14 },
+                TextShape {
+                    hidden: 4096,
+                    intermediate: 11008,
+                    layers: 32,
+                    heads: 32,
+                    kv_heads: 32,
+                    vocab: 32064,
+                    context: 4096,
+                    rope_theta: 10000.0,
+                },
+                VisionShape {
+                    hidden: 1024,
+                    intermediate: 4096,
+                    layers: 24,
+                    heads: 16,
+                    image_size: 336,
+                    patch_size: 14,
+                },
             ),
             Preset::Llava1b => (
-                TextShape { hidden: 2048, intermediate: 5632, layers: 22, heads: 32, kv_heads: 4, vocab: 32064, context: 2048, rope_theta: 10000.0 },
+                TextShape {
+                    hidden: 2048,
+                    intermediate: 5632,
+                    layers: 22,
+                    heads: 32,
+                    kv_heads: 4,
+                    vocab: 32064,
+                    context: 2048,
+                    rope_theta: 10000.0,
+                },
                 VisionShape { hidden: 768, intermediate: 3072, layers: 12, heads: 12, image_size: 224, patch_size: 16 },
             ),
         }
@@ -175,15 +200,29 @@ impl TensorList {
     }
 
     /// Writes every tensor to `path` (`dtype`: F16 or BF16), drawing values tensor by tensor.
-    fn write(self, path: &Path, dtype: Dtype, seed: u64, on_written: impl Fn(usize) + Clone + 'static) -> anyhow::Result<()> {
+    fn write(
+        self,
+        path: &Path,
+        dtype: Dtype,
+        seed: u64,
+        on_written: impl Fn(usize) + Clone + 'static,
+    ) -> anyhow::Result<()> {
         let tensors = self.0.into_iter().enumerate().map(|(index, (name, shape, init))| {
-            let view = LazyTensor { shape, dtype, init, seed: seed.wrapping_add(index as u64), on_written: Some(Box::new(on_written.clone())) };
+            let view = LazyTensor {
+                shape,
+                dtype,
+                init,
+                seed: seed.wrapping_add(index as u64),
+                on_written: Some(Box::new(on_written.clone())),
+            };
             (name, view)
         });
         let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
         let partial = path.with_extension("safetensors.partial");
-        safetensors::serialize_to_file(tensors, Some(metadata), &partial).with_context(|| format!("cannot write {}", partial.display()))?;
-        std::fs::rename(&partial, path).with_context(|| format!("cannot rename {} to {}", partial.display(), path.display()))
+        safetensors::serialize_to_file(tensors, Some(metadata), &partial)
+            .with_context(|| format!("cannot write {}", partial.display()))?;
+        std::fs::rename(&partial, path)
+            .with_context(|| format!("cannot rename {} to {}", partial.display(), path.display()))
     }
 }
 
@@ -199,7 +238,11 @@ fn base_tensors(t: &TextShape, v: &VisionShape) -> TensorList {
     let vt = "model.vision_tower";
     let positions = (v.image_size / v.patch_size).pow(2) + 1;
     list.add(format!("{vt}.embeddings.class_embedding"), &[v.hidden], Init::Random);
-    list.add(format!("{vt}.embeddings.patch_embedding.weight"), &[v.hidden, 3, v.patch_size, v.patch_size], Init::Random);
+    list.add(
+        format!("{vt}.embeddings.patch_embedding.weight"),
+        &[v.hidden, 3, v.patch_size, v.patch_size],
+        Init::Random,
+    );
     list.add(format!("{vt}.embeddings.position_embedding.weight"), &[positions, v.hidden], Init::Random);
     list.layer_norm(&format!("{vt}.pre_layrnorm"), v.hidden);
     for i in 0..v.layers {
@@ -305,7 +348,11 @@ fn write_tokenizer(dir: &Path, vocab: usize) -> anyhow::Result<()> {
             (word, id as u32)
         })
         .collect();
-    let model = WordLevel::builder().vocab(words.into_iter().collect()).unk_token("<unk>".into()).build().map_err(anyhow::Error::msg)?;
+    let model = WordLevel::builder()
+        .vocab(words.into_iter().collect())
+        .unk_token("<unk>".into())
+        .build()
+        .map_err(anyhow::Error::msg)?;
     let mut tokenizer = Tokenizer::new(model);
     tokenizer.with_pre_tokenizer(Some(Whitespace {}));
     tokenizer.add_special_tokens(&special.map(|(_, w)| AddedToken::from(w, true)));
@@ -326,7 +373,12 @@ pub struct WrittenModel {
 
 /// Writes the preset's model to `out` and its random twig (official layout, K = [`TWIG_K`],
 /// T = [`TWIG_T`]) to `out/twig`; `progress(bytes)` follows the weights being written.
-pub fn write_model(preset: Preset, out: &Path, seed: u64, progress: impl Fn(usize) + Clone + 'static) -> anyhow::Result<WrittenModel> {
+pub fn write_model(
+    preset: Preset,
+    out: &Path,
+    seed: u64,
+    progress: impl Fn(usize) + Clone + 'static,
+) -> anyhow::Result<WrittenModel> {
     let (text, vision) = preset.shapes();
     let twig_dir = out.join("twig");
     std::fs::create_dir_all(&twig_dir).with_context(|| format!("cannot create {}", twig_dir.display()))?;

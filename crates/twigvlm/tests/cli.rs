@@ -25,8 +25,16 @@ fn model(name: &str) -> String {
 fn json_output_matches_the_hf_greedy_reference() {
     let image = fixtures().join("images/shapes-80x60.png").display().to_string();
     let out = twigvlm(&[
-        "generate", "--model", &model("tiny-llava-hf5"), "--image", &image, "--prompt", "What is shown in this image?",
-        "--max-new-tokens", "20", "--json",
+        "generate",
+        "--model",
+        &model("tiny-llava-hf5"),
+        "--image",
+        &image,
+        "--prompt",
+        "What is shown in this image?",
+        "--max-new-tokens",
+        "20",
+        "--json",
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
@@ -43,16 +51,40 @@ fn json_output_matches_the_hf_greedy_reference() {
 
 #[test]
 fn text_only_prompt_streams_text_and_stops_at_eos() {
-    let out = twigvlm(&["generate", "--model", &model("tiny-llava-hf5"), "--prompt", "Tell me a story about a robot.", "--max-new-tokens", "20"]);
+    let out = twigvlm(&[
+        "generate",
+        "--model",
+        &model("tiny-llava-hf5"),
+        "--prompt",
+        "Tell me a story about a robot.",
+        "--max-new-tokens",
+        "20",
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let json_run = twigvlm(&[
-        "generate", "--model", &model("tiny-llava-hf5"), "--prompt", "Tell me a story about a robot.", "--max-new-tokens", "20", "--json",
+        "generate",
+        "--model",
+        &model("tiny-llava-hf5"),
+        "--prompt",
+        "Tell me a story about a robot.",
+        "--max-new-tokens",
+        "20",
+        "--json",
     ]);
     let json: serde_json::Value = serde_json::from_slice(&json_run.stdout).unwrap();
     assert_eq!(String::from_utf8(out.stdout).unwrap().trim_end(), json["text"].as_str().unwrap().trim_end());
     // The webp case of the reference ends in EOS after 6 tokens.
     let image = fixtures().join("images/square-64.webp").display().to_string();
-    let out = twigvlm(&["generate", "--model", &model("tiny-llava-hf5"), "--image", &image, "--prompt", "What shape is this?", "--json"]);
+    let out = twigvlm(&[
+        "generate",
+        "--model",
+        &model("tiny-llava-hf5"),
+        "--image",
+        &image,
+        "--prompt",
+        "What shape is this?",
+        "--json",
+    ]);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["stats"]["stop_reason"], "eos");
     let ids: Vec<u64> = json["generated_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
@@ -64,8 +96,18 @@ fn dump_tensors_writes_the_reference_shapes() {
     let dump = std::env::temp_dir().join(format!("twigvlm-dump-{}.safetensors", std::process::id()));
     let image = fixtures().join("images/shapes-80x60.png").display().to_string();
     let out = twigvlm(&[
-        "generate", "--model", &model("tiny-llava-hf5"), "--image", &image, "--prompt", "What is shown in this image?",
-        "--max-new-tokens", "2", "--json", "--dump-tensors", dump.to_str().unwrap(),
+        "generate",
+        "--model",
+        &model("tiny-llava-hf5"),
+        "--image",
+        &image,
+        "--prompt",
+        "What is shown in this image?",
+        "--max-new-tokens",
+        "2",
+        "--json",
+        "--dump-tensors",
+        dump.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let bytes = std::fs::read(&dump).unwrap();
@@ -80,8 +122,20 @@ fn dump_tensors_writes_the_reference_shapes() {
 fn sampling_is_reproducible_with_a_seed() {
     let run = |seed: &str| {
         let out = twigvlm(&[
-            "generate", "--model", &model("tiny-llava-tied"), "--prompt", "Tell me a story.", "--temperature", "0.8",
-            "--top-p", "0.9", "--seed", seed, "--max-new-tokens", "12", "--json",
+            "generate",
+            "--model",
+            &model("tiny-llava-tied"),
+            "--prompt",
+            "Tell me a story.",
+            "--temperature",
+            "0.8",
+            "--top-p",
+            "0.9",
+            "--seed",
+            seed,
+            "--max-new-tokens",
+            "12",
+            "--json",
         ]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["generated_ids"].clone()
@@ -128,7 +182,14 @@ fn import_gguf_writes_a_model_directory() {
 
 #[test]
 fn eval_scores_every_task_beside_the_baselines() {
-    let out = twigvlm(&["eval", "--model", &model("tiny-llava-hf5"), "--data", "shapes:seed=1000000,n=10,task=all", "--json"]);
+    let out = twigvlm(&[
+        "eval",
+        "--model",
+        &model("tiny-llava-hf5"),
+        "--data",
+        "shapes:seed=1000000,n=10,task=all",
+        "--json",
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
     assert_eq!(json["n"], 10);
@@ -149,7 +210,16 @@ fn eval_scores_every_task_beside_the_baselines() {
 fn training_refuses_evaluation_seeds() {
     let out_dir = std::env::temp_dir().join(format!("twigvlm-cli-train-{}", std::process::id()));
     let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/shapes-smol").display().to_string();
-    let out = twigvlm(&["train", "vision", "--config", &config, "--data", "shapes:seed=1000001,n=4", "--out", &out_dir.display().to_string()]);
+    let out = twigvlm(&[
+        "train",
+        "vision",
+        "--config",
+        &config,
+        "--data",
+        "shapes:seed=1000001,n=4",
+        "--out",
+        &out_dir.display().to_string(),
+    ]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("seed 1000001 is in the Eval range"), "{stderr}");
@@ -160,8 +230,22 @@ fn train_tiny_twig(root: &std::path::Path) -> PathBuf {
     let _ = std::fs::remove_dir_all(root);
     let ours = root.join("ours");
     let out = twigvlm(&[
-        "train-twig", "--model", &model("tiny-llava-hf5"), "--data", "shapes:seed=3,n=4", "--eval-data", "shapes:seed=1000000,n=2",
-        "--k", "1", "--t", "2", "--batch-size", "2", "--quiet", "--out", &ours.display().to_string(),
+        "train-twig",
+        "--model",
+        &model("tiny-llava-hf5"),
+        "--data",
+        "shapes:seed=3,n=4",
+        "--eval-data",
+        "shapes:seed=1000000,n=2",
+        "--k",
+        "1",
+        "--t",
+        "2",
+        "--batch-size",
+        "2",
+        "--quiet",
+        "--out",
+        &ours.display().to_string(),
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     ours
@@ -170,7 +254,18 @@ fn train_tiny_twig(root: &std::path::Path) -> PathBuf {
 /// `generate --json` on the tiny fixture with an image, 5 new tokens, plus `extra`.
 fn generate_about_an_image(extra: &[&str]) -> Output {
     let (base, image) = (model("tiny-llava-hf5"), fixtures().join("images/shapes-80x60.png").display().to_string());
-    let mut args = vec!["generate", "--model", &base, "--image", &image, "--prompt", "What is shown?", "--max-new-tokens", "5", "--json"];
+    let mut args = vec![
+        "generate",
+        "--model",
+        &base,
+        "--image",
+        &image,
+        "--prompt",
+        "What is shown?",
+        "--max-new-tokens",
+        "5",
+        "--json",
+    ];
     args.extend_from_slice(extra);
     twigvlm(&args)
 }
@@ -189,8 +284,12 @@ fn token_pruning_reports_its_selection_and_ssd_stays_lossless_under_it_in_genera
         let pruned = json(generate_about_an_image(&args));
         let stats = &pruned["stats"];
         assert_eq!((stats["policy"].as_str(), stats["r_prime"].as_u64()), (Some(policy), Some(r_prime)), "{stats}");
-        let kept: Vec<u64> = stats["kept_visual_indices"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
-        assert!(kept.len() == r_prime as usize && kept.windows(2).all(|w| w[0] < w[1]) && kept.iter().all(|&i| i < 16), "{kept:?}");
+        let kept: Vec<u64> =
+            stats["kept_visual_indices"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+        assert!(
+            kept.len() == r_prime as usize && kept.windows(2).all(|w| w[0] < w[1]) && kept.iter().all(|&i| i < 16),
+            "{kept:?}"
+        );
         let ssd = json(generate_about_an_image(&[&args[..], &["--decoder", "ssd"]].concat()));
         assert_eq!(ssd["generated_ids"], pruned["generated_ids"], "{policy}");
         assert_eq!(ssd["stats"]["kept_visual_indices"], stats["kept_visual_indices"]);
@@ -203,28 +302,74 @@ fn token_pruning_reports_its_selection_and_ssd_stays_lossless_under_it_in_genera
     // The RelAcc table: the unpruned row, then each policy at each budget; JSON and plot written.
     let results = root.join("results");
     let eval = json(twigvlm(&[
-        "eval", "--model", &model("tiny-llava-hf5"), "--twig", &twig, "--data", "shapes:seed=1000000,n=2,task=short", "--json",
-        "--policies", "fastv,twig", "--visual-budget", "50%,8", "--results-dir", &results.display().to_string(),
+        "eval",
+        "--model",
+        &model("tiny-llava-hf5"),
+        "--twig",
+        &twig,
+        "--data",
+        "shapes:seed=1000000,n=2,task=short",
+        "--json",
+        "--policies",
+        "fastv,twig",
+        "--visual-budget",
+        "50%,8",
+        "--results-dir",
+        &results.display().to_string(),
     ]));
     let rows = eval["rows"].as_array().unwrap();
-    let cells: Vec<(&str, Option<&str>, u64)> =
-        rows.iter().map(|r| (r["policy"].as_str().unwrap(), r["visual_budget"].as_str(), r["r_prime"].as_u64().unwrap())).collect();
-    assert_eq!(cells, [("none", None, 16), ("fastv", Some("50%"), 6), ("fastv", Some("8"), 6), ("twig", Some("50%"), 8), ("twig", Some("8"), 8)]);
+    let cells: Vec<(&str, Option<&str>, u64)> = rows
+        .iter()
+        .map(|r| (r["policy"].as_str().unwrap(), r["visual_budget"].as_str(), r["r_prime"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        cells,
+        [
+            ("none", None, 16),
+            ("fastv", Some("50%"), 6),
+            ("fastv", Some("8"), 6),
+            ("twig", Some("50%"), 8),
+            ("twig", Some("8"), 8)
+        ]
+    );
     assert!(rows.iter().all(|r| r["accuracy"].is_number() && r["avg_visual_tokens"].as_f64().unwrap() <= 16.0));
-    let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(results.join("relacc.json")).unwrap()).unwrap();
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(results.join("relacc.json")).unwrap()).unwrap();
     assert_eq!(written["rows"], eval["rows"]);
 
     // The speed benchmark: every mode side by side, the speculative ones lossless.
     let bench = |modes: &str| {
         json(twigvlm(&[
-            "bench", "--model", &model("tiny-llava-hf5"), "--twig", &twig, "--data", "shapes:seed=1000000,n=1,task=describe", "--json",
-            "--modes", modes, "--max-new-tokens", "6", "--repeats", "1", "--visual-budget", "50%", "--results-dir", &results.display().to_string(),
+            "bench",
+            "--model",
+            &model("tiny-llava-hf5"),
+            "--twig",
+            &twig,
+            "--data",
+            "shapes:seed=1000000,n=1,task=describe",
+            "--json",
+            "--modes",
+            modes,
+            "--max-new-tokens",
+            "6",
+            "--repeats",
+            "1",
+            "--visual-budget",
+            "50%",
+            "--results-dir",
+            &results.display().to_string(),
         ]))
     };
     let report = bench("vanilla,fastv,ttp,ssd,ttp+ssd,ssd-tree,ttp+ssd-tree");
     let rows = report["rows"].as_array().unwrap();
-    assert_eq!(rows.iter().map(|r| r["mode"].as_str().unwrap()).collect::<Vec<_>>(), ["vanilla", "fastv", "ttp", "ssd", "ttp+ssd", "ssd-tree", "ttp+ssd-tree"]);
-    assert!(rows.iter().all(|r| r["identical_to_baseline"] == true && r["tokens_per_s"].as_f64().unwrap() > 0.0), "{report}");
+    assert_eq!(
+        rows.iter().map(|r| r["mode"].as_str().unwrap()).collect::<Vec<_>>(),
+        ["vanilla", "fastv", "ttp", "ssd", "ttp+ssd", "ssd-tree", "ttp+ssd-tree"]
+    );
+    assert!(
+        rows.iter().all(|r| r["identical_to_baseline"] == true && r["tokens_per_s"].as_f64().unwrap() > 0.0),
+        "{report}"
+    );
     assert_eq!(rows[0]["rel_spd"], 1.0);
     assert!(rows[3]["mean_accepted"].is_number() && rows[0]["mean_accepted"].is_null());
     assert!(results.join("relspd.json").is_file());
@@ -234,8 +379,20 @@ fn token_pruning_reports_its_selection_and_ssd_stays_lossless_under_it_in_genera
     // explain: both policies' selections drawn side by side.
     let heat_map = root.join("explain.png");
     let explained = json(twigvlm(&[
-        "explain", "--model", &model("tiny-llava-hf5"), "--twig", &twig, "--image", &fixtures().join("images/shapes-80x60.png").display().to_string(),
-        "--prompt", "What color is the triangle?", "--visual-budget", "50%", "--out", &heat_map.display().to_string(), "--json",
+        "explain",
+        "--model",
+        &model("tiny-llava-hf5"),
+        "--twig",
+        &twig,
+        "--image",
+        &fixtures().join("images/shapes-80x60.png").display().to_string(),
+        "--prompt",
+        "What color is the triangle?",
+        "--visual-budget",
+        "50%",
+        "--out",
+        &heat_map.display().to_string(),
+        "--json",
     ]));
     let panels = explained["panels"].as_array().unwrap();
     let kept: Vec<usize> = panels.iter().map(|p| p["kept_patches"].as_array().unwrap().len()).collect();
@@ -248,7 +405,9 @@ fn token_pruning_reports_its_selection_and_ssd_stays_lossless_under_it_in_genera
     assert!(stderr(&["--policy", "twig", "--visual-budget", "8"]).contains("needs a twig"));
     assert!(stderr(&["--policy", "fastv"]).contains("needs a visual budget"));
     assert!(stderr(&["--policy", "fastv", "--visual-budget", "120%"]).contains("invalid visual budget"));
-    assert!(stderr(&["--policy", "twig", "--twig", &twig, "--visual-budget", "8", "--final-wipe", "9"]).contains("K_f=9"));
+    assert!(
+        stderr(&["--policy", "twig", "--twig", &twig, "--visual-budget", "8", "--final-wipe", "9"]).contains("K_f=9")
+    );
     assert!(stderr(&["--policy", "bogus"]).contains("unknown prefill policy"));
     std::fs::remove_dir_all(&root).unwrap();
 }
@@ -260,24 +419,52 @@ fn distill_writes_the_base_answers_as_instruction_json_that_train_twig_reads() {
     let out = root.display().to_string();
     let tiny = model("tiny-llava-hf5");
     let distill = |extra: &[&str]| {
-        let args = [&["distill", "--model", &tiny, "--data", "shapes:seed=7,n=2,task=all,turns=2", "--out", &out, "--short-max-new-tokens", "4", "--long-max-new-tokens", "6"][..], extra].concat();
+        let args = [
+            &[
+                "distill",
+                "--model",
+                &tiny,
+                "--data",
+                "shapes:seed=7,n=2,task=all,turns=2",
+                "--out",
+                &out,
+                "--short-max-new-tokens",
+                "4",
+                "--long-max-new-tokens",
+                "6",
+            ][..],
+            extra,
+        ]
+        .concat();
         twigvlm(&args)
     };
     let run = distill(&[]);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    let records: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(root.join("distill.json")).unwrap()).unwrap();
+    let records: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(root.join("distill.json")).unwrap()).unwrap();
     assert_eq!(records.len(), 4, "two images, two questions each, each asked alone");
     for record in &records {
         let image = record["image"].as_str().unwrap();
         assert!(root.join(image).is_file(), "{image}");
         let turns = record["conversations"].as_array().unwrap();
-        assert_eq!((turns.len(), turns[0]["from"].as_str(), turns[1]["from"].as_str()), (2, Some("human"), Some("gpt")));
+        assert_eq!(
+            (turns.len(), turns[0]["from"].as_str(), turns[1]["from"].as_str()),
+            (2, Some("human"), Some("gpt"))
+        );
     }
     // The first answer is the base's own greedy answer to the same question about the same image.
     let first = &records[0]["conversations"];
     let answer = twigvlm(&[
-        "generate", "--model", &model("tiny-llava-hf5"), "--image", &root.join(records[0]["image"].as_str().unwrap()).display().to_string(),
-        "--prompt", first[0]["value"].as_str().unwrap(), "--max-new-tokens", "6", "--json",
+        "generate",
+        "--model",
+        &model("tiny-llava-hf5"),
+        "--image",
+        &root.join(records[0]["image"].as_str().unwrap()).display().to_string(),
+        "--prompt",
+        first[0]["value"].as_str().unwrap(),
+        "--max-new-tokens",
+        "6",
+        "--json",
     ]);
     let answer: serde_json::Value = serde_json::from_slice(&answer.stdout).unwrap();
     assert!(answer["text"].as_str().unwrap().starts_with(first[1]["value"].as_str().unwrap()), "{answer} vs {first}");
@@ -285,12 +472,34 @@ fn distill_writes_the_base_answers_as_instruction_json_that_train_twig_reads() {
     let again = distill(&[]);
     assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("--resume"));
     let resumed = distill(&["--resume"]);
-    assert!(String::from_utf8_lossy(&resumed.stdout).contains("0 answers generated now"), "{}", String::from_utf8_lossy(&resumed.stdout));
+    assert!(
+        String::from_utf8_lossy(&resumed.stdout).contains("0 answers generated now"),
+        "{}",
+        String::from_utf8_lossy(&resumed.stdout)
+    );
 
     let twig = root.join("twig").display().to_string();
     let trained = twigvlm(&[
-        "train-twig", "--model", &model("tiny-llava-hf5"), "--data", &root.join("distill.json").display().to_string(), "--eval-data", "shapes:seed=1000000,n=2",
-        "--k", "1", "--t", "2", "--steps", "2", "--batch-size", "2", "--targets", "base", "--out", &twig, "--quiet",
+        "train-twig",
+        "--model",
+        &model("tiny-llava-hf5"),
+        "--data",
+        &root.join("distill.json").display().to_string(),
+        "--eval-data",
+        "shapes:seed=1000000,n=2",
+        "--k",
+        "1",
+        "--t",
+        "2",
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--targets",
+        "base",
+        "--out",
+        &twig,
+        "--quiet",
     ]);
     assert!(trained.status.success(), "{}", String::from_utf8_lossy(&trained.stderr));
     let _ = std::fs::remove_dir_all(&root);
@@ -301,27 +510,54 @@ fn train_twig_writes_a_twig_that_converts_to_the_official_layout_and_back() {
     let root = std::env::temp_dir().join(format!("twigvlm-cli-twig-{}", std::process::id()));
     let (ours, official, back) = (train_tiny_twig(&root), root.join("official"), root.join("back"));
     let base = model("tiny-llava-hf5");
-    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(ours.join("twig.json")).unwrap()).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ours.join("twig.json")).unwrap()).unwrap();
     assert_eq!((meta["config"]["k"].as_u64(), meta["config"]["t"].as_u64()), (Some(1), Some(2)));
     // One epoch by default: 4 conversations in batches of 2.
     assert_eq!(meta["training"]["steps"], 2);
     assert!(meta["training"]["history"].as_array().unwrap().last().unwrap()["eval"].to_string().contains("agreement"));
 
     let convert = |from: &std::path::Path, to: &std::path::Path, format: &str| {
-        twigvlm(&["twig", "convert", "--model", &base, &from.display().to_string(), &to.display().to_string(), "--to-format", format])
+        twigvlm(&[
+            "twig",
+            "convert",
+            "--model",
+            &base,
+            &from.display().to_string(),
+            &to.display().to_string(),
+            "--to-format",
+            format,
+        ])
     };
     assert!(convert(&ours, &official, "official").status.success());
     assert!(official.join("model.safetensors").is_file());
     std::fs::remove_file(official.join("twig.json")).unwrap();
     let missing_k = convert(&official, &back, "ours");
-    assert!(String::from_utf8_lossy(&missing_k.stderr).contains("--twig-k"), "{}", String::from_utf8_lossy(&missing_k.stderr));
-    let out = twigvlm(&["twig", "convert", "--model", &base, &official.display().to_string(), &back.display().to_string(), "--to-format", "ours", "--twig-k", "1"]);
+    assert!(
+        String::from_utf8_lossy(&missing_k.stderr).contains("--twig-k"),
+        "{}",
+        String::from_utf8_lossy(&missing_k.stderr)
+    );
+    let out = twigvlm(&[
+        "twig",
+        "convert",
+        "--model",
+        &base,
+        &official.display().to_string(),
+        &back.display().to_string(),
+        "--to-format",
+        "ours",
+        "--twig-k",
+        "1",
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(back.join("twig.safetensors").is_file());
 
     // The twig alone answers: ours, and the official layout given K on the command line.
     let generate = generate_about_an_image;
-    for twig_args in [vec!["--twig", &*ours.to_string_lossy()], vec!["--twig", &*official.to_string_lossy(), "--twig-k", "1"]] {
+    for twig_args in
+        [vec!["--twig", &*ours.to_string_lossy()], vec!["--twig", &*official.to_string_lossy(), "--twig-k", "1"]]
+    {
         let out = generate(&twig_args);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -332,21 +568,49 @@ fn train_twig_writes_a_twig_that_converts_to_the_official_layout_and_back() {
     let base_out = generate(&[]);
     let ssd_out = generate(&["--twig", &*ours.to_string_lossy(), "--decoder", "ssd"]);
     assert!(ssd_out.status.success(), "{}", String::from_utf8_lossy(&ssd_out.stderr));
-    let (base_json, ssd_json): (serde_json::Value, serde_json::Value) = (serde_json::from_slice(&base_out.stdout).unwrap(), serde_json::from_slice(&ssd_out.stdout).unwrap());
+    let (base_json, ssd_json): (serde_json::Value, serde_json::Value) =
+        (serde_json::from_slice(&base_out.stdout).unwrap(), serde_json::from_slice(&ssd_out.stdout).unwrap());
     assert_eq!(ssd_json["decoder"], "ssd");
     assert_eq!(ssd_json["generated_ids"], base_json["generated_ids"]);
     assert!(ssd_json["stats"]["speculative"]["rounds"].as_u64().unwrap() >= 1);
     let no_twig = generate(&["--decoder", "twig-only"]);
-    assert!(String::from_utf8_lossy(&no_twig.stderr).contains("needs --twig"), "{}", String::from_utf8_lossy(&no_twig.stderr));
+    assert!(
+        String::from_utf8_lossy(&no_twig.stderr).contains("needs --twig"),
+        "{}",
+        String::from_utf8_lossy(&no_twig.stderr)
+    );
     let eval = twigvlm(&[
-        "eval", "--model", &base, "--data", "shapes:seed=1000000,n=2", "--no-blank-baseline", "--json", "--twig", &ours.display().to_string(),
+        "eval",
+        "--model",
+        &base,
+        "--data",
+        "shapes:seed=1000000,n=2",
+        "--no-blank-baseline",
+        "--json",
+        "--twig",
+        &ours.display().to_string(),
     ]);
     assert!(eval.status.success(), "{}", String::from_utf8_lossy(&eval.stderr));
     let report: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
     assert_eq!(report["decoder"], "twig-only");
     assert!(report["n"].as_u64().unwrap() > 0);
 
-    let bad = twigvlm(&["train-twig", "--model", &base, "--k", "3", "--t", "3", "--quiet", "--out", &root.join("bad").display().to_string()]);
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("exceeds the base model's 4 layers"), "{}", String::from_utf8_lossy(&bad.stderr));
+    let bad = twigvlm(&[
+        "train-twig",
+        "--model",
+        &base,
+        "--k",
+        "3",
+        "--t",
+        "3",
+        "--quiet",
+        "--out",
+        &root.join("bad").display().to_string(),
+    ]);
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("exceeds the base model's 4 layers"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
     std::fs::remove_dir_all(&root).unwrap();
 }

@@ -76,7 +76,11 @@ fn the_committed_twig_drafts_for_the_demo_model_without_changing_its_answers() {
     let Some(mut engine) = demo_model() else { return };
     engine.attach_twig(&root().join(MODEL_DIR).join(TWIG_DIR), None).unwrap();
     for (prompt, max_new_tokens) in [("What color is the cross?", 8), ("Describe the image.", 32)] {
-        let generate = |decoder| engine.generate(&about_the_example(prompt, max_new_tokens, decoder), |_| std::ops::ControlFlow::Continue(())).unwrap();
+        let generate = |decoder| {
+            engine
+                .generate(&about_the_example(prompt, max_new_tokens, decoder), |_| std::ops::ControlFlow::Continue(()))
+                .unwrap()
+        };
         let (base, ssd) = (generate(DecoderKind::Base), generate(DecoderKind::Ssd));
         let rounds = ssd.stats.speculative.as_ref().map(|s| s.rounds).unwrap_or_default();
         eprintln!("{prompt}: {:?} ({} tokens in {rounds} speculative rounds)", base.text, base.generated_ids.len());
@@ -93,7 +97,15 @@ fn the_demo_model_meets_its_quality_bar() {
     eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
     let blank = report.blank_image_accuracy.expect("shapes data has a blank-image baseline");
     let describe_f1 = report.describe_f1.expect("task=all asks for descriptions");
-    assert!(report.accuracy >= CONTENT_ACCURACY_BAR, "content accuracy {:.3} is below {CONTENT_ACCURACY_BAR}", report.accuracy);
-    assert!(report.accuracy - blank >= MARGIN_OVER_BLANK_IMAGE, "content accuracy {:.3} is not {MARGIN_OVER_BLANK_IMAGE} above the blank image's {blank:.3}", report.accuracy);
+    assert!(
+        report.accuracy >= CONTENT_ACCURACY_BAR,
+        "content accuracy {:.3} is below {CONTENT_ACCURACY_BAR}",
+        report.accuracy
+    );
+    assert!(
+        report.accuracy - blank >= MARGIN_OVER_BLANK_IMAGE,
+        "content accuracy {:.3} is not {MARGIN_OVER_BLANK_IMAGE} above the blank image's {blank:.3}",
+        report.accuracy
+    );
     assert!(describe_f1 >= DESCRIBE_F1_BAR, "describe F1 {describe_f1:.3} is below {DESCRIBE_F1_BAR}");
 }

@@ -36,7 +36,8 @@ fn model_dir() -> &'static Path {
             let entry = entry.unwrap();
             std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
         }
-        let mut config: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+        let mut config: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
         config["text_config"]["max_position_embeddings"] = json!(LONG_CONTEXT);
         std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
         let twig = dir.join("twig");
@@ -72,7 +73,11 @@ impl Server {
             .unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let url = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_string();
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
         Self { child, url }
     }
 
@@ -104,12 +109,17 @@ impl Server {
     /// A counter or gauge from /metrics.
     fn metric(&self, name: &str) -> f64 {
         let (_, text) = self.get("/metrics");
-        text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()).unwrap_or_else(|| panic!("no {name} in {text}"))
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
     }
 
     fn stream(&self, body: &Value) -> impl Iterator<Item = String> {
         let response = ureq::post(&self.url("/v1/chat/completions")).send_json(body.clone()).unwrap();
-        BufReader::new(response.into_reader()).lines().map_while(Result::ok).filter_map(|line| line.strip_prefix("data: ").map(str::to_string))
+        BufReader::new(response.into_reader())
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|line| line.strip_prefix("data: ").map(str::to_string))
     }
 
     fn pid(&self) -> String {
@@ -153,18 +163,28 @@ fn completions_equal_the_command_line_and_stream_in_openai_chunks() {
     let server = Server::start(&[]);
     let prompt = "What is shown in this image?";
     let image = fixtures().join("images/shapes-80x60.png");
-    let (status, completion) = server.post("/v1/chat/completions", &chat(prompt, Some(&image_url("shapes-80x60.png")), 20));
+    let (status, completion) =
+        server.post("/v1/chat/completions", &chat(prompt, Some(&image_url("shapes-80x60.png")), 20));
     assert_eq!(status, 200, "{completion}");
     assert_eq!(completion["object"], "chat.completion");
     assert_eq!(completion["model"], MODEL);
     assert_eq!(completion["choices"][0]["finish_reason"], "length");
     assert_eq!(completion["usage"]["completion_tokens"], 20);
     assert_eq!(completion["usage"]["prompt_tokens"], 34);
-    let cli = twigvlm().args(["generate", "--json", "--max-new-tokens", "20", "--prompt", prompt, "--model"]).arg(model_dir()).arg("--image").arg(&image).output().unwrap();
+    let cli = twigvlm()
+        .args(["generate", "--json", "--max-new-tokens", "20", "--prompt", prompt, "--model"])
+        .arg(model_dir())
+        .arg("--image")
+        .arg(&image)
+        .output()
+        .unwrap();
     let cli: Value = serde_json::from_slice(&cli.stdout).unwrap();
     assert_eq!(text_of(&completion), cli["text"].as_str().unwrap());
 
-    let body = with(chat(prompt, Some(&image_url("shapes-80x60.png")), 20), json!({"stream": true, "stream_options": {"include_usage": true}}));
+    let body = with(
+        chat(prompt, Some(&image_url("shapes-80x60.png")), 20),
+        json!({"stream": true, "stream_options": {"include_usage": true}}),
+    );
     let events: Vec<String> = server.stream(&body).collect();
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
     let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
@@ -205,20 +225,29 @@ fn speculative_and_pruned_requests_through_the_extension_fields() {
     let server = Server::start(&[]);
     let image = image_url("shapes-80x60.png");
     let base = server.post("/v1/chat/completions", &chat("Describe the picture.", Some(&image), 24)).1;
-    let (status, ssd) = server.post("/v1/chat/completions", &with(chat("Describe the picture.", Some(&image), 24), json!({"decoder": "ssd"})));
+    let (status, ssd) = server.post(
+        "/v1/chat/completions",
+        &with(chat("Describe the picture.", Some(&image), 24), json!({"decoder": "ssd"})),
+    );
     assert_eq!(status, 200, "{ssd}");
     assert_eq!(text_of(&ssd), text_of(&base), "greedy SSD is lossless");
     assert_eq!(ssd["twigvlm"]["decoder"], "ssd");
     assert!(ssd["twigvlm"]["speculative"]["rounds"].as_u64().unwrap() >= 1);
-    let adaptive = with(chat("Describe the picture.", Some(&image), 24), json!({"decoder": "ssd", "draft_length": "adaptive"}));
+    let adaptive =
+        with(chat("Describe the picture.", Some(&image), 24), json!({"decoder": "ssd", "draft_length": "adaptive"}));
     assert_eq!(text_of(&server.post("/v1/chat/completions", &adaptive).1), text_of(&base));
     let tree = with(chat("Describe the picture.", Some(&image), 24), json!({"decoder": "ssd", "draft_tree": "3:3:6"}));
     assert_eq!(text_of(&server.post("/v1/chat/completions", &tree).1), text_of(&base), "tree drafting is lossless");
-    let (status, pruned) = server.post("/v1/chat/completions", &with(chat("Describe the picture.", Some(&image), 8), json!({"policy": "twig", "visual_budget": "50%"})));
+    let (status, pruned) = server.post(
+        "/v1/chat/completions",
+        &with(chat("Describe the picture.", Some(&image), 8), json!({"policy": "twig", "visual_budget": "50%"})),
+    );
     assert_eq!(status, 200, "{pruned}");
     assert_eq!(pruned["twigvlm"]["policy"], "twig");
     assert!(!pruned["twigvlm"]["kept_visual_indices"].as_array().unwrap().is_empty());
-    let explain = ureq::post(&server.url("/v1/explain")).send_json(json!({"image_url": image, "prompt": "Where is the square?", "visual_budget": "25%"})).unwrap();
+    let explain = ureq::post(&server.url("/v1/explain"))
+        .send_json(json!({"image_url": image, "prompt": "Where is the square?", "visual_budget": "25%"}))
+        .unwrap();
     assert_eq!(explain.header("content-type"), Some("image/png"));
     let mut png = Vec::new();
     explain.into_reader().read_to_end(&mut png).unwrap();
@@ -229,7 +258,12 @@ fn speculative_and_pruned_requests_through_the_extension_fields() {
 fn concurrent_requests_equal_sequential_ones() {
     let server = Server::start(&[]);
     let requests: Vec<Value> = (0..4)
-        .map(|i| with(chat(&format!("Tell me story number {i}."), None, 16), json!({"temperature": 0.9, "top_p": 0.95, "seed": i})))
+        .map(|i| {
+            with(
+                chat(&format!("Tell me story number {i}."), None, 16),
+                json!({"temperature": 0.9, "top_p": 0.95, "seed": i}),
+            )
+        })
         .collect();
     let barrier = Barrier::new(requests.len());
     let concurrent: Vec<String> = std::thread::scope(|scope| {
@@ -299,7 +333,9 @@ fn a_full_queue_answers_429() {
     });
     let refused: Vec<&Value> = results.iter().filter(|(status, _)| *status == 429).map(|(_, body)| body).collect();
     assert!(!refused.is_empty(), "at most one running and one waiting: the rest must be refused");
-    assert!(refused.iter().all(|body| body["error"]["code"] == "queue_full" && body["error"]["type"] == "rate_limit_error"));
+    assert!(refused
+        .iter()
+        .all(|body| body["error"]["code"] == "queue_full" && body["error"]["type"] == "rate_limit_error"));
     assert!(results.iter().all(|(status, _)| *status == 200 || *status == 429));
     // One runs and one waits, or (when all arrive before the engine takes the first) one waits.
     assert!(results.iter().any(|(status, _)| *status == 200));
@@ -339,7 +375,9 @@ fn bad_input_gets_a_4xx_with_an_openai_error_body() {
     let image = image_url("shapes-80x60.png");
     let big = format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(vec![0u8; 5000]));
     let mut png = Vec::new();
-    image::DynamicImage::new_rgb8(100, 50).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+    image::DynamicImage::new_rgb8(100, 50)
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
     let many_pixels = format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(png));
     let two_images = json!({"model": MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": image}}, {"type": "image_url", "image_url": {"url": image}}, {"type": "text", "text": "Compare."}]}]});
@@ -363,7 +401,12 @@ fn bad_input_gets_a_4xx_with_an_openai_error_body() {
         ("pruning without a budget", Ok(with(chat("Hi", None, 4), json!({"policy": "fastv"}))), 400, None),
         ("zero max_tokens", Ok(chat("Hi", None, 0)), 400, None),
         ("no messages", Ok(json!({"model": MODEL, "messages": []})), 400, None),
-        ("assistant last", Ok(json!({"model": MODEL, "messages": [{"role": "assistant", "content": "Hi"}]})), 400, None),
+        (
+            "assistant last",
+            Ok(json!({"model": MODEL, "messages": [{"role": "assistant", "content": "Hi"}]})),
+            400,
+            None,
+        ),
     ];
     for (name, body, status, code) in cases {
         let (got, error) = match &body {
@@ -372,7 +415,10 @@ fn bad_input_gets_a_4xx_with_an_openai_error_body() {
         };
         assert_eq!(got, status, "{name}: {error}");
         let error = &error["error"];
-        assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()) && error["type"].is_string(), "{name}: {error}");
+        assert!(
+            error["message"].as_str().is_some_and(|m| !m.is_empty()) && error["type"].is_string(),
+            "{name}: {error}"
+        );
         if let Some(code) = code {
             assert_eq!(error["code"], code, "{name}: {error}");
         }
@@ -399,7 +445,11 @@ fn bounded_load_test() {
     assert!(report.latency_ms.p50 > 0.0 && report.latency_ms.p99 >= report.latency_ms.p50);
     assert!(report.time_to_first_token_ms.p50 <= report.latency_ms.p50);
     assert!(report.tokens_per_s > 0.0);
-    std::fs::write(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("serve-load.json"), serde_json::to_string_pretty(&report).unwrap()).unwrap();
+    std::fs::write(
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("serve-load.json"),
+        serde_json::to_string_pretty(&report).unwrap(),
+    )
+    .unwrap();
 }
 
 #[test]
@@ -416,5 +466,10 @@ fn a_conversation_with_history_renders_through_the_chat_template() {
     assert_eq!(status, 200, "{answer}");
     let (_, alone) = server.post("/v1/chat/completions", &chat("Which colours?", Some(&image), 4));
     let tokens = |v: &Value| v["usage"]["prompt_tokens"].as_u64().unwrap();
-    assert!(tokens(&answer) > tokens(&alone), "the history is part of the prompt: {} vs {}", tokens(&answer), tokens(&alone));
+    assert!(
+        tokens(&answer) > tokens(&alone),
+        "the history is part of the prompt: {} vs {}",
+        tokens(&answer),
+        tokens(&alone)
+    );
 }

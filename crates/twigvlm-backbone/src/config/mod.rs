@@ -26,7 +26,9 @@ impl Activation {
             "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Self::GeluTanh),
             "quick_gelu" => Ok(Self::QuickGelu),
             "silu" | "swish" => Ok(Self::Silu),
-            other => Err(format!("activation `{other}` is not supported (gelu, gelu_new, gelu_pytorch_tanh, quick_gelu, silu)")),
+            other => Err(format!(
+                "activation `{other}` is not supported (gelu, gelu_new, gelu_pytorch_tanh, quick_gelu, silu)"
+            )),
         }
     }
 }
@@ -121,11 +123,8 @@ impl LlavaConfig {
     /// (hidden state 0 is the embedding output after `pre_layrnorm`).
     pub fn vision_layers_needed(&self) -> Result<usize, String> {
         let states = self.vision.num_layers as i64 + 1;
-        let idx = if self.vision_feature_layer < 0 {
-            states + self.vision_feature_layer
-        } else {
-            self.vision_feature_layer
-        };
+        let idx =
+            if self.vision_feature_layer < 0 { states + self.vision_feature_layer } else { self.vision_feature_layer };
         if !(0..states).contains(&idx) {
             return Err(format!(
                 "vision_feature_layer {} is out of range for a vision tower with {} layers",
@@ -157,16 +156,10 @@ impl LlavaConfig {
         }
         let v = &self.vision;
         if v.num_heads == 0 || v.hidden_size % v.num_heads != 0 {
-            return Err(format!(
-                "vision hidden_size {} is not divisible by its {} heads",
-                v.hidden_size, v.num_heads
-            ));
+            return Err(format!("vision hidden_size {} is not divisible by its {} heads", v.hidden_size, v.num_heads));
         }
         if v.patch_size == 0 || v.image_size % v.patch_size != 0 {
-            return Err(format!(
-                "vision image_size {} is not a multiple of patch_size {}",
-                v.image_size, v.patch_size
-            ));
+            return Err(format!("vision image_size {} is not a multiple of patch_size {}", v.image_size, v.patch_size));
         }
         if self.projector.vision_hidden_size != v.hidden_size {
             return Err(format!(
@@ -197,7 +190,8 @@ impl hf::HfLlamaConfig {
     pub fn to_llama(&self, tie_fallback: Option<bool>) -> Result<LlamaConfig, String> {
         let rope_theta = self.rope_theta_value()?;
         let num_kv_heads = self.num_key_value_heads.unwrap_or(self.num_attention_heads);
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 && self.head_dim.is_none() {
+        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 && self.head_dim.is_none()
+        {
             return Err(format!(
                 "hidden_size {} is not divisible by num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
@@ -268,16 +262,9 @@ impl hf::HfLlavaConfig {
             None => serde_json::from_str::<hf::HfLlamaConfig>("{}").map_err(|e| e.to_string())?,
         };
         let text = text_hf.to_llama(self.tie_word_embeddings)?;
-        let vision = self
-            .vision_config
-            .clone()
-            .unwrap_or_else(hf::HfClipVisionConfig::llava_default)
-            .to_clip()?;
+        let vision = self.vision_config.clone().unwrap_or_else(hf::HfClipVisionConfig::llava_default).to_clip()?;
         let vision_feature_layer = self.vision_feature_layer.as_i64().ok_or_else(|| {
-            format!(
-                "vision_feature_layer {} is not supported: only a single layer index is",
-                self.vision_feature_layer
-            )
+            format!("vision_feature_layer {} is not supported: only a single layer index is", self.vision_feature_layer)
         })?;
         let feature_select = match self.vision_feature_select_strategy.as_str() {
             "default" => FeatureSelect::Patches,

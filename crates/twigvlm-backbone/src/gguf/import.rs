@@ -46,11 +46,17 @@ impl LlamaHyper {
     fn read(file: &GgufFile) -> Result<Self> {
         let arch = file.get("general.architecture").and_then(MetadataValue::as_str).unwrap_or("(none)");
         if arch != SUPPORTED_ARCHITECTURE {
-            return Err(error(file, format!("architecture `{arch}` is not supported (supported: {SUPPORTED_ARCHITECTURE})")));
+            return Err(error(
+                file,
+                format!("architecture `{arch}` is not supported (supported: {SUPPORTED_ARCHITECTURE})"),
+            ));
         }
         let key = |k: &str| format!("{arch}.{k}");
         let int = |k: &str| -> Result<usize> {
-            file.get(&key(k)).and_then(MetadataValue::as_u64).map(|v| v as usize).ok_or_else(|| error(file, format!("missing metadata `{}`", key(k))))
+            file.get(&key(k))
+                .and_then(MetadataValue::as_u64)
+                .map(|v| v as usize)
+                .ok_or_else(|| error(file, format!("missing metadata `{}`", key(k))))
         };
         let heads = int("attention.head_count")?;
         let hidden = int("embedding_length")?;
@@ -67,10 +73,9 @@ impl LlamaHyper {
             head_dim: int("rope.dimension_count").unwrap_or(hidden / heads.max(1)),
             context: int("context_length")?,
             rope_theta: file.get(&key("rope.freq_base")).and_then(MetadataValue::as_f64).unwrap_or(10_000.0),
-            rms_eps: file
-                .get(&key("attention.layer_norm_rms_epsilon"))
-                .and_then(MetadataValue::as_f64)
-                .ok_or_else(|| error(file, format!("missing metadata `{}`", key("attention.layer_norm_rms_epsilon"))))?,
+            rms_eps: file.get(&key("attention.layer_norm_rms_epsilon")).and_then(MetadataValue::as_f64).ok_or_else(
+                || error(file, format!("missing metadata `{}`", key("attention.layer_norm_rms_epsilon"))),
+            )?,
             vocab,
         })
     }
@@ -122,11 +127,19 @@ fn unpermute_rows(values: &[f32], rows: usize, cols: usize, heads: usize) -> Vec
 
 /// Imports `gguf_path` into `out_dir` (which must not exist or be empty). `progress(done, total)`
 /// is called after each tensor.
-pub fn import_gguf(gguf_path: &Path, out_dir: &Path, dtype: ImportDtype, mut progress: impl FnMut(usize, usize)) -> Result<ImportSummary> {
+pub fn import_gguf(
+    gguf_path: &Path,
+    out_dir: &Path,
+    dtype: ImportDtype,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<ImportSummary> {
     let file = GgufFile::open(gguf_path)?;
     let hyper = LlamaHyper::read(&file)?;
     if out_dir.exists() && std::fs::read_dir(out_dir).map_err(|e| BackboneError::io(out_dir, e))?.next().is_some() {
-        return Err(BackboneError::io(out_dir, std::io::Error::new(std::io::ErrorKind::AlreadyExists, "the output directory exists and is not empty")));
+        return Err(BackboneError::io(
+            out_dir,
+            std::io::Error::new(std::io::ErrorKind::AlreadyExists, "the output directory exists and is not empty"),
+        ));
     }
     let tokenizer = super::tokenizer::tokenizer_json(&file).map_err(|reason| error(&file, reason))?;
     // Check that the JSON is a tokenizer the runtime accepts before writing anything.

@@ -125,7 +125,11 @@ struct Cursor<'a> {
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize, what: &str) -> std::result::Result<&'a [u8], String> {
         let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or_else(|| {
-            format!("truncated file: {what} needs {n} bytes at offset {} but the file has {}", self.at, self.bytes.len())
+            format!(
+                "truncated file: {what} needs {n} bytes at offset {} but the file has {}",
+                self.at,
+                self.bytes.len()
+            )
         })?;
         let slice = &self.bytes[self.at..end];
         self.at = end;
@@ -169,7 +173,9 @@ impl<'a> Cursor<'a> {
                 if count > (self.bytes.len() - self.at) as u64 {
                     return Err(format!("{what}: array of {count} items is longer than the rest of the file"));
                 }
-                let items = (0..count).map(|_| self.value(item_kind, what, depth + 1)).collect::<std::result::Result<_, _>>()?;
+                let items = (0..count)
+                    .map(|_| self.value(item_kind, what, depth + 1))
+                    .collect::<std::result::Result<_, _>>()?;
                 MetadataValue::Array(items)
             }
             9 => return Err(format!("{what}: nested arrays are not supported")),
@@ -207,7 +213,9 @@ impl GgufFile {
 
     /// Reads a tensor as f32 values in row-major order (shape from [`GgufTensorInfo::shape`]).
     pub fn tensor_f32(&self, name: &str) -> Result<Vec<f32>> {
-        let info = self.tensor_info(name).ok_or_else(|| BackboneError::MissingTensor { name: name.to_string(), expected: vec![] })?;
+        let info = self
+            .tensor_info(name)
+            .ok_or_else(|| BackboneError::MissingTensor { name: name.to_string(), expected: vec![] })?;
         let size = info.ggml_type.byte_size(info.elements()).ok_or_else(|| BackboneError::UnsupportedDtype {
             name: name.to_string(),
             dtype: format!("{} (GGUF import supports F32, F16, BF16, Q8_0, Q4_0, Q4_1)", info.ggml_type.name()),
@@ -224,7 +232,10 @@ impl GgufFile {
                 if end.is_none_or(|end| end > self.map.len() as u64) {
                     return Err(BackboneError::Checkpoint {
                         path: self.path.clone(),
-                        reason: format!("truncated file: tensor `{}` ({} bytes at data offset {}) ends past the end of the file", t.name, size, t.offset),
+                        reason: format!(
+                            "truncated file: tensor `{}` ({} bytes at data offset {}) ends past the end of the file",
+                            t.name, size, t.offset
+                        ),
                     });
                 }
             }
@@ -242,7 +253,9 @@ fn parse(bytes: &[u8]) -> std::result::Result<Parsed, String> {
     }
     let version = c.u32("version")?;
     if !(2..=3).contains(&version) {
-        return Err(format!("GGUF version {version} is not supported (2 and 3 are; version 1 and big-endian files are not)"));
+        return Err(format!(
+            "GGUF version {version} is not supported (2 and 3 are; version 1 and big-endian files are not)"
+        ));
     }
     let tensor_count = c.u64("tensor count")?;
     let kv_count = c.u64("metadata count")?;

@@ -99,7 +99,10 @@ impl<B: Backend> SelfAttention<B> {
         let q_rows = Tensor::cat(rows.iter().map(|&r| q.clone().narrow(2, r, 1)).collect(), 2);
         let scale = (head_dim as f64).powf(-0.5);
         let scores = q_rows.matmul(self.repeat_kv(k).swap_dims(2, 3)) * scale;
-        let mask: Vec<f32> = rows.iter().flat_map(|&r| (0..total).map(move |key| if key > past + r { f32::NEG_INFINITY } else { 0.0 })).collect();
+        let mask: Vec<f32> = rows
+            .iter()
+            .flat_map(|&r| (0..total).map(move |key| if key > past + r { f32::NEG_INFINITY } else { 0.0 }))
+            .collect();
         let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, [rows.len(), total]), &device).unsqueeze::<4>();
         softmax(scores + mask, 3)
     }

@@ -42,7 +42,9 @@ impl<B: Backend> LayerKvCache<B> {
             let grow = |old: Option<Tensor<B, 4>>| {
                 let fresh = Tensor::<B, 4>::zeros([batch, heads, capacity, head_dim], &keys.device());
                 match old {
-                    Some(old) if self.len > 0 => fresh.slice_assign([0..batch, 0..heads, 0..self.len, 0..head_dim], old.narrow(2, 0, self.len)),
+                    Some(old) if self.len > 0 => {
+                        fresh.slice_assign([0..batch, 0..heads, 0..self.len, 0..head_dim], old.narrow(2, 0, self.len))
+                    }
                     _ => fresh,
                 }
             };
@@ -62,7 +64,8 @@ impl<B: Backend> LayerKvCache<B> {
     /// A cache whose batch entry `i` is this cache's entry `entries[i]` (several continuations
     /// of each prefix in one forward).
     pub fn select_batch(&self, entries: &Tensor<B, 1, Int>) -> Self {
-        let select = |t: &Option<Tensor<B, 4>>| t.as_ref().map(|t| t.clone().narrow(2, 0, self.len).select(0, entries.clone()));
+        let select =
+            |t: &Option<Tensor<B, 4>>| t.as_ref().map(|t| t.clone().narrow(2, 0, self.len).select(0, entries.clone()));
         match self.len {
             0 => Self::default(),
             len => Self { keys: select(&self.keys), values: select(&self.values), len },
@@ -72,9 +75,14 @@ impl<B: Backend> LayerKvCache<B> {
     /// Of the last `tail` entries keeps those at `keep` (ascending indices into the tail), moved
     /// to follow the entries before the tail: the accepted path of a draft tree.
     pub fn keep_tail(&mut self, tail: usize, keep: &[usize]) -> Result<()> {
-        let start = self.len.checked_sub(tail).ok_or_else(|| BackboneError::Cache(format!("a tail of {tail} in a layer cache of length {}", self.len)))?;
+        let start = self
+            .len
+            .checked_sub(tail)
+            .ok_or_else(|| BackboneError::Cache(format!("a tail of {tail} in a layer cache of length {}", self.len)))?;
         if keep.iter().any(|&i| i >= tail) || keep.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(BackboneError::Cache(format!("cannot keep entries {keep:?} of a tail of {tail}: they must be ascending and inside it")));
+            return Err(BackboneError::Cache(format!(
+                "cannot keep entries {keep:?} of a tail of {tail}: they must be ascending and inside it"
+            )));
         }
         if keep.iter().enumerate().all(|(j, &i)| i == j) {
             return self.crop(start + keep.len());
@@ -170,7 +178,13 @@ mod tests {
     fn numbered(len: usize) -> LayerKvCache<Flex> {
         let mut cache = LayerKvCache::default();
         let device = Default::default();
-        let entries = |sign: f32| Tensor::<Flex, 1>::from_data(TensorData::new((0..len).map(|i| sign * i as f32).collect::<Vec<_>>(), [len]), &device).reshape([1, 1, len, 1]);
+        let entries = |sign: f32| {
+            Tensor::<Flex, 1>::from_data(
+                TensorData::new((0..len).map(|i| sign * i as f32).collect::<Vec<_>>(), [len]),
+                &device,
+            )
+            .reshape([1, 1, len, 1])
+        };
         cache.append(entries(1.0), entries(-1.0));
         cache
     }
@@ -186,7 +200,10 @@ mod tests {
     fn keep_tail_moves_the_kept_entries_up_behind_the_context() {
         let mut cache = numbered(8);
         cache.keep_tail(5, &[0, 2, 4]).unwrap();
-        assert_eq!(contents(&mut cache), (vec![0.0, 1.0, 2.0, 3.0, 5.0, 7.0], vec![-0.0, -1.0, -2.0, -3.0, -5.0, -7.0]));
+        assert_eq!(
+            contents(&mut cache),
+            (vec![0.0, 1.0, 2.0, 3.0, 5.0, 7.0], vec![-0.0, -1.0, -2.0, -3.0, -5.0, -7.0])
+        );
         let mut prefix = numbered(8);
         prefix.keep_tail(5, &[0, 1]).unwrap();
         assert_eq!(contents(&mut prefix).0, vec![0.0, 1.0, 2.0, 3.0, 4.0]);

@@ -5,8 +5,8 @@ use burn::prelude::*;
 
 use super::attention::SelfAttention;
 use super::cache::LayerKvCache;
-use super::single_row;
 use super::rope::RopeAngles;
+use super::single_row;
 use super::tree_mask::TreeMask;
 use crate::config::{Activation, LlamaConfig};
 use crate::error::Result;
@@ -45,7 +45,9 @@ impl<B: Backend> DecoderLayer<B> {
     pub fn load(loader: &WeightLoader<B>, prefix: &str, cfg: &LlamaConfig) -> Result<Self> {
         let (d, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
         let (q_dim, kv_dim) = (cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim);
-        let attn = |name: &str, d_in, d_out| loader.linear(&format!("{prefix}.self_attn.{name}"), d_in, d_out, cfg.attention_bias);
+        let attn = |name: &str, d_in, d_out| {
+            loader.linear(&format!("{prefix}.self_attn.{name}"), d_in, d_out, cfg.attention_bias)
+        };
         let mlp = |name: &str, d_in, d_out| loader.linear(&format!("{prefix}.mlp.{name}"), d_in, d_out, cfg.mlp_bias);
         Ok(Self {
             input_layernorm: loader.rms_norm(&format!("{prefix}.input_layernorm.weight"), d, eps)?,
@@ -74,7 +76,8 @@ impl<B: Backend> DecoderLayer<B> {
     pub fn init(cfg: &LlamaConfig, device: &B::Device) -> Self {
         let (d, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
         let (q_dim, kv_dim) = (cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim);
-        let linear = |d_in: usize, d_out: usize, bias: bool| LinearConfig::new(d_in, d_out).with_bias(bias).init(device);
+        let linear =
+            |d_in: usize, d_out: usize, bias: bool| LinearConfig::new(d_in, d_out).with_bias(bias).init(device);
         let norm = || RmsNormConfig::new(d).with_epsilon(eps).init(device);
         Self {
             input_layernorm: norm(),
@@ -116,7 +119,8 @@ impl<B: Backend> DecoderLayer<B> {
         probe_rows: Option<&[usize]>,
         tree: Option<&TreeMask>,
     ) -> (Tensor<B, 3>, Option<Tensor<B, 4>>) {
-        let (attn, probe) = self.self_attn.forward(self.input_layernorm.forward(x.clone()), rope, cache, probe_rows, tree);
+        let (attn, probe) =
+            self.self_attn.forward(self.input_layernorm.forward(x.clone()), rope, cache, probe_rows, tree);
         let x = x + attn;
         let x = x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x));
         (x, probe)

@@ -39,7 +39,8 @@ impl AttentionProbe {
     }
 
     fn rows_for(&self, layer: usize) -> Option<&[usize]> {
-        (!self.rows.is_empty() && (self.layers.is_empty() || self.layers.contains(&layer))).then_some(self.rows.as_slice())
+        (!self.rows.is_empty() && (self.layers.is_empty() || self.layers.contains(&layer)))
+            .then_some(self.rows.as_slice())
     }
 }
 
@@ -183,7 +184,14 @@ impl<B: Backend> LlamaDecoder<B> {
     }
 
     /// [`Self::forward_layers`] for the nodes of a draft tree ([`forward_stack_tree`]).
-    pub fn forward_tree_layers(&self, hidden: Tensor<B, 3>, rope: &RopeAngles<B>, layers: Range<usize>, cache: &mut KvCache<B>, tree: &TreeMask) -> Tensor<B, 3> {
+    pub fn forward_tree_layers(
+        &self,
+        hidden: Tensor<B, 3>,
+        rope: &RopeAngles<B>,
+        layers: Range<usize>,
+        cache: &mut KvCache<B>,
+        tree: &TreeMask,
+    ) -> Tensor<B, 3> {
         forward_stack_tree(&self.layers[layers.clone()], layers.start, hidden, rope, cache, tree)
     }
 

@@ -29,10 +29,7 @@ impl<B: Backend> RopeAngles<B> {
             angles.extend_from_slice(&row);
         }
         let angles = Tensor::<B, 2>::from_data(TensorData::new(angles, [positions.len(), head_dim]), device);
-        Self {
-            cos: angles.clone().cos().unsqueeze::<4>(),
-            sin: angles.sin().unsqueeze::<4>(),
-        }
+        Self { cos: angles.clone().cos().unsqueeze::<4>(), sin: angles.sin().unsqueeze::<4>() }
     }
 
     /// # Shapes

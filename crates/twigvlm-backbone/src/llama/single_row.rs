@@ -51,7 +51,11 @@ mod tests {
         let rows = Tensor::<Flex, 3>::random([1, 3, 64], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
         let diff = (linear(&layer, rows.clone(), 4) - layer.forward(rows)).abs().max().into_scalar();
         assert!(diff < 1e-5, "3 rows: {diff}");
-        let many = Tensor::<Flex, 3>::random([1, MAX_SPLIT_ROWS + 1, 64], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+        let many = Tensor::<Flex, 3>::random(
+            [1, MAX_SPLIT_ROWS + 1, 64],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        );
         assert_eq!(linear(&layer, many.clone(), 4).into_data(), layer.forward(many).into_data());
     }
 }

@@ -62,7 +62,8 @@ mod tests {
     fn each_token_sees_the_context_its_ancestors_and_itself() {
         // root(0) → a(1), b(2); a → c(3). The forward runs b and c.
         let mask = TreeMask::from_parents(&[None, Some(0), Some(0), Some(1)], 2);
-        let masked: Vec<bool> = mask.masked::<burn::backend::Flex>(6, &Default::default()).into_data().to_vec().unwrap();
+        let masked: Vec<bool> =
+            mask.masked::<burn::backend::Flex>(6, &Default::default()).into_data().to_vec().unwrap();
         #[rustfmt::skip]
         let expected = [
             false, false, false, true, false, true,  // b: context, root, b

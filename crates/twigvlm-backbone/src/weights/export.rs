@@ -38,7 +38,8 @@ impl<B: Backend> ModuleVisitor<B> for Exporter<'_> {
             (_, other) => other,
         };
         *names.last_mut().expect("non-empty") = renamed_field;
-        let tensor = if parent == LINEAR && field == "weight" && D == 2 { param.val().transpose() } else { param.val() };
+        let tensor =
+            if parent == LINEAR && field == "weight" && D == 2 { param.val().transpose() } else { param.val() };
         let shape = tensor.dims().to_vec();
         let values = tensor.into_data().convert::<f32>().into_vec::<f32>().expect("f32 after convert");
         self.tensors.push(((self.rename)(&names.join(".")), shape, values));

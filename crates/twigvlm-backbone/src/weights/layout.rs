@@ -82,10 +82,7 @@ impl CheckpointLayout {
 
 /// The CLIP vision-transformer prefix of a checkpoint, if it has one.
 pub fn find_vision(source: &TensorSource) -> Option<String> {
-    VISION
-        .iter()
-        .find(|p| source.contains(&format!("{p}.embeddings.patch_embedding.weight")))
-        .map(|p| p.to_string())
+    VISION.iter().find(|p| source.contains(&format!("{p}.embeddings.patch_embedding.weight"))).map(|p| p.to_string())
 }
 
 /// Tensors that LLaVA inference never reads, by design: CLIP's text tower and heads, the vision

@@ -247,9 +247,15 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let tensor = |value: f32| ("w".to_string(), vec![1], vec![value]);
         // Both shards hold `w`; the index names the one that sorts and loads first.
-        write_safetensors(&dir.join("a.safetensors"), &[tensor(1.0), ("only_a".to_string(), vec![1], vec![3.0])], StorageDtype::F32).unwrap();
+        write_safetensors(
+            &dir.join("a.safetensors"),
+            &[tensor(1.0), ("only_a".to_string(), vec![1], vec![3.0])],
+            StorageDtype::F32,
+        )
+        .unwrap();
         write_safetensors(&dir.join("b.safetensors"), &[tensor(2.0)], StorageDtype::F32).unwrap();
-        let index = serde_json::json!({"weight_map": {"w": "a.safetensors", "only_a": "a.safetensors", "x": "b.safetensors"}});
+        let index =
+            serde_json::json!({"weight_map": {"w": "a.safetensors", "only_a": "a.safetensors", "x": "b.safetensors"}});
         std::fs::write(dir.join(SAFETENSORS_INDEX), index.to_string()).unwrap();
         let source = TensorSource::open_dir(&dir).unwrap();
         assert_eq!(source.get("w").unwrap().read_f32("w").unwrap(), vec![1.0]);
@@ -262,7 +268,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("twigvlm-replace-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let tensor = |name: &str, value: f32| (name.to_string(), vec![1], vec![value]);
-        write_safetensors(&dir.join("a.safetensors"), &[tensor("w", 1.0), tensor("kept", 3.0)], StorageDtype::F32).unwrap();
+        write_safetensors(&dir.join("a.safetensors"), &[tensor("w", 1.0), tensor("kept", 3.0)], StorageDtype::F32)
+            .unwrap();
         let index = serde_json::json!({"weight_map": {"w": "a.safetensors", "kept": "a.safetensors"}});
         std::fs::write(dir.join(SAFETENSORS_INDEX), index.to_string()).unwrap();
         let replacement = dir.join("tuned.safetensors");

@@ -52,9 +52,10 @@ impl fmt::Display for Task {
 impl FromStr for Task {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Task::ALL.into_iter().find(|t| t.name() == s).ok_or_else(|| {
-            format!("unknown task `{s}` (expected one of {})", Task::ALL.map(Task::name).join(", "))
-        })
+        Task::ALL
+            .into_iter()
+            .find(|t| t.name() == s)
+            .ok_or_else(|| format!("unknown task `{s}` (expected one of {})", Task::ALL.map(Task::name).join(", ")))
     }
 }
 
@@ -63,7 +64,8 @@ impl FromStr for Task {
 /// projector's targets, `twigvlm-train`'s `patch_words`) then says which number is the row, and an
 /// answer copies each as it is. Measured on the demo model with both as digits: the row right in
 /// about half of the answers, the column at chance (it mostly repeated the row).
-pub const COLUMN_WORDS: [&str; 12] = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"];
+pub const COLUMN_WORDS: [&str; 12] =
+    ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"];
 
 /// Column `column` (0-based) as [`location`] says it: its word, or its digits beyond
 /// [`COLUMN_WORDS`].

@@ -69,5 +69,7 @@ pub fn render(scene: &Scene, config: &SceneConfig, rng: &mut impl Rng) -> RgbIma
             }
         }
     }
-    RgbImage::from_fn(size, size, |x, y| image::Rgb(canvas[(y * size + x) as usize].map(|v| v.round().clamp(0.0, 255.0) as u8)))
+    RgbImage::from_fn(size, size, |x, y| {
+        image::Rgb(canvas[(y * size + x) as usize].map(|v| v.round().clamp(0.0, 255.0) as u8))
+    })
 }

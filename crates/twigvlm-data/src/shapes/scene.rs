@@ -16,7 +16,8 @@ pub enum Shape {
 }
 
 impl Shape {
-    pub const ALL: [Shape; 6] = [Shape::Circle, Shape::Square, Shape::Triangle, Shape::Cross, Shape::Diamond, Shape::Ring];
+    pub const ALL: [Shape; 6] =
+        [Shape::Circle, Shape::Square, Shape::Triangle, Shape::Cross, Shape::Diamond, Shape::Ring];
 
     pub fn word(self) -> &'static str {
         match self {
@@ -47,8 +48,16 @@ pub enum Colour {
 }
 
 impl Colour {
-    pub const ALL: [Colour; 8] =
-        [Colour::Red, Colour::Green, Colour::Blue, Colour::Yellow, Colour::Purple, Colour::Orange, Colour::Cyan, Colour::Brown];
+    pub const ALL: [Colour; 8] = [
+        Colour::Red,
+        Colour::Green,
+        Colour::Blue,
+        Colour::Yellow,
+        Colour::Purple,
+        Colour::Orange,
+        Colour::Cyan,
+        Colour::Brown,
+    ];
 
     pub fn word(self) -> &'static str {
         match self {
@@ -140,7 +149,12 @@ impl Scene {
         colours.shuffle(rng);
         cells.shuffle(rng);
         let objects = (0..count)
-            .map(|i| SceneObject { row: cells[i] / config.grid, column: cells[i] % config.grid, shape: shapes[i], colour: colours[i] })
+            .map(|i| SceneObject {
+                row: cells[i] / config.grid,
+                column: cells[i] % config.grid,
+                shape: shapes[i],
+                colour: colours[i],
+            })
             .collect();
         Self::new(objects)
     }

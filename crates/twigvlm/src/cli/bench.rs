@@ -58,18 +58,32 @@ impl BackendJob for BenchJob {
         for index in 0..dataset.len() {
             let example = dataset.get(index);
             let image = example.image.as_ref().map(|source| source.load()).transpose()?;
-            prompts.extend(example.turns.iter().map(|turn| BenchPrompt { prompt: turn.user.clone(), image: image.clone() }));
+            prompts.extend(
+                example.turns.iter().map(|turn| BenchPrompt { prompt: turn.user.clone(), image: image.clone() }),
+            );
         }
         let uses_twig = args.modes.iter().any(|m| !matches!(m, BenchMode::Vanilla | BenchMode::FastV));
         let mut model = args.model.clone();
         if uses_twig && model.decoder.twig.is_none() {
-            anyhow::bail!("--modes {} need --twig DIR", args.modes.iter().map(|m| m.name()).collect::<Vec<_>>().join(","));
+            anyhow::bail!(
+                "--modes {} need --twig DIR",
+                args.modes.iter().map(|m| m.name()).collect::<Vec<_>>().join(",")
+            );
         }
         // The modes choose their decoders; the twig is attached for them.
         model.decoder.decoder = Some(if uses_twig { twigvlm::DecoderKind::Ssd } else { twigvlm::DecoderKind::Base });
         let (engine, _) = super::load_engine::<B>(&model, device, true)?;
-        let options = BenchOptions { modes: args.modes.clone(), max_new_tokens: args.max_new_tokens, visual_budget: args.visual_budget, repeats: args.repeats, draft_tree: args.draft_tree };
-        let progress = super::progress_bar(generation_count(prompts.len(), &options) as u64, "{pos}/{len} generations (eta {eta})");
+        let options = BenchOptions {
+            modes: args.modes.clone(),
+            max_new_tokens: args.max_new_tokens,
+            visual_budget: args.visual_budget,
+            repeats: args.repeats,
+            draft_tree: args.draft_tree,
+        };
+        let progress = super::progress_bar(
+            generation_count(prompts.len(), &options) as u64,
+            "{pos}/{len} generations (eta {eta})",
+        );
         let report = run_bench(&engine, &prompts, &options, || progress.inc(1)).context("benchmark failed")?;
         progress.finish_and_clear();
         write_report(&report, &args)
@@ -80,7 +94,8 @@ fn write_report(report: &BenchReport, args: &BenchArgs) -> anyhow::Result<()> {
     let dir = &args.results_dir;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let json_path = dir.join("relspd.json");
-    std::fs::write(&json_path, serde_json::to_string_pretty(report)?).with_context(|| format!("cannot write {}", json_path.display()))?;
+    std::fs::write(&json_path, serde_json::to_string_pretty(report)?)
+        .with_context(|| format!("cannot write {}", json_path.display()))?;
     let bars: Vec<(String, f64)> = report.rows.iter().filter_map(|r| r.rel_spd.map(|s| (r.mode.clone(), s))).collect();
     let labels = Labels { title: "Speed relative to vanilla decoding", x: "mode", y: "RelSpd (tokens/s ÷ vanilla's)" };
     if let Err(e) = bar_chart(&dir.join("relspd.png"), &labels, &bars) {
@@ -93,7 +108,16 @@ fn write_report(report: &BenchReport, args: &BenchArgs) -> anyhow::Result<()> {
     let optional = |v: Option<f64>, precision: usize| v.map_or("-".to_string(), |v| format!("{v:.precision$}"));
     println!(
         "{:<9} {:>9} {:>11} {:>10} {:>9} {:>10} {:>7} {:>7} {:>9} {:>9}",
-        "mode", "tokens/s", "prefill ms", "decode ms", "draft ms", "verify ms", "tokens", "RelSpd", "accepted", "identical"
+        "mode",
+        "tokens/s",
+        "prefill ms",
+        "decode ms",
+        "draft ms",
+        "verify ms",
+        "tokens",
+        "RelSpd",
+        "accepted",
+        "identical"
     );
     for row in &report.rows {
         println!(

@@ -53,8 +53,10 @@ impl BackendJob for DistillJob {
             save_every: args.save_every,
             resume: args.resume,
         };
-        let progress = super::progress_bar(dataset.question_count() as u64, "{pos}/{len} questions ({per_sec}, eta {eta})");
-        let summary = distill(&engine, &dataset, &args.out, &options, |done| progress.set_position(done as u64)).context("distillation failed")?;
+        let progress =
+            super::progress_bar(dataset.question_count() as u64, "{pos}/{len} questions ({per_sec}, eta {eta})");
+        let summary = distill(&engine, &dataset, &args.out, &options, |done| progress.set_position(done as u64))
+            .context("distillation failed")?;
         progress.finish_and_clear();
         println!(
             "{} records in {} ({} answers generated now, {} tokens, {:.1} s)",

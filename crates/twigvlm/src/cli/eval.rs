@@ -7,8 +7,8 @@ use burn::prelude::Backend;
 use twigvlm::eval::{evaluate, EvalOptions, EvalReport};
 use twigvlm::relacc::{cell_count, plot_relacc, relacc_table, RelAccReport};
 use twigvlm::BackendJob;
-use twigvlm_ttp::{PrefillPolicy, VisualBudget};
 use twigvlm_data::{DatasetSpec, SeedRange};
+use twigvlm_ttp::{PrefillPolicy, VisualBudget};
 
 #[derive(Debug, clap::Args)]
 pub struct EvalArgs {
@@ -51,25 +51,38 @@ impl BackendJob for EvalJob {
         let args = self.0;
         let spec = DatasetSpec::parse(&args.data)?;
         if spec.seed_range() == Some(SeedRange::Train) {
-            tracing::warn!("--data uses a training seed; held-out scores need a seed from {}", twigvlm_data::EVAL_SEED_START);
+            tracing::warn!(
+                "--data uses a training seed; held-out scores need a seed from {}",
+                twigvlm_data::EVAL_SEED_START
+            );
         }
         let dataset = spec.open(args.image_root.as_deref())?;
         let questions = dataset.question_count();
         let relacc = !args.policies.is_empty();
-        anyhow::ensure!(!relacc || !args.visual_budget.is_empty(), "--policies needs --visual-budget (one or more, comma-separated)");
+        anyhow::ensure!(
+            !relacc || !args.visual_budget.is_empty(),
+            "--policies needs --visual-budget (one or more, comma-separated)"
+        );
         let (engine, decoder) = super::load_engine::<B>(&args.model, device, relacc)?;
         let cells = if relacc { cell_count(&args.policies, &args.visual_budget) } else { 1 };
         let progress = super::progress_bar((questions * cells) as u64, "{pos}/{len} questions ({per_sec}, eta {eta})");
         if relacc {
-            let report = relacc_table(&engine, &dataset, &args.policies, &args.visual_budget, args.final_wipe, decoder, |cell, done| {
-                progress.set_position((cell * questions + done) as u64)
-            })
+            let report = relacc_table(
+                &engine,
+                &dataset,
+                &args.policies,
+                &args.visual_budget,
+                args.final_wipe,
+                decoder,
+                |cell, done| progress.set_position((cell * questions + done) as u64),
+            )
             .context("evaluation failed")?;
             progress.finish_and_clear();
             return write_relacc(&report, &args.results_dir, args.json);
         }
         let options = EvalOptions { blank_image_baseline: !args.no_blank_baseline, decoder, ..EvalOptions::default() };
-        let report = evaluate(&engine, &dataset, &options, |done| progress.set_position(done as u64)).context("evaluation failed")?;
+        let report = evaluate(&engine, &dataset, &options, |done| progress.set_position(done as u64))
+            .context("evaluation failed")?;
         progress.finish_and_clear();
         if args.json {
             println!("{}", serde_json::to_string(&report)?);
@@ -129,7 +142,10 @@ fn write_relacc(report: &RelAccReport, dir: &Path, json: bool) -> anyhow::Result
         return Ok(());
     }
     let percent = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1}", 100.0 * v));
-    println!("{:<16} {:>8} {:>4} {:>4} {:>9} {:>9} {:>8} {:>8}", "policy", "budget", "K_f", "R'", "avg vis.", "accuracy", "RelAcc", "desc F1");
+    println!(
+        "{:<16} {:>8} {:>4} {:>4} {:>9} {:>9} {:>8} {:>8}",
+        "policy", "budget", "K_f", "R'", "avg vis.", "accuracy", "RelAcc", "desc F1"
+    );
     for row in &report.rows {
         println!(
             "{:<16} {:>8} {:>4} {:>4} {:>9.1} {:>9} {:>8} {:>8}",
@@ -143,7 +159,12 @@ fn write_relacc(report: &RelAccReport, dir: &Path, json: bool) -> anyhow::Result
             row.describe_f1.map_or("-".to_string(), |f| format!("{f:.3}"))
         );
     }
-    println!("{} questions per row, N_v = {}; written to {}", report.questions, report.visual_tokens, json_path.display());
+    println!(
+        "{} questions per row, N_v = {}; written to {}",
+        report.questions,
+        report.visual_tokens,
+        json_path.display()
+    );
     Ok(())
 }
 

@@ -55,7 +55,10 @@ impl BackendJob for ExplainJob {
                 .iter()
                 .map(|p| serde_json::json!({"title": p.title, "kept_patches": p.kept, "scores": p.scores}))
                 .collect();
-            println!("{}", serde_json::json!({"patches_per_side": explanation.patches_per_side, "panels": panels, "out": args.out}));
+            println!(
+                "{}",
+                serde_json::json!({"patches_per_side": explanation.patches_per_side, "panels": panels, "out": args.out})
+            );
         } else {
             eprintln!("wrote {}", args.out.display());
         }

@@ -37,7 +37,9 @@ pub fn run(command: ImportCommand) -> anyhow::Result<()> {
     };
     let bar = indicatif::ProgressBar::new(0).with_message("dequantising");
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} tensors").expect("valid template").progress_chars("=> "),
+        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} tensors")
+            .expect("valid template")
+            .progress_chars("=> "),
     );
     let summary = import_gguf(&args.file, &args.out, dtype, |done, total| {
         bar.set_length(total as u64);

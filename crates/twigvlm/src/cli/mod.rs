@@ -18,11 +18,11 @@ use std::path::PathBuf;
 use anyhow::Context;
 use burn::prelude::Backend;
 use clap::{Parser, Subcommand};
+use tracing_subscriber::filter::LevelFilter;
 use twigvlm::{BackendJob, BackendKind, DecoderKind, Engine, FloatDtype};
 use twigvlm_backbone::LoadOptions;
 use twigvlm_ssd::DraftConfig;
 use twigvlm_ttp::{PrefillPolicy, PruningSpec, VisualBudget};
-use tracing_subscriber::filter::LevelFilter;
 
 /// Fast vision-language inference with twig-guided token pruning and self-speculative decoding.
 #[derive(Debug, Parser)]
@@ -181,7 +181,12 @@ pub struct DraftArgs {
 
 impl DraftArgs {
     pub fn config(&self) -> DraftConfig {
-        DraftConfig { max_draft: self.max_draft, draft_threshold: self.draft_threshold, length: self.draft_length, tree: self.draft_tree }
+        DraftConfig {
+            max_draft: self.max_draft,
+            draft_threshold: self.draft_threshold,
+            length: self.draft_length,
+            tree: self.draft_tree,
+        }
     }
 }
 
@@ -203,12 +208,22 @@ impl DecoderArgs {
     /// The decoder these options ask for, once the twig it (or token pruning, when `pruning`
     /// is set) needs is attached to `engine`.
     fn prepare<B: Backend>(&self, engine: &mut Engine<B>, pruning: bool) -> anyhow::Result<DecoderKind> {
-        let decoder = self.decoder.unwrap_or(if self.twig.is_some() && !pruning { DecoderKind::TwigOnly } else { DecoderKind::Base });
+        let decoder = self.decoder.unwrap_or(if self.twig.is_some() && !pruning {
+            DecoderKind::TwigOnly
+        } else {
+            DecoderKind::Base
+        });
         match (decoder, &self.twig) {
-            (DecoderKind::TwigOnly | DecoderKind::Ssd, None) => anyhow::bail!("--decoder {} needs --twig DIR", decoder.name()),
-            (DecoderKind::Base, Some(dir)) if !pruning => anyhow::bail!("--twig {} is unused with --decoder base and no --policy", dir.display()),
+            (DecoderKind::TwigOnly | DecoderKind::Ssd, None) => {
+                anyhow::bail!("--decoder {} needs --twig DIR", decoder.name())
+            }
+            (DecoderKind::Base, Some(dir)) if !pruning => {
+                anyhow::bail!("--twig {} is unused with --decoder base and no --policy", dir.display())
+            }
             (_, Some(dir)) => {
-                let twig = engine.attach_twig(dir, self.twig_k).with_context(|| format!("cannot use the twig in {}", dir.display()))?;
+                let twig = engine
+                    .attach_twig(dir, self.twig_k)
+                    .with_context(|| format!("cannot use the twig in {}", dir.display()))?;
                 tracing::info!(k = twig.twig.config.k, t = twig.twig.config.t, format = ?twig.format, "twig attached");
             }
             (DecoderKind::Base, None) => {}
@@ -220,18 +235,24 @@ impl DecoderArgs {
 /// A progress bar on stderr: elapsed time, the bar, then `counts` (an indicatif template tail
 /// such as `"{pos}/{len} questions (eta {eta})"`).
 fn progress_bar(len: u64, counts: &str) -> indicatif::ProgressBar {
-    let style = indicatif::ProgressStyle::with_template(&format!("{{elapsed_precise}} [{{bar:30}}] {counts}")).expect("valid template");
+    let style = indicatif::ProgressStyle::with_template(&format!("{{elapsed_precise}} [{{bar:30}}] {counts}"))
+        .expect("valid template");
     indicatif::ProgressBar::new(len).with_style(style.progress_chars("=> "))
 }
 
 /// Loads a model directory (and the twig the decoder or token pruning needs) with a spinner on
 /// stderr.
-fn load_engine<B: Backend>(args: &ModelArgs, device: B::Device, pruning: bool) -> anyhow::Result<(Engine<B>, DecoderKind)> {
+fn load_engine<B: Backend>(
+    args: &ModelArgs,
+    device: B::Device,
+    pruning: bool,
+) -> anyhow::Result<(Engine<B>, DecoderKind)> {
     let model = &args.model;
     let spinner = indicatif::ProgressBar::new_spinner().with_message(format!("loading {}", model.display()));
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
     let options = LoadOptions { vision_tower_dir: args.vision_tower.clone() };
-    let mut engine = Engine::<B>::load(model, &options, device).with_context(|| format!("cannot load the model in {}", model.display()))?;
+    let mut engine = Engine::<B>::load(model, &options, device)
+        .with_context(|| format!("cannot load the model in {}", model.display()))?;
     engine.set_single_row_split(args.single_row_split.map_or(args.backend.single_row_split(), usize::from));
     let decoder = args.decoder.prepare(&mut engine, pruning)?;
     spinner.finish_and_clear();

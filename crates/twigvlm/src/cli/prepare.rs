@@ -19,7 +19,11 @@ pub struct PrepareDemoArgs {
 
 pub fn run(args: PrepareDemoArgs) -> anyhow::Result<()> {
     let bar = indicatif::ProgressBar::new(0).with_message("importing the language model");
-    bar.set_style(indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} tensors").expect("valid template").progress_chars("=> "));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} tensors")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
     let lm = language_model(&args.cache, |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);

@@ -61,14 +61,24 @@ impl BackendJob for ServeJob {
         let (engine, decoder) = super::load_engine::<B>(&args.model, device, uses_twig)?;
         let model_name = match &args.served_model_name {
             Some(name) => name.clone(),
-            None => args.model.model.canonicalize().ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())).context("name the model with --served-model-name")?,
+            None => args
+                .model
+                .model
+                .canonicalize()
+                .ok()
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .context("name the model with --served-model-name")?,
         };
         anyhow::ensure!(args.queue_size > 0, "--queue-size must be at least 1");
         let options = ServeOptions {
             address: SocketAddr::new(args.host, args.port),
             model_name,
             queue_capacity: args.queue_size,
-            images: ImageLimits { max_bytes: args.max_image_bytes, max_pixels: args.max_image_pixels, allow_remote: args.allow_remote_images },
+            images: ImageLimits {
+                max_bytes: args.max_image_bytes,
+                max_pixels: args.max_image_pixels,
+                allow_remote: args.allow_remote_images,
+            },
             defaults: RequestDefaults {
                 pruning: if pruning.policy == PrefillPolicy::None { PruningSpec::none() } else { pruning },
                 decoder,

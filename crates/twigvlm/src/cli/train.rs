@@ -7,17 +7,19 @@ use anyhow::{bail, Context};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use twigvlm::backend::AutodiffJob;
-use twigvlm::BackendKind;
 use twigvlm::demo_model::{PROJECTOR_FILE, TUNED_LM_FILE, VISION_FILE};
+use twigvlm::BackendKind;
 use twigvlm_backbone::clip::ClipVisionTower;
 use twigvlm_backbone::projector::Projector;
 use twigvlm_backbone::weights::{hf_tensors, write_safetensors, StorageDtype, TensorSource, WeightLoader};
-use twigvlm_backbone::{load_language_model_with, read_llava_spec, ImagePreprocessor, LlavaConfig, LoadedLanguageModel, CAUSAL_LM_BODY};
-use twigvlm_train::trainable::trainable;
+use twigvlm_backbone::{
+    load_language_model_with, read_llava_spec, ImagePreprocessor, LlavaConfig, LoadedLanguageModel, CAUSAL_LM_BODY,
+};
 use twigvlm_data::{Dataset, DatasetSpec, SeedRange, ShapesDataset};
 use twigvlm_train::alignment::{AlignedParts, AlignmentObjective, SequencePadding, TunedLayerParts};
-use twigvlm_train::patch_words::PatchWordsObjective;
 use twigvlm_train::examples::{ConversationEncoder, VisualInput};
+use twigvlm_train::patch_words::PatchWordsObjective;
+use twigvlm_train::trainable::trainable;
 use twigvlm_train::vision::{PatchClassifier, VisionObjective};
 use twigvlm_train::{train, LrSchedule, OptimizerConfig, TrainOptions, TrainReport};
 
@@ -81,7 +83,8 @@ pub struct LoopArgs {
 
 fn parse_seconds(text: &str) -> Result<std::time::Duration, String> {
     let seconds: f64 = text.parse().map_err(|e| format!("{text:?} is not a number of seconds: {e}"))?;
-    std::time::Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?} is not a usable number of seconds: {e}"))
+    std::time::Duration::try_from_secs_f64(seconds)
+        .map_err(|e| format!("{text:?} is not a usable number of seconds: {e}"))
 }
 
 /// A stage's defaults for what the command line leaves out.
@@ -100,7 +103,11 @@ impl LoopArgs {
         let steps = self.steps.unwrap_or(defaults.steps);
         TrainOptions {
             steps,
-            schedule: LrSchedule::warmup_cosine(self.lr.unwrap_or(defaults.lr), steps, self.warmup.unwrap_or(defaults.warmup)),
+            schedule: LrSchedule::warmup_cosine(
+                self.lr.unwrap_or(defaults.lr),
+                steps,
+                self.warmup.unwrap_or(defaults.warmup),
+            ),
             optimizer: OptimizerConfig { weight_decay: self.weight_decay, ..OptimizerConfig::default() },
             checkpoint_every: self.checkpoint_every,
             eval_every: Some(self.eval_every),
@@ -113,14 +120,26 @@ impl LoopArgs {
     }
 
     /// What training.json (and a twig's twig.json) records about a run.
-    pub fn summary(&self, stage: &str, data: &str, eval_data: &str, options: &TrainOptions, report: &TrainReport) -> serde_json::Value {
+    pub fn summary(
+        &self,
+        stage: &str,
+        data: &str,
+        eval_data: &str,
+        options: &TrainOptions,
+        report: &TrainReport,
+    ) -> serde_json::Value {
         serde_json::json!({"stage": stage, "data": data, "eval_data": eval_data, "steps": report.steps_done,
             "planned_steps": options.steps, "time_limit_s": self.time_limit.map(|t| t.as_secs_f64()),
             "batch_size": self.batch_size, "lr": options.schedule.peak, "seconds": report.seconds, "history": report.history})
     }
 
     /// Writes training.json and prints the last held-out metrics.
-    pub fn finish(&self, summary: &serde_json::Value, report: &TrainReport, written: &std::path::Path) -> anyhow::Result<()> {
+    pub fn finish(
+        &self,
+        summary: &serde_json::Value,
+        report: &TrainReport,
+        written: &std::path::Path,
+    ) -> anyhow::Result<()> {
         std::fs::write(self.out.join("training.json"), serde_json::to_string_pretty(summary)?)?;
         let stage = summary["stage"].as_str().unwrap_or("training");
         if let Some(last) = report.history.iter().rev().find(|h| !h.eval.is_empty()) {
@@ -214,9 +233,19 @@ fn shapes(spec: &str, expected: SeedRange, what: &str) -> anyhow::Result<ShapesD
 }
 
 /// The model spec and the train/held-out data every stage starts from.
-fn stage_inputs(config_dir: &std::path::Path, data: &str, eval_data: &str) -> anyhow::Result<(LlavaConfig, ImagePreprocessor, ShapesDataset, ShapesDataset)> {
-    let (config, preprocessor) = read_llava_spec(config_dir).with_context(|| format!("reading {}", config_dir.display()))?;
-    Ok((config, preprocessor, shapes(data, SeedRange::Train, "--data")?, shapes(eval_data, SeedRange::Eval, "--eval-data")?))
+fn stage_inputs(
+    config_dir: &std::path::Path,
+    data: &str,
+    eval_data: &str,
+) -> anyhow::Result<(LlavaConfig, ImagePreprocessor, ShapesDataset, ShapesDataset)> {
+    let (config, preprocessor) =
+        read_llava_spec(config_dir).with_context(|| format!("reading {}", config_dir.display()))?;
+    Ok((
+        config,
+        preprocessor,
+        shapes(data, SeedRange::Train, "--data")?,
+        shapes(eval_data, SeedRange::Eval, "--eval-data")?,
+    ))
 }
 
 struct VisionJob(VisionArgs);
@@ -229,7 +258,14 @@ impl AutodiffJob for VisionJob {
         let (config, preprocessor, train_data, eval_data) = stage_inputs(&args.config, &args.data, &args.eval_data)?;
         B::seed(&device, args.run.seed);
         let model = PatchClassifier::<B>::init(&config.vision, &device);
-        let mut objective = VisionObjective::<B>::new(train_data, eval_data, preprocessor, &config.vision, args.run.batch_size, device.clone())?;
+        let mut objective = VisionObjective::<B>::new(
+            train_data,
+            eval_data,
+            preprocessor,
+            &config.vision,
+            args.run.batch_size,
+            device.clone(),
+        )?;
         let options = args.run.options(DEMO_STAGE_DEFAULTS);
         let (model, report) = train(&mut objective, model, &options, &device)?;
         let tower = model.valid().tower;
@@ -255,7 +291,11 @@ struct AlignmentJob {
 
 impl AlignmentJob {
     fn stage(&self) -> &'static str {
-        if self.lm_layers == 0 { "projector" } else { "instruct" }
+        if self.lm_layers == 0 {
+            "projector"
+        } else {
+            "instruct"
+        }
     }
 
     /// The shapes data, mixed one for one with the replay conversations when there are any.
@@ -278,9 +318,16 @@ fn language_stage_inputs<B: AutodiffBackend>(
 ) -> anyhow::Result<(VisualInput<B::InnerBackend>, LoadedLanguageModel<B>)> {
     let vision_file = args.vision.join(VISION_FILE);
     let mut source = TensorSource::default();
-    source.add_safetensors(&vision_file).with_context(|| format!("reading the vision tower {}", vision_file.display()))?;
+    source
+        .add_safetensors(&vision_file)
+        .with_context(|| format!("reading the vision tower {}", vision_file.display()))?;
     let layers = config.vision_layers_needed().map_err(anyhow::Error::msg)?;
-    let vision = ClipVisionTower::<B::InnerBackend>::load(&WeightLoader::new(&source, device), VISION_PREFIX, &config.vision, layers)?;
+    let vision = ClipVisionTower::<B::InnerBackend>::load(
+        &WeightLoader::new(&source, device),
+        VISION_PREFIX,
+        &config.vision,
+        layers,
+    )?;
     let lm = load_language_model_with::<B>(&args.language_model, tuned_layers, device)
         .with_context(|| format!("loading the language model in {}", args.language_model.display()))?;
     anyhow::ensure!(
@@ -293,7 +340,10 @@ fn language_stage_inputs<B: AutodiffBackend>(
 }
 
 /// Writes `projector` into `out` under the llava-hf names; returns the file.
-fn save_projector<B: burn::prelude::Backend>(projector: &Projector<B>, out: &std::path::Path) -> anyhow::Result<PathBuf> {
+fn save_projector<B: burn::prelude::Backend>(
+    projector: &Projector<B>,
+    out: &std::path::Path,
+) -> anyhow::Result<PathBuf> {
     let tensors = hf_tensors(projector, &|path| format!("{PROJECTOR_PREFIX}.{path}"));
     let written = out.join(PROJECTOR_FILE);
     write_safetensors(&written, &tensors, StorageDtype::F32)?;
@@ -312,17 +362,33 @@ impl AutodiffJob for PatchWordsJob {
         let (visual, lm) = language_stage_inputs::<B>(args, &[], &config, preprocessor, &device)?;
         B::seed(&device, args.run.seed);
         let embeddings = lm.model.embed_tokens.weight.val().inner();
-        let mut objective =
-            PatchWordsObjective::<B>::new(visual, embeddings, &lm.tokenizer, train_data, eval_data, args.run.batch_size, device.clone())?;
+        let mut objective = PatchWordsObjective::<B>::new(
+            visual,
+            embeddings,
+            &lm.tokenizer,
+            train_data,
+            eval_data,
+            args.run.batch_size,
+            device.clone(),
+        )?;
         let options = args.run.options(DEMO_STAGE_DEFAULTS);
-        let (projector, report) = train(&mut objective, Projector::<B>::init(&config.projector, &device), &options, &device)?;
+        let (projector, report) =
+            train(&mut objective, Projector::<B>::init(&config.projector, &device), &options, &device)?;
         let written = save_projector(&projector.valid(), &args.run.out)?;
-        args.run.finish(&args.run.summary("projector-words", &args.data, &args.eval_data, &options, &report), &report, &written)
+        args.run.finish(
+            &args.run.summary("projector-words", &args.data, &args.eval_data, &options, &report),
+            &report,
+            &written,
+        )
     }
 }
 
 /// The projector saved by an earlier stage in `dir`.
-fn load_projector<B: AutodiffBackend>(dir: &std::path::Path, config: &LlavaConfig, device: &B::Device) -> anyhow::Result<Projector<B>> {
+fn load_projector<B: AutodiffBackend>(
+    dir: &std::path::Path,
+    config: &LlavaConfig,
+    device: &B::Device,
+) -> anyhow::Result<Projector<B>> {
     let file = dir.join(PROJECTOR_FILE);
     let mut source = TensorSource::default();
     source.add_safetensors(&file).with_context(|| format!("reading the projector {}", file.display()))?;
@@ -338,7 +404,8 @@ impl AutodiffJob for AlignmentJob {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> anyhow::Result<()> {
         let args = &self.args;
         let (config, preprocessor, train_data, eval_data) = stage_inputs(&args.config, &args.data, &args.eval_data)?;
-        let (visual, lm) = language_stage_inputs::<B>(args, self.tuned_from.as_slice(), &config, preprocessor, &device)?;
+        let (visual, lm) =
+            language_stage_inputs::<B>(args, self.tuned_from.as_slice(), &config, preprocessor, &device)?;
         B::seed(&device, args.run.seed);
         let projector = match &self.projector_from {
             Some(dir) => load_projector::<B>(dir, &config, &device)?,
@@ -361,11 +428,16 @@ impl AutodiffJob for AlignmentJob {
         let parts = parts.valid();
         let written = save_projector(&parts.projector, &args.run.out)?;
         if !parts.lm_layers.is_empty() {
-            write_safetensors(&args.run.out.join(TUNED_LM_FILE), &parts.tuned_layer_tensors(CAUSAL_LM_BODY), StorageDtype::F16)?;
+            write_safetensors(
+                &args.run.out.join(TUNED_LM_FILE),
+                &parts.tuned_layer_tensors(CAUSAL_LM_BODY),
+                StorageDtype::F16,
+            )?;
         }
         let mut summary = args.run.summary(self.stage(), &args.data, &args.eval_data, &options, &report);
         // Where the run started from, so that a curriculum's runs can be traced back.
-        summary["projector_from"] = serde_json::json!(self.projector_from.as_ref().map(|dir| dir.display().to_string()));
+        summary["projector_from"] =
+            serde_json::json!(self.projector_from.as_ref().map(|dir| dir.display().to_string()));
         summary["tuned_from"] = serde_json::json!(self.tuned_from.as_ref().map(|file| file.display().to_string()));
         summary["replay_data"] = serde_json::json!(self.replay_data.as_ref().map(|file| file.display().to_string()));
         args.run.finish(&summary, &report, &written)
@@ -380,7 +452,15 @@ pub fn run(command: TrainCommand) -> anyhow::Result<()> {
         }
         TrainCommand::Projector(args) => {
             let backend = args.run.backend;
-            backend.run_autodiff(AlignmentJob { args, lm_layers: 0, projector_from: None, freeze_projector: false, tuned_parts: TunedLayerParts::Whole, tuned_from: None, replay_data: None })?
+            backend.run_autodiff(AlignmentJob {
+                args,
+                lm_layers: 0,
+                projector_from: None,
+                freeze_projector: false,
+                tuned_parts: TunedLayerParts::Whole,
+                tuned_from: None,
+                replay_data: None,
+            })?
         }
         TrainCommand::ProjectorWords(args) => {
             let backend = args.run.backend;

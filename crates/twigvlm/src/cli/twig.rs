@@ -12,8 +12,8 @@ use twigvlm_backbone::weights::StorageDtype;
 use twigvlm_backbone::{load_llava, LoadOptions};
 use twigvlm_data::{DatasetSpec, SeedRange};
 use twigvlm_train::examples::ConversationEncoder;
-use twigvlm_train::twig::{AttentionDistill, TwigObjective, TwigTargets};
 use twigvlm_train::train;
+use twigvlm_train::twig::{AttentionDistill, TwigObjective, TwigTargets};
 use twigvlm_twig::checkpoint::convert;
 use twigvlm_twig::{save_twig, Twig, TwigConfig, TwigFormat, TwigHead, TwigInit, TwigMlp};
 
@@ -136,9 +136,11 @@ impl AutodiffJob for TrainTwigJob {
         }
         let train_data = train_spec.open(args.image_root.as_deref())?;
         let eval_data = DatasetSpec::parse_all(&args.eval_data)?.open(args.image_root.as_deref())?;
-        let options = args.run.options(
-            StageDefaults { steps: train_data.len().div_ceil(args.run.batch_size.max(1)), lr: TWIG_LR, warmup: TWIG_WARMUP },
-        );
+        let options = args.run.options(StageDefaults {
+            steps: train_data.len().div_ceil(args.run.batch_size.max(1)),
+            lr: TWIG_LR,
+            warmup: TWIG_WARMUP,
+        });
         let load_options = LoadOptions { vision_tower_dir: args.vision_tower.clone() };
         let loaded = load_llava::<B::InnerBackend>(&args.model, &load_options, &device)
             .with_context(|| format!("cannot load the base model in {}", args.model.display()))?;
@@ -150,14 +152,29 @@ impl AutodiffJob for TrainTwigJob {
             TargetsArg::Data => TwigTargets::Data,
             TargetsArg::Base => TwigTargets::Base,
         };
-        let mut objective =
-            TwigObjective::<B>::new(loaded.model, loaded.preprocessor, encoder, targets, (train_data, eval_data), args.run.batch_size, device.clone());
-        let attention = args.attention_teacher.map(|layer| AttentionDistill { teacher_layer: layer as usize - 1, weight: args.attention_weight });
+        let mut objective = TwigObjective::<B>::new(
+            loaded.model,
+            loaded.preprocessor,
+            encoder,
+            targets,
+            (train_data, eval_data),
+            args.run.batch_size,
+            device.clone(),
+        );
+        let attention = args
+            .attention_teacher
+            .map(|layer| AttentionDistill { teacher_layer: layer as usize - 1, weight: args.attention_weight });
         if let Some(distill) = attention {
             objective = objective.with_attention_distill(distill)?;
         }
         let (twig, report) = train(&mut objective, twig, &options, &device)?;
-        let mut summary = args.run.summary("twig", &args.data.join(MIXTURE_SEPARATOR), &args.eval_data.join(MIXTURE_SEPARATOR), &options, &report);
+        let mut summary = args.run.summary(
+            "twig",
+            &args.data.join(MIXTURE_SEPARATOR),
+            &args.eval_data.join(MIXTURE_SEPARATOR),
+            &options,
+            &report,
+        );
         summary["targets"] = serde_json::to_value(targets)?;
         summary["attention_distill"] = serde_json::to_value(attention)?;
         save_twig(&args.run.out, &twig.valid(), &objective.language_model, summary.clone(), StorageDtype::F16)?;
@@ -212,7 +229,15 @@ impl BackendJob for ConvertJob {
             FormatArg::Ours => TwigFormat::Ours,
             FormatArg::Official => TwigFormat::Official,
         };
-        let written = convert(&args.from, &args.to, format, &loaded.model.language_model, &loaded.config.text, args.twig_k, &device)?;
+        let written = convert(
+            &args.from,
+            &args.to,
+            format,
+            &loaded.model.language_model,
+            &loaded.config.text,
+            args.twig_k,
+            &device,
+        )?;
         println!("wrote {}", written.display());
         Ok(())
     }

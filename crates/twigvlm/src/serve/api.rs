@@ -96,8 +96,10 @@ pub struct ImageUrl {
 impl ChatCompletionRequest {
     /// Parses a request body, naming the first unsupported field if there is one.
     pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
-        let value: Value = serde_json::from_slice(body).map_err(|e| ApiError::invalid_request(format!("the body is not valid JSON: {e}"), None))?;
-        let object = value.as_object().ok_or_else(|| ApiError::invalid_request("the body must be a JSON object", None))?;
+        let value: Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError::invalid_request(format!("the body is not valid JSON: {e}"), None))?;
+        let object =
+            value.as_object().ok_or_else(|| ApiError::invalid_request("the body must be a JSON object", None))?;
         if let Some(unknown) = object.keys().find(|key| !KNOWN_FIELDS.contains(&key.as_str())) {
             return Err(ApiError::invalid_request(format!("unsupported parameter: {unknown}"), Some(unknown)));
         }
@@ -184,14 +186,28 @@ pub struct CompletionId {
 
 impl CompletionId {
     pub fn chunk(&self, choices: Vec<ChunkChoice>) -> ChatCompletionChunk {
-        ChatCompletionChunk { id: self.id.clone(), object: "chat.completion.chunk", created: self.created, model: self.model.clone(), choices, usage: None, twigvlm: None }
+        ChatCompletionChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: self.model.clone(),
+            choices,
+            usage: None,
+            twigvlm: None,
+        }
     }
 
     pub fn delta(&self, delta: Delta, finish_reason: Option<&'static str>) -> ChatCompletionChunk {
         self.chunk(vec![ChunkChoice { index: 0, delta, finish_reason }])
     }
 
-    pub fn completion(&self, content: String, finish_reason: &'static str, usage: Usage, stats: Value) -> ChatCompletion {
+    pub fn completion(
+        &self,
+        content: String,
+        finish_reason: &'static str,
+        usage: Usage,
+        stats: Value,
+    ) -> ChatCompletion {
         ChatCompletion {
             id: self.id.clone(),
             object: "chat.completion",

@@ -24,7 +24,10 @@ impl ApiError {
     }
 
     pub fn invalid_request(message: impl Into<String>, param: Option<&str>) -> Self {
-        Self { param: param.map(str::to_string), ..Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message) }
+        Self {
+            param: param.map(str::to_string),
+            ..Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+        }
     }
 
     pub fn with_code(mut self, code: &'static str) -> Self {
@@ -41,17 +44,26 @@ impl ApiError {
         Self {
             param: Some("model".into()),
             code: Some("model_not_found"),
-            ..Self::new(StatusCode::NOT_FOUND, "not_found_error", format!("the model {model:?} does not exist here; this server serves {served:?}"))
+            ..Self::new(
+                StatusCode::NOT_FOUND,
+                "not_found_error",
+                format!("the model {model:?} does not exist here; this server serves {served:?}"),
+            )
         }
     }
 
     pub fn queue_full(capacity: usize) -> Self {
-        Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", format!("the server is busy: {capacity} requests are already waiting; retry later"))
-            .with_code("queue_full")
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            format!("the server is busy: {capacity} requests are already waiting; retry later"),
+        )
+        .with_code("queue_full")
     }
 
     pub fn shutting_down() -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "the server is shutting down").with_code("shutting_down")
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "the server is shutting down")
+            .with_code("shutting_down")
     }
 
     pub fn internal(message: impl Into<String>) -> Self {

@@ -63,7 +63,15 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
-    Json(ModelList { object: "list", data: vec![ModelCard { id: state.model_name.clone(), object: "model", created: state.created, owned_by: "twigvlm" }] })
+    Json(ModelList {
+        object: "list",
+        data: vec![ModelCard {
+            id: state.model_name.clone(),
+            object: "model",
+            created: state.created,
+            owned_by: "twigvlm",
+        }],
+    })
 }
 
 async fn read_body(state: &AppState, body: Body) -> Result<Bytes, ApiError> {
@@ -83,7 +91,9 @@ fn refuse(state: &AppState, error: ApiError) -> Response {
 }
 
 /// Runs blocking work (JSON, tokenizer, image decoding) off the async threads.
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(work).await.map_err(|e| ApiError::internal(format!("request task failed: {e}")))?
 }
 
@@ -264,21 +274,35 @@ async fn read_explain(state: &Arc<AppState>, body: Body) -> Result<super::worker
     let bytes = read_body(state, body).await?;
     let state = state.clone();
     blocking(move || {
-        let body: ExplainBody = serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid_request(format!("invalid explain request: {e}"), None))?;
-        let budget: VisualBudget = body.visual_budget.parse().map_err(|e| ApiError::invalid_request(format!("invalid visual_budget: {e}"), Some("visual_budget")))?;
+        let body: ExplainBody = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::invalid_request(format!("invalid explain request: {e}"), None))?;
+        let budget: VisualBudget = body
+            .visual_budget
+            .parse()
+            .map_err(|e| ApiError::invalid_request(format!("invalid visual_budget: {e}"), Some("visual_budget")))?;
         let policies = match body.policies {
             Some(names) => names
                 .iter()
-                .map(|name| name.parse::<PrefillPolicy>().map_err(|e| ApiError::invalid_request(format!("invalid policy {name:?}: {e}"), Some("policies"))))
+                .map(|name| {
+                    name.parse::<PrefillPolicy>().map_err(|e| {
+                        ApiError::invalid_request(format!("invalid policy {name:?}: {e}"), Some("policies"))
+                    })
+                })
                 .collect::<Result<Vec<_>, _>>()?,
-            None => [PrefillPolicy::Twig, PrefillPolicy::FastV].into_iter().filter(|&p| p != PrefillPolicy::Twig || state.facts.has_twig()).collect(),
+            None => [PrefillPolicy::Twig, PrefillPolicy::FastV]
+                .into_iter()
+                .filter(|&p| p != PrefillPolicy::Twig || state.facts.has_twig())
+                .collect(),
         };
         let specs = crate::explain::policy_specs(&policies, budget, body.final_wipe);
         if specs.is_empty() {
             return Err(ApiError::invalid_request("policies names no pruning policy", Some("policies")));
         }
         for (name, spec) in &specs {
-            state.facts.check_pruning(spec).map_err(|e| ApiError::invalid_request(format!("{name}: {e}"), Some("policies")))?;
+            state
+                .facts
+                .check_pruning(spec)
+                .map_err(|e| ApiError::invalid_request(format!("{name}: {e}"), Some("policies")))?;
         }
         let image = state.images.load(&body.image_url)?;
         Ok(super::worker::ExplainJob { prompt: body.prompt, image, policies: specs })

@@ -24,24 +24,34 @@ pub struct ImageLimits {
 const PARAM: &str = "messages";
 
 fn too_large(message: String) -> ApiError {
-    ApiError::invalid_request(message, Some(PARAM)).with_code("image_too_large").with_status(StatusCode::PAYLOAD_TOO_LARGE)
+    ApiError::invalid_request(message, Some(PARAM))
+        .with_code("image_too_large")
+        .with_status(StatusCode::PAYLOAD_TOO_LARGE)
 }
 
 impl ImageLimits {
     /// The encoded bytes behind an image URL.
     fn bytes(&self, url: &str) -> Result<Vec<u8>, ApiError> {
         if let Some(rest) = url.strip_prefix("data:") {
-            let (header, payload) = rest.split_once(',').ok_or_else(|| ApiError::invalid_request("a data: URL needs a comma before its payload", Some(PARAM)))?;
+            let (header, payload) = rest.split_once(',').ok_or_else(|| {
+                ApiError::invalid_request("a data: URL needs a comma before its payload", Some(PARAM))
+            })?;
             if !header.ends_with(";base64") {
-                return Err(ApiError::invalid_request("image data: URLs must be base64 (data:image/png;base64,...)", Some(PARAM)));
+                return Err(ApiError::invalid_request(
+                    "image data: URLs must be base64 (data:image/png;base64,...)",
+                    Some(PARAM),
+                ));
             }
             // Base64 carries 3 bytes in 4 characters: refuse before decoding anything too big.
             if payload.len() / 4 * 3 > self.max_bytes + 3 {
-                return Err(too_large(format!("the image is larger than this server's limit of {} bytes", self.max_bytes)));
+                return Err(too_large(format!(
+                    "the image is larger than this server's limit of {} bytes",
+                    self.max_bytes
+                )));
             }
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(payload.trim())
-                .map_err(|e| ApiError::invalid_request(format!("the image's base64 data is invalid: {e}"), Some(PARAM)))?;
+            let bytes = base64::engine::general_purpose::STANDARD.decode(payload.trim()).map_err(|e| {
+                ApiError::invalid_request(format!("the image's base64 data is invalid: {e}"), Some(PARAM))
+            })?;
             self.check_size(bytes.len())?;
             return Ok(bytes);
         }
@@ -55,18 +65,26 @@ impl ImageLimits {
             }
             return self.fetch(url);
         }
-        Err(ApiError::invalid_request("an image_url must be a data: URL (or http(s) where the server allows it)", Some(PARAM)))
+        Err(ApiError::invalid_request(
+            "an image_url must be a data: URL (or http(s) where the server allows it)",
+            Some(PARAM),
+        ))
     }
 
     fn check_size(&self, bytes: usize) -> Result<(), ApiError> {
         if bytes > self.max_bytes {
-            return Err(too_large(format!("the image has {bytes} bytes, over this server's limit of {}", self.max_bytes)));
+            return Err(too_large(format!(
+                "the image has {bytes} bytes, over this server's limit of {}",
+                self.max_bytes
+            )));
         }
         Ok(())
     }
 
     fn fetch(&self, url: &str) -> Result<Vec<u8>, ApiError> {
-        let response = ureq::get(url).call().map_err(|e| ApiError::invalid_request(format!("cannot fetch the image {url}: {e}"), Some(PARAM)))?;
+        let response = ureq::get(url)
+            .call()
+            .map_err(|e| ApiError::invalid_request(format!("cannot fetch the image {url}: {e}"), Some(PARAM)))?;
         let mut bytes = Vec::new();
         response
             .into_reader()
@@ -80,7 +98,10 @@ impl ImageLimits {
     /// Decodes the image an URL names (PNG, JPEG or WebP), refusing anything over the limits.
     pub fn load(&self, url: &str) -> Result<DynamicImage, ApiError> {
         let bytes = self.bytes(url)?;
-        let not_an_image = |e: &dyn std::fmt::Display| ApiError::invalid_request(format!("the image cannot be decoded (PNG, JPEG or WebP): {e}"), Some(PARAM)).with_code("invalid_image");
+        let not_an_image = |e: &dyn std::fmt::Display| {
+            ApiError::invalid_request(format!("the image cannot be decoded (PNG, JPEG or WebP): {e}"), Some(PARAM))
+                .with_code("invalid_image")
+        };
         let reader = || ImageReader::new(Cursor::new(&bytes)).with_guessed_format().map_err(|e| not_an_image(&e));
         if reader()?.format().is_none() {
             return Err(not_an_image(&"unknown format"));
@@ -88,7 +109,10 @@ impl ImageLimits {
         let (width, height) = reader()?.into_dimensions().map_err(|e| not_an_image(&e))?;
         let pixels = u64::from(width) * u64::from(height);
         if pixels > self.max_pixels {
-            return Err(too_large(format!("the image is {width}x{height} = {pixels} pixels, over this server's limit of {}", self.max_pixels)));
+            return Err(too_large(format!(
+                "the image is {width}x{height} = {pixels} pixels, over this server's limit of {}",
+                self.max_pixels
+            )));
         }
         reader()?.decode().map_err(|e| not_an_image(&e))
     }
@@ -118,9 +142,15 @@ mod tests {
         let code = |url: &str| LIMITS.load(url).unwrap_err().code;
         assert_eq!(code(&data_url(&DynamicImage::new_rgb8(65, 64))), Some("image_too_large"));
         let small = ImageLimits { max_bytes: 100, ..LIMITS };
-        assert_eq!(small.load(&data_url(&DynamicImage::new_rgb8(64, 64))).unwrap_err().status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(
+            small.load(&data_url(&DynamicImage::new_rgb8(64, 64))).unwrap_err().status,
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
         assert_eq!(code("https://example.com/cat.png"), Some("remote_images_disabled"));
-        let text = format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(b"hello, not an image"));
+        let text = format!(
+            "data:image/png;base64,{}",
+            base64::engine::general_purpose::STANDARD.encode(b"hello, not an image")
+        );
         assert_eq!(code(&text), Some("invalid_image"));
         let mut truncated = data_url(&DynamicImage::new_rgb8(32, 32));
         truncated.truncate(truncated.len() - 40);

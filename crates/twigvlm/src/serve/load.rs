@@ -78,10 +78,14 @@ fn one_request(agent: &ureq::Agent, options: &LoadOptions) -> Result<Sample, u16
         "max_tokens": options.max_tokens, "stream": true, "stream_options": {"include_usage": true},
     });
     let started = Instant::now();
-    let response = agent.post(&format!("{}/v1/chat/completions", options.url)).set("Content-Type", "application/json").send_string(&body.to_string()).map_err(|e| match e {
-        ureq::Error::Status(status, _) => status,
-        ureq::Error::Transport(_) => 0,
-    })?;
+    let response = agent
+        .post(&format!("{}/v1/chat/completions", options.url))
+        .set("Content-Type", "application/json")
+        .send_string(&body.to_string())
+        .map_err(|e| match e {
+            ureq::Error::Status(status, _) => status,
+            ureq::Error::Transport(_) => 0,
+        })?;
     let (mut first_token, mut completion_tokens) = (None, 0);
     for line in BufReader::new(response.into_reader()).lines() {
         let line = line.map_err(|_| 0u16)?;
@@ -108,7 +112,10 @@ fn one_request(agent: &ureq::Agent, options: &LoadOptions) -> Result<Sample, u16
 pub fn run_load(options: &LoadOptions) -> anyhow::Result<LoadReport> {
     anyhow::ensure!(options.clients > 0 && options.requests > 0, "the load needs at least one client and one request");
     let agent = ureq::AgentBuilder::new().build();
-    agent.get(&format!("{}/health", options.url)).call().with_context(|| format!("the server at {} does not answer /health", options.url))?;
+    agent
+        .get(&format!("{}/health", options.url))
+        .call()
+        .with_context(|| format!("the server at {} does not answer /health", options.url))?;
     let next = AtomicUsize::new(0);
     let samples = Mutex::new(Vec::with_capacity(options.requests));
     let failures = Mutex::new(Vec::new());

@@ -17,8 +17,13 @@ pub enum Outcome {
     Failed,
 }
 
-const OUTCOMES: [(Outcome, &str); 5] =
-    [(Outcome::Completed, "completed"), (Outcome::Rejected, "rejected"), (Outcome::Refused, "refused"), (Outcome::Cancelled, "cancelled"), (Outcome::Failed, "failed")];
+const OUTCOMES: [(Outcome, &str); 5] = [
+    (Outcome::Completed, "completed"),
+    (Outcome::Rejected, "rejected"),
+    (Outcome::Refused, "refused"),
+    (Outcome::Cancelled, "cancelled"),
+    (Outcome::Failed, "failed"),
+];
 
 #[derive(Debug, Default)]
 struct Totals {
@@ -92,19 +97,47 @@ impl Metrics {
                 let _ = writeln!(text, "twigvlm_{name}{labels} {value}");
             }
         };
-        let requests: Vec<(String, f64)> =
-            OUTCOMES.iter().zip(&self.outcomes).map(|((_, label), n)| (format!("{{outcome=\"{label}\"}}"), n.load(Ordering::Relaxed) as f64)).collect();
+        let requests: Vec<(String, f64)> = OUTCOMES
+            .iter()
+            .zip(&self.outcomes)
+            .map(|((_, label), n)| (format!("{{outcome=\"{label}\"}}"), n.load(Ordering::Relaxed) as f64))
+            .collect();
         metric("requests_total", "counter", "Chat completion requests by outcome.", &requests);
         let plain = |value: f64| vec![(String::new(), value)];
         metric("generated_tokens_total", "counter", "Tokens generated.", &plain(totals.generated_tokens as f64));
-        metric("prefill_seconds_total", "counter", "Time spent encoding images and prefilling prompts.", &plain(totals.prefill_seconds));
+        metric(
+            "prefill_seconds_total",
+            "counter",
+            "Time spent encoding images and prefilling prompts.",
+            &plain(totals.prefill_seconds),
+        );
         metric("decode_seconds_total", "counter", "Time spent decoding.", &plain(totals.decode_seconds));
-        let tokens_per_s = if totals.decode_seconds > 0.0 { totals.generated_tokens as f64 / totals.decode_seconds } else { 0.0 };
-        metric("decode_tokens_per_second", "gauge", "Generated tokens per second of decoding, over the server's life.", &plain(tokens_per_s));
-        let accepted = if totals.speculative_rounds > 0 { totals.accepted_drafts as f64 / totals.speculative_rounds as f64 } else { 0.0 };
-        metric("mean_accepted_draft_tokens", "gauge", "Drafted tokens accepted per speculative round (each round also yields one base token).", &plain(accepted));
+        let tokens_per_s =
+            if totals.decode_seconds > 0.0 { totals.generated_tokens as f64 / totals.decode_seconds } else { 0.0 };
+        metric(
+            "decode_tokens_per_second",
+            "gauge",
+            "Generated tokens per second of decoding, over the server's life.",
+            &plain(tokens_per_s),
+        );
+        let accepted = if totals.speculative_rounds > 0 {
+            totals.accepted_drafts as f64 / totals.speculative_rounds as f64
+        } else {
+            0.0
+        };
+        metric(
+            "mean_accepted_draft_tokens",
+            "gauge",
+            "Drafted tokens accepted per speculative round (each round also yields one base token).",
+            &plain(accepted),
+        );
         metric("queue_depth", "gauge", "Requests waiting for the engine.", &plain(self.queue_depth() as f64));
-        metric("running_requests", "gauge", "Requests the engine is generating.", &plain(self.running.load(Ordering::Relaxed) as f64));
+        metric(
+            "running_requests",
+            "gauge",
+            "Requests the engine is generating.",
+            &plain(self.running.load(Ordering::Relaxed) as f64),
+        );
         text
     }
 }

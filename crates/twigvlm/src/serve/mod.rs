@@ -64,7 +64,11 @@ pub(crate) struct AppState {
 impl AppState {
     fn completion_id(&self) -> api::CompletionId {
         let serial = self.next_id.fetch_add(1, Ordering::Relaxed);
-        api::CompletionId { id: format!("chatcmpl-{}-{serial}", self.created), created: unix_now(), model: self.model_name.clone() }
+        api::CompletionId {
+            id: format!("chatcmpl-{}-{serial}", self.created),
+            created: unix_now(),
+            model: self.model_name.clone(),
+        }
     }
 
     /// Largest request body: one image at the byte limit, base64-encoded, plus text.

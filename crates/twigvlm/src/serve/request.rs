@@ -3,11 +3,11 @@
 
 use axum::http::StatusCode;
 use burn::prelude::Backend;
+use clap::ValueEnum as _;
 use serde_json::Value;
 use twigvlm_backbone::chat_template::{ChatMessage, ChatTemplate, Role};
 use twigvlm_backbone::prompt::IMAGE_PLACEHOLDER;
 use twigvlm_backbone::PromptTokenizer;
-use clap::ValueEnum as _;
 use twigvlm_ssd::{DecodeConfig, DraftConfig, DraftLength, DraftTree, Sampling};
 use twigvlm_ttp::{PrefillPolicy, PruningSpec, TwigPlace, VisualBudget};
 
@@ -75,7 +75,12 @@ fn conversation(request: &ChatCompletionRequest) -> Result<Conversation, ApiErro
             "system" | "developer" => Role::System,
             "user" => Role::User,
             "assistant" => Role::Assistant,
-            other => return Err(ApiError::invalid_request(format!("unsupported message role {other:?} (system, user or assistant)"), Some("messages"))),
+            other => {
+                return Err(ApiError::invalid_request(
+                    format!("unsupported message role {other:?} (system, user or assistant)"),
+                    Some("messages"),
+                ))
+            }
         };
         let content = match &message.content {
             Content::Text(text) => text.clone(),
@@ -86,10 +91,17 @@ fn conversation(request: &ChatCompletionRequest) -> Result<Conversation, ApiErro
                         ContentPart::Text { text } => pieces.push(text.clone()),
                         ContentPart::ImageUrl { image_url: url } => {
                             if role != Role::User {
-                                return Err(ApiError::invalid_request("only user messages may carry images", Some("messages")));
+                                return Err(ApiError::invalid_request(
+                                    "only user messages may carry images",
+                                    Some("messages"),
+                                ));
                             }
                             if image_url.replace(url.url.clone()).is_some() {
-                                return Err(ApiError::invalid_request("this model sees at most one image per request", Some("messages")).with_code("too_many_images"));
+                                return Err(ApiError::invalid_request(
+                                    "this model sees at most one image per request",
+                                    Some("messages"),
+                                )
+                                .with_code("too_many_images"));
                             }
                             pieces.push(IMAGE_PLACEHOLDER.to_string());
                         }
@@ -99,7 +111,10 @@ fn conversation(request: &ChatCompletionRequest) -> Result<Conversation, ApiErro
             }
         };
         if content.contains(IMAGE_PLACEHOLDER) && !matches!(&message.content, Content::Parts(_)) {
-            return Err(ApiError::invalid_request(format!("message text may not contain {IMAGE_PLACEHOLDER}; send images as image_url parts"), Some("messages")));
+            return Err(ApiError::invalid_request(
+                format!("message text may not contain {IMAGE_PLACEHOLDER}; send images as image_url parts"),
+                Some("messages"),
+            ));
         }
         messages.push(ChatMessage::new(role, content));
     }
@@ -136,7 +151,12 @@ fn pruning(request: &ChatCompletionRequest, defaults: &PruningSpec) -> Result<Pr
         let text = match budget {
             Value::String(text) => text.clone(),
             Value::Number(number) => number.to_string(),
-            _ => return Err(ApiError::invalid_request("visual_budget is a token count or a percentage string such as \"11.1%\"", Some("visual_budget"))),
+            _ => {
+                return Err(ApiError::invalid_request(
+                    "visual_budget is a token count or a percentage string such as \"11.1%\"",
+                    Some("visual_budget"),
+                ))
+            }
         };
         spec.budget = Some(parse_field::<VisualBudget>(&text, "visual_budget")?);
     }
@@ -158,21 +178,34 @@ pub struct Checked {
 }
 
 /// Checks every field of `request` against the model and the server's defaults.
-pub fn check(request: &ChatCompletionRequest, facts: &ModelFacts, defaults: &RequestDefaults) -> Result<Checked, ApiError> {
+pub fn check(
+    request: &ChatCompletionRequest,
+    facts: &ModelFacts,
+    defaults: &RequestDefaults,
+) -> Result<Checked, ApiError> {
     if let Some(n) = request.n.filter(|&n| n != 1) {
-        return Err(ApiError::invalid_request(format!("n = {n}: this server returns one choice per request"), Some("n")));
+        return Err(ApiError::invalid_request(
+            format!("n = {n}: this server returns one choice per request"),
+            Some("n"),
+        ));
     }
     let max_tokens = request.max_completion_tokens.or(request.max_tokens).unwrap_or(defaults.max_tokens);
     if max_tokens == 0 {
         return Err(ApiError::invalid_request("max_tokens must be at least 1", Some("max_tokens")));
     }
     let temperature = request.temperature.unwrap_or(0.0);
-    let sampling = Sampling::new(temperature, request.top_p.unwrap_or(1.0))
-        .map_err(|e| ApiError::invalid_request(e.to_string(), Some(if temperature < 0.0 { "temperature" } else { "top_p" })))?;
+    let sampling = Sampling::new(temperature, request.top_p.unwrap_or(1.0)).map_err(|e| {
+        ApiError::invalid_request(e.to_string(), Some(if temperature < 0.0 { "temperature" } else { "top_p" }))
+    })?;
     let decoder = request.decoder.as_deref().map(decoder).transpose()?.unwrap_or(defaults.decoder);
     let pruning = pruning(request, &defaults.pruning)?;
     let draft = DraftConfig {
-        length: request.draft_length.as_deref().map(|text| parse_field::<DraftLength>(text, "draft_length")).transpose()?.unwrap_or(defaults.draft.length),
+        length: request
+            .draft_length
+            .as_deref()
+            .map(|text| parse_field::<DraftLength>(text, "draft_length"))
+            .transpose()?
+            .unwrap_or(defaults.draft.length),
         tree: match request.draft_tree.as_deref() {
             None => defaults.draft.tree,
             Some("none") => None,
@@ -182,25 +215,48 @@ pub fn check(request: &ChatCompletionRequest, facts: &ModelFacts, defaults: &Req
     };
     let needs_twig = decoder != DecoderKind::Base || pruning.policy == PrefillPolicy::Twig;
     if needs_twig && !facts.has_twig() {
-        return Err(ApiError::invalid_request("this request needs a twig, and the server was started without --twig", Some(if decoder != DecoderKind::Base { "decoder" } else { "policy" })));
+        return Err(ApiError::invalid_request(
+            "this request needs a twig, and the server was started without --twig",
+            Some(if decoder != DecoderKind::Base { "decoder" } else { "policy" }),
+        ));
     }
     if decoder == DecoderKind::TwigOnly && pruning != PruningSpec::none() {
-        return Err(ApiError::invalid_request("the twig-only decoder does not prune: set policy to none", Some("policy")));
+        return Err(ApiError::invalid_request(
+            "the twig-only decoder does not prune: set policy to none",
+            Some("policy"),
+        ));
     }
     facts.check_pruning(&pruning).map_err(|e| ApiError::invalid_request(e, Some("policy")))?;
     let Conversation { messages, image_url } = conversation(request)?;
     let prompt = Prompt::Chat(messages);
-    let text = prompt.render(&facts.template, image_url.is_some()).map_err(|e| ApiError::invalid_request(format!("cannot render the conversation: {e:#}"), Some("messages")))?;
-    let tokens = facts.tokenizer.encode(&text, facts.visual_tokens).map_err(|e| ApiError::invalid_request(e.to_string(), Some("messages")))?;
+    let text = prompt
+        .render(&facts.template, image_url.is_some())
+        .map_err(|e| ApiError::invalid_request(format!("cannot render the conversation: {e:#}"), Some("messages")))?;
+    let tokens = facts
+        .tokenizer
+        .encode(&text, facts.visual_tokens)
+        .map_err(|e| ApiError::invalid_request(e.to_string(), Some("messages")))?;
     // The decoders' own rule, checked before the request waits in the queue.
-    let limits = DecodeConfig { max_new_tokens: max_tokens, eos_token_ids: Vec::new(), context_length: facts.context_length };
+    let limits =
+        DecodeConfig { max_new_tokens: max_tokens, eos_token_ids: Vec::new(), context_length: facts.context_length };
     limits.check_prompt(tokens.len()).map_err(|e| {
-        let image = if image_url.is_some() { format!(" (the image counts {})", facts.visual_tokens) } else { String::new() };
+        let image =
+            if image_url.is_some() { format!(" (the image counts {})", facts.visual_tokens) } else { String::new() };
         ApiError::invalid_request(format!("{e}{image}"), Some("messages")).with_code("context_length_exceeded")
     })?;
     let seed = request.seed.unwrap_or(0);
     Ok(Checked {
-        request: GenerateRequest { prompt, image: None, max_new_tokens: max_tokens, sampling, seed, capture_tensors: false, decoder, pruning, draft },
+        request: GenerateRequest {
+            prompt,
+            image: None,
+            max_new_tokens: max_tokens,
+            sampling,
+            seed,
+            capture_tensors: false,
+            decoder,
+            pruning,
+            draft,
+        },
         image_url,
         stream: request.stream,
         include_usage: request.stream_options.as_ref().is_some_and(|o| o.include_usage),
@@ -217,5 +273,6 @@ pub fn attach_image(checked: &mut Checked, limits: &ImageLimits) -> Result<(), A
 
 /// 413 when a body is over `limit` bytes.
 pub fn body_too_large(limit: usize) -> ApiError {
-    ApiError::invalid_request(format!("the request body is over this server's limit of {limit} bytes"), None).with_status(StatusCode::PAYLOAD_TOO_LARGE)
+    ApiError::invalid_request(format!("the request body is over this server's limit of {limit} bytes"), None)
+        .with_status(StatusCode::PAYLOAD_TOO_LARGE)
 }

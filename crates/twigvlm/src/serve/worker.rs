@@ -20,7 +20,8 @@ use crate::explain::{draw, explain};
 use crate::{Engine, GenerateRequest, GenerateStats};
 
 fn explain_png<B: Backend>(engine: &Engine<B>, job: &ExplainJob) -> Result<Vec<u8>, ApiError> {
-    let explanation = explain(engine, &job.prompt, &job.image, &job.policies).map_err(|e| ApiError::invalid_request(format!("{e:#}"), None))?;
+    let explanation = explain(engine, &job.prompt, &job.image, &job.policies)
+        .map_err(|e| ApiError::invalid_request(format!("{e:#}"), None))?;
     let mut png = Vec::new();
     DynamicImage::ImageRgb8(draw(&explanation))
         .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
@@ -144,7 +145,12 @@ pub fn run_engine<B: Backend>(engine: &Engine<B>, jobs: Receiver<Job>, metrics: 
                     decode_s: stats.decode_ms / 1e3,
                     speculative: stats.speculative.as_ref().map(|s| (s.rounds, s.accepted)),
                 });
-                Ok(Finished { prompt_tokens: result.prompt.len(), completion_tokens: result.generated_ids.len(), stop: stats.stop_reason, stats })
+                Ok(Finished {
+                    prompt_tokens: result.prompt.len(),
+                    completion_tokens: result.generated_ids.len(),
+                    stop: stats.stop_reason,
+                    stats,
+                })
             }
             Err(error) => {
                 metrics.count(Outcome::Failed);
