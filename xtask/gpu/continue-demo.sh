@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Continues stage 2 of the committed demo model on a lent GPU: one `train instruct` run from the
+# Continues stage 2 of the committed demo model on a GPU machine: one `train instruct` run from the
 # committed tuned layers (which travel in pack.sh's payload), with the committed vision tower and
 # projector frozen, the attention of the top 16 layers tuned and the chat replay mixed in, as the
 # last runs of `cargo xtask train-demo` do on the CPU, but with a larger batch. The run is fitted
 # to SECONDS by --time-limit. With TWIG_SECONDS, a twig is then trained for the new base
 # (`train-twig` with the TWIG ARGS given, which are xtask/src/demo.rs's TWIG_ARGS), fitted to
-# TWIG_SECONDS. Brings back (under $OUT) the run directories as tar parts that the device tool
-# returns (16 MiB a file) and their logs; `xtask/gpu/unpack.sh FILES_AT` joins them here.
+# TWIG_SECONDS. Brings back (under $OUT) the run directories as tar parts of at most 16 MiB and
+# their logs; `xtask/gpu/unpack.sh DIR` joins them on the development machine.
 # Usage: xtask/gpu/continue-demo.sh BACKEND SECONDS DATA LR [TWIG_SECONDS TWIG ARGS...]
 #        (BACKEND cuda on the GPU; flex is a dry run here)
 source "$(dirname "$0")/common.sh"
@@ -32,7 +32,8 @@ train_instruct --tuned-from models/shapes-smol \
     --eval-data shapes:seed=1000000,n=128,task=short --backend "$backend" --quiet --log-level info \
     --out $RUNS/continue > $RUNS/continue.log 2>&1 || echo "continue failed" >> $RUNS/continue.log
 tail -4 $RUNS/continue.log
-# Packed at once, so that a twig run cut by the call's limit cannot take the main result with it.
+# Packed at once, so that a twig run cut by the command's time limit cannot take the main result
+# with it.
 bring_back continue
 if [ -n "$twig_budget" ] && [ -f $RUNS/continue/language_model_tuned.safetensors ]; then
     # The continued model, assembled as prepare-demo does (it finds the imported LM in /tmp).

@@ -6,8 +6,8 @@
 # different argmax. This runs `twigvlm bench` (vanilla, ssd, ttp, ttp+ssd) on the random ~1B
 # preset once per dtype; each row's `first_divergence` says where an output first left its
 # baseline. Results: $OUT/DTYPE/relspd.json.
-# On a lent GPU, carrying .gpu/check:   bash xtask/gpu/dtype-identity.sh
-# Dry run here (CPU build):             bash xtask/gpu/dtype-identity.sh flex 4 f32
+# On the GPU machine, carrying .gpu/check:   bash xtask/gpu/dtype-identity.sh
+# Dry run here (CPU build):                 bash xtask/gpu/dtype-identity.sh flex 4 f32
 # Usage: dtype-identity.sh [BACKEND] [NEW_TOKENS] [DTYPES]
 set -euo pipefail
 backend=${1:-cuda}

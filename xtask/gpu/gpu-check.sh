@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The GPU check (issue: backends): the HF parity tests on the GPU backend, then `twigvlm bench`
+# The GPU check: the HF parity tests on the GPU backend, then `twigvlm bench`
 # (vanilla, fastv, ttp, ssd, ttp+ssd) on a random model with LLaVA-1.5-7B's exact shapes, written
-# on the machine itself (a 14 GB upload would not fit a call). Everything lands in $OUT. The
+# on the machine itself (a 14 GB upload would not fit a command). Everything lands in $OUT. The
 # packed build has no kernel autotuning: fixed default kernels from the first call.
 #
-# On a lent GPU (after `cargo xtask gpu-check --pack` here), carrying .gpu/check:
+# On the GPU machine (after `cargo xtask gpu-check --pack` here), carrying .gpu/check:
 #     bash xtask/gpu/gpu-check.sh                       # cuda, llava-1.5-7b-shape, 256 new tokens
 # On this machine, with the default (CPU) build:
 #     bash xtask/gpu/gpu-check.sh flex llava-1b-shape 32

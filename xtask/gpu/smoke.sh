@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# First call on a lent GPU: is the CUDA build usable (driver, NVRTC, kernels), and does it agree
+# First command on a GPU machine: is the CUDA build usable (driver, NVRTC, kernels), and does it agree
 # with the HF greedy reference on a tiny fixture? Also reports what the machine has.
 source "$(dirname "$0")/common.sh"
 {

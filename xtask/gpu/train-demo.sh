@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Stage 2 of the demo model on a lent GPU, as the curriculum of `cargo xtask train-demo`
+# Stage 2 of the demo model on a GPU machine, as the curriculum of `cargo xtask train-demo`
 # (xtask/src/demo.rs): scenes of one or two objects, then two or three (finding the named one),
 # then full scenes with every task, each run starting from the layers the run before tuned. The
 # committed vision tower and stage-1 projector (models/shapes-smol) stay frozen; the budget is
 # shared 15/25/60 between the three runs, each fitted to its share by --time-limit.
 # Usage: xtask/gpu/train-demo.sh SECONDS [BACKEND] (cuda by default; flex for a dry run here)
-# Brings back (under $OUT) the last run's directory as a tar split into parts that the device
-# tool returns (16 MiB a file), and every run's log; `xtask/gpu/unpack.sh` joins them here.
+# Brings back (under $OUT) the last run's directory as a tar split into parts of at most 16 MiB,
+# and every run's log; `xtask/gpu/unpack.sh` joins them on the development machine.
 source "$(dirname "$0")/common.sh"
 budget=${1:?usage: train-demo.sh SECONDS [BACKEND]}
 backend=${2:-cuda}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Here, after train-demo.sh or continue-demo.sh ran on the GPU: joins each returned run's tar
 # parts (NAME.tar.part-*) into target/gpu-runs/.
-# Usage: xtask/gpu/unpack.sh FILES_AT
+# Usage: xtask/gpu/unpack.sh DIR (the folder the returned files were copied to)
 set -euo pipefail
 from=${1:?usage: unpack.sh FILES_AT (files_at of the device reply)}
 mkdir -p target/gpu-runs
