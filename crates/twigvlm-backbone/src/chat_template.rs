@@ -7,12 +7,18 @@ use std::path::Path;
 
 use minijinja::{context, Environment, Error as JinjaError, ErrorKind};
 use serde::Serialize;
+use serde_with::SerializeDisplay;
+use strum::{Display, EnumString};
 
 use crate::error::{BackboneError, Result};
-use crate::prompt::IMAGE_PLACEHOLDER;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+/// The image placeholder inside prompt text: the templates place it, the tokenizer expands it to
+/// the image's visual-token positions.
+pub const IMAGE_PLACEHOLDER: &str = "<image>";
+
+/// Who says a message, named as chat templates name roles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Display, EnumString, SerializeDisplay)]
+#[strum(serialize_all = "lowercase")]
 pub enum Role {
     System,
     User,

@@ -18,14 +18,14 @@ pub mod prompt;
 pub mod resize;
 pub mod weights;
 
-pub use chat_template::{ChatMessage, ChatTemplate, Role};
+pub use chat_template::{ChatMessage, ChatTemplate, Role, IMAGE_PLACEHOLDER};
 pub use config::LlavaConfig;
 pub use error::{BackboneError, Result};
-pub use llama::{AttentionProbe, DecoderLayer, KvCache, LlamaDecoder, TreeMask};
+pub use llama::{AttentionProbe, DecoderLayer, KvCache, LlamaDecoder, PromptState, TreeMask};
 pub use llava::LlavaModel;
 pub use loading::{
     load_language_model, load_language_model_with, load_llava, read_llava_spec, LoadOptions, LoadedLanguageModel,
     LoadedLlava, CAUSAL_LM_BODY,
 };
 pub use preprocess::ImagePreprocessor;
-pub use prompt::{PromptTokenizer, PromptTokens, TextStream, IMAGE_PLACEHOLDER};
+pub use prompt::{PromptTokenizer, PromptTokens, TextStream};

@@ -5,10 +5,8 @@ use std::path::Path;
 
 use tokenizers::Tokenizer;
 
+use crate::chat_template::{Segment, IMAGE_PLACEHOLDER};
 use crate::error::{BackboneError, Result};
-
-/// The image placeholder inside prompt text.
-pub const IMAGE_PLACEHOLDER: &str = "<image>";
 
 /// A tokenised prompt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,11 +100,7 @@ impl PromptTokenizer {
     /// Encodes training segments (see `ChatTemplate::training_segments`): the first segment like a
     /// prompt (special tokens, image placeholder), later ones as plain continuations. Returns the
     /// tokens and, per token, whether it belongs to a trained segment.
-    pub fn encode_segments(
-        &self,
-        segments: &[crate::chat_template::Segment],
-        visual_tokens: usize,
-    ) -> Result<(PromptTokens, Vec<bool>)> {
+    pub fn encode_segments(&self, segments: &[Segment], visual_tokens: usize) -> Result<(PromptTokens, Vec<bool>)> {
         let mut tokens = PromptTokens { ids: Vec::new(), image_span: None };
         let mut trained = Vec::new();
         for (index, segment) in segments.iter().enumerate() {

@@ -40,7 +40,7 @@ pub struct Turn {
 impl Turn {
     /// The task's name, or `user` for user data; the key of per-task scores.
     pub fn task_name(&self) -> &'static str {
-        self.task.map_or("user", Task::name)
+        self.task.map_or("user", Task::into)
     }
 }
 

@@ -189,6 +189,6 @@ fn parse_tasks(value: &str) -> std::result::Result<TaskMix, String> {
     match value {
         "short" => Ok(TaskMix::short()),
         "all" => Ok(TaskMix::all()),
-        _ => value.split('+').map(str::parse).collect::<std::result::Result<Vec<Task>, String>>().map(TaskMix),
+        _ => value.split('+').map(Task::named).collect::<std::result::Result<Vec<Task>, String>>().map(TaskMix),
     }
 }

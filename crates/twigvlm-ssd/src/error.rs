@@ -10,8 +10,6 @@ pub enum DecodeError {
     )]
     MissingTwigCache,
     #[error(transparent)]
-    Pruning(#[from] twigvlm_ttp::TtpError),
-    #[error(transparent)]
     Backbone(#[from] twigvlm_backbone::BackboneError),
 }
 

@@ -19,9 +19,9 @@ use std::time::Instant;
 use burn::prelude::*;
 use twigvlm_backbone::TreeMask;
 
+use crate::decode::logits_row;
 use crate::sampling::argmax;
-use crate::speculative::{Round, RoundTime, Speculator};
-use crate::vanilla::logits_row;
+use crate::speculator::{Round, RoundTime, Speculator};
 
 /// The shape of a draft tree: `top_k:depth:nodes` on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

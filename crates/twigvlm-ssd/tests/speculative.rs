@@ -8,13 +8,13 @@ mod common;
 use std::ops::ControlFlow;
 
 use common::{config, embeds, fixture, B};
+use strum::VariantArray;
 use twigvlm_backbone::LlamaDecoder;
 use twigvlm_ssd::{
     decode_speculative, decode_vanilla, DecodeConfig, DraftConfig, DraftLength, Sampler, Sampling, ShallowNetwork,
     SpeculativeStats, StopReason,
 };
-use twigvlm_ttp::{prefill, PruningSpec};
-use twigvlm_twig::{Twig, TwigConfig};
+use twigvlm_twig::{prefill_unpruned, Twig, TwigConfig};
 
 const PROMPTS: [&[i64]; 3] = [&[3, 17, 42, 5, 99, 250, 7], &[1, 2, 3], &[200, 11, 11, 11, 64, 90, 8, 31, 5, 77, 12]];
 
@@ -34,7 +34,7 @@ fn speculative(
     draft: &DraftConfig,
 ) -> (Vec<u32>, StopReason, SpeculativeStats) {
     let mut streamed = Vec::new();
-    let prefill = prefill(base, Some(twig), embeds(base, ids), None, &PruningSpec::none(), true).unwrap();
+    let prefill = prefill_unpruned(base, Some(twig), embeds(base, ids));
     let (out, stats) =
         decode_speculative(base, twig, prefill, config, draft, &mut Sampler::new(Sampling::Greedy, 0), |t| {
             streamed.push(t);
@@ -74,7 +74,7 @@ fn a_weak_twig_still_gives_the_base_greedy_tokens() {
     for ids in PROMPTS {
         for max_new_tokens in [1, 2, 7, 20] {
             for (max_draft, draft_threshold) in [(1, 0.0), (3, 0.0), (5, 0.0), (5, 0.6), (0, 0.0)] {
-                for length in DraftLength::ALL {
+                for &length in DraftLength::VARIANTS {
                     let config = config(max_new_tokens, vec![]);
                     let draft = DraftConfig { max_draft, draft_threshold, length, tree: None };
                     let (tokens, stop, stats) = speculative(base, &twig, ids, &config, &draft);
@@ -155,7 +155,7 @@ fn speculative_sampling_follows_the_base_distribution() {
     };
     let mut rejected = 0;
     let speculative = token_counts(seeds, |seed| {
-        let prefill = prefill(base, Some(&twig), embeds(base, ids), None, &PruningSpec::none(), true).unwrap();
+        let prefill = prefill_unpruned(base, Some(&twig), embeds(base, ids));
         let (out, stats) =
             decode_speculative(base, &twig, prefill, &config, &draft, &mut Sampler::new(sampling, seed), |_| {
                 ControlFlow::Continue(())
@@ -309,7 +309,7 @@ fn sampling_with_a_tree_configured_drafts_a_chain() {
     let config = config(12, vec![]);
     let chain = DraftConfig { max_draft: 3, draft_threshold: 0.0, ..DraftConfig::default() };
     let run = |draft: &DraftConfig| {
-        let prefill = prefill(base, Some(&twig), embeds(base, PROMPTS[0]), None, &PruningSpec::none(), true).unwrap();
+        let prefill = prefill_unpruned(base, Some(&twig), embeds(base, PROMPTS[0]));
         let (out, stats) =
             decode_speculative(base, &twig, prefill, &config, draft, &mut Sampler::new(sampling, 3), |_| {
                 ControlFlow::Continue(())

@@ -12,6 +12,14 @@ pub enum TrainError {
     Data(#[from] twigvlm_data::DataError),
     #[error("the loss is not finite ({loss}) at step {step}; lower the learning rate")]
     Diverged { step: usize, loss: f32 },
+    #[error("cannot read or write {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the demo model: {0}")]
+    Demo(String),
 }
 
 pub type Result<T> = std::result::Result<T, TrainError>;

@@ -5,6 +5,7 @@
 pub mod alignment;
 pub mod checkpoint;
 pub mod clipping;
+pub mod demo;
 pub mod error;
 pub mod examples;
 pub mod loss;

@@ -5,7 +5,9 @@
 //! speculative decoding needs the twig to agree with). Optionally (beyond the paper) a second
 //! loss pulls the twig's selection attention toward a deep base layer's ([`AttentionDistill`]).
 
+use serde_with::{DeserializeFromStr, SerializeDisplay};
 use std::ops::Range;
+use strum::{Display, EnumMessage, EnumString, VariantArray};
 
 use burn::module::AutodiffModule;
 use burn::nn::Linear;
@@ -41,8 +43,21 @@ pub fn trainable_twig<B: AutodiffBackend>(twig: Twig<B>) -> Twig<B> {
 }
 
 /// What the twig learns to predict at each assistant position.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    Display,
+    EnumString,
+    VariantArray,
+    EnumMessage,
+    SerializeDisplay,
+    DeserializeFromStr,
+)]
+#[strum(serialize_all = "lowercase")]
 pub enum TwigTargets {
     /// The dataset's answer tokens (the paper's recipe).
     #[default]

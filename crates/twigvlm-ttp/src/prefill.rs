@@ -4,32 +4,24 @@
 //! from K_f on see text only. Every base layer's cache ends with its own length.
 
 use std::ops::Range;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use burn::prelude::*;
-use twigvlm_backbone::{AttentionProbe, KvCache, LlamaDecoder};
-use twigvlm_twig::Twig;
+use twigvlm_backbone::{AttentionProbe, KvCache, LlamaDecoder, PromptState};
+use twigvlm_twig::{prefill_unpruned, Twig};
 
 use crate::budget::LayerPlan;
 use crate::error::{Result, TtpError};
 use crate::policy::{PruningPlan, PruningSpec, Scores, TwigPlace};
 use crate::selection::{head_mean_row, random_scores, top_indices};
 
-/// The caches and first logits a decoder continues from.
+/// A prefill's state for the decoder, and what pruning did.
 #[derive(Debug)]
 pub struct Prefill<B: Backend> {
-    /// One cache per base layer, each with its own length.
-    pub base_cache: KvCache<B>,
-    /// The twig's blocks over the whole prompt, when a twig ran.
-    pub twig_cache: Option<KvCache<B>>,
-    /// The base model's logits at the last prompt position.
-    pub last_logits: Vec<f32>,
-    /// Prompt tokens; generated tokens take positions from here on.
-    pub prompt_len: usize,
-    /// What pruning did; `None` when nothing was pruned.
+    /// What a decoder continues from.
+    pub state: PromptState<B>,
+    /// What pruning kept; `None` when nothing was pruned.
     pub pruning: Option<PruningOutcome>,
-    /// Wall time of the prefill, logits on the host included.
-    pub time: Duration,
 }
 
 /// What a pruned prefill kept.
@@ -80,65 +72,50 @@ pub fn prefill<B: Backend>(
         _ => None,
     };
 
-    let split = pruned.as_ref().map(|(plan, ..)| plan.layers.prune_layer).or(place.map(|p| p.k)).unwrap_or(num_layers);
+    let Some((plan, span, r_prime)) = pruned else {
+        let state = prefill_unpruned(base, twig.filter(|_| keep_twig_cache), embeds);
+        return Ok(Prefill { state: PromptState { time: started.elapsed(), ..state }, pruning: None });
+    };
+    let split = plan.layers.prune_layer;
     let query = prompt_len - 1;
     let probe_at = |layer: usize| AttentionProbe { rows: vec![query], layers: vec![layer] };
-    let scores = pruned.as_ref().map(|(plan, ..)| plan.scores);
     let positions: Vec<usize> = (0..prompt_len).collect();
     let rope = base.rope(&positions, &device);
     let mut base_cache = KvCache::new(num_layers);
 
-    let low_probe = match scores {
-        Some(Scores::BaseLayer(layer)) if layer < split => probe_at(layer),
+    let low_probe = match plan.scores {
+        Scores::BaseLayer(layer) if layer < split => probe_at(layer),
         _ => AttentionProbe::default(),
     };
     let mut low = base.forward_layers(embeds, &rope, 0..split, &mut base_cache, &low_probe);
 
     let mut twig_cache = None;
     let mut twig_attention = None;
-    if let Some(twig) = twig.filter(|_| keep_twig_cache || scores == Some(Scores::Twig)) {
-        let probe = if scores == Some(Scores::Twig) { probe_at(twig.config.t - 1) } else { AttentionProbe::default() };
+    if let Some(twig) = twig.filter(|_| keep_twig_cache || plan.scores == Scores::Twig) {
+        let probe = if plan.scores == Scores::Twig { probe_at(twig.config.t - 1) } else { AttentionProbe::default() };
         let mut cache = twig.new_cache();
         twig_attention = twig.forward(low.hidden.clone(), &rope, &mut cache, &probe).attention.pop().map(|(_, p)| p);
         twig_cache = Some(cache);
     }
 
-    let (top, pruning) = match pruned {
-        None => (
-            base.forward_layers(low.hidden, &rope, split..num_layers, &mut base_cache, &AttentionProbe::default())
-                .hidden,
-            None,
-        ),
-        Some((plan, span, r_prime)) => {
-            let visual_scores = match plan.scores {
-                Scores::BaseLayer(_) if !low.attention.is_empty() => {
-                    head_mean_row(low.attention.remove(0).1, span.clone())
-                }
-                Scores::BaseLayer(layer) => {
-                    // The ablation's deeper layer sees the unpruned prompt: layers K..N-1 run
-                    // once more on a scratch cache (only this policy computes anything twice).
-                    let mut scratch = KvCache::new(num_layers);
-                    let deeper = base.forward_layers(
-                        low.hidden.clone(),
-                        &rope,
-                        split..layer + 1,
-                        &mut scratch,
-                        &probe_at(layer),
-                    );
-                    head_mean_row(deeper.attention.into_iter().next().expect("probed layer").1, span.clone())
-                }
-                Scores::Twig => head_mean_row(twig_attention.expect("the twig ran with a probe"), span.clone()),
-                Scores::Random { seed } => random_scores(span.len(), seed),
-            };
-            let kept = top_indices(&visual_scores, r_prime);
-            let hidden = run_pruned(base, low.hidden, &plan.layers, &span, &kept, prompt_len, &mut base_cache);
-            (hidden, Some(outcome(plan, span.len(), kept, visual_scores)))
+    let visual_scores = match plan.scores {
+        Scores::BaseLayer(_) if !low.attention.is_empty() => head_mean_row(low.attention.remove(0).1, span.clone()),
+        Scores::BaseLayer(layer) => {
+            // The ablation's deeper layer sees the unpruned prompt: layers K..N-1 run once more
+            // on a scratch cache (only this policy computes anything twice).
+            let mut scratch = KvCache::new(num_layers);
+            let deeper =
+                base.forward_layers(low.hidden.clone(), &rope, split..layer + 1, &mut scratch, &probe_at(layer));
+            head_mean_row(deeper.attention.into_iter().next().expect("probed layer").1, span.clone())
         }
+        Scores::Twig => head_mean_row(twig_attention.expect("the twig ran with a probe"), span.clone()),
+        Scores::Random { seed } => random_scores(span.len(), seed),
     };
-    let seq = top.dims()[1];
-    let logits = base.logits(top.narrow(1, seq - 1, 1));
-    let last_logits = logits.into_data().convert::<f32>().into_vec::<f32>().expect("f32 logits");
-    Ok(Prefill { base_cache, twig_cache, last_logits, prompt_len, pruning, time: started.elapsed() })
+    let kept = top_indices(&visual_scores, r_prime);
+    let top = run_pruned(base, low.hidden, &plan.layers, &span, &kept, prompt_len, &mut base_cache);
+    let last_logits = base.last_position_logits(top);
+    let state = PromptState { base_cache, twig_cache, last_logits, prompt_len, time: started.elapsed() };
+    Ok(Prefill { state, pruning: Some(outcome(plan, span.len(), kept, visual_scores)) })
 }
 
 /// Layers K..L-1 over the layer-K hidden states with only `kept` visual tokens (indices within

@@ -50,8 +50,8 @@ fn keeping_every_visual_token_without_final_wipe_changes_nothing() {
         let full = run(base, Some(&twig), &spec(policy, "10", Some(LAYERS)));
         let outcome = full.pruning.as_ref().expect("the pruning path ran");
         assert_eq!(outcome.kept_visual_indices, (0..10).collect::<Vec<_>>());
-        assert!(max_abs_diff(&full.last_logits, &unpruned.last_logits) < 1e-5, "{policy}");
-        assert_eq!(full.base_cache.lengths(), unpruned.base_cache.lengths());
+        assert!(max_abs_diff(&full.state.last_logits, &unpruned.state.last_logits) < 1e-5, "{policy}");
+        assert_eq!(full.state.base_cache.lengths(), unpruned.state.base_cache.lengths());
     }
 }
 
@@ -66,11 +66,15 @@ fn every_layer_cache_has_the_planned_length() {
         let outcome = out.pruning.as_ref().unwrap();
         let plan = LayerPlan::new(LAYERS, 1, outcome.final_wipe).unwrap();
         assert_eq!(
-            out.base_cache.lengths(),
+            out.state.base_cache.lengths(),
             plan.cache_lengths(PROMPT.len(), IMAGE.len(), outcome.r_prime),
             "{spec:?}"
         );
-        assert_eq!(out.twig_cache.as_ref().unwrap().lengths(), [PROMPT.len(); 2], "the twig keeps every visual token");
+        assert_eq!(
+            out.state.twig_cache.as_ref().unwrap().lengths(),
+            [PROMPT.len(); 2],
+            "the twig keeps every visual token"
+        );
         let kept = &outcome.kept_visual_indices;
         assert!(kept.windows(2).all(|w| w[0] < w[1]) && kept.iter().all(|&i| i < IMAGE.len()), "{kept:?}");
         assert_eq!(kept.len(), outcome.r_prime);
@@ -124,11 +128,11 @@ fn nothing_is_pruned_when_there_is_nothing_to_prune() {
     // Text only.
     let text_only = prefill(base, None, embeds(base, &PROMPT), None, &spec("fastv", "3", None), false).unwrap();
     assert!(text_only.pruning.is_none());
-    assert!(max_abs_diff(&text_only.last_logits, &unpruned.last_logits) < 1e-6);
+    assert!(max_abs_diff(&text_only.state.last_logits, &unpruned.state.last_logits) < 1e-6);
     // A budget above the image's visual tokens.
     let generous = run(base, None, &spec("fastv", "11", None));
     assert!(generous.pruning.is_none());
-    assert_eq!(generous.base_cache.lengths(), [PROMPT.len(); LAYERS]);
+    assert_eq!(generous.state.base_cache.lengths(), [PROMPT.len(); LAYERS]);
 }
 
 #[test]

@@ -7,6 +7,7 @@
 //! them from the base again.
 
 use std::path::{Path, PathBuf};
+use strum::{Display, EnumMessage, EnumString, VariantArray};
 
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -29,9 +30,13 @@ const HEAD: &str = "lm_head";
 const MLP: &str = "mlp";
 const FORMAT_VERSION: u32 = 1;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The two ways a twig is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Display, EnumString, VariantArray, EnumMessage)]
+#[strum(serialize_all = "lowercase")]
 pub enum TwigFormat {
+    /// `twig.safetensors` and `twig.json`: the config and the base it was trained for.
     Ours,
+    /// The official TwigVLM layout (`model.safetensors` with `model.layers.*`; K kept beside it).
     Official,
 }
 

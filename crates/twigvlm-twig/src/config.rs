@@ -1,12 +1,26 @@
 //! Where the twig attaches (K), how deep it is (T), how it starts, and whether it owns its head.
 
 use serde::{Deserialize, Serialize};
+use serde_with::{DeserializeFromStr, SerializeDisplay};
+use strum::{Display, EnumMessage, EnumString, VariantArray};
 
 use crate::error::{Result, TwigError};
 
 /// How the twig's blocks, norm and head are initialised.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Display,
+    EnumString,
+    VariantArray,
+    EnumMessage,
+    SerializeDisplay,
+    DeserializeFromStr,
+)]
+#[strum(serialize_all = "lowercase")]
 pub enum TwigInit {
     /// Copies of base layers K..K+T-1, the base final norm and LM head (the paper's default).
     Adjacent,
@@ -17,8 +31,20 @@ pub enum TwigInit {
 }
 
 /// Whether the twig trains its own LM head or reuses the frozen base head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Display,
+    EnumString,
+    VariantArray,
+    EnumMessage,
+    SerializeDisplay,
+    DeserializeFromStr,
+)]
+#[strum(serialize_all = "lowercase")]
 pub enum TwigHead {
     /// Its own head, initialised from the base head (the paper's choice).
     Trained,
@@ -29,8 +55,21 @@ pub enum TwigHead {
 
 /// Whether the twig's blocks train their MLPs or keep them as copies of the base layers they
 /// started from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    Display,
+    EnumString,
+    VariantArray,
+    EnumMessage,
+    SerializeDisplay,
+    DeserializeFromStr,
+)]
+#[strum(serialize_all = "lowercase")]
 pub enum TwigMlp {
     /// Every block parameter trains (the paper's choice).
     #[default]

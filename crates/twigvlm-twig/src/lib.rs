@@ -8,9 +8,11 @@ pub mod config;
 pub mod error;
 pub mod identity;
 pub mod module;
+pub mod prefill;
 
 pub use checkpoint::{load_twig, save_official, save_twig, TwigCheckpoint, TwigFormat};
 pub use config::{TwigConfig, TwigHead, TwigInit, TwigMlp};
 pub use error::{Result, TwigError};
 pub use identity::BaseIdentity;
 pub use module::Twig;
+pub use prefill::prefill_unpruned;

@@ -8,7 +8,7 @@ fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();
     cli::init_logging(args.log_level);
     if let Some(level) = args.gpu_autotune {
-        twigvlm::backend::configure_gpu(level);
+        twigvlm_engine::configure_gpu(level);
     }
     match cli::run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,

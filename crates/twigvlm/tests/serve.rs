@@ -430,7 +430,7 @@ fn bad_input_gets_a_4xx_with_an_openai_error_body() {
 #[test]
 fn bounded_load_test() {
     let server = Server::start(&[]);
-    let options = twigvlm::serve::load::LoadOptions {
+    let options = twigvlm_eval::load::LoadOptions {
         url: server.url.clone(),
         model: MODEL.into(),
         clients: 3,
@@ -439,7 +439,7 @@ fn bounded_load_test() {
         prompt: "Describe the image.".into(),
         image_url: Some(image_url("shapes-80x60.png")),
     };
-    let report = twigvlm::serve::load::run_load(&options).unwrap();
+    let report = twigvlm_eval::load::run_load(&options).unwrap();
     assert_eq!(report.succeeded, 12, "{report:?}");
     assert!(report.failed.is_empty());
     assert!(report.latency_ms.p50 > 0.0 && report.latency_ms.p99 >= report.latency_ms.p50);

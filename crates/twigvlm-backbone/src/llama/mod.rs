@@ -4,6 +4,7 @@
 pub mod attention;
 pub mod cache;
 pub mod layer;
+pub mod prompt_state;
 pub mod rope;
 pub mod single_row;
 pub mod tree_mask;
@@ -16,6 +17,7 @@ use burn::prelude::*;
 pub use attention::SelfAttention;
 pub use cache::{KvCache, LayerKvCache};
 pub use layer::{DecoderLayer, Mlp};
+pub use prompt_state::PromptState;
 pub use rope::RopeAngles;
 pub use tree_mask::TreeMask;
 
@@ -201,5 +203,12 @@ impl<B: Backend> LlamaDecoder<B> {
     /// - hidden: `[batch, seq, hidden]` → `[batch, seq, vocab]`
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         single_row::linear(&self.lm_head, self.norm.forward(hidden), self.single_row_split)
+    }
+
+    /// The logits at the last of `hidden`'s positions (`[1, seq, hidden]`), on the host.
+    pub fn last_position_logits(&self, hidden: Tensor<B, 3>) -> Vec<f32> {
+        let seq = hidden.dims()[1];
+        let logits = self.logits(hidden.narrow(1, seq - 1, 1));
+        logits.into_data().convert::<f32>().into_vec::<f32>().expect("f32 logits")
     }
 }

@@ -3,10 +3,13 @@
 
 use std::path::Path;
 
+use strum::{Display, EnumMessage, EnumString, VariantArray};
+
 use crate::error::{BackboneError, Result};
 
 /// Storage precision of written tensors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Display, EnumString, VariantArray, EnumMessage)]
+#[strum(serialize_all = "lowercase")]
 pub enum StorageDtype {
     F16,
     BF16,

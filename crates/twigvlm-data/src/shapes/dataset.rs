@@ -4,6 +4,7 @@
 use image::RgbImage;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use strum::VariantArray;
 
 use super::questions::{ask, Task};
 use super::render::render;
@@ -20,7 +21,7 @@ impl TaskMix {
     }
 
     pub fn all() -> Self {
-        Self(Task::ALL.to_vec())
+        Self(Task::VARIANTS.to_vec())
     }
 }
 

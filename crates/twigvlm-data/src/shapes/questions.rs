@@ -2,16 +2,18 @@
 //! five": the row as a digit, the column as a number word); the description is one sentence per
 //! object in reading order.
 
-use std::fmt;
-use std::str::FromStr;
-
 use rand::seq::IndexedRandom;
 use rand::Rng;
+use strum::{Display, EnumString, IntoStaticStr, VariantArray};
 
 use super::scene::{Colour, Scene, SceneObject, Shape};
 use crate::conversation::Turn;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// A kind of question, named as in dataset specs (`task=color+where`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Display, EnumString, IntoStaticStr, VariantArray,
+)]
+#[strum(serialize_all = "lowercase")]
 pub enum Task {
     /// "What color is the <shape>?"
     Color,
@@ -29,33 +31,15 @@ pub enum Task {
 const HARD_NEGATIVE_SHARE: f64 = 0.7;
 
 impl Task {
-    pub const ALL: [Task; 5] = [Task::Color, Task::Shape, Task::Exists, Task::Where, Task::Describe];
+    /// The tasks with a short answer (all but `describe`).
     pub const SHORT: [Task; 4] = [Task::Color, Task::Shape, Task::Exists, Task::Where];
 
-    pub fn name(self) -> &'static str {
-        match self {
-            Task::Color => "color",
-            Task::Shape => "shape",
-            Task::Exists => "exists",
-            Task::Where => "where",
-            Task::Describe => "describe",
-        }
-    }
-}
-
-impl fmt::Display for Task {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Task {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Task::ALL
-            .into_iter()
-            .find(|t| t.name() == s)
-            .ok_or_else(|| format!("unknown task `{s}` (expected one of {})", Task::ALL.map(Task::name).join(", ")))
+    /// The task named `text`, or an error listing the names.
+    pub fn named(text: &str) -> Result<Self, String> {
+        text.parse().map_err(|_| {
+            let names: Vec<String> = Task::VARIANTS.iter().map(Task::to_string).collect();
+            format!("unknown task `{text}` (expected one of {})", names.join(", "))
+        })
     }
 }
 

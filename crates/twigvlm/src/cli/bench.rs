@@ -4,11 +4,12 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use burn::prelude::Backend;
-use twigvlm::bench::{generation_count, run_bench, BenchMode, BenchOptions, BenchPrompt, BenchReport};
-use twigvlm::plot::{bar_chart, Labels};
-use twigvlm::BackendJob;
 use twigvlm_data::DatasetSpec;
-use twigvlm_ttp::VisualBudget;
+use twigvlm_engine::{BackendJob, DecoderKind, DraftTree, PruningSpec, VisualBudget};
+use twigvlm_eval::bench::{generation_count, run_bench, BenchMode, BenchOptions, BenchPrompt, BenchReport};
+use twigvlm_eval::plot::{bar_chart, Labels};
+
+use super::named::named;
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -21,7 +22,7 @@ pub struct BenchArgs {
     pub image_root: Option<PathBuf>,
     /// Modes to compare: vanilla, fastv, ttp, ssd, ttp+ssd, ssd-adaptive, ssd-tree,
     /// ttp+ssd-tree (all but the first two need --twig).
-    #[arg(long, value_delimiter = ',', default_value = "vanilla,fastv,ttp,ssd,ttp+ssd")]
+    #[arg(long, value_delimiter = ',', value_parser = named::<BenchMode>(), default_value = "vanilla,fastv,ttp,ssd,ttp+ssd")]
     pub modes: Vec<BenchMode>,
     /// Upper bound on generated tokens per answer.
     #[arg(long, default_value_t = 128)]
@@ -34,7 +35,7 @@ pub struct BenchArgs {
     pub repeats: usize,
     /// The draft tree of the tree modes: `top_k:depth:nodes`.
     #[arg(long, default_value = "4:5:16")]
-    pub draft_tree: twigvlm_ssd::DraftTree,
+    pub draft_tree: DraftTree,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -45,13 +46,17 @@ pub struct BenchArgs {
     pub model: super::ModelArgs,
 }
 
-struct BenchJob(BenchArgs);
+impl super::ModelCommand for BenchArgs {
+    fn model(&self) -> &super::ModelArgs {
+        &self.model
+    }
+}
 
-impl BackendJob for BenchJob {
+impl BackendJob for BenchArgs {
     type Output = anyhow::Result<()>;
 
     fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<()> {
-        let args = self.0;
+        let args = self;
         anyhow::ensure!(!args.modes.is_empty(), "--modes is empty");
         let dataset = DatasetSpec::parse(&args.data)?.open(args.image_root.as_deref())?;
         let mut prompts = Vec::new();
@@ -62,17 +67,15 @@ impl BackendJob for BenchJob {
                 example.turns.iter().map(|turn| BenchPrompt { prompt: turn.user.clone(), image: image.clone() }),
             );
         }
-        let uses_twig = args.modes.iter().any(|m| !matches!(m, BenchMode::Vanilla | BenchMode::FastV));
+        let uses_twig = args.modes.iter().any(|m| m.uses_twig());
         let mut model = args.model.clone();
         if uses_twig && model.decoder.twig.is_none() {
-            anyhow::bail!(
-                "--modes {} need --twig DIR",
-                args.modes.iter().map(|m| m.name()).collect::<Vec<_>>().join(",")
-            );
+            let modes: Vec<String> = args.modes.iter().map(BenchMode::to_string).collect();
+            anyhow::bail!("--modes {} need --twig DIR", modes.join(","));
         }
         // The modes choose their decoders; the twig is attached for them.
-        model.decoder.decoder = Some(if uses_twig { twigvlm::DecoderKind::Ssd } else { twigvlm::DecoderKind::Base });
-        let (engine, _) = super::load_engine::<B>(&model, device, true)?;
+        model.decoder.decoder = Some(if uses_twig { DecoderKind::Ssd } else { DecoderKind::Base });
+        let (engine, _) = super::load_engine::<B>(&model, device, &PruningSpec::none(), true)?;
         let options = BenchOptions {
             modes: args.modes.clone(),
             max_new_tokens: args.max_new_tokens,
@@ -96,7 +99,8 @@ fn write_report(report: &BenchReport, args: &BenchArgs) -> anyhow::Result<()> {
     let json_path = dir.join("relspd.json");
     std::fs::write(&json_path, serde_json::to_string_pretty(report)?)
         .with_context(|| format!("cannot write {}", json_path.display()))?;
-    let bars: Vec<(String, f64)> = report.rows.iter().filter_map(|r| r.rel_spd.map(|s| (r.mode.clone(), s))).collect();
+    let bars: Vec<(String, f64)> =
+        report.rows.iter().filter_map(|r| r.rel_spd.map(|s| (r.mode.to_string(), s))).collect();
     let labels = Labels { title: "Speed relative to vanilla decoding", x: "mode", y: "RelSpd (tokens/s ÷ vanilla's)" };
     if let Err(e) = bar_chart(&dir.join("relspd.png"), &labels, &bars) {
         tracing::warn!("no RelSpd plot: {e:#}");
@@ -122,7 +126,7 @@ fn write_report(report: &BenchReport, args: &BenchArgs) -> anyhow::Result<()> {
     for row in &report.rows {
         println!(
             "{:<9} {:>9.2} {:>11.1} {:>10.1} {:>9} {:>10} {:>7.1} {:>7} {:>9} {:>9}",
-            row.mode,
+            row.mode.to_string(),
             row.tokens_per_s,
             row.prefill_ms,
             row.decode_ms,
@@ -136,9 +140,4 @@ fn write_report(report: &BenchReport, args: &BenchArgs) -> anyhow::Result<()> {
     }
     println!("{} prompts × {} passes; written to {}", report.prompts, report.repeats, json_path.display());
     Ok(())
-}
-
-pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let model = args.model.clone();
-    model.run(BenchJob(args))?
 }

@@ -4,10 +4,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use burn::prelude::Backend;
-use twigvlm::distill::{distill, DistillOptions, DISTILL_FILE};
-use twigvlm::eval::AnswerBudget;
-use twigvlm::{BackendJob, DecoderKind};
 use twigvlm_data::DatasetSpec;
+use twigvlm_engine::{BackendJob, DecoderKind, PruningSpec};
+use twigvlm_eval::distill::{distill, DistillOptions, DISTILL_FILE};
+use twigvlm_eval::eval::AnswerBudget;
 
 #[derive(Debug, clap::Args)]
 pub struct DistillArgs {
@@ -37,16 +37,20 @@ pub struct DistillArgs {
     pub model: super::ModelArgs,
 }
 
-struct DistillJob(DistillArgs);
+impl super::ModelCommand for DistillArgs {
+    fn model(&self) -> &super::ModelArgs {
+        &self.model
+    }
+}
 
-impl BackendJob for DistillJob {
+impl BackendJob for DistillArgs {
     type Output = anyhow::Result<()>;
 
     fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<()> {
-        let args = self.0;
+        let args = self;
         let spec = DatasetSpec::parse(&args.data)?;
         let dataset = spec.open(args.image_root.as_deref())?;
-        let (engine, decoder) = super::load_engine::<B>(&args.model, device, false)?;
+        let (engine, decoder) = super::load_engine::<B>(&args.model, device, &PruningSpec::none(), false)?;
         anyhow::ensure!(decoder == DecoderKind::Base, "distill answers with the base model; drop --twig and --decoder");
         let options = DistillOptions {
             answer_budget: AnswerBudget { short: args.short_max_new_tokens, long: args.long_max_new_tokens },
@@ -68,9 +72,4 @@ impl BackendJob for DistillJob {
         );
         Ok(())
     }
-}
-
-pub fn run(args: DistillArgs) -> anyhow::Result<()> {
-    let model = args.model.clone();
-    model.run(DistillJob(args))?
 }

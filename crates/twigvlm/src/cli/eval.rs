@@ -4,11 +4,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use burn::prelude::Backend;
-use twigvlm::eval::{evaluate, EvalOptions, EvalReport};
-use twigvlm::relacc::{cell_count, plot_relacc, relacc_table, RelAccReport};
-use twigvlm::BackendJob;
 use twigvlm_data::{DatasetSpec, SeedRange};
-use twigvlm_ttp::{PrefillPolicy, VisualBudget};
+use twigvlm_engine::{BackendJob, PrefillPolicy, PruningSpec, VisualBudget};
+use twigvlm_eval::eval::{evaluate, EvalOptions, EvalReport};
+use twigvlm_eval::relacc::{cell_count, plot_relacc, relacc_table, RelAccReport};
 
 #[derive(Debug, clap::Args)]
 pub struct EvalArgs {
@@ -42,13 +41,17 @@ pub struct EvalArgs {
     pub model: super::ModelArgs,
 }
 
-struct EvalJob(EvalArgs);
+impl super::ModelCommand for EvalArgs {
+    fn model(&self) -> &super::ModelArgs {
+        &self.model
+    }
+}
 
-impl BackendJob for EvalJob {
+impl BackendJob for EvalArgs {
     type Output = anyhow::Result<()>;
 
     fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<()> {
-        let args = self.0;
+        let args = self;
         let spec = DatasetSpec::parse(&args.data)?;
         if spec.seed_range() == Some(SeedRange::Train) {
             tracing::warn!(
@@ -63,7 +66,7 @@ impl BackendJob for EvalJob {
             !relacc || !args.visual_budget.is_empty(),
             "--policies needs --visual-budget (one or more, comma-separated)"
         );
-        let (engine, decoder) = super::load_engine::<B>(&args.model, device, relacc)?;
+        let (engine, decoder) = super::load_engine::<B>(&args.model, device, &PruningSpec::none(), relacc)?;
         let cells = if relacc { cell_count(&args.policies, &args.visual_budget) } else { 1 };
         let progress = super::progress_bar((questions * cells) as u64, "{pos}/{len} questions ({per_sec}, eta {eta})");
         if relacc {
@@ -125,7 +128,7 @@ fn print_table(report: &EvalReport) {
             d.blank_image_f1.map_or("-".to_string(), |f| format!("{f:.3}"))
         );
     }
-    println!("{} questions in {:.1} s ({} decoder)", report.n, report.seconds, report.decoder.name());
+    println!("{} questions in {:.1} s ({} decoder)", report.n, report.seconds, report.decoder);
 }
 
 /// Prints the table (or JSON) and writes relacc.json and relacc.png under `dir`.
@@ -166,9 +169,4 @@ fn write_relacc(report: &RelAccReport, dir: &Path, json: bool) -> anyhow::Result
         json_path.display()
     );
     Ok(())
-}
-
-pub fn run(args: EvalArgs) -> anyhow::Result<()> {
-    let model = args.model.clone();
-    model.run(EvalJob(args))?
 }

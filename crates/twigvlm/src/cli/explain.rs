@@ -4,10 +4,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use burn::prelude::Backend;
-use twigvlm::explain::{explain, policy_specs, render};
-use twigvlm::BackendJob;
 use twigvlm_backbone::preprocess::load_image;
-use twigvlm_ttp::{PrefillPolicy, VisualBudget};
+use twigvlm_engine::explain::{explain, policy_specs};
+use twigvlm_engine::{BackendJob, PrefillPolicy, PruningSpec, VisualBudget};
+use twigvlm_eval::explain::render;
 
 #[derive(Debug, clap::Args)]
 pub struct ExplainArgs {
@@ -36,15 +36,19 @@ pub struct ExplainArgs {
     pub model: super::ModelArgs,
 }
 
-struct ExplainJob(ExplainArgs);
+impl super::ModelCommand for ExplainArgs {
+    fn model(&self) -> &super::ModelArgs {
+        &self.model
+    }
+}
 
-impl BackendJob for ExplainJob {
+impl BackendJob for ExplainArgs {
     type Output = anyhow::Result<()>;
 
     fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<()> {
-        let args = self.0;
+        let args = self;
         let image = load_image(&args.image).with_context(|| format!("cannot use --image {}", args.image.display()))?;
-        let (engine, _) = super::load_engine::<B>(&args.model, device, true)?;
+        let (engine, _) = super::load_engine::<B>(&args.model, device, &PruningSpec::none(), true)?;
         let policies = policy_specs(&args.policies, args.visual_budget, args.final_wipe);
         anyhow::ensure!(!policies.is_empty(), "--policies names no pruning policy");
         let explanation = explain(&engine, &args.prompt, &image, &policies)?;
@@ -64,9 +68,4 @@ impl BackendJob for ExplainJob {
         }
         Ok(())
     }
-}
-
-pub fn run(args: ExplainArgs) -> anyhow::Result<()> {
-    let model = args.model.clone();
-    model.run(ExplainJob(args))?
 }

@@ -8,11 +8,9 @@ use burn::prelude::Backend;
 use serde::Serialize;
 use std::ops::ControlFlow;
 
-use twigvlm::{BackendJob, DecoderKind, GenerateRequest, GenerateResult, GenerateStats, Prompt};
 use twigvlm_backbone::preprocess::load_image;
 use twigvlm_backbone::weights::NamedTensor;
-use twigvlm_ssd::Sampling;
-use twigvlm_ttp::PruningSpec;
+use twigvlm_engine::{BackendJob, DecoderKind, GenerateRequest, GenerateResult, GenerateStats, Prompt, Sampling};
 
 #[derive(Debug, clap::Args)]
 pub struct GenerateArgs {
@@ -57,13 +55,17 @@ struct JsonOutput<'a> {
     stats: &'a GenerateStats,
 }
 
-struct GenerateJob(GenerateArgs);
+impl super::ModelCommand for GenerateArgs {
+    fn model(&self) -> &super::ModelArgs {
+        &self.model
+    }
+}
 
-impl BackendJob for GenerateJob {
+impl BackendJob for GenerateArgs {
     type Output = anyhow::Result<()>;
 
     fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<()> {
-        let args = self.0;
+        let args = self;
         let sampling = Sampling::new(args.temperature, args.top_p)?;
         let image = args
             .image
@@ -71,7 +73,7 @@ impl BackendJob for GenerateJob {
             .map(|path| load_image(path).with_context(|| format!("cannot use --image {}", path.display())))
             .transpose()?;
         let pruning = args.pruning.spec();
-        let (engine, decoder) = super::load_engine::<B>(&args.model, device, pruning != PruningSpec::none())?;
+        let (engine, decoder) = super::load_engine::<B>(&args.model, device, &pruning, false)?;
 
         let request = GenerateRequest {
             prompt: Prompt::User(args.prompt.clone()),
@@ -122,9 +124,4 @@ fn dump_entries(result: &GenerateResult) -> Vec<NamedTensor> {
     }
     entries.push(("last_logits".to_string(), vec![result.last_logits.len()], result.last_logits.clone()));
     entries
-}
-
-pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
-    let model = args.model.clone();
-    model.run(GenerateJob(args))?
 }

@@ -5,16 +5,12 @@ use std::path::PathBuf;
 use anyhow::Context;
 use twigvlm_backbone::gguf::{import_gguf, ImportDtype};
 
+use super::named::named;
+
 #[derive(Debug, clap::Subcommand)]
 pub enum ImportCommand {
     /// Convert a llama.cpp GGUF Llama (F32/F16/BF16/Q8_0/Q4_0/Q4_1 tensors) into a model directory.
     Gguf(GgufArgs),
-}
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum DtypeArg {
-    F16,
-    F32,
 }
 
 #[derive(Debug, clap::Args)]
@@ -25,16 +21,13 @@ pub struct GgufArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// Storage precision of the dequantised weights.
-    #[arg(long, value_enum, default_value_t = DtypeArg::F16)]
-    pub dtype: DtypeArg,
+    #[arg(long, value_parser = named::<ImportDtype>(), default_value_t = ImportDtype::F16)]
+    pub dtype: ImportDtype,
 }
 
 pub fn run(command: ImportCommand) -> anyhow::Result<()> {
     let ImportCommand::Gguf(args) = command;
-    let dtype = match args.dtype {
-        DtypeArg::F16 => ImportDtype::F16,
-        DtypeArg::F32 => ImportDtype::F32,
-    };
+    let dtype = args.dtype;
     let bar = indicatif::ProgressBar::new(0).with_message("dequantising");
     bar.set_style(
         indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} tensors")

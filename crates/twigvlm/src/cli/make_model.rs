@@ -2,12 +2,14 @@
 
 use std::path::PathBuf;
 
-use twigvlm::synthetic::{weight_bytes, write_model, Preset, TWIG_K, TWIG_T};
+use twigvlm_eval::synthetic::{weight_bytes, write_model, Preset, TWIG_K, TWIG_T};
+
+use super::named::named;
 
 #[derive(Debug, clap::Args)]
 pub struct MakeModelArgs {
     /// Which real model's shapes to copy.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = named::<Preset>())]
     pub preset: Preset,
     /// Output directory (must not hold a model yet).
     #[arg(long)]

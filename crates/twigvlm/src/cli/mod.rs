@@ -8,6 +8,7 @@ mod explain;
 mod generate;
 mod import;
 mod make_model;
+mod named;
 mod prepare;
 mod serve;
 mod train;
@@ -19,10 +20,12 @@ use anyhow::Context;
 use burn::prelude::Backend;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::filter::LevelFilter;
-use twigvlm::{BackendJob, BackendKind, DecoderKind, Engine, FloatDtype};
-use twigvlm_backbone::LoadOptions;
-use twigvlm_ssd::DraftConfig;
-use twigvlm_ttp::{PrefillPolicy, PruningSpec, VisualBudget};
+use twigvlm_engine::{
+    check_twig_use, BackendJob, BackendKind, DecoderKind, DraftConfig, DraftLength, DraftTree, Engine, FloatDtype,
+    GpuAutotune, LoadOptions, PrefillPolicy, PruningSpec, VisualBudget,
+};
+
+use named::named;
 
 /// Fast vision-language inference with twig-guided token pruning and self-speculative decoding.
 #[derive(Debug, Parser)]
@@ -33,8 +36,8 @@ pub struct Cli {
     pub log_level: LevelFilter,
     /// GPU backends: how hard to search for the fastest kernel of each new tensor shape
     /// (default: cubecl's own, `balanced`, or what a `cubecl.toml` here says).
-    #[arg(long, global = true, value_enum)]
-    pub gpu_autotune: Option<twigvlm::backend::GpuAutotune>,
+    #[arg(long, global = true, value_parser = named::<GpuAutotune>())]
+    pub gpu_autotune: Option<GpuAutotune>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -86,20 +89,30 @@ pub fn init_logging(level: LevelFilter) {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Generate(args) => generate::run(args),
-        Command::Eval(args) => eval::run(args),
-        Command::Bench(args) => bench::run(args),
-        Command::Explain(args) => explain::run(args),
+        Command::Generate(args) => on_model(args),
+        Command::Eval(args) => on_model(args),
+        Command::Bench(args) => on_model(args),
+        Command::Explain(args) => on_model(args),
         Command::Import(command) => import::run(command),
         Command::Train(command) => train::run(command),
-        Command::Distill(args) => distill::run(args),
-        Command::TrainTwig(args) => twig::train_twig(args),
+        Command::Distill(args) => on_model(args),
+        Command::TrainTwig(args) => args.run.backend.run_autodiff(args)?,
         Command::Twig(command) => twig::run(command),
         Command::PrepareDemo(args) => prepare::run(args),
         Command::MakeModel(args) => make_model::run(args),
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => on_model(args),
         Command::BenchServe(args) => serve::bench_serve(args),
     }
+}
+
+/// A command that loads a model ([`ModelArgs`]) and runs on the backend it names.
+trait ModelCommand: BackendJob<Output = anyhow::Result<()>> {
+    fn model(&self) -> &ModelArgs;
+}
+
+fn on_model<C: ModelCommand>(command: C) -> anyhow::Result<()> {
+    let model = command.model().clone();
+    model.run(command)?
 }
 
 /// The model a command loads, where it runs and which network answers (`generate`, `eval`).
@@ -109,11 +122,11 @@ pub struct ModelArgs {
     #[arg(long)]
     pub model: PathBuf,
     /// Compute backend.
-    #[arg(long, value_enum, default_value_t = BackendKind::Flex)]
+    #[arg(long, value_parser = named::<BackendKind>(), default_value_t = BackendKind::Flex)]
     pub backend: BackendKind,
     /// Floating-point type of the computation (default: f16 on cuda, f32 on flex and wgpu; flex
     /// is f32 only, wgpu has no bf16). Weights are converted on load.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = named::<FloatDtype>())]
     pub dtype: Option<FloatDtype>,
     /// CLIP directory for original-layout LLaVA checkpoints whose `mm_vision_tower` is not a local path.
     #[arg(long)]
@@ -170,13 +183,13 @@ pub struct DraftArgs {
     pub draft_threshold: f32,
     /// Chain length: the paper's fixed cap (--max-draft), or a cap that follows the twig's
     /// acceptance (down to plain decoding while the twig keeps missing).
-    #[arg(long, default_value = "fixed")]
-    pub draft_length: twigvlm_ssd::DraftLength,
+    #[arg(long, value_parser = named::<DraftLength>(), default_value_t = DraftLength::Fixed)]
+    pub draft_length: DraftLength,
     /// Greedy decoding drafts a tree instead of a chain: `top_k:depth:nodes` (the twig's top_k
     /// tokens per expanded node, top_k nodes expanded per depth, the best `nodes` drafted tokens
     /// verified in one forward). Sampled decoding still drafts a chain.
     #[arg(long)]
-    pub draft_tree: Option<twigvlm_ssd::DraftTree>,
+    pub draft_tree: Option<DraftTree>,
 }
 
 impl DraftArgs {
@@ -200,33 +213,39 @@ pub struct DecoderArgs {
     #[arg(long)]
     pub twig_k: Option<usize>,
     /// Which network generates (default: twig-only with --twig and no --policy, else base).
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = named::<DecoderKind>())]
     pub decoder: Option<DecoderKind>,
 }
 
 impl DecoderArgs {
-    /// The decoder these options ask for, once the twig it (or token pruning, when `pruning`
-    /// is set) needs is attached to `engine`.
-    fn prepare<B: Backend>(&self, engine: &mut Engine<B>, pruning: bool) -> anyhow::Result<DecoderKind> {
-        let decoder = self.decoder.unwrap_or(if self.twig.is_some() && !pruning {
+    /// The decoder these options ask for, once the twig it needs is attached to `engine`.
+    /// `pruning` is what the command prunes with by default; `twig_serves_more` says the twig
+    /// may be used beyond the decoder and that pruning (other policies, benchmark modes, server
+    /// requests), so it is attached whatever the decoder. A twig given for nothing is refused.
+    fn prepare<B: Backend>(
+        &self,
+        engine: &mut Engine<B>,
+        pruning: &PruningSpec,
+        twig_serves_more: bool,
+    ) -> anyhow::Result<DecoderKind> {
+        let prunes = *pruning != PruningSpec::none() || twig_serves_more;
+        let decoder = self.decoder.unwrap_or(if self.twig.is_some() && !prunes {
             DecoderKind::TwigOnly
         } else {
             DecoderKind::Base
         });
-        match (decoder, &self.twig) {
-            (DecoderKind::TwigOnly | DecoderKind::Ssd, None) => {
-                anyhow::bail!("--decoder {} needs --twig DIR", decoder.name())
-            }
-            (DecoderKind::Base, Some(dir)) if !pruning => {
+        check_twig_use(decoder, pruning, self.twig.is_some())?;
+        match &self.twig {
+            Some(dir) if !decoder.needs_twig() && !prunes => {
                 anyhow::bail!("--twig {} is unused with --decoder base and no --policy", dir.display())
             }
-            (_, Some(dir)) => {
+            Some(dir) => {
                 let twig = engine
                     .attach_twig(dir, self.twig_k)
                     .with_context(|| format!("cannot use the twig in {}", dir.display()))?;
                 tracing::info!(k = twig.twig.config.k, t = twig.twig.config.t, format = ?twig.format, "twig attached");
             }
-            (DecoderKind::Base, None) => {}
+            None => {}
         }
         Ok(decoder)
     }
@@ -240,12 +259,12 @@ fn progress_bar(len: u64, counts: &str) -> indicatif::ProgressBar {
     indicatif::ProgressBar::new(len).with_style(style.progress_chars("=> "))
 }
 
-/// Loads a model directory (and the twig the decoder or token pruning needs) with a spinner on
-/// stderr.
+/// Loads a model directory and the twig (see [`DecoderArgs::prepare`]) with a spinner on stderr.
 fn load_engine<B: Backend>(
     args: &ModelArgs,
     device: B::Device,
-    pruning: bool,
+    pruning: &PruningSpec,
+    twig_serves_more: bool,
 ) -> anyhow::Result<(Engine<B>, DecoderKind)> {
     let model = &args.model;
     let spinner = indicatif::ProgressBar::new_spinner().with_message(format!("loading {}", model.display()));
@@ -254,7 +273,7 @@ fn load_engine<B: Backend>(
     let mut engine = Engine::<B>::load(model, &options, device)
         .with_context(|| format!("cannot load the model in {}", model.display()))?;
     engine.set_single_row_split(args.single_row_split.map_or(args.backend.single_row_split(), usize::from));
-    let decoder = args.decoder.prepare(&mut engine, pruning)?;
+    let decoder = args.decoder.prepare(&mut engine, pruning, twig_serves_more)?;
     spinner.finish_and_clear();
     Ok((engine, decoder))
 }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use twigvlm::demo_model::{assemble, language_model, CACHE_DIR, MODEL_DIR};
+use twigvlm_train::demo::{assemble, language_model, CACHE_DIR, MODEL_DIR};
 
 #[derive(Debug, clap::Args)]
 pub struct PrepareDemoArgs {

@@ -6,10 +6,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use base64::Engine as _;
 use burn::prelude::Backend;
-use twigvlm::serve::load::{run_load, LoadOptions};
-use twigvlm::serve::{serve, ImageLimits, RequestDefaults, ServeOptions};
-use twigvlm::BackendJob;
-use twigvlm_ttp::{PrefillPolicy, PruningSpec};
+use twigvlm_engine::{BackendJob, PrefillPolicy, PruningSpec};
+use twigvlm_eval::load::{run_load, LoadOptions};
+use twigvlm_serve::{serve, ImageLimits, RequestDefaults, ServeOptions};
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -48,17 +47,21 @@ pub struct ServeArgs {
     pub model: super::ModelArgs,
 }
 
-struct ServeJob(ServeArgs);
+impl super::ModelCommand for ServeArgs {
+    fn model(&self) -> &super::ModelArgs {
+        &self.model
+    }
+}
 
-impl BackendJob for ServeJob {
+impl BackendJob for ServeArgs {
     type Output = anyhow::Result<()>;
 
     fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<()> {
-        let args = self.0;
+        let args = self;
         let pruning = args.pruning.spec();
         // A twig, when given, is attached whatever the default decoder: requests may ask for it.
-        let uses_twig = args.model.decoder.twig.is_some() || pruning.policy != PrefillPolicy::None;
-        let (engine, decoder) = super::load_engine::<B>(&args.model, device, uses_twig)?;
+        let twig_given = args.model.decoder.twig.is_some();
+        let (engine, decoder) = super::load_engine::<B>(&args.model, device, &pruning, twig_given)?;
         let model_name = match &args.served_model_name {
             Some(name) => name.clone(),
             None => args
@@ -86,13 +89,8 @@ impl BackendJob for ServeJob {
                 max_tokens: args.default_max_tokens,
             },
         };
-        serve(engine, options)
+        Ok(serve(engine, options)?)
     }
-}
-
-pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let model = args.model.clone();
-    model.run(ServeJob(args))?
 }
 
 #[derive(Debug, clap::Args)]

@@ -6,9 +6,6 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
-use twigvlm::backend::AutodiffJob;
-use twigvlm::demo_model::{PROJECTOR_FILE, TUNED_LM_FILE, VISION_FILE};
-use twigvlm::BackendKind;
 use twigvlm_backbone::clip::ClipVisionTower;
 use twigvlm_backbone::projector::Projector;
 use twigvlm_backbone::weights::{hf_tensors, write_safetensors, StorageDtype, TensorSource, WeightLoader};
@@ -16,7 +13,9 @@ use twigvlm_backbone::{
     load_language_model_with, read_llava_spec, ImagePreprocessor, LlavaConfig, LoadedLanguageModel, CAUSAL_LM_BODY,
 };
 use twigvlm_data::{Dataset, DatasetSpec, SeedRange, ShapesDataset};
+use twigvlm_engine::{AutodiffJob, BackendKind};
 use twigvlm_train::alignment::{AlignedParts, AlignmentObjective, SequencePadding, TunedLayerParts};
+use twigvlm_train::demo::{PROJECTOR_FILE, TUNED_LM_FILE, VISION_FILE};
 use twigvlm_train::examples::{ConversationEncoder, VisualInput};
 use twigvlm_train::patch_words::PatchWordsObjective;
 use twigvlm_train::trainable::trainable;
@@ -70,7 +69,7 @@ pub struct LoopArgs {
     /// Seed of the random initialisation.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    #[arg(long, value_enum, default_value_t = BackendKind::Flex)]
+    #[arg(long, value_parser = super::named::named::<BackendKind>(), default_value_t = BackendKind::Flex)]
     pub backend: BackendKind,
     /// Hide the progress bar.
     #[arg(long)]

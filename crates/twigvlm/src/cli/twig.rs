@@ -6,17 +6,17 @@ use anyhow::{bail, Context};
 use burn::module::AutodiffModule;
 use burn::prelude::Backend;
 use burn::tensor::backend::AutodiffBackend;
-use twigvlm::backend::AutodiffJob;
-use twigvlm::{BackendJob, BackendKind};
 use twigvlm_backbone::weights::StorageDtype;
 use twigvlm_backbone::{load_llava, LoadOptions};
 use twigvlm_data::{DatasetSpec, SeedRange};
+use twigvlm_engine::{AutodiffJob, BackendJob, BackendKind};
 use twigvlm_train::examples::ConversationEncoder;
 use twigvlm_train::train;
 use twigvlm_train::twig::{AttentionDistill, TwigObjective, TwigTargets};
 use twigvlm_twig::checkpoint::convert;
 use twigvlm_twig::{save_twig, Twig, TwigConfig, TwigFormat, TwigHead, TwigInit, TwigMlp};
 
+use super::named::named;
 use super::train::{LoopArgs, StageDefaults};
 
 /// The paper's twig recipe: AdamW lr 1e-4, cosine, 3% warm-up, one epoch (steps = data / batch).
@@ -48,16 +48,16 @@ pub struct TrainTwigArgs {
     /// Decoder blocks in the twig.
     #[arg(long, default_value_t = TwigConfig::PAPER_T)]
     pub t: usize,
-    #[arg(long, value_enum, default_value_t = InitArg::Adjacent)]
-    pub init: InitArg,
+    #[arg(long, value_parser = named::<TwigInit>(), default_value_t = TwigInit::Adjacent)]
+    pub init: TwigInit,
     /// Train the twig's own LM head or share the base's (frozen).
-    #[arg(long, value_enum, default_value_t = HeadArg::Trained)]
-    pub twig_head: HeadArg,
+    #[arg(long, value_parser = named::<TwigHead>(), default_value_t = TwigHead::Trained)]
+    pub twig_head: TwigHead,
     /// Train the blocks' MLPs, or keep them frozen copies of the base layers the twig started from
     /// (only attention, norms and a trained head learn; the checkpoint stores no MLP, three
     /// quarters of each block's size; needs --init adjacent or last).
-    #[arg(long, value_enum, default_value_t = MlpArg::Trained)]
-    pub twig_mlp: MlpArg,
+    #[arg(long, value_parser = named::<TwigMlp>(), default_value_t = TwigMlp::Trained)]
+    pub twig_mlp: TwigMlp,
     /// Beyond the paper: also train the twig's selection attention (last block, head mean, last
     /// prompt token over the visual tokens) toward this base layer's, counted from 1 as
     /// `--policies vlm-layer:N` counts (a KL term weighted by --attention-weight).
@@ -67,8 +67,8 @@ pub struct TrainTwigArgs {
     #[arg(long, default_value_t = 1.0, requires = "attention_teacher")]
     pub attention_weight: f64,
     /// Targets: the dataset's answers, or the base model's own predictions (self-distillation).
-    #[arg(long, value_enum, default_value_t = TargetsArg::Data)]
-    pub targets: TargetsArg,
+    #[arg(long, value_parser = named::<TwigTargets>(), default_value_t = TwigTargets::Data)]
+    pub targets: TwigTargets,
     /// CLIP directory for original-layout LLaVA checkpoints.
     #[arg(long)]
     pub vision_tower: Option<PathBuf>,
@@ -76,60 +76,17 @@ pub struct TrainTwigArgs {
     pub run: LoopArgs,
 }
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum InitArg {
-    Adjacent,
-    Last,
-    Random,
-}
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum HeadArg {
-    Trained,
-    Shared,
-}
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum MlpArg {
-    Trained,
-    Frozen,
-}
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum TargetsArg {
-    Data,
-    Base,
-}
-
 impl TrainTwigArgs {
     fn config(&self) -> TwigConfig {
-        TwigConfig {
-            k: self.k,
-            t: self.t,
-            init: match self.init {
-                InitArg::Adjacent => TwigInit::Adjacent,
-                InitArg::Last => TwigInit::Last,
-                InitArg::Random => TwigInit::Random,
-            },
-            head: match self.twig_head {
-                HeadArg::Trained => TwigHead::Trained,
-                HeadArg::Shared => TwigHead::Shared,
-            },
-            mlp: match self.twig_mlp {
-                MlpArg::Trained => TwigMlp::Trained,
-                MlpArg::Frozen => TwigMlp::Frozen,
-            },
-        }
+        TwigConfig { k: self.k, t: self.t, init: self.init, head: self.twig_head, mlp: self.twig_mlp }
     }
 }
 
-struct TrainTwigJob(TrainTwigArgs);
-
-impl AutodiffJob for TrainTwigJob {
+impl AutodiffJob for TrainTwigArgs {
     type Output = anyhow::Result<()>;
 
     fn run<B: AutodiffBackend>(self, device: B::Device) -> anyhow::Result<()> {
-        let args = self.0;
+        let args = self;
         let train_spec = DatasetSpec::parse_all(&args.data)?;
         if train_spec.seed_range() == Some(SeedRange::Eval) {
             bail!("--data uses an evaluation seed; training seeds are below {}", twigvlm_data::EVAL_SEED_START);
@@ -148,10 +105,7 @@ impl AutodiffJob for TrainTwigJob {
         let twig = Twig::init(&loaded.model.language_model, &loaded.config.text, args.config(), &device)?;
         let twig = twigvlm_train::twig::trainable_twig(Twig::<B>::from_inner(twig));
         let encoder = ConversationEncoder { tokenizer: loaded.tokenizer, template: loaded.template, system: None };
-        let targets = match args.targets {
-            TargetsArg::Data => TwigTargets::Data,
-            TargetsArg::Base => TwigTargets::Base,
-        };
+        let targets = args.targets;
         let mut objective = TwigObjective::<B>::new(
             loaded.model,
             loaded.preprocessor,
@@ -182,11 +136,6 @@ impl AutodiffJob for TrainTwigJob {
     }
 }
 
-pub fn train_twig(args: TrainTwigArgs) -> anyhow::Result<()> {
-    let backend = args.run.backend;
-    backend.run_autodiff(TrainTwigJob(args))?
-}
-
 #[derive(Debug, clap::Subcommand)]
 pub enum TwigCommand {
     /// Rewrite a twig between our format and the official TwigVLM layout.
@@ -203,32 +152,21 @@ pub struct ConvertArgs {
     /// Directory to write.
     pub to: PathBuf,
     /// Format to write.
-    #[arg(long, value_enum)]
-    pub to_format: FormatArg,
+    #[arg(long, value_parser = named::<TwigFormat>())]
+    pub to_format: TwigFormat,
     /// K for an official twig that has no twig.json beside it.
     #[arg(long)]
     pub twig_k: Option<usize>,
 }
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum FormatArg {
-    Ours,
-    Official,
-}
-
-struct ConvertJob(ConvertArgs);
-
-impl BackendJob for ConvertJob {
+impl BackendJob for ConvertArgs {
     type Output = anyhow::Result<()>;
 
     fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<()> {
-        let args = self.0;
+        let args = self;
         let loaded = load_llava::<B>(&args.model, &LoadOptions::default(), &device)
             .with_context(|| format!("cannot load the base model in {}", args.model.display()))?;
-        let format = match args.to_format {
-            FormatArg::Ours => TwigFormat::Ours,
-            FormatArg::Official => TwigFormat::Official,
-        };
+        let format = args.to_format;
         let written = convert(
             &args.from,
             &args.to,
@@ -245,6 +183,6 @@ impl BackendJob for ConvertJob {
 
 pub fn run(command: TwigCommand) -> anyhow::Result<()> {
     match command {
-        TwigCommand::Convert(args) => BackendKind::Flex.run(ConvertJob(args))?,
+        TwigCommand::Convert(args) => BackendKind::Flex.run(args)?,
     }
 }

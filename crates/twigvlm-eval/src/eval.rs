@@ -8,9 +8,7 @@ use serde::Serialize;
 use twigvlm_data::score::{exact_match, normalise_answer, DescribeCounts};
 use twigvlm_data::spec::Dataset;
 use twigvlm_data::{Task, Turn};
-use twigvlm_ttp::PruningSpec;
-
-use crate::engine::{DecoderKind, Engine, GenerateRequest, Prompt};
+use twigvlm_engine::{DecoderKind, Engine, GenerateRequest, Prompt, PruningSpec};
 
 /// How many tokens an answer may take, by the kind of question.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,5 +1,5 @@
 //! The demo model `models/shapes-smol`: assembled from the pinned wheel on a fresh machine, it
-//! loads and answers about an example image; and its quality bar (the demo-model issue), greedy
+//! loads and answers about an example image; and its quality bar, greedy
 //! on held-out shapes-world scenes: short content questions (colour, shape, exists, where) right
 //! at least 90% of the time and at least 40 points above the same questions on the blank image,
 //! and descriptions with object-level F1 of at least 0.8. Its committed twig loads and drafts
@@ -12,12 +12,10 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use burn::backend::Flex;
-use twigvlm::demo_model::{assemble, language_model, CACHE_DIR, MODEL_DIR, TWIG_DIR};
-use twigvlm::eval::{evaluate, EvalOptions};
-use twigvlm::{DecoderKind, Engine, GenerateRequest};
-use twigvlm_backbone::LoadOptions;
 use twigvlm_data::DatasetSpec;
-use twigvlm_ssd::Sampling;
+use twigvlm_engine::{DecoderKind, Engine, GenerateRequest, LoadOptions, PruningSpec, Sampling};
+use twigvlm_eval::eval::{evaluate, EvalOptions};
+use twigvlm_train::demo::{assemble, language_model, CACHE_DIR, MODEL_DIR, TWIG_DIR};
 
 const CONTENT_ACCURACY_BAR: f64 = 0.9;
 const MARGIN_OVER_BLANK_IMAGE: f64 = 0.4;
@@ -43,7 +41,7 @@ fn demo_model() -> Option<Engine<Flex>> {
 }
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    twigvlm_testkit::workspace_root()
 }
 
 /// A greedy question about `examples/shapes-1.png`.
@@ -56,7 +54,7 @@ fn about_the_example(prompt: &str, max_new_tokens: usize, decoder: DecoderKind) 
         seed: 0,
         capture_tensors: false,
         decoder,
-        pruning: twigvlm_ttp::PruningSpec::none(),
+        pruning: PruningSpec::none(),
         draft: Default::default(),
     }
 }

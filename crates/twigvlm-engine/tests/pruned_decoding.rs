@@ -3,18 +3,31 @@
 //! take their original positions, and self-speculative decoding stays lossless under every
 //! policy.
 
-mod common;
-
 use std::ops::{ControlFlow, Range};
 
-use common::{config, embeds, fixture, B};
-use twigvlm_backbone::LlamaDecoder;
+use burn::backend::Flex;
+use burn::prelude::*;
+use twigvlm_backbone::{load_llava, LlamaDecoder, LoadOptions, LoadedLlava};
 use twigvlm_ssd::{decode_speculative, decode_vanilla_prefilled, DecodeConfig, DraftConfig, Sampler, Sampling};
 use twigvlm_ttp::{prefill, PruningSpec};
 use twigvlm_twig::{Twig, TwigConfig};
 
+type B = Flex;
+
 const PROMPT: [i64; 16] = [3, 17, 42, 5, 99, 250, 7, 8, 9, 10, 11, 120, 121, 122, 64, 90];
 const IMAGE: Range<usize> = 3..13;
+
+fn fixture() -> LoadedLlava<B> {
+    load_llava::<B>(&twigvlm_testkit::tiny_llava(), &LoadOptions::default(), &Default::default()).unwrap()
+}
+
+fn embeds(base: &LlamaDecoder<B>, ids: &[i64]) -> Tensor<B, 3> {
+    base.embed(Tensor::from_data(TensorData::new(ids.to_vec(), [1, ids.len()]), &Default::default()))
+}
+
+fn config(max_new_tokens: usize, eos_token_ids: Vec<u32>) -> DecodeConfig {
+    DecodeConfig { max_new_tokens, eos_token_ids, context_length: 512 }
+}
 
 fn spec(policy: &str, budget: &str, final_wipe: Option<usize>) -> PruningSpec {
     PruningSpec { policy: policy.parse().unwrap(), budget: Some(budget.parse().unwrap()), final_wipe }
@@ -29,7 +42,7 @@ fn vanilla(
 ) -> Vec<u32> {
     let prefilled = prefill(base, twig, embeds(base, ids), Some(IMAGE), spec, false).unwrap();
     assert!(prefilled.pruning.is_some(), "{spec:?} pruned nothing");
-    decode_vanilla_prefilled(base, prefilled, config, &mut Sampler::new(Sampling::Greedy, 0), |_| {
+    decode_vanilla_prefilled(base, prefilled.state, config, &mut Sampler::new(Sampling::Greedy, 0), |_| {
         ControlFlow::Continue(())
     })
     .unwrap()
@@ -56,7 +69,7 @@ fn ssd_after_pruning_gives_the_greedy_tokens_of_the_same_pruning() {
                     let (out, stats) = decode_speculative(
                         base,
                         &twig,
-                        prefilled,
+                        prefilled.state,
                         &config,
                         &draft,
                         &mut Sampler::new(Sampling::Greedy, 0),
@@ -85,7 +98,7 @@ fn decoding_continues_from_pruned_caches_at_the_original_positions() {
             let mut ids = PROMPT.to_vec();
             ids.extend(generated[..step].iter().map(|&t| t as i64));
             let again = prefill(base, None, embeds(base, &ids), Some(IMAGE), &spec, false).unwrap();
-            let best = again.last_logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as u32;
+            let best = again.state.last_logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as u32;
             assert_eq!(best, generated[step], "{spec:?}, step {step}");
         }
     }

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::error::ApiError;
+use crate::error::ApiError;
 
 /// Request fields this server understands. Anything else is refused by name (a client that sets
 /// `logprobs` or `tools` would otherwise silently get something it did not ask for).

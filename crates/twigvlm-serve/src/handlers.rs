@@ -15,16 +15,15 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
-use twigvlm_ssd::StopReason;
-use twigvlm_ttp::{PrefillPolicy, VisualBudget};
+use twigvlm_engine::explain::policy_specs;
+use twigvlm_engine::{DecoderKind, PrefillPolicy, StopReason, VisualBudget};
 
-use super::api::{ChatCompletionRequest, CompletionId, Delta, ModelCard, ModelList, Usage};
-use super::error::ApiError;
-use super::metrics::Outcome;
-use super::request::{self, Checked};
-use super::worker::{Event, Finished, Job, Work};
-use super::AppState;
-use crate::DecoderKind;
+use crate::api::{ChatCompletionRequest, CompletionId, Delta, ModelCard, ModelList, Usage};
+use crate::error::ApiError;
+use crate::metrics::Outcome;
+use crate::request::{self, Checked};
+use crate::worker::{Event, ExplainJob, Finished, Job, Work};
+use crate::AppState;
 
 /// The page served at `/`: plain HTML and JavaScript, no build step.
 const PAGE: &str = include_str!("page.html");
@@ -142,7 +141,7 @@ fn finish_reason(stop: StopReason) -> &'static str {
 /// This server's statistics of a completion (timings, pruning, speculative decoding).
 fn engine_stats(finished: &Finished, decoder: DecoderKind) -> Value {
     let mut stats = serde_json::to_value(&finished.stats).unwrap_or_default();
-    stats["decoder"] = json!(decoder.name());
+    stats["decoder"] = json!(decoder);
     if let Some(speculative) = &finished.stats.speculative {
         stats["mean_accepted"] = json!(speculative.mean_accepted());
         stats["acceptance_rate"] = json!(speculative.acceptance_rate());
@@ -270,7 +269,7 @@ async fn explain(State(state): State<Arc<AppState>>, body: Body) -> Response {
     }
 }
 
-async fn read_explain(state: &Arc<AppState>, body: Body) -> Result<super::worker::ExplainJob, ApiError> {
+async fn read_explain(state: &Arc<AppState>, body: Body) -> Result<ExplainJob, ApiError> {
     let bytes = read_body(state, body).await?;
     let state = state.clone();
     blocking(move || {
@@ -294,7 +293,7 @@ async fn read_explain(state: &Arc<AppState>, body: Body) -> Result<super::worker
                 .filter(|&p| p != PrefillPolicy::Twig || state.facts.has_twig())
                 .collect(),
         };
-        let specs = crate::explain::policy_specs(&policies, budget, body.final_wipe);
+        let specs = policy_specs(&policies, budget, body.final_wipe);
         if specs.is_empty() {
             return Err(ApiError::invalid_request("policies names no pruning policy", Some("policies")));
         }
@@ -305,7 +304,7 @@ async fn read_explain(state: &Arc<AppState>, body: Body) -> Result<super::worker
                 .map_err(|e| ApiError::invalid_request(format!("{name}: {e}"), Some("policies")))?;
         }
         let image = state.images.load(&body.image_url)?;
-        Ok(super::worker::ExplainJob { prompt: body.prompt, image, policies: specs })
+        Ok(ExplainJob { prompt: body.prompt, image, policies: specs })
     })
     .await
 }

@@ -14,8 +14,8 @@ use twigvlm_data::llava_json::{read_records, write_records, Record};
 use twigvlm_data::spec::Dataset;
 use twigvlm_data::ImageSource;
 
-use crate::engine::{Engine, GenerateRequest, Prompt};
 use crate::eval::AnswerBudget;
+use twigvlm_engine::{Engine, GenerateRequest, Prompt};
 
 /// The instruction JSON inside the output directory.
 pub const DISTILL_FILE: &str = "distill.json";

@@ -2,61 +2,63 @@
 //! one process, interleaved round-robin so that machine noise hits all modes alike, after one
 //! untimed warm-up each. Speed-ups are ratios to `vanilla` from the same run.
 
-use std::fmt;
-use std::str::FromStr;
-
 use burn::prelude::Backend;
 use image::DynamicImage;
 use serde::Serialize;
-use twigvlm_ssd::{DraftConfig, DraftLength, DraftTree, SpeculativeStats};
-use twigvlm_ttp::{PrefillPolicy, PruningSpec, VisualBudget};
-
-use crate::engine::{DecoderKind, Engine, GenerateRequest, Prompt};
+use serde_with::{DeserializeFromStr, SerializeDisplay};
+use strum::{Display, EnumMessage, EnumString, VariantArray};
+use twigvlm_engine::{
+    uses_twig, DecoderKind, DraftConfig, DraftLength, DraftTree, Engine, GenerateRequest, PrefillPolicy, Prompt,
+    PruningSpec, VisualBudget,
+};
+use twigvlm_ssd::SpeculativeStats;
 
 /// A benchmarked way of generating.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Display,
+    EnumString,
+    VariantArray,
+    EnumMessage,
+    SerializeDisplay,
+    DeserializeFromStr,
+)]
 pub enum BenchMode {
     /// Unpruned prefill, plain decoding.
+    #[strum(serialize = "vanilla")]
     Vanilla,
     /// FastV pruning, plain decoding.
+    #[strum(serialize = "fastv")]
     FastV,
     /// Twig-guided pruning, plain decoding.
+    #[strum(serialize = "ttp")]
     Ttp,
     /// Unpruned prefill, self-speculative decoding.
+    #[strum(serialize = "ssd")]
     Ssd,
     /// Twig-guided pruning and self-speculative decoding (TwigVLM).
+    #[strum(serialize = "ttp+ssd")]
     TtpSsd,
     /// Unpruned prefill, self-speculative decoding with the adaptive draft length.
+    #[strum(serialize = "ssd-adaptive")]
     SsdAdaptive,
     /// Unpruned prefill, self-speculative decoding drafting a tree ([`BenchOptions::draft_tree`]).
+    #[strum(serialize = "ssd-tree")]
     SsdTree,
     /// Twig-guided pruning and self-speculative decoding drafting a tree.
+    #[strum(serialize = "ttp+ssd-tree")]
     TtpSsdTree,
 }
 
 impl BenchMode {
-    pub const ALL: [BenchMode; 8] = [
-        BenchMode::Vanilla,
-        BenchMode::FastV,
-        BenchMode::Ttp,
-        BenchMode::Ssd,
-        BenchMode::TtpSsd,
-        BenchMode::SsdAdaptive,
-        BenchMode::SsdTree,
-        BenchMode::TtpSsdTree,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            BenchMode::Vanilla => "vanilla",
-            BenchMode::FastV => "fastv",
-            BenchMode::Ttp => "ttp",
-            BenchMode::Ssd => "ssd",
-            BenchMode::TtpSsd => "ttp+ssd",
-            BenchMode::SsdAdaptive => "ssd-adaptive",
-            BenchMode::SsdTree => "ssd-tree",
-            BenchMode::TtpSsdTree => "ttp+ssd-tree",
-        }
+    /// Whether the mode runs the twig (and needs one attached).
+    pub fn uses_twig(self) -> bool {
+        let any_budget = VisualBudget::Tokens(0.0);
+        uses_twig(self.decoder(), &self.pruning(any_budget))
     }
 
     fn decoder(self) -> DecoderKind {
@@ -104,22 +106,6 @@ impl BenchMode {
     }
 }
 
-impl FromStr for BenchMode {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        BenchMode::ALL.into_iter().find(|m| m.name() == text.trim()).ok_or_else(|| {
-            format!("unknown mode {text:?}: expected one of {}", BenchMode::ALL.map(BenchMode::name).join(", "))
-        })
-    }
-}
-
-impl fmt::Display for BenchMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
     pub modes: Vec<BenchMode>,
@@ -141,7 +127,7 @@ pub struct BenchPrompt {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchRow {
-    pub mode: String,
+    pub mode: BenchMode,
     /// New tokens per second of the whole generation (prefill included).
     pub tokens_per_s: f64,
     /// Mean per generation.
@@ -258,7 +244,7 @@ pub fn run_bench<B: Backend>(
         let runs = tally.runs.max(1) as f64;
         let seconds = (tally.prefill_ms + tally.decode_ms) / 1e3;
         rows.push(BenchRow {
-            mode: mode.name().to_string(),
+            mode: *mode,
             tokens_per_s: if seconds > 0.0 { tally.new_tokens as f64 / seconds } else { 0.0 },
             prefill_ms: tally.prefill_ms / runs,
             decode_ms: tally.decode_ms / runs,
@@ -272,7 +258,7 @@ pub fn run_bench<B: Backend>(
             first_divergence,
         });
     }
-    let vanilla = rows.iter().find(|r| r.mode == BenchMode::Vanilla.name()).map(|r| r.tokens_per_s);
+    let vanilla = rows.iter().find(|r| r.mode == BenchMode::Vanilla).map(|r| r.tokens_per_s);
     for row in &mut rows {
         row.rel_spd = vanilla.filter(|&v| v > 0.0).map(|v| row.tokens_per_s / v);
     }

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use base64::Engine as _;
 use image::{DynamicImage, ImageReader};
 
-use super::error::ApiError;
+use crate::error::ApiError;
 
 /// What the server accepts as an image.
 #[derive(Debug, Clone, Copy)]

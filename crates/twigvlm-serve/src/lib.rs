@@ -1,4 +1,4 @@
-//! `twigvlm serve`: an OpenAI-compatible HTTP server (axum on tokio) in front of one loaded engine.
+//! An OpenAI-compatible HTTP server (axum on tokio) in front of one loaded engine.
 //!
 //! The engine runs on the thread that calls [`serve`]; the HTTP side runs on a small tokio
 //! runtime and hands requests to it through a bounded queue ([`worker`]). Every request is
@@ -14,7 +14,6 @@ pub mod api;
 mod error;
 mod handlers;
 mod images;
-pub mod load;
 mod metrics;
 mod request;
 mod worker;
@@ -25,15 +24,13 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use burn::prelude::Backend;
-
-use crate::Engine;
+use twigvlm_engine::{Engine, ModelFacts};
 
 pub use error::ApiError;
 pub use images::ImageLimits;
 pub use request::RequestDefaults;
 
 use metrics::Metrics;
-use request::ModelFacts;
 use worker::{run_engine, JobQueue};
 
 /// How the server is set up.
@@ -84,15 +81,16 @@ fn unix_now() -> u64 {
 
 /// Serves `engine` until SIGTERM or Ctrl-C. Prints `listening on http://ADDR` on stdout once the
 /// socket is bound (port 0 picks a free port). On the signal the server stops accepting
-/// connections, answers queued requests 503, lets the running one finish and returns.
-pub fn serve<B: Backend>(engine: Engine<B>, options: ServeOptions) -> anyhow::Result<()> {
+/// connections, answers queued requests 503, lets the running one finish and returns. Fails when
+/// the address cannot be bound.
+pub fn serve<B: Backend>(engine: Engine<B>, options: ServeOptions) -> std::io::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let stopping = Arc::new(AtomicBool::new(false));
     let (queue, jobs) = JobQueue::new(options.queue_capacity, metrics.clone(), stopping.clone());
     let state = Arc::new(AppState {
         model_name: options.model_name,
         created: unix_now(),
-        facts: ModelFacts::of(&engine),
+        facts: engine.facts().clone(),
         defaults: options.defaults,
         images: options.images,
         queue,
@@ -111,7 +109,7 @@ pub fn serve<B: Backend>(engine: Engine<B>, options: ServeOptions) -> anyhow::Re
     // The router owns the queue's sending side: when the server has drained its connections and
     // dropped it, the engine loop ends.
     run_engine(&engine, jobs, &metrics, &stopping);
-    runtime.block_on(server)??;
+    runtime.block_on(server).map_err(std::io::Error::other)??;
     tracing::info!("server stopped");
     Ok(())
 }

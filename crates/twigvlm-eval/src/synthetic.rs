@@ -15,6 +15,7 @@ use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 use safetensors::{Dtype, View};
 use serde_json::json;
+use strum::{Display, EnumMessage, EnumString, VariantArray};
 
 /// Standard deviation of random weights (Llama's and CLIP's `initializer_range`).
 const INIT_STD: f32 = 0.02;
@@ -32,14 +33,15 @@ const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_1];
 pub const TWIG_K: usize = 2;
 pub const TWIG_T: usize = 3;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// The real models whose shapes a random checkpoint copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Display, EnumString, VariantArray, EnumMessage)]
 pub enum Preset {
     /// LLaVA-1.5-7B: CLIP ViT-L/14-336 (576 visual tokens), Vicuna-7B (32 × 4096), 7.1B parameters.
-    #[value(name = "llava-1.5-7b-shape")]
+    #[strum(serialize = "llava-1.5-7b-shape")]
     Llava7b,
     /// A ~1B LLaVA for CPU: CLIP ViT-B/16-224 (196 visual tokens), a TinyLlama-1.1B decoder
     /// (22 × 2048, 4 KV heads).
-    #[value(name = "llava-1b-shape")]
+    #[strum(serialize = "llava-1b-shape")]
     Llava1b,
 }
 

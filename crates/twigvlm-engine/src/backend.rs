@@ -4,10 +4,24 @@
 use burn::backend::Autodiff;
 use burn::prelude::Backend;
 use burn::tensor::backend::AutodiffBackend;
+use serde_with::{DeserializeFromStr, SerializeDisplay};
+use strum::{Display, EnumMessage, EnumString, VariantArray};
 
-/// Backends the binary can run on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+/// Backends a build can run on.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Display,
+    EnumString,
+    VariantArray,
+    EnumMessage,
+    SerializeDisplay,
+    DeserializeFromStr,
+)]
+#[strum(serialize_all = "lowercase")]
 pub enum BackendKind {
     /// Pure-Rust CPU backend (always available).
     Flex,
@@ -20,7 +34,20 @@ pub enum BackendKind {
 /// How hard the GPU backends (cubecl) search for the fastest kernels of each new tensor shape.
 /// Each new shape costs a benchmark of every candidate kernel: on short runs with many shapes
 /// (training on variable-length batches) `minimal` avoids spending the run tuning.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Display,
+    EnumString,
+    VariantArray,
+    EnumMessage,
+    SerializeDisplay,
+    DeserializeFromStr,
+)]
+#[strum(serialize_all = "lowercase")]
 pub enum GpuAutotune {
     Minimal,
     Balanced,
@@ -72,22 +99,24 @@ impl<J: AutodiffJob> BackendJob for WithAutodiff<J> {
 }
 
 /// Floating-point type the model computes in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Display,
+    EnumString,
+    VariantArray,
+    EnumMessage,
+    SerializeDisplay,
+    DeserializeFromStr,
+)]
+#[strum(serialize_all = "lowercase")]
 pub enum FloatDtype {
     F32,
     F16,
     Bf16,
-}
-
-impl FloatDtype {
-    pub fn name(self) -> &'static str {
-        match self {
-            FloatDtype::F32 => "f32",
-            FloatDtype::F16 => "f16",
-            FloatDtype::Bf16 => "bf16",
-        }
-    }
 }
 
 /// Why a job cannot run where it was asked to.
@@ -97,18 +126,10 @@ pub enum BackendError {
     #[error("backend `{backend}` is not compiled into this binary; rebuild with `--features {feature}`")]
     Unavailable { backend: &'static str, feature: &'static str },
     #[error("backend `{backend}` does not compute in {dtype} (it supports: {supported})")]
-    Dtype { backend: &'static str, dtype: &'static str, supported: &'static str },
+    Dtype { backend: BackendKind, dtype: FloatDtype, supported: &'static str },
 }
 
 impl BackendKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            BackendKind::Flex => "flex",
-            BackendKind::Wgpu => "wgpu",
-            BackendKind::Cuda => "cuda",
-        }
-    }
-
     /// Whether the backend compiles a kernel for each new tensor shape (the GPU ones, through
     /// cubecl), so that batches are better padded to a few lengths.
     pub fn compiles_kernels_per_shape(self) -> bool {
@@ -149,7 +170,7 @@ impl BackendKind {
         match (self, dtype) {
             (BackendKind::Flex, FloatDtype::F32) => Ok(job.run::<burn::backend::Flex>(Default::default())),
             (BackendKind::Flex, dtype) => {
-                Err(BackendError::Dtype { backend: "flex", dtype: dtype.name(), supported: "f32" })
+                Err(BackendError::Dtype { backend: BackendKind::Flex, dtype, supported: "f32" })
             }
             (BackendKind::Wgpu, dtype) => run_wgpu(dtype, job),
             (BackendKind::Cuda, dtype) => run_cuda(dtype, job),
@@ -169,7 +190,9 @@ fn run_wgpu<J: BackendJob>(dtype: FloatDtype, job: J) -> Result<J::Output, Backe
         FloatDtype::F32 => Ok(job.run::<Wgpu>(Default::default())),
         FloatDtype::F16 => Ok(job.run::<Wgpu<burn::tensor::f16>>(Default::default())),
         // WGSL has no bf16 type.
-        FloatDtype::Bf16 => Err(BackendError::Dtype { backend: "wgpu", dtype: "bf16", supported: "f32, f16" }),
+        FloatDtype::Bf16 => {
+            Err(BackendError::Dtype { backend: BackendKind::Wgpu, dtype: FloatDtype::Bf16, supported: "f32, f16" })
+        }
     }
 }
 

@@ -11,17 +11,26 @@ use std::sync::Arc;
 use burn::prelude::Backend;
 use image::DynamicImage;
 use tokio::sync::mpsc::UnboundedSender;
-use twigvlm_ssd::StopReason;
-use twigvlm_ttp::PruningSpec;
+use twigvlm_engine::explain::explain;
+use twigvlm_engine::{Engine, EngineError, GenerateRequest, GenerateStats, PruningSpec, StopReason};
+use twigvlm_eval::explain::draw;
 
-use super::error::ApiError;
-use super::metrics::{GenerationFigures, Metrics, Outcome};
-use crate::explain::{draw, explain};
-use crate::{Engine, GenerateRequest, GenerateStats};
+use crate::error::ApiError;
+use crate::metrics::{GenerationFigures, Metrics, Outcome};
+
+/// The answer to an engine error: 400 for a request the model cannot run, else 500.
+fn engine_failure(error: &EngineError, what: &str) -> ApiError {
+    if error.is_bad_request() {
+        ApiError::invalid_request(error.to_string(), None)
+    } else {
+        tracing::error!("{what} failed: {error}");
+        ApiError::internal(format!("{what} failed: {error}"))
+    }
+}
 
 fn explain_png<B: Backend>(engine: &Engine<B>, job: &ExplainJob) -> Result<Vec<u8>, ApiError> {
-    let explanation = explain(engine, &job.prompt, &job.image, &job.policies)
-        .map_err(|e| ApiError::invalid_request(format!("{e:#}"), None))?;
+    let explanation =
+        explain(engine, &job.prompt, &job.image, &job.policies).map_err(|e| engine_failure(&e, "explanation"))?;
     let mut png = Vec::new();
     DynamicImage::ImageRgb8(draw(&explanation))
         .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
@@ -154,8 +163,7 @@ pub fn run_engine<B: Backend>(engine: &Engine<B>, jobs: Receiver<Job>, metrics: 
             }
             Err(error) => {
                 metrics.count(Outcome::Failed);
-                tracing::error!("generation failed: {error:#}");
-                Err(ApiError::internal(format!("generation failed: {error:#}")))
+                Err(engine_failure(&error, "generation"))
             }
         };
         let _ = events.send(Event::Finished(finished));

@@ -2,19 +2,18 @@
 //! before anything is queued, so that bad input is answered at once with a 4xx.
 
 use axum::http::StatusCode;
-use burn::prelude::Backend;
-use clap::ValueEnum as _;
 use serde_json::Value;
-use twigvlm_backbone::chat_template::{ChatMessage, ChatTemplate, Role};
-use twigvlm_backbone::prompt::IMAGE_PLACEHOLDER;
-use twigvlm_backbone::PromptTokenizer;
-use twigvlm_ssd::{DecodeConfig, DraftConfig, DraftLength, DraftTree, Sampling};
-use twigvlm_ttp::{PrefillPolicy, PruningSpec, TwigPlace, VisualBudget};
+use strum::VariantArray;
+use twigvlm_backbone::chat_template::{ChatMessage, Role};
+use twigvlm_backbone::IMAGE_PLACEHOLDER;
+use twigvlm_engine::{
+    DecoderKind, DraftConfig, DraftLength, DraftTree, GenerateRequest, ModelFacts, PrefillPolicy, Prompt, PruningSpec,
+    RequestError, RequestPart, Sampling, VisualBudget,
+};
 
-use super::api::{ChatCompletionRequest, Content, ContentPart};
-use super::error::ApiError;
-use super::images::ImageLimits;
-use crate::{DecoderKind, Engine, GenerateRequest, Prompt};
+use crate::api::{ChatCompletionRequest, Content, ContentPart};
+use crate::error::ApiError;
+use crate::images::ImageLimits;
 
 /// What a request gets when it leaves a field out.
 #[derive(Debug, Clone)]
@@ -24,41 +23,6 @@ pub struct RequestDefaults {
     /// Chain settings, draft length schedule and tree of the speculative decoder.
     pub draft: DraftConfig,
     pub max_tokens: usize,
-}
-
-/// Facts about the loaded model that validation needs; a copy lives with the HTTP handlers (the
-/// engine itself stays on its own thread).
-#[derive(Clone)]
-pub struct ModelFacts {
-    template: ChatTemplate,
-    tokenizer: PromptTokenizer,
-    visual_tokens: usize,
-    context_length: usize,
-    num_layers: usize,
-    twig: Option<TwigPlace>,
-}
-
-impl ModelFacts {
-    pub fn of<B: Backend>(engine: &Engine<B>) -> Self {
-        let llava = &engine.llava;
-        Self {
-            template: llava.template.clone(),
-            tokenizer: llava.tokenizer.clone(),
-            visual_tokens: llava.config.visual_tokens_per_image(),
-            context_length: llava.config.text.max_position_embeddings,
-            num_layers: llava.model.language_model.num_layers(),
-            twig: engine.twig.as_ref().map(|t| TwigPlace::of(&t.twig.config)),
-        }
-    }
-
-    pub fn has_twig(&self) -> bool {
-        self.twig.is_some()
-    }
-
-    /// Whether `spec` can run on this model (budget given, layers in range, twig present).
-    pub fn check_pruning(&self, spec: &PruningSpec) -> Result<(), String> {
-        spec.plan(self.num_layers, self.twig).map(|_| ()).map_err(|e| e.to_string())
-    }
 }
 
 /// The conversation with its image URL (at most one image: LLaVA-1.5 sees one per prompt).
@@ -132,11 +96,14 @@ where
     text.parse().map_err(|e| ApiError::invalid_request(format!("invalid {param}: {e}"), Some(param)))
 }
 
-/// The decoder named as on the command line.
-fn decoder(name: &str) -> Result<DecoderKind, ApiError> {
-    <DecoderKind as clap::ValueEnum>::from_str(name, false).map_err(|_| {
-        let known: Vec<&str> = DecoderKind::value_variants().iter().map(|d| d.name()).collect();
-        ApiError::invalid_request(format!("unknown decoder {name:?} ({})", known.join(", ")), Some("decoder"))
+/// A value named by its text (a decoder, a draft length), the known names listed when it is none.
+fn parse_named<T: std::str::FromStr + VariantArray + std::fmt::Display>(
+    text: &str,
+    param: &str,
+) -> Result<T, ApiError> {
+    text.parse().map_err(|_| {
+        let known: Vec<String> = T::VARIANTS.iter().map(T::to_string).collect();
+        ApiError::invalid_request(format!("unknown {param} {text:?} ({})", known.join(", ")), Some(param))
     })
 }
 
@@ -197,13 +164,13 @@ pub fn check(
     let sampling = Sampling::new(temperature, request.top_p.unwrap_or(1.0)).map_err(|e| {
         ApiError::invalid_request(e.to_string(), Some(if temperature < 0.0 { "temperature" } else { "top_p" }))
     })?;
-    let decoder = request.decoder.as_deref().map(decoder).transpose()?.unwrap_or(defaults.decoder);
+    let decoder = request.decoder.as_deref().map(|text| parse_named(text, "decoder")).transpose()?;
     let pruning = pruning(request, &defaults.pruning)?;
     let draft = DraftConfig {
         length: request
             .draft_length
             .as_deref()
-            .map(|text| parse_field::<DraftLength>(text, "draft_length"))
+            .map(|text| parse_named::<DraftLength>(text, "draft_length"))
             .transpose()?
             .unwrap_or(defaults.draft.length),
         tree: match request.draft_tree.as_deref() {
@@ -213,54 +180,46 @@ pub fn check(
         },
         ..defaults.draft
     };
-    let needs_twig = decoder != DecoderKind::Base || pruning.policy == PrefillPolicy::Twig;
-    if needs_twig && !facts.has_twig() {
-        return Err(ApiError::invalid_request(
-            "this request needs a twig, and the server was started without --twig",
-            Some(if decoder != DecoderKind::Base { "decoder" } else { "policy" }),
-        ));
-    }
-    if decoder == DecoderKind::TwigOnly && pruning != PruningSpec::none() {
-        return Err(ApiError::invalid_request(
-            "the twig-only decoder does not prune: set policy to none",
-            Some("policy"),
-        ));
-    }
-    facts.check_pruning(&pruning).map_err(|e| ApiError::invalid_request(e, Some("policy")))?;
     let Conversation { messages, image_url } = conversation(request)?;
-    let prompt = Prompt::Chat(messages);
-    let text = prompt
-        .render(&facts.template, image_url.is_some())
-        .map_err(|e| ApiError::invalid_request(format!("cannot render the conversation: {e:#}"), Some("messages")))?;
-    let tokens = facts
-        .tokenizer
-        .encode(&text, facts.visual_tokens)
-        .map_err(|e| ApiError::invalid_request(e.to_string(), Some("messages")))?;
-    // The decoders' own rule, checked before the request waits in the queue.
-    let limits =
-        DecodeConfig { max_new_tokens: max_tokens, eos_token_ids: Vec::new(), context_length: facts.context_length };
-    limits.check_prompt(tokens.len()).map_err(|e| {
-        let image =
-            if image_url.is_some() { format!(" (the image counts {})", facts.visual_tokens) } else { String::new() };
-        ApiError::invalid_request(format!("{e}{image}"), Some("messages")).with_code("context_length_exceeded")
-    })?;
-    let seed = request.seed.unwrap_or(0);
+    let generate = GenerateRequest {
+        prompt: Prompt::Chat(messages),
+        image: None,
+        max_new_tokens: max_tokens,
+        sampling,
+        seed: request.seed.unwrap_or(0),
+        capture_tensors: false,
+        decoder: decoder.unwrap_or(defaults.decoder),
+        pruning,
+        draft,
+    };
+    // The chat prompt holds its image placeholder, so it is checked before the image is decoded.
+    generate.validate(facts).map_err(|e| rejected(&e, facts))?;
     Ok(Checked {
-        request: GenerateRequest {
-            prompt,
-            image: None,
-            max_new_tokens: max_tokens,
-            sampling,
-            seed,
-            capture_tensors: false,
-            decoder,
-            pruning,
-            draft,
-        },
+        request: generate,
         image_url,
         stream: request.stream,
         include_usage: request.stream_options.as_ref().is_some_and(|o| o.include_usage),
     })
+}
+
+/// The 400 for a request the model cannot run, naming the field to change.
+fn rejected(error: &RequestError, facts: &ModelFacts) -> ApiError {
+    let param = match error.part() {
+        RequestPart::Decoder => "decoder",
+        RequestPart::Pruning => "policy",
+        RequestPart::Prompt => "messages",
+    };
+    let message = match error {
+        RequestError::DecoderNeedsTwig(_) | RequestError::PolicyNeedsTwig if !facts.has_twig() => {
+            format!("{error}; this server was started without --twig")
+        }
+        _ => error.to_string(),
+    };
+    let rejected = ApiError::invalid_request(message, Some(param));
+    match error {
+        RequestError::PromptTooLong { .. } => rejected.with_code("context_length_exceeded"),
+        _ => rejected,
+    }
 }
 
 /// Decodes the request's image, if any (blocking: run it off the async threads).

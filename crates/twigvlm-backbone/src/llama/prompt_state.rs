@@ -1,0 +1,25 @@
+//! What a decoder continues from once the prompt has run: every layer's cache, the logits at the
+//! last prompt position and where generated tokens start. Prefills build it (with or without
+//! token pruning), decoders consume it, so neither needs to know the other.
+
+use std::time::Duration;
+
+use burn::prelude::*;
+
+use super::cache::KvCache;
+
+/// The state after a prefill.
+#[derive(Debug)]
+pub struct PromptState<B: Backend> {
+    /// One cache per base layer, each with its own length (token pruning shortens some).
+    pub base_cache: KvCache<B>,
+    /// The cache of a shallow network's own blocks over the whole prompt (the twig's), when one
+    /// ran: the self-speculative decoder drafts from it.
+    pub twig_cache: Option<KvCache<B>>,
+    /// The base model's logits at the last prompt position.
+    pub last_logits: Vec<f32>,
+    /// Prompt tokens; generated tokens take positions from here on.
+    pub prompt_len: usize,
+    /// Wall time of the prefill, logits on the host included.
+    pub time: Duration,
+}

@@ -1,0 +1,222 @@
+//! The engine: a loaded model plus the pipeline prompt → tokens → text.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::prelude::*;
+use image::DynamicImage;
+use twigvlm_backbone::{load_llava, LoadOptions, LoadedLlava, PromptTokens, TextStream};
+use twigvlm_ssd::{
+    decode_speculative, decode_vanilla, decode_vanilla_prefilled, DecodeConfig, Sampler, ShallowNetwork,
+};
+use twigvlm_ttp::{prefill, Prefill, PruningOutcome, PruningSpec, TwigPlace};
+use twigvlm_twig::{load_twig, Twig, TwigCheckpoint};
+
+use crate::error::{EngineError, RequestError, Result};
+use crate::facts::ModelFacts;
+use crate::output::{GenerateResult, GenerateStats};
+use crate::request::{DecoderKind, GenerateRequest, Prompt};
+
+/// A prompt ready for the language model.
+pub struct EncodedPrompt<B: Backend> {
+    pub tokens: PromptTokens,
+    /// `[1, prompt_len, hidden]`, the image's features in its span.
+    pub embeds: Tensor<B, 3>,
+    /// `[3, size, size]` values fed to the vision tower (when captured).
+    pub pixel_values: Option<(Vec<f32>, [usize; 3])>,
+    /// Projector output `[visual_tokens, hidden]` (when captured).
+    pub image_features: Option<(Vec<f32>, [usize; 2])>,
+    /// Template, tokenizer, vision tower and projector.
+    pub time: std::time::Duration,
+}
+
+/// A loaded model on one device.
+pub struct Engine<B: Backend> {
+    pub llava: LoadedLlava<B>,
+    pub device: B::Device,
+    pub model_dir: PathBuf,
+    /// The twig attached with [`Engine::attach_twig`].
+    pub twig: Option<TwigCheckpoint<B>>,
+    /// Inner-dimension blocks of one-token matmuls, for the base and any twig attached.
+    single_row_split: usize,
+    /// What requests are checked against.
+    facts: ModelFacts,
+}
+
+impl<B: Backend> Engine<B> {
+    /// Loads the model in `model_dir` (any layout and format the backbone reads) onto `device`.
+    pub fn load(model_dir: &Path, options: &LoadOptions, device: B::Device) -> Result<Self> {
+        let llava = load_llava::<B>(model_dir, options, &device)?;
+        let facts = ModelFacts {
+            template: llava.template.clone(),
+            tokenizer: llava.tokenizer.clone(),
+            visual_tokens: llava.config.visual_tokens_per_image(),
+            context_length: llava.config.text.max_position_embeddings,
+            num_layers: llava.model.language_model.num_layers(),
+            twig: None,
+        };
+        Ok(Self { llava, device, model_dir: model_dir.to_path_buf(), twig: None, single_row_split: 1, facts })
+    }
+
+    /// What requests are checked against ([`GenerateRequest::validate`]).
+    pub fn facts(&self) -> &ModelFacts {
+        &self.facts
+    }
+
+    /// Loads a twig checkpoint (ours, or the official layout with `k` given or in a sidecar) for
+    /// this model's language model; it must have been trained for this base.
+    pub fn attach_twig(&mut self, dir: &Path, k: Option<usize>) -> Result<&TwigCheckpoint<B>> {
+        let base = &self.llava.model.language_model;
+        let mut twig = load_twig(dir, base, &self.llava.config.text, k, &self.device)?;
+        twig.twig.set_single_row_split(self.single_row_split);
+        self.facts.twig = Some(TwigPlace::of(&twig.twig.config));
+        Ok(self.twig.insert(twig))
+    }
+
+    /// Runs one-token matmuls as `split` inner-dimension blocks (see
+    /// [`crate::BackendKind::single_row_split`]), in the base and the twig.
+    pub fn set_single_row_split(&mut self, split: usize) {
+        self.single_row_split = split;
+        self.llava.model.language_model.set_single_row_split(split);
+        if let Some(twig) = &mut self.twig {
+            twig.twig.set_single_row_split(split);
+        }
+    }
+
+    /// Template, tokens, vision tower and projector: the prompt's embeddings.
+    pub fn encode(
+        &self,
+        prompt: &Prompt,
+        image: Option<&DynamicImage>,
+        capture_tensors: bool,
+    ) -> Result<EncodedPrompt<B>> {
+        let llava = &self.llava;
+        let started = Instant::now();
+        let text = prompt.render(&llava.template, image.is_some()).map_err(RequestError::Prompt)?;
+        let visual_tokens = llava.config.visual_tokens_per_image();
+        let tokens = llava.tokenizer.encode(&text, visual_tokens).map_err(RequestError::Prompt)?;
+
+        let (pixel_values, image_features) = match image {
+            Some(image) => {
+                let (values, shape) = llava.preprocessor.preprocess(image);
+                let expected = llava.config.vision.image_size;
+                if shape[1] != expected || shape[2] != expected {
+                    return Err(EngineError::ImageSize { found: [shape[1], shape[2]], expected });
+                }
+                let captured = capture_tensors.then(|| (values.clone(), shape));
+                let pixels = Tensor::<B, 3>::from_data(TensorData::new(values, shape), &self.device).unsqueeze::<4>();
+                (captured, Some(llava.model.image_features(pixels)))
+            }
+            None => (None, None),
+        };
+        let image_features_host = image_features.as_ref().filter(|_| capture_tensors).map(|f| {
+            let [_, n, d] = f.dims();
+            (f.clone().into_data().convert::<f32>().into_vec::<f32>().expect("f32 features"), [n, d])
+        });
+        let embeds = llava.model.embed_prompt(&tokens, image_features, &self.device);
+        Ok(EncodedPrompt { tokens, embeds, pixel_values, image_features: image_features_host, time: started.elapsed() })
+    }
+
+    /// Which visual tokens `pruning` keeps for an encoded prompt (the prefill runs; nothing is
+    /// decoded).
+    pub fn select_visual_tokens(
+        &self,
+        encoded: &EncodedPrompt<B>,
+        pruning: &PruningSpec,
+    ) -> Result<Option<PruningOutcome>> {
+        let twig = self.twig.as_ref().map(|t| &t.twig);
+        let embeds = encoded.embeds.clone();
+        Ok(self.prefill(twig, embeds, &encoded.tokens, pruning, false)?.pruning)
+    }
+
+    /// The prefill of a prompt's embeddings under `pruning`, with `twig` when given.
+    fn prefill(
+        &self,
+        twig: Option<&Twig<B>>,
+        embeds: Tensor<B, 3>,
+        tokens: &PromptTokens,
+        pruning: &PruningSpec,
+        keep_twig_cache: bool,
+    ) -> Result<Prefill<B>> {
+        let base = &self.llava.model.language_model;
+        let span = tokens.image_span.clone();
+        // Every pruning error is about what the request asked for.
+        prefill(base, twig, embeds, span, pruning, keep_twig_cache).map_err(|e| RequestError::Pruning(e).into())
+    }
+
+    /// Runs one request; `on_text` receives decoded text as tokens arrive and may stop the
+    /// generation (the result then ends with [`twigvlm_ssd::StopReason::Cancelled`]). The
+    /// request is validated first ([`GenerateRequest::validate`]): a request this model cannot
+    /// run fails with [`EngineError::Request`] before anything runs.
+    pub fn generate(
+        &self,
+        request: &GenerateRequest,
+        mut on_text: impl FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<GenerateResult> {
+        request.validate(&self.facts)?;
+        let llava = &self.llava;
+        let EncodedPrompt { tokens: prompt, embeds, pixel_values, image_features, time: vision_time } =
+            self.encode(&request.prompt, request.image.as_ref(), request.capture_tensors)?;
+
+        let text_cfg = &llava.config.text;
+        let config = DecodeConfig {
+            max_new_tokens: request.max_new_tokens,
+            eos_token_ids: text_cfg.eos_token_ids.clone(),
+            context_length: text_cfg.max_position_embeddings,
+        };
+        let mut sampler = Sampler::new(request.sampling, request.seed);
+        let mut stream = TextStream::default();
+        let mut stream_error = None;
+        let mut on_token = |token| match stream.push(&llava.tokenizer, token) {
+            Ok(piece) => on_text(&piece),
+            Err(e) => {
+                stream_error = Some(e);
+                ControlFlow::Break(())
+            }
+        };
+        let base = &llava.model.language_model;
+        let attached = self.twig.as_ref().map(|t| &t.twig);
+        // `validate` checked that the decoders which need the twig have it.
+        let twig = || attached.expect("validated: the decoder's twig is attached");
+        let (output, speculative, pruning) = match request.decoder {
+            DecoderKind::Base => {
+                let Prefill { state, pruning } = self.prefill(attached, embeds, &prompt, &request.pruning, false)?;
+                (decode_vanilla_prefilled(base, state, &config, &mut sampler, &mut on_token)?, None, pruning)
+            }
+            DecoderKind::TwigOnly => {
+                let shallow = ShallowNetwork { base, twig: twig() };
+                (decode_vanilla(&shallow, embeds, &config, &mut sampler, &mut on_token)?, None, None)
+            }
+            DecoderKind::Ssd => {
+                let Prefill { state, pruning } = self.prefill(Some(twig()), embeds, &prompt, &request.pruning, true)?;
+                let (output, stats) =
+                    decode_speculative(base, twig(), state, &config, &request.draft, &mut sampler, &mut on_token)?;
+                (output, Some(stats), pruning)
+            }
+        };
+        if let Some(e) = stream_error {
+            return Err(e.into());
+        }
+        let prefill = vision_time + output.prefill_time;
+        let decode_s = output.decode_time.as_secs_f64();
+        let new_tokens = output.tokens.len();
+        Ok(GenerateResult {
+            text: llava.tokenizer.decode(&output.tokens)?,
+            generated_ids: output.tokens,
+            prompt,
+            stats: GenerateStats {
+                prefill_ms: prefill.as_secs_f64() * 1e3,
+                decode_ms: decode_s * 1e3,
+                new_tokens,
+                tokens_per_s: if decode_s > 0.0 { new_tokens.saturating_sub(1) as f64 / decode_s } else { 0.0 },
+                stop_reason: output.stop,
+                speculative,
+                pruning,
+            },
+            pixel_values,
+            image_features,
+            last_logits: output.prompt_logits,
+        })
+    }
+}

@@ -1,0 +1,64 @@
+//! What request validation needs to know about a loaded model, in a value that can be copied to
+//! where requests arrive (the server's HTTP handlers) while the engine itself stays on its thread.
+
+use twigvlm_backbone::chat_template::ChatTemplate;
+use twigvlm_backbone::PromptTokenizer;
+use twigvlm_ttp::{PruningPlan, PruningSpec, TwigPlace};
+
+use crate::error::RequestError;
+
+/// The facts of one loaded model (and its twig, if attached).
+#[derive(Clone)]
+pub struct ModelFacts {
+    pub(crate) template: ChatTemplate,
+    pub(crate) tokenizer: PromptTokenizer,
+    pub(crate) visual_tokens: usize,
+    pub(crate) context_length: usize,
+    pub(crate) num_layers: usize,
+    pub(crate) twig: Option<TwigPlace>,
+}
+
+impl ModelFacts {
+    pub fn template(&self) -> &ChatTemplate {
+        &self.template
+    }
+
+    pub fn tokenizer(&self) -> &PromptTokenizer {
+        &self.tokenizer
+    }
+
+    /// Visual tokens one image becomes.
+    pub fn visual_tokens(&self) -> usize {
+        self.visual_tokens
+    }
+
+    /// Positions the language model supports.
+    pub fn context_length(&self) -> usize {
+        self.context_length
+    }
+
+    /// Where the attached twig sits, if one is.
+    pub fn twig(&self) -> Option<TwigPlace> {
+        self.twig
+    }
+
+    pub fn has_twig(&self) -> bool {
+        self.twig.is_some()
+    }
+
+    /// Decoder layers of the language model.
+    pub fn num_layers(&self) -> usize {
+        self.num_layers
+    }
+
+    /// `spec` resolved against this model (`None` for no pruning), or why it cannot run here
+    /// (budget missing, layers out of range, no twig).
+    pub fn plan(&self, spec: &PruningSpec) -> Result<Option<PruningPlan>, RequestError> {
+        spec.plan(self.num_layers, self.twig).map_err(RequestError::Pruning)
+    }
+
+    /// Whether `spec` can run on this model.
+    pub fn check_pruning(&self, spec: &PruningSpec) -> Result<(), RequestError> {
+        self.plan(spec).map(|_| ())
+    }
+}

@@ -1,0 +1,187 @@
+//! One generation request, and the one place that checks it against a loaded model: the command
+//! line, the server and the benchmarks all go through [`GenerateRequest::validate`] (the engine
+//! calls it before it generates).
+
+use image::DynamicImage;
+use serde_with::{DeserializeFromStr, SerializeDisplay};
+use strum::{Display, EnumMessage, EnumString, VariantArray};
+use twigvlm_backbone::chat_template::{ChatMessage, ChatTemplate};
+use twigvlm_backbone::PromptTokens;
+use twigvlm_ssd::{DecodeConfig, DraftConfig, Sampling};
+use twigvlm_ttp::{PrefillPolicy, PruningSpec};
+
+use crate::error::RequestError;
+use crate::facts::ModelFacts;
+
+/// Which network generates the answer.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Display,
+    EnumString,
+    VariantArray,
+    EnumMessage,
+    SerializeDisplay,
+    DeserializeFromStr,
+)]
+#[strum(serialize_all = "kebab-case")]
+pub enum DecoderKind {
+    /// The base model alone.
+    #[default]
+    Base,
+    /// The twig's shallow network alone (base layers below K, then the twig): the twig's own
+    /// quality, and what the speculative decoder drafts with.
+    TwigOnly,
+    /// Self-speculative decoding: the twig drafts, the base verifies; the base's output
+    /// (greedy: the same tokens; sampling: the same distribution, by speculative sampling) in
+    /// fewer base forwards when the twig agrees with it.
+    Ssd,
+}
+
+impl DecoderKind {
+    /// Whether this decoder runs the twig.
+    pub fn needs_twig(self) -> bool {
+        self != DecoderKind::Base
+    }
+}
+
+/// What the model is asked.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prompt {
+    /// One user turn; with an image and no placeholder in it, the image goes first (LLaVA-1.5).
+    User(String),
+    /// A whole conversation (system, user and assistant messages, the last from the user); the
+    /// image placeholder, if the request has an image, sits in the messages where the image was
+    /// given.
+    Chat(Vec<ChatMessage>),
+}
+
+impl Prompt {
+    /// The model text: the conversation through the chat template, ending in the assistant's cue.
+    pub fn render(&self, template: &ChatTemplate, has_image: bool) -> twigvlm_backbone::Result<String> {
+        match self {
+            Prompt::User(text) => template.render(text, has_image),
+            Prompt::Chat(messages) => template.render_messages(messages, true),
+        }
+    }
+}
+
+impl From<&str> for Prompt {
+    fn from(text: &str) -> Self {
+        Prompt::User(text.to_string())
+    }
+}
+
+/// One generation request.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    pub prompt: Prompt,
+    pub image: Option<DynamicImage>,
+    pub max_new_tokens: usize,
+    pub sampling: Sampling,
+    pub seed: u64,
+    /// Copy pixel values and image features back to the host (for `--dump-tensors`).
+    pub capture_tensors: bool,
+    pub decoder: DecoderKind,
+    /// Which visual tokens the prefill keeps.
+    pub pruning: PruningSpec,
+    /// How the speculative decoder drafts (chain length, threshold, or a tree when greedy).
+    pub draft: DraftConfig,
+}
+
+impl GenerateRequest {
+    /// Greedy decoding by the base model, nothing pruned; change fields with struct-update syntax.
+    pub fn greedy(prompt: Prompt, image: Option<DynamicImage>, max_new_tokens: usize) -> Self {
+        Self {
+            prompt,
+            image,
+            max_new_tokens,
+            sampling: Sampling::Greedy,
+            seed: 0,
+            capture_tensors: false,
+            decoder: DecoderKind::Base,
+            pruning: PruningSpec::none(),
+            draft: DraftConfig::default(),
+        }
+    }
+
+    /// Checks the request against `model`: the twig its decoder or pruning policy needs, the
+    /// pruning plan against the model's layers, and the prompt, which must render, tokenise and
+    /// leave room in the context for a generated token. Returns the prompt's tokens.
+    ///
+    /// A [`Prompt::Chat`] carries its image placeholder in its messages, so it can be checked
+    /// before its image is decoded.
+    pub fn validate(&self, model: &ModelFacts) -> Result<PromptTokens, RequestError> {
+        check_twig_use(self.decoder, &self.pruning, model.has_twig())?;
+        model.check_pruning(&self.pruning)?;
+        let has_image = self.image.is_some();
+        let text = self.prompt.render(model.template(), has_image).map_err(RequestError::Prompt)?;
+        let tokens = model.tokenizer().encode(&text, model.visual_tokens()).map_err(RequestError::Prompt)?;
+        let limits = DecodeConfig {
+            max_new_tokens: self.max_new_tokens,
+            eos_token_ids: Vec::new(),
+            context_length: model.context_length(),
+        };
+        if limits.check_prompt(tokens.len()).is_err() {
+            return Err(RequestError::PromptTooLong {
+                prompt: tokens.len(),
+                context: limits.context_length,
+                visual_tokens: tokens.image_span.as_ref().map(|span| span.len()),
+            });
+        }
+        Ok(tokens)
+    }
+}
+
+/// The rules of twig use, before any model is loaded: a decoder or pruning policy that runs the
+/// twig needs one, and the twig-only decoder does not prune.
+pub fn check_twig_use(decoder: DecoderKind, pruning: &PruningSpec, has_twig: bool) -> Result<(), RequestError> {
+    if decoder.needs_twig() && !has_twig {
+        return Err(RequestError::DecoderNeedsTwig(decoder));
+    }
+    if pruning.policy == PrefillPolicy::Twig && !has_twig {
+        return Err(RequestError::PolicyNeedsTwig);
+    }
+    if decoder == DecoderKind::TwigOnly && *pruning != PruningSpec::none() {
+        return Err(RequestError::TwigOnlyPrunes);
+    }
+    Ok(())
+}
+
+/// Whether a request with this decoder and pruning uses a twig (and one must be loaded for it).
+pub fn uses_twig(decoder: DecoderKind, pruning: &PruningSpec) -> bool {
+    decoder.needs_twig() || pruning.policy == PrefillPolicy::Twig
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decoder_names_round_trip_through_text_and_json() {
+        for &decoder in DecoderKind::VARIANTS {
+            assert_eq!(decoder.to_string().parse::<DecoderKind>().unwrap(), decoder);
+            let json = serde_json::to_string(&decoder).unwrap();
+            assert_eq!(json, format!("\"{decoder}\""));
+        }
+        assert_eq!(DecoderKind::TwigOnly.to_string(), "twig-only");
+        assert!("fast".parse::<DecoderKind>().is_err());
+    }
+
+    #[test]
+    fn the_twig_rules_refuse_what_cannot_run() {
+        let none = PruningSpec::none();
+        let twig_policy =
+            PruningSpec { policy: PrefillPolicy::Twig, budget: Some("8".parse().unwrap()), final_wipe: None };
+        assert!(check_twig_use(DecoderKind::Base, &none, false).is_ok());
+        assert!(matches!(check_twig_use(DecoderKind::Ssd, &none, false), Err(RequestError::DecoderNeedsTwig(_))));
+        assert!(matches!(check_twig_use(DecoderKind::Base, &twig_policy, false), Err(RequestError::PolicyNeedsTwig)));
+        assert!(matches!(check_twig_use(DecoderKind::TwigOnly, &twig_policy, true), Err(RequestError::TwigOnlyPrunes)));
+        assert!(check_twig_use(DecoderKind::Ssd, &twig_policy, true).is_ok());
+        assert!(uses_twig(DecoderKind::Base, &twig_policy) && !uses_twig(DecoderKind::Base, &none));
+    }
+}

@@ -1,0 +1,36 @@
+//! The prefill without token pruning: the prompt through the base model and, when a twig is
+//! given, through the twig too, which shares the base's layers below K (they run once).
+
+use std::time::Instant;
+
+use burn::prelude::*;
+use twigvlm_backbone::{AttentionProbe, KvCache, LlamaDecoder, PromptState};
+
+use crate::module::Twig;
+
+/// Runs the prompt `embeds` (`[1, prompt_len, hidden]`, positions `0..prompt_len`) through every
+/// base layer, and through `twig` on the layer-K hidden states so that its cache covers the whole
+/// prompt (what the self-speculative decoder drafts from).
+pub fn prefill_unpruned<B: Backend>(
+    base: &LlamaDecoder<B>,
+    twig: Option<&Twig<B>>,
+    embeds: Tensor<B, 3>,
+) -> PromptState<B> {
+    let started = Instant::now();
+    let prompt_len = embeds.dims()[1];
+    let num_layers = base.num_layers();
+    let positions: Vec<usize> = (0..prompt_len).collect();
+    let rope = base.rope(&positions, &embeds.device());
+    let no_probe = AttentionProbe::default();
+    let mut base_cache = KvCache::new(num_layers);
+    let split = twig.map_or(num_layers, |t| t.config.k);
+    let low = base.forward_layers(embeds, &rope, 0..split, &mut base_cache, &no_probe).hidden;
+    let twig_cache = twig.map(|twig| {
+        let mut cache = twig.new_cache();
+        twig.forward(low.clone(), &rope, &mut cache, &no_probe);
+        cache
+    });
+    let top = base.forward_layers(low, &rope, split..num_layers, &mut base_cache, &no_probe).hidden;
+    let last_logits = base.last_position_logits(top);
+    PromptState { base_cache, twig_cache, last_logits, prompt_len, time: started.elapsed() }
+}
