@@ -104,6 +104,9 @@ impl<B: Backend> AlignedParts<B> {
     }
 }
 
+/// One question of a batch: the index of its image, its encoded turn, its padded embeddings.
+type Question<B> = (usize, Encoded, Tensor<B, 3>);
+
 /// The frozen parts and the data of a language-side run.
 pub struct AlignmentObjective<B: AutodiffBackend> {
     pub visual: VisualInput<B::InnerBackend>,
@@ -211,7 +214,7 @@ pub struct SequencePadding {
 
 impl SequencePadding {
     /// For backends that compile a kernel per tensor shape (the GPU ones): a few lengths instead
-    /// of one per question length (compiling them cost a lent H100 nearly all of a 430 s run).
+    /// of one per question length (compiling them cost an H100 nearly all of a 430 s run).
     pub const FEW_SHAPES: Self = Self { question_multiple: 32, target_multiple: 16 };
     /// For the CPU backend, which runs any shape at no extra cost: short questions (about 14–18
     /// tokens after the image) would otherwise be nearly half padding.
@@ -277,7 +280,7 @@ impl<B: AutodiffBackend> AlignmentObjective<B> {
         }
         // Questions of about the same length run together: a long description would otherwise
         // pad every short question of the batch to its length.
-        let mut by_length: BTreeMap<usize, Vec<(usize, Encoded, Tensor<B::InnerBackend, 3>)>> = BTreeMap::new();
+        let mut by_length: BTreeMap<usize, Vec<Question<B::InnerBackend>>> = BTreeMap::new();
         for (image_index, (image, embeds)) in images.into_iter().enumerate() {
             for (turn, embeds) in image.turns.into_iter().zip(embeds) {
                 let padded = (turn.prompt.len() - prefix).next_multiple_of(self.padding.question_multiple);

@@ -10,6 +10,8 @@ pub enum TrainError {
     Backbone(#[from] twigvlm_backbone::BackboneError),
     #[error(transparent)]
     Data(#[from] twigvlm_data::DataError),
+    #[error(transparent)]
+    Twig(#[from] twigvlm_twig::TwigError),
     #[error("the loss is not finite ({loss}) at step {step}; lower the learning rate")]
     Diverged { step: usize, loss: f32 },
     #[error("cannot read or write {path}: {source}")]

@@ -1,6 +1,8 @@
 //! Training on burn autodiff: one loop ([`trainer::train`]) with AdamW, warm-up + cosine learning
 //! rate, global-norm gradient clipping, progress, atomic checkpoints and resume; the objectives
 //! plug into it (the vision tower's per-patch pre-training, LLaVA stages 1 and 2, the twig).
+//! [`stages`] assembles whole training stages from directories and dataset specs, and [`demo`]
+//! builds the demo model's directory from its trained parts and a pinned language model.
 
 pub mod alignment;
 pub mod checkpoint;
@@ -14,6 +16,7 @@ pub mod optimizer;
 pub mod patch_words;
 pub mod position_code;
 pub mod schedule;
+pub mod stages;
 pub mod trainable;
 pub mod trainer;
 pub mod twig;

@@ -25,6 +25,12 @@ pub struct TokenMeanLoss<B: Backend> {
     tokens: usize,
 }
 
+impl<B: Backend> Default for TokenMeanLoss<B> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl<B: Backend> TokenMeanLoss<B> {
     pub fn new() -> Self {
         Self { sums: Vec::new(), tokens: 0 }

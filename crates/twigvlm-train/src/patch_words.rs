@@ -5,17 +5,10 @@
 //! thousands of images train in minutes on a CPU, and the visual tokens start out in the space
 //! the language model reads words in (stage 2 then teaches the language model to answer from them).
 //!
-//! Measured on SmolLM2-135M with these exact targets as visual tokens (no projector error), stage 2
-//! tuning the top 16 layers' attention on one-object scenes: with the row and column numbers at
-//! full weight the colour answer stayed at chance after 640 questions, with colour and shape alone
-//! (one or two objects) it reached 75% after 320. The numbers drown the content words in the sum.
 //! Row and column are told apart by their words, the ones the answers say ("row 3, column five",
-//! `twigvlm_data::COLUMN_WORDS`): as two digits, a sum of embeddings could not say which is the
-//! row ("row 3, column 5" and "row 5, column 3" gave the same target).
-//!
-//! Where the patch is goes into the token as [`PositionCode`] says: so that the language model's
-//! own embeddings read the row and the column off it without the content or each other in the
-//! way (the plain sum at 0.3 left the demo model's `where` answers near chance).
+//! `twigvlm_data::COLUMN_WORDS`), and go into the token as [`PositionCode`] says, so that the
+//! language model's own embeddings read them off without the content or each other in the way.
+//! docs/training.md ("Projector-words targets") has the measurements that chose this.
 
 use burn::module::AutodiffModule;
 use burn::nn::loss::{MseLoss, Reduction};
@@ -251,15 +244,13 @@ impl<B: AutodiffBackend> Objective<B> for PatchWordsObjective<B> {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-
     use twigvlm_data::SceneObject;
 
     use super::*;
 
     #[test]
     fn each_cell_is_described_by_its_content_and_position_words() {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llava-hf5/tokenizer.json");
+        let path = twigvlm_testkit::tiny_llava().join("tokenizer.json");
         let tokenizer = PromptTokenizer::from_file(&path).unwrap();
         let vocabulary = PatchVocabulary::new(&tokenizer, 2).unwrap();
         let scene = Scene::new(vec![SceneObject { row: 0, column: 1, shape: Shape::Triangle, colour: Colour::Red }]);
@@ -275,7 +266,7 @@ mod tests {
 
     #[test]
     fn a_grid_wider_than_the_column_words_is_refused() {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llava-hf5/tokenizer.json");
+        let path = twigvlm_testkit::tiny_llava().join("tokenizer.json");
         let tokenizer = PromptTokenizer::from_file(&path).unwrap();
         let error = PatchVocabulary::new(&tokenizer, COLUMN_WORDS.len() + 1).unwrap_err().to_string();
         assert!(error.contains("at most 12 columns"), "{error}");

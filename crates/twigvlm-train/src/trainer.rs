@@ -53,11 +53,11 @@ pub struct TrainOptions {
 /// Steps timed before a time-limited run fits its length (the first step, which compiles the
 /// GPU kernels, is left out of the pace).
 pub const PACE_STEPS: usize = 10;
-/// Whether a time-limited run fits its length after this many steps of the session: after
+/// Whether a time-limited run fits its length after this many steps of this run (since it started or resumed): after
 /// [`PACE_STEPS`], then each time the count doubles, so that a pace measured while GPU kernels
 /// were still being compiled (new shapes keep coming at first) is corrected once they exist.
-fn is_fit_point(session_steps: usize) -> bool {
-    session_steps % PACE_STEPS == 0 && (session_steps / PACE_STEPS).is_power_of_two()
+fn is_fit_point(steps_this_run: usize) -> bool {
+    steps_this_run.is_multiple_of(PACE_STEPS) && (steps_this_run / PACE_STEPS).is_power_of_two()
 }
 
 /// Share of the remaining budget a time-limited run plans to use (evaluations and checkpoints
@@ -118,7 +118,7 @@ where
     progress.set_position(report.steps_done as u64);
 
     let started = Instant::now() - Duration::from_secs_f64(report.seconds);
-    let session_start = Instant::now();
+    let run_start = Instant::now();
     let mut plan = Plan::new(options, &report);
     progress.set_length(plan.steps as u64);
     let (mut loss_sum, mut norm_sum, mut items, mut window_steps, mut window_start) =
@@ -144,17 +144,17 @@ where
         step = done;
         progress.inc(1);
         if let Some(limit) = options.time_limit {
-            let session_steps = done - resumed_at;
+            let steps_this_run = done - resumed_at;
             let (window_from, window_start) = *pace_window.get_or_insert_with(|| (done, Instant::now()));
-            if is_fit_point(session_steps) {
+            if is_fit_point(steps_this_run) {
                 let pace = window_start.elapsed().as_secs_f64() / (done - window_from) as f64;
-                plan.fit(done, limit.saturating_sub(session_start.elapsed()), pace, options.steps);
+                plan.fit(done, limit.saturating_sub(run_start.elapsed()), pace, options.steps);
                 report.fitted_steps = Some(plan.steps);
                 progress.set_length(plan.steps as u64);
                 tracing::info!(steps = plan.steps, pace_s = pace, "fitted the run to the time limit");
                 pace_window = Some((done, Instant::now()));
             }
-            if session_start.elapsed() >= limit && done < plan.steps {
+            if run_start.elapsed() >= limit && done < plan.steps {
                 tracing::warn!(step = done, "time limit reached before the planned steps");
                 plan.steps = done;
                 report.fitted_steps = Some(done);

@@ -2,24 +2,19 @@
 //! change, the loss on a fixed batch falls, and the tuned layers export under the language
 //! model's own checkpoint names with the trained values.
 
-use std::path::PathBuf;
-
 use burn::backend::{Autodiff, Flex};
 use burn::module::{AutodiffModule, Module};
 use burn::prelude::ElementConversion;
 use twigvlm_backbone::weights::{hf_tensors, TensorSource};
 use twigvlm_backbone::{load_llava, LoadOptions, LoadedLlava};
 use twigvlm_data::{Conversation, Dataset, SceneConfig, ShapesDataset, TaskMix, Turn};
+use twigvlm_testkit::tiny_llava;
 use twigvlm_train::alignment::{AlignedParts, AlignmentObjective, SequencePadding, TunedLayerParts};
 use twigvlm_train::examples::{ConversationEncoder, VisualInput};
 use twigvlm_train::loss::TokenMeanLoss;
 use twigvlm_train::{train, LrSchedule, Objective, OptimizerConfig, TrainOptions};
 
 type B = Autodiff<Flex>;
-
-fn fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llava-hf5")
-}
 
 fn flat<M: Module<Flex>>(module: &M) -> Vec<f32> {
     hf_tensors(module, &|p| p.to_string()).into_iter().flat_map(|t| t.2).collect()
@@ -52,7 +47,7 @@ fn objective(
         batch_size: 2,
         freeze_projector: false,
         padding: SequencePadding::TIGHT,
-        device: device.clone(),
+        device: *device,
     }
 }
 
@@ -67,7 +62,7 @@ fn shapes(objective: &mut AlignmentObjective<B>) -> &mut ShapesDataset {
 #[test]
 fn stage_two_trains_only_the_projector_and_the_tuned_layers() {
     let device = Default::default();
-    let loaded = load_llava::<B>(&fixture(), &LoadOptions::default(), &device).unwrap();
+    let loaded = load_llava::<B>(&tiny_llava(), &LoadOptions::default(), &device).unwrap();
     let layers = loaded.model.language_model.num_layers();
     let frozen_before = flat(&loaded.model.language_model.valid());
     let projector_before = flat(&loaded.model.projector.valid());
@@ -84,7 +79,7 @@ fn stage_two_trains_only_the_projector_and_the_tuned_layers() {
     .is_err());
 
     let mut objective = objective(loaded, &device);
-    let dir = std::env::temp_dir().join(format!("twigvlm-align-{}", std::process::id()));
+    let dir = twigvlm_testkit::temp_dir("align");
     let options = TrainOptions {
         steps: 12,
         schedule: LrSchedule::warmup_cosine(1e-2, 12, 0.1),
@@ -92,7 +87,7 @@ fn stage_two_trains_only_the_projector_and_the_tuned_layers() {
         checkpoint_every: 1000,
         eval_every: None,
         log_every: 2,
-        out_dir: dir.clone(),
+        out_dir: dir.path().to_path_buf(),
         resume: false,
         show_progress: false,
         time_limit: None,
@@ -108,7 +103,7 @@ fn stage_two_trains_only_the_projector_and_the_tuned_layers() {
     assert_ne!(flat(&parts.lm_layers[0]), top_before, "the tuned layer trains");
 
     // The tuned layer exports under the checkpoint's own names, with the trained values.
-    let source = TensorSource::open_dir(&fixture()).unwrap();
+    let source = TensorSource::open_dir(&tiny_llava()).unwrap();
     let exported = parts.tuned_layer_tensors("model.language_model");
     let trained = hf_tensors(&parts.lm_layers[0], &|p| p.to_string());
     assert_eq!(exported.len(), trained.len());
@@ -118,13 +113,12 @@ fn stage_two_trains_only_the_projector_and_the_tuned_layers() {
         assert_eq!(values, expected);
         assert!(!shape.is_empty());
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn a_frozen_projector_gives_the_same_loss_and_stays_as_it_was_and_attention_only_tunes_attention() {
     let device = Default::default();
-    let loaded = load_llava::<B>(&fixture(), &LoadOptions::default(), &device).unwrap();
+    let loaded = load_llava::<B>(&tiny_llava(), &LoadOptions::default(), &device).unwrap();
     let projector_before = flat(&loaded.model.projector.valid());
     let projector = twigvlm_train::trainable::trainable(loaded.model.projector.clone());
     let parts = AlignedParts::new(projector, &loaded.model.language_model, 1, TunedLayerParts::Attention).unwrap();
@@ -169,7 +163,7 @@ fn a_frozen_projector_gives_the_same_loss_and_stays_as_it_was_and_attention_only
     shapes(&mut objective).turns_per_image = 2;
     shapes(&mut objective).tasks = TaskMix::short();
 
-    let dir = std::env::temp_dir().join(format!("twigvlm-align-frozen-{}", std::process::id()));
+    let dir = twigvlm_testkit::temp_dir("align-frozen");
     let options = TrainOptions {
         steps: 3,
         schedule: LrSchedule::warmup_cosine(1e-2, 3, 0.0),
@@ -177,7 +171,7 @@ fn a_frozen_projector_gives_the_same_loss_and_stays_as_it_was_and_attention_only
         checkpoint_every: 1000,
         eval_every: None,
         log_every: 1,
-        out_dir: dir.clone(),
+        out_dir: dir.path().to_path_buf(),
         resume: false,
         show_progress: false,
         time_limit: None,
@@ -190,7 +184,6 @@ fn a_frozen_projector_gives_the_same_loss_and_stays_as_it_was_and_attention_only
     let exported = parts.tuned_layer_tensors("model.language_model");
     assert_eq!(exported.len(), flat_count(&parts.lm_layers[0].self_attn), "only the attention tensors are saved");
     assert!(exported.iter().all(|(name, _, _)| name.contains(".self_attn.")));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A chat replay: a text-only conversation in a frozen-projector batch trains on what the
@@ -203,7 +196,7 @@ fn text_only_conversations_train_beside_image_ones_with_a_frozen_projector() {
     use twigvlm_train::examples::single_sequence;
 
     let device = Default::default();
-    let loaded = load_llava::<B>(&fixture(), &LoadOptions::default(), &device).unwrap();
+    let loaded = load_llava::<B>(&tiny_llava(), &LoadOptions::default(), &device).unwrap();
     let projector = twigvlm_train::trainable::trainable(loaded.model.projector.clone());
     let parts = AlignedParts::new(projector, &loaded.model.language_model, 1, TunedLayerParts::Attention).unwrap();
     let mut objective = objective(loaded, &device);

@@ -1,8 +1,6 @@
 //! Stage 1 by regression on the tiny llava-hf fixture: the projector's distance to the patches'
 //! word embeddings falls, the language model is not touched, and the metrics are reported.
 
-use std::path::PathBuf;
-
 use burn::backend::{Autodiff, Flex};
 use burn::module::AutodiffModule;
 use twigvlm_backbone::{load_llava, LoadOptions};
@@ -17,8 +15,7 @@ type B = Autodiff<Flex>;
 #[test]
 fn the_projector_moves_towards_the_patch_words() {
     let device = Default::default();
-    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llava-hf5");
-    let loaded = load_llava::<B>(&fixture, &LoadOptions::default(), &device).unwrap();
+    let loaded = load_llava::<B>(&twigvlm_testkit::tiny_llava(), &LoadOptions::default(), &device).unwrap();
     let mut data = ShapesDataset::new(7, 64, TaskMix::short());
     data.scene = SceneConfig { grid: 4, cell_px: 14, objects: 1..=3 };
     let mut eval = data.clone();
@@ -31,7 +28,7 @@ fn the_projector_moves_towards_the_patch_words() {
     let embeddings = loaded.model.language_model.embed_tokens.weight.val().inner();
     let mut objective =
         PatchWordsObjective::<B>::new(visual, embeddings, &loaded.tokenizer, data, eval, 8, device).unwrap();
-    let dir = std::env::temp_dir().join(format!("twigvlm-patch-words-{}", std::process::id()));
+    let dir = twigvlm_testkit::temp_dir("patch-words");
     let options = TrainOptions {
         steps: 40,
         schedule: LrSchedule::warmup_cosine(1e-2, 40, 0.1),
@@ -39,7 +36,7 @@ fn the_projector_moves_towards_the_patch_words() {
         checkpoint_every: 1000,
         eval_every: None,
         log_every: 10,
-        out_dir: dir.clone(),
+        out_dir: dir.path().to_path_buf(),
         resume: false,
         show_progress: false,
         time_limit: None,
@@ -50,5 +47,4 @@ fn the_projector_moves_towards_the_patch_words() {
     assert!(last < 0.5 * first, "the regression loss must halve: {first} -> {last}");
     let names: Vec<&str> = report.history.last().unwrap().eval.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(names, ["object_word_acc", "position_word_acc"]);
-    let _ = std::fs::remove_dir_all(&dir);
 }

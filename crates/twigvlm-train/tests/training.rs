@@ -65,10 +65,8 @@ fn options(dir: &std::path::Path, steps: usize, total: usize) -> TrainOptions {
     }
 }
 
-fn scratch(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("twigvlm-train-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+fn scratch(name: &str) -> twigvlm_testkit::TempDir {
+    twigvlm_testkit::temp_dir(&format!("train-{name}"))
 }
 
 fn flat_params<M: Module<Flex>>(module: &M) -> Vec<f32> {
@@ -81,12 +79,11 @@ fn loss_falls_on_a_tiny_tower() {
     <B as Backend>::seed(&device, 3);
     let dir = scratch("falls");
     let model = PatchClassifier::<B>::init(&tiny_config(), &device);
-    let (_, report) = train(&mut objective(16), model, &options(&dir, 40, 40), &device).unwrap();
+    let (_, report) = train(&mut objective(16), model, &options(dir.path(), 40, 40), &device).unwrap();
     let first = report.history.first().unwrap().loss;
     let last = report.history.last().unwrap().loss;
     eprintln!("loss {first:.3} -> {last:.3}");
     assert!(last < 0.6 * first, "loss must fall by 40% in 40 steps: {first} -> {last}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -106,21 +103,19 @@ fn resumed_training_equals_uninterrupted_training_in_order() {
     let fresh = PatchClassifier::<B>::init(&tiny_config(), &device);
     let initial = fresh.clone().load_record(fresh.into_record());
     let straight_dir = scratch("straight");
-    let (straight, _) = train(&mut objective(8), initial.clone(), &options(&straight_dir, 6, 6), &device).unwrap();
+    let (straight, _) =
+        train(&mut objective(8), initial.clone(), &options(straight_dir.path(), 6, 6), &device).unwrap();
 
     let resumed_dir = scratch("resumed");
-    train(&mut objective(8), initial.clone(), &options(&resumed_dir, 3, 6), &device).unwrap();
+    train(&mut objective(8), initial.clone(), &options(resumed_dir.path(), 3, 6), &device).unwrap();
     // A fresh process would start from a new random model: the checkpoint must replace it entirely.
     let other = PatchClassifier::<B>::init(&tiny_config(), &device);
-    let (resumed, report) = train(&mut objective(8), other, &options(&resumed_dir, 6, 6), &device).unwrap();
+    let (resumed, report) = train(&mut objective(8), other, &options(resumed_dir.path(), 6, 6), &device).unwrap();
     assert_eq!(report.steps_done, 6);
     let (a, b) = (flat_params(&straight.valid()), flat_params(&resumed.valid()));
     let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
     assert!(diff <= 1e-6, "resumed run differs by {diff}");
     assert_ne!(flat_params(&initial.valid()), a, "training changed the parameters");
-    for dir in [straight_dir, resumed_dir] {
-        std::fs::remove_dir_all(dir).unwrap();
-    }
 }
 
 #[test]
@@ -129,23 +124,20 @@ fn a_time_limit_fits_the_run_and_stops_it() {
     <B as Backend>::seed(&device, 7);
     let dir = scratch("time-limit");
     let model = PatchClassifier::<B>::init(&tiny_config(), &device);
-    let mut limited = options(&dir, 10_000, 10_000);
+    let mut limited = options(dir.path(), 10_000, 10_000);
     limited.time_limit = Some(std::time::Duration::ZERO);
     let (_, report) = train(&mut objective(4), model, &limited, &device).unwrap();
     assert_eq!((report.steps_done, report.fitted_steps), (1, Some(1)), "a spent budget stops after the step in flight");
-    assert!(twigvlm_train::checkpoint::exists(&dir), "the stopped run is checkpointed");
+    assert!(twigvlm_train::checkpoint::exists(dir.path()), "the stopped run is checkpointed");
 
     let generous = std::time::Duration::from_secs(3600);
     let dir2 = scratch("time-limit-generous");
-    limited = options(&dir2, 20, 20);
+    limited = options(dir2.path(), 20, 20);
     limited.time_limit = Some(generous);
     let model = PatchClassifier::<B>::init(&tiny_config(), &device);
     let (_, report) = train(&mut objective(4), model, &limited, &device).unwrap();
     assert_eq!(report.steps_done, 20, "a budget that suffices keeps --steps");
     assert_eq!(report.fitted_steps, Some(20), "the run measured its pace after the first steps and fitted its length");
-    for dir in [dir, dir2] {
-        std::fs::remove_dir_all(dir).unwrap();
-    }
 }
 
 struct Collect<'a> {
@@ -217,9 +209,8 @@ fn exported_tower_loads_back_through_the_inference_loader() {
         .any(|t| t.0 == "vision_tower.vision_model.encoder.layers.1.mlp.fc2.weight" && t.1 == vec![32, 64]));
     assert!(tensors.iter().any(|t| t.0 == "vision_tower.vision_model.pre_layrnorm.bias"));
     let dir = scratch("export");
-    std::fs::create_dir_all(&dir).unwrap();
-    write_safetensors(&dir.join("model.safetensors"), &tensors, StorageDtype::F32).unwrap();
-    let source = TensorSource::open_dir(&dir).unwrap();
+    write_safetensors(&dir.path().join("model.safetensors"), &tensors, StorageDtype::F32).unwrap();
+    let source = TensorSource::open_dir(dir.path()).unwrap();
     let loaded = ClipVisionTower::<Flex>::load(
         &WeightLoader::new(&source, &device),
         "vision_tower.vision_model",
@@ -231,5 +222,4 @@ fn exported_tower_loads_back_through_the_inference_loader() {
     let (a, b) = (tower.forward(pixels.clone()), loaded.forward(pixels));
     let diff = (a - b).abs().max().into_scalar();
     assert!(diff < 1e-6, "{diff}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -2,8 +2,6 @@
 //! stays bit-identical, and the loss on a fixed batch falls, with both kinds of targets; with
 //! frozen MLPs those stay the base layers' copies too.
 
-use std::path::PathBuf;
-
 use burn::backend::{Autodiff, Flex};
 use burn::module::{AutodiffModule, Module};
 use burn::optim::GradientsParams;
@@ -53,7 +51,7 @@ fn ten_steps(out: &std::path::Path) -> TrainOptions {
 }
 
 fn run(targets: TwigTargets, mlp: TwigMlp) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llava-hf5");
+    let dir = twigvlm_testkit::tiny_llava();
     let device = Default::default();
     let loaded = load_llava::<Flex>(&dir, &LoadOptions::default(), &device).unwrap();
     let base_before = flat(&loaded.model);
@@ -76,8 +74,8 @@ fn run(targets: TwigTargets, mlp: TwigMlp) {
 
     let twig_before = flat(&twig.valid());
     let mlp_before = mlp_values(&twig.valid());
-    let out = std::env::temp_dir().join(format!("twigvlm-twig-train-{targets:?}-{mlp:?}-{}", std::process::id()));
-    let options = ten_steps(&out);
+    let out = twigvlm_testkit::temp_dir(&format!("twig-train-{targets:?}-{mlp:?}"));
+    let options = ten_steps(out.path());
     let (twig, report) = train(&mut objective, twig, &options, &device).unwrap();
     let (first, last) = (report.history.first().unwrap().loss, report.history.last().unwrap().loss);
     eprintln!("{targets:?}: loss {first:.3} -> {last:.3}");
@@ -94,7 +92,6 @@ fn run(targets: TwigTargets, mlp: TwigMlp) {
     let base_after =
         [flat(&objective.visual.vision), flat(&objective.projector), flat(&objective.language_model)].concat();
     assert_eq!(base_after, base_before, "the base must stay bit-identical");
-    let _ = std::fs::remove_dir_all(out);
 }
 
 #[test]
@@ -118,7 +115,7 @@ fn twig_trains_on_the_base_models_own_predictions() {
 #[test]
 fn attention_distillation_is_zero_for_the_copied_layer_and_pulls_toward_another() {
     use twigvlm_train::twig::AttentionDistill;
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llava-hf5");
+    let dir = twigvlm_testkit::tiny_llava();
     let device = Default::default();
     let objective_with = |teacher_layer: usize| {
         let loaded = load_llava::<Flex>(&dir, &LoadOptions::default(), &device).unwrap();
@@ -150,11 +147,10 @@ fn attention_distillation_is_zero_for_the_copied_layer_and_pulls_toward_another(
     let mut other = other.unwrap();
     let before = kl(&mut other, &twig);
     assert!(before > 1e-3, "another layer attends differently: KL {before}");
-    let out = std::env::temp_dir().join(format!("twigvlm-twig-attention-{}", std::process::id()));
-    let options = ten_steps(&out);
+    let out = twigvlm_testkit::temp_dir("twig-attention");
+    let options = ten_steps(out.path());
     let (twig, _) = train(&mut other, twig, &options, &device).unwrap();
     let after = kl(&mut other, &twig);
     eprintln!("attention KL toward layer 3: {before:.4} -> {after:.4}");
     assert!(after < 0.5 * before, "training with the attention term halves the divergence: {before} -> {after}");
-    let _ = std::fs::remove_dir_all(out);
 }

@@ -30,6 +30,12 @@ pub struct CheckpointLayout {
     pub lm_head: String,
 }
 
+/// The vision tower's prefix in transformers 4.x and 5.x `save_pretrained` output (what this
+/// project writes its trained towers under).
+pub const SAVED_VISION_PREFIX: &str = "vision_tower.vision_model";
+/// The projector's prefix in `save_pretrained` output.
+pub const SAVED_PROJECTOR_PREFIX: &str = "multi_modal_projector";
+
 /// Llama body prefixes: 5.x modules, 4.x and 5.x `save_pretrained`, original LLaVA.
 const LANGUAGE_MODEL: [&str; 3] = ["model.language_model", "language_model.model", "model"];
 const LM_HEAD: [&str; 2] = ["lm_head", "language_model.lm_head"];
@@ -38,12 +44,12 @@ const LM_HEAD: [&str; 2] = ["lm_head", "language_model.lm_head"];
 const VISION: [&str; 6] = [
     "model.vision_tower.vision_model",
     "model.vision_tower",
-    "vision_tower.vision_model",
+    SAVED_VISION_PREFIX,
     "vision_tower",
     "model.vision_tower.vision_tower.vision_model",
     "vision_model",
 ];
-const HF_PROJECTOR: [&str; 2] = ["model.multi_modal_projector", "multi_modal_projector"];
+const HF_PROJECTOR: [&str; 2] = ["model.multi_modal_projector", SAVED_PROJECTOR_PREFIX];
 const ORIGINAL_PROJECTOR: &str = "model.mm_projector";
 
 impl CheckpointLayout {

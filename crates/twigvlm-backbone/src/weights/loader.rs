@@ -132,6 +132,15 @@ fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
+impl LoadReport {
+    pub fn merge(mut self, other: LoadReport) -> Self {
+        self.used += other.used;
+        self.ignored.extend(other.ignored);
+        self.unexpected.extend(other.unexpected);
+        self
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -145,14 +154,5 @@ mod tests {
                 assert_eq!(t[c * rows + r], values[r * cols + c]);
             }
         }
-    }
-}
-
-impl LoadReport {
-    pub fn merge(mut self, other: LoadReport) -> Self {
-        self.used += other.used;
-        self.ignored.extend(other.ignored);
-        self.unexpected.extend(other.unexpected);
-        self
     }
 }

@@ -243,8 +243,8 @@ mod tests {
 
     #[test]
     fn a_sharded_checkpoint_takes_each_tensor_from_the_shard_its_index_names() {
-        let dir = std::env::temp_dir().join(format!("twigvlm-index-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = twigvlm_testkit::temp_dir("index");
+        let dir = tmp.path();
         let tensor = |value: f32| ("w".to_string(), vec![1], vec![value]);
         // Both shards hold `w`; the index names the one that sorts and loads first.
         write_safetensors(
@@ -257,16 +257,15 @@ mod tests {
         let index =
             serde_json::json!({"weight_map": {"w": "a.safetensors", "only_a": "a.safetensors", "x": "b.safetensors"}});
         std::fs::write(dir.join(SAFETENSORS_INDEX), index.to_string()).unwrap();
-        let source = TensorSource::open_dir(&dir).unwrap();
+        let source = TensorSource::open_dir(dir).unwrap();
         assert_eq!(source.get("w").unwrap().read_f32("w").unwrap(), vec![1.0]);
         assert_eq!(source.get("only_a").unwrap().read_f32("only_a").unwrap(), vec![3.0]);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_replacement_file_wins_over_the_index_and_leaves_the_other_tensors() {
-        let dir = std::env::temp_dir().join(format!("twigvlm-replace-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = twigvlm_testkit::temp_dir("replace");
+        let dir = tmp.path();
         let tensor = |name: &str, value: f32| (name.to_string(), vec![1], vec![value]);
         write_safetensors(&dir.join("a.safetensors"), &[tensor("w", 1.0), tensor("kept", 3.0)], StorageDtype::F32)
             .unwrap();
@@ -274,10 +273,9 @@ mod tests {
         std::fs::write(dir.join(SAFETENSORS_INDEX), index.to_string()).unwrap();
         let replacement = dir.join("tuned.safetensors");
         write_safetensors(&replacement, &[tensor("w", 2.0)], StorageDtype::F32).unwrap();
-        let mut source = TensorSource::open_dir(&dir).unwrap();
+        let mut source = TensorSource::open_dir(dir).unwrap();
         source.override_with_safetensors(&replacement).unwrap();
         assert_eq!(source.get("w").unwrap().read_f32("w").unwrap(), vec![2.0]);
         assert_eq!(source.get("kept").unwrap().read_f32("kept").unwrap(), vec![3.0]);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -2,28 +2,19 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
-use burn::module::AutodiffModule;
+use anyhow::Context;
 use burn::prelude::Backend;
 use burn::tensor::backend::AutodiffBackend;
-use twigvlm_backbone::weights::StorageDtype;
 use twigvlm_backbone::{load_llava, LoadOptions};
-use twigvlm_data::{DatasetSpec, SeedRange};
+use twigvlm_data::eval_shapes;
 use twigvlm_engine::{AutodiffJob, BackendJob, BackendKind};
-use twigvlm_train::examples::ConversationEncoder;
-use twigvlm_train::train;
-use twigvlm_train::twig::{AttentionDistill, TwigObjective, TwigTargets};
+use twigvlm_train::stages::{train_twig, TwigStage};
+use twigvlm_train::twig::{AttentionDistill, TwigTargets};
 use twigvlm_twig::checkpoint::convert;
-use twigvlm_twig::{save_twig, Twig, TwigConfig, TwigFormat, TwigHead, TwigInit, TwigMlp};
+use twigvlm_twig::{TwigConfig, TwigFormat, TwigHead, TwigInit, TwigMlp};
 
 use super::named::named;
-use super::train::{LoopArgs, StageDefaults};
-
-/// The paper's twig recipe: AdamW lr 1e-4, cosine, 3% warm-up, one epoch (steps = data / batch).
-const TWIG_LR: f64 = 1e-4;
-const TWIG_WARMUP: f64 = 0.03;
-/// Between the specs of a mixture in the training summary.
-const MIXTURE_SEPARATOR: &str = " + ";
+use super::train::{report, LoopArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct TrainTwigArgs {
@@ -37,7 +28,7 @@ pub struct TrainTwigArgs {
     pub data: Vec<String>,
     /// Held-out data for agreement with the base and the twig's own exact match (repeatable, as
     /// --data).
-    #[arg(long, default_value = "shapes:seed=1000000,n=32,task=all")]
+    #[arg(long, default_values_t = [eval_shapes(32, Some("all"))])]
     pub eval_data: Vec<String>,
     /// Directory that JSON datasets' image paths are relative to.
     #[arg(long)]
@@ -76,63 +67,24 @@ pub struct TrainTwigArgs {
     pub run: LoopArgs,
 }
 
-impl TrainTwigArgs {
-    fn config(&self) -> TwigConfig {
-        TwigConfig { k: self.k, t: self.t, init: self.init, head: self.twig_head, mlp: self.twig_mlp }
-    }
-}
-
 impl AutodiffJob for TrainTwigArgs {
     type Output = anyhow::Result<()>;
 
     fn run<B: AutodiffBackend>(self, device: B::Device) -> anyhow::Result<()> {
-        let args = self;
-        let train_spec = DatasetSpec::parse_all(&args.data)?;
-        if train_spec.seed_range() == Some(SeedRange::Eval) {
-            bail!("--data uses an evaluation seed; training seeds are below {}", twigvlm_data::EVAL_SEED_START);
-        }
-        let train_data = train_spec.open(args.image_root.as_deref())?;
-        let eval_data = DatasetSpec::parse_all(&args.eval_data)?.open(args.image_root.as_deref())?;
-        let options = args.run.options(StageDefaults {
-            steps: train_data.len().div_ceil(args.run.batch_size.max(1)),
-            lr: TWIG_LR,
-            warmup: TWIG_WARMUP,
-        });
-        let load_options = LoadOptions { vision_tower_dir: args.vision_tower.clone() };
-        let loaded = load_llava::<B::InnerBackend>(&args.model, &load_options, &device)
-            .with_context(|| format!("cannot load the base model in {}", args.model.display()))?;
-        B::seed(&device, args.run.seed);
-        let twig = Twig::init(&loaded.model.language_model, &loaded.config.text, args.config(), &device)?;
-        let twig = twigvlm_train::twig::trainable_twig(Twig::<B>::from_inner(twig));
-        let encoder = ConversationEncoder { tokenizer: loaded.tokenizer, template: loaded.template, system: None };
-        let targets = args.targets;
-        let mut objective = TwigObjective::<B>::new(
-            loaded.model,
-            loaded.preprocessor,
-            encoder,
-            targets,
-            (train_data, eval_data),
-            args.run.batch_size,
-            device.clone(),
-        );
-        let attention = args
-            .attention_teacher
-            .map(|layer| AttentionDistill { teacher_layer: layer as usize - 1, weight: args.attention_weight });
-        if let Some(distill) = attention {
-            objective = objective.with_attention_distill(distill)?;
-        }
-        let (twig, report) = train(&mut objective, twig, &options, &device)?;
-        let mut summary = args.run.summary(
-            "twig",
-            &args.data.join(MIXTURE_SEPARATOR),
-            &args.eval_data.join(MIXTURE_SEPARATOR),
-            &options,
-            &report,
-        );
-        summary["targets"] = serde_json::to_value(targets)?;
-        summary["attention_distill"] = serde_json::to_value(attention)?;
-        save_twig(&args.run.out, &twig.valid(), &objective.language_model, summary.clone(), StorageDtype::F16)?;
-        args.run.finish(&summary, &report, &args.run.out.join(twigvlm_twig::checkpoint::OURS_WEIGHTS))
+        let stage = TwigStage {
+            model: self.model,
+            vision_tower: self.vision_tower,
+            data: self.data,
+            eval_data: self.eval_data,
+            image_root: self.image_root,
+            config: TwigConfig { k: self.k, t: self.t, init: self.init, head: self.twig_head, mlp: self.twig_mlp },
+            targets: self.targets,
+            attention: self
+                .attention_teacher
+                .map(|layer| AttentionDistill { teacher_layer: layer as usize - 1, weight: self.attention_weight }),
+        };
+        report(&train_twig::<B>(&stage, &self.run.settings(), &device)?);
+        Ok(())
     }
 }
 

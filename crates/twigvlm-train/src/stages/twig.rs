@@ -1,0 +1,98 @@
+//! A twig for a base model: only the twig learns, the base stays frozen (the paper's recipe,
+//! with self-distillation and attention distillation as options).
+
+use std::path::PathBuf;
+
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use serde::Serialize;
+use twigvlm_backbone::weights::StorageDtype;
+use twigvlm_backbone::{load_llava, LoadOptions};
+use twigvlm_data::{DatasetSpec, SeedRange, EVAL_SEED_START};
+use twigvlm_twig::checkpoint::OURS_WEIGHTS;
+use twigvlm_twig::{save_twig, Twig, TwigConfig};
+
+use super::{write_summary, RunSettings, StageDefaults, StageOutcome, StageSummary};
+use crate::error::{Result, TrainError};
+use crate::examples::ConversationEncoder;
+use crate::trainer::train;
+use crate::twig::{trainable_twig, AttentionDistill, TwigObjective, TwigTargets};
+
+/// The paper's twig recipe: AdamW lr 1e-4, cosine, 3% warm-up, one epoch (steps = data / batch).
+const TWIG_LR: f64 = 1e-4;
+const TWIG_WARMUP: f64 = 0.03;
+/// Between the specs of a mixture in the summary.
+const MIXTURE_SEPARATOR: &str = " + ";
+
+/// The inputs of twig training.
+#[derive(Debug, Clone)]
+pub struct TwigStage {
+    /// The base model directory.
+    pub model: PathBuf,
+    /// CLIP directory for original-layout LLaVA checkpoints.
+    pub vision_tower: Option<PathBuf>,
+    /// Training data specs (several make a mixture): training seeds or instruction JSON.
+    pub data: Vec<String>,
+    /// Held-out data specs: agreement with the base, the twig's own exact match.
+    pub eval_data: Vec<String>,
+    /// Directory that JSON datasets' image paths are relative to.
+    pub image_root: Option<PathBuf>,
+    pub config: TwigConfig,
+    pub targets: TwigTargets,
+    pub attention: Option<AttentionDistill>,
+}
+
+/// What a twig learned from, in its summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct TwigRecipe {
+    pub targets: TwigTargets,
+    pub attention_distill: Option<AttentionDistill>,
+}
+
+/// Trains the twig and saves it (our format, f16) into `run.out`; its `twig.json` carries the
+/// summary too.
+pub fn train_twig<B: AutodiffBackend>(
+    stage: &TwigStage,
+    run: &RunSettings,
+    device: &B::Device,
+) -> Result<StageOutcome> {
+    let train_spec = DatasetSpec::parse_all(&stage.data)?;
+    if train_spec.seed_range() == Some(SeedRange::Eval) {
+        return Err(TrainError::Config(format!(
+            "the training data uses an evaluation seed; training seeds are below {EVAL_SEED_START}"
+        )));
+    }
+    let image_root = stage.image_root.as_deref();
+    let train_data = train_spec.open(image_root)?;
+    let eval_data = DatasetSpec::parse_all(&stage.eval_data)?.open(image_root)?;
+    let epoch = train_data.len().div_ceil(run.batch_size.max(1));
+    let options = run.options(StageDefaults { steps: epoch, lr: TWIG_LR, warmup: TWIG_WARMUP });
+    let load_options = LoadOptions { vision_tower_dir: stage.vision_tower.clone() };
+    let loaded = load_llava::<B::InnerBackend>(&stage.model, &load_options, device)?;
+    B::seed(device, run.seed);
+    let twig = Twig::init(&loaded.model.language_model, &loaded.config.text, stage.config, device)?;
+    let twig = trainable_twig(Twig::<B>::from_inner(twig));
+    let encoder = ConversationEncoder { tokenizer: loaded.tokenizer, template: loaded.template, system: None };
+    let mut objective = TwigObjective::<B>::new(
+        loaded.model,
+        loaded.preprocessor,
+        encoder,
+        stage.targets,
+        (train_data, eval_data),
+        run.batch_size,
+        device.clone(),
+    );
+    if let Some(distill) = stage.attention {
+        objective = objective.with_attention_distill(distill)?;
+    }
+    let (twig, report) = train(&mut objective, twig, &options, device)?;
+    let data = (stage.data.join(MIXTURE_SEPARATOR), stage.eval_data.join(MIXTURE_SEPARATOR));
+    let summary = StageSummary {
+        twig: Some(TwigRecipe { targets: stage.targets, attention_distill: stage.attention }),
+        ..StageSummary::new("twig", data, run, &options, &report)
+    };
+    let recorded = serde_json::to_value(&summary).expect("the summary serialises");
+    save_twig(&run.out, &twig.valid(), &objective.language_model, recorded, StorageDtype::F16)?;
+    write_summary(&run.out, &summary)?;
+    Ok(StageOutcome { written: run.out.join(OURS_WEIGHTS), summary })
+}
