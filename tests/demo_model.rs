@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use burn::backend::Flex;
-use twigvlm_data::DatasetSpec;
+use twigvlm_data::{DatasetSpec, FINAL_EVAL_SEED_START};
 use twigvlm_engine::{DecoderKind, Engine, GenerateRequest, LoadOptions, PruningSpec, Sampling};
 use twigvlm_eval::eval::{evaluate, EvalOptions};
 use twigvlm_train::demo::{assemble, language_model, CACHE_DIR, MODEL_DIR, TWIG_DIR};
@@ -20,8 +20,10 @@ use twigvlm_train::demo::{assemble, language_model, CACHE_DIR, MODEL_DIR, TWIG_D
 const CONTENT_ACCURACY_BAR: f64 = 0.9;
 const MARGIN_OVER_BLANK_IMAGE: f64 = 0.4;
 const DESCRIBE_F1_BAR: f64 = 0.8;
-/// Ten questions per task from a held-out seed that training never evaluates on.
-const EVAL_DATA: &str = "shapes:seed=2000000,n=50,task=all";
+/// Ten questions per task from the final-check seeds, which training never evaluates on.
+fn eval_data() -> String {
+    format!("shapes:seed={FINAL_EVAL_SEED_START},n=50,task=all")
+}
 
 /// The tests of this file share one download and import.
 static PREPARE: Mutex<()> = Mutex::new(());
@@ -90,7 +92,7 @@ fn the_committed_twig_drafts_for_the_demo_model_without_changing_its_answers() {
 #[test]
 fn the_demo_model_meets_its_quality_bar() {
     let Some(engine) = demo_model() else { return };
-    let dataset = DatasetSpec::parse(EVAL_DATA).unwrap().open(None).unwrap();
+    let dataset = DatasetSpec::parse(&eval_data()).unwrap().open(None).unwrap();
     let report = evaluate(&engine, &dataset, &EvalOptions::default(), |_| {}).unwrap();
     eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
     let blank = report.blank_image_accuracy.expect("shapes data has a blank-image baseline");

@@ -54,18 +54,16 @@ fn unsupported_types_are_named() {
 #[test]
 fn truncated_and_foreign_files_are_refused() {
     let bytes = std::fs::read(gguf_path("tiny-llama.gguf")).unwrap();
-    let dir = std::env::temp_dir().join(format!("twigvlm-gguf-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = twigvlm_testkit::temp_dir("gguf");
     for (name, content, needle) in [
         ("tail.gguf", &bytes[..bytes.len() - 100], "ends past the end of the file"),
         ("header.gguf", &bytes[..2000], "truncated file"),
         ("magic.gguf", &b"GGML\x03\x00\x00\x00"[..], "bad magic"),
         ("version.gguf", &b"GGUF\x01\x00\x00\x00"[..], "version 1"),
     ] {
-        let path = dir.join(name);
+        let path = dir.path().join(name);
         std::fs::write(&path, content).unwrap();
         let msg = GgufFile::open(&path).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(msg.contains(needle) && msg.contains(name), "{name}: {msg}");
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }

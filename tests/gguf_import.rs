@@ -35,11 +35,10 @@ fn reference() -> Reference {
 }
 
 /// Imports the tiny GGUF into a directory of its own per test (tests run in parallel).
-fn imported(dtype: ImportDtype, test: &str) -> std::path::PathBuf {
-    let out = std::env::temp_dir().join(format!("twigvlm-import-{}-{dtype:?}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
+fn imported(dtype: ImportDtype, test: &str) -> twigvlm_testkit::TempDir {
+    let out = twigvlm_testkit::temp_dir(&format!("import-{dtype:?}-{test}"));
     let mut calls = 0;
-    let summary = import_gguf(&fixtures().join("gguf/tiny-llama.gguf"), &out, dtype, |_, _| calls += 1).unwrap();
+    let summary = import_gguf(&fixtures().join("gguf/tiny-llama.gguf"), out.path(), dtype, |_, _| calls += 1).unwrap();
     assert_eq!((summary.tensors, calls), (20, 20));
     assert!(summary.tied_embeddings);
     out
@@ -48,7 +47,7 @@ fn imported(dtype: ImportDtype, test: &str) -> std::path::PathBuf {
 fn check(dtype: ImportDtype, logits_atol: f32) {
     let dir = imported(dtype, "check");
     let reference = reference();
-    let lm = load_language_model::<B>(&dir, &Default::default()).unwrap();
+    let lm = load_language_model::<B>(dir.path(), &Default::default()).unwrap();
     assert!(lm.report.unexpected.is_empty(), "{:?}", lm.report.unexpected);
     assert_eq!(lm.config.rope_theta, 100000.0);
     assert!(lm.config.tie_word_embeddings);
@@ -91,7 +90,6 @@ fn check(dtype: ImportDtype, logits_atol: f32) {
     })
     .unwrap();
     assert_eq!(out.tokens, reference.greedy_ids);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -107,7 +105,8 @@ fn f16_import_keeps_greedy_tokens() {
 
 #[test]
 fn foreign_architectures_and_tensors_are_refused() {
-    let out = std::env::temp_dir().join(format!("twigvlm-import-bad-{}", std::process::id()));
+    let tmp = twigvlm_testkit::temp_dir("import-bad");
+    let out = tmp.path().join("model");
     let err = import_gguf(&fixtures().join("gguf/unsupported-q4k.gguf"), &out, ImportDtype::F16, |_, _| {})
         .unwrap_err()
         .to_string();
@@ -124,7 +123,7 @@ fn foreign_architectures_and_tensors_are_refused() {
 fn imported_chat_template_renders_the_reference_prompt_and_splits_training_turns() {
     let dir = imported(ImportDtype::F32, "template");
     let reference = reference();
-    let lm = load_language_model::<B>(&dir, &Default::default()).unwrap();
+    let lm = load_language_model::<B>(dir.path(), &Default::default()).unwrap();
     let question = "What color is the triangle? 42 🙂";
     let text = lm.template.render(question, false).unwrap();
     assert_eq!(text, reference.text);
@@ -144,5 +143,4 @@ fn imported_chat_template_renders_the_reference_prompt_and_splits_training_turns
         "answers and their end-of-turn tokens are trained"
     );
     assert_eq!(answer_ids.iter().filter(|&&id| id == 2).count(), 2, "<|im_end|> closes each answer");
-    std::fs::remove_dir_all(&dir).unwrap();
 }

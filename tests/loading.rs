@@ -6,12 +6,13 @@ use twigvlm_backbone::preprocess::{decode_image, load_image};
 use twigvlm_backbone::weights::{write_safetensors, NamedTensor, StorageDtype, TensorSource};
 use twigvlm_backbone::{load_llava, BackboneError, LoadOptions};
 use twigvlm_integration::*;
+use twigvlm_testkit::{temp_dir, TempDir};
 
 type B = TestBackend;
 
 /// Copies a fixture model directory, rewriting its single safetensors file through `edit`.
-fn edited_copy(model: &str, edit: impl FnOnce(&mut Vec<NamedTensor>)) -> tempdir::Dir {
-    let dir = tempdir::Dir::new(model);
+fn edited_copy(model: &str, edit: impl FnOnce(&mut Vec<NamedTensor>)) -> TempDir {
+    let dir = temp_dir(model);
     for entry in std::fs::read_dir(model_dir(model)).unwrap() {
         let path = entry.unwrap().path();
         std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
@@ -28,32 +29,6 @@ fn edited_copy(model: &str, edit: impl FnOnce(&mut Vec<NamedTensor>)) -> tempdir
     edit(&mut tensors);
     write_safetensors(&dir.path().join("model.safetensors"), &tensors, StorageDtype::F32).unwrap();
     dir
-}
-
-mod tempdir {
-    use std::path::{Path, PathBuf};
-
-    /// A scratch directory removed on drop.
-    pub struct Dir(PathBuf);
-
-    impl Dir {
-        pub fn new(tag: &str) -> Self {
-            static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-            let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let path = std::env::temp_dir().join(format!("twigvlm-test-{}-{tag}-{n}", std::process::id()));
-            std::fs::create_dir_all(&path).unwrap();
-            Self(path)
-        }
-        pub fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 }
 
 fn load(dir: &Path) -> Result<(), BackboneError> {
@@ -106,7 +81,7 @@ fn unknown_layout_is_an_error() {
 
 #[test]
 fn directory_without_weights_is_an_error() {
-    let dir = tempdir::Dir::new("empty");
+    let dir = temp_dir("empty");
     std::fs::copy(model_dir("tiny-llava-hf5").join("config.json"), dir.path().join("config.json")).unwrap();
     let msg = load(dir.path()).unwrap_err().to_string();
     assert!(msg.contains("no weights found"), "{msg}");
@@ -134,7 +109,7 @@ fn png_jpeg_and_webp_decode() {
 
 #[test]
 fn original_layout_needs_its_clip_directory() {
-    let dir = tempdir::Dir::new("original");
+    let dir = temp_dir("original");
     for entry in std::fs::read_dir(model_dir("tiny-llava-original")).unwrap() {
         let path = entry.unwrap().path();
         if path.is_file() {

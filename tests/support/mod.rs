@@ -16,18 +16,18 @@ pub type TestBackend = burn::backend::Cuda;
 
 /// `tests/fixtures` of the workspace.
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+    twigvlm_testkit::fixtures()
 }
 
 pub fn model_dir(name: &str) -> PathBuf {
-    fixtures().join(name)
+    twigvlm_testkit::fixture(name)
 }
 
 pub fn image_path(name: &str) -> PathBuf {
-    fixtures().join("images").join(name)
+    twigvlm_testkit::image(name)
 }
 
-/// Tolerances of DESIGN.md §5.
+/// Tolerances of docs/design.md §5.
 #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
 mod tolerance {
     pub const VISION_ATOL: f32 = 1e-4;
@@ -39,7 +39,7 @@ mod tolerance {
     pub const MATMUL_RTOL: f32 = 0.0;
 }
 /// The GPU backends' kernels accumulate in other orders (tiled matmuls, fused reductions) and
-/// their `exp`/`erf` differ from libm by a few ulps: DESIGN.md §5's tolerances, 10× looser.
+/// their `exp`/`erf` differ from libm by a few ulps: docs/design.md §5's tolerances, 10× looser.
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod tolerance {
     pub const VISION_ATOL: f32 = 1e-3;

@@ -88,18 +88,17 @@ fn template_errors_are_reported() {
 
 #[test]
 fn templates_are_found_in_a_model_directory() {
-    let dir = std::env::temp_dir().join(format!("twigvlm-template-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    assert!(ChatTemplate::from_model_dir(&dir).unwrap().is_none());
+    let tmp = twigvlm_testkit::temp_dir("template");
+    let dir = tmp.path();
+    assert!(ChatTemplate::from_model_dir(dir).unwrap().is_none());
     let config = serde_json::json!({"bos_token": {"content": "<s>"}, "eos_token": "</s>", "chat_template": "{{ bos_token }}{{ messages[0]['content'] }}{{ eos_token }}"});
     std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
-    let t = ChatTemplate::from_model_dir(&dir).unwrap().unwrap();
+    let t = ChatTemplate::from_model_dir(dir).unwrap().unwrap();
     assert_eq!(t.render("x", false).unwrap(), "<s>x</s>");
     std::fs::write(dir.join("chat_template.jinja"), "[{{ messages[0]['content'] }}]").unwrap();
     assert_eq!(
-        ChatTemplate::from_model_dir(&dir).unwrap().unwrap().render("x", false).unwrap(),
+        ChatTemplate::from_model_dir(dir).unwrap().unwrap().render("x", false).unwrap(),
         "[x]",
         "chat_template.jinja wins"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }

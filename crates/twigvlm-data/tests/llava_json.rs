@@ -6,17 +6,16 @@ fn write(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
     path
 }
 
-fn scratch(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("twigvlm-data-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn scratch(name: &str) -> twigvlm_testkit::TempDir {
+    twigvlm_testkit::temp_dir(&format!("data-{name}"))
 }
 
 #[test]
 fn reads_multi_turn_records_with_images_resolved() {
-    let dir = scratch("ok");
+    let tmp = scratch("ok");
+    let dir = tmp.path();
     let path = write(
-        &dir,
+        dir,
         "data.json",
         r#"[{"id": "a1", "image": "imgs/x.png", "conversations": [
               {"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A cat."},
@@ -38,13 +37,14 @@ fn reads_multi_turn_records_with_images_resolved() {
 
 #[test]
 fn malformed_records_name_the_record() {
-    let dir = scratch("bad");
+    let tmp = scratch("bad");
+    let dir = tmp.path();
     for (text, needle) in [
         (r#"[{"id": "q", "conversations": [{"from": "gpt", "value": "x"}, {"from": "human", "value": "y"}]}]"#, "id q"),
         (r#"[{"id": "r", "conversations": [{"from": "human", "value": "x"}]}]"#, "1 messages"),
         (r#"{"not": "a list"}"#, "not LLaVA instruction JSON"),
     ] {
-        let path = write(&dir, "bad.json", text);
+        let path = write(dir, "bad.json", text);
         let message = DatasetSpec::parse(path.to_str().unwrap()).unwrap().open(None).unwrap_err().to_string();
         assert!(message.contains(needle), "{message}");
     }
@@ -52,9 +52,10 @@ fn malformed_records_name_the_record() {
 
 #[test]
 fn a_mixture_takes_its_parts_in_turn_and_cycles_the_shorter() {
-    let dir = scratch("mixture");
+    let tmp = scratch("mixture");
+    let dir = tmp.path();
     let path = write(
-        &dir,
+        dir,
         "chat.json",
         r#"[{"id": "c0", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]},
             {"id": "c1", "conversations": [{"from": "human", "value": "A"}, {"from": "gpt", "value": "B"},
@@ -73,7 +74,7 @@ fn a_mixture_takes_its_parts_in_turn_and_cycles_the_shorter() {
     assert_eq!(spec.seed_range(), Some(twigvlm_data::SeedRange::Train));
     let with_eval = ["shapes:seed=1000000,n=2".to_string(), specs[1].clone()];
     assert_eq!(DatasetSpec::parse_all(&with_eval).unwrap().seed_range(), Some(twigvlm_data::SeedRange::Eval));
-    let empty = write(&dir, "empty.json", "[]");
+    let empty = write(dir, "empty.json", "[]");
     let err = DatasetSpec::parse_all(&[specs[0].clone(), empty.to_str().unwrap().to_string()])
         .unwrap()
         .open(None)

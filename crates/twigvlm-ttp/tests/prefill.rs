@@ -2,7 +2,6 @@
 //! stand-in image: which tokens each layer keeps, what the selection reads, and the errors.
 
 use std::ops::Range;
-use std::path::PathBuf;
 
 use burn::backend::Flex;
 use burn::prelude::*;
@@ -17,8 +16,7 @@ const IMAGE: Range<usize> = 3..13;
 const LAYERS: usize = 4;
 
 fn fixture() -> LoadedLlava<B> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llava-hf5");
-    load_llava::<B>(&dir, &LoadOptions::default(), &Default::default()).unwrap()
+    load_llava::<B>(&twigvlm_testkit::tiny_llava(), &LoadOptions::default(), &Default::default()).unwrap()
 }
 
 fn embeds(base: &LlamaDecoder<B>, ids: &[i64]) -> Tensor<B, 3> {

@@ -1,8 +1,6 @@
 //! The twig on the tiny llava-hf fixture's language model (4 layers): wiring of the adjacent
 //! initialisation, K/T validation, both checkpoint formats, and refusal of a foreign base.
 
-use std::path::PathBuf;
-
 use burn::backend::Flex;
 use burn::module::Module;
 use burn::prelude::*;
@@ -17,15 +15,12 @@ use twigvlm_twig::{
 type B = Flex;
 
 fn base() -> (LlamaDecoder<B>, LlamaConfig) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llava-hf5");
-    let loaded = load_llava::<B>(&dir, &LoadOptions::default(), &Default::default()).unwrap();
+    let loaded = load_llava::<B>(&twigvlm_testkit::tiny_llava(), &LoadOptions::default(), &Default::default()).unwrap();
     (loaded.model.language_model, loaded.config.text)
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("twigvlm-twig-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+fn scratch(name: &str) -> twigvlm_testkit::TempDir {
+    twigvlm_testkit::temp_dir(&format!("twig-{name}"))
 }
 
 fn values<M: Module<B>>(module: &M) -> Vec<(String, Vec<f32>)> {
@@ -106,8 +101,8 @@ fn both_checkpoint_formats_round_trip() {
     let training = serde_json::json!({"steps": 3});
 
     let ours = scratch("ours");
-    save_twig(&ours, &twig, &base, training.clone(), StorageDtype::F32).unwrap();
-    let loaded = load_twig(&ours, &base, &cfg, None, &device).unwrap();
+    save_twig(ours.path(), &twig, &base, training.clone(), StorageDtype::F32).unwrap();
+    let loaded = load_twig(ours.path(), &base, &cfg, None, &device).unwrap();
     assert_eq!(loaded.format, TwigFormat::Ours);
     assert_eq!(loaded.twig.config, twig.config);
     assert_eq!(loaded.meta.unwrap().training, training);
@@ -115,11 +110,11 @@ fn both_checkpoint_formats_round_trip() {
 
     // Official layout: bf16, K not recorded by the weights.
     let official = scratch("official");
-    save_official(&official, &twig, &base, training).unwrap();
-    std::fs::remove_file(official.join("twig.json")).unwrap();
-    let err = load_twig(&official, &base, &cfg, None, &device).err().unwrap();
+    save_official(official.path(), &twig, &base, training).unwrap();
+    std::fs::remove_file(official.path().join("twig.json")).unwrap();
+    let err = load_twig(official.path(), &base, &cfg, None, &device).err().unwrap();
     assert!(matches!(err, TwigError::MissingK { .. }), "{err}");
-    let loaded = load_twig(&official, &base, &cfg, Some(1), &device).unwrap();
+    let loaded = load_twig(official.path(), &base, &cfg, Some(1), &device).unwrap();
     assert_eq!(loaded.format, TwigFormat::Official);
     assert_eq!((loaded.twig.config.k, loaded.twig.config.t), (1, 2));
     for ((name, got), (_, want)) in values(&loaded.twig).iter().zip(values(&twig)) {
@@ -130,12 +125,9 @@ fn both_checkpoint_formats_round_trip() {
 
     // Official → ours keeps K and T.
     let converted = scratch("converted");
-    convert(&official, &converted, TwigFormat::Ours, &base, &cfg, Some(1), &device).unwrap();
-    let again = load_twig(&converted, &base, &cfg, None, &device).unwrap();
+    convert(official.path(), converted.path(), TwigFormat::Ours, &base, &cfg, Some(1), &device).unwrap();
+    let again = load_twig(converted.path(), &base, &cfg, None, &device).unwrap();
     assert_eq!((again.twig.config.k, again.twig.config.t), (1, 2));
-    for dir in [ours, official, converted] {
-        std::fs::remove_dir_all(dir).unwrap();
-    }
 }
 
 #[test]
@@ -144,16 +136,15 @@ fn a_twig_for_another_base_is_refused() {
     let device = Default::default();
     let twig = Twig::init(&base, &cfg, TwigConfig::new(1, 2), &device).unwrap();
     let dir = scratch("foreign");
-    save_twig(&dir, &twig, &base, serde_json::Value::Null, StorageDtype::F16).unwrap();
+    save_twig(dir.path(), &twig, &base, serde_json::Value::Null, StorageDtype::F16).unwrap();
     let mut other = base.clone();
     other.layers[0].self_attn.q_proj.weight =
         other.layers[0].self_attn.q_proj.weight.clone().map(|w| w.mul_scalar(1.5));
-    let err = load_twig(&dir, &other, &cfg, None, &device).err().unwrap();
+    let err = load_twig(dir.path(), &other, &cfg, None, &device).err().unwrap();
     assert!(matches!(err, TwigError::WrongBase { .. }), "{err}");
     assert!(err.to_string().contains("another base model"));
-    let err = load_twig(&scratch("empty"), &base, &cfg, None, &device).err().unwrap();
+    let err = load_twig(scratch("empty").path(), &base, &cfg, None, &device).err().unwrap();
     assert!(matches!(err, TwigError::NotATwig { .. }), "{err}");
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -171,30 +162,26 @@ fn a_twig_with_frozen_mlps_stores_none_and_takes_them_from_the_base() {
         twig.layers[1].self_attn.q_proj.weight =
             twig.layers[1].self_attn.q_proj.weight.clone().map(|w| w.mul_scalar(0.5));
         let dir = scratch(&format!("frozen-mlp-{init:?}"));
-        save_twig(&dir, &twig, &base, serde_json::Value::Null, StorageDtype::F32).unwrap();
+        save_twig(dir.path(), &twig, &base, serde_json::Value::Null, StorageDtype::F32).unwrap();
         let mut stored = TensorSource::default();
-        stored.add_safetensors(&dir.join("twig.safetensors")).unwrap();
+        stored.add_safetensors(&dir.path().join("twig.safetensors")).unwrap();
         let names: Vec<&str> = stored.names().collect();
         assert!(names.iter().any(|n| n.contains(".self_attn.")), "{names:?}");
         assert!(!names.iter().any(|n| n.contains(".mlp.")), "frozen MLPs must not be stored: {names:?}");
-        let loaded = load_twig(&dir, &base, &cfg, None, &device).unwrap();
+        let loaded = load_twig(dir.path(), &base, &cfg, None, &device).unwrap();
         assert_eq!(loaded.twig.config, config);
         assert_eq!(values(&loaded.twig), values(&twig), "{init:?}: the MLPs come back from the right base layers");
 
         // The official layout holds every tensor, so it loads as a twig with trained MLPs.
         let official = scratch(&format!("frozen-mlp-official-{init:?}"));
-        save_official(&official, &twig, &base, serde_json::Value::Null).unwrap();
-        let converted = load_twig(&official, &base, &cfg, None, &device).unwrap();
+        save_official(official.path(), &twig, &base, serde_json::Value::Null).unwrap();
+        let converted = load_twig(official.path(), &base, &cfg, None, &device).unwrap();
         assert_eq!(converted.twig.config.mlp, TwigMlp::Trained);
 
         // Without twig.json nothing says where the missing MLPs come from.
         let bare = scratch(&format!("frozen-mlp-bare-{init:?}"));
-        std::fs::create_dir_all(&bare).unwrap();
-        std::fs::copy(dir.join("twig.safetensors"), bare.join("model.safetensors")).unwrap();
-        let err = load_twig(&bare, &base, &cfg, Some(1), &device).err().unwrap();
+        std::fs::copy(dir.path().join("twig.safetensors"), bare.path().join("model.safetensors")).unwrap();
+        let err = load_twig(bare.path(), &base, &cfg, Some(1), &device).err().unwrap();
         assert!(matches!(err, TwigError::MissingMlp { .. }), "{err}");
-        for d in [dir, official, bare] {
-            std::fs::remove_dir_all(d).unwrap();
-        }
     }
 }

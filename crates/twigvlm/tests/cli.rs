@@ -3,27 +3,25 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
+use twigvlm_testkit::{fixture, temp_dir};
 
 fn twigvlm(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_twigvlm")).args(args).output().expect("binary runs")
 }
 
 fn reference_greedy(model: &str, case: &str) -> Vec<u64> {
-    let text = std::fs::read_to_string(fixtures().join(format!("reference/{model}.json"))).unwrap();
+    let text = std::fs::read_to_string(fixture(&format!("reference/{model}.json"))).unwrap();
     let json: serde_json::Value = serde_json::from_str(&text).unwrap();
     json["cases"][case]["greedy_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect()
 }
 
 fn model(name: &str) -> String {
-    fixtures().join(name).display().to_string()
+    fixture(name).display().to_string()
 }
 
 #[test]
 fn json_output_matches_the_hf_greedy_reference() {
-    let image = fixtures().join("images/shapes-80x60.png").display().to_string();
+    let image = twigvlm_testkit::image("shapes-80x60.png").display().to_string();
     let out = twigvlm(&[
         "generate",
         "--model",
@@ -74,7 +72,7 @@ fn text_only_prompt_streams_text_and_stops_at_eos() {
     let json: serde_json::Value = serde_json::from_slice(&json_run.stdout).unwrap();
     assert_eq!(String::from_utf8(out.stdout).unwrap().trim_end(), json["text"].as_str().unwrap().trim_end());
     // The webp case of the reference ends in EOS after 6 tokens.
-    let image = fixtures().join("images/square-64.webp").display().to_string();
+    let image = twigvlm_testkit::image("square-64.webp").display().to_string();
     let out = twigvlm(&[
         "generate",
         "--model",
@@ -93,8 +91,9 @@ fn text_only_prompt_streams_text_and_stops_at_eos() {
 
 #[test]
 fn dump_tensors_writes_the_reference_shapes() {
-    let dump = std::env::temp_dir().join(format!("twigvlm-dump-{}.safetensors", std::process::id()));
-    let image = fixtures().join("images/shapes-80x60.png").display().to_string();
+    let tmp = temp_dir("dump");
+    let dump = tmp.path().join("dump.safetensors");
+    let image = twigvlm_testkit::image("shapes-80x60.png").display().to_string();
     let out = twigvlm(&[
         "generate",
         "--model",
@@ -111,7 +110,6 @@ fn dump_tensors_writes_the_reference_shapes() {
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let bytes = std::fs::read(&dump).unwrap();
-    std::fs::remove_file(&dump).unwrap();
     let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     assert_eq!(tensors.tensor("pixel_values").unwrap().shape(), &[3, 56, 56]);
     assert_eq!(tensors.tensor("image_features").unwrap().shape(), &[16, 64]);
@@ -153,7 +151,7 @@ fn bad_input_gives_clear_errors() {
         assert!(err.contains(needle), "expected `{needle}` in: {err}");
         assert!(!err.contains("panicked"), "{err}");
     };
-    let corrupt = fixtures().join("images/corrupt.png").display().to_string();
+    let corrupt = twigvlm_testkit::image("corrupt.png").display().to_string();
     fail(&["generate", "--model", &model("tiny-llava-hf5"), "--image", &corrupt, "--prompt", "hi"], "corrupt.png");
     fail(&["generate", "--model", &model("tiny-llava-hf5"), "--prompt", "  "], "empty");
     fail(&["generate", "--model", "/nonexistent/model", "--prompt", "hi"], "/nonexistent/model");
@@ -166,9 +164,10 @@ fn bad_input_gives_clear_errors() {
 
 #[test]
 fn import_gguf_writes_a_model_directory() {
-    let out = std::env::temp_dir().join(format!("twigvlm-cli-import-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
-    let gguf = fixtures().join("gguf/tiny-llama.gguf").display().to_string();
+    // A directory the import creates.
+    let tmp = temp_dir("cli-import");
+    let out = tmp.path().join("model");
+    let gguf = fixture("gguf/tiny-llama.gguf").display().to_string();
     let run = twigvlm(&["import", "gguf", &gguf, "--out", out.to_str().unwrap()]);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     assert!(String::from_utf8_lossy(&run.stdout).contains("imported 20 tensors"));
@@ -177,7 +176,6 @@ fn import_gguf_writes_a_model_directory() {
     }
     let again = twigvlm(&["import", "gguf", &gguf, "--out", out.to_str().unwrap()]);
     assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("not empty"));
-    std::fs::remove_dir_all(&out).unwrap();
 }
 
 #[test]
@@ -208,8 +206,9 @@ fn eval_scores_every_task_beside_the_baselines() {
 
 #[test]
 fn training_refuses_evaluation_seeds() {
-    let out_dir = std::env::temp_dir().join(format!("twigvlm-cli-train-{}", std::process::id()));
-    let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/shapes-smol").display().to_string();
+    let tmp = temp_dir("cli-train");
+    let out_dir = tmp.path().join("out");
+    let config = twigvlm_testkit::workspace_root().join("models/shapes-smol").display().to_string();
     let out = twigvlm(&[
         "train",
         "vision",
@@ -227,7 +226,6 @@ fn training_refuses_evaluation_seeds() {
 
 /// A K=1, T=2 twig for the tiny fixture, trained for two steps into `root/ours`.
 fn train_tiny_twig(root: &std::path::Path) -> PathBuf {
-    let _ = std::fs::remove_dir_all(root);
     let ours = root.join("ours");
     let out = twigvlm(&[
         "train-twig",
@@ -253,7 +251,7 @@ fn train_tiny_twig(root: &std::path::Path) -> PathBuf {
 
 /// `generate --json` on the tiny fixture with an image, 5 new tokens, plus `extra`.
 fn generate_about_an_image(extra: &[&str]) -> Output {
-    let (base, image) = (model("tiny-llava-hf5"), fixtures().join("images/shapes-80x60.png").display().to_string());
+    let (base, image) = (model("tiny-llava-hf5"), twigvlm_testkit::image("shapes-80x60.png").display().to_string());
     let mut args = vec![
         "generate",
         "--model",
@@ -272,8 +270,9 @@ fn generate_about_an_image(extra: &[&str]) -> Output {
 
 #[test]
 fn token_pruning_reports_its_selection_and_ssd_stays_lossless_under_it_in_generate_eval_and_bench() {
-    let root = std::env::temp_dir().join(format!("twigvlm-cli-ttp-{}", std::process::id()));
-    let twig = train_tiny_twig(&root).display().to_string();
+    let tmp = temp_dir("cli-ttp");
+    let root = tmp.path();
+    let twig = train_tiny_twig(root).display().to_string();
     let json = |out: Output| -> serde_json::Value {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).unwrap()
@@ -385,7 +384,7 @@ fn token_pruning_reports_its_selection_and_ssd_stays_lossless_under_it_in_genera
         "--twig",
         &twig,
         "--image",
-        &fixtures().join("images/shapes-80x60.png").display().to_string(),
+        &twigvlm_testkit::image("shapes-80x60.png").display().to_string(),
         "--prompt",
         "What color is the triangle?",
         "--visual-budget",
@@ -409,13 +408,13 @@ fn token_pruning_reports_its_selection_and_ssd_stays_lossless_under_it_in_genera
         stderr(&["--policy", "twig", "--twig", &twig, "--visual-budget", "8", "--final-wipe", "9"]).contains("K_f=9")
     );
     assert!(stderr(&["--policy", "bogus"]).contains("unknown prefill policy"));
-    std::fs::remove_dir_all(&root).unwrap();
 }
 
 #[test]
 fn distill_writes_the_base_answers_as_instruction_json_that_train_twig_reads() {
-    let root = std::env::temp_dir().join(format!("twigvlm-cli-distill-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
+    // A directory distill creates.
+    let tmp = temp_dir("cli-distill");
+    let root = tmp.path().join("distill");
     let out = root.display().to_string();
     let tiny = model("tiny-llava-hf5");
     let distill = |extra: &[&str]| {
@@ -502,13 +501,13 @@ fn distill_writes_the_base_answers_as_instruction_json_that_train_twig_reads() {
         "--quiet",
     ]);
     assert!(trained.status.success(), "{}", String::from_utf8_lossy(&trained.stderr));
-    let _ = std::fs::remove_dir_all(&root);
 }
 
 #[test]
 fn train_twig_writes_a_twig_that_converts_to_the_official_layout_and_back() {
-    let root = std::env::temp_dir().join(format!("twigvlm-cli-twig-{}", std::process::id()));
-    let (ours, official, back) = (train_tiny_twig(&root), root.join("official"), root.join("back"));
+    let tmp = temp_dir("cli-twig");
+    let root = tmp.path();
+    let (ours, official, back) = (train_tiny_twig(root), root.join("official"), root.join("back"));
     let base = model("tiny-llava-hf5");
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(ours.join("twig.json")).unwrap()).unwrap();
@@ -612,5 +611,4 @@ fn train_twig_writes_a_twig_that_converts_to_the_official_layout_and_back() {
         "{}",
         String::from_utf8_lossy(&bad.stderr)
     );
-    std::fs::remove_dir_all(&root).unwrap();
 }

@@ -16,10 +16,6 @@ const MODEL: &str = "tiny-serve";
 const LONG_CONTEXT: usize = 8192;
 const LONG_GENERATION: usize = 8000;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
 fn twigvlm() -> Command {
     Command::new(env!("CARGO_BIN_EXE_twigvlm"))
 }
@@ -31,7 +27,7 @@ fn model_dir() -> &'static Path {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(MODEL);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let source = fixtures().join("tiny-llava-hf5");
+        let source = twigvlm_testkit::tiny_llava();
         for entry in std::fs::read_dir(&source).unwrap() {
             let entry = entry.unwrap();
             std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
@@ -135,7 +131,7 @@ impl Drop for Server {
 }
 
 fn image_url(name: &str) -> String {
-    let bytes = std::fs::read(fixtures().join("images").join(name)).unwrap();
+    let bytes = std::fs::read(twigvlm_testkit::image(name)).unwrap();
     format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(bytes))
 }
 
@@ -162,7 +158,7 @@ fn text_of(completion: &Value) -> String {
 fn completions_equal_the_command_line_and_stream_in_openai_chunks() {
     let server = Server::start(&[]);
     let prompt = "What is shown in this image?";
-    let image = fixtures().join("images/shapes-80x60.png");
+    let image = twigvlm_testkit::image("shapes-80x60.png");
     let (status, completion) =
         server.post("/v1/chat/completions", &chat(prompt, Some(&image_url("shapes-80x60.png")), 20));
     assert_eq!(status, 200, "{completion}");
@@ -382,7 +378,9 @@ fn bad_input_gets_a_4xx_with_an_openai_error_body() {
     let two_images = json!({"model": MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": image}}, {"type": "image_url", "image_url": {"url": image}}, {"type": "text", "text": "Compare."}]}]});
     let long_prompt = "word ".repeat(LONG_CONTEXT);
-    let cases: Vec<(&str, Result<Value, &str>, u16, Option<&str>)> = vec![
+    // (name, body or raw text, expected status, expected error code)
+    type Case<'a> = (&'a str, Result<Value, &'a str>, u16, Option<&'a str>);
+    let cases: Vec<Case> = vec![
         ("malformed JSON", Err("{\"model\": "), 400, None),
         ("unknown model", Ok(with(chat("Hi", None, 4), json!({"model": "gpt-4o"}))), 404, Some("model_not_found")),
         ("non-image data", Ok(chat("Hi", Some(&image_url("not-an-image.png")), 4)), 400, Some("invalid_image")),

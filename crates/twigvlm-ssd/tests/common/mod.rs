@@ -1,8 +1,6 @@
 //! The tiny llava-hf fixture's language model (4 layers) and prompts for the decoder tests.
 #![allow(dead_code)] // each test file uses its own part
 
-use std::path::PathBuf;
-
 use burn::backend::Flex;
 use burn::prelude::*;
 use twigvlm_backbone::{load_llava, LlamaDecoder, LoadOptions, LoadedLlava};
@@ -11,8 +9,7 @@ use twigvlm_ssd::DecodeConfig;
 pub type B = Flex;
 
 pub fn fixture() -> LoadedLlava<B> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llava-hf5");
-    load_llava::<B>(&dir, &LoadOptions::default(), &Default::default()).unwrap()
+    load_llava::<B>(&twigvlm_testkit::tiny_llava(), &LoadOptions::default(), &Default::default()).unwrap()
 }
 
 pub fn embeds(base: &LlamaDecoder<B>, ids: &[i64]) -> Tensor<B, 3> {
