@@ -11,4 +11,4 @@ pub mod spec;
 pub use conversation::{Conversation, ImageSource, Turn};
 pub use error::{DataError, Result};
 pub use shapes::{Colour, Scene, SceneConfig, SceneObject, Shape, ShapesDataset, Task, TaskMix, COLUMN_WORDS};
-pub use spec::{Dataset, DatasetSpec, SeedRange, EVAL_SEED_START};
+pub use spec::{eval_shapes, Dataset, DatasetSpec, SeedRange, EVAL_SEED_START, FINAL_EVAL_SEED_START};

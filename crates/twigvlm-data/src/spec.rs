@@ -14,6 +14,16 @@ use crate::shapes::{SceneConfig, ShapesDataset, Task, TaskMix};
 
 /// First evaluation seed.
 pub const EVAL_SEED_START: u64 = 1_000_000;
+/// First seed of the final checks: evaluation seeds that no training run evaluates on while it
+/// trains (the demo model's quality bar asks its questions from here).
+pub const FINAL_EVAL_SEED_START: u64 = 2_000_000;
+
+/// The spec of `n` held-out scenes from the first evaluation seed, asking `tasks` (`short`,
+/// `all`, `describe`, `color+where`, …; `None`: the short tasks).
+pub fn eval_shapes(n: usize, tasks: Option<&str>) -> String {
+    let tasks = tasks.map(|t| format!(",task={t}")).unwrap_or_default();
+    format!("shapes:seed={EVAL_SEED_START},n={n}{tasks}")
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SeedRange {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use burn::prelude::Backend;
-use twigvlm_data::DatasetSpec;
+use twigvlm_data::{eval_shapes, DatasetSpec};
 use twigvlm_engine::{BackendJob, DecoderKind, DraftTree, PruningSpec, VisualBudget};
 use twigvlm_eval::bench::{generation_count, run_bench, BenchMode, BenchOptions, BenchPrompt, BenchReport};
 use twigvlm_eval::plot::{bar_chart, Labels};
@@ -15,7 +15,7 @@ use super::named::named;
 pub struct BenchArgs {
     /// Prompts: `shapes:seed=<u64>,n=<count>[,task=...]` or a LLaVA instruction JSON file. The
     /// default asks for descriptions, long answers as in the paper's MM-Vet measurement.
-    #[arg(long, default_value = "shapes:seed=1000000,n=4,task=describe")]
+    #[arg(long, default_value_t = eval_shapes(4, Some("describe")))]
     pub data: String,
     /// Directory that a JSON dataset's image paths are relative to (default: the file's directory).
     #[arg(long)]

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use burn::prelude::Backend;
-use twigvlm_data::{DatasetSpec, SeedRange};
+use twigvlm_data::{eval_shapes, DatasetSpec, SeedRange, EVAL_SEED_START};
 use twigvlm_engine::{BackendJob, PrefillPolicy, PruningSpec, VisualBudget};
 use twigvlm_eval::eval::{evaluate, EvalOptions, EvalReport};
 use twigvlm_eval::relacc::{cell_count, plot_relacc, relacc_table, RelAccReport};
@@ -13,7 +13,7 @@ use twigvlm_eval::relacc::{cell_count, plot_relacc, relacc_table, RelAccReport};
 pub struct EvalArgs {
     /// `shapes:seed=<u64>,n=<count>[,task=short|describe|all]` (evaluation seeds start at 1000000)
     /// or a LLaVA instruction JSON file.
-    #[arg(long, default_value = "shapes:seed=1000000,n=100,task=all")]
+    #[arg(long, default_value_t = eval_shapes(100, Some("all")))]
     pub data: String,
     /// Directory that a JSON dataset's image paths are relative to (default: the file's directory).
     #[arg(long)]
@@ -54,10 +54,7 @@ impl BackendJob for EvalArgs {
         let args = self;
         let spec = DatasetSpec::parse(&args.data)?;
         if spec.seed_range() == Some(SeedRange::Train) {
-            tracing::warn!(
-                "--data uses a training seed; held-out scores need a seed from {}",
-                twigvlm_data::EVAL_SEED_START
-            );
+            tracing::warn!("--data uses a training seed; held-out scores need a seed from {EVAL_SEED_START}");
         }
         let dataset = spec.open(args.image_root.as_deref())?;
         let questions = dataset.question_count();
