@@ -49,9 +49,13 @@ pub enum BackendKind {
 )]
 #[strum(serialize_all = "lowercase")]
 pub enum GpuAutotune {
+    /// The fewest candidates: fastest to start, slowest kernels.
     Minimal,
+    /// cubecl's default.
     Balanced,
+    /// More candidates per shape.
     Extensive,
+    /// Every candidate: slowest to start, fastest kernels.
     Full,
 }
 
@@ -79,13 +83,17 @@ pub fn configure_gpu(_autotune: GpuAutotune) {}
 
 /// Work to run on whichever backend was chosen.
 pub trait BackendJob {
+    /// What the job returns.
     type Output;
+    /// Runs the job on backend `B`, on `device`.
     fn run<B: Backend>(self, device: B::Device) -> Self::Output;
 }
 
 /// Training work: runs on the chosen backend wrapped in burn's autodiff.
 pub trait AutodiffJob {
+    /// What the job returns.
     type Output;
+    /// Runs the job on the autodiff backend `B`, on `device`.
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output;
 }
 
@@ -114,8 +122,11 @@ impl<J: AutodiffJob> BackendJob for WithAutodiff<J> {
 )]
 #[strum(serialize_all = "lowercase")]
 pub enum FloatDtype {
+    /// 32-bit floats (every backend).
     F32,
+    /// IEEE half precision (CUDA, most wgpu adapters).
     F16,
+    /// bfloat16 (CUDA).
     Bf16,
 }
 
@@ -124,9 +135,22 @@ pub enum FloatDtype {
 pub enum BackendError {
     /// The backend was not compiled into this binary.
     #[error("backend `{backend}` is not compiled into this binary; rebuild with `--features {feature}`")]
-    Unavailable { backend: &'static str, feature: &'static str },
+    Unavailable {
+        /// The backend asked for.
+        backend: &'static str,
+        /// The cargo feature that compiles it in.
+        feature: &'static str,
+    },
+    /// The backend cannot compute in the dtype asked for.
     #[error("backend `{backend}` does not compute in {dtype} (it supports: {supported})")]
-    Dtype { backend: BackendKind, dtype: FloatDtype, supported: &'static str },
+    Dtype {
+        /// The backend asked for.
+        backend: BackendKind,
+        /// The dtype asked for.
+        dtype: FloatDtype,
+        /// The dtypes it does compute in.
+        supported: &'static str,
+    },
 }
 
 impl BackendKind {

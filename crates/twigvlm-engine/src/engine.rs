@@ -20,6 +20,7 @@ use crate::request::{DecoderKind, GenerateRequest, Prompt};
 
 /// A prompt ready for the language model.
 pub struct EncodedPrompt<B: Backend> {
+    /// The prompt's token ids and where its image sits.
     pub tokens: PromptTokens,
     /// `[1, prompt_len, hidden]`, the image's features in its span.
     pub embeds: Tensor<B, 3>,
@@ -33,8 +34,11 @@ pub struct EncodedPrompt<B: Backend> {
 
 /// A loaded model on one device.
 pub struct Engine<B: Backend> {
+    /// The model with its tokenizer, chat template and image preprocessor.
     pub llava: LoadedLlava<B>,
+    /// Where the model runs.
     pub device: B::Device,
+    /// The directory it was loaded from.
     pub model_dir: PathBuf,
     /// The twig attached with [`Engine::attach_twig`].
     pub twig: Option<TwigCheckpoint<B>>,

@@ -11,22 +11,41 @@ use crate::request::DecoderKind;
 /// A request that cannot run on this model as asked.
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
+    /// The decoder runs the twig, and none is attached.
     #[error("the {0} decoder needs --twig DIR (a twig trained for this base model)")]
     DecoderNeedsTwig(DecoderKind),
+    /// The twig pruning policy, and no twig attached.
     #[error("the twig policy needs a twig: attach one (--twig DIR)")]
     PolicyNeedsTwig,
+    /// The twig-only decoder with a pruning policy.
     #[error("the twig-only decoder runs the shallow network on the whole prompt and does not prune: set the policy to none, or decode with the base or ssd decoder")]
     TwigOnlyPrunes,
+    /// A pruning spec this model cannot run (budget, layers).
     #[error(transparent)]
     Pruning(TtpError),
+    /// The prompt does not render or tokenise.
     #[error("cannot make a prompt of it: {0}")]
     Prompt(BackboneError),
+    /// The prompt leaves no room in the context for a generated token.
     #[error("the prompt has {prompt} tokens{}, but the model's context holds {context}", image_note(*.visual_tokens))]
-    PromptTooLong { prompt: usize, context: usize, visual_tokens: Option<usize> },
+    PromptTooLong {
+        /// Tokens of the prompt, the image's included.
+        prompt: usize,
+        /// Positions the model supports.
+        context: usize,
+        /// Tokens of the image, if there is one.
+        visual_tokens: Option<usize>,
+    },
+    /// An explanation asked for a policy at a budget that keeps every visual token.
     #[error(
         "the {policy} policy pruned nothing: give a visual budget below the image's {visual_tokens} visual tokens"
     )]
-    NothingPruned { policy: PrefillPolicy, visual_tokens: usize },
+    NothingPruned {
+        /// The policy.
+        policy: PrefillPolicy,
+        /// The image's visual tokens.
+        visual_tokens: usize,
+    },
 }
 
 fn image_note(visual_tokens: Option<usize>) -> String {
@@ -36,12 +55,16 @@ fn image_note(visual_tokens: Option<usize>) -> String {
 /// Which part of a request an error is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestPart {
+    /// The decoder asked for.
     Decoder,
+    /// The pruning policy, budget or FinalWipe layer.
     Pruning,
+    /// The prompt or conversation.
     Prompt,
 }
 
 impl RequestError {
+    /// The part of the request to change.
     pub fn part(&self) -> RequestPart {
         match self {
             RequestError::DecoderNeedsTwig(_) => RequestPart::Decoder,
@@ -60,14 +83,23 @@ pub enum EngineError {
     /// The request was wrong; nothing ran.
     #[error(transparent)]
     Request(#[from] RequestError),
+    /// Loading or running the model failed.
     #[error(transparent)]
     Model(#[from] BackboneError),
+    /// The twig cannot be loaded for this model.
     #[error(transparent)]
     Twig(#[from] TwigError),
+    /// A decoder failed.
     #[error(transparent)]
     Decode(#[from] DecodeError),
+    /// The image preprocessor and the vision tower disagree on the image size.
     #[error("preprocessing produced a {}x{} image but the vision tower takes {expected}x{expected}; check preprocessor_config.json", found[0], found[1])]
-    ImageSize { found: [usize; 2], expected: usize },
+    ImageSize {
+        /// Height and width the preprocessor produced.
+        found: [usize; 2],
+        /// The vision tower's side.
+        expected: usize,
+    },
 }
 
 impl EngineError {
@@ -77,4 +109,5 @@ impl EngineError {
     }
 }
 
+/// A result of the engine.
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;

@@ -13,6 +13,7 @@ use crate::error::{RequestError, Result};
 /// One policy's view of the image.
 #[derive(Debug, Clone)]
 pub struct Panel {
+    /// The policy, and what it kept.
     pub title: String,
     /// One score per patch, row-major.
     pub scores: Vec<f32>,
@@ -20,11 +21,14 @@ pub struct Panel {
     pub kept: Vec<usize>,
 }
 
+/// Every policy's view of one image.
 #[derive(Debug, Clone)]
 pub struct Explanation {
     /// The image as the vision tower saw it (after resizing and cropping).
     pub input: RgbImage,
+    /// The vision tower's patches per side of `input`.
     pub patches_per_side: usize,
+    /// One per policy, in the order asked.
     pub panels: Vec<Panel>,
 }
 

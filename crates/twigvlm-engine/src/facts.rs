@@ -19,10 +19,12 @@ pub struct ModelFacts {
 }
 
 impl ModelFacts {
+    /// The chat template prompts are rendered with.
     pub fn template(&self) -> &ChatTemplate {
         &self.template
     }
 
+    /// The tokenizer prompts are encoded with.
     pub fn tokenizer(&self) -> &PromptTokenizer {
         &self.tokenizer
     }
@@ -42,6 +44,7 @@ impl ModelFacts {
         self.twig
     }
 
+    /// Whether a twig is attached.
     pub fn has_twig(&self) -> bool {
         self.twig.is_some()
     }

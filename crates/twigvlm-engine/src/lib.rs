@@ -19,6 +19,8 @@
 //! To run on whichever backend the user picks at run time, implement [`BackendJob`] and hand it
 //! to [`BackendKind::run_in`]; the `cuda` and `wgpu` features compile those backends in.
 
+#![deny(missing_docs)]
+
 pub mod backend;
 pub mod engine;
 pub mod error;

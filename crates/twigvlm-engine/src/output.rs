@@ -10,10 +10,13 @@ use twigvlm_ttp::PruningOutcome;
 pub struct GenerateStats {
     /// Vision tower + projector + prompt prefill.
     pub prefill_ms: f64,
+    /// Decoding after the first token.
     pub decode_ms: f64,
+    /// Tokens generated.
     pub new_tokens: usize,
     /// New tokens per second of decoding (the first token comes from the prefill).
     pub tokens_per_s: f64,
+    /// Why generation ended.
     pub stop_reason: StopReason,
     /// Draft-and-verify rounds of the `ssd` decoder.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -26,9 +29,13 @@ pub struct GenerateStats {
 /// What a generation produced, plus the intermediate tensors `--dump-tensors` writes.
 #[derive(Debug, Clone)]
 pub struct GenerateResult {
+    /// The prompt as the model saw it.
     pub prompt: PromptTokens,
+    /// The generated token ids.
     pub generated_ids: Vec<u32>,
+    /// The generated text.
     pub text: String,
+    /// Timings and what the decoder and pruning did.
     pub stats: GenerateStats,
     /// `[3, size, size]` values fed to the vision tower (with `capture_tensors`).
     pub pixel_values: Option<(Vec<f32>, [usize; 3])>,

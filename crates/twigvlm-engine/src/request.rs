@@ -79,13 +79,19 @@ impl From<&str> for Prompt {
 /// One generation request.
 #[derive(Debug, Clone)]
 pub struct GenerateRequest {
+    /// What the model is asked.
     pub prompt: Prompt,
+    /// The image it is asked about, if any.
     pub image: Option<DynamicImage>,
+    /// Most tokens generated (end-of-sequence ends generation earlier).
     pub max_new_tokens: usize,
+    /// Greedy, or temperature and top-p sampling.
     pub sampling: Sampling,
+    /// Seed of the sampler.
     pub seed: u64,
     /// Copy pixel values and image features back to the host (for `--dump-tensors`).
     pub capture_tensors: bool,
+    /// Which network generates.
     pub decoder: DecoderKind,
     /// Which visual tokens the prefill keeps.
     pub pruning: PruningSpec,
