@@ -46,6 +46,7 @@ pub struct Segment {
 }
 
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant, reason = "one template per loaded model; its size does not matter")]
 pub enum ChatTemplate {
     /// LLaVA-1.5's `vicuna_v1` conversation.
     VicunaV1,

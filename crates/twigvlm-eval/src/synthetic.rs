@@ -28,7 +28,7 @@ const IMAGE_TOKEN_ID: usize = 32000;
 const PAD_TOKEN_ID: usize = 32001;
 /// CLIP's image normalisation.
 const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
-const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_1];
+const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
 /// The paper's twig for LLaVA-1.5-7B.
 pub const TWIG_K: usize = 2;
 pub const TWIG_T: usize = 3;

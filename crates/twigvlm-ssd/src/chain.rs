@@ -106,7 +106,7 @@ mod tests {
         let mut accepted_total = 0;
         for _ in 0..trials {
             let x = sampler.draw(&q);
-            let (accepted, correction) = verify(&[p.clone(), p.clone()], &[q.clone()], &[x], &mut sampler);
+            let (accepted, correction) = verify(&[p.clone(), p.clone()], std::slice::from_ref(&q), &[x], &mut sampler);
             accepted_total += accepted;
             counts[if accepted == 1 { x } else { correction } as usize] += 1;
         }

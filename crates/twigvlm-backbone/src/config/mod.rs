@@ -145,20 +145,20 @@ impl LlavaConfig {
     /// Checks the invariants the model code relies on.
     pub fn validate(&self) -> Result<(), String> {
         let t = &self.text;
-        if t.num_heads == 0 || t.num_kv_heads == 0 || t.num_heads % t.num_kv_heads != 0 {
+        if t.num_heads == 0 || t.num_kv_heads == 0 || !t.num_heads.is_multiple_of(t.num_kv_heads) {
             return Err(format!(
                 "num_attention_heads ({}) must be a positive multiple of num_key_value_heads ({})",
                 t.num_heads, t.num_kv_heads
             ));
         }
-        if t.head_dim % 2 != 0 {
+        if !t.head_dim.is_multiple_of(2) {
             return Err(format!("head_dim {} must be even for rotary embeddings", t.head_dim));
         }
         let v = &self.vision;
-        if v.num_heads == 0 || v.hidden_size % v.num_heads != 0 {
+        if v.num_heads == 0 || !v.hidden_size.is_multiple_of(v.num_heads) {
             return Err(format!("vision hidden_size {} is not divisible by its {} heads", v.hidden_size, v.num_heads));
         }
-        if v.patch_size == 0 || v.image_size % v.patch_size != 0 {
+        if v.patch_size == 0 || !v.image_size.is_multiple_of(v.patch_size) {
             return Err(format!("vision image_size {} is not a multiple of patch_size {}", v.image_size, v.patch_size));
         }
         if self.projector.vision_hidden_size != v.hidden_size {
@@ -190,7 +190,8 @@ impl hf::HfLlamaConfig {
     pub fn to_llama(&self, tie_fallback: Option<bool>) -> Result<LlamaConfig, String> {
         let rope_theta = self.rope_theta_value()?;
         let num_kv_heads = self.num_key_value_heads.unwrap_or(self.num_attention_heads);
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 && self.head_dim.is_none()
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads) && self.head_dim.is_none()
         {
             return Err(format!(
                 "hidden_size {} is not divisible by num_attention_heads {}",

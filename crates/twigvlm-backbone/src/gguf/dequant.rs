@@ -58,7 +58,7 @@ impl GgmlType {
     /// Bytes needed for `elements` values, if the type is supported and the count fills whole blocks.
     pub fn byte_size(self, elements: usize) -> Option<usize> {
         let (per_block, bytes) = self.block()?;
-        (elements % per_block == 0).then(|| elements / per_block * bytes)
+        elements.is_multiple_of(per_block).then(|| elements / per_block * bytes)
     }
 
     /// Decodes `bytes` (exactly [`Self::byte_size`] of them) into f32 values.
