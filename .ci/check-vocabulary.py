@@ -20,7 +20,7 @@ PATTERNS = {
     "issue number": r"\b(issue|issues|PR|pull request) ?#?\d+\b",
     "one of our issues": r"\bthe [\w-]+ issue\b",
     "numbered work period": r"\b(session|period|round) \d+'s\b|\b\d+'s (model|twig|base|run)\b",
-    "missing design document": r"\bDESIGN\.md\b",
+    "missing design document": r"(?-i:\bDESIGN\.md\b)",
 }
 HERE = pathlib.Path(__file__).resolve().parent
 ALLOW_FILE = HERE / "vocabulary-allow.txt"
@@ -57,7 +57,7 @@ def main():
             continue  # binary
         for number, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
             for match in pattern.finditer(line):
-                rule = next(i for i, group in enumerate(match.groups()) if group is not None)
+                rule = next(int(name[1:]) for name, text in match.groupdict().items() if text is not None)
                 permit = next(((p, t) for p, t in allowed if p == path and t in line), None)
                 if permit:
                     used.add(permit)

@@ -1,4 +1,4 @@
-"""Writes the general chat prompts the demo twig is self-distilled on (issue: the twig).
+"""Writes the general chat prompts the demo twig is self-distilled on (the twig's chat mixture).
 
 Text-only instructions from topic x template, as LLaVA instruction JSON with empty answers:
 `twigvlm distill` fills the answers with the base model's own greedy generations. Train and eval

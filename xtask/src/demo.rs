@@ -31,7 +31,7 @@ fn language_model() -> anyhow::Result<PathBuf> {
 /// One run of stage 2: what it trains on and for how long. Each run starts from the layers the
 /// run before it tuned (`--tuned-from`), so that the model first learns to read one object, then
 /// to find the named one among two or three, then the whole task on full scenes; trained on full
-/// scenes from the start, it stayed at chance (README, "Demo model").
+/// scenes from the start, it stayed at chance (docs/demo-model.md).
 struct InstructRun {
     name: &'static str,
     data: &'static str,
@@ -49,7 +49,7 @@ struct InstructRun {
 
 /// Conversations per step of the runs trained on the CPU.
 const CPU_BATCH: usize = 4;
-/// Conversations per step of the runs trained on a lent GPU (`xtask/gpu/continue-demo.sh`), where
+/// Conversations per step of the runs trained on a GPU (`xtask/gpu/continue-demo.sh`), where
 /// a step of 16 cost 0.53 s on an H200 against 10 s for a step of 4 on two CPU cores.
 const GPU_BATCH: usize = 16;
 
@@ -170,7 +170,7 @@ const CURRICULUM: [InstructRun; 10] = [
         time_limit: None,
         replay_data: Some(CHAT_REPLAY),
     },
-    // On a lent GPU, four times the batch: `where`, descriptions and `exists` twice as often as
+    // On a GPU, four times the batch: `where`, descriptions and `exists` twice as often as
     // colour and shape (the CPU runs left the column right 13 times of 20 and describe F1 at
     // 0.64), one for one with the chat replay (fitted to 410 s: 574 steps).
     InstructRun {
@@ -198,7 +198,7 @@ const CHAT_PROMPTS: [(&str, &str); 2] =
 /// Tokens of a replayed answer at most.
 const CHAT_REPLAY_TOKENS: &str = "96";
 
-/// The last run, on a lent GPU too: descriptions three times, `where` and `exists` twice, at half
+/// The last run, on a GPU too: descriptions three times, `where` and `exists` twice, at half
 /// the learning rate, one for one with the chat replay (fitted to 200 s: 264 steps). Its steps and
 /// time limit come from the command line.
 const LAST_RUN: InstructRun = InstructRun {
@@ -214,7 +214,7 @@ const LAST_RUN: InstructRun = InstructRun {
 };
 
 /// Steps and sizes of the demo model's stages; the defaults are the recipe of the committed model
-/// (see the README's "Demo model" section for the measured times and accuracies).
+/// (see docs/demo-model.md for the measured times and accuracies).
 #[derive(Debug, clap::Args)]
 pub struct TrainDemoArgs {
     /// Stage 1 (projector onto the language model's word embeddings) steps of 32 images.
@@ -323,7 +323,7 @@ pub fn train(args: &TrainDemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The demo twig's recipe (see the README's "Demo model" section for the variants it was chosen
+/// The demo twig's recipe (see docs/demo-model.md for the variants it was chosen
 /// from): the paper's K=2, T=3 and adjacent initialisation; the head shared with the base (tied
 /// embeddings, nothing to store) and the MLPs kept as the base layers' copies, so that only
 /// attention and norms train and the committed twig stays small; the base model's own predictions

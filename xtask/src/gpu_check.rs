@@ -3,9 +3,10 @@
 //!
 //! `--pack` builds the CUDA `twigvlm` binary and the CUDA parity test binary here (cudarc loads
 //! the driver at run time, so no CUDA toolkit is needed to build), without kernel autotuning (a
-//! lent GPU's minutes cannot pay cubecl's seconds-per-shape benchmarks), strips and compresses
-//! them into `.gpu/check/` for a device call that carries that folder. `--local` runs the same script
-//! on this machine with the CPU build and the ~1B preset.
+//! time-limited run on a GPU machine cannot pay cubecl's seconds-per-shape benchmarks), strips
+//! and compresses them into `.gpu/check/`, the folder a run on a GPU machine without network
+//! access takes along. `--local` runs the same script on this machine with the CPU build and
+//! the ~1B preset.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -14,13 +15,13 @@ use anyhow::Context;
 
 use crate::{run, workspace_root};
 
-/// The device tool carries at most this much (working tree included).
+/// What a run on a remote GPU machine takes along at most (working tree included).
 const CARRY_LIMIT_BYTES: u64 = 64 << 20;
 const PACK_DIR: &str = ".gpu/check";
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Build and pack the CUDA binaries for a device call.
+    /// Build and pack the CUDA binaries for a run on a GPU machine.
     #[arg(long, conflicts_with = "local")]
     pack: bool,
     /// Run the check here on flex with the ~1B preset and 32 new tokens.
@@ -80,7 +81,7 @@ pub fn run_check(args: Args) -> anyhow::Result<()> {
             .args(["flex", "llava-1b-shape", "32"])
             .arg(parity));
     }
-    anyhow::ensure!(args.pack, "say --pack (prepare a device call) or --local (run here)");
+    anyhow::ensure!(args.pack, "say --pack (prepare a run on a GPU machine) or --local (run here)");
     run(Command::new("cargo").args(["build", "--release", "-p", "twigvlm"]).args(GPU_BUILD))?;
     let parity = parity_binary(&GPU_BUILD)?;
     let dir = root.join(PACK_DIR);
@@ -89,7 +90,9 @@ pub fn run_check(args: Args) -> anyhow::Result<()> {
     compress(&parity, &dir.join("parity.xz"))?;
     std::fs::write(dir.join("built-in"), root.display().to_string())?;
     let packed: u64 = std::fs::read_dir(&dir)?.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum();
-    anyhow::ensure!(packed < CARRY_LIMIT_BYTES, "{PACK_DIR} holds {packed} bytes, over what a device call carries");
-    eprintln!("packed {packed} bytes into {PACK_DIR}; on the device, carrying {PACK_DIR}: bash xtask/gpu/gpu-check.sh");
+    anyhow::ensure!(packed < CARRY_LIMIT_BYTES, "{PACK_DIR} holds {packed} bytes, over what a GPU run takes along");
+    eprintln!(
+        "packed {packed} bytes into {PACK_DIR}; on the GPU machine, with {PACK_DIR}: bash xtask/gpu/gpu-check.sh"
+    );
     Ok(())
 }

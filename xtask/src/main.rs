@@ -49,8 +49,8 @@ enum Task {
         #[arg(long, default_value = "What color is the cross?")]
         prompt: String,
     },
-    /// The GPU check: `--pack` builds and packs the CUDA binaries for a device call running
-    /// xtask/gpu/gpu-check.sh; `--local` runs that script here on flex.
+    /// The GPU check: `--pack` builds and packs the CUDA binaries for a run of
+    /// xtask/gpu/gpu-check.sh on a GPU machine; `--local` runs that script here on flex.
     GpuCheck(gpu_check::Args),
     /// Vanilla decode speed on the ~1B random preset against the memory-bandwidth bound
     /// (bench/results/cpu-roofline.json).
