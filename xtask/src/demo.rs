@@ -1,5 +1,5 @@
 //! The demo model `models/shapes-smol`: `twigvlm prepare-demo` rebuilds its language model from
-//! the pinned wheel and assembles the directory (see `crates/twigvlm/src/demo_model.rs`); this
+//! the pinned wheel and assembles the directory (see `crates/twigvlm-train/src/demo.rs`); this
 //! file drives its training stages and the demo question.
 
 use std::path::{Path, PathBuf};

@@ -13,10 +13,11 @@ use twigvlm_ssd::{
 use twigvlm_ttp::{prefill, Prefill, PruningOutcome, PruningSpec, TwigPlace};
 use twigvlm_twig::{load_twig, Twig, TwigCheckpoint};
 
+use crate::decoder::DecoderKind;
 use crate::error::{EngineError, RequestError, Result};
 use crate::facts::ModelFacts;
 use crate::output::{GenerateResult, GenerateStats};
-use crate::request::{DecoderKind, GenerateRequest, Prompt};
+use crate::request::{GenerateRequest, Prompt};
 
 /// A prompt ready for the language model.
 pub struct EncodedPrompt<B: Backend> {

@@ -6,7 +6,7 @@ use twigvlm_ssd::DecodeError;
 use twigvlm_ttp::{PrefillPolicy, TtpError};
 use twigvlm_twig::TwigError;
 
-use crate::request::DecoderKind;
+use crate::decoder::DecoderKind;
 
 /// A request that cannot run on this model as asked.
 #[derive(Debug, thiserror::Error)]

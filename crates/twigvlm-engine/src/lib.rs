@@ -22,6 +22,7 @@
 #![deny(missing_docs)]
 
 pub mod backend;
+pub mod decoder;
 pub mod engine;
 pub mod error;
 pub mod explain;
@@ -30,11 +31,12 @@ pub mod output;
 pub mod request;
 
 pub use backend::{configure_gpu, AutodiffJob, BackendError, BackendJob, BackendKind, FloatDtype, GpuAutotune};
+pub use decoder::DecoderKind;
 pub use engine::{EncodedPrompt, Engine};
 pub use error::{EngineError, RequestError, RequestPart};
 pub use facts::ModelFacts;
 pub use output::{GenerateResult, GenerateStats};
-pub use request::{check_twig_use, uses_twig, DecoderKind, GenerateRequest, Prompt};
+pub use request::{check_twig_use, uses_twig, GenerateRequest, Prompt};
 pub use twigvlm_backbone::LoadOptions;
 pub use twigvlm_ssd::{DraftConfig, DraftLength, DraftTree, Sampling, StopReason};
 pub use twigvlm_ttp::{PrefillPolicy, PruningSpec, VisualBudget};

@@ -3,51 +3,14 @@
 //! calls it before it generates).
 
 use image::DynamicImage;
-use serde_with::{DeserializeFromStr, SerializeDisplay};
-use strum::{Display, EnumMessage, EnumString, VariantArray};
 use twigvlm_backbone::chat_template::{ChatMessage, ChatTemplate};
 use twigvlm_backbone::PromptTokens;
 use twigvlm_ssd::{DecodeConfig, DraftConfig, Sampling};
 use twigvlm_ttp::{PrefillPolicy, PruningSpec};
 
+use crate::decoder::DecoderKind;
 use crate::error::RequestError;
 use crate::facts::ModelFacts;
-
-/// Which network generates the answer.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    Default,
-    PartialEq,
-    Eq,
-    Display,
-    EnumString,
-    VariantArray,
-    EnumMessage,
-    SerializeDisplay,
-    DeserializeFromStr,
-)]
-#[strum(serialize_all = "kebab-case")]
-pub enum DecoderKind {
-    /// The base model alone.
-    #[default]
-    Base,
-    /// The twig's shallow network alone (base layers below K, then the twig): the twig's own
-    /// quality, and what the speculative decoder drafts with.
-    TwigOnly,
-    /// Self-speculative decoding: the twig drafts, the base verifies; the base's output
-    /// (greedy: the same tokens; sampling: the same distribution, by speculative sampling) in
-    /// fewer base forwards when the twig agrees with it.
-    Ssd,
-}
-
-impl DecoderKind {
-    /// Whether this decoder runs the twig.
-    pub fn needs_twig(self) -> bool {
-        self != DecoderKind::Base
-    }
-}
 
 /// What the model is asked.
 #[derive(Debug, Clone, PartialEq)]
@@ -166,17 +129,6 @@ pub fn uses_twig(decoder: DecoderKind, pruning: &PruningSpec) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn decoder_names_round_trip_through_text_and_json() {
-        for &decoder in DecoderKind::VARIANTS {
-            assert_eq!(decoder.to_string().parse::<DecoderKind>().unwrap(), decoder);
-            let json = serde_json::to_string(&decoder).unwrap();
-            assert_eq!(json, format!("\"{decoder}\""));
-        }
-        assert_eq!(DecoderKind::TwigOnly.to_string(), "twig-only");
-        assert!("fast".parse::<DecoderKind>().is_err());
-    }
 
     #[test]
     fn the_twig_rules_refuse_what_cannot_run() {
