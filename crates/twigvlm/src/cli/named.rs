@@ -13,8 +13,9 @@ where
     T: VariantArray + EnumMessage + Display + FromStr + Clone + Send + Sync + 'static,
 {
     let values = T::VARIANTS.iter().map(|value| {
-        let help = value.get_documentation().unwrap_or_default();
-        PossibleValue::new(value.to_string()).help(help)
+        // A doc comment's lines as one paragraph; clap wraps it to the terminal.
+        let help: Vec<&str> = value.get_documentation().unwrap_or_default().split_whitespace().collect();
+        PossibleValue::new(value.to_string()).help(help.join(" "))
     });
     PossibleValuesParser::new(values).map(|name| match name.parse::<T>() {
         Ok(value) => value,
