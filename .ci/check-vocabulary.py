@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Fails when a tracked file speaks of how the project was worked on instead of the project itself:
-work sessions, machines lent or drawn, device time, numbered issues. A hit that is a legitimate use
-of a word (a random draw, an upstream project's issue) is listed in .ci/vocabulary-allow.txt as
-`PATH: TEXT`, allowing the lines of PATH that contain TEXT.
+numbered work periods, machines on loan or drawn by chance, the accelerator's time budget,
+numbered issues. A hit that is a legitimate use of a word (a random draw, an upstream project's
+issue) is listed in .ci/vocabulary-allow.txt as `PATH: TEXT`, allowing the lines of PATH that
+contain TEXT.
 
 Usage: python3 .ci/check-vocabulary.py   (from anywhere in the repository)
 """
@@ -12,14 +13,14 @@ import subprocess
 import sys
 
 PATTERNS = {
-    "work session": r"\bsessions?\b",
+    "work period": r"\bsess(ion)s?\b",
     "machine loan": r"\blent\b|\blend(s|ing)?\b|\bloan(s|ed)?\b",
     "machine draw": r"\b(first|second|third|fourth|fifth|sixth|seventh|next|this|each|every) draw\b"
     r"|\bdrawn (task|machine|GPU)s?\b|\bdraws? (of|for) (a|the) (GPU|machine|device)\b",
-    "device time": r"\bdevice[- ]time\b|\bdevice (call|calls|tool|reply)\b",
+    "accelerator time": r"\bdevice[- ]time\b|\bdevice (call|calls|tool|reply)\b",
     "issue number": r"\b(issue|issues|PR|pull request) ?#?\d+\b",
     "one of our issues": r"\bthe [\w-]+ issue\b",
-    "numbered work period": r"\b(session|period|round) \d+'s\b|\b\d+'s (model|twig|base|run)\b",
+    "numbered work period": r"\b(sess(ion)|period|round) \d+'s\b|\b\d+'s (model|twig|base|run)\b",
     "missing design document": r"(?-i:\bDESIGN\.md\b)",
 }
 HERE = pathlib.Path(__file__).resolve().parent
