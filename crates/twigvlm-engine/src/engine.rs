@@ -96,12 +96,23 @@ impl<B: Backend> Engine<B> {
         image: Option<&DynamicImage>,
         capture_tensors: bool,
     ) -> Result<EncodedPrompt<B>> {
-        let llava = &self.llava;
         let started = Instant::now();
+        let llava = &self.llava;
         let text = prompt.render(&llava.template, image.is_some()).map_err(RequestError::Prompt)?;
-        let visual_tokens = llava.config.visual_tokens_per_image();
-        let tokens = llava.tokenizer.encode(&text, visual_tokens).map_err(RequestError::Prompt)?;
+        let tokens = llava.tokenizer.encode(&text, self.facts.visual_tokens()).map_err(RequestError::Prompt)?;
+        self.embed(tokens, image, capture_tensors, started)
+    }
 
+    /// Vision tower and projector over the image, and the embeddings of the prompt `tokens`
+    /// (started: when encoding began, for the reported time).
+    fn embed(
+        &self,
+        tokens: PromptTokens,
+        image: Option<&DynamicImage>,
+        capture_tensors: bool,
+        started: Instant,
+    ) -> Result<EncodedPrompt<B>> {
+        let llava = &self.llava;
         let (pixel_values, image_features) = match image {
             Some(image) => {
                 let (values, shape) = llava.preprocessor.preprocess(image);
@@ -159,10 +170,12 @@ impl<B: Backend> Engine<B> {
         request: &GenerateRequest,
         mut on_text: impl FnMut(&str) -> ControlFlow<()>,
     ) -> Result<GenerateResult> {
-        request.validate(&self.facts)?;
+        let started = Instant::now();
+        // Validation renders and tokenises the prompt; the embeddings start from its tokens.
+        let tokens = request.validate(&self.facts)?;
         let llava = &self.llava;
         let EncodedPrompt { tokens: prompt, embeds, pixel_values, image_features, time: vision_time } =
-            self.encode(&request.prompt, request.image.as_ref(), request.capture_tensors)?;
+            self.embed(tokens, request.image.as_ref(), request.capture_tensors, started)?;
 
         let text_cfg = &llava.config.text;
         let config = DecodeConfig {
