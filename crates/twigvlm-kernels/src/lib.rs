@@ -1,0 +1,17 @@
+//! CPU kernels for the hot operations of a decoding step, on plain slices (no tensor library).
+//!
+//! A decoding step multiplies a few activation rows (one token, or the handful of a draft
+//! verification) by every weight matrix of the model, so its speed is the speed at which the
+//! weights stream from memory. [`linear`] reads each weight once for all rows, spreads the output
+//! columns over the rayon pool, reads f16 and bf16 weights as they are stored (half the bytes of
+//! f32) and accumulates in f32.
+//!
+//! **Row-independent rounding.** Every output element is one fused multiply-add chain over the
+//! inner dimension in index order, started from zero, with the bias added last; no reduction
+//! order depends on the number of rows, the tile shape, the thread count or the instruction set.
+//! A row's result is therefore bitwise the same whether it is computed alone or among any number
+//! of other rows, which is what makes a verification forward round exactly like one-row decoding.
+
+pub mod linear;
+
+pub use linear::{linear, Weights};
