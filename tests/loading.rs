@@ -118,7 +118,8 @@ fn original_layout_needs_its_clip_directory() {
     }
     let msg = load(dir.path()).unwrap_err().to_string();
     assert!(msg.contains("--vision-tower"), "{msg}");
-    let options = LoadOptions { vision_tower_dir: Some(model_dir("tiny-llava-original").join("clip")) };
+    let options =
+        LoadOptions { vision_tower_dir: Some(model_dir("tiny-llava-original").join("clip")), ..Default::default() };
     load_llava::<B>(dir.path(), &options, &Default::default()).expect("explicit CLIP directory works");
 }
 

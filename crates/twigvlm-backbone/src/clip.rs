@@ -9,6 +9,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 
 use crate::config::{Activation, ClipVisionConfig};
 use crate::error::Result;
+use crate::ops::{linear, DecodeOps};
 use crate::weights::WeightLoader;
 
 /// Multi-head self-attention of one CLIP encoder layer (no mask: every patch sees every patch).
@@ -21,18 +22,18 @@ pub struct ClipAttention<B: Backend> {
     pub num_heads: usize,
 }
 
-impl<B: Backend> ClipAttention<B> {
+impl<B: DecodeOps> ClipAttention<B> {
     /// # Shapes
     /// - x: `[batch, positions, hidden]` → `[batch, positions, hidden]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [batch, seq, hidden] = x.dims();
         let head_dim = hidden / self.num_heads;
         let split = |t: Tensor<B, 3>| t.reshape([batch, seq, self.num_heads, head_dim]).swap_dims(1, 2);
-        let q = split(self.q_proj.forward(x.clone()));
-        let k = split(self.k_proj.forward(x.clone()));
-        let v = split(self.v_proj.forward(x));
+        let q = split(linear(&self.q_proj, x.clone()));
+        let k = split(linear(&self.k_proj, x.clone()));
+        let v = split(linear(&self.v_proj, x));
         let out = attention(q, k, v, None, None, AttentionModuleOptions::default());
-        self.out_proj.forward(out.swap_dims(1, 2).reshape([batch, seq, hidden]))
+        linear(&self.out_proj, out.swap_dims(1, 2).reshape([batch, seq, hidden]))
     }
 }
 
@@ -48,11 +49,11 @@ pub struct ClipEncoderLayer<B: Backend> {
     pub activation: Activation,
 }
 
-impl<B: Backend> ClipEncoderLayer<B> {
+impl<B: DecodeOps> ClipEncoderLayer<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let x = x.clone() + self.self_attn.forward(self.layer_norm1.forward(x));
-        let h = self.activation.apply(self.fc1.forward(self.layer_norm2.forward(x.clone())));
-        x + self.fc2.forward(h)
+        let h = self.activation.apply(linear(&self.fc1, self.layer_norm2.forward(x.clone())));
+        x + linear(&self.fc2, h)
     }
 }
 
@@ -67,7 +68,7 @@ pub struct ClipVisionTower<B: Backend> {
     pub layers: Vec<ClipEncoderLayer<B>>,
 }
 
-impl<B: Backend> ClipVisionTower<B> {
+impl<B: DecodeOps> ClipVisionTower<B> {
     /// Loads the tower from `{prefix}.embeddings...`, `{prefix}.pre_layrnorm`, `{prefix}.encoder.layers.{i}`.
     pub fn load(loader: &WeightLoader<B>, prefix: &str, cfg: &ClipVisionConfig, layers_needed: usize) -> Result<Self> {
         let d = cfg.hidden_size;

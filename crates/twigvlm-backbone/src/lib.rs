@@ -12,6 +12,7 @@ pub mod gguf;
 pub mod llama;
 pub mod llava;
 pub mod loading;
+pub mod ops;
 pub mod preprocess;
 pub mod projector;
 pub mod prompt;

@@ -5,6 +5,7 @@ use burn::prelude::*;
 use crate::clip::ClipVisionTower;
 use crate::config::FeatureSelect;
 use crate::llama::LlamaDecoder;
+use crate::ops::DecodeOps;
 use crate::projector::Projector;
 use crate::prompt::PromptTokens;
 
@@ -17,7 +18,7 @@ pub struct LlavaModel<B: Backend> {
     pub feature_select: FeatureSelect,
 }
 
-impl<B: Backend> LlavaModel<B> {
+impl<B: DecodeOps> LlavaModel<B> {
     /// The selected vision hidden state (CLS dropped unless the config keeps it).
     ///
     /// # Shapes
@@ -53,7 +54,7 @@ impl<B: Backend> LlavaModel<B> {
 ///
 /// # Shapes
 /// - output: `[1, prompt_len, hidden]`
-pub fn embed_with_image<B: Backend>(
+pub fn embed_with_image<B: DecodeOps>(
     language_model: &LlamaDecoder<B>,
     prompt: &PromptTokens,
     image_features: Option<Tensor<B, 3>>,
@@ -81,7 +82,7 @@ pub fn embed_with_image<B: Backend>(
 
 impl FeatureSelect {
     /// The visual tokens of a vision hidden state `[batch, 1 + patches, d]`.
-    pub fn select<B: Backend>(self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+    pub fn select<B: DecodeOps>(self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         match self {
             FeatureSelect::Patches => {
                 let positions = hidden.dims()[1];

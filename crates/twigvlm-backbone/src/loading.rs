@@ -13,17 +13,21 @@ use crate::config::LlavaConfig;
 use crate::error::{BackboneError, Result};
 use crate::llama::LlamaDecoder;
 use crate::llava::LlavaModel;
+use crate::ops::DecodeOps;
 use crate::preprocess::ImagePreprocessor;
 use crate::projector::Projector;
 use crate::prompt::PromptTokenizer;
 use crate::weights::layout::{find_vision, ignorable, LayoutKind};
-use crate::weights::{CheckpointLayout, LoadReport, TensorSource, WeightLoader};
+use crate::weights::{CheckpointLayout, LoadReport, StorageDtype, TensorSource, WeightLoader};
 
 /// Options that a model directory cannot answer by itself.
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
     /// CLIP directory for original-layout LLaVA checkpoints whose `mm_vision_tower` is a hub id.
     pub vision_tower_dir: Option<PathBuf>,
+    /// Storage type of linear weights; `None` keeps each weight's checkpoint type (see
+    /// [`crate::ops::DecodeOps::linear_weight`] for backends that compute in one type only).
+    pub weights_dtype: Option<StorageDtype>,
 }
 
 /// Everything needed to run a LLaVA model.
@@ -43,7 +47,7 @@ fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
 }
 
 /// Loads a LLaVA-1.5 model directory (llava-hf 4.x/5.x or original layout).
-pub fn load_llava<B: Backend>(dir: &Path, options: &LoadOptions, device: &B::Device) -> Result<LoadedLlava<B>> {
+pub fn load_llava<B: DecodeOps>(dir: &Path, options: &LoadOptions, device: &B::Device) -> Result<LoadedLlava<B>> {
     let config_path = dir.join("config.json");
     let raw: serde_json::Value = read_json(&config_path)?;
     let unsupported = |reason: String| BackboneError::UnsupportedConfig { path: config_path.clone(), reason };
@@ -87,8 +91,9 @@ pub fn load_llava<B: Backend>(dir: &Path, options: &LoadOptions, device: &B::Dev
     };
     let vision_layers = config.vision_layers_needed().map_err(unsupported)?;
 
-    let main = WeightLoader::<B>::new(&source, device);
-    let vision_loader = separate_vision.as_ref().map(|s| WeightLoader::<B>::new(s, device));
+    let main = WeightLoader::<B>::new(&source, device).with_linear_dtype(options.weights_dtype);
+    let vision_loader =
+        separate_vision.as_ref().map(|s| WeightLoader::<B>::new(s, device).with_linear_dtype(options.weights_dtype));
     let vision_tower =
         ClipVisionTower::load(vision_loader.as_ref().unwrap_or(&main), &vision_prefix, &config.vision, vision_layers)?;
     let projector = Projector::load(&main, &layout.projector, &config.projector)?;
@@ -175,14 +180,15 @@ pub struct LoadedLanguageModel<B: Backend> {
 /// Checkpoint prefix of a `LlamaForCausalLM`'s decoder (`model.layers.0.…`).
 pub const CAUSAL_LM_BODY: &str = "model";
 
-/// Loads a `LlamaForCausalLM` directory (`model.*` and `lm_head` keys, or tied embeddings).
-pub fn load_language_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<LoadedLanguageModel<B>> {
+/// Loads a `LlamaForCausalLM` directory (`model.*` and `lm_head` keys, or tied embeddings), with
+/// f32 weights: what training differentiates through.
+pub fn load_language_model<B: DecodeOps>(dir: &Path, device: &B::Device) -> Result<LoadedLanguageModel<B>> {
     load_language_model_with(dir, &[], device)
 }
 
 /// [`load_language_model`] with the tensors of each safetensors file in `replacements` (such as
 /// tuned layers from an earlier training run) in place of the checkpoint's own.
-pub fn load_language_model_with<B: Backend>(
+pub fn load_language_model_with<B: DecodeOps>(
     dir: &Path,
     replacements: &[PathBuf],
     device: &B::Device,
@@ -196,7 +202,7 @@ pub fn load_language_model_with<B: Backend>(
     for file in replacements {
         source.override_with_safetensors(file)?;
     }
-    let loader = WeightLoader::<B>::new(&source, device);
+    let loader = WeightLoader::<B>::new(&source, device).with_linear_dtype(Some(StorageDtype::F32));
     let model = LlamaDecoder::load(&loader, CAUSAL_LM_BODY, HEAD, &config)?;
     let report = loader.report(|name| ignorable(name, "", 0));
     if !report.unexpected.is_empty() {

@@ -5,6 +5,7 @@ use burn::prelude::*;
 
 use crate::config::{Activation, ProjectorConfig};
 use crate::error::Result;
+use crate::ops::{linear, DecodeOps};
 use crate::weights::WeightLoader;
 
 /// `linear_2(act(linear_1(x)))` (LLaVA-1.5 `mlp2x_gelu`) or a single `linear_1(x)`.
@@ -16,7 +17,7 @@ pub struct Projector<B: Backend> {
     pub activation: Option<Activation>,
 }
 
-impl<B: Backend> Projector<B> {
+impl<B: DecodeOps> Projector<B> {
     /// `prefixes` are the checkpoint names of the linear layers (one or two).
     pub fn load(loader: &WeightLoader<B>, prefixes: &[String], cfg: &ProjectorConfig) -> Result<Self> {
         let (d_in, d_out) = (cfg.vision_hidden_size, cfg.text_hidden_size);
@@ -50,10 +51,10 @@ impl<B: Backend> Projector<B> {
     /// # Shapes
     /// - features: `[batch, visual_tokens, vision_hidden]` → `[batch, visual_tokens, text_hidden]`
     pub fn forward(&self, features: Tensor<B, 3>) -> Tensor<B, 3> {
-        let h = self.linear_1.forward(features);
+        let h = linear(&self.linear_1, features);
         match (&self.linear_2, self.activation) {
-            (Some(second), Some(act)) => second.forward(act.apply(h)),
-            (Some(second), None) => second.forward(h),
+            (Some(second), Some(act)) => linear(second, act.apply(h)),
+            (Some(second), None) => linear(second, h),
             (None, _) => h,
         }
     }

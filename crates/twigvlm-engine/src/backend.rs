@@ -1,11 +1,10 @@
-//! Run-time backend selection. Model code is generic over `B: Backend`; this is the one place that
+//! Run-time backend selection. Model code is generic over `B: DecodeOps`; this is the one place that
 //! names concrete backends.
 
 use burn::backend::Autodiff;
-use burn::prelude::Backend;
-use burn::tensor::backend::AutodiffBackend;
 use serde_with::{DeserializeFromStr, SerializeDisplay};
 use strum::{Display, EnumMessage, EnumString, VariantArray};
+use twigvlm_backbone::ops::{DecodeAutodiff, DecodeOps};
 
 /// Backends a build can run on.
 #[derive(
@@ -86,7 +85,7 @@ pub trait BackendJob {
     /// What the job returns.
     type Output;
     /// Runs the job on backend `B`, on `device`.
-    fn run<B: Backend>(self, device: B::Device) -> Self::Output;
+    fn run<B: DecodeOps>(self, device: B::Device) -> Self::Output;
 }
 
 /// Training work: runs on the chosen backend wrapped in burn's autodiff.
@@ -94,14 +93,14 @@ pub trait AutodiffJob {
     /// What the job returns.
     type Output;
     /// Runs the job on the autodiff backend `B`, on `device`.
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output;
+    fn run<B: DecodeAutodiff>(self, device: B::Device) -> Self::Output;
 }
 
 struct WithAutodiff<J>(J);
 
 impl<J: AutodiffJob> BackendJob for WithAutodiff<J> {
     type Output = J::Output;
-    fn run<B: Backend>(self, device: B::Device) -> Self::Output {
+    fn run<B: DecodeOps>(self, device: B::Device) -> Self::Output {
         self.0.run::<Autodiff<B>>(device)
     }
 }
@@ -170,17 +169,6 @@ impl BackendKind {
         match self {
             BackendKind::Cuda => FloatDtype::F16,
             BackendKind::Flex | BackendKind::Wgpu => FloatDtype::F32,
-        }
-    }
-
-    /// Inner-dimension blocks for one-token matmuls (`twigvlm_backbone::llama::single_row`).
-    /// flex runs a one-row matmul on one thread; as 4 blocks its batch path uses every thread.
-    /// Measured on the 2-core machine, one matmul of the ~1B preset's shapes: 1.5–2.0× faster
-    /// (2048×5632 1.88 → 1.04 ms, 2048×32064 25.1 → 12.7 ms). GPU kernels need no help.
-    pub fn single_row_split(self) -> usize {
-        match self {
-            BackendKind::Flex => 4,
-            BackendKind::Wgpu | BackendKind::Cuda => 1,
         }
     }
 

@@ -18,6 +18,7 @@ use crate::error::{EngineError, RequestError, Result};
 use crate::facts::ModelFacts;
 use crate::output::{GenerateResult, GenerateStats};
 use crate::request::{GenerateRequest, Prompt};
+use twigvlm_backbone::ops::DecodeOps;
 
 /// A prompt ready for the language model.
 pub struct EncodedPrompt<B: Backend> {
@@ -43,13 +44,11 @@ pub struct Engine<B: Backend> {
     pub model_dir: PathBuf,
     /// The twig attached with [`Engine::attach_twig`].
     pub twig: Option<TwigCheckpoint<B>>,
-    /// Inner-dimension blocks of one-token matmuls, for the base and any twig attached.
-    single_row_split: usize,
     /// What requests are checked against.
     facts: ModelFacts,
 }
 
-impl<B: Backend> Engine<B> {
+impl<B: DecodeOps> Engine<B> {
     /// Loads the model in `model_dir` (any layout and format the backbone reads) onto `device`.
     pub fn load(model_dir: &Path, options: &LoadOptions, device: B::Device) -> Result<Self> {
         let llava = load_llava::<B>(model_dir, options, &device)?;
@@ -61,7 +60,7 @@ impl<B: Backend> Engine<B> {
             num_layers: llava.model.language_model.num_layers(),
             twig: None,
         };
-        Ok(Self { llava, device, model_dir: model_dir.to_path_buf(), twig: None, single_row_split: 1, facts })
+        Ok(Self { llava, device, model_dir: model_dir.to_path_buf(), twig: None, facts })
     }
 
     /// What requests are checked against ([`GenerateRequest::validate`]).
@@ -73,20 +72,9 @@ impl<B: Backend> Engine<B> {
     /// this model's language model; it must have been trained for this base.
     pub fn attach_twig(&mut self, dir: &Path, k: Option<usize>) -> Result<&TwigCheckpoint<B>> {
         let base = &self.llava.model.language_model;
-        let mut twig = load_twig(dir, base, &self.llava.config.text, k, &self.device)?;
-        twig.twig.set_single_row_split(self.single_row_split);
+        let twig = load_twig(dir, base, &self.llava.config.text, k, &self.device)?;
         self.facts.twig = Some(TwigPlace::of(&twig.twig.config));
         Ok(self.twig.insert(twig))
-    }
-
-    /// Runs one-token matmuls as `split` inner-dimension blocks (see
-    /// [`crate::BackendKind::single_row_split`]), in the base and the twig.
-    pub fn set_single_row_split(&mut self, split: usize) {
-        self.single_row_split = split;
-        self.llava.model.language_model.set_single_row_split(split);
-        if let Some(twig) = &mut self.twig {
-            twig.twig.set_single_row_split(split);
-        }
     }
 
     /// Template, tokens, vision tower and projector: the prompt's embeddings.

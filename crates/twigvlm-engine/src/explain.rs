@@ -2,13 +2,13 @@
 //! each image patch and the patches it keeps, beside the image as the vision tower saw it. The
 //! evaluation tools and the server draw it as heat maps.
 
-use burn::prelude::Backend;
 use image::{DynamicImage, Rgb, RgbImage};
 use twigvlm_backbone::config::FeatureSelect;
 use twigvlm_ttp::{PrefillPolicy, PruningSpec, VisualBudget};
 
 use crate::engine::Engine;
 use crate::error::{RequestError, Result};
+use twigvlm_backbone::ops::DecodeOps;
 
 /// One policy's view of the image.
 #[derive(Debug, Clone)]
@@ -33,7 +33,7 @@ pub struct Explanation {
 }
 
 /// Runs each named policy's prefill on `prompt` about `image` and collects its selection.
-pub fn explain<B: Backend>(
+pub fn explain<B: DecodeOps>(
     engine: &Engine<B>,
     prompt: &str,
     image: &DynamicImage,

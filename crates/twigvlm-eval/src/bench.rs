@@ -2,11 +2,11 @@
 //! one process, interleaved round-robin so that machine noise hits all modes alike, after one
 //! untimed warm-up each. Speed-ups are ratios to `vanilla` from the same run.
 
-use burn::prelude::Backend;
 use image::DynamicImage;
 use serde::Serialize;
 use serde_with::{DeserializeFromStr, SerializeDisplay};
 use strum::{Display, EnumMessage, EnumString, VariantArray};
+use twigvlm_backbone::ops::DecodeOps;
 use twigvlm_engine::{
     uses_twig, DecoderKind, DraftConfig, DraftLength, DraftTree, Engine, GenerateRequest, PrefillPolicy, Prompt,
     PruningSpec, VisualBudget,
@@ -172,7 +172,7 @@ struct Tally {
 
 /// Runs every mode on every prompt: one warm-up pass, then `repeats` timed passes with the
 /// modes interleaved per prompt. Baselines missing from `modes` run once, untimed.
-pub fn run_bench<B: Backend>(
+pub fn run_bench<B: DecodeOps>(
     engine: &Engine<B>,
     prompts: &[BenchPrompt],
     options: &BenchOptions,

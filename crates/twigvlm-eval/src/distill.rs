@@ -8,13 +8,13 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use anyhow::Context;
-use burn::prelude::Backend;
 use serde::Serialize;
 use twigvlm_data::llava_json::{read_records, write_records, Record};
 use twigvlm_data::spec::Dataset;
 use twigvlm_data::ImageSource;
 
 use crate::eval::AnswerBudget;
+use twigvlm_backbone::ops::DecodeOps;
 use twigvlm_engine::{Engine, GenerateRequest, Prompt};
 
 /// The instruction JSON inside the output directory.
@@ -44,7 +44,7 @@ pub struct DistillSummary {
 
 /// Answers every turn of `dataset` with `engine`'s base model (greedy, each question alone) into
 /// `out_dir/distill.json`; `on_question` gets the number of questions handled so far.
-pub fn distill<B: Backend>(
+pub fn distill<B: DecodeOps>(
     engine: &Engine<B>,
     dataset: &Dataset,
     out_dir: &Path,

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use burn::prelude::Backend;
 use serde::Serialize;
+use twigvlm_backbone::ops::DecodeOps;
 use twigvlm_data::score::{exact_match, normalise_answer, DescribeCounts};
 use twigvlm_data::spec::Dataset;
 use twigvlm_data::{Task, Turn};
@@ -105,7 +105,7 @@ struct ShortTally {
 }
 
 /// Evaluates every turn of `dataset` as a single-turn question (user data: history is not replayed).
-pub fn evaluate<B: Backend>(
+pub fn evaluate<B: DecodeOps>(
     engine: &Engine<B>,
     dataset: &Dataset,
     options: &EvalOptions,

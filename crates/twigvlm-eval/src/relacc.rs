@@ -5,8 +5,8 @@ use std::path::Path;
 
 use crate::eval::{evaluate, EvalOptions};
 use crate::plot::{line_chart, Labels, Series};
-use burn::prelude::Backend;
 use serde::Serialize;
+use twigvlm_backbone::ops::DecodeOps;
 use twigvlm_data::spec::Dataset;
 use twigvlm_engine::{DecoderKind, Engine, PrefillPolicy, PruningSpec, VisualBudget};
 
@@ -50,7 +50,7 @@ struct Cell {
 }
 
 /// Every cell's spec resolved up front, so a bad policy fails before hours of evaluation.
-fn cells<B: Backend>(
+fn cells<B: DecodeOps>(
     engine: &Engine<B>,
     policies: &[PrefillPolicy],
     budgets: &[VisualBudget],
@@ -81,7 +81,7 @@ fn cells<B: Backend>(
 
 /// Scores `dataset` unpruned and under each policy × budget. `on_question(cell, done)` reports
 /// progress within the cell.
-pub fn relacc_table<B: Backend>(
+pub fn relacc_table<B: DecodeOps>(
     engine: &Engine<B>,
     dataset: &Dataset,
     policies: &[PrefillPolicy],

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use burn::prelude::Backend;
+use twigvlm_backbone::ops::DecodeOps;
 use twigvlm_engine::{Engine, ModelFacts};
 
 pub use error::ApiError;
@@ -83,7 +83,7 @@ fn unix_now() -> u64 {
 /// socket is bound (port 0 picks a free port). On the signal the server stops accepting
 /// connections, answers queued requests 503, lets the running one finish and returns. Fails when
 /// the address cannot be bound.
-pub fn serve<B: Backend>(engine: Engine<B>, options: ServeOptions) -> std::io::Result<()> {
+pub fn serve<B: DecodeOps>(engine: Engine<B>, options: ServeOptions) -> std::io::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let stopping = Arc::new(AtomicBool::new(false));
     let (queue, jobs) = JobQueue::new(options.queue_capacity, metrics.clone(), stopping.clone());

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 
-use burn::prelude::Backend;
 use image::DynamicImage;
 use tokio::sync::mpsc::UnboundedSender;
 use twigvlm_engine::explain::explain;
@@ -17,6 +16,7 @@ use twigvlm_eval::explain::draw;
 
 use crate::error::ApiError;
 use crate::metrics::{GenerationFigures, Metrics, Outcome};
+use twigvlm_backbone::ops::DecodeOps;
 
 /// The answer to an engine error: 400 for a request the model cannot run, else 500.
 fn engine_failure(error: &EngineError, what: &str) -> ApiError {
@@ -28,7 +28,7 @@ fn engine_failure(error: &EngineError, what: &str) -> ApiError {
     }
 }
 
-fn explain_png<B: Backend>(engine: &Engine<B>, job: &ExplainJob) -> Result<Vec<u8>, ApiError> {
+fn explain_png<B: DecodeOps>(engine: &Engine<B>, job: &ExplainJob) -> Result<Vec<u8>, ApiError> {
     let explanation =
         explain(engine, &job.prompt, &job.image, &job.policies).map_err(|e| engine_failure(&e, "explanation"))?;
     let mut png = Vec::new();
@@ -112,7 +112,7 @@ impl JobQueue {
 /// Runs queued jobs one after another on the calling thread until every sender is gone. Once
 /// `stopping` is set, jobs still waiting are answered "shutting down" instead of run; the one
 /// running when it was set finishes.
-pub fn run_engine<B: Backend>(engine: &Engine<B>, jobs: Receiver<Job>, metrics: &Metrics, stopping: &AtomicBool) {
+pub fn run_engine<B: DecodeOps>(engine: &Engine<B>, jobs: Receiver<Job>, metrics: &Metrics, stopping: &AtomicBool) {
     for Job { work, events } in jobs {
         metrics.dequeued();
         if events.is_closed() {

@@ -10,6 +10,7 @@ use serde_with::{DeserializeFromStr, SerializeDisplay};
 use strum::{Display, EnumString, VariantArray};
 
 use crate::error::{DecodeError, Result};
+use twigvlm_backbone::ops::DecodeOps;
 
 /// Limits and stopping rules of one generation.
 #[derive(Debug, Clone)]
@@ -90,6 +91,6 @@ impl<'a, F: FnMut(u32) -> ControlFlow<()>> Emitter<'a, F> {
 }
 
 /// `[1, 1, vocab]` → host vector.
-pub(crate) fn logits_row<B: Backend>(logits: Tensor<B, 3>) -> Vec<f32> {
+pub(crate) fn logits_row<B: DecodeOps>(logits: Tensor<B, 3>) -> Vec<f32> {
     logits.into_data().convert::<f32>().into_vec::<f32>().expect("f32 logits")
 }

@@ -4,10 +4,11 @@
 //! drafts with it.
 
 use burn::prelude::*;
+use twigvlm_backbone::ops::DecodeOps;
 use twigvlm_backbone::{AttentionProbe, KvCache, LlamaDecoder};
 use twigvlm_twig::Twig;
 
-pub trait CausalNetwork<B: Backend> {
+pub trait CausalNetwork<B: DecodeOps> {
     type Cache;
 
     fn new_cache(&self) -> Self::Cache;
@@ -23,12 +24,12 @@ pub trait CausalNetwork<B: Backend> {
     fn last_logits(&self, embeds: Tensor<B, 3>, positions: &[usize], cache: &mut Self::Cache) -> Tensor<B, 3>;
 }
 
-fn last_position<B: Backend>(hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+fn last_position<B: DecodeOps>(hidden: Tensor<B, 3>) -> Tensor<B, 3> {
     let seq = hidden.dims()[1];
     hidden.narrow(1, seq - 1, 1)
 }
 
-impl<B: Backend> CausalNetwork<B> for LlamaDecoder<B> {
+impl<B: DecodeOps> CausalNetwork<B> for LlamaDecoder<B> {
     type Cache = KvCache<B>;
 
     fn new_cache(&self) -> KvCache<B> {
@@ -62,7 +63,7 @@ pub struct ShallowCache<B: Backend> {
     pub twig: KvCache<B>,
 }
 
-impl<B: Backend> CausalNetwork<B> for ShallowNetwork<'_, B> {
+impl<B: DecodeOps> CausalNetwork<B> for ShallowNetwork<'_, B> {
     type Cache = ShallowCache<B>;
 
     fn new_cache(&self) -> ShallowCache<B> {

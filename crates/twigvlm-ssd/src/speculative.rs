@@ -20,7 +20,6 @@
 use std::ops::ControlFlow;
 use std::time::Instant;
 
-use burn::prelude::*;
 use serde_with::{DeserializeFromStr, SerializeDisplay};
 use strum::{Display, EnumMessage, EnumString, VariantArray};
 use twigvlm_backbone::{AttentionProbe, LlamaDecoder, PromptState};
@@ -31,6 +30,7 @@ use crate::error::{DecodeError, Result};
 use crate::sampling::{Sampler, Sampling};
 use crate::speculator::{Round, Speculator};
 use crate::tree::DraftTree;
+use twigvlm_backbone::ops::DecodeOps;
 
 /// Drafting limits (the paper's defaults).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -201,7 +201,7 @@ impl SpeculativeStats {
 /// Self-speculative decoding from the state of a prefill (run under any pruning policy, with
 /// the twig's cache kept): tokens distributed as the base's under `sampler` (greedy: exactly the base's
 /// greedy tokens), produced in draft-and-verify rounds.
-pub fn decode_speculative<B: Backend>(
+pub fn decode_speculative<B: DecodeOps>(
     base: &LlamaDecoder<B>,
     twig: &Twig<B>,
     prompt: PromptState<B>,

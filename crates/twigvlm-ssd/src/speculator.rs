@@ -12,6 +12,7 @@ use twigvlm_twig::Twig;
 
 use crate::decode::logits_row;
 use crate::error::Result;
+use twigvlm_backbone::ops::DecodeOps;
 
 /// What one draft-and-verify round decided.
 pub(crate) struct Round {
@@ -50,7 +51,7 @@ pub(crate) struct Speculator<'a, B: Backend> {
     pub(crate) device: B::Device,
 }
 
-impl<B: Backend> Speculator<'_, B> {
+impl<B: DecodeOps> Speculator<'_, B> {
     pub(crate) fn k(&self) -> usize {
         self.twig.config.k
     }

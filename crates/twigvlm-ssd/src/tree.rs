@@ -22,6 +22,7 @@ use twigvlm_backbone::TreeMask;
 use crate::decode::logits_row;
 use crate::sampling::argmax;
 use crate::speculator::{Round, RoundTime, Speculator};
+use twigvlm_backbone::ops::DecodeOps;
 
 /// The shape of a draft tree: `top_k:depth:nodes` on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -74,7 +75,7 @@ struct Node<B: Backend> {
     expanded: bool,
 }
 
-impl<B: Backend> Speculator<'_, B> {
+impl<B: DecodeOps> Speculator<'_, B> {
     /// One greedy round from `root` (emitted, not yet run) at `start`, drafting at most
     /// `max_depth` tokens on any path; `eos` tokens are drafted but never expanded.
     pub(crate) fn tree_round(
@@ -235,7 +236,7 @@ fn top_log_probs(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
 
 /// The `count` best of `candidates` by path score (ties: the earlier node), so a node's parent,
 /// whose score is never lower, is chosen before it.
-fn best<B: Backend>(nodes: &[Node<B>], mut candidates: Vec<usize>, count: usize) -> Vec<usize> {
+fn best<B: DecodeOps>(nodes: &[Node<B>], mut candidates: Vec<usize>, count: usize) -> Vec<usize> {
     candidates.sort_unstable_by(|&a, &b| nodes[b].score.total_cmp(&nodes[a].score).then(a.cmp(&b)));
     candidates.truncate(count);
     candidates

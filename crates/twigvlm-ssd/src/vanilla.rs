@@ -10,11 +10,12 @@ use crate::decode::{logits_row, DecodeConfig, DecodeOutput, Emitter, StopReason}
 use crate::error::Result;
 use crate::network::CausalNetwork;
 use crate::sampling::Sampler;
+use twigvlm_backbone::ops::DecodeOps;
 
 /// Generates from prompt embeddings `[1, prompt_len, hidden]` (positions `0..prompt_len`) with
 /// `model` alone and no pruning: the base model, or the twig's shallow network for twig-only
 /// decoding. `on_token` sees every token as it is produced and may stop generation.
-pub fn decode_vanilla<B: Backend, N: CausalNetwork<B>>(
+pub fn decode_vanilla<B: DecodeOps, N: CausalNetwork<B>>(
     model: &N,
     prompt_embeds: Tensor<B, 3>,
     config: &DecodeConfig,
@@ -33,7 +34,7 @@ pub fn decode_vanilla<B: Backend, N: CausalNetwork<B>>(
 
 /// Plain decoding by the base model from the state of a prefill run under any pruning policy (each base
 /// layer's cache keeps the length the prefill left it with).
-pub fn decode_vanilla_prefilled<B: Backend>(
+pub fn decode_vanilla_prefilled<B: DecodeOps>(
     base: &LlamaDecoder<B>,
     prompt: PromptState<B>,
     config: &DecodeConfig,
@@ -58,7 +59,7 @@ struct Primed<C> {
     prefill_time: Duration,
 }
 
-fn decode_from<B: Backend, N: CausalNetwork<B>>(
+fn decode_from<B: DecodeOps, N: CausalNetwork<B>>(
     model: &N,
     primed: Primed<N::Cache>,
     config: &DecodeConfig,

@@ -30,6 +30,7 @@ use crate::loss::TokenMeanLoss;
 use crate::metrics::{argmax_ids, TaskAccuracy};
 use crate::trainable::trainable;
 use crate::trainer::Objective;
+use twigvlm_backbone::ops::{DecodeAutodiff, DecodeOps};
 
 /// Which parameters of each tuned language-model layer train.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -55,7 +56,7 @@ pub struct AlignedParts<B: Backend> {
     pub tuned_parts: TunedLayerParts,
 }
 
-impl<B: AutodiffBackend> AlignedParts<B> {
+impl<B: DecodeAutodiff> AlignedParts<B> {
     /// Trainable copies of `language_model`'s top `tuned_layers` layers (the `tuned_parts` of each)
     /// beside `projector`.
     pub fn new(
@@ -85,7 +86,7 @@ impl<B: AutodiffBackend> AlignedParts<B> {
 /// Parameter paths inside a decoder layer that belong to its attention.
 const ATTENTION_PATH: &str = "self_attn.";
 
-impl<B: Backend> AlignedParts<B> {
+impl<B: DecodeOps> AlignedParts<B> {
     /// The tuned layers' trained tensors under the language model's checkpoint names
     /// (`{decoder_prefix}.layers.{i}.…`), so that listing them after the pretrained weights
     /// replaces those layers (only the attention tensors when only attention trained).
@@ -124,7 +125,7 @@ pub struct AlignmentObjective<B: AutodiffBackend> {
     pub device: B::Device,
 }
 
-impl<B: AutodiffBackend> AlignmentObjective<B> {
+impl<B: DecodeAutodiff> AlignmentObjective<B> {
     /// The visual features of the conversation's image (computed without a graph).
     fn image_features(&self, conversation: &Conversation) -> Result<Tensor<B::InnerBackend, 3>> {
         self.visual
@@ -171,7 +172,7 @@ impl TurnsOfOneImage {
     }
 }
 
-impl<B: AutodiffBackend> AlignmentObjective<B> {
+impl<B: DecodeAutodiff> AlignmentObjective<B> {
     /// Adds the conversations' assistant tokens to `loss`: with a frozen projector each question
     /// as if asked alone (all of them in two batched forwards), else each whole conversation
     /// through the graph.
@@ -229,7 +230,7 @@ impl SequencePadding {
     }
 }
 
-impl<B: AutodiffBackend> AlignmentObjective<B> {
+impl<B: DecodeAutodiff> AlignmentObjective<B> {
     /// Adds the loss of every question about the conversations' images, each asked alone. The
     /// frozen layers (and projector) run without a graph. Batched forwards: the beginnings
     /// (system prompt and image, as long as the shortest image's shared beginning) of all
@@ -392,7 +393,7 @@ impl<C: Backend> PaddedTargets<C> {
 
 /// Logits at the (padded) target positions `[targets, vocab]`, all on one backend, with the
 /// prompt right-padded as `padding` says.
-fn target_logits<C: Backend>(
+fn target_logits<C: DecodeOps>(
     language_model: &LlamaDecoder<C>,
     parts: &AlignedParts<C>,
     features: Tensor<C, 3>,
@@ -420,7 +421,7 @@ fn target_logits<C: Backend>(
     (single_sequence(language_model.logits(hidden.select(1, targets.rows.clone()))), targets)
 }
 
-impl<B: AutodiffBackend> Objective<B> for AlignmentObjective<B> {
+impl<B: DecodeAutodiff> Objective<B> for AlignmentObjective<B> {
     type Model = AlignedParts<B>;
 
     fn loss(&mut self, parts: &AlignedParts<B>, step: usize) -> Result<(Tensor<B, 1>, usize)> {

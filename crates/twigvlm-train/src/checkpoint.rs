@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use burn::module::AutodiffModule;
 use burn::optim::Optimizer;
 use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
-use burn::tensor::backend::AutodiffBackend;
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::error::{Result, TrainError};
+use twigvlm_backbone::ops::DecodeAutodiff;
 
 const DIR: &str = "checkpoint";
 const MODEL: &str = "model";
@@ -35,7 +35,7 @@ pub fn exists(out_dir: &Path) -> bool {
 
 pub fn save<B, M, O, S>(out_dir: &Path, model: &M, optimizer: &O, state: &S) -> Result<()>
 where
-    B: AutodiffBackend,
+    B: DecodeAutodiff,
     M: AutodiffModule<B>,
     O: Optimizer<M, B>,
     S: Serialize,
@@ -60,7 +60,7 @@ where
 
 pub fn load<B, M, O, S>(out_dir: &Path, model: M, optimizer: O, device: &B::Device) -> Result<(M, O, S)>
 where
-    B: AutodiffBackend,
+    B: DecodeAutodiff,
     M: AutodiffModule<B>,
     O: Optimizer<M, B>,
     S: DeserializeOwned,

@@ -4,7 +4,7 @@
 use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
+use twigvlm_backbone::ops::DecodeAutodiff;
 
 struct SquaredNorm<'a> {
     grads: &'a GradientsParams,
@@ -12,7 +12,7 @@ struct SquaredNorm<'a> {
     ids: Vec<ParamId>,
 }
 
-impl<B: AutodiffBackend> ModuleVisitor<B> for SquaredNorm<'_> {
+impl<B: DecodeAutodiff> ModuleVisitor<B> for SquaredNorm<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         if let Some(grad) = self.grads.get::<B::InnerBackend, D>(param.id) {
             self.total += grad.powi_scalar(2).sum().into_scalar().elem::<f64>();
@@ -26,7 +26,7 @@ struct Scale<'a> {
     factor: f64,
 }
 
-impl<B: AutodiffBackend> ModuleVisitor<B> for Scale<'_> {
+impl<B: DecodeAutodiff> ModuleVisitor<B> for Scale<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         if let Some(grad) = self.grads.remove::<B::InnerBackend, D>(param.id) {
             self.grads.register::<B::InnerBackend, D>(param.id, grad.mul_scalar(self.factor));
@@ -35,7 +35,7 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Scale<'_> {
 }
 
 /// The global L2 norm of the module's gradients; scales them to `max_norm` when larger.
-pub fn clip_global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
+pub fn clip_global_norm<B: DecodeAutodiff, M: AutodiffModule<B>>(
     module: &M,
     grads: &mut GradientsParams,
     max_norm: Option<f32>,

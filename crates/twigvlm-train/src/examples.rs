@@ -10,6 +10,7 @@ use twigvlm_backbone::{ImagePreprocessor, PromptTokenizer, PromptTokens};
 use twigvlm_data::Conversation;
 
 use crate::error::Result;
+use twigvlm_backbone::ops::DecodeOps;
 
 /// A conversation as tokens, with the positions whose next token is trained.
 pub struct Encoded {
@@ -20,7 +21,7 @@ pub struct Encoded {
 
 impl Encoded {
     /// The target positions as an index tensor.
-    pub fn target_rows<B: Backend>(&self, device: &B::Device) -> Tensor<B, 1, Int> {
+    pub fn target_rows<B: DecodeOps>(&self, device: &B::Device) -> Tensor<B, 1, Int> {
         let rows: Vec<i32> = self.targets.iter().map(|&(p, _)| p as i32).collect();
         Tensor::from_data(TensorData::new(rows, [self.targets.len()]), device)
     }
@@ -31,7 +32,7 @@ impl Encoded {
 }
 
 /// One sequence's logits `[1, rows, vocab]` as `[rows, vocab]`, the shape the losses take.
-pub fn single_sequence<B: Backend>(logits: Tensor<B, 3>) -> Tensor<B, 2> {
+pub fn single_sequence<B: DecodeOps>(logits: Tensor<B, 3>) -> Tensor<B, 2> {
     let [_, rows, vocab] = logits.dims();
     logits.reshape([rows, vocab])
 }
@@ -62,7 +63,7 @@ pub struct VisualInput<B: Backend> {
     pub preprocessor: ImagePreprocessor,
 }
 
-impl<B: Backend> VisualInput<B> {
+impl<B: DecodeOps> VisualInput<B> {
     /// Visual features `[1, tokens, vision_hidden]` of a conversation's image (None: text only).
     pub fn features(&self, conversation: &Conversation, device: &B::Device) -> Result<Option<Tensor<B, 3>>> {
         let Some(image) = conversation.image.as_ref() else { return Ok(None) };

@@ -2,12 +2,13 @@
 
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
+use twigvlm_backbone::ops::DecodeOps;
 
 /// Weighted mean of `-log p(target)` over rows; `weights` may hold zeros for rows to skip.
 ///
 /// # Shapes
 /// - logits: `[rows, classes]`; targets, weights: `rows` values
-pub fn weighted_cross_entropy<B: Backend>(logits: Tensor<B, 2>, targets: &[i64], weights: &[f32]) -> Tensor<B, 1> {
+pub fn weighted_cross_entropy<B: DecodeOps>(logits: Tensor<B, 2>, targets: &[i64], weights: &[f32]) -> Tensor<B, 1> {
     let device = logits.device();
     let rows = targets.len();
     debug_assert_eq!(logits.dims()[0], rows);
@@ -25,13 +26,13 @@ pub struct TokenMeanLoss<B: Backend> {
     tokens: usize,
 }
 
-impl<B: Backend> Default for TokenMeanLoss<B> {
+impl<B: DecodeOps> Default for TokenMeanLoss<B> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<B: Backend> TokenMeanLoss<B> {
+impl<B: DecodeOps> TokenMeanLoss<B> {
     pub fn new() -> Self {
         Self { sums: Vec::new(), tokens: 0 }
     }

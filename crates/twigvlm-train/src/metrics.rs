@@ -3,9 +3,10 @@
 use std::collections::BTreeMap;
 
 use burn::prelude::*;
+use twigvlm_backbone::ops::DecodeOps;
 
 /// The argmax class of every row of `[rows, classes]` logits.
-pub fn argmax_ids<B: Backend>(logits: Tensor<B, 2>) -> Vec<i64> {
+pub fn argmax_ids<B: DecodeOps>(logits: Tensor<B, 2>) -> Vec<i64> {
     logits.argmax(1).into_data().convert::<i64>().into_vec::<i64>().expect("int argmax")
 }
 

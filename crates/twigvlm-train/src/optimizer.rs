@@ -4,8 +4,8 @@
 use burn::module::AutodiffModule;
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{AdamW, AdamWConfig};
-use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
+use twigvlm_backbone::ops::DecodeAutodiff;
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct OptimizerConfig {
@@ -25,7 +25,7 @@ impl Default for OptimizerConfig {
 }
 
 impl OptimizerConfig {
-    pub fn adamw<B: AutodiffBackend, M: AutodiffModule<B>>(&self) -> OptimizerAdaptor<AdamW, M, B> {
+    pub fn adamw<B: DecodeAutodiff, M: AutodiffModule<B>>(&self) -> OptimizerAdaptor<AdamW, M, B> {
         AdamWConfig::new()
             .with_beta_1(self.beta_1)
             .with_beta_2(self.beta_2)

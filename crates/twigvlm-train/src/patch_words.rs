@@ -22,6 +22,7 @@ use crate::error::{Result, TrainError};
 use crate::examples::VisualInput;
 use crate::position_code::PositionCode;
 use crate::trainer::Objective;
+use twigvlm_backbone::ops::DecodeAutodiff;
 
 /// The word of an empty patch.
 pub const EMPTY_WORD: &str = " empty";
@@ -133,7 +134,7 @@ pub struct PatchWordsObjective<B: AutodiffBackend> {
     pub device: B::Device,
 }
 
-impl<B: AutodiffBackend> PatchWordsObjective<B> {
+impl<B: DecodeAutodiff> PatchWordsObjective<B> {
     /// `embeddings` is the language model's embedding matrix `[vocab, d]`.
     pub fn new(
         visual: VisualInput<B::InnerBackend>,
@@ -199,7 +200,7 @@ fn argmax(values: &[f32]) -> usize {
     values.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i)
 }
 
-impl<B: AutodiffBackend> Objective<B> for PatchWordsObjective<B> {
+impl<B: DecodeAutodiff> Objective<B> for PatchWordsObjective<B> {
     type Model = Projector<B>;
 
     fn loss(&mut self, projector: &Projector<B>, step: usize) -> Result<(Tensor<B, 1>, usize)> {

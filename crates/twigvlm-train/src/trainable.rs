@@ -5,17 +5,17 @@
 
 use burn::module::{Module, ModuleMapper, Param};
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
+use twigvlm_backbone::ops::DecodeAutodiff;
 
 struct RequireGrad;
 
-impl<B: AutodiffBackend> ModuleMapper<B> for RequireGrad {
+impl<B: DecodeAutodiff> ModuleMapper<B> for RequireGrad {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
         param.map(|tensor| tensor.detach().require_grad())
     }
 }
 
 /// The module with every float parameter requiring gradients (a fresh leaf of the graph).
-pub fn trainable<B: AutodiffBackend, M: Module<B>>(module: M) -> M {
+pub fn trainable<B: DecodeAutodiff, M: Module<B>>(module: M) -> M {
     module.map(&mut RequireGrad)
 }

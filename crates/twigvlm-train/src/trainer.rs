@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsParams, Optimizer};
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
@@ -17,9 +16,10 @@ use crate::clipping::clip_global_norm;
 use crate::error::{Result, TrainError};
 use crate::optimizer::OptimizerConfig;
 use crate::schedule::LrSchedule;
+use twigvlm_backbone::ops::DecodeAutodiff;
 
 /// One stage's training problem.
-pub trait Objective<B: AutodiffBackend> {
+pub trait Objective<B: DecodeAutodiff> {
     type Model: AutodiffModule<B>;
 
     /// The loss of step `step`'s batch and how many items (examples or tokens) it covered.
@@ -94,7 +94,7 @@ pub fn train<B, O>(
     device: &B::Device,
 ) -> Result<(O::Model, TrainReport)>
 where
-    B: AutodiffBackend,
+    B: DecodeAutodiff,
     O: Objective<B>,
 {
     if options.steps == 0 || options.log_every == 0 || options.checkpoint_every == 0 {

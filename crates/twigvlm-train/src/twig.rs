@@ -28,11 +28,12 @@ use crate::loss::TokenMeanLoss;
 use crate::metrics::{argmax_ids, TaskAccuracy};
 use crate::trainable::trainable;
 use crate::trainer::Objective;
+use twigvlm_backbone::ops::{DecodeAutodiff, DecodeOps};
 
 /// The twig ready to train: every parameter requires gradients except the blocks' MLPs when its
 /// config keeps them frozen (`TwigMlp::Frozen`: they get no gradient and no optimizer state, and
 /// stay the base layers' copies).
-pub fn trainable_twig<B: AutodiffBackend>(twig: Twig<B>) -> Twig<B> {
+pub fn trainable_twig<B: DecodeAutodiff>(twig: Twig<B>) -> Twig<B> {
     let mut twig = trainable(twig);
     if twig.config.mlp == TwigMlp::Frozen {
         for layer in &mut twig.layers {
@@ -124,7 +125,7 @@ struct Prefix<B: Backend> {
     teacher: Option<(usize, Range<usize>, Tensor<B, 1>)>,
 }
 
-impl<B: AutodiffBackend> TwigObjective<B> {
+impl<B: DecodeAutodiff> TwigObjective<B> {
     pub fn new(
         base: LlavaModel<B::InnerBackend>,
         preprocessor: ImagePreprocessor,
@@ -208,7 +209,7 @@ impl<B: AutodiffBackend> TwigObjective<B> {
 
     /// Twig logits `[targets, vocab]` at the target positions and, for a `selection` (query
     /// row, visual tokens), its last block's distribution over the visual tokens.
-    fn twig_forward<C: Backend>(
+    fn twig_forward<C: DecodeOps>(
         twig: &Twig<C>,
         head: &Linear<C>,
         hidden_k: Tensor<C, 3>,
@@ -228,7 +229,7 @@ impl<B: AutodiffBackend> TwigObjective<B> {
     }
 }
 
-impl<B: AutodiffBackend> Objective<B> for TwigObjective<B> {
+impl<B: DecodeAutodiff> Objective<B> for TwigObjective<B> {
     type Model = Twig<B>;
 
     fn loss(&mut self, twig: &Twig<B>, step: usize) -> Result<(Tensor<B, 1>, usize)> {

@@ -6,7 +6,6 @@
 use burn::module::AutodiffModule;
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
 use twigvlm_backbone::clip::ClipVisionTower;
 use twigvlm_backbone::config::ClipVisionConfig;
 use twigvlm_backbone::ImagePreprocessor;
@@ -16,6 +15,7 @@ use crate::error::{Result, TrainError};
 use crate::loss::weighted_cross_entropy;
 use crate::metrics::argmax_ids;
 use crate::trainer::Objective;
+use twigvlm_backbone::ops::{DecodeAutodiff, DecodeOps};
 
 /// Loss weights: empty patches count less in the content heads (most patches are empty); the
 /// position heads are auxiliary.
@@ -53,7 +53,7 @@ pub struct PatchLogits<B: Backend> {
     pub column: Tensor<B, 2>,
 }
 
-impl<B: Backend> PatchClassifier<B> {
+impl<B: DecodeOps> PatchClassifier<B> {
     pub fn init(cfg: &ClipVisionConfig, device: &B::Device) -> Self {
         let d = cfg.hidden_size;
         let grid = cfg.patches_per_side();
@@ -101,7 +101,7 @@ pub struct VisionObjective<B: Backend> {
     pub device: B::Device,
 }
 
-impl<B: Backend> VisionObjective<B> {
+impl<B: DecodeOps> VisionObjective<B> {
     pub fn new(
         train: ShapesDataset,
         eval: ShapesDataset,
@@ -157,7 +157,7 @@ impl<B: Backend> VisionObjective<B> {
     }
 }
 
-impl<B: AutodiffBackend> Objective<B> for VisionObjective<B> {
+impl<B: DecodeAutodiff> Objective<B> for VisionObjective<B> {
     type Model = PatchClassifier<B>;
 
     fn loss(&mut self, model: &PatchClassifier<B>, step: usize) -> Result<(Tensor<B, 1>, usize)> {

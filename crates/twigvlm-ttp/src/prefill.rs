@@ -14,6 +14,7 @@ use crate::budget::LayerPlan;
 use crate::error::{Result, TtpError};
 use crate::policy::{PruningPlan, PruningSpec, Scores, TwigPlace};
 use crate::selection::{head_mean_row, random_scores, top_indices};
+use twigvlm_backbone::ops::DecodeOps;
 
 /// A prefill's state for the decoder, and what pruning did.
 #[derive(Debug)]
@@ -49,7 +50,7 @@ pub struct PruningOutcome {
 /// Runs the prompt `embeds` (`[1, prompt_len, hidden]`, the image at `image_span`) through
 /// `base` under `spec`. The twig runs when the policy ranks with it or `keep_twig_cache` asks
 /// for its cache (self-speculative decoding drafts from it).
-pub fn prefill<B: Backend>(
+pub fn prefill<B: DecodeOps>(
     base: &LlamaDecoder<B>,
     twig: Option<&Twig<B>>,
     embeds: Tensor<B, 3>,
@@ -120,7 +121,7 @@ pub fn prefill<B: Backend>(
 
 /// Layers K..L-1 over the layer-K hidden states with only `kept` visual tokens (indices within
 /// `span`), and none from K_f on.
-fn run_pruned<B: Backend>(
+fn run_pruned<B: DecodeOps>(
     base: &LlamaDecoder<B>,
     hidden: Tensor<B, 3>,
     layers: &LayerPlan,
@@ -158,7 +159,7 @@ fn run_pruned<B: Backend>(
 }
 
 /// `[1, seq, hidden]` → `[1, rows, hidden]`.
-fn gather_rows<B: Backend>(hidden: Tensor<B, 3>, rows: &[usize]) -> Tensor<B, 3> {
+fn gather_rows<B: DecodeOps>(hidden: Tensor<B, 3>, rows: &[usize]) -> Tensor<B, 3> {
     let index = Tensor::<B, 1, Int>::from_data(
         TensorData::new(rows.iter().map(|&r| r as i32).collect::<Vec<_>>(), [rows.len()]),
         &hidden.device(),

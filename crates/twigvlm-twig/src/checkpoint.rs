@@ -19,6 +19,7 @@ use crate::config::{TwigConfig, TwigHead, TwigInit, TwigMlp};
 use crate::error::{Result, TwigError};
 use crate::identity::BaseIdentity;
 use crate::module::Twig;
+use twigvlm_backbone::ops::DecodeOps;
 
 pub const OURS_WEIGHTS: &str = "twig.safetensors";
 pub const OURS_META: &str = "twig.json";
@@ -59,7 +60,7 @@ pub struct TwigCheckpoint<B: Backend> {
     pub meta: Option<TwigMeta>,
 }
 
-fn tensors<B: Backend>(twig: &Twig<B>) -> Vec<twigvlm_backbone::weights::NamedTensor> {
+fn tensors<B: DecodeOps>(twig: &Twig<B>) -> Vec<twigvlm_backbone::weights::NamedTensor> {
     hf_tensors(twig, &|path| match path.strip_prefix("layers.") {
         Some(rest) => format!("{LAYER_PREFIX}.{rest}"),
         None if path.starts_with("norm.") => format!("model.{path}"),
@@ -87,7 +88,7 @@ fn is_mlp(name: &str) -> bool {
 
 /// Writes our format: weights in `dtype` (frozen MLPs left out), then `twig.json` (each file
 /// atomically).
-pub fn save_twig<B: Backend>(
+pub fn save_twig<B: DecodeOps>(
     dir: &Path,
     twig: &Twig<B>,
     base: &LlamaDecoder<B>,
@@ -108,7 +109,7 @@ pub fn save_twig<B: Backend>(
 
 /// Writes the official layout (bf16 `model.safetensors`; the head is written even when shared, as
 /// the official loader expects one) and our `twig.json` beside it so that K travels with it.
-pub fn save_official<B: Backend>(
+pub fn save_official<B: DecodeOps>(
     dir: &Path,
     twig: &Twig<B>,
     base: &LlamaDecoder<B>,
@@ -147,7 +148,7 @@ fn count_layers(source: &TensorSource) -> usize {
 
 /// Loads a twig in either format from `dir` for `base`. `k` overrides (and is required for an
 /// official twig without `twig.json`). A twig recorded for another base model is refused.
-pub fn load_twig<B: Backend>(
+pub fn load_twig<B: DecodeOps>(
     dir: &Path,
     base: &LlamaDecoder<B>,
     base_config: &LlamaConfig,
@@ -207,7 +208,7 @@ pub fn load_twig<B: Backend>(
 }
 
 /// Rewrites a twig from one format to the other (`twigvlm twig convert`).
-pub fn convert<B: Backend>(
+pub fn convert<B: DecodeOps>(
     from: &Path,
     to: &Path,
     target: TwigFormat,

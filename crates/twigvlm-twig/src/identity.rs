@@ -4,6 +4,7 @@
 
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
+use twigvlm_backbone::ops::DecodeOps;
 use twigvlm_backbone::LlamaDecoder;
 
 /// Values read from the start of each sampled weight.
@@ -41,7 +42,7 @@ impl Fnv {
         }
     }
 
-    fn sample<B: Backend>(&mut self, tensor: Tensor<B, 2>) {
+    fn sample<B: DecodeOps>(&mut self, tensor: Tensor<B, 2>) {
         let n = tensor.dims()[1].min(SAMPLED_VALUES);
         let row = tensor.slice([0..1, 0..n]).into_data().convert::<f32>();
         for v in row.as_slice::<f32>().expect("f32 after convert") {
@@ -52,7 +53,7 @@ impl Fnv {
 }
 
 impl BaseIdentity {
-    pub fn of<B: Backend>(base: &LlamaDecoder<B>) -> Self {
+    pub fn of<B: DecodeOps>(base: &LlamaDecoder<B>) -> Self {
         let mut hash = Fnv(Fnv::OFFSET);
         let (layers, hidden_size, vocab_size) = (base.num_layers(), base.hidden_size(), base.vocab_size());
         for n in [layers, hidden_size, vocab_size] {

@@ -8,6 +8,7 @@ use twigvlm_backbone::{AttentionProbe, DecoderLayer, KvCache, LlamaDecoder};
 
 use crate::config::{TwigConfig, TwigHead, TwigInit};
 use crate::error::Result;
+use twigvlm_backbone::ops::DecodeOps;
 
 #[derive(Module, Debug)]
 pub struct Twig<B: Backend> {
@@ -19,7 +20,7 @@ pub struct Twig<B: Backend> {
     pub config: TwigConfig,
 }
 
-impl<B: Backend> Twig<B> {
+impl<B: DecodeOps> Twig<B> {
     /// A twig for `base` initialised as `config.init` says. Copies share nothing with the base
     /// (training changes only the twig).
     pub fn init(
@@ -44,14 +45,6 @@ impl<B: Backend> Twig<B> {
             TwigHead::Shared => None,
         };
         Ok(Self { layers, norm, lm_head, config })
-    }
-
-    /// Runs one-token matmuls as `split` inner-dimension blocks (see
-    /// `twigvlm_backbone::llama::single_row`).
-    pub fn set_single_row_split(&mut self, split: usize) {
-        for layer in &mut self.layers {
-            layer.set_single_row_split(split);
-        }
     }
 
     /// A cache for the twig's own blocks (they never share the base's).
@@ -91,16 +84,15 @@ impl<B: Backend> Twig<B> {
     /// - hidden: `[batch, seq, hidden]` → `[batch, seq, vocab]`
     pub fn logits(&self, hidden: Tensor<B, 3>, base_head: &Linear<B>) -> Tensor<B, 3> {
         let normed = self.norm.forward(hidden);
-        let split = self.layers.first().map_or(1, |l| l.mlp.single_row_split);
-        twigvlm_backbone::llama::single_row::linear(self.lm_head.as_ref().unwrap_or(base_head), normed, split)
+        twigvlm_backbone::ops::linear(self.lm_head.as_ref().unwrap_or(base_head), normed)
     }
 }
 
 /// A copy with its own parameter ids and storage: the original stays untouched by training, and
 /// the copy records as a separate module.
-fn deep_copy<B: Backend, M: Module<B>>(module: &M) -> M {
+fn deep_copy<B: DecodeOps, M: Module<B>>(module: &M) -> M {
     struct Fresh;
-    impl<B: Backend> burn::module::ModuleMapper<B> for Fresh {
+    impl<B: DecodeOps> burn::module::ModuleMapper<B> for Fresh {
         fn map_float<const D: usize>(
             &mut self,
             param: burn::module::Param<Tensor<B, D>>,

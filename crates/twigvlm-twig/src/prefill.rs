@@ -7,11 +7,12 @@ use burn::prelude::*;
 use twigvlm_backbone::{AttentionProbe, KvCache, LlamaDecoder, PromptState};
 
 use crate::module::Twig;
+use twigvlm_backbone::ops::DecodeOps;
 
 /// Runs the prompt `embeds` (`[1, prompt_len, hidden]`, positions `0..prompt_len`) through every
 /// base layer, and through `twig` on the layer-K hidden states so that its cache covers the whole
 /// prompt (what the self-speculative decoder drafts from).
-pub fn prefill_unpruned<B: Backend>(
+pub fn prefill_unpruned<B: DecodeOps>(
     base: &LlamaDecoder<B>,
     twig: Option<&Twig<B>>,
     embeds: Tensor<B, 3>,

@@ -9,8 +9,8 @@ use burn::tensor::ops::AttentionModuleOptions;
 
 use super::cache::LayerKvCache;
 use super::rope::RopeAngles;
-use super::single_row;
 use super::tree_mask::TreeMask;
+use crate::ops::{linear, DecodeOps};
 
 #[derive(Module, Debug)]
 pub struct SelfAttention<B: Backend> {
@@ -21,11 +21,9 @@ pub struct SelfAttention<B: Backend> {
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
-    /// See [`super::single_row`].
-    pub single_row_split: usize,
 }
 
-impl<B: Backend> SelfAttention<B> {
+impl<B: DecodeOps> SelfAttention<B> {
     /// Attends the new tokens to everything cached in this layer plus themselves: causally, or,
     /// with a `tree`, as the draft tree in the cache's tail allows. Without a tree the new tokens
     /// must come after every cached entry in sequence order. The probe follows the causal rule.
@@ -43,10 +41,9 @@ impl<B: Backend> SelfAttention<B> {
     ) -> (Tensor<B, 3>, Option<Tensor<B, 4>>) {
         let [batch, new, _] = x.dims();
         let heads = |t: Tensor<B, 3>, n: usize| t.reshape([batch, new, n, self.head_dim]).swap_dims(1, 2);
-        let project = |layer: &Linear<B>, x: Tensor<B, 3>| single_row::linear(layer, x, self.single_row_split);
-        let q = rope.apply(heads(project(&self.q_proj, x.clone()), self.num_heads));
-        let k = rope.apply(heads(project(&self.k_proj, x.clone()), self.num_kv_heads));
-        let v = heads(project(&self.v_proj, x), self.num_kv_heads);
+        let q = rope.apply(heads(linear(&self.q_proj, x.clone()), self.num_heads));
+        let k = rope.apply(heads(linear(&self.k_proj, x.clone()), self.num_kv_heads));
+        let v = heads(linear(&self.v_proj, x), self.num_kv_heads);
         let past = cache.len();
         let (k, v) = cache.append(k, v);
 
@@ -63,7 +60,7 @@ impl<B: Backend> SelfAttention<B> {
             }
         };
         let out = out.swap_dims(1, 2).reshape([batch, new, self.num_heads * self.head_dim]);
-        (project(&self.o_proj, out), probe)
+        (linear(&self.o_proj, out), probe)
     }
 
     fn group_size(&self) -> usize {

@@ -6,10 +6,10 @@ use burn::prelude::*;
 use super::attention::SelfAttention;
 use super::cache::LayerKvCache;
 use super::rope::RopeAngles;
-use super::single_row;
 use super::tree_mask::TreeMask;
 use crate::config::{Activation, LlamaConfig};
 use crate::error::Result;
+use crate::ops::{linear, DecodeOps};
 use crate::weights::WeightLoader;
 
 #[derive(Module, Debug)]
@@ -19,15 +19,12 @@ pub struct Mlp<B: Backend> {
     pub down_proj: Linear<B>,
     #[module(skip)]
     pub activation: Activation,
-    /// See [`super::single_row`].
-    pub single_row_split: usize,
 }
 
-impl<B: Backend> Mlp<B> {
+impl<B: DecodeOps> Mlp<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let split = self.single_row_split;
-        let gate = self.activation.apply(single_row::linear(&self.gate_proj, x.clone(), split));
-        single_row::linear(&self.down_proj, gate * single_row::linear(&self.up_proj, x, split), split)
+        let gate = self.activation.apply(linear(&self.gate_proj, x.clone()));
+        linear(&self.down_proj, gate * linear(&self.up_proj, x))
     }
 }
 
@@ -39,7 +36,7 @@ pub struct DecoderLayer<B: Backend> {
     pub mlp: Mlp<B>,
 }
 
-impl<B: Backend> DecoderLayer<B> {
+impl<B: DecodeOps> DecoderLayer<B> {
     /// Loads `{prefix}.input_layernorm`, `{prefix}.self_attn.*`, `{prefix}.post_attention_layernorm`
     /// and `{prefix}.mlp.*`.
     pub fn load(loader: &WeightLoader<B>, prefix: &str, cfg: &LlamaConfig) -> Result<Self> {
@@ -59,7 +56,6 @@ impl<B: Backend> DecoderLayer<B> {
                 num_heads: cfg.num_heads,
                 num_kv_heads: cfg.num_kv_heads,
                 head_dim: cfg.head_dim,
-                single_row_split: 1,
             },
             post_attention_layernorm: loader.rms_norm(&format!("{prefix}.post_attention_layernorm.weight"), d, eps)?,
             mlp: Mlp {
@@ -67,7 +63,6 @@ impl<B: Backend> DecoderLayer<B> {
                 up_proj: mlp("up_proj", d, cfg.intermediate_size)?,
                 down_proj: mlp("down_proj", cfg.intermediate_size, d)?,
                 activation: cfg.mlp_activation,
-                single_row_split: 1,
             },
         })
     }
@@ -89,7 +84,6 @@ impl<B: Backend> DecoderLayer<B> {
                 num_heads: cfg.num_heads,
                 num_kv_heads: cfg.num_kv_heads,
                 head_dim: cfg.head_dim,
-                single_row_split: 1,
             },
             post_attention_layernorm: norm(),
             mlp: Mlp {
@@ -97,15 +91,8 @@ impl<B: Backend> DecoderLayer<B> {
                 up_proj: linear(d, cfg.intermediate_size, cfg.mlp_bias),
                 down_proj: linear(cfg.intermediate_size, d, cfg.mlp_bias),
                 activation: cfg.mlp_activation,
-                single_row_split: 1,
             },
         }
-    }
-
-    /// See [`super::single_row`].
-    pub fn set_single_row_split(&mut self, split: usize) {
-        self.self_attn.single_row_split = split;
-        self.mlp.single_row_split = split;
     }
 
     /// # Shapes

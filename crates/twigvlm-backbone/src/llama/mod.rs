@@ -6,11 +6,11 @@ pub mod cache;
 pub mod layer;
 pub mod prompt_state;
 pub mod rope;
-pub mod single_row;
 pub mod tree_mask;
 
 use std::ops::Range;
 
+use crate::ops::DecodeOps;
 use burn::nn::{Embedding, Linear, RmsNorm};
 use burn::prelude::*;
 
@@ -57,7 +57,7 @@ pub struct LayersOutput<B: Backend> {
 
 /// Runs a stack of decoder layers whose first one is layer `first_index` of `cache` and `probe`
 /// (the base model's own layers, its tuned copies, or a twig's blocks with their own cache).
-pub fn forward_stack<B: Backend>(
+pub fn forward_stack<B: DecodeOps>(
     layers: &[DecoderLayer<B>],
     first_index: usize,
     hidden: Tensor<B, 3>,
@@ -70,7 +70,7 @@ pub fn forward_stack<B: Backend>(
 
 /// [`forward_stack`] for the nodes of a draft tree: each sees what `tree` allows of the cache's
 /// tail (the rotary angles give each node its depth's position).
-pub fn forward_stack_tree<B: Backend>(
+pub fn forward_stack_tree<B: DecodeOps>(
     layers: &[DecoderLayer<B>],
     first_index: usize,
     hidden: Tensor<B, 3>,
@@ -81,7 +81,7 @@ pub fn forward_stack_tree<B: Backend>(
     run_stack(layers, first_index, hidden, rope, cache, &AttentionProbe::default(), Some(tree)).hidden
 }
 
-fn run_stack<B: Backend>(
+fn run_stack<B: DecodeOps>(
     layers: &[DecoderLayer<B>],
     first_index: usize,
     mut hidden: Tensor<B, 3>,
@@ -110,11 +110,9 @@ pub struct LlamaDecoder<B: Backend> {
     pub lm_head: Linear<B>,
     pub head_dim: usize,
     pub rope_theta: f64,
-    /// Inner-dimension blocks of one-token matmuls ([`single_row`]); 1 = plain.
-    pub single_row_split: usize,
 }
 
-impl<B: Backend> LlamaDecoder<B> {
+impl<B: DecodeOps> LlamaDecoder<B> {
     /// Loads `{prefix}.embed_tokens`, `{prefix}.layers.{i}.*`, `{prefix}.norm` and `{head}` (or the
     /// embedding matrix when the config ties them).
     pub fn load(loader: &WeightLoader<B>, prefix: &str, head: &str, cfg: &LlamaConfig) -> Result<Self> {
@@ -136,21 +134,11 @@ impl<B: Backend> LlamaDecoder<B> {
             lm_head,
             head_dim: cfg.head_dim,
             rope_theta: cfg.rope_theta,
-            single_row_split: 1,
         })
     }
 
     pub fn num_layers(&self) -> usize {
         self.layers.len()
-    }
-
-    /// Runs one-token matmuls (decoding) as `split` inner-dimension blocks ([`single_row`]): a
-    /// CPU backend whose one-row kernel is single-threaded then uses all its threads.
-    pub fn set_single_row_split(&mut self, split: usize) {
-        self.single_row_split = split;
-        for layer in &mut self.layers {
-            layer.set_single_row_split(split);
-        }
     }
 
     pub fn hidden_size(&self) -> usize {
@@ -202,7 +190,7 @@ impl<B: Backend> LlamaDecoder<B> {
     /// # Shapes
     /// - hidden: `[batch, seq, hidden]` → `[batch, seq, vocab]`
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        single_row::linear(&self.lm_head, self.norm.forward(hidden), self.single_row_split)
+        crate::ops::linear(&self.lm_head, self.norm.forward(hidden))
     }
 
     /// The logits at the last of `hidden`'s positions (`[1, seq, hidden]`), on the host.

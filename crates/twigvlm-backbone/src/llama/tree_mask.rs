@@ -2,6 +2,7 @@
 //! end of the KV cache, and each may see the committed context, its ancestors and itself, never
 //! another branch. Positions come from the rotary angles (a node's depth), not from this mask.
 
+use crate::ops::DecodeOps;
 use burn::prelude::*;
 
 /// Which of the cache's last `tail` entries each token of a forward sees; the forward's tokens
@@ -44,7 +45,7 @@ impl TreeMask {
     ///
     /// # Panics
     /// When the cache holds fewer entries than the tree's tail.
-    pub fn masked<B: Backend>(&self, keys: usize, device: &B::Device) -> Tensor<B, 4, Bool> {
+    pub fn masked<B: DecodeOps>(&self, keys: usize, device: &B::Device) -> Tensor<B, 4, Bool> {
         assert!(keys >= self.tail, "a tree tail of {} in a cache of {keys}", self.tail);
         let context = keys - self.tail;
         let data: Vec<bool> = (0..self.rows)

@@ -7,6 +7,7 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
 
 use super::writer::NamedTensor;
+use crate::ops::DecodeOps;
 
 const LINEAR: &str = "Struct:Linear";
 const LAYER_NORM: &str = "Struct:LayerNorm";
@@ -19,7 +20,7 @@ struct Exporter<'a> {
     tensors: Vec<NamedTensor>,
 }
 
-impl<B: Backend> ModuleVisitor<B> for Exporter<'_> {
+impl<B: DecodeOps> ModuleVisitor<B> for Exporter<'_> {
     fn enter_module(&mut self, name: &str, container_type: &str) {
         self.path.push((name.to_string(), container_type.to_string()));
     }
@@ -48,7 +49,7 @@ impl<B: Backend> ModuleVisitor<B> for Exporter<'_> {
 
 /// The module's parameters as PyTorch-layout tensors; `rename` maps burn paths
 /// (`layers.0.fc1.weight`) to checkpoint names.
-pub fn hf_tensors<B: Backend, M: Module<B>>(module: &M, rename: &dyn Fn(&str) -> String) -> Vec<NamedTensor> {
+pub fn hf_tensors<B: DecodeOps, M: Module<B>>(module: &M, rename: &dyn Fn(&str) -> String) -> Vec<NamedTensor> {
     let mut exporter = Exporter { path: Vec::new(), rename, tensors: Vec::new() };
     module.visit(&mut exporter);
     exporter.tensors

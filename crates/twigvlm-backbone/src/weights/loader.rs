@@ -1,6 +1,8 @@
 //! Builds burn modules from checkpoint tensors: checks every shape, converts to the backend's
-//! float type, transposes PyTorch `[out, in]` linear weights to burn's `[in, out]`, and remembers
-//! which tensors were used so that the rest can be reported.
+//! float type (linear weights: to their storage type, see [`StorageDtype`]), turns PyTorch
+//! `[out, in]` linear weights into burn's `[in, out]` the way the backend reads them fastest
+//! ([`DecodeOps::linear_weight`]), and remembers which tensors were used so that the rest can be
+//! reported.
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
@@ -8,15 +10,20 @@ use std::collections::BTreeSet;
 use burn::module::{Param, ParamId};
 use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear, RmsNorm};
 use burn::prelude::*;
+use burn::tensor::DType;
 
 use super::source::TensorSource;
+use super::StorageDtype;
 use crate::error::{BackboneError, Result};
+use crate::ops::DecodeOps;
 
 /// Reads named tensors of one [`TensorSource`] onto a device.
 pub struct WeightLoader<'a, B: Backend> {
     source: &'a TensorSource,
     device: &'a B::Device,
     used: RefCell<BTreeSet<String>>,
+    /// Storage type of linear weights; `None` keeps each one's checkpoint type.
+    linear_dtype: Option<StorageDtype>,
 }
 
 /// What a load left behind.
@@ -29,9 +36,15 @@ pub struct LoadReport {
     pub unexpected: Vec<String>,
 }
 
-impl<'a, B: Backend> WeightLoader<'a, B> {
+impl<'a, B: DecodeOps> WeightLoader<'a, B> {
     pub fn new(source: &'a TensorSource, device: &'a B::Device) -> Self {
-        Self { source, device, used: RefCell::new(BTreeSet::new()) }
+        Self { source, device, used: RefCell::new(BTreeSet::new()), linear_dtype: None }
+    }
+
+    /// Stores linear weights in `dtype` (`None`: each one's checkpoint type).
+    pub fn with_linear_dtype(mut self, dtype: Option<StorageDtype>) -> Self {
+        self.linear_dtype = dtype;
+        self
     }
 
     pub fn device(&self) -> &B::Device {
@@ -71,18 +84,27 @@ impl<'a, B: Backend> WeightLoader<'a, B> {
 
     /// A PyTorch `nn.Linear` at `prefix` (`{prefix}.weight` `[d_out, d_in]`, optional `{prefix}.bias`).
     pub fn linear(&self, prefix: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Linear<B>> {
-        let weight = self.read(&format!("{prefix}.weight"), &[d_out, d_in])?;
-        let weight = transpose(&weight, d_out, d_in);
-        let weight = Tensor::from_data(TensorData::new(weight, [d_in, d_out]), self.device);
+        let weight = self.linear_weight(&format!("{prefix}.weight"), d_out, d_in)?;
         let bias = if bias { Some(self.param(&format!("{prefix}.bias"), [d_out])?) } else { None };
         Ok(Linear { weight: Param::initialized(ParamId::new(), weight), bias })
     }
 
     /// An LM head that reuses an embedding matrix `[vocab, d]` (tied weights).
     pub fn tied_linear(&self, embedding_name: &str, vocab: usize, d: usize) -> Result<Linear<B>> {
-        let weight = self.read(embedding_name, &[vocab, d])?;
-        let weight = Tensor::from_data(TensorData::new(transpose(&weight, vocab, d), [d, vocab]), self.device);
+        let weight = self.linear_weight(embedding_name, vocab, d)?;
         Ok(Linear { weight: Param::initialized(ParamId::new(), weight), bias: None })
+    }
+
+    /// The `[d_out, d_in]` checkpoint tensor `name` as a linear weight, in its storage type.
+    fn linear_weight(&self, name: &str, d_out: usize, d_in: usize) -> Result<Tensor<B, 2>> {
+        let values = self.read(name, &[d_out, d_in])?;
+        let stored = match self.linear_dtype {
+            Some(dtype) => dtype.dtype(),
+            // Widening to f32 on read was exact, so narrowing back restores the checkpoint's values.
+            None => self.source.get(name).map_or(DType::F32, |raw| raw.float_dtype()),
+        };
+        let data = TensorData::new(values, [d_out, d_in]).convert_dtype(stored);
+        Ok(B::linear_weight(data, self.device))
     }
 
     pub fn embedding(&self, name: &str, n: usize, d: usize) -> Result<Embedding<B>> {
@@ -115,44 +137,11 @@ impl<'a, B: Backend> WeightLoader<'a, B> {
     }
 }
 
-/// `[rows, cols]` → `[cols, rows]`, in square tiles so that reads and writes both stay in cache
-/// (a naive loop over a 7B checkpoint's matrices is dominated by cache misses).
-fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    const TILE: usize = 32;
-    let mut out = vec![0.0; values.len()];
-    for r0 in (0..rows).step_by(TILE) {
-        for c0 in (0..cols).step_by(TILE) {
-            for r in r0..(r0 + TILE).min(rows) {
-                for c in c0..(c0 + TILE).min(cols) {
-                    out[c * rows + r] = values[r * cols + c];
-                }
-            }
-        }
-    }
-    out
-}
-
 impl LoadReport {
     pub fn merge(mut self, other: LoadReport) -> Self {
         self.used += other.used;
         self.ignored.extend(other.ignored);
         self.unexpected.extend(other.unexpected);
         self
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn transpose_moves_every_element() {
-        // 3 x 70 crosses tile edges in both directions.
-        let (rows, cols) = (3, 70);
-        let values: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
-        let t = super::transpose(&values, rows, cols);
-        for r in 0..rows {
-            for c in 0..cols {
-                assert_eq!(t[c * rows + r], values[r * cols + c]);
-            }
-        }
     }
 }

@@ -4,8 +4,6 @@
 
 use std::path::Path;
 
-use burn::prelude::*;
-
 use super::export::hf_tensors;
 use super::layout::{SAVED_PROJECTOR_PREFIX, SAVED_VISION_PREFIX};
 use super::loader::WeightLoader;
@@ -14,16 +12,17 @@ use super::writer::{write_safetensors, StorageDtype};
 use crate::clip::ClipVisionTower;
 use crate::config::LlavaConfig;
 use crate::error::{BackboneError, Result};
+use crate::ops::DecodeOps;
 use crate::projector::Projector;
 
 /// Writes `tower` to the safetensors file `path` (f32).
-pub fn save_vision_tower<B: Backend>(tower: &ClipVisionTower<B>, path: &Path) -> Result<()> {
+pub fn save_vision_tower<B: DecodeOps>(tower: &ClipVisionTower<B>, path: &Path) -> Result<()> {
     let tensors = hf_tensors(tower, &|burn_path| ClipVisionTower::<B>::hf_name(SAVED_VISION_PREFIX, burn_path));
     write_safetensors(path, &tensors, StorageDtype::F32)
 }
 
 /// Reads a vision tower written by [`save_vision_tower`], with the layers `config` uses.
-pub fn load_vision_tower<B: Backend>(
+pub fn load_vision_tower<B: DecodeOps>(
     path: &Path,
     config: &LlavaConfig,
     device: &B::Device,
@@ -37,13 +36,13 @@ pub fn load_vision_tower<B: Backend>(
 }
 
 /// Writes `projector` to the safetensors file `path` (f32).
-pub fn save_projector<B: Backend>(projector: &Projector<B>, path: &Path) -> Result<()> {
+pub fn save_projector<B: DecodeOps>(projector: &Projector<B>, path: &Path) -> Result<()> {
     let tensors = hf_tensors(projector, &|burn_path| format!("{SAVED_PROJECTOR_PREFIX}.{burn_path}"));
     write_safetensors(path, &tensors, StorageDtype::F32)
 }
 
 /// Reads a projector written by [`save_projector`], shaped as `config` says.
-pub fn load_projector<B: Backend>(path: &Path, config: &LlavaConfig, device: &B::Device) -> Result<Projector<B>> {
+pub fn load_projector<B: DecodeOps>(path: &Path, config: &LlavaConfig, device: &B::Device) -> Result<Projector<B>> {
     let mut source = TensorSource::default();
     source.add_safetensors(path)?;
     let linears = [format!("{SAVED_PROJECTOR_PREFIX}.linear_1"), format!("{SAVED_PROJECTOR_PREFIX}.linear_2")];

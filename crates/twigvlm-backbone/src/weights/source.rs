@@ -37,6 +37,17 @@ impl RawTensor {
     }
 }
 
+impl RawTensor {
+    /// The float type the tensor is stored in (f32 for anything but f16 and bf16).
+    pub fn float_dtype(&self) -> DType {
+        match self.dtype.as_str() {
+            "F16" => DType::F16,
+            "BF16" => DType::BF16,
+            _ => DType::F32,
+        }
+    }
+}
+
 const UNSUPPORTED_DTYPE: &str = "unsupported dtype";
 
 /// All tensors of one checkpoint (possibly several files).

@@ -7,16 +7,28 @@ use strum::{Display, EnumMessage, EnumString, VariantArray};
 
 use crate::error::{BackboneError, Result};
 
-/// Storage precision of written tensors.
+/// Storage precision of tensors: written to a checkpoint, or of weights held in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Display, EnumString, VariantArray, EnumMessage)]
 #[strum(serialize_all = "lowercase")]
 pub enum StorageDtype {
+    /// IEEE half precision.
     F16,
+    /// bfloat16.
     BF16,
+    /// 32-bit floats.
     F32,
 }
 
 impl StorageDtype {
+    /// The tensor element type.
+    pub fn dtype(self) -> burn::tensor::DType {
+        match self {
+            Self::F16 => burn::tensor::DType::F16,
+            Self::BF16 => burn::tensor::DType::BF16,
+            Self::F32 => burn::tensor::DType::F32,
+        }
+    }
+
     /// The `torch_dtype` a config.json states for weights stored this way.
     pub fn torch_name(self) -> &'static str {
         match self {

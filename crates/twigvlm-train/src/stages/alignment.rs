@@ -22,6 +22,7 @@ use crate::examples::{ConversationEncoder, VisualInput};
 use crate::patch_words::PatchWordsObjective;
 use crate::trainable::trainable;
 use crate::trainer::train;
+use twigvlm_backbone::ops::{DecodeAutodiff, DecodeOps};
 
 /// What every language-side stage starts from.
 #[derive(Debug, Clone)]
@@ -110,7 +111,7 @@ struct Inputs<B: AutodiffBackend> {
 }
 
 impl LanguageStage {
-    fn load<B: AutodiffBackend>(&self, tuned_layers: &[PathBuf], device: &B::Device) -> Result<Inputs<B>> {
+    fn load<B: DecodeAutodiff>(&self, tuned_layers: &[PathBuf], device: &B::Device) -> Result<Inputs<B>> {
         let (config, preprocessor): (LlavaConfig, ImagePreprocessor) = read_llava_spec(&self.config)?;
         let train = shapes(&self.data, SeedRange::Train, "data")?;
         let eval = shapes(&self.eval_data, SeedRange::Eval, "eval data")?;
@@ -135,7 +136,7 @@ impl LanguageStage {
 
 /// Stage 1 by regression: the projector maps each patch onto the language model's embeddings of
 /// the words that describe it; no language-model layer runs. Writes [`PROJECTOR_FILE`].
-pub fn train_patch_words<B: AutodiffBackend>(
+pub fn train_patch_words<B: DecodeAutodiff>(
     stage: &LanguageStage,
     run: &RunSettings,
     device: &B::Device,
@@ -164,7 +165,7 @@ pub fn train_patch_words<B: AutodiffBackend>(
 /// Stage 1 (`lm_layers` 0) or stage 2 by next-token loss on the assistant's answers. Writes
 /// [`PROJECTOR_FILE`] and, when layers tuned, [`TUNED_LM_FILE`] (under the language model's own
 /// tensor names, f16).
-pub fn train_alignment<B: AutodiffBackend>(
+pub fn train_alignment<B: DecodeAutodiff>(
     stage: &AlignmentStage,
     run: &RunSettings,
     device: &B::Device,
@@ -205,7 +206,7 @@ pub fn train_alignment<B: AutodiffBackend>(
 }
 
 /// The tuned layers of stage 2, stored in f16 like an imported language model.
-fn write_tuned_layers<B: burn::prelude::Backend>(out: &Path, parts: &AlignedParts<B>) -> Result<()> {
+fn write_tuned_layers<B: DecodeOps>(out: &Path, parts: &AlignedParts<B>) -> Result<()> {
     let tensors = parts.tuned_layer_tensors(CAUSAL_LM_BODY);
     Ok(write_safetensors(&out.join(TUNED_LM_FILE), &tensors, StorageDtype::F16)?)
 }

@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 
 use burn::module::AutodiffModule;
-use burn::tensor::backend::AutodiffBackend;
 use serde::Serialize;
 use twigvlm_backbone::weights::StorageDtype;
 use twigvlm_backbone::{load_llava, LoadOptions};
@@ -17,6 +16,7 @@ use crate::error::{Result, TrainError};
 use crate::examples::ConversationEncoder;
 use crate::trainer::train;
 use crate::twig::{trainable_twig, AttentionDistill, TwigObjective, TwigTargets};
+use twigvlm_backbone::ops::DecodeAutodiff;
 
 /// The paper's twig recipe: AdamW lr 1e-4, cosine, 3% warm-up, one epoch (steps = data / batch).
 const TWIG_LR: f64 = 1e-4;
@@ -51,11 +51,7 @@ pub struct TwigRecipe {
 
 /// Trains the twig and saves it (our format, f16) into `run.out`; its `twig.json` carries the
 /// summary too.
-pub fn train_twig<B: AutodiffBackend>(
-    stage: &TwigStage,
-    run: &RunSettings,
-    device: &B::Device,
-) -> Result<StageOutcome> {
+pub fn train_twig<B: DecodeAutodiff>(stage: &TwigStage, run: &RunSettings, device: &B::Device) -> Result<StageOutcome> {
     let train_spec = DatasetSpec::parse_all(&stage.data)?;
     if train_spec.seed_range() == Some(SeedRange::Eval) {
         return Err(TrainError::Config(format!(
@@ -67,7 +63,9 @@ pub fn train_twig<B: AutodiffBackend>(
     let eval_data = DatasetSpec::parse_all(&stage.eval_data)?.open(image_root)?;
     let epoch = train_data.len().div_ceil(run.batch_size.max(1));
     let options = run.options(StageDefaults { steps: epoch, lr: TWIG_LR, warmup: TWIG_WARMUP });
-    let load_options = LoadOptions { vision_tower_dir: stage.vision_tower.clone() };
+    // f32 weights: the twig starts as a copy of base layers and is trained in f32.
+    let load_options =
+        LoadOptions { vision_tower_dir: stage.vision_tower.clone(), weights_dtype: Some(StorageDtype::F32) };
     let loaded = load_llava::<B::InnerBackend>(&stage.model, &load_options, device)?;
     B::seed(device, run.seed);
     let twig = Twig::init(&loaded.model.language_model, &loaded.config.text, stage.config, device)?;

@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use burn::module::AutodiffModule;
-use burn::tensor::backend::AutodiffBackend;
 use twigvlm_backbone::read_llava_spec;
 use twigvlm_backbone::weights::save_vision_tower;
 use twigvlm_data::SeedRange;
@@ -13,6 +12,7 @@ use crate::demo::VISION_FILE;
 use crate::error::Result;
 use crate::trainer::train;
 use crate::vision::{PatchClassifier, VisionObjective};
+use twigvlm_backbone::ops::DecodeAutodiff;
 
 /// The inputs of the vision stage.
 #[derive(Debug, Clone)]
@@ -26,7 +26,7 @@ pub struct VisionStage {
 }
 
 /// Trains the tower and writes it as [`VISION_FILE`] into `run.out`.
-pub fn train_vision<B: AutodiffBackend>(
+pub fn train_vision<B: DecodeAutodiff>(
     stage: &VisionStage,
     run: &RunSettings,
     device: &B::Device,

@@ -3,13 +3,13 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use burn::prelude::Backend;
 use twigvlm_data::{eval_shapes, DatasetSpec};
 use twigvlm_engine::{BackendJob, DecoderKind, DraftTree, PruningSpec, VisualBudget};
 use twigvlm_eval::bench::{generation_count, run_bench, BenchMode, BenchOptions, BenchPrompt, BenchReport};
 use twigvlm_eval::plot::{bar_chart, Labels};
 
 use super::named::named;
+use twigvlm_backbone::ops::DecodeOps;
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -55,7 +55,7 @@ impl super::ModelCommand for BenchArgs {
 impl BackendJob for BenchArgs {
     type Output = anyhow::Result<()>;
 
-    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<()> {
+    fn run<B: DecodeOps>(self, device: B::Device) -> anyhow::Result<()> {
         let args = self;
         anyhow::ensure!(!args.modes.is_empty(), "--modes is empty");
         let dataset = DatasetSpec::parse(&args.data)?.open(args.image_root.as_deref())?;

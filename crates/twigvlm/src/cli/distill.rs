@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use burn::prelude::Backend;
+use twigvlm_backbone::ops::DecodeOps;
 use twigvlm_data::DatasetSpec;
 use twigvlm_engine::{BackendJob, DecoderKind, PruningSpec};
 use twigvlm_eval::distill::{distill, DistillOptions, DISTILL_FILE};
@@ -46,7 +46,7 @@ impl super::ModelCommand for DistillArgs {
 impl BackendJob for DistillArgs {
     type Output = anyhow::Result<()>;
 
-    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<()> {
+    fn run<B: DecodeOps>(self, device: B::Device) -> anyhow::Result<()> {
         let args = self;
         let spec = DatasetSpec::parse(&args.data)?;
         let dataset = spec.open(args.image_root.as_deref())?;

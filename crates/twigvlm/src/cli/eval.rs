@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use burn::prelude::Backend;
+use twigvlm_backbone::ops::DecodeOps;
 use twigvlm_data::{eval_shapes, DatasetSpec, SeedRange, EVAL_SEED_START};
 use twigvlm_engine::{BackendJob, PrefillPolicy, PruningSpec, VisualBudget};
 use twigvlm_eval::eval::{evaluate, EvalOptions, EvalReport};
@@ -50,7 +50,7 @@ impl super::ModelCommand for EvalArgs {
 impl BackendJob for EvalArgs {
     type Output = anyhow::Result<()>;
 
-    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<()> {
+    fn run<B: DecodeOps>(self, device: B::Device) -> anyhow::Result<()> {
         let args = self;
         let spec = DatasetSpec::parse(&args.data)?;
         if spec.seed_range() == Some(SeedRange::Train) {

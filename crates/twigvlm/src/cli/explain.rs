@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use burn::prelude::Backend;
+use twigvlm_backbone::ops::DecodeOps;
 use twigvlm_backbone::preprocess::load_image;
 use twigvlm_engine::explain::{explain, policy_specs};
 use twigvlm_engine::{BackendJob, PrefillPolicy, PruningSpec, VisualBudget};
@@ -45,7 +45,7 @@ impl super::ModelCommand for ExplainArgs {
 impl BackendJob for ExplainArgs {
     type Output = anyhow::Result<()>;
 
-    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<()> {
+    fn run<B: DecodeOps>(self, device: B::Device) -> anyhow::Result<()> {
         let args = self;
         let image = load_image(&args.image).with_context(|| format!("cannot use --image {}", args.image.display()))?;
         let (engine, _) = super::load_engine::<B>(&args.model, device, &PruningSpec::none(), true)?;

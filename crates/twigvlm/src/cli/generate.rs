@@ -4,10 +4,10 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use burn::prelude::Backend;
 use serde::Serialize;
 use std::ops::ControlFlow;
 
+use twigvlm_backbone::ops::DecodeOps;
 use twigvlm_backbone::preprocess::load_image;
 use twigvlm_backbone::weights::NamedTensor;
 use twigvlm_engine::{BackendJob, DecoderKind, GenerateRequest, GenerateResult, GenerateStats, Prompt, Sampling};
@@ -64,7 +64,7 @@ impl super::ModelCommand for GenerateArgs {
 impl BackendJob for GenerateArgs {
     type Output = anyhow::Result<()>;
 
-    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<()> {
+    fn run<B: DecodeOps>(self, device: B::Device) -> anyhow::Result<()> {
         let args = self;
         let sampling = Sampling::new(args.temperature, args.top_p)?;
         let image = args

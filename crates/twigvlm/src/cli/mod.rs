@@ -17,7 +17,6 @@ mod twig;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use burn::prelude::Backend;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::filter::LevelFilter;
 use twigvlm_engine::{
@@ -26,6 +25,8 @@ use twigvlm_engine::{
 };
 
 use named::named;
+use twigvlm_backbone::ops::DecodeOps;
+use twigvlm_backbone::weights::StorageDtype;
 
 /// Fast vision-language inference with twig-guided token pruning and self-speculative decoding.
 #[derive(Debug, Parser)]
@@ -125,17 +126,18 @@ pub struct ModelArgs {
     #[arg(long, value_parser = named::<BackendKind>(), default_value_t = BackendKind::Flex)]
     pub backend: BackendKind,
     /// Floating-point type of the computation (default: f16 on cuda, f32 on flex and wgpu; flex
-    /// is f32 only, wgpu has no bf16). Weights are converted on load.
+    /// is f32 only, wgpu has no bf16).
     #[arg(long, value_parser = named::<FloatDtype>())]
     pub dtype: Option<FloatDtype>,
+    /// Storage type of the linear layers' weights (default: each weight's type in the checkpoint).
+    /// flex reads f16 and bf16 weights as stored and accumulates in f32, so half-precision weights
+    /// halve the bytes each decoding step reads; the GPU backends store weights in the computation
+    /// type whatever this says.
+    #[arg(long, value_parser = named::<StorageDtype>())]
+    pub weights_dtype: Option<StorageDtype>,
     /// CLIP directory for original-layout LLaVA checkpoints whose `mm_vision_tower` is not a local path.
     #[arg(long)]
     pub vision_tower: Option<PathBuf>,
-    /// Split the inner dimension of few-row matmuls (decoding, draft verification) into this many
-    /// blocks computed as one batch and summed (default: the backend's, 4 on flex, 1 on the GPU
-    /// backends). More blocks give a backend's kernel more parallel work when a row is short.
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
-    pub single_row_split: Option<u16>,
     #[command(flatten)]
     pub decoder: DecoderArgs,
 }
@@ -222,7 +224,7 @@ impl DecoderArgs {
     /// `pruning` is what the command prunes with by default; `twig_serves_more` says the twig
     /// may be used beyond the decoder and that pruning (other policies, benchmark modes, server
     /// requests), so it is attached whatever the decoder. A twig given for nothing is refused.
-    fn prepare<B: Backend>(
+    fn prepare<B: DecodeOps>(
         &self,
         engine: &mut Engine<B>,
         pruning: &PruningSpec,
@@ -260,7 +262,7 @@ fn progress_bar(len: u64, counts: &str) -> indicatif::ProgressBar {
 }
 
 /// Loads a model directory and the twig (see [`DecoderArgs::prepare`]) with a spinner on stderr.
-fn load_engine<B: Backend>(
+fn load_engine<B: DecodeOps>(
     args: &ModelArgs,
     device: B::Device,
     pruning: &PruningSpec,
@@ -269,10 +271,9 @@ fn load_engine<B: Backend>(
     let model = &args.model;
     let spinner = indicatif::ProgressBar::new_spinner().with_message(format!("loading {}", model.display()));
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
-    let options = LoadOptions { vision_tower_dir: args.vision_tower.clone() };
+    let options = LoadOptions { vision_tower_dir: args.vision_tower.clone(), weights_dtype: args.weights_dtype };
     let mut engine = Engine::<B>::load(model, &options, device)
         .with_context(|| format!("cannot load the model in {}", model.display()))?;
-    engine.set_single_row_split(args.single_row_split.map_or(args.backend.single_row_split(), usize::from));
     let decoder = args.decoder.prepare(&mut engine, pruning, twig_serves_more)?;
     spinner.finish_and_clear();
     Ok((engine, decoder))

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use base64::Engine as _;
-use burn::prelude::Backend;
+use twigvlm_backbone::ops::DecodeOps;
 use twigvlm_engine::{BackendJob, PrefillPolicy, PruningSpec};
 use twigvlm_eval::load::{run_load, LoadOptions};
 use twigvlm_serve::{serve, ImageLimits, RequestDefaults, ServeOptions};
@@ -56,7 +56,7 @@ impl super::ModelCommand for ServeArgs {
 impl BackendJob for ServeArgs {
     type Output = anyhow::Result<()>;
 
-    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<()> {
+    fn run<B: DecodeOps>(self, device: B::Device) -> anyhow::Result<()> {
         let args = self;
         let pruning = args.pruning.spec();
         // A twig, when given, is attached whatever the default decoder: requests may ask for it.

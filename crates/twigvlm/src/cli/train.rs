@@ -4,7 +4,6 @@
 
 use std::path::PathBuf;
 
-use burn::tensor::backend::AutodiffBackend;
 use twigvlm_data::eval_shapes;
 use twigvlm_engine::{AutodiffJob, BackendKind};
 use twigvlm_train::alignment::TunedLayerParts;
@@ -14,6 +13,7 @@ use twigvlm_train::stages::{
 };
 
 use super::named::named;
+use twigvlm_backbone::ops::DecodeAutodiff;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum TrainCommand {
@@ -188,7 +188,7 @@ impl ProjectorArgs {
 impl AutodiffJob for VisionArgs {
     type Output = anyhow::Result<()>;
 
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> anyhow::Result<()> {
+    fn run<B: DecodeAutodiff>(self, device: B::Device) -> anyhow::Result<()> {
         let stage = VisionStage { config: self.config, data: self.data, eval_data: self.eval_data };
         report(&train_vision::<B>(&stage, &self.run.settings(), &device)?);
         Ok(())
@@ -206,7 +206,7 @@ enum LanguageJob {
 impl AutodiffJob for LanguageJob {
     type Output = anyhow::Result<()>;
 
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> anyhow::Result<()> {
+    fn run<B: DecodeAutodiff>(self, device: B::Device) -> anyhow::Result<()> {
         let outcome = match self {
             LanguageJob::PatchWords(stage, run) => train_patch_words::<B>(&stage, &run, &device)?,
             LanguageJob::Alignment(stage, run) => train_alignment::<B>(&stage, &run, &device)?,

@@ -3,8 +3,6 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use burn::prelude::Backend;
-use burn::tensor::backend::AutodiffBackend;
 use twigvlm_backbone::{load_llava, LoadOptions};
 use twigvlm_data::eval_shapes;
 use twigvlm_engine::{AutodiffJob, BackendJob, BackendKind};
@@ -15,6 +13,7 @@ use twigvlm_twig::{TwigConfig, TwigFormat, TwigHead, TwigInit, TwigMlp};
 
 use super::named::named;
 use super::train::{report, LoopArgs};
+use twigvlm_backbone::ops::{DecodeAutodiff, DecodeOps};
 
 #[derive(Debug, clap::Args)]
 pub struct TrainTwigArgs {
@@ -70,7 +69,7 @@ pub struct TrainTwigArgs {
 impl AutodiffJob for TrainTwigArgs {
     type Output = anyhow::Result<()>;
 
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> anyhow::Result<()> {
+    fn run<B: DecodeAutodiff>(self, device: B::Device) -> anyhow::Result<()> {
         let stage = TwigStage {
             model: self.model,
             vision_tower: self.vision_tower,
@@ -114,7 +113,7 @@ pub struct ConvertArgs {
 impl BackendJob for ConvertArgs {
     type Output = anyhow::Result<()>;
 
-    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<()> {
+    fn run<B: DecodeOps>(self, device: B::Device) -> anyhow::Result<()> {
         let args = self;
         let loaded = load_llava::<B>(&args.model, &LoadOptions::default(), &device)
             .with_context(|| format!("cannot load the base model in {}", args.model.display()))?;

@@ -1,0 +1,80 @@
+//! [`DecodeOps`] on the CPU backend: linear layers through `twigvlm_kernels`, which stream each
+//! weight once for all rows over every core, read f16/bf16 weights as stored, and round every
+//! row the same whatever the row count.
+//!
+//! Weights are kept as the transposed view of the checkpoint's `[d_out, d_in]` matrix (a
+//! `[d_in, d_out]` tensor with strides `[1, d_in]`), the layout the kernel streams; a weight held
+//! any other way is copied into that layout for the call, so every linear layer on this backend
+//! rounds the same way.
+
+use burn::backend::Flex;
+use burn::prelude::*;
+use burn::tensor::{DType, TensorPrimitive};
+use burn_flex::FlexTensor;
+use twigvlm_kernels::Weights;
+
+use super::DecodeOps;
+
+impl DecodeOps for Flex {
+    fn linear(x: Tensor<Self, 3>, weight: Tensor<Self, 2>, bias: Option<Tensor<Self, 1>>) -> Tensor<Self, 3> {
+        let [batch, seq, d_in] = x.dims();
+        let d_out = weight.dims()[1];
+        let out_in = out_in_storage(weight.transpose().into_primitive().tensor());
+        let x = contiguous_f32(x.into_primitive().tensor());
+        let bias = bias.map(|b| contiguous_f32(b.into_primitive().tensor()));
+        let mut out = vec![0.0f32; batch * seq * d_out];
+        twigvlm_kernels::linear(
+            x.as_slice::<f32>().expect("contiguous f32 activations"),
+            batch * seq,
+            weights(&out_in),
+            d_in,
+            d_out,
+            bias.as_ref().map(|b| b.as_slice::<f32>().expect("contiguous f32 bias")),
+            &mut out,
+        );
+        let out = FlexTensor::from_data(TensorData::new(out, [batch, seq, d_out]));
+        Tensor::from_primitive(TensorPrimitive::Float(out))
+    }
+
+    fn linear_weight(out_in: TensorData, _device: &Self::Device) -> Tensor<Self, 2> {
+        let out_in: Tensor<Self, 2> =
+            Tensor::from_primitive(TensorPrimitive::Float(FlexTensor::from_data(kernel_dtype(out_in))));
+        out_in.transpose()
+    }
+}
+
+/// f32, f16 and bf16 stay as they are; anything else becomes f32.
+fn kernel_dtype(data: TensorData) -> TensorData {
+    match data.dtype {
+        DType::F32 | DType::F16 | DType::BF16 => data,
+        _ => data.convert_dtype(DType::F32),
+    }
+}
+
+/// The `[d_out, d_in]` weight as contiguous storage of a kernel type: free for weights loaded by
+/// [`DecodeOps::linear_weight`], a copy for any other (a layer initialised or copied in memory).
+fn out_in_storage(out_in: FlexTensor) -> FlexTensor {
+    let supported = matches!(out_in.dtype(), DType::F32 | DType::F16 | DType::BF16);
+    if supported && out_in.layout().contiguous_offsets().is_some() {
+        out_in
+    } else {
+        FlexTensor::from_data(kernel_dtype(out_in.into_data()))
+    }
+}
+
+fn weights(out_in: &FlexTensor) -> Weights<'_> {
+    match out_in.dtype() {
+        DType::F16 => Weights::F16(out_in.as_slice().expect("contiguous f16 weight")),
+        DType::BF16 => Weights::Bf16(out_in.as_slice().expect("contiguous bf16 weight")),
+        _ => Weights::F32(out_in.as_slice().expect("contiguous f32 weight")),
+    }
+}
+
+/// The tensor as a contiguous f32 buffer (a copy only when it is a strided view or another type).
+fn contiguous_f32(tensor: FlexTensor) -> FlexTensor {
+    if tensor.dtype() == DType::F32 && tensor.as_slice::<f32>().is_some() {
+        tensor
+    } else {
+        FlexTensor::from_data(tensor.into_data().convert_dtype(DType::F32))
+    }
+}

@@ -1,0 +1,53 @@
+//! The hot operations of a forward pass as a backend extension: [`DecodeOps`] has a default body
+//! for each operation, written in burn tensor ops ([`reference`]), so that every backend, and
+//! `Autodiff<B>` for training, runs the model unchanged; a backend overrides the operations it
+//! has a faster kernel for (the CPU backend: [`flex`]). Model code is generic over
+//! `B: DecodeOps` and calls the operations through this trait only.
+//!
+//! Contract of an override: the same result as [`reference`] up to float rounding (tested per
+//! operation), for any number of rows and any shapes the reference accepts.
+
+mod flex;
+#[cfg(feature = "gpu")]
+mod gpu;
+pub mod reference;
+
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::Autodiff;
+use burn::nn::Linear;
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+
+/// A backend that runs the model's hot operations (see the module docs).
+pub trait DecodeOps: Backend {
+    /// `x · weight + bias` over the last dimension.
+    ///
+    /// # Shapes
+    /// - x: `[batch, seq, d_in]`, weight: `[d_in, d_out]`, bias: `[d_out]` → `[batch, seq, d_out]`
+    ///
+    /// `weight` may be stored in another float type than `x` (see [`DecodeOps::linear_weight`]).
+    fn linear(x: Tensor<Self, 3>, weight: Tensor<Self, 2>, bias: Option<Tensor<Self, 1>>) -> Tensor<Self, 3> {
+        reference::linear(x, weight, bias)
+    }
+
+    /// The `[d_in, d_out]` weight of a linear layer from the checkpoint's `[d_out, d_in]`
+    /// (PyTorch's layout) in the float type the caller wants it stored in, laid out as this
+    /// backend's [`DecodeOps::linear`] reads it fastest. A backend that cannot compute with
+    /// another float type than its own converts to its own.
+    fn linear_weight(out_in: TensorData, device: &Self::Device) -> Tensor<Self, 2> {
+        reference::linear_weight(out_in, device)
+    }
+}
+
+/// [`DecodeOps`] on both sides of an autodiff backend: what training code is generic over.
+pub trait DecodeAutodiff: AutodiffBackend<InnerBackend: DecodeOps> + DecodeOps {}
+
+impl<B: AutodiffBackend<InnerBackend: DecodeOps> + DecodeOps> DecodeAutodiff for B {}
+
+/// Training differentiates the default bodies.
+impl<B: DecodeOps, C: CheckpointStrategy> DecodeOps for Autodiff<B, C> {}
+
+/// `layer(x)` through [`DecodeOps::linear`].
+pub fn linear<B: DecodeOps>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    <B as DecodeOps>::linear(x, layer.weight.val(), layer.bias.as_ref().map(|bias| bias.val()))
+}
