@@ -1,4 +1,5 @@
-//! CPU kernels for the hot operations of a decoding step, on plain slices (no tensor library).
+//! CPU kernels for the hot operations of a decoding step, on plain slices (no tensor library):
+//! [`linear`] layers and [`attention`] over a KV cache.
 //!
 //! A decoding step multiplies a few activation rows (one token, or the handful of a draft
 //! verification) by every weight matrix of the model, so its speed is the speed at which the
@@ -12,6 +13,8 @@
 //! A row's result is therefore bitwise the same whether it is computed alone or among any number
 //! of other rows, which is what makes a verification forward round exactly like one-row decoding.
 
+pub mod attention;
 pub mod linear;
 
+pub use attention::{attention, View4, Visibility};
 pub use linear::{linear, Weights};

@@ -4,13 +4,12 @@
 use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 
 use super::cache::LayerKvCache;
 use super::rope::RopeAngles;
 use super::tree_mask::TreeMask;
-use crate::ops::{linear, DecodeOps};
+use crate::ops::reference::repeat_kv;
+use crate::ops::{linear, DecodeOps, KeyMask};
 
 #[derive(Module, Debug)]
 pub struct SelfAttention<B: Backend> {
@@ -48,42 +47,10 @@ impl<B: DecodeOps> SelfAttention<B> {
         let (k, v) = cache.append(k, v);
 
         let probe = probe_rows.map(|rows| self.row_probabilities(q.clone(), k.clone(), rows, past));
-        let out = match tree {
-            Some(tree) => {
-                let mask = tree.masked(k.dims()[2], &k.device());
-                attention(q, self.repeat_kv(k), self.repeat_kv(v), Some(mask), None, AttentionModuleOptions::default())
-            }
-            None if new == 1 => self.attend_single_query(q, k, v),
-            None => {
-                let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
-                attention(q, k, v, None, None, AttentionModuleOptions { is_causal: true, ..Default::default() })
-            }
-        };
+        let mask = tree.map_or(KeyMask::Causal, KeyMask::Tree);
+        let out = <B as DecodeOps>::attention(q, k, v, mask);
         let out = out.swap_dims(1, 2).reshape([batch, new, self.num_heads * self.head_dim]);
         (linear(&self.o_proj, out), probe)
-    }
-
-    fn group_size(&self) -> usize {
-        self.num_heads / self.num_kv_heads
-    }
-
-    /// One query per head needs no mask; grouping the heads that share a KV head as that head's
-    /// "queries" avoids copying the cache `group_size` times.
-    fn attend_single_query(&self, q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [batch, _, _, head_dim] = q.dims();
-        let grouped = q.reshape([batch, self.num_kv_heads, self.group_size(), head_dim]);
-        let out = attention(grouped, k, v, None, None, AttentionModuleOptions::default());
-        out.reshape([batch, self.num_heads, 1, head_dim])
-    }
-
-    /// `[batch, kv_heads, len, d]` → `[batch, heads, len, d]`, each KV head serving its group.
-    fn repeat_kv(&self, t: Tensor<B, 4>) -> Tensor<B, 4> {
-        let group = self.group_size();
-        if group == 1 {
-            return t;
-        }
-        let [batch, kv_heads, len, d] = t.dims();
-        t.unsqueeze_dim::<5>(2).expand([batch, kv_heads, group, len, d]).reshape([batch, kv_heads * group, len, d])
     }
 
     /// Softmax rows for the chosen queries, with the same causal rule as the main path. Built from
@@ -95,7 +62,7 @@ impl<B: DecodeOps> SelfAttention<B> {
         let total = k.dims()[2];
         let q_rows = Tensor::cat(rows.iter().map(|&r| q.clone().narrow(2, r, 1)).collect(), 2);
         let scale = (head_dim as f64).powf(-0.5);
-        let scores = q_rows.matmul(self.repeat_kv(k).swap_dims(2, 3)) * scale;
+        let scores = q_rows.matmul(repeat_kv(k, self.num_heads / self.num_kv_heads).swap_dims(2, 3)) * scale;
         let mask: Vec<f32> = rows
             .iter()
             .flat_map(|&r| (0..total).map(move |key| if key > past + r { f32::NEG_INFINITY } else { 0.0 }))

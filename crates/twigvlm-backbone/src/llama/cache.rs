@@ -4,7 +4,6 @@
 use burn::prelude::*;
 
 use crate::error::{BackboneError, Result};
-use crate::ops::DecodeOps;
 
 /// Initial room, in positions, reserved on the first append beyond the appended length.
 const INITIAL_SPARE: usize = 64;
@@ -18,13 +17,13 @@ pub struct LayerKvCache<B: Backend> {
     len: usize,
 }
 
-impl<B: DecodeOps> Default for LayerKvCache<B> {
+impl<B: Backend> Default for LayerKvCache<B> {
     fn default() -> Self {
         Self { keys: None, values: None, len: 0 }
     }
 }
 
-impl<B: DecodeOps> LayerKvCache<B> {
+impl<B: Backend> LayerKvCache<B> {
     pub fn len(&self) -> usize {
         self.len
     }
@@ -117,7 +116,7 @@ pub struct KvCache<B: Backend> {
     layers: Vec<LayerKvCache<B>>,
 }
 
-impl<B: DecodeOps> KvCache<B> {
+impl<B: Backend> KvCache<B> {
     pub fn new(num_layers: usize) -> Self {
         Self { layers: (0..num_layers).map(|_| LayerKvCache::default()).collect() }
     }

@@ -1,7 +1,6 @@
 //! Rotary position embedding in the HF `rotate_half` convention, evaluated at explicit position
 //! ids. Pruned sequences keep their original positions, so angles are never derived from a cache length.
 
-use crate::ops::DecodeOps;
 use burn::prelude::*;
 
 /// cos/sin of the rotary angles for one forward's tokens.
@@ -13,7 +12,7 @@ pub struct RopeAngles<B: Backend> {
     pub sin: Tensor<B, 4>,
 }
 
-impl<B: DecodeOps> RopeAngles<B> {
+impl<B: Backend> RopeAngles<B> {
     /// Angles `pos * theta^(-2i/head_dim)`, duplicated across both halves as HF does.
     pub fn new(positions: &[usize], head_dim: usize, theta: f64, device: &B::Device) -> Self {
         let half = head_dim / 2;

@@ -2,7 +2,6 @@
 //! end of the KV cache, and each may see the committed context, its ancestors and itself, never
 //! another branch. Positions come from the rotary angles (a node's depth), not from this mask.
 
-use crate::ops::DecodeOps;
 use burn::prelude::*;
 
 /// Which of the cache's last `tail` entries each token of a forward sees; the forward's tokens
@@ -40,12 +39,22 @@ impl TreeMask {
         self.rows
     }
 
+    /// How many of the cache's last entries the tree spans.
+    pub fn tail(&self) -> usize {
+        self.tail
+    }
+
+    /// Row-major `[rows, tail]`: whether each row sees each tail entry.
+    pub fn visible(&self) -> &[bool] {
+        &self.visible
+    }
+
     /// `[1, 1, rows, keys]`, true where attention is masked out (burn's convention), for a cache
     /// holding `keys` entries after the forward's append.
     ///
     /// # Panics
     /// When the cache holds fewer entries than the tree's tail.
-    pub fn masked<B: DecodeOps>(&self, keys: usize, device: &B::Device) -> Tensor<B, 4, Bool> {
+    pub fn masked<B: Backend>(&self, keys: usize, device: &B::Device) -> Tensor<B, 4, Bool> {
         assert!(keys >= self.tail, "a tree tail of {} in a cache of {keys}", self.tail);
         let context = keys - self.tail;
         let data: Vec<bool> = (0..self.rows)

@@ -11,9 +11,9 @@ use burn::backend::Flex;
 use burn::prelude::*;
 use burn::tensor::{DType, TensorPrimitive};
 use burn_flex::FlexTensor;
-use twigvlm_kernels::Weights;
+use twigvlm_kernels::{View4, Visibility, Weights};
 
-use super::DecodeOps;
+use super::{DecodeOps, KeyMask};
 
 impl DecodeOps for Flex {
     fn linear(x: Tensor<Self, 3>, weight: Tensor<Self, 2>, bias: Option<Tensor<Self, 1>>) -> Tensor<Self, 3> {
@@ -40,6 +40,44 @@ impl DecodeOps for Flex {
         let out_in: Tensor<Self, 2> =
             Tensor::from_primitive(TensorPrimitive::Float(FlexTensor::from_data(kernel_dtype(out_in))));
         out_in.transpose()
+    }
+
+    fn attention(q: Tensor<Self, 4>, k: Tensor<Self, 4>, v: Tensor<Self, 4>, mask: KeyMask<'_>) -> Tensor<Self, 4> {
+        let [batch, heads, rows, head_dim] = q.dims();
+        let (q, k, v) = (strided_f32(q), strided_f32(k), strided_f32(v));
+        let visibility = match mask {
+            KeyMask::Causal => Visibility::Causal,
+            KeyMask::Tree(tree) => Visibility::Tree { tail: tree.tail(), visible: tree.visible() },
+        };
+        let scale = (head_dim as f32).sqrt().recip();
+        let mut out = vec![0.0f32; batch * heads * rows * head_dim];
+        twigvlm_kernels::attention(view(&q), view(&k), view(&v), visibility, scale, &mut out);
+        let out = FlexTensor::from_data(TensorData::new(out, [batch, heads, rows, head_dim]));
+        Tensor::from_primitive(TensorPrimitive::Float(out))
+    }
+}
+
+/// The tensor as f32 with non-negative strides and a contiguous last dimension: itself when it
+/// already is (a view of a cache buffer stays a view), else a contiguous copy.
+fn strided_f32(tensor: Tensor<Flex, 4>) -> FlexTensor {
+    let tensor = tensor.into_primitive().tensor();
+    let layout = tensor.layout();
+    let readable = tensor.dtype() == DType::F32 && layout.strides().iter().all(|&s| s >= 0) && layout.strides()[3] == 1;
+    if readable {
+        tensor
+    } else {
+        FlexTensor::from_data(tensor.into_data().convert_dtype(DType::F32))
+    }
+}
+
+fn view(tensor: &FlexTensor) -> View4<'_> {
+    let layout = tensor.layout();
+    let dims = layout.shape();
+    let strides = layout.strides();
+    View4 {
+        data: &tensor.storage::<f32>()[layout.start_offset()..],
+        shape: [dims[0], dims[1], dims[2], dims[3]],
+        strides: [0, 1, 2, 3].map(|d| strides[d] as usize),
     }
 }
 

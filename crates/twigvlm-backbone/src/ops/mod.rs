@@ -18,6 +18,8 @@ use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 
+use crate::llama::TreeMask;
+
 /// A backend that runs the model's hot operations (see the module docs).
 pub trait DecodeOps: Backend {
     /// `x · weight + bias` over the last dimension.
@@ -37,6 +39,26 @@ pub trait DecodeOps: Backend {
     fn linear_weight(out_in: TensorData, device: &Self::Device) -> Tensor<Self, 2> {
         reference::linear_weight(out_in, device)
     }
+
+    /// Softmax attention of new query rows over a layer's cached keys and values, which include
+    /// the new rows' own (the new rows are the last `rows` keys). Each KV head serves
+    /// `heads / kv_heads` consecutive query heads; scores are scaled by `1/√head_dim`.
+    ///
+    /// # Shapes
+    /// - q: `[batch, heads, rows, head_dim]`, k and v: `[batch, kv_heads, keys, head_dim]`
+    ///   → `[batch, heads, rows, head_dim]`
+    fn attention(q: Tensor<Self, 4>, k: Tensor<Self, 4>, v: Tensor<Self, 4>, mask: KeyMask<'_>) -> Tensor<Self, 4> {
+        reference::attention(q, k, v, mask)
+    }
+}
+
+/// Which keys each new query row of [`DecodeOps::attention`] sees.
+#[derive(Debug, Clone, Copy)]
+pub enum KeyMask<'a> {
+    /// Every key up to its own position (the rows follow every cached key in sequence order).
+    Causal,
+    /// The committed context and its own ancestors in a draft tree.
+    Tree(&'a TreeMask),
 }
 
 /// [`DecodeOps`] on both sides of an autodiff backend: what training code is generic over.

@@ -2,6 +2,10 @@
 //! backend. Also the yardstick the specialised kernels are tested against.
 
 use burn::prelude::*;
+use burn::tensor::module::attention as burn_attention;
+use burn::tensor::ops::AttentionModuleOptions;
+
+use super::KeyMask;
 
 /// See [`super::DecodeOps::linear`].
 pub fn linear<B: Backend>(x: Tensor<B, 3>, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Tensor<B, 3> {
@@ -19,6 +23,39 @@ pub fn linear_weight<B: Backend>(out_in: TensorData, device: &B::Device) -> Tens
     let [d_out, d_in] = [out_in.shape[0], out_in.shape[1]];
     let values = out_in.convert::<f32>().into_vec::<f32>().expect("a float weight");
     Tensor::from_data(TensorData::new(transpose(&values, d_out, d_in), [d_in, d_out]), device)
+}
+
+/// See [`super::DecodeOps::attention`].
+pub fn attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: KeyMask<'_>) -> Tensor<B, 4> {
+    let [batch, heads, rows, head_dim] = q.dims();
+    let kv_heads = k.dims()[1];
+    match mask {
+        KeyMask::Tree(tree) => {
+            let mask = tree.masked(k.dims()[2], &k.device());
+            let (k, v) = (repeat_kv(k, heads / kv_heads), repeat_kv(v, heads / kv_heads));
+            burn_attention(q, k, v, Some(mask), None, AttentionModuleOptions::default())
+        }
+        // One query per head needs no mask; grouping the heads that share a KV head as that
+        // head's "queries" avoids copying the cache once per head of the group.
+        KeyMask::Causal if rows == 1 => {
+            let grouped = q.reshape([batch, kv_heads, heads / kv_heads, head_dim]);
+            let out = burn_attention(grouped, k, v, None, None, AttentionModuleOptions::default());
+            out.reshape([batch, heads, 1, head_dim])
+        }
+        KeyMask::Causal => {
+            let (k, v) = (repeat_kv(k, heads / kv_heads), repeat_kv(v, heads / kv_heads));
+            burn_attention(q, k, v, None, None, AttentionModuleOptions { is_causal: true, ..Default::default() })
+        }
+    }
+}
+
+/// `[batch, kv_heads, len, d]` → `[batch, kv_heads · group, len, d]`, each KV head serving its group.
+pub fn repeat_kv<B: Backend>(t: Tensor<B, 4>, group: usize) -> Tensor<B, 4> {
+    if group == 1 {
+        return t;
+    }
+    let [batch, kv_heads, len, d] = t.dims();
+    t.unsqueeze_dim::<5>(2).expand([batch, kv_heads, group, len, d]).reshape([batch, kv_heads * group, len, d])
 }
 
 /// `[rows, cols]` → `[cols, rows]`, in square tiles so that reads and writes both stay in cache
