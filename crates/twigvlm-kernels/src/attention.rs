@@ -5,7 +5,10 @@
 //! visible keys in key order, a max-subtracted softmax, the weighted sum of values in key order),
 //! so a row's result does not depend on how many rows share the call.
 
-use rayon::prelude::*;
+use std::sync::Mutex;
+
+use crate::simd::{dispatch, exp};
+use crate::team;
 
 /// Below this many multiply-adds the call runs on the calling thread.
 const PARALLEL_MIN_MACS: usize = 1 << 15;
@@ -47,8 +50,9 @@ impl Visibility<'_> {
     }
 }
 
-/// `out[b, h, i] = softmax(q[b, h, i] · kᵀ · scale over the visible keys) · v` with KV head
-/// `h / (heads / kv_heads)` serving head `h`; `out` is contiguous `[batch, heads, rows, head_dim]`.
+/// `out[b, i, h] = softmax(q[b, h, i] · kᵀ · scale over the visible keys) · v` with KV head
+/// `h / (heads / kv_heads)` serving head `h`; `out` is contiguous `[batch, rows, heads, head_dim]`
+/// (the layout the output projection reads).
 ///
 /// # Panics
 /// If the shapes disagree, a last stride is not 1, or `heads` is not a multiple of `kv_heads`.
@@ -60,67 +64,77 @@ pub fn attention(q: View4<'_>, k: View4<'_>, v: View4<'_>, visibility: Visibilit
     assert!(kv_heads > 0 && heads % kv_heads == 0, "{heads} heads cannot share {kv_heads} KV heads");
     assert!(rows <= keys, "{rows} query rows over {keys} keys");
     assert!([q.strides[3], k.strides[3], v.strides[3]] == [1, 1, 1], "the head dimension must be contiguous");
-    assert_eq!(out.len(), batch * heads * rows * head_dim, "out is not [batch, heads, rows, head_dim]");
+    assert_eq!(out.len(), batch * heads * rows * head_dim, "out is not [batch, rows, heads, head_dim]");
     if let Visibility::Tree { tail, visible } = visibility {
         assert!(tail <= keys && visible.len() == rows * tail, "a tree of {tail} entries for {rows} rows, {keys} keys");
     }
     let group = heads / kv_heads;
-    let one = |(index, out): (usize, &mut [f32])| {
+    let one = |index: usize| {
         let (b, h) = (index / heads, index % heads);
-        for (row, out) in out.chunks_exact_mut(head_dim).enumerate() {
-            attend_row(
-                q.row(b, h, row),
-                &k,
-                &v,
-                (b, h / group),
-                |key| visibility.sees(row, rows, key, keys),
-                scale,
-                out,
-            );
+        let mut head_out = vec![0.0f32; rows * head_dim];
+        let mut scores = vec![0.0f32; keys];
+        for (row, row_out) in head_out.chunks_exact_mut(head_dim).enumerate() {
+            for (key, score) in scores.iter_mut().enumerate() {
+                *score = if visibility.sees(row, rows, key, keys) { 0.0 } else { f32::NEG_INFINITY };
+            }
+            let cache = HeadCache { k: &k, v: &v, batch: b, kv_head: h / group };
+            attend_row(q.row(b, h, row), &cache, scale, &mut scores, row_out);
         }
+        head_out
     };
-    let per_head = rows * head_dim;
+    let per_head: Vec<Mutex<Vec<f32>>> = (0..batch * heads).map(|_| Mutex::new(Vec::new())).collect();
+    let fill = |index: usize| *per_head[index].lock().expect("no task panicked") = one(index);
     if batch * heads * rows * keys * head_dim < PARALLEL_MIN_MACS {
-        out.chunks_mut(per_head).enumerate().for_each(one);
+        (0..batch * heads).for_each(fill);
     } else {
-        out.par_chunks_mut(per_head).enumerate().for_each(one);
+        team::parallel_for(batch * heads, &fill);
+    }
+    let per_head: Vec<Vec<f32>> = per_head.into_iter().map(|m| m.into_inner().expect("no task panicked")).collect();
+    for (index, head_out) in per_head.iter().enumerate() {
+        let (b, h) = (index / heads, index % heads);
+        for (row, values) in head_out.chunks_exact(head_dim).enumerate() {
+            let start = ((b * rows + row) * heads + h) * head_dim;
+            out[start..start + head_dim].copy_from_slice(values);
+        }
     }
 }
 
-fn attend_row(
-    q: &[f32],
-    k: &View4<'_>,
-    v: &View4<'_>,
-    (batch, kv_head): (usize, usize),
-    sees: impl Fn(usize) -> bool,
-    scale: f32,
-    out: &mut [f32],
-) {
-    let keys = k.shape[2];
-    let mut scores = vec![f32::NEG_INFINITY; keys];
+/// One KV head's keys and values.
+struct HeadCache<'a> {
+    k: &'a View4<'a>,
+    v: &'a View4<'a>,
+    batch: usize,
+    kv_head: usize,
+}
+
+dispatch! {
+/// One query row: `scores` holds 0 for visible keys and −∞ for hidden ones on entry.
+fn attend_row(q: &[f32], cache: &HeadCache<'_>, scale: f32, scores: &mut [f32], out: &mut [f32]) {
     let mut max = f32::NEG_INFINITY;
     for (key, score) in scores.iter_mut().enumerate() {
-        if sees(key) {
-            *score = dot(q, k.row(batch, kv_head, key)) * scale;
+        if *score == 0.0 {
+            *score = dot(q, cache.k.row(cache.batch, cache.kv_head, key)) * scale;
             max = max.max(*score);
         }
     }
-    out.fill(0.0);
     let mut sum = 0.0f32;
-    for (key, &score) in scores.iter().enumerate() {
-        if score == f32::NEG_INFINITY {
-            continue;
+    for score in scores.iter_mut() {
+        *score = if *score == f32::NEG_INFINITY { 0.0 } else { exp(*score - max) };
+        sum += *score;
+    }
+    out.fill(0.0);
+    for (key, &p) in scores.iter().enumerate() {
+        if p != 0.0 {
+            axpy(p, cache.v.row(cache.batch, cache.kv_head, key), out);
         }
-        let p = (score - max).exp();
-        sum += p;
-        axpy(p, v.row(batch, kv_head, key), out);
     }
     let inv = 1.0 / sum;
     out.iter_mut().for_each(|o| *o *= inv);
 }
+}
 
 /// `Σ a[i]·b[i]` in eight interleaved partial sums, added pairwise, then the tail.
-#[inline]
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0.0f32; LANES];
     let full = a.len() - a.len() % LANES;
@@ -134,7 +148,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// `out += p · v`.
-#[inline]
+#[inline(always)]
 fn axpy(p: f32, v: &[f32], out: &mut [f32]) {
     for (o, &x) in out.iter_mut().zip(v) {
         *o += p * x;
@@ -155,6 +169,11 @@ mod tests {
                 (state as f32 / u32::MAX as f32) * 2.0 - 1.0
             })
             .collect()
+    }
+
+    /// Every index of a `[a, b, c, d]` array.
+    fn itertools(a: usize, b: usize, c: usize, d: usize) -> impl Iterator<Item = (usize, usize, usize, usize)> {
+        (0..a).flat_map(move |i| (0..b).flat_map(move |j| (0..c).flat_map(move |k| (0..d).map(move |l| (i, j, k, l)))))
     }
 
     fn contiguous(data: &[f32], shape: [usize; 4]) -> View4<'_> {
@@ -205,7 +224,9 @@ mod tests {
             for vis in [Visibility::Causal, Visibility::Tree { tail: 7, visible: &tree }] {
                 let mut out = vec![0.0; batch * heads * rows * d];
                 attention(q, k, v, vis, 0.3, &mut out);
-                for (g, e) in out.iter().zip(reference(&q, &k, &v, vis, 0.3)) {
+                let want = reference(&q, &k, &v, vis, 0.3);
+                for (b, h, r, i) in itertools(batch, heads, rows, d) {
+                    let (g, e) = (out[((b * rows + r) * heads + h) * d + i], want[((b * heads + h) * rows + r) * d + i]);
                     assert!((g - e).abs() <= 1e-5 * (1.0 + e.abs()), "{rows} rows: {g} vs {e}");
                 }
             }
@@ -243,9 +264,7 @@ mod tests {
                 0.25,
                 &mut alone,
             );
-            for h in 0..heads {
-                assert_eq!(&together[(h * rows + row) * d..][..d], &alone[h * d..][..d], "head {h}, row {row}");
-            }
+            assert_eq!(&together[row * heads * d..][..heads * d], &alone[..], "row {row}");
         }
     }
 }

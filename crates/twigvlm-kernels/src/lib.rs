@@ -1,5 +1,6 @@
 //! CPU kernels for the hot operations of a decoding step, on plain slices (no tensor library):
-//! [`linear`] layers and [`attention`] over a KV cache.
+//! [`linear`] layers, [`attention`] over a KV cache, and the row-wise [`rms_norm`], [`silu_mul`]
+//! and [`rope`].
 //!
 //! A decoding step multiplies a few activation rows (one token, or the handful of a draft
 //! verification) by every weight matrix of the model, so its speed is the speed at which the
@@ -14,7 +15,11 @@
 //! of other rows, which is what makes a verification forward round exactly like one-row decoding.
 
 pub mod attention;
+pub mod elementwise;
 pub mod linear;
+mod simd;
+pub mod team;
 
 pub use attention::{attention, View4, Visibility};
+pub use elementwise::{rms_norm, rope, silu_mul};
 pub use linear::{linear, Weights};

@@ -7,7 +7,7 @@
 //! multiplied with them while they are in registers or L1, so a few rows cost little more than one.
 
 use half::{bf16, f16};
-use rayon::prelude::*;
+use crate::team;
 
 /// Output columns whose weight rows every row tile of a task uses while they are in L1 (a multiple
 /// of every tile's column count); a task's column range is a multiple of this.
@@ -142,14 +142,14 @@ impl Problem<'_> {
         if blocks.len() == 1 || self.rows * self.d_in * self.d_out < PARALLEL_MIN_MACS {
             blocks.iter().for_each(|&block| self.block(w, block));
         } else {
-            blocks.par_iter().for_each(|&block| self.block(w, block));
+            team::parallel_for(blocks.len(), &|i| self.block(w, blocks[i]));
         }
     }
 
     fn blocks(&self) -> Vec<Block> {
         let row_blocks = self.rows.div_ceil(ROW_BLOCK).max(1);
         let groups = self.d_out.div_ceil(COLUMN_GROUP).max(1);
-        let wanted = rayon::current_num_threads() * TASKS_PER_THREAD;
+        let wanted = team::threads() * TASKS_PER_THREAD;
         let col_chunks = wanted.div_ceil(row_blocks).clamp(1, groups);
         let chunk = groups.div_ceil(col_chunks) * COLUMN_GROUP;
         let mut blocks = Vec::with_capacity(row_blocks * col_chunks);
@@ -266,12 +266,12 @@ mod x86 {
             let group = (block.cols.1 - c).min(COLUMN_GROUP);
             let mut r = block.rows.0;
             while r < block.rows.1 {
-                // Tile shapes that keep accumulators, weights and one activation vector in the 16
-                // vector registers.
+                // Four rows at a time keep accumulators, weights and one activation vector in the
+                // 16 vector registers; fewer rows go one at a time over eight columns (eight
+                // independent chains), rereading the group's weights from L1, which measured
+                // faster than two- and three-row tiles with fewer columns.
                 r += match block.rows.1 - r {
                     4.. => columns::<W, 4, 3>(p, w, r, c, group),
-                    3 => columns::<W, 3, 3>(p, w, r, c, group),
-                    2 => columns::<W, 2, 4>(p, w, r, c, group),
                     _ => columns::<W, 1, 8>(p, w, r, c, group),
                 };
             }

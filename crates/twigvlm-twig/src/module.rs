@@ -83,7 +83,7 @@ impl<B: DecodeOps> Twig<B> {
     /// # Shapes
     /// - hidden: `[batch, seq, hidden]` → `[batch, seq, vocab]`
     pub fn logits(&self, hidden: Tensor<B, 3>, base_head: &Linear<B>) -> Tensor<B, 3> {
-        let normed = self.norm.forward(hidden);
+        let normed = twigvlm_backbone::ops::rms_norm(&self.norm, hidden);
         twigvlm_backbone::ops::linear(self.lm_head.as_ref().unwrap_or(base_head), normed)
     }
 }

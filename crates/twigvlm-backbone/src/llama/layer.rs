@@ -9,7 +9,7 @@ use super::rope::RopeAngles;
 use super::tree_mask::TreeMask;
 use crate::config::{Activation, LlamaConfig};
 use crate::error::Result;
-use crate::ops::{linear, DecodeOps};
+use crate::ops::{linear, rms_norm, DecodeOps};
 use crate::weights::WeightLoader;
 
 #[derive(Module, Debug)]
@@ -23,8 +23,8 @@ pub struct Mlp<B: Backend> {
 
 impl<B: DecodeOps> Mlp<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let gate = self.activation.apply(linear(&self.gate_proj, x.clone()));
-        linear(&self.down_proj, gate * linear(&self.up_proj, x))
+        let hidden = B::gated(linear(&self.gate_proj, x.clone()), linear(&self.up_proj, x), self.activation);
+        linear(&self.down_proj, hidden)
     }
 }
 
@@ -107,9 +107,9 @@ impl<B: DecodeOps> DecoderLayer<B> {
         tree: Option<&TreeMask>,
     ) -> (Tensor<B, 3>, Option<Tensor<B, 4>>) {
         let (attn, probe) =
-            self.self_attn.forward(self.input_layernorm.forward(x.clone()), rope, cache, probe_rows, tree);
+            self.self_attn.forward(rms_norm(&self.input_layernorm, x.clone()), rope, cache, probe_rows, tree);
         let x = x + attn;
-        let x = x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x));
+        let x = x.clone() + self.mlp.forward(rms_norm(&self.post_attention_layernorm, x));
         (x, probe)
     }
 }

@@ -190,7 +190,7 @@ impl<B: DecodeOps> LlamaDecoder<B> {
     /// # Shapes
     /// - hidden: `[batch, seq, hidden]` → `[batch, seq, vocab]`
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        crate::ops::linear(&self.lm_head, self.norm.forward(hidden))
+        crate::ops::linear(&self.lm_head, crate::ops::rms_norm(&self.norm, hidden))
     }
 
     /// The logits at the last of `hidden`'s positions (`[1, seq, hidden]`), on the host.

@@ -3,6 +3,8 @@
 
 use burn::prelude::*;
 
+use crate::ops::DecodeOps;
+
 /// cos/sin of the rotary angles for one forward's tokens.
 #[derive(Debug, Clone)]
 pub struct RopeAngles<B: Backend> {
@@ -34,12 +36,10 @@ impl<B: Backend> RopeAngles<B> {
 
     /// # Shapes
     /// - x: `[batch, heads, seq, head_dim]` → same
-    pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let head_dim = x.dims()[3];
-        let half = head_dim / 2;
-        let first = x.clone().narrow(3, 0, half);
-        let second = x.clone().narrow(3, half, half);
-        let rotated = Tensor::cat(vec![second.neg(), first], 3);
-        x * self.cos.clone() + rotated * self.sin.clone()
+    pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4>
+    where
+        B: DecodeOps,
+    {
+        B::rope(x, self.cos.clone(), self.sin.clone())
     }
 }

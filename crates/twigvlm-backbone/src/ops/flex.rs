@@ -13,7 +13,8 @@ use burn::tensor::{DType, TensorPrimitive};
 use burn_flex::FlexTensor;
 use twigvlm_kernels::{View4, Visibility, Weights};
 
-use super::{DecodeOps, KeyMask};
+use super::{reference, DecodeOps, KeyMask};
+use crate::config::Activation;
 
 impl DecodeOps for Flex {
     fn linear(x: Tensor<Self, 3>, weight: Tensor<Self, 2>, bias: Option<Tensor<Self, 1>>) -> Tensor<Self, 3> {
@@ -52,9 +53,50 @@ impl DecodeOps for Flex {
         let scale = (head_dim as f32).sqrt().recip();
         let mut out = vec![0.0f32; batch * heads * rows * head_dim];
         twigvlm_kernels::attention(view(&q), view(&k), view(&v), visibility, scale, &mut out);
-        let out = FlexTensor::from_data(TensorData::new(out, [batch, heads, rows, head_dim]));
-        Tensor::from_primitive(TensorPrimitive::Float(out))
+        // Written `[batch, rows, heads, head_dim]`: the transposed view is free, and so is the
+        // reshape to `[batch, rows, hidden]` the output projection does.
+        float(out, [batch, rows, heads, head_dim]).swap_dims(1, 2)
     }
+
+    fn rms_norm(x: Tensor<Self, 3>, gamma: Tensor<Self, 1>, epsilon: f64) -> Tensor<Self, 3> {
+        let dims = x.dims();
+        let (x, gamma) = (contiguous_f32(x.into_primitive().tensor()), contiguous_f32(gamma.into_primitive().tensor()));
+        let mut out = vec![0.0f32; dims.iter().product()];
+        twigvlm_kernels::rms_norm(slice(&x), slice(&gamma), epsilon as f32, &mut out);
+        float(out, dims)
+    }
+
+    fn gated(gate: Tensor<Self, 3>, up: Tensor<Self, 3>, activation: Activation) -> Tensor<Self, 3> {
+        if activation != Activation::Silu {
+            return reference::gated(gate, up, activation);
+        }
+        let dims = gate.dims();
+        let (gate, up) = (contiguous_f32(gate.into_primitive().tensor()), contiguous_f32(up.into_primitive().tensor()));
+        let mut out = vec![0.0f32; dims.iter().product()];
+        twigvlm_kernels::silu_mul(slice(&gate), slice(&up), &mut out);
+        float(out, dims)
+    }
+
+    fn rope(x: Tensor<Self, 4>, cos: Tensor<Self, 4>, sin: Tensor<Self, 4>) -> Tensor<Self, 4> {
+        let [batch, heads, seq, head_dim] = x.dims();
+        // Head vectors in `[batch, seq, heads]` order: how the projections left them (x is
+        // usually their transposed view), so the copy reads them in place.
+        let x = contiguous_f32(x.swap_dims(1, 2).into_primitive().tensor());
+        let (cos, sin) = (contiguous_f32(cos.into_primitive().tensor()), contiguous_f32(sin.into_primitive().tensor()));
+        let mut out = vec![0.0f32; batch * heads * seq * head_dim];
+        let position_of = |vector: usize| (vector / heads) % seq;
+        twigvlm_kernels::rope(slice(&x), slice(&cos), slice(&sin), head_dim, position_of, &mut out);
+        float(out, [batch, seq, heads, head_dim]).swap_dims(1, 2)
+    }
+}
+
+/// A contiguous f32 tensor from its values.
+fn float<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Tensor<Flex, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(FlexTensor::from_data(TensorData::new(values, shape))))
+}
+
+fn slice(tensor: &FlexTensor) -> &[f32] {
+    tensor.as_slice().expect("a contiguous f32 tensor")
 }
 
 /// The tensor as f32 with non-negative strides and a contiguous last dimension: itself when it

@@ -14,10 +14,11 @@ pub mod reference;
 
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::Autodiff;
-use burn::nn::Linear;
+use burn::nn::{Linear, RmsNorm};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 
+use crate::config::Activation;
 use crate::llama::TreeMask;
 
 /// A backend that runs the model's hot operations (see the module docs).
@@ -50,6 +51,27 @@ pub trait DecodeOps: Backend {
     fn attention(q: Tensor<Self, 4>, k: Tensor<Self, 4>, v: Tensor<Self, 4>, mask: KeyMask<'_>) -> Tensor<Self, 4> {
         reference::attention(q, k, v, mask)
     }
+
+    /// RMSNorm over the last dimension: `x / √(mean(x²) + epsilon) · gamma`.
+    ///
+    /// # Shapes
+    /// - x: `[batch, seq, d]`, gamma: `[d]` → `[batch, seq, d]`
+    fn rms_norm(x: Tensor<Self, 3>, gamma: Tensor<Self, 1>, epsilon: f64) -> Tensor<Self, 3> {
+        reference::rms_norm(x, gamma, epsilon)
+    }
+
+    /// The gated product of a SwiGLU-style MLP: `activation(gate) · up`.
+    fn gated(gate: Tensor<Self, 3>, up: Tensor<Self, 3>, activation: Activation) -> Tensor<Self, 3> {
+        reference::gated(gate, up, activation)
+    }
+
+    /// Rotary embedding (`rotate_half` convention): `x·cos + rotate_half(x)·sin`.
+    ///
+    /// # Shapes
+    /// - x: `[batch, heads, seq, head_dim]`, cos and sin: `[1, 1, seq, head_dim]` → like x
+    fn rope(x: Tensor<Self, 4>, cos: Tensor<Self, 4>, sin: Tensor<Self, 4>) -> Tensor<Self, 4> {
+        reference::rope(x, cos, sin)
+    }
 }
 
 /// Which keys each new query row of [`DecodeOps::attention`] sees.
@@ -72,4 +94,9 @@ impl<B: DecodeOps, C: CheckpointStrategy> DecodeOps for Autodiff<B, C> {}
 /// `layer(x)` through [`DecodeOps::linear`].
 pub fn linear<B: DecodeOps>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
     <B as DecodeOps>::linear(x, layer.weight.val(), layer.bias.as_ref().map(|bias| bias.val()))
+}
+
+/// `norm(x)` through [`DecodeOps::rms_norm`].
+pub fn rms_norm<B: DecodeOps>(norm: &RmsNorm<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    B::rms_norm(x, norm.gamma.val(), norm.epsilon)
 }

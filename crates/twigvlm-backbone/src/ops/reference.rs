@@ -5,7 +5,10 @@ use burn::prelude::*;
 use burn::tensor::module::attention as burn_attention;
 use burn::tensor::ops::AttentionModuleOptions;
 
+use burn::tensor::DType;
+
 use super::KeyMask;
+use crate::config::Activation;
 
 /// See [`super::DecodeOps::linear`].
 pub fn linear<B: Backend>(x: Tensor<B, 3>, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Tensor<B, 3> {
@@ -47,6 +50,28 @@ pub fn attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, 
             burn_attention(q, k, v, None, None, AttentionModuleOptions { is_causal: true, ..Default::default() })
         }
     }
+}
+
+/// See [`super::DecodeOps::rms_norm`]; the sum of squares in f32 whatever the compute type, as
+/// burn's `RmsNorm` does.
+pub fn rms_norm<B: Backend>(x: Tensor<B, 3>, gamma: Tensor<B, 1>, epsilon: f64) -> Tensor<B, 3> {
+    let dtype = x.dtype();
+    let rms = (x.clone().cast(DType::F32).square().mean_dim(2) + epsilon).sqrt();
+    (x / rms.cast(dtype)) * gamma.unsqueeze()
+}
+
+/// See [`super::DecodeOps::gated`].
+pub fn gated<B: Backend>(gate: Tensor<B, 3>, up: Tensor<B, 3>, activation: Activation) -> Tensor<B, 3> {
+    activation.apply(gate) * up
+}
+
+/// See [`super::DecodeOps::rope`].
+pub fn rope<B: Backend>(x: Tensor<B, 4>, cos: Tensor<B, 4>, sin: Tensor<B, 4>) -> Tensor<B, 4> {
+    let half = x.dims()[3] / 2;
+    let first = x.clone().narrow(3, 0, half);
+    let second = x.clone().narrow(3, half, half);
+    let rotated = Tensor::cat(vec![second.neg(), first], 3);
+    x * cos + rotated * sin
 }
 
 /// `[batch, kv_heads, len, d]` → `[batch, kv_heads · group, len, d]`, each KV head serving its group.

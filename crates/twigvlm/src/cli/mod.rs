@@ -1,6 +1,7 @@
 //! Argument parsing and dispatch of the `twigvlm` subcommands.
 
 mod bench;
+mod bench_steps;
 mod distill;
 mod dump;
 mod eval;
@@ -53,6 +54,10 @@ pub enum Command {
     /// Time generation modes side by side (vanilla, FastV, TTP, SSD, TTP+SSD) on the same
     /// prompts: tokens/s, prefill and decode time, RelSpd, accepted draft length, lossless check.
     Bench(bench::BenchArgs),
+    /// Time one full decoding step of the language model (all layers, attention over a warm
+    /// cache, the head) against the rows it runs, per storage type of the weights: the cost curve
+    /// that speculative decoding and batching rely on.
+    BenchSteps(bench_steps::BenchStepsArgs),
     /// Draw what the pruning policies look at: the image with each policy's attention over the
     /// patches as a heat map and its kept patches outlined, side by side.
     Explain(explain::ExplainArgs),
@@ -93,6 +98,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(args) => on_model(args),
         Command::Eval(args) => on_model(args),
         Command::Bench(args) => on_model(args),
+        Command::BenchSteps(args) => args.backend.run(args)?,
         Command::Explain(args) => on_model(args),
         Command::Import(command) => import::run(command),
         Command::Train(command) => train::run(command),
