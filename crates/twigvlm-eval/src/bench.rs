@@ -72,12 +72,13 @@ impl BenchMode {
         }
     }
 
-    /// How a speculative mode drafts (`tree`: the shape of the tree modes).
-    fn draft(self, tree: DraftTree) -> DraftConfig {
+    /// How a speculative mode drafts: `chain`'s cap and threshold, the adaptive length or the
+    /// tree `tree` where the mode says so.
+    fn draft(self, chain: DraftConfig, tree: DraftTree) -> DraftConfig {
         match self {
-            BenchMode::SsdAdaptive => DraftConfig { length: DraftLength::Adaptive, ..DraftConfig::default() },
-            BenchMode::SsdTree | BenchMode::TtpSsdTree => DraftConfig { tree: Some(tree), ..DraftConfig::default() },
-            _ => DraftConfig::default(),
+            BenchMode::SsdAdaptive => DraftConfig { length: DraftLength::Adaptive, ..chain },
+            BenchMode::SsdTree | BenchMode::TtpSsdTree => DraftConfig { tree: Some(tree), ..chain },
+            _ => chain,
         }
     }
 
@@ -116,6 +117,8 @@ pub struct BenchOptions {
     pub repeats: usize,
     /// The draft tree of the tree modes.
     pub draft_tree: DraftTree,
+    /// The chain's cap and threshold (the speculative modes; its length and tree are set per mode).
+    pub chain: DraftConfig,
 }
 
 /// One prompt of the benchmark.
@@ -183,7 +186,7 @@ pub fn run_bench<B: DecodeOps>(
         let request = GenerateRequest {
             decoder: mode.decoder(),
             pruning: mode.pruning(options.visual_budget),
-            draft: mode.draft(options.draft_tree),
+            draft: mode.draft(options.chain, options.draft_tree),
             ..GenerateRequest::greedy(Prompt::User(prompt.prompt.clone()), prompt.image.clone(), options.max_new_tokens)
         };
         engine.generate(&request, |_| std::ops::ControlFlow::Continue(()))

@@ -43,11 +43,17 @@ pub struct DraftConfig {
     /// Greedy decoding drafts this tree instead of a chain ([`crate::tree`]); the chain settings
     /// above then apply to sampled decoding only.
     pub tree: Option<DraftTree>,
+    /// The twig drafts only among the first this many token ids, computing that many rows of its
+    /// head instead of the whole vocabulary (`None`: all). Byte-pair vocabularies number their
+    /// tokens roughly by frequency, so the common ones come first. Lossless: a token past the
+    /// limit is never drafted but is emitted whenever the base picks it, and a sampled draft
+    /// distribution that is zero past the limit keeps speculative sampling exact.
+    pub vocab: Option<usize>,
 }
 
 impl Default for DraftConfig {
     fn default() -> Self {
-        Self { max_draft: 5, draft_threshold: 0.6, length: DraftLength::Fixed, tree: None }
+        Self { max_draft: 5, draft_threshold: 0.6, length: DraftLength::Fixed, tree: None, vocab: None }
     }
 }
 
@@ -222,6 +228,7 @@ pub fn decode_speculative<B: DecodeOps>(
         twig_behind: Vec::new(),
         probe: AttentionProbe::default(),
         device,
+        draft_vocab: draft.vocab.filter(|&n| n > 0 && n < base.vocab_size()),
     };
 
     let started = Instant::now();
@@ -287,6 +294,7 @@ mod tests {
             draft_threshold: 0.0,
             length: DraftLength::Adaptive,
             tree: None,
+            vocab: None,
         });
         assert_eq!(cap.limit(), 3);
         cap.record(3, 3);

@@ -49,6 +49,8 @@ pub(crate) struct Speculator<'a, B: Backend> {
     pub(crate) twig_behind: Vec<(Tensor<B, 3>, usize)>,
     pub(crate) probe: AttentionProbe,
     pub(crate) device: B::Device,
+    /// The twig drafts among the first this many token ids ([`crate::DraftConfig::vocab`]).
+    pub(crate) draft_vocab: Option<usize>,
 }
 
 impl<B: DecodeOps> Speculator<'_, B> {
@@ -91,11 +93,24 @@ impl<B: DecodeOps> Speculator<'_, B> {
         (hidden, twig_hidden)
     }
 
-    /// [`Self::shallow_hidden`] plus the twig's logits at the last position.
+    /// [`Self::shallow_hidden`] plus the twig's logits at the last position, over the whole
+    /// vocabulary (`−∞` past the draft vocabulary).
     pub(crate) fn shallow(&mut self, embeds: Tensor<B, 3>, positions: &[usize]) -> (Tensor<B, 3>, Vec<f32>) {
         let (hidden, twig_hidden) = self.shallow_hidden(embeds, positions);
         let seq = twig_hidden.dims()[1];
-        (hidden, logits_row(self.twig.logits(twig_hidden.narrow(1, seq - 1, 1), &self.base.lm_head)))
+        let mut logits = self.draft_logits(twig_hidden.narrow(1, seq - 1, 1));
+        logits.resize(self.base.vocab_size(), f32::NEG_INFINITY);
+        (hidden, logits)
+    }
+
+    /// The twig's logits for every row of `twig_hidden`, flattened, over the draft vocabulary
+    /// (each row that long).
+    pub(crate) fn draft_logits(&self, twig_hidden: Tensor<B, 3>) -> Vec<f32> {
+        let logits = match self.draft_vocab {
+            Some(tokens) => self.twig.logits_for_first(twig_hidden, &self.base.lm_head, tokens),
+            None => self.twig.logits(twig_hidden, &self.base.lm_head),
+        };
+        logits_row(logits)
     }
 
     /// Layers K..L-1 over layer-K hidden states at `positions`; the base's logits at every position.

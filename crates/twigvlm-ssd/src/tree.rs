@@ -106,7 +106,7 @@ impl<B: DecodeOps> Speculator<'_, B> {
                 break;
             }
             let (hidden, twig_hidden) = self.run_lower(&mut nodes, &frontier, &mut lower_parents, start, true);
-            let twig_logits = logits_row(self.twig.logits(twig_hidden.expect("the twig ran"), &self.base.lm_head));
+            let twig_logits = self.draft_logits(twig_hidden.expect("the twig ran"));
             let vocab = twig_logits.len() / frontier.len();
             let mut children = Vec::new();
             for (row, &parent) in frontier.iter().enumerate() {

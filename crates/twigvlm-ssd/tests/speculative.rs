@@ -76,7 +76,7 @@ fn a_weak_twig_still_gives_the_base_greedy_tokens() {
             for (max_draft, draft_threshold) in [(1, 0.0), (3, 0.0), (5, 0.0), (5, 0.6), (0, 0.0)] {
                 for &length in DraftLength::VARIANTS {
                     let config = config(max_new_tokens, vec![]);
-                    let draft = DraftConfig { max_draft, draft_threshold, length, tree: None };
+                    let draft = DraftConfig { max_draft, draft_threshold, length, tree: None, vocab: None };
                     let (tokens, stop, stats) = speculative(base, &twig, ids, &config, &draft);
                     assert_eq!(
                         (tokens, stop),
@@ -197,7 +197,7 @@ fn an_adaptive_draft_length_drafts_less_for_a_weak_twig_and_as_much_for_a_perfec
     let llava = fixture();
     let base = &llava.model.language_model;
     let config = config(60, vec![]);
-    let draft = |length| DraftConfig { max_draft: 4, draft_threshold: 0.0, length, tree: None };
+    let draft = |length| DraftConfig { max_draft: 4, draft_threshold: 0.0, length, tree: None, vocab: None };
     let weak = Twig::init(base, &llava.config.text, TwigConfig::new(1, 1), &Default::default()).unwrap();
     let perfect = Twig::init(base, &llava.config.text, TwigConfig::new(1, 3), &Default::default()).unwrap();
     for ids in PROMPTS {

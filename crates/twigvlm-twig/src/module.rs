@@ -86,6 +86,18 @@ impl<B: DecodeOps> Twig<B> {
         let normed = twigvlm_backbone::ops::rms_norm(&self.norm, hidden);
         twigvlm_backbone::ops::linear(self.lm_head.as_ref().unwrap_or(base_head), normed)
     }
+
+    /// [`Self::logits`] for the first `tokens` token ids only (the head's first `tokens` rows).
+    ///
+    /// # Shapes
+    /// - hidden: `[batch, seq, hidden]` → `[batch, seq, tokens]`
+    pub fn logits_for_first(&self, hidden: Tensor<B, 3>, base_head: &Linear<B>, tokens: usize) -> Tensor<B, 3> {
+        let normed = twigvlm_backbone::ops::rms_norm(&self.norm, hidden);
+        let head = self.lm_head.as_ref().unwrap_or(base_head);
+        let weight = head.weight.val().narrow(1, 0, tokens);
+        let bias = head.bias.as_ref().map(|bias| bias.val().narrow(0, 0, tokens));
+        <B as DecodeOps>::linear(normed, weight, bias)
+    }
 }
 
 /// A copy with its own parameter ids and storage: the original stays untouched by training, and

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use twigvlm_data::{eval_shapes, DatasetSpec};
-use twigvlm_engine::{BackendJob, DecoderKind, DraftTree, PruningSpec, VisualBudget};
+use twigvlm_engine::{BackendJob, DecoderKind, DraftConfig, DraftTree, PruningSpec, VisualBudget};
 use twigvlm_eval::bench::{generation_count, run_bench, BenchMode, BenchOptions, BenchPrompt, BenchReport};
 use twigvlm_eval::plot::{bar_chart, Labels};
 
@@ -36,6 +36,15 @@ pub struct BenchArgs {
     /// The draft tree of the tree modes: `top_k:depth:nodes`.
     #[arg(long, default_value = "4:5:16")]
     pub draft_tree: DraftTree,
+    /// Most tokens in a drafted chain (the chain modes).
+    #[arg(long, default_value_t = DraftConfig::default().max_draft)]
+    pub max_draft: usize,
+    /// A chain stops when the twig's probability of its own next pick is below this.
+    #[arg(long, default_value_t = DraftConfig::default().draft_threshold)]
+    pub draft_threshold: f32,
+    /// Draft only among the first N token ids (see `generate --draft-vocab`).
+    #[arg(long)]
+    pub draft_vocab: Option<usize>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -82,6 +91,12 @@ impl BackendJob for BenchArgs {
             visual_budget: args.visual_budget,
             repeats: args.repeats,
             draft_tree: args.draft_tree,
+            chain: DraftConfig {
+                max_draft: args.max_draft,
+                draft_threshold: args.draft_threshold,
+                vocab: args.draft_vocab,
+                ..DraftConfig::default()
+            },
         };
         let progress = super::progress_bar(
             generation_count(prompts.len(), &options) as u64,

@@ -198,6 +198,11 @@ pub struct DraftArgs {
     /// verified in one forward). Sampled decoding still drafts a chain.
     #[arg(long)]
     pub draft_tree: Option<DraftTree>,
+    /// Draft only among the first N token ids, reading N rows of the head per drafted token
+    /// instead of the whole vocabulary (byte-pair ids roughly follow frequency). Lossless:
+    /// tokens past N are emitted whenever the base picks them.
+    #[arg(long)]
+    pub draft_vocab: Option<usize>,
 }
 
 impl DraftArgs {
@@ -207,6 +212,7 @@ impl DraftArgs {
             draft_threshold: self.draft_threshold,
             length: self.draft_length,
             tree: self.draft_tree,
+            vocab: self.draft_vocab,
         }
     }
 }
