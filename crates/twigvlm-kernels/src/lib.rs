@@ -22,4 +22,4 @@ pub mod team;
 
 pub use attention::{attention, View4, Visibility};
 pub use elementwise::{rms_norm, rope, silu_mul};
-pub use linear::{linear, Weights};
+pub use linear::{linear, linear_many, Projection, Weights};

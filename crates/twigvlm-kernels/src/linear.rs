@@ -55,17 +55,62 @@ pub fn linear(
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
+    linear_many(x, rows, d_in, &mut [Projection { weights, d_out, bias, out }]);
+}
+
+/// One of the products of [`linear_many`]: a weight `[d_out, d_in]`, its bias and its output
+/// `[rows, d_out]`.
+#[derive(Debug)]
+pub struct Projection<'a> {
+    pub weights: Weights<'a>,
+    pub d_out: usize,
+    pub bias: Option<&'a [f32]>,
+    pub out: &'a mut [f32],
+}
+
+/// [`linear`] for several weights that read the same input (a layer's query, key and value
+/// projections, or the gate and up projections of its MLP), as one parallel job: one hand-off to
+/// the threads instead of one per weight, and tasks balanced over all the weights. Each result
+/// rounds exactly as [`linear`] alone.
+///
+/// # Panics
+/// If a slice's length does not match the dimensions.
+pub fn linear_many(x: &[f32], rows: usize, d_in: usize, projections: &mut [Projection<'_>]) {
     assert_eq!(x.len(), rows * d_in, "x is not [rows, d_in]");
-    assert_eq!(weights.len(), d_in * d_out, "the weight is not [d_out, d_in]");
-    assert_eq!(out.len(), rows * d_out, "out is not [rows, d_out]");
-    if let Some(bias) = bias {
-        assert_eq!(bias.len(), d_out, "the bias is not [d_out]");
-    }
-    let problem = Problem { x, rows, d_in, d_out, bias, out: OutPtr(out.as_mut_ptr()) };
-    match weights {
-        Weights::F32(w) => problem.run(w),
-        Weights::F16(w) => problem.run(w),
-        Weights::Bf16(w) => problem.run(w),
+    let problems: Vec<(Problem<'_>, Weights<'_>)> = projections
+        .iter_mut()
+        .map(|p| {
+            assert_eq!(p.weights.len(), d_in * p.d_out, "the weight is not [d_out, d_in]");
+            assert_eq!(p.out.len(), rows * p.d_out, "out is not [rows, d_out]");
+            if let Some(bias) = p.bias {
+                assert_eq!(bias.len(), p.d_out, "the bias is not [d_out]");
+            }
+            let problem = Problem { x, rows, d_in, d_out: p.d_out, bias: p.bias, out: OutPtr(p.out.as_mut_ptr()) };
+            (problem, p.weights)
+        })
+        .collect();
+    let total_out: usize = problems.iter().map(|(p, _)| p.d_out).sum::<usize>().max(1);
+    let wanted = team::threads() * TASKS_PER_THREAD;
+    let tasks: Vec<(usize, Block)> = problems
+        .iter()
+        .enumerate()
+        .flat_map(|(index, (problem, _))| {
+            let share = (wanted * problem.d_out).div_ceil(total_out);
+            problem.blocks(share).into_iter().map(move |block| (index, block))
+        })
+        .collect();
+    let run = |&(index, block): &(usize, Block)| {
+        let (problem, weights) = &problems[index];
+        match *weights {
+            Weights::F32(w) => problem.block(w, block),
+            Weights::F16(w) => problem.block(w, block),
+            Weights::Bf16(w) => problem.block(w, block),
+        }
+    };
+    if tasks.len() == 1 || rows * d_in * total_out < PARALLEL_MIN_MACS {
+        tasks.iter().for_each(run);
+    } else {
+        team::parallel_for(tasks.len(), &|i| run(&tasks[i]));
     }
 }
 
@@ -114,7 +159,7 @@ impl WeightElement for bf16 {
 }
 
 /// The output pointer, shared by tasks that write disjoint elements.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 struct OutPtr(*mut f32);
 // SAFETY: tasks write disjoint (row, column) ranges of one buffer that outlives them.
 unsafe impl Send for OutPtr {}
@@ -137,28 +182,16 @@ struct Block {
 }
 
 impl Problem<'_> {
-    fn run<W: WeightElement>(&self, w: &[W]) {
-        let blocks = self.blocks();
-        if blocks.len() == 1 || self.rows * self.d_in * self.d_out < PARALLEL_MIN_MACS {
-            blocks.iter().for_each(|&block| self.block(w, block));
-        } else {
-            team::parallel_for(blocks.len(), &|i| self.block(w, blocks[i]));
-        }
-    }
-
-    fn blocks(&self) -> Vec<Block> {
+    /// This product's tasks, about `wanted` of them.
+    fn blocks(&self, wanted: usize) -> Vec<Block> {
         let row_blocks = self.rows.div_ceil(ROW_BLOCK).max(1);
         let groups = self.d_out.div_ceil(COLUMN_GROUP).max(1);
-        let wanted = team::threads() * TASKS_PER_THREAD;
         let col_chunks = wanted.div_ceil(row_blocks).clamp(1, groups);
         let chunk = groups.div_ceil(col_chunks) * COLUMN_GROUP;
         let mut blocks = Vec::with_capacity(row_blocks * col_chunks);
         for r0 in (0..self.rows.max(1)).step_by(ROW_BLOCK) {
             for c0 in (0..self.d_out).step_by(chunk) {
-                blocks.push(Block {
-                    rows: (r0, (r0 + ROW_BLOCK).min(self.rows)),
-                    cols: (c0, (c0 + chunk).min(self.d_out)),
-                });
+                blocks.push(Block { rows: (r0, (r0 + ROW_BLOCK).min(self.rows)), cols: (c0, (c0 + chunk).min(self.d_out)) });
             }
         }
         blocks
@@ -441,6 +474,25 @@ mod tests {
         let problem = Problem { x: &x, rows, d_in, d_out, bias: None, out: OutPtr(portable.as_mut_ptr()) };
         portable_block(&problem, &w, Block { rows: (0, rows), cols: (0, d_out) });
         assert_eq!(fast, portable);
+    }
+
+    #[test]
+    fn several_projections_equal_each_alone() {
+        let (d_in, rows) = (96, 3);
+        let x = values(rows * d_in, 21);
+        let shapes = [200, 64, 64];
+        let weights: Vec<Vec<f32>> = shapes.iter().enumerate().map(|(i, &d)| values(d * d_in, 30 + i as u32)).collect();
+        let alone: Vec<Vec<f32>> =
+            weights.iter().zip(shapes).map(|(w, d)| run(&x, rows, Weights::F32(w), d_in, d, None)).collect();
+        let mut outs: Vec<Vec<f32>> = shapes.iter().map(|&d| vec![f32::NAN; rows * d]).collect();
+        let mut projections: Vec<Projection<'_>> = weights
+            .iter()
+            .zip(shapes)
+            .zip(outs.iter_mut())
+            .map(|((w, d_out), out)| Projection { weights: Weights::F32(w), d_out, bias: None, out })
+            .collect();
+        linear_many(&x, rows, d_in, &mut projections);
+        assert_eq!(outs, alone);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use super::cache::LayerKvCache;
 use super::rope::RopeAngles;
 use super::tree_mask::TreeMask;
 use crate::ops::reference::repeat_kv;
-use crate::ops::{linear, DecodeOps, KeyMask};
+use crate::ops::{linear, linears, DecodeOps, KeyMask};
 
 #[derive(Module, Debug)]
 pub struct SelfAttention<B: Backend> {
@@ -40,9 +40,10 @@ impl<B: DecodeOps> SelfAttention<B> {
     ) -> (Tensor<B, 3>, Option<Tensor<B, 4>>) {
         let [batch, new, _] = x.dims();
         let heads = |t: Tensor<B, 3>, n: usize| t.reshape([batch, new, n, self.head_dim]).swap_dims(1, 2);
-        let q = rope.apply(heads(linear(&self.q_proj, x.clone()), self.num_heads));
-        let k = rope.apply(heads(linear(&self.k_proj, x.clone()), self.num_kv_heads));
-        let v = heads(linear(&self.v_proj, x), self.num_kv_heads);
+        let [q, k, v] = linears([&self.q_proj, &self.k_proj, &self.v_proj], x);
+        let q = rope.apply(heads(q, self.num_heads));
+        let k = rope.apply(heads(k, self.num_kv_heads));
+        let v = heads(v, self.num_kv_heads);
         let past = cache.len();
         let (k, v) = cache.append(k, v);
 

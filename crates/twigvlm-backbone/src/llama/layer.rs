@@ -9,7 +9,7 @@ use super::rope::RopeAngles;
 use super::tree_mask::TreeMask;
 use crate::config::{Activation, LlamaConfig};
 use crate::error::Result;
-use crate::ops::{linear, rms_norm, DecodeOps};
+use crate::ops::{linear, linears, rms_norm, DecodeOps};
 use crate::weights::WeightLoader;
 
 #[derive(Module, Debug)]
@@ -23,7 +23,8 @@ pub struct Mlp<B: Backend> {
 
 impl<B: DecodeOps> Mlp<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let hidden = B::gated(linear(&self.gate_proj, x.clone()), linear(&self.up_proj, x), self.activation);
+        let [gate, up] = linears([&self.gate_proj, &self.up_proj], x);
+        let hidden = B::gated(gate, up, self.activation);
         linear(&self.down_proj, hidden)
     }
 }

@@ -11,30 +11,41 @@ use burn::backend::Flex;
 use burn::prelude::*;
 use burn::tensor::{DType, TensorPrimitive};
 use burn_flex::FlexTensor;
-use twigvlm_kernels::{View4, Visibility, Weights};
+use twigvlm_kernels::{Projection, View4, Visibility, Weights};
 
 use super::{reference, DecodeOps, KeyMask};
 use crate::config::Activation;
 
 impl DecodeOps for Flex {
     fn linear(x: Tensor<Self, 3>, weight: Tensor<Self, 2>, bias: Option<Tensor<Self, 1>>) -> Tensor<Self, 3> {
+        let mut outs = Self::linear_many(x, vec![(weight, bias)]);
+        outs.pop().expect("one product")
+    }
+
+    fn linear_many(x: Tensor<Self, 3>, layers: Vec<(Tensor<Self, 2>, Option<Tensor<Self, 1>>)>) -> Vec<Tensor<Self, 3>> {
         let [batch, seq, d_in] = x.dims();
-        let d_out = weight.dims()[1];
-        let out_in = out_in_storage(weight.transpose().into_primitive().tensor());
         let x = contiguous_f32(x.into_primitive().tensor());
-        let bias = bias.map(|b| contiguous_f32(b.into_primitive().tensor()));
-        let mut out = vec![0.0f32; batch * seq * d_out];
-        twigvlm_kernels::linear(
-            x.as_slice::<f32>().expect("contiguous f32 activations"),
-            batch * seq,
-            weights(&out_in),
-            d_in,
-            d_out,
-            bias.as_ref().map(|b| b.as_slice::<f32>().expect("contiguous f32 bias")),
-            &mut out,
-        );
-        let out = FlexTensor::from_data(TensorData::new(out, [batch, seq, d_out]));
-        Tensor::from_primitive(TensorPrimitive::Float(out))
+        let stored: Vec<(FlexTensor, Option<FlexTensor>)> = layers
+            .into_iter()
+            .map(|(weight, bias)| {
+                let out_in = out_in_storage(weight.transpose().into_primitive().tensor());
+                (out_in, bias.map(|b| contiguous_f32(b.into_primitive().tensor())))
+            })
+            .collect();
+        let mut outs: Vec<Vec<f32>> =
+            stored.iter().map(|(w, _)| vec![0.0f32; batch * seq * w.layout().shape()[0]]).collect();
+        let mut projections: Vec<Projection<'_>> = stored
+            .iter()
+            .zip(outs.iter_mut())
+            .map(|((weight, bias), out)| Projection {
+                weights: weights(weight),
+                d_out: weight.layout().shape()[0],
+                bias: bias.as_ref().map(slice),
+                out,
+            })
+            .collect();
+        twigvlm_kernels::linear_many(slice(&x), batch * seq, d_in, &mut projections);
+        outs.into_iter().zip(&stored).map(|(out, (w, _))| float(out, [batch, seq, w.layout().shape()[0]])).collect()
     }
 
     fn linear_weight(out_in: TensorData, _device: &Self::Device) -> Tensor<Self, 2> {

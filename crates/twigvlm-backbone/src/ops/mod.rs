@@ -33,6 +33,12 @@ pub trait DecodeOps: Backend {
         reference::linear(x, weight, bias)
     }
 
+    /// [`DecodeOps::linear`] of one input by several `(weight, bias)` pairs (a layer's query, key
+    /// and value projections), each result as the single product would give it.
+    fn linear_many(x: Tensor<Self, 3>, layers: Vec<(Tensor<Self, 2>, Option<Tensor<Self, 1>>)>) -> Vec<Tensor<Self, 3>> {
+        layers.into_iter().map(|(weight, bias)| <Self as DecodeOps>::linear(x.clone(), weight, bias)).collect()
+    }
+
     /// The `[d_in, d_out]` weight of a linear layer from the checkpoint's `[d_out, d_in]`
     /// (PyTorch's layout) in the float type the caller wants it stored in, laid out as this
     /// backend's [`DecodeOps::linear`] reads it fastest. A backend that cannot compute with
@@ -94,6 +100,12 @@ impl<B: DecodeOps, C: CheckpointStrategy> DecodeOps for Autodiff<B, C> {}
 /// `layer(x)` through [`DecodeOps::linear`].
 pub fn linear<B: DecodeOps>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
     <B as DecodeOps>::linear(x, layer.weight.val(), layer.bias.as_ref().map(|bias| bias.val()))
+}
+
+/// `[layer(x) for layer in layers]` through [`DecodeOps::linear_many`].
+pub fn linears<B: DecodeOps, const N: usize>(layers: [&Linear<B>; N], x: Tensor<B, 3>) -> [Tensor<B, 3>; N] {
+    let pairs = layers.iter().map(|layer| (layer.weight.val(), layer.bias.as_ref().map(|bias| bias.val()))).collect();
+    B::linear_many(x, pairs).try_into().unwrap_or_else(|_| unreachable!("one result per layer"))
 }
 
 /// `norm(x)` through [`DecodeOps::rms_norm`].
