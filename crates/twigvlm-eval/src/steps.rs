@@ -44,7 +44,8 @@ pub fn time_steps<B: DecodeOps>(model: &LlamaDecoder<B>, options: &StepOptions, 
         let positions: Vec<usize> = (options.cache..options.cache + rows).collect();
         let rope = model.rope(&positions, device);
         let layers = 0..model.num_layers();
-        let hidden = model.forward_layers(tokens(options.cache, rows), &rope, layers, cache, &AttentionProbe::default());
+        let hidden =
+            model.forward_layers(tokens(options.cache, rows), &rope, layers, cache, &AttentionProbe::default());
         let logits = model.logits(hidden.hidden).into_data();
         cache.truncate_last(rows).expect("the step appended these rows");
         logits

@@ -226,7 +226,8 @@ mod tests {
                 attention(q, k, v, vis, 0.3, &mut out);
                 let want = reference(&q, &k, &v, vis, 0.3);
                 for (b, h, r, i) in itertools(batch, heads, rows, d) {
-                    let (g, e) = (out[((b * rows + r) * heads + h) * d + i], want[((b * heads + h) * rows + r) * d + i]);
+                    let (g, e) =
+                        (out[((b * rows + r) * heads + h) * d + i], want[((b * heads + h) * rows + r) * d + i]);
                     assert!((g - e).abs() <= 1e-5 * (1.0 + e.abs()), "{rows} rows: {g} vs {e}");
                 }
             }

@@ -61,7 +61,14 @@ fn silu_mul_all(gate: &[f32], up: &[f32], out: &mut [f32]) {
 ///
 /// # Panics
 /// If `head_dim` is odd or a slice length does not match.
-pub fn rope(x: &[f32], cos: &[f32], sin: &[f32], head_dim: usize, position_of: impl Fn(usize) -> usize, out: &mut [f32]) {
+pub fn rope(
+    x: &[f32],
+    cos: &[f32],
+    sin: &[f32],
+    head_dim: usize,
+    position_of: impl Fn(usize) -> usize,
+    out: &mut [f32],
+) {
     assert!(head_dim % 2 == 0 && x.len() % head_dim == 0 && out.len() == x.len(), "rope: bad head rows");
     assert_eq!(cos.len(), sin.len(), "rope: cos and sin differ");
     let half = head_dim / 2;

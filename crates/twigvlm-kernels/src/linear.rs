@@ -6,8 +6,8 @@
 //! columns' weight rows from memory in order, once, and every activation row of the block is
 //! multiplied with them while they are in registers or L1, so a few rows cost little more than one.
 
-use half::{bf16, f16};
 use crate::team;
+use half::{bf16, f16};
 
 /// Output columns whose weight rows every row tile of a task uses while they are in L1 (a multiple
 /// of every tile's column count); a task's column range is a multiple of this.
@@ -191,7 +191,10 @@ impl Problem<'_> {
         let mut blocks = Vec::with_capacity(row_blocks * col_chunks);
         for r0 in (0..self.rows.max(1)).step_by(ROW_BLOCK) {
             for c0 in (0..self.d_out).step_by(chunk) {
-                blocks.push(Block { rows: (r0, (r0 + ROW_BLOCK).min(self.rows)), cols: (c0, (c0 + chunk).min(self.d_out)) });
+                blocks.push(Block {
+                    rows: (r0, (r0 + ROW_BLOCK).min(self.rows)),
+                    cols: (c0, (c0 + chunk).min(self.d_out)),
+                });
             }
         }
         blocks

@@ -102,7 +102,8 @@ fn team() -> &'static Team {
         let count = std::thread::available_parallelism().map_or(1, |n| n.get()).saturating_sub(1);
         let helpers = (0..count)
             .filter_map(|i| {
-                let spawned = std::thread::Builder::new().name(format!("twigvlm-kernels-{i}")).spawn(move || help(team));
+                let spawned =
+                    std::thread::Builder::new().name(format!("twigvlm-kernels-{i}")).spawn(move || help(team));
                 spawned.ok().map(|handle| handle.thread().clone())
             })
             .collect();

@@ -9,10 +9,11 @@ use std::ops::ControlFlow;
 
 use common::{config, embeds, fixture, B};
 use strum::VariantArray;
-use twigvlm_backbone::LlamaDecoder;
+use twigvlm_backbone::weights::StorageDtype;
+use twigvlm_backbone::{load_llava, LlamaDecoder, LoadOptions};
 use twigvlm_ssd::{
-    decode_speculative, decode_vanilla, DecodeConfig, DraftConfig, DraftLength, Sampler, Sampling, ShallowNetwork,
-    SpeculativeStats, StopReason,
+    decode_speculative, decode_vanilla, DecodeConfig, DraftConfig, DraftLength, DraftTree, Sampler, Sampling,
+    ShallowNetwork, SpeculativeStats, StopReason,
 };
 use twigvlm_twig::{prefill_unpruned, Twig, TwigConfig};
 
@@ -89,6 +90,28 @@ fn a_weak_twig_still_gives_the_base_greedy_tokens() {
         }
     }
     assert!(rejected > 0, "the weak twig must have drafts rejected for this test to mean anything");
+}
+
+#[test]
+fn half_precision_weights_and_a_restricted_draft_vocabulary_keep_the_greedy_tokens() {
+    for dtype in [StorageDtype::F16, StorageDtype::BF16] {
+        let options = LoadOptions { weights_dtype: Some(dtype), ..Default::default() };
+        let llava = load_llava::<B>(&twigvlm_testkit::tiny_llava(), &options, &Default::default()).unwrap();
+        let base = &llava.model.language_model;
+        let twig = Twig::init(base, &llava.config.text, TwigConfig::new(1, 1), &Default::default()).unwrap();
+        for ids in PROMPTS {
+            let config = config(12, vec![]);
+            let expected = vanilla(base, ids, &config);
+            for vocab in [None, Some(base.vocab_size() / 3)] {
+                for tree in [None, Some(DraftTree { top_k: 2, depth: 3, nodes: 5 })] {
+                    let draft =
+                        DraftConfig { max_draft: 4, draft_threshold: 0.0, tree, vocab, ..DraftConfig::default() };
+                    let (tokens, stop, _) = speculative(base, &twig, ids, &config, &draft);
+                    assert_eq!((tokens, stop), expected, "{dtype} weights, prompt {ids:?}, {draft:?}");
+                }
+            }
+        }
+    }
 }
 
 #[test]

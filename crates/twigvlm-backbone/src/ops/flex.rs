@@ -22,7 +22,10 @@ impl DecodeOps for Flex {
         outs.pop().expect("one product")
     }
 
-    fn linear_many(x: Tensor<Self, 3>, layers: Vec<(Tensor<Self, 2>, Option<Tensor<Self, 1>>)>) -> Vec<Tensor<Self, 3>> {
+    fn linear_many(
+        x: Tensor<Self, 3>,
+        layers: Vec<(Tensor<Self, 2>, Option<Tensor<Self, 1>>)>,
+    ) -> Vec<Tensor<Self, 3>> {
         let [batch, seq, d_in] = x.dims();
         let x = contiguous_f32(x.into_primitive().tensor());
         let stored: Vec<(FlexTensor, Option<FlexTensor>)> = layers

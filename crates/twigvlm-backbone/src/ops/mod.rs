@@ -35,7 +35,10 @@ pub trait DecodeOps: Backend {
 
     /// [`DecodeOps::linear`] of one input by several `(weight, bias)` pairs (a layer's query, key
     /// and value projections), each result as the single product would give it.
-    fn linear_many(x: Tensor<Self, 3>, layers: Vec<(Tensor<Self, 2>, Option<Tensor<Self, 1>>)>) -> Vec<Tensor<Self, 3>> {
+    fn linear_many(
+        x: Tensor<Self, 3>,
+        layers: Vec<(Tensor<Self, 2>, Option<Tensor<Self, 1>>)>,
+    ) -> Vec<Tensor<Self, 3>> {
         layers.into_iter().map(|(weight, bias)| <Self as DecodeOps>::linear(x.clone(), weight, bias)).collect()
     }
 
