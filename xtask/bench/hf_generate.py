@@ -35,7 +35,11 @@ ip = LlavaImageProcessorPil.from_pretrained(args.model)
 proc = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=cfg.vision_config.patch_size,
                       vision_feature_select_strategy=cfg.vision_feature_select_strategy, num_additional_image_tokens=1)
 user = f"<image>\n{args.prompt}" if args.image else args.prompt
-text = f"{SYSTEM} USER: {user} ASSISTANT:"
+if tok.chat_template:
+    # The model's own template (the demo model's), as twigvlm renders it.
+    text = tok.apply_chat_template([{"role": "user", "content": user}], add_generation_prompt=True, tokenize=False)
+else:
+    text = f"{SYSTEM} USER: {user} ASSISTANT:"
 if args.image:
     inputs = proc(images=Image.open(args.image).convert("RGB"), text=text, return_tensors="pt")
 else:

@@ -1,6 +1,7 @@
 //! `cargo xtask bench-hf`: greedy decoding in HF transformers (eager, f32, CPU, same thread count)
-//! and in `twigvlm generate`, side by side in one run, on the tiny fixture and on a mid-size random
-//! model written on the fly. Writes `bench/results/hf-baseline.json`.
+//! and in `twigvlm generate` (with f32 and with f16 weights), side by side in one run, on the tiny
+//! fixture, on a mid-size random model written on the fly and on the demo model when it has been
+//! prepared (`cargo xtask demo`). Writes `bench/results/hf-baseline.json`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -59,29 +60,40 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             prompt: "Describe the image in detail.",
         });
     }
+    let demo = root.join("models/shapes-smol");
+    if !args.tiny_only && demo.join("language_model/config.json").is_file() {
+        cases.push(Case {
+            name: "demo model (shapes-smol: SmolLM2-135M, 30 layers)",
+            model: demo,
+            image: root.join("examples/shapes-1.png"),
+            prompt: "Describe the image in detail.",
+        });
+    }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut rows = Vec::new();
     for case in &cases {
         let hf = hf_run(&python, case, &args, threads)?;
-        let ours = ours_run(case, &args)?;
-        let ratio = ours["tokens_per_s"].as_f64().unwrap_or(0.0) / hf["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
-        let prefill_ratio =
-            hf["prefill_ms"].as_f64().unwrap_or(f64::NAN) / ours["prefill_ms"].as_f64().unwrap_or(f64::NAN);
-        let same_tokens = hf["generated_ids"] == ours["generated_ids"];
-        println!(
-            "{:<50} decode tok/s: HF {:>8.1}  twigvlm {:>8.1}  ratio {:>5.2}x | prefill ms: HF {:>8.1}  twigvlm {:>8.1} | same tokens: {same_tokens}",
-            case.name,
-            hf["tokens_per_s"].as_f64().unwrap_or(0.0),
-            ours["tokens_per_s"].as_f64().unwrap_or(0.0),
-            ratio,
-            hf["prefill_ms"].as_f64().unwrap_or(0.0),
-            ours["prefill_ms"].as_f64().unwrap_or(0.0),
-        );
-        rows.push(json!({
-            "model": case.name, "threads": threads, "max_new_tokens": args.max_new_tokens, "repeats": args.repeats,
-            "hf": hf, "twigvlm": ours, "decode_speed_ratio": ratio, "prefill_speed_ratio": prefill_ratio,
-            "same_tokens": same_tokens,
-        }));
+        for weights in WEIGHTS_DTYPES {
+            let ours = ours_run(case, &args, weights)?;
+            let ratio = ours["tokens_per_s"].as_f64().unwrap_or(0.0) / hf["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
+            let prefill_ratio =
+                hf["prefill_ms"].as_f64().unwrap_or(f64::NAN) / ours["prefill_ms"].as_f64().unwrap_or(f64::NAN);
+            let same_tokens = hf["generated_ids"] == ours["generated_ids"];
+            println!(
+                "{:<50} {weights} weights | decode tok/s: HF {:>8.1}  twigvlm {:>8.1}  ratio {:>5.2}x | prefill ms: HF {:>8.1}  twigvlm {:>8.1} | same tokens: {same_tokens}",
+                case.name,
+                hf["tokens_per_s"].as_f64().unwrap_or(0.0),
+                ours["tokens_per_s"].as_f64().unwrap_or(0.0),
+                ratio,
+                hf["prefill_ms"].as_f64().unwrap_or(0.0),
+                ours["prefill_ms"].as_f64().unwrap_or(0.0),
+            );
+            rows.push(json!({
+                "model": case.name, "threads": threads, "max_new_tokens": args.max_new_tokens,
+                "repeats": args.repeats, "weights_dtype": weights, "hf": hf, "twigvlm": ours,
+                "decode_speed_ratio": ratio, "prefill_speed_ratio": prefill_ratio, "same_tokens": same_tokens,
+            }));
+        }
     }
     let out = root.join("bench/results/hf-baseline.json");
     std::fs::create_dir_all(out.parent().unwrap())?;
@@ -109,8 +121,11 @@ fn hf_run(python: &Path, case: &Case, args: &Args, threads: usize) -> anyhow::Re
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
+/// Storage types of the weights twigvlm runs with (HF transformers widens everything to f32).
+const WEIGHTS_DTYPES: [&str; 2] = ["f32", "f16"];
+
 /// Median over `repeats` runs of `twigvlm generate --json` (one warm-up first).
-fn ours_run(case: &Case, args: &Args) -> anyhow::Result<Value> {
+fn ours_run(case: &Case, args: &Args, weights: &str) -> anyhow::Result<Value> {
     let binary = workspace_root().join("target/release/twigvlm");
     let once = || -> anyhow::Result<Value> {
         let out = Command::new(&binary)
@@ -120,6 +135,7 @@ fn ours_run(case: &Case, args: &Args) -> anyhow::Result<Value> {
             .arg("--image")
             .arg(&case.image)
             .args(["--prompt", case.prompt, "--max-new-tokens", &args.max_new_tokens.to_string(), "--json"])
+            .args(["--weights-dtype", weights])
             .output()?;
         ensure!(out.status.success(), "twigvlm failed: {}", String::from_utf8_lossy(&out.stderr));
         Ok(serde_json::from_slice(&out.stdout)?)

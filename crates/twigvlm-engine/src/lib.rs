@@ -38,5 +38,5 @@ pub use facts::ModelFacts;
 pub use output::{GenerateResult, GenerateStats};
 pub use request::{check_twig_use, uses_twig, GenerateRequest, Prompt};
 pub use twigvlm_backbone::LoadOptions;
-pub use twigvlm_ssd::{DraftConfig, DraftLength, DraftTree, Sampling, StopReason};
+pub use twigvlm_ssd::{DraftConfig, DraftLength, DraftTree, Sampling, StopReason, DEFAULT_DRAFT_VOCAB};
 pub use twigvlm_ttp::{PrefillPolicy, PruningSpec, VisualBudget};

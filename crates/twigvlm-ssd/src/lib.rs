@@ -20,6 +20,8 @@ pub use decode::{DecodeConfig, DecodeOutput, StopReason};
 pub use error::{DecodeError, Result};
 pub use network::{CausalNetwork, ShallowCache, ShallowNetwork};
 pub use sampling::{Sampler, Sampling};
-pub use speculative::{decode_speculative, DraftConfig, DraftLength, SpeculativeStats, ADAPTIVE_RETRY_ROUNDS};
+pub use speculative::{
+    decode_speculative, DraftConfig, DraftLength, SpeculativeStats, ADAPTIVE_RETRY_ROUNDS, DEFAULT_DRAFT_VOCAB,
+};
 pub use tree::DraftTree;
 pub use vanilla::{decode_vanilla, decode_vanilla_prefilled};

@@ -51,9 +51,20 @@ pub struct DraftConfig {
     pub vocab: Option<usize>,
 }
 
+/// The default [`DraftConfig::vocab`]. On the demo model (49 152 tokens, 2 CPU cores) drafting
+/// among the first 16 384 or 8 192 ids accepted as many drafts per round as the whole vocabulary
+/// (1.56 against 1.54) and cut drafting time by a quarter; 4 096 halved the accepted drafts.
+pub const DEFAULT_DRAFT_VOCAB: usize = 16_384;
+
 impl Default for DraftConfig {
     fn default() -> Self {
-        Self { max_draft: 5, draft_threshold: 0.6, length: DraftLength::Fixed, tree: None, vocab: None }
+        Self {
+            max_draft: 5,
+            draft_threshold: 0.6,
+            length: DraftLength::Fixed,
+            tree: None,
+            vocab: Some(DEFAULT_DRAFT_VOCAB),
+        }
     }
 }
 

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use twigvlm_data::{eval_shapes, DatasetSpec};
-use twigvlm_engine::{BackendJob, DecoderKind, DraftConfig, DraftTree, PruningSpec, VisualBudget};
+use twigvlm_engine::{BackendJob, DecoderKind, DraftConfig, DraftTree, PruningSpec, VisualBudget, DEFAULT_DRAFT_VOCAB};
 use twigvlm_eval::bench::{generation_count, run_bench, BenchMode, BenchOptions, BenchPrompt, BenchReport};
 use twigvlm_eval::plot::{bar_chart, Labels};
 
@@ -42,9 +42,9 @@ pub struct BenchArgs {
     /// A chain stops when the twig's probability of its own next pick is below this.
     #[arg(long, default_value_t = DraftConfig::default().draft_threshold)]
     pub draft_threshold: f32,
-    /// Draft only among the first N token ids (see `generate --draft-vocab`).
-    #[arg(long)]
-    pub draft_vocab: Option<usize>,
+    /// Draft only among the first N token ids; 0: the whole vocabulary (see `generate --draft-vocab`).
+    #[arg(long, default_value_t = DEFAULT_DRAFT_VOCAB)]
+    pub draft_vocab: usize,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -94,7 +94,7 @@ impl BackendJob for BenchArgs {
             chain: DraftConfig {
                 max_draft: args.max_draft,
                 draft_threshold: args.draft_threshold,
-                vocab: args.draft_vocab,
+                vocab: (args.draft_vocab > 0).then_some(args.draft_vocab),
                 ..DraftConfig::default()
             },
         };

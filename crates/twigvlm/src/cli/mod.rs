@@ -22,7 +22,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::filter::LevelFilter;
 use twigvlm_engine::{
     check_twig_use, BackendJob, BackendKind, DecoderKind, DraftConfig, DraftLength, DraftTree, Engine, FloatDtype,
-    GpuAutotune, LoadOptions, PrefillPolicy, PruningSpec, VisualBudget,
+    GpuAutotune, LoadOptions, PrefillPolicy, PruningSpec, VisualBudget, DEFAULT_DRAFT_VOCAB,
 };
 
 use named::named;
@@ -199,10 +199,10 @@ pub struct DraftArgs {
     #[arg(long)]
     pub draft_tree: Option<DraftTree>,
     /// Draft only among the first N token ids, reading N rows of the head per drafted token
-    /// instead of the whole vocabulary (byte-pair ids roughly follow frequency). Lossless:
-    /// tokens past N are emitted whenever the base picks them.
-    #[arg(long)]
-    pub draft_vocab: Option<usize>,
+    /// instead of the whole vocabulary (byte-pair ids roughly follow frequency); 0: the whole
+    /// vocabulary. Lossless: tokens past N are emitted whenever the base picks them.
+    #[arg(long, default_value_t = DEFAULT_DRAFT_VOCAB)]
+    pub draft_vocab: usize,
 }
 
 impl DraftArgs {
@@ -212,7 +212,7 @@ impl DraftArgs {
             draft_threshold: self.draft_threshold,
             length: self.draft_length,
             tree: self.draft_tree,
-            vocab: self.draft_vocab,
+            vocab: (self.draft_vocab > 0).then_some(self.draft_vocab),
         }
     }
 }
