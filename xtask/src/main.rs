@@ -6,6 +6,7 @@
 //! * `fixtures`: regenerates `tests/fixtures/` with HF transformers (Python, run by hand, never in CI).
 //! * `gpu-check`: the parity tests and the benchmark on a GPU (`xtask/gpu/gpu-check.sh`).
 //! * `cpu-roofline`: vanilla decode speed against the machine's memory-bandwidth bound.
+//! * `bench-steps`: the cost of a decoding step against its row count, per weights type.
 //! * `bench-hf`: greedy decoding speed of HF transformers vs `twigvlm generate` on the same models.
 //! * `demo`, `train-demo`, `train-demo-twig`: the demo model `models/shapes-smol` (see `demo.rs`).
 
@@ -14,6 +15,7 @@ mod demo;
 mod gpu_check;
 mod python;
 mod roofline;
+mod steps;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -55,6 +57,9 @@ enum Task {
     /// Vanilla decode speed on the ~1B random preset against the memory-bandwidth bound
     /// (bench/results/cpu-roofline.json).
     CpuRoofline(roofline::Args),
+    /// The cost of one decoding step against its row count, per weights type, on the demo model
+    /// and the ~1B random preset (bench/results/decode-steps/).
+    BenchSteps,
     /// Reproduce the demo model's trained parts with fixed seeds: vision tower (stage 0),
     /// projector (stage 1), projector + the language model's top layers (stage 2). Resumable.
     TrainDemo(demo::TrainDemoArgs),
@@ -101,6 +106,7 @@ fn main() -> anyhow::Result<()> {
         }
         Task::BenchHf(args) => bench_hf::run(args),
         Task::CpuRoofline(args) => roofline::run(args),
+        Task::BenchSteps => steps::run_steps(),
         Task::GpuCheck(args) => gpu_check::run_check(args),
         Task::Demo { image, prompt } => demo::demo(&image, &prompt),
         Task::TrainDemo(args) => demo::train(&args),

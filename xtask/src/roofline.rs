@@ -1,7 +1,8 @@
 //! `cargo xtask cpu-roofline`: decode speed of the vanilla decoder on the ~1B random preset
-//! against this machine's memory-bandwidth bound. Decoding one token reads every weight of the
-//! language model once (all layers and the head; one embedding row), so tokens/s can never
-//! exceed bandwidth ÷ weight bytes. The bandwidth comes from a plain copy benchmark run here.
+//! against this machine's memory-bandwidth bound, with the weights stored in f32 and in f16.
+//! Decoding one token reads every weight of the language model once (all layers and the head;
+//! one embedding row), so tokens/s can never exceed bandwidth ÷ weight bytes, which follow the
+//! weights' storage type. The bandwidth comes from a plain copy benchmark run here.
 //! Writes `bench/results/cpu-roofline.json`.
 
 use std::path::Path;
@@ -25,8 +26,8 @@ pub struct Args {
 /// Bytes per copied buffer: far above any cache.
 const COPY_BYTES: usize = 1 << 30;
 const COPY_ROUNDS: usize = 5;
-/// Flex computes in f32.
-const RUNTIME_BYTES_PER_WEIGHT: f64 = 4.0;
+/// Storage types of the weights timed, with their bytes per weight (flex reads them as stored).
+const WEIGHTS_DTYPES: [(&str, f64); 2] = [("f32", 4.0), ("f16", 2.0)];
 const PRESET: &str = "llava-1b-shape";
 
 /// Best read+write bandwidth (bytes/s) of copying a large buffer, with `threads` threads each
@@ -83,36 +84,44 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let single_thread_bandwidth = copy_bandwidth(1);
 
     let results = root.join("target/bench-models/roofline-bench");
-    let output = twigvlm()
-        .args(["bench", "--modes", "vanilla", "--data", "shapes:seed=1000000,n=1,task=describe", "--json"])
-        .args(["--max-new-tokens", &args.max_new_tokens.to_string(), "--repeats", &args.repeats.to_string()])
-        .arg("--model")
-        .arg(&model)
-        .arg("--results-dir")
-        .arg(&results)
-        .current_dir(&root)
-        .output()
-        .context("cannot run twigvlm bench")?;
-    anyhow::ensure!(output.status.success(), "twigvlm bench failed: {}", String::from_utf8_lossy(&output.stderr));
-    let report: Value = serde_json::from_slice(&output.stdout)?;
-    let row = &report["rows"][0];
-    let (new_tokens, decode_ms) =
-        (row["new_tokens"].as_f64().context("new_tokens")?, row["decode_ms"].as_f64().context("decode_ms")?);
-    // The first token comes from the prefill.
-    let decode_tokens_per_s = (new_tokens - 1.0) / (decode_ms / 1e3);
-    let bytes_per_token = decode_weight_count(&config)? * RUNTIME_BYTES_PER_WEIGHT;
-    let bound = bandwidth / bytes_per_token;
+    let mut runs = Vec::new();
+    for (dtype, bytes_per_weight) in WEIGHTS_DTYPES {
+        let output = twigvlm()
+            .args(["bench", "--modes", "vanilla", "--data", "shapes:seed=1000000,n=1,task=describe", "--json"])
+            .args(["--max-new-tokens", &args.max_new_tokens.to_string(), "--repeats", &args.repeats.to_string()])
+            .args(["--weights-dtype", dtype])
+            .arg("--model")
+            .arg(&model)
+            .arg("--results-dir")
+            .arg(&results)
+            .current_dir(&root)
+            .output()
+            .context("cannot run twigvlm bench")?;
+        anyhow::ensure!(output.status.success(), "twigvlm bench failed: {}", String::from_utf8_lossy(&output.stderr));
+        let report: Value = serde_json::from_slice(&output.stdout)?;
+        let row = &report["rows"][0];
+        let (new_tokens, decode_ms) =
+            (row["new_tokens"].as_f64().context("new_tokens")?, row["decode_ms"].as_f64().context("decode_ms")?);
+        // The first token comes from the prefill.
+        let decode_tokens_per_s = (new_tokens - 1.0) / (decode_ms / 1e3);
+        let bytes_per_token = decode_weight_count(&config)? * bytes_per_weight;
+        let bound = bandwidth / bytes_per_token;
+        runs.push(json!({
+            "weights_dtype": dtype,
+            "weight_bytes_per_token": bytes_per_token,
+            "bound_tokens_per_s": bound,
+            "decode_tokens_per_s": decode_tokens_per_s,
+            "fraction_of_bound": decode_tokens_per_s / bound,
+        }));
+    }
     let out = json!({
         "model": PRESET,
         "threads": threads,
         "copy_bandwidth_gb_s": bandwidth / 1e9,
         "copy_bandwidth_one_thread_gb_s": single_thread_bandwidth / 1e9,
-        "weight_bytes_per_token": bytes_per_token,
-        "bound_tokens_per_s": bound,
-        "decode_tokens_per_s": decode_tokens_per_s,
-        "fraction_of_bound": decode_tokens_per_s / bound,
         "max_new_tokens": args.max_new_tokens,
         "repeats": args.repeats,
+        "runs": runs,
     });
     write_json(&root.join("bench/results/cpu-roofline.json"), &out)?;
     println!("{}", serde_json::to_string_pretty(&out)?);

@@ -7,13 +7,11 @@
 
 use std::sync::Mutex;
 
-use crate::simd::{dispatch, exp};
+use crate::simd::{dispatch, exp, lane_sum, LANES};
 use crate::team;
 
 /// Below this many multiply-adds the call runs on the calling thread.
 const PARALLEL_MIN_MACS: usize = 1 << 15;
-/// Lanes of the dot products' partial sums.
-const LANES: usize = 8;
 
 /// A read-only 4-D f32 view `[batch, heads, seq, head_dim]` into `data`, element strides per
 /// dimension (the last must be 1).
@@ -143,7 +141,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
             *lane += x * y;
         }
     }
-    let tree = ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6])) + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]));
+    let tree = lane_sum(&lanes);
     a[full..].iter().zip(&b[full..]).fold(tree, |acc, (&x, &y)| acc + x * y)
 }
 
@@ -158,18 +156,7 @@ fn axpy(p: f32, v: &[f32], out: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 17;
-                state ^= state << 5;
-                (state as f32 / u32::MAX as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::test_values::values;
 
     /// Every index of a `[a, b, c, d]` array.
     fn itertools(a: usize, b: usize, c: usize, d: usize) -> impl Iterator<Item = (usize, usize, usize, usize)> {

@@ -2,10 +2,7 @@
 //! tensor each: RMSNorm, the SiLU-gated product of a SwiGLU MLP, and rotary position embedding.
 //! Each row is computed on its own, in the same order whatever the row count.
 
-use crate::simd::{dispatch, exp};
-
-/// Lanes of the sum of squares' partial sums.
-const LANES: usize = 8;
+use crate::simd::{dispatch, exp, lane_sum, LANES};
 
 /// `out[r] = x[r] / √(mean(x[r]²) + eps) · gamma` for rows of `gamma.len()` values.
 ///
@@ -28,7 +25,7 @@ fn rms_norm_rows(x: &[f32], gamma: &[f32], eps: f32, out: &mut [f32]) {
                 *lane += v * v;
             }
         }
-        let tree = ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6])) + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]));
+        let tree = lane_sum(&lanes);
         let squares = row[full..].iter().fold(tree, |acc, &v| acc + v * v);
         let rms = (squares / d as f32 + eps).sqrt();
         for ((o, &v), &g) in out.iter_mut().zip(row).zip(gamma) {

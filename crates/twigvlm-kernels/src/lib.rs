@@ -20,6 +20,22 @@ pub mod linear;
 mod simd;
 pub mod team;
 
+#[cfg(test)]
+mod test_values {
+    /// `n` deterministic values in [-1, 1) from a small xorshift generator.
+    pub fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                (state as f32 / u32::MAX as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+}
+
 pub use attention::{attention, View4, Visibility};
 pub use elementwise::{rms_norm, rope, silu_mul};
 pub use linear::{linear, linear_many, Projection, Weights};

@@ -6,6 +6,7 @@
 //! columns' weight rows from memory in order, once, and every activation row of the block is
 //! multiplied with them while they are in registers or L1, so a few rows cost little more than one.
 
+use crate::simd::{lane_sum, LANES};
 use crate::team;
 use half::{bf16, f16};
 
@@ -134,29 +135,25 @@ impl WeightElement for f32 {
     }
 }
 
-impl WeightElement for f16 {
-    #[inline(always)]
-    fn widen(self) -> f32 {
-        self.to_f32()
-    }
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    unsafe fn load8(ptr: *const Self) -> std::arch::x86_64::__m256 {
-        x86::load8_f16(ptr.cast())
-    }
+/// A 16-bit float type: widened by `half`, eight at a time by `$load8`.
+macro_rules! half_weight {
+    ($type:ty, $load8:ident) => {
+        impl WeightElement for $type {
+            #[inline(always)]
+            fn widen(self) -> f32 {
+                self.to_f32()
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[inline(always)]
+            unsafe fn load8(ptr: *const Self) -> std::arch::x86_64::__m256 {
+                x86::$load8(ptr.cast())
+            }
+        }
+    };
 }
 
-impl WeightElement for bf16 {
-    #[inline(always)]
-    fn widen(self) -> f32 {
-        self.to_f32()
-    }
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    unsafe fn load8(ptr: *const Self) -> std::arch::x86_64::__m256 {
-        x86::load8_bf16(ptr.cast())
-    }
-}
+half_weight!(f16, load8_f16);
+half_weight!(bf16, load8_bf16);
 
 /// The output pointer, shared by tasks that write disjoint elements.
 #[derive(Debug, Clone, Copy)]
@@ -221,16 +218,13 @@ impl Problem<'_> {
     }
 }
 
-/// Lanes of the canonical reduction (and of one AVX2 register).
-const LANES: usize = 8;
-
 /// The canonical reduction order of one output element, shared by every path. Lane `l`
 /// accumulates `x[k]·w[k]` for `k ≡ l (mod 8)` over the full groups of eight, in `k` order, with
 /// fused multiply-adds; the lanes are summed pairwise in a fixed tree; the last `d_in mod 8`
 /// products are fused on in order; the bias is added last.
 #[inline(always)]
 fn finish(lanes: &[f32; LANES], x: &[f32], w_row: &[impl WeightElement], bias: Option<f32>) -> f32 {
-    let tree = ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6])) + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]));
+    let tree = lane_sum(&lanes);
     let full = x.len() - x.len() % LANES;
     let sum = x[full..].iter().zip(&w_row[full..]).fold(tree, |acc, (&xk, &wk)| xk.mul_add(wk.widen(), acc));
     match bias {
@@ -380,19 +374,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        // A small deterministic generator; values in [-1, 1).
-        let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 17;
-                state ^= state << 5;
-                (state as f32 / u32::MAX as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::test_values::values;
 
     /// f64 reference of the product.
     fn reference(x: &[f32], rows: usize, w: &[f32], d_in: usize, d_out: usize, bias: Option<&[f32]>) -> Vec<f32> {

@@ -31,6 +31,15 @@ pub fn exp(x: f32) -> f32 {
     e * f32::from_bits(((n as i32 + EXPONENT_BIAS) << MANTISSA_BITS) as u32)
 }
 
+/// Lanes of the partial sums of every reduction in this crate (and of one AVX2 register).
+pub const LANES: usize = 8;
+
+/// The lanes of a reduction summed pairwise in one fixed tree.
+#[inline(always)]
+pub fn lane_sum(lanes: &[f32; LANES]) -> f32 {
+    ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6])) + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]))
+}
+
 /// Whether the AVX2 copies may run.
 #[cfg(target_arch = "x86_64")]
 pub fn has_avx2() -> bool {
