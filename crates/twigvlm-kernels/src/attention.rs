@@ -106,7 +106,8 @@ struct HeadCache<'a> {
 }
 
 dispatch! {
-/// One query row: `scores` holds 0 for visible keys and −∞ for hidden ones on entry.
+/// One query row: `scores` holds 0 for visible keys and −∞ for hidden ones on entry (a mark
+/// only: each visible key's score is computed before it is read).
 fn attend_row(q: &[f32], cache: &HeadCache<'_>, scale: f32, scores: &mut [f32], out: &mut [f32]) {
     let mut max = f32::NEG_INFINITY;
     for (key, score) in scores.iter_mut().enumerate() {

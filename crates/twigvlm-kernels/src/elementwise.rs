@@ -10,7 +10,7 @@ use crate::simd::{dispatch, exp, lane_sum, LANES};
 /// If `x` or `out` is not a whole number of rows.
 pub fn rms_norm(x: &[f32], gamma: &[f32], eps: f32, out: &mut [f32]) {
     let d = gamma.len();
-    assert!(d > 0 && x.len() % d == 0 && out.len() == x.len(), "rms_norm: x is not rows of {d}");
+    assert!(d > 0 && x.len().is_multiple_of(d) && out.len() == x.len(), "rms_norm: x is not rows of {d}");
     rms_norm_rows(x, gamma, eps, out);
 }
 
@@ -66,7 +66,10 @@ pub fn rope(
     position_of: impl Fn(usize) -> usize,
     out: &mut [f32],
 ) {
-    assert!(head_dim % 2 == 0 && x.len() % head_dim == 0 && out.len() == x.len(), "rope: bad head rows");
+    assert!(
+        head_dim.is_multiple_of(2) && x.len().is_multiple_of(head_dim) && out.len() == x.len(),
+        "rope: bad head rows"
+    );
     assert_eq!(cos.len(), sin.len(), "rope: cos and sin differ");
     let half = head_dim / 2;
     for (i, (v, o)) in x.chunks_exact(head_dim).zip(out.chunks_exact_mut(head_dim)).enumerate() {

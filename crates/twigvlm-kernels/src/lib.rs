@@ -20,6 +20,10 @@ pub mod linear;
 mod simd;
 pub mod team;
 
+pub use attention::{attention, View4, Visibility};
+pub use elementwise::{rms_norm, rope, silu_mul};
+pub use linear::{linear, linear_many, Projection, Weights};
+
 #[cfg(test)]
 mod test_values {
     /// `n` deterministic values in [-1, 1) from a small xorshift generator.
@@ -35,7 +39,3 @@ mod test_values {
             .collect()
     }
 }
-
-pub use attention::{attention, View4, Visibility};
-pub use elementwise::{rms_norm, rope, silu_mul};
-pub use linear::{linear, linear_many, Projection, Weights};

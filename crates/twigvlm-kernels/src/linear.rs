@@ -224,7 +224,7 @@ impl Problem<'_> {
 /// products are fused on in order; the bias is added last.
 #[inline(always)]
 fn finish(lanes: &[f32; LANES], x: &[f32], w_row: &[impl WeightElement], bias: Option<f32>) -> f32 {
-    let tree = lane_sum(&lanes);
+    let tree = lane_sum(lanes);
     let full = x.len() - x.len() % LANES;
     let sum = x[full..].iter().zip(&w_row[full..]).fold(tree, |acc, (&xk, &wk)| xk.mul_add(wk.widen(), acc));
     match bias {

@@ -121,7 +121,7 @@ fn help(team: &'static Team) {
         while team.epoch.load(SeqCst) == seen {
             std::hint::spin_loop();
             polls += 1;
-            if polls % POLLS_PER_CLOCK_READ == 0 && started.elapsed() > SPIN_WINDOW {
+            if polls.is_multiple_of(POLLS_PER_CLOCK_READ) && started.elapsed() > SPIN_WINDOW {
                 std::thread::park_timeout(SPIN_WINDOW * 100);
             }
         }
