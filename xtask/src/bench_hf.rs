@@ -1,7 +1,7 @@
 //! `cargo xtask bench-hf`: greedy decoding in HF transformers (eager, f32, CPU, same thread count)
 //! and in `twigvlm generate` (with f32 and with f16 weights), side by side in one run, on the tiny
-//! fixture, on a mid-size random model written on the fly and on the demo model when it has been
-//! prepared (`cargo xtask demo`). Writes `bench/results/hf-baseline.json`.
+//! fixture and on a mid-size random model written on the fly. Writes
+//! `bench/results/hf-baseline.json`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -57,15 +57,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             name: "mid-llava (d1024, 12 layers, 576 visual tokens)",
             model: mid,
             image: root.join("tests/fixtures/images/shapes-80x60.png"),
-            prompt: "Describe the image in detail.",
-        });
-    }
-    let demo = root.join("models/shapes-smol");
-    if !args.tiny_only && demo.join("language_model/config.json").is_file() {
-        cases.push(Case {
-            name: "demo model (shapes-smol: SmolLM2-135M, 30 layers)",
-            model: demo,
-            image: root.join("examples/shapes-1.png"),
             prompt: "Describe the image in detail.",
         });
     }

@@ -59,6 +59,11 @@ impl DecodeOps for Flex {
 
     fn attention(q: Tensor<Self, 4>, k: Tensor<Self, 4>, v: Tensor<Self, 4>, mask: KeyMask<'_>) -> Tensor<Self, 4> {
         let [batch, heads, rows, head_dim] = q.dims();
+        if rows > FEW_ROWS {
+            // A prefill: burn's blocked attention (matrix products) is faster than one row at a
+            // time, and a prompt's rows are computed once, so they need no row-by-row rounding.
+            return reference::attention(q, k, v, mask);
+        }
         let (q, k, v) = (strided_f32(q), strided_f32(k), strided_f32(v));
         let visibility = match mask {
             KeyMask::Causal => Visibility::Causal,
@@ -103,6 +108,9 @@ impl DecodeOps for Flex {
         float(out, [batch, seq, heads, head_dim]).swap_dims(1, 2)
     }
 }
+
+/// Above this many query rows (a prefill), attention runs the reference body.
+const FEW_ROWS: usize = 64;
 
 /// A contiguous f32 tensor from its values.
 fn float<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Tensor<Flex, D> {
