@@ -132,7 +132,7 @@ pub struct ModelArgs {
     #[arg(long, value_parser = named::<BackendKind>(), default_value_t = BackendKind::Flex)]
     pub backend: BackendKind,
     /// Floating-point type of the computation (default: f16 on cuda, f32 on flex and wgpu; flex
-    /// is f32 only, wgpu has no bf16).
+    /// computes in f32 only, wgpu has no bf16).
     #[arg(long, value_parser = named::<FloatDtype>())]
     pub dtype: Option<FloatDtype>,
     /// Storage type of the linear layers' weights (default: each weight's type in the checkpoint).
