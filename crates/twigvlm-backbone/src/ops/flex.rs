@@ -1,6 +1,7 @@
-//! [`DecodeOps`] on the CPU backend: linear layers through `twigvlm_kernels`, which stream each
+//! [`DecodeOps`] on the CPU backend, through `twigvlm_kernels`: linear layers that stream each
 //! weight once for all rows over every core, read f16/bf16 weights as stored, and round every
-//! row the same whatever the row count.
+//! row the same whatever the row count; attention of a few rows over the cache views in place;
+//! RMSNorm, SiLU·mul and RoPE in one pass each. Prefill-sized attention uses the reference body.
 //!
 //! Weights are kept as the transposed view of the checkpoint's `[d_out, d_in]` matrix (a
 //! `[d_in, d_out]` tensor with strides `[1, d_in]`), the layout the kernel streams; a weight held
