@@ -84,7 +84,7 @@ impl<B: DecodeOps> Twig<B> {
     /// - hidden: `[batch, seq, hidden]` → `[batch, seq, vocab]`
     pub fn logits(&self, hidden: Tensor<B, 3>, base_head: &Linear<B>) -> Tensor<B, 3> {
         let normed = twigvlm_backbone::ops::rms_norm(&self.norm, hidden);
-        twigvlm_backbone::ops::linear(self.lm_head.as_ref().unwrap_or(base_head), normed)
+        twigvlm_backbone::ops::linear(self.head(base_head), normed)
     }
 
     /// [`Self::logits`] for the first `tokens` token ids only (the head's first `tokens` rows).
@@ -93,10 +93,15 @@ impl<B: DecodeOps> Twig<B> {
     /// - hidden: `[batch, seq, hidden]` → `[batch, seq, tokens]`
     pub fn logits_for_first(&self, hidden: Tensor<B, 3>, base_head: &Linear<B>, tokens: usize) -> Tensor<B, 3> {
         let normed = twigvlm_backbone::ops::rms_norm(&self.norm, hidden);
-        let head = self.lm_head.as_ref().unwrap_or(base_head);
+        let head = self.head(base_head);
         let weight = head.weight.val().narrow(1, 0, tokens);
         let bias = head.bias.as_ref().map(|bias| bias.val().narrow(0, 0, tokens));
         <B as DecodeOps>::linear(normed, weight, bias)
+    }
+
+    /// The twig's own head, or the base's when it shares it.
+    fn head<'a>(&'a self, base_head: &'a Linear<B>) -> &'a Linear<B> {
+        self.lm_head.as_ref().unwrap_or(base_head)
     }
 }
 

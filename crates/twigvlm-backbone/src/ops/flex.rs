@@ -29,6 +29,7 @@ impl DecodeOps for Flex {
     ) -> Vec<Tensor<Self, 3>> {
         let [batch, seq, d_in] = x.dims();
         let x = contiguous_f32(x.into_primitive().tensor());
+        let d_outs: Vec<usize> = layers.iter().map(|(weight, _)| weight.dims()[1]).collect();
         let stored: Vec<(FlexTensor, Option<FlexTensor>)> = layers
             .into_iter()
             .map(|(weight, bias)| {
@@ -36,20 +37,20 @@ impl DecodeOps for Flex {
                 (out_in, bias.map(|b| contiguous_f32(b.into_primitive().tensor())))
             })
             .collect();
-        let mut outs: Vec<Vec<f32>> =
-            stored.iter().map(|(w, _)| vec![0.0f32; batch * seq * w.layout().shape()[0]]).collect();
+        let mut outs: Vec<Vec<f32>> = d_outs.iter().map(|d_out| vec![0.0f32; batch * seq * d_out]).collect();
         let mut projections: Vec<Projection<'_>> = stored
             .iter()
+            .zip(&d_outs)
             .zip(outs.iter_mut())
-            .map(|((weight, bias), out)| Projection {
+            .map(|(((weight, bias), &d_out), out)| Projection {
                 weights: weights(weight),
-                d_out: weight.layout().shape()[0],
+                d_out,
                 bias: bias.as_ref().map(slice),
                 out,
             })
             .collect();
         twigvlm_kernels::linear_many(slice(&x), batch * seq, d_in, &mut projections);
-        outs.into_iter().zip(&stored).map(|(out, (w, _))| float(out, [batch, seq, w.layout().shape()[0]])).collect()
+        outs.into_iter().zip(d_outs).map(|(out, d_out)| float(out, [batch, seq, d_out])).collect()
     }
 
     fn linear_weight(out_in: TensorData, _device: &Self::Device) -> Tensor<Self, 2> {
@@ -146,19 +147,24 @@ fn view(tensor: &FlexTensor) -> View4<'_> {
     }
 }
 
+/// The weight types the kernels read as stored.
+fn is_kernel_dtype(dtype: DType) -> bool {
+    matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
+}
+
 /// f32, f16 and bf16 stay as they are; anything else becomes f32.
 fn kernel_dtype(data: TensorData) -> TensorData {
-    match data.dtype {
-        DType::F32 | DType::F16 | DType::BF16 => data,
-        _ => data.convert_dtype(DType::F32),
+    if is_kernel_dtype(data.dtype) {
+        data
+    } else {
+        data.convert_dtype(DType::F32)
     }
 }
 
 /// The `[d_out, d_in]` weight as contiguous storage of a kernel type: free for weights loaded by
 /// [`DecodeOps::linear_weight`], a copy for any other (a layer initialised or copied in memory).
 fn out_in_storage(out_in: FlexTensor) -> FlexTensor {
-    let supported = matches!(out_in.dtype(), DType::F32 | DType::F16 | DType::BF16);
-    if supported && out_in.layout().contiguous_offsets().is_some() {
+    if is_kernel_dtype(out_in.dtype()) && out_in.layout().contiguous_offsets().is_some() {
         out_in
     } else {
         FlexTensor::from_data(kernel_dtype(out_in.into_data()))

@@ -4,7 +4,6 @@
 use burn::prelude::*;
 use burn::tensor::module::attention as burn_attention;
 use burn::tensor::ops::AttentionModuleOptions;
-
 use burn::tensor::DType;
 
 use super::KeyMask;

@@ -101,7 +101,7 @@ impl<'a, B: DecodeOps> WeightLoader<'a, B> {
         let stored = match self.linear_dtype {
             Some(dtype) => dtype.dtype(),
             // Widening to f32 on read was exact, so narrowing back restores the checkpoint's values.
-            None => self.source.get(name).map_or(DType::F32, |raw| raw.float_dtype()),
+            None => self.source.get(name).map_or(DType::F32, |raw| raw.float_dtype),
         };
         let data = TensorData::new(values, [d_out, d_in]).convert_dtype(stored);
         Ok(B::linear_weight(data, self.device))

@@ -19,6 +19,8 @@ pub struct RawTensor {
     pub shape: Vec<usize>,
     /// The dtype as stored (for messages).
     pub dtype: String,
+    /// The float type it is stored in: f16, bf16, or f32 for any other.
+    pub float_dtype: DType,
     /// The file it lives in (for messages).
     pub file: PathBuf,
     read: Reader,
@@ -34,17 +36,6 @@ impl RawTensor {
                 BackboneError::Checkpoint { path: self.file.clone(), reason: format!("tensor `{name}`: {reason}") }
             }
         })
-    }
-}
-
-impl RawTensor {
-    /// The float type the tensor is stored in (f32 for anything but f16 and bf16).
-    pub fn float_dtype(&self) -> DType {
-        match self.dtype.as_str() {
-            "F16" => DType::F16,
-            "BF16" => DType::BF16,
-            _ => DType::F32,
-        }
     }
 }
 
@@ -128,7 +119,8 @@ impl TensorSource {
                     .ok_or_else(|| "data offsets point past the end of the file (truncated?)".to_string())?;
                 decode_le(bytes, st_dtype(dtype)?, count)
             });
-            self.insert(name, info.shape.clone(), format!("{:?}", info.dtype), path, read);
+            let float_dtype = st_dtype(info.dtype).map_or(DType::F32, FloatKind::dtype);
+            self.insert(name, info.shape.clone(), format!("{:?}", info.dtype), float_dtype, path, read);
         }
         Ok(())
     }
@@ -151,7 +143,7 @@ impl TensorSource {
         for (name, shape, values) in tensors {
             let values = Arc::new(values);
             let read: Reader = Box::new(move || Ok(values.as_ref().clone()));
-            self.insert(name, shape, "F32".to_string(), origin, read);
+            self.insert(name, shape, "F32".to_string(), DType::F32, origin, read);
         }
     }
 
@@ -161,7 +153,7 @@ impl TensorSource {
             .map_err(|e| BackboneError::Checkpoint { path: path.to_path_buf(), reason: e.to_string() })?;
         for (name, snapshot) in reader.into_tensors() {
             let shape = snapshot.shape.to_vec();
-            let dtype = format!("{:?}", snapshot.dtype);
+            let (dtype, snapshot_dtype) = (format!("{:?}", snapshot.dtype), snapshot.dtype);
             let read: Reader = Box::new(move || {
                 let data = snapshot.to_data().map_err(|e| e.to_string())?;
                 match data.dtype {
@@ -171,19 +163,31 @@ impl TensorSource {
                     other => Err(format!("{UNSUPPORTED_DTYPE} {other:?}")),
                 }
             });
-            self.insert(name, shape, dtype, path, read);
+            let float_dtype = match snapshot_dtype {
+                DType::F16 | DType::BF16 => snapshot_dtype,
+                _ => DType::F32,
+            };
+            self.insert(name, shape, dtype, float_dtype, path, read);
         }
         Ok(())
     }
 
-    fn insert(&mut self, name: String, shape: Vec<usize>, dtype: String, file: &Path, read: Reader) {
+    fn insert(
+        &mut self,
+        name: String,
+        shape: Vec<usize>,
+        dtype: String,
+        float_dtype: DType,
+        file: &Path,
+        read: Reader,
+    ) {
         if self.indexed_file.get(&name).is_some_and(|indexed| indexed != file) {
             return;
         }
         if self.tensors.contains_key(&name) {
             tracing::warn!(tensor = %name, file = %file.display(), "tensor appears in more than one shard; the last one wins");
         }
-        self.tensors.insert(name, RawTensor { shape, dtype, file: file.to_path_buf(), read });
+        self.tensors.insert(name, RawTensor { shape, dtype, float_dtype, file: file.to_path_buf(), read });
     }
 }
 
@@ -192,6 +196,16 @@ enum FloatKind {
     F32,
     F16,
     BF16,
+}
+
+impl FloatKind {
+    fn dtype(self) -> DType {
+        match self {
+            FloatKind::F32 => DType::F32,
+            FloatKind::F16 => DType::F16,
+            FloatKind::BF16 => DType::BF16,
+        }
+    }
 }
 
 fn st_dtype(dtype: StDtype) -> std::result::Result<FloatKind, String> {
