@@ -61,7 +61,7 @@ fn check_case(model: &str, llava: &LoadedLlava<B>, reference: &Reference, case: 
 
     let features = case.image.as_ref().map(|image| {
         let (ref_pixels, shape) = reference.tensor(&case.name, "pixel_values");
-        let (pixels, our_shape) = llava.preprocessor.preprocess(&load_image(&image_path(image)).unwrap());
+        let (pixels, our_shape) = llava.preprocessor.preprocess(&load_image(&image_path(image)).unwrap()).unwrap();
         assert_eq!(our_shape.to_vec(), shape, "{}", what("pixel shape"));
         if image.ends_with(".jpg") {
             let mean = pixels.iter().zip(&ref_pixels).map(|(a, b)| (a - b).abs()).sum::<f32>() / pixels.len() as f32;

@@ -332,8 +332,11 @@ pub fn train(args: &TrainDemoArgs) -> anyhow::Result<()> {
 /// attention learns base layer 24's (the deep layer that keeps the asked object at the smallest
 /// budget, bench/results/demo-relacc). Mixing in the chat replay one for one was measured and
 /// left out: it cut the drafts accepted per round on descriptions from 1.76 to 1.02, and chat drafts were almost never
-/// accepted (bench/results/demo-twig/chat-mixture).
-const TWIG_ARGS: [&str; 24] = [
+/// accepted (bench/results/demo-twig/chat-mixture). FinalWipe is off by default (K_f = L = 30):
+/// the demo's instruction tuning trained the attention of its top 16 layers only, so the model
+/// still reads the image there, and wiping it at the paper's 24/32 of the depth (layer 23) leaves
+/// every policy at the blank-image level (bench/results/demo-relacc).
+const TWIG_ARGS: [&str; 26] = [
     "--k",
     "2",
     "--t",
@@ -344,6 +347,8 @@ const TWIG_ARGS: [&str; 24] = [
     "shared",
     "--twig-mlp",
     "frozen",
+    "--default-final-wipe",
+    "30",
     "--targets",
     "base",
     "--data",

@@ -3,6 +3,7 @@
 //! `tokenizer_config.json`, as Hugging Face writes them) is rendered with it. The LLaVA image
 //! placeholder is plain text to either template and is expanded by the tokenizer afterwards.
 
+use std::ops::Range;
 use std::path::Path;
 
 use minijinja::{context, Environment, Error as JinjaError, ErrorKind};
@@ -132,6 +133,40 @@ impl ChatTemplate {
         }
     }
 
+    /// [`ChatTemplate::render`], saying where the user's text sits in the result.
+    pub fn render_marked(&self, prompt: &str, has_image: bool) -> Result<RenderedPrompt> {
+        let user = user_text(prompt, has_image)?;
+        match self {
+            ChatTemplate::Raw => {
+                let span = 0..user.len();
+                Ok(RenderedPrompt { text: user, message_text: MessageText::Located(vec![span]) })
+            }
+            _ => self.render_messages_marked(&[ChatMessage::new(Role::User, user)], true),
+        }
+    }
+
+    /// [`ChatTemplate::render_messages`], saying where each message's text sits in the result, so
+    /// that the tokenizer can keep it plain text (a control token typed by a user stays text).
+    /// The messages are rendered once more with unique markers in place of their text; where
+    /// the template changes message text (trims it, say), the markers do not splice back into the
+    /// same text, and the text is left unlocated.
+    pub fn render_messages_marked(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<RenderedPrompt> {
+        let text = self.render_messages(messages, add_generation_prompt)?;
+        let markers: Vec<String> = (0..messages.len()).map(message_marker).collect();
+        let marked: Vec<ChatMessage> =
+            messages.iter().zip(&markers).map(|(m, marker)| ChatMessage::new(m.role, marker.clone())).collect();
+        let skeleton = self.render_messages(&marked, add_generation_prompt)?;
+        let message_text = match splice(&skeleton, &markers, messages) {
+            Some((spliced, spans)) if spliced == text => MessageText::Located(spans),
+            _ => MessageText::Unlocated(messages.iter().map(|m| m.content.clone()).collect()),
+        };
+        Ok(RenderedPrompt { text, message_text })
+    }
+
     /// Renders a whole conversation; `add_generation_prompt` appends the assistant's cue.
     pub fn render_messages(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
         match self {
@@ -177,6 +212,49 @@ impl ChatTemplate {
 }
 
 /// Validates the user text and places the image placeholder.
+/// A prompt rendered through a chat template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderedPrompt {
+    /// The model text.
+    pub text: String,
+    /// Where the messages' own text sits in it.
+    pub message_text: MessageText,
+}
+
+/// Where messages' text sits in a rendered prompt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MessageText {
+    /// Byte ranges of `text`, in message order.
+    Located(Vec<Range<usize>>),
+    /// The template changes message text, so it cannot be located; these are the messages' texts.
+    Unlocated(Vec<String>),
+}
+
+/// A string no message text contains: Unicode private-use characters around the message index.
+fn message_marker(index: usize) -> String {
+    format!("\u{E000}{index}\u{E001}")
+}
+
+/// Replaces each marker of `skeleton` (each once, in order) with its message's text; the result
+/// and each message text's byte range in it.
+fn splice(skeleton: &str, markers: &[String], messages: &[ChatMessage]) -> Option<(String, Vec<Range<usize>>)> {
+    let mut text = String::with_capacity(skeleton.len());
+    let mut spans = Vec::with_capacity(messages.len());
+    let mut rest = skeleton;
+    for (marker, message) in markers.iter().zip(messages) {
+        let (before, after) = rest.split_once(marker.as_str())?;
+        if after.contains(marker.as_str()) {
+            return None;
+        }
+        text.push_str(before);
+        spans.push(text.len()..text.len() + message.content.len());
+        text.push_str(&message.content);
+        rest = after;
+    }
+    text.push_str(rest);
+    Some((text, spans))
+}
+
 fn user_text(prompt: &str, has_image: bool) -> Result<String> {
     if prompt.trim().is_empty() {
         return Err(BackboneError::Prompt("the prompt is empty".into()));

@@ -46,6 +46,9 @@ pub enum BackboneError {
     #[error("cannot decode image {source_name}: {reason}")]
     Image { source_name: String, reason: String },
 
+    #[error("cannot preprocess a {width}x{height} image: {reason}")]
+    UnsupportedImage { width: u32, height: u32, reason: String },
+
     #[error("invalid prompt: {0}")]
     Prompt(String),
 

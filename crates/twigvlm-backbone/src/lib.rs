@@ -9,6 +9,7 @@ pub mod clip;
 pub mod config;
 pub mod error;
 pub mod gguf;
+pub mod interrupt;
 pub mod llama;
 pub mod llava;
 pub mod loading;
@@ -19,9 +20,10 @@ pub mod prompt;
 pub mod resize;
 pub mod weights;
 
-pub use chat_template::{ChatMessage, ChatTemplate, Role, IMAGE_PLACEHOLDER};
+pub use chat_template::{ChatMessage, ChatTemplate, RenderedPrompt, Role, IMAGE_PLACEHOLDER};
 pub use config::LlavaConfig;
 pub use error::{BackboneError, Result};
+pub use interrupt::{Interrupt, Interrupted};
 pub use llama::{AttentionProbe, DecoderLayer, KvCache, LlamaDecoder, PromptState, TreeMask};
 pub use llava::LlavaModel;
 pub use loading::{

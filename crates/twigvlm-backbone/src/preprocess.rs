@@ -13,6 +13,16 @@ pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 pub const CLIP_STD: [f32; 3] = [0.268_629_55, 0.261_302_6, 0.275_777_1];
 const MAX_CHANNEL: f32 = 255.0;
 
+/// Widest image preprocessing accepts, as long side ÷ short side. Beyond it a centre crop keeps
+/// under 5% of the image and padding leaves the content a sliver a patch or two high (LLaVA-1.5's
+/// vision tower has 24 patches per side); and the intermediate images of an unbounded ratio
+/// (a 1000000×1 image padded or resized to a 336-pixel short side) do not fit in memory.
+pub const MAX_ASPECT_RATIO: u32 = 20;
+
+/// Largest image any preprocessing step may build, in pixels (8192², 192 MiB as RGB): the
+/// padded square and the resized image are checked against it before they are allocated.
+pub const MAX_INTERMEDIATE_PIXELS: u64 = 8192 * 8192;
+
 /// Preprocessing parameters, read from `preprocessor_config.json`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImagePreprocessor {
@@ -75,22 +85,60 @@ impl ImagePreprocessor {
 
     /// Output `(height, width)` for an input of `(height, width)`.
     pub fn output_size(&self, height: usize, width: usize) -> (usize, usize) {
-        let (h, w) = if self.pad_to_square { (height.max(width), height.max(width)) } else { (height, width) };
-        let (h, w) = self.shortest_edge.map_or((h, w), |edge| resized_dims(h, w, edge));
-        self.crop.unwrap_or((h, w))
+        let (h, w) = self.padded_size(height, width);
+        self.crop.unwrap_or(self.resized_size(h, w))
     }
 
-    /// Decoded image → `[3, height, width]` values, channel-major.
-    pub fn preprocess(&self, image: &DynamicImage) -> (Vec<f32>, [usize; 3]) {
+    /// Whether an image of `width` × `height` can be preprocessed: its aspect ratio is at most
+    /// [`MAX_ASPECT_RATIO`] and no step builds an image over [`MAX_INTERMEDIATE_PIXELS`].
+    /// Needs only the dimensions, so it runs before an image is decoded.
+    pub fn check_input(&self, width: u32, height: u32) -> Result<()> {
+        let refuse = |reason: String| Err(BackboneError::UnsupportedImage { width, height, reason });
+        let (short, long) = (width.min(height), width.max(height));
+        if short == 0 {
+            return refuse("it has no pixels".into());
+        }
+        if long / short > MAX_ASPECT_RATIO || (long / short == MAX_ASPECT_RATIO && long % short != 0) {
+            return refuse(format!("its aspect ratio is over {MAX_ASPECT_RATIO}:1"));
+        }
+        let padded = self.padded_size(height as usize, width as usize);
+        let resized = self.resized_size(padded.0, padded.1);
+        for (step, (h, w)) in [("padded", padded), ("resized", resized)] {
+            if (h as u64) * (w as u64) > MAX_INTERMEDIATE_PIXELS {
+                return refuse(format!(
+                    "its {step} image would be {w}x{h}, over the limit of {MAX_INTERMEDIATE_PIXELS} pixels"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `(height, width)` after padding.
+    fn padded_size(&self, height: usize, width: usize) -> (usize, usize) {
+        let side = height.max(width);
+        if self.pad_to_square {
+            (side, side)
+        } else {
+            (height, width)
+        }
+    }
+
+    /// `(height, width)` after the shortest-edge resize of a `height` × `width` image.
+    fn resized_size(&self, height: usize, width: usize) -> (usize, usize) {
+        self.shortest_edge.map_or((height, width), |edge| resized_dims(height, width, edge))
+    }
+
+    /// Decoded image → `[3, height, width]` values, channel-major; refuses an image
+    /// [`ImagePreprocessor::check_input`] refuses, before building anything.
+    pub fn preprocess(&self, image: &DynamicImage) -> Result<(Vec<f32>, [usize; 3])> {
+        self.check_input(image.width(), image.height())?;
         let mut rgb = image.to_rgb8();
         if self.pad_to_square {
             rgb = pad_to_square(&rgb, self.background());
         }
-        if let Some(edge) = self.shortest_edge {
-            let (h, w) = resized_dims(rgb.height() as usize, rgb.width() as usize, edge);
-            if (h, w) != (rgb.height() as usize, rgb.width() as usize) {
-                rgb = crate::resize::resize_bicubic(&rgb, w as u32, h as u32);
-            }
+        let (h, w) = self.resized_size(rgb.height() as usize, rgb.width() as usize);
+        if (h, w) != (rgb.height() as usize, rgb.width() as usize) {
+            rgb = crate::resize::resize_bicubic(&rgb, w as u32, h as u32);
         }
         if let Some((ch, cw)) = self.crop {
             rgb = center_crop(&rgb, ch, cw);
@@ -110,7 +158,7 @@ impl ImagePreprocessor {
                 out[c * h * w + y as usize * w + x as usize] = v;
             }
         }
-        (out, [3, h, w])
+        Ok((out, [3, h, w]))
     }
 }
 
@@ -159,4 +207,46 @@ pub fn decode_image(bytes: &[u8], name: &str) -> Result<DynamicImage> {
 pub fn load_image(path: &Path) -> Result<DynamicImage> {
     let bytes = std::fs::read(path).map_err(|e| BackboneError::io(path, e))?;
     decode_image(&bytes, &path.display().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn crop_preprocessor() -> ImagePreprocessor {
+        ImagePreprocessor { pad_to_square: false, ..ImagePreprocessor::llava_default(336) }
+    }
+
+    #[test]
+    fn extreme_aspect_ratios_are_refused_before_anything_is_built() {
+        for pre in [ImagePreprocessor::llava_default(336), crop_preprocessor()] {
+            for (w, h) in [(1_000_000, 1), (1, 200_000), (21, 1), (0, 5)] {
+                let error = pre.check_input(w, h).unwrap_err();
+                assert!(matches!(error, BackboneError::UnsupportedImage { .. }), "{w}x{h}: {error}");
+            }
+            assert!(pre.check_input(20, 1).is_ok() && pre.check_input(640, 480).is_ok());
+            let sliver = DynamicImage::new_rgb8(100_000, 1);
+            assert!(pre.preprocess(&sliver).is_err());
+        }
+    }
+
+    #[test]
+    fn oversized_intermediate_images_are_refused() {
+        // Padding a 20000x1000 image builds a 20000² square; resizing it keeps it 336².
+        assert!(ImagePreprocessor::llava_default(336).check_input(20_000, 1_000).is_err());
+        // Without padding the resize goes straight to 6720x336.
+        assert!(crop_preprocessor().check_input(20_000, 1_000).is_ok());
+        let upscale = ImagePreprocessor { shortest_edge: Some(10_000), ..crop_preprocessor() };
+        assert!(upscale.check_input(100, 100).is_err());
+    }
+
+    #[test]
+    fn the_widest_accepted_image_is_preprocessed() {
+        for pre in [ImagePreprocessor::llava_default(56), crop_preprocessor()] {
+            let wide = DynamicImage::new_rgb8(400, 20);
+            let (_, shape) = pre.preprocess(&wide).unwrap();
+            let side = pre.crop.unwrap().0;
+            assert_eq!(shape, [3, side, side]);
+        }
+    }
 }

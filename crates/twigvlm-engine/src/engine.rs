@@ -6,11 +6,11 @@ use std::time::Instant;
 
 use burn::prelude::*;
 use image::DynamicImage;
-use twigvlm_backbone::{load_llava, LoadOptions, LoadedLlava, PromptTokens, TextStream};
+use twigvlm_backbone::{load_llava, Interrupt, LoadOptions, LoadedLlava, PromptTokens, TextStream};
 use twigvlm_ssd::{
     decode_speculative, decode_vanilla, decode_vanilla_prefilled, DecodeConfig, Sampler, ShallowNetwork,
 };
-use twigvlm_ttp::{prefill, Prefill, PruningOutcome, PruningSpec, TwigPlace};
+use twigvlm_ttp::{prefill, Prefill, PruningOutcome, PruningSpec, TtpError, TwigPlace};
 use twigvlm_twig::{load_twig, Twig, TwigCheckpoint};
 
 use crate::decoder::DecoderKind;
@@ -55,6 +55,7 @@ impl<B: DecodeOps> Engine<B> {
         let facts = ModelFacts {
             template: llava.template.clone(),
             tokenizer: llava.tokenizer.clone(),
+            preprocessor: llava.preprocessor.clone(),
             visual_tokens: llava.config.visual_tokens_per_image(),
             context_length: llava.config.text.max_position_embeddings,
             num_layers: llava.model.language_model.num_layers(),
@@ -86,8 +87,9 @@ impl<B: DecodeOps> Engine<B> {
     ) -> Result<EncodedPrompt<B>> {
         let started = Instant::now();
         let llava = &self.llava;
-        let text = prompt.render(&llava.template, image.is_some()).map_err(RequestError::Prompt)?;
-        let tokens = llava.tokenizer.encode(&text, self.facts.visual_tokens()).map_err(RequestError::Prompt)?;
+        let tokens = prompt
+            .tokens(&llava.template, &llava.tokenizer, image.is_some(), self.facts.visual_tokens())
+            .map_err(RequestError::Prompt)?;
         self.embed(tokens, image, capture_tensors, started)
     }
 
@@ -103,7 +105,7 @@ impl<B: DecodeOps> Engine<B> {
         let llava = &self.llava;
         let (pixel_values, image_features) = match image {
             Some(image) => {
-                let (values, shape) = llava.preprocessor.preprocess(image);
+                let (values, shape) = llava.preprocessor.preprocess(image).map_err(RequestError::Image)?;
                 let expected = llava.config.vision.image_size;
                 if shape[1] != expected || shape[2] != expected {
                     return Err(EngineError::ImageSize { found: [shape[1], shape[2]], expected });
@@ -122,16 +124,17 @@ impl<B: DecodeOps> Engine<B> {
         Ok(EncodedPrompt { tokens, embeds, pixel_values, image_features: image_features_host, time: started.elapsed() })
     }
 
-    /// Which visual tokens `pruning` keeps for an encoded prompt (the prefill runs; nothing is
-    /// decoded).
+    /// Which visual tokens `pruning` keeps for an encoded prompt (the prefill runs, asking
+    /// `interrupt` between layers; nothing is decoded).
     pub fn select_visual_tokens(
         &self,
         encoded: &EncodedPrompt<B>,
         pruning: &PruningSpec,
+        interrupt: &Interrupt,
     ) -> Result<Option<PruningOutcome>> {
         let twig = self.twig.as_ref().map(|t| &t.twig);
         let embeds = encoded.embeds.clone();
-        Ok(self.prefill(twig, embeds, &encoded.tokens, pruning, false)?.pruning)
+        Ok(self.prefill(twig, embeds, &encoded.tokens, pruning, false, interrupt)?.pruning)
     }
 
     /// The prefill of a prompt's embeddings under `pruning`, with `twig` when given.
@@ -142,11 +145,15 @@ impl<B: DecodeOps> Engine<B> {
         tokens: &PromptTokens,
         pruning: &PruningSpec,
         keep_twig_cache: bool,
+        interrupt: &Interrupt,
     ) -> Result<Prefill<B>> {
         let base = &self.llava.model.language_model;
         let span = tokens.image_span.clone();
-        // Every pruning error is about what the request asked for.
-        prefill(base, twig, embeds, span, pruning, keep_twig_cache).map_err(|e| RequestError::Pruning(e).into())
+        // Every other pruning error is about what the request asked for.
+        prefill(base, twig, embeds, span, pruning, keep_twig_cache, interrupt).map_err(|e| match e {
+            TtpError::Interrupted(interrupted) => interrupted.into(),
+            e => RequestError::Pruning(e).into(),
+        })
     }
 
     /// Runs one request; `on_text` receives decoded text as tokens arrive and may stop the
@@ -156,6 +163,17 @@ impl<B: DecodeOps> Engine<B> {
     pub fn generate(
         &self,
         request: &GenerateRequest,
+        on_text: impl FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<GenerateResult> {
+        self.generate_interruptible(request, &Interrupt::NEVER, on_text)
+    }
+
+    /// [`Engine::generate`], asking `interrupt` between the prefill's layers and before each
+    /// generated token; once it asks to stop, the request ends with [`EngineError::Interrupted`].
+    pub fn generate_interruptible(
+        &self,
+        request: &GenerateRequest,
+        interrupt: &Interrupt,
         mut on_text: impl FnMut(&str) -> ControlFlow<()>,
     ) -> Result<GenerateResult> {
         let started = Instant::now();
@@ -174,11 +192,18 @@ impl<B: DecodeOps> Engine<B> {
         let mut sampler = Sampler::new(request.sampling, request.seed);
         let mut stream = TextStream::default();
         let mut stream_error = None;
-        let mut on_token = |token| match stream.push(&llava.tokenizer, token) {
-            Ok(piece) => on_text(&piece),
-            Err(e) => {
-                stream_error = Some(e);
-                ControlFlow::Break(())
+        let mut interrupted = None;
+        let mut on_token = |token| {
+            if let Err(e) = interrupt.check() {
+                interrupted = Some(e);
+                return ControlFlow::Break(());
+            }
+            match stream.push(&llava.tokenizer, token) {
+                Ok(piece) => on_text(&piece),
+                Err(e) => {
+                    stream_error = Some(e);
+                    ControlFlow::Break(())
+                }
             }
         };
         let base = &llava.model.language_model;
@@ -187,7 +212,8 @@ impl<B: DecodeOps> Engine<B> {
         let twig = || attached.expect("validated: the decoder's twig is attached");
         let (output, speculative, pruning) = match request.decoder {
             DecoderKind::Base => {
-                let Prefill { state, pruning } = self.prefill(attached, embeds, &prompt, &request.pruning, false)?;
+                let Prefill { state, pruning } =
+                    self.prefill(attached, embeds, &prompt, &request.pruning, false, interrupt)?;
                 (decode_vanilla_prefilled(base, state, &config, &mut sampler, &mut on_token)?, None, pruning)
             }
             DecoderKind::TwigOnly => {
@@ -195,12 +221,16 @@ impl<B: DecodeOps> Engine<B> {
                 (decode_vanilla(&shallow, embeds, &config, &mut sampler, &mut on_token)?, None, None)
             }
             DecoderKind::Ssd => {
-                let Prefill { state, pruning } = self.prefill(Some(twig()), embeds, &prompt, &request.pruning, true)?;
+                let Prefill { state, pruning } =
+                    self.prefill(Some(twig()), embeds, &prompt, &request.pruning, true, interrupt)?;
                 let (output, stats) =
                     decode_speculative(base, twig(), state, &config, &request.draft, &mut sampler, &mut on_token)?;
                 (output, Some(stats), pruning)
             }
         };
+        if let Some(e) = interrupted {
+            return Err(e.into());
+        }
         if let Some(e) = stream_error {
             return Err(e.into());
         }

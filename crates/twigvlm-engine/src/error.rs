@@ -23,6 +23,9 @@ pub enum RequestError {
     /// A pruning spec this model cannot run (budget, layers).
     #[error(transparent)]
     Pruning(TtpError),
+    /// The image cannot be preprocessed for this model (its shape is out of bounds).
+    #[error(transparent)]
+    Image(BackboneError),
     /// The prompt does not render or tokenise.
     #[error("cannot make a prompt of it: {0}")]
     Prompt(BackboneError),
@@ -72,7 +75,9 @@ impl RequestError {
             | RequestError::TwigOnlyPrunes
             | RequestError::Pruning(_)
             | RequestError::NothingPruned { .. } => RequestPart::Pruning,
-            RequestError::Prompt(_) | RequestError::PromptTooLong { .. } => RequestPart::Prompt,
+            RequestError::Image(_) | RequestError::Prompt(_) | RequestError::PromptTooLong { .. } => {
+                RequestPart::Prompt
+            }
         }
     }
 }
@@ -92,6 +97,9 @@ pub enum EngineError {
     /// A decoder failed.
     #[error(transparent)]
     Decode(#[from] DecodeError),
+    /// The caller's [`twigvlm_backbone::Interrupt`] stopped the request before it finished.
+    #[error(transparent)]
+    Interrupted(#[from] twigvlm_backbone::Interrupted),
     /// The image preprocessor and the vision tower disagree on the image size.
     #[error("preprocessing produced a {}x{} image but the vision tower takes {expected}x{expected}; check preprocessor_config.json", found[0], found[1])]
     ImageSize {

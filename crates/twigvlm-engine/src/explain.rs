@@ -4,6 +4,7 @@
 
 use image::{DynamicImage, Rgb, RgbImage};
 use twigvlm_backbone::config::FeatureSelect;
+use twigvlm_backbone::Interrupt;
 use twigvlm_ttp::{PrefillPolicy, PruningSpec, VisualBudget};
 
 use crate::engine::Engine;
@@ -32,12 +33,14 @@ pub struct Explanation {
     pub panels: Vec<Panel>,
 }
 
-/// Runs each named policy's prefill on `prompt` about `image` and collects its selection.
+/// Runs each named policy's prefill on `prompt` about `image` and collects its selection,
+/// asking `interrupt` between layers.
 pub fn explain<B: DecodeOps>(
     engine: &Engine<B>,
     prompt: &str,
     image: &DynamicImage,
     policies: &[(String, PruningSpec)],
+    interrupt: &Interrupt,
 ) -> Result<Explanation> {
     let config = &engine.llava.config;
     // The CLS position, when the model keeps it, is not a patch.
@@ -49,7 +52,7 @@ pub fn explain<B: DecodeOps>(
     let encoded = engine.encode(&prompt.into(), Some(image), true)?;
     let mut panels = Vec::with_capacity(policies.len());
     for (title, spec) in policies {
-        let outcome = engine.select_visual_tokens(&encoded, spec)?.ok_or(RequestError::NothingPruned {
+        let outcome = engine.select_visual_tokens(&encoded, spec, interrupt)?.ok_or(RequestError::NothingPruned {
             policy: spec.policy,
             visual_tokens: config.visual_tokens_per_image(),
         })?;

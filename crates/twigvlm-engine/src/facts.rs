@@ -2,8 +2,9 @@
 //! where requests arrive (the server's HTTP handlers) while the engine itself stays on its thread.
 
 use twigvlm_backbone::chat_template::ChatTemplate;
+use twigvlm_backbone::preprocess::ImagePreprocessor;
 use twigvlm_backbone::PromptTokenizer;
-use twigvlm_ttp::{PruningPlan, PruningSpec, TwigPlace};
+use twigvlm_ttp::{PruningPlan, PruningSpec, TtpError, TwigPlace};
 
 use crate::error::RequestError;
 
@@ -12,6 +13,7 @@ use crate::error::RequestError;
 pub struct ModelFacts {
     pub(crate) template: ChatTemplate,
     pub(crate) tokenizer: PromptTokenizer,
+    pub(crate) preprocessor: ImagePreprocessor,
     pub(crate) visual_tokens: usize,
     pub(crate) context_length: usize,
     pub(crate) num_layers: usize,
@@ -27,6 +29,12 @@ impl ModelFacts {
     /// The tokenizer prompts are encoded with.
     pub fn tokenizer(&self) -> &PromptTokenizer {
         &self.tokenizer
+    }
+
+    /// Whether an image of `width` × `height` can be preprocessed for this model (checks only
+    /// the dimensions, so it runs before the image is decoded).
+    pub fn check_image(&self, width: u32, height: u32) -> Result<(), RequestError> {
+        self.preprocessor.check_input(width, height).map_err(RequestError::Image)
     }
 
     /// Visual tokens one image becomes.
@@ -55,8 +63,12 @@ impl ModelFacts {
     }
 
     /// `spec` resolved against this model (`None` for no pruning), or why it cannot run here
-    /// (budget missing, layers out of range, no twig).
+    /// (budget missing or over the image's visual tokens, layers out of range, no twig).
     pub fn plan(&self, spec: &PruningSpec) -> Result<Option<PruningPlan>, RequestError> {
+        if let Some(budget) = spec.budget.filter(|b| b.tokens(self.visual_tokens) > self.visual_tokens as f64) {
+            let visual_tokens = self.visual_tokens;
+            return Err(RequestError::Pruning(TtpError::BudgetOverImage { budget: budget.to_string(), visual_tokens }));
+        }
         spec.plan(self.num_layers, self.twig).map_err(RequestError::Pruning)
     }
 

@@ -4,7 +4,7 @@
 
 use image::DynamicImage;
 use twigvlm_backbone::chat_template::{ChatMessage, ChatTemplate};
-use twigvlm_backbone::PromptTokens;
+use twigvlm_backbone::{PromptTokenizer, PromptTokens, RenderedPrompt};
 use twigvlm_ssd::{DecodeConfig, DraftConfig, Sampling};
 use twigvlm_ttp::{PrefillPolicy, PruningSpec};
 
@@ -24,12 +24,25 @@ pub enum Prompt {
 }
 
 impl Prompt {
-    /// The model text: the conversation through the chat template, ending in the assistant's cue.
-    pub fn render(&self, template: &ChatTemplate, has_image: bool) -> twigvlm_backbone::Result<String> {
+    /// The model text: the conversation through the chat template, ending in the assistant's cue,
+    /// with where the messages' own text sits in it.
+    pub fn render(&self, template: &ChatTemplate, has_image: bool) -> twigvlm_backbone::Result<RenderedPrompt> {
         match self {
-            Prompt::User(text) => template.render(text, has_image),
-            Prompt::Chat(messages) => template.render_messages(messages, true),
+            Prompt::User(text) => template.render_marked(text, has_image),
+            Prompt::Chat(messages) => template.render_messages_marked(messages, true),
         }
+    }
+
+    /// The prompt's tokens: [`Prompt::render`], then the tokenizer, which keeps the messages'
+    /// text plain text (a control token typed in a message does not act as one).
+    pub fn tokens(
+        &self,
+        template: &ChatTemplate,
+        tokenizer: &PromptTokenizer,
+        has_image: bool,
+        visual_tokens: usize,
+    ) -> twigvlm_backbone::Result<PromptTokens> {
+        tokenizer.encode_prompt(&self.render(template, has_image)?, visual_tokens)
     }
 }
 
@@ -87,9 +100,14 @@ impl GenerateRequest {
     pub fn validate(&self, model: &ModelFacts) -> Result<PromptTokens, RequestError> {
         check_twig_use(self.decoder, &self.pruning, model.has_twig())?;
         model.check_pruning(&self.pruning)?;
+        if let Some(image) = &self.image {
+            model.check_image(image.width(), image.height())?;
+        }
         let has_image = self.image.is_some();
-        let text = self.prompt.render(model.template(), has_image).map_err(RequestError::Prompt)?;
-        let tokens = model.tokenizer().encode(&text, model.visual_tokens()).map_err(RequestError::Prompt)?;
+        let tokens = self
+            .prompt
+            .tokens(model.template(), model.tokenizer(), has_image, model.visual_tokens())
+            .map_err(RequestError::Prompt)?;
         let limits = DecodeConfig {
             max_new_tokens: self.max_new_tokens,
             eos_token_ids: Vec::new(),

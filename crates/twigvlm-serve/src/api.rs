@@ -7,7 +7,9 @@ use serde_json::Value;
 use crate::error::ApiError;
 
 /// Request fields this server understands. Anything else is refused by name (a client that sets
-/// `logprobs` or `tools` would otherwise silently get something it did not ask for).
+/// an unknown field would otherwise silently get something it did not ask for). OpenAI fields
+/// this server does not implement are accepted at their neutral values only
+/// ([`ChatCompletionRequest::check_neutral`]).
 const KNOWN_FIELDS: &[&str] = &[
     "model",
     "messages",
@@ -16,10 +18,21 @@ const KNOWN_FIELDS: &[&str] = &[
     "temperature",
     "top_p",
     "seed",
+    "stop",
     "stream",
     "stream_options",
     "n",
     "user",
+    // Accepted at their neutral values.
+    "logprobs",
+    "top_logprobs",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "parallel_tool_calls",
+    "tools",
+    "tool_choice",
+    "response_format",
     // Extensions of this server.
     "policy",
     "visual_budget",
@@ -42,8 +55,20 @@ pub struct ChatCompletionRequest {
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
     pub n: Option<usize>,
+    /// Up to [`MAX_STOP_STRINGS`] strings that end the answer (not included in it).
+    pub stop: Option<StopStrings>,
     #[allow(dead_code)]
     pub user: Option<String>,
+    pub logprobs: Option<bool>,
+    pub top_logprobs: Option<u32>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub logit_bias: Option<serde_json::Map<String, Value>>,
+    #[allow(dead_code, reason = "without tools there are no calls to run in parallel")]
+    pub parallel_tool_calls: Option<bool>,
+    pub tools: Option<Vec<Value>>,
+    pub tool_choice: Option<Value>,
+    pub response_format: Option<Value>,
     /// Prefill pruning policy (`none`, `fastv`, `vlm-layer:N`, `random[:SEED]`, `twig`).
     pub policy: Option<String>,
     /// Average visual tokens per layer: a count or a percentage (`"11.1%"`).
@@ -55,6 +80,37 @@ pub struct ChatCompletionRequest {
     pub draft_length: Option<String>,
     /// `top_k:depth:nodes` (greedy requests draft this tree) or `none` (a chain).
     pub draft_tree: Option<String>,
+}
+
+/// Most stop strings a request may give (OpenAI's limit).
+pub const MAX_STOP_STRINGS: usize = 4;
+
+/// `stop`: one string or a list of them.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum StopStrings {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl StopStrings {
+    /// The strings, checked: at most [`MAX_STOP_STRINGS`], none empty.
+    pub fn strings(&self) -> Result<Vec<String>, ApiError> {
+        let strings = match self {
+            StopStrings::One(one) => vec![one.clone()],
+            StopStrings::Many(many) => many.clone(),
+        };
+        if strings.len() > MAX_STOP_STRINGS {
+            return Err(ApiError::invalid_request(
+                format!("stop takes at most {MAX_STOP_STRINGS} strings, not {}", strings.len()),
+                Some("stop"),
+            ));
+        }
+        if strings.iter().any(String::is_empty) {
+            return Err(ApiError::invalid_request("stop strings must not be empty", Some("stop")));
+        }
+        Ok(strings)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -103,7 +159,48 @@ impl ChatCompletionRequest {
         if let Some(unknown) = object.keys().find(|key| !KNOWN_FIELDS.contains(&key.as_str())) {
             return Err(ApiError::invalid_request(format!("unsupported parameter: {unknown}"), Some(unknown)));
         }
-        serde_json::from_value(value).map_err(|e| ApiError::invalid_request(format!("invalid request: {e}"), None))
+        let request: Self = serde_json::from_value(value)
+            .map_err(|e| ApiError::invalid_request(format!("invalid request: {e}"), None))?;
+        request.check_neutral()?;
+        Ok(request)
+    }
+
+    /// Refuses OpenAI features this server does not implement unless they are set to what
+    /// leaves the answer unchanged: no log-probabilities, penalties of 0, no logit bias, no tools,
+    /// plain-text responses.
+    fn check_neutral(&self) -> Result<(), ApiError> {
+        let unsupported = |param: &str, what: &str| {
+            Err(ApiError::invalid_request(format!("{param}: {what} is not supported by this server"), Some(param)))
+        };
+        if self.logprobs == Some(true) {
+            return unsupported("logprobs", "returning log-probabilities");
+        }
+        if self.top_logprobs.is_some_and(|n| n > 0) {
+            return unsupported("top_logprobs", "returning log-probabilities");
+        }
+        for (param, penalty) in
+            [("presence_penalty", self.presence_penalty), ("frequency_penalty", self.frequency_penalty)]
+        {
+            if penalty.is_some_and(|p| p != 0.0) {
+                return unsupported(param, "a repetition penalty other than 0");
+            }
+        }
+        if self.logit_bias.as_ref().is_some_and(|bias| !bias.is_empty()) {
+            return unsupported("logit_bias", "biasing tokens");
+        }
+        if self.tools.as_ref().is_some_and(|tools| !tools.is_empty()) {
+            return unsupported("tools", "calling tools");
+        }
+        match &self.tool_choice {
+            None | Some(Value::Null) => {}
+            Some(Value::String(choice)) if choice == "none" || choice == "auto" => {}
+            Some(_) => return unsupported("tool_choice", "calling tools"),
+        }
+        match self.response_format.as_ref().map(|format| format.get("type").and_then(Value::as_str)) {
+            None | Some(Some("text")) => {}
+            Some(_) => return unsupported("response_format", "a response format other than text"),
+        }
+        Ok(())
     }
 }
 
@@ -252,9 +349,39 @@ mod tests {
 
     #[test]
     fn names_an_unsupported_parameter() {
-        let error = ChatCompletionRequest::parse(br#"{"model":"m","messages":[],"logprobs":true}"#).unwrap_err();
-        assert_eq!(error.param.as_deref(), Some("logprobs"));
-        assert_eq!(error.status, axum::http::StatusCode::BAD_REQUEST);
+        for (body, param) in [
+            (r#"{"model":"m","messages":[],"logprobs":true}"#, "logprobs"),
+            (r#"{"model":"m","messages":[],"presence_penalty":0.5}"#, "presence_penalty"),
+            (r#"{"model":"m","messages":[],"tools":[{"type":"function"}]}"#, "tools"),
+            (r#"{"model":"m","messages":[],"response_format":{"type":"json_object"}}"#, "response_format"),
+            (r#"{"model":"m","messages":[],"functions":[]}"#, "functions"),
+        ] {
+            let error = ChatCompletionRequest::parse(body.as_bytes()).unwrap_err();
+            assert_eq!(error.param.as_deref(), Some(param), "{body}");
+            assert_eq!(error.status, axum::http::StatusCode::BAD_REQUEST);
+        }
+    }
+
+    #[test]
+    fn accepts_what_every_openai_client_sends() {
+        let body = br#"{"model":"m","messages":[],"stop":null,"logprobs":false,"top_logprobs":null,
+            "presence_penalty":0,"frequency_penalty":0.0,"logit_bias":{},"parallel_tool_calls":true,
+            "tools":[],"tool_choice":"auto","response_format":{"type":"text"}}"#;
+        let request = ChatCompletionRequest::parse(body).unwrap();
+        assert!(request.stop.is_none());
+    }
+
+    #[test]
+    fn stop_takes_one_string_or_up_to_four() {
+        let stop = |json: &str| {
+            let body = format!(r#"{{"model":"m","messages":[],"stop":{json}}}"#);
+            ChatCompletionRequest::parse(body.as_bytes()).and_then(|r| r.stop.unwrap().strings())
+        };
+        assert_eq!(stop(r#""\n""#).unwrap(), ["\n"]);
+        assert_eq!(stop(r#"["a","b"]"#).unwrap(), ["a", "b"]);
+        assert!(stop(r#"["a","b","c","d","e"]"#).is_err());
+        assert!(stop(r#"[""]"#).is_err());
+        assert!(stop("3").is_err());
     }
 
     #[test]

@@ -66,6 +66,16 @@ impl ApiError {
             .with_code("shutting_down")
     }
 
+    /// 504: the request ran past the server's time limit and was stopped.
+    pub fn timed_out(limit: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "server_error",
+            format!("the request ran past this server's limit of {} s and was stopped", limit.as_secs_f64()),
+        )
+        .with_code("request_timeout")
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
     }

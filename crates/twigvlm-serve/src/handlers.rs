@@ -4,32 +4,43 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, StatusCode, Uri};
+use axum::http::{header, Method, StatusCode, Uri};
+use axum::middleware;
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use twigvlm_engine::explain::policy_specs;
-use twigvlm_engine::{DecoderKind, PrefillPolicy, StopReason, VisualBudget};
+use twigvlm_engine::{DecoderKind, GenerateRequest, PrefillPolicy, Prompt, RequestError, VisualBudget};
 
 use crate::api::{ChatCompletionRequest, CompletionId, Delta, ModelCard, ModelList, Usage};
 use crate::error::ApiError;
+use crate::guard::guard;
 use crate::metrics::Outcome;
 use crate::request::{self, Checked};
-use crate::worker::{Event, ExplainJob, Finished, Job, Work};
+use crate::worker::{Event, ExplainJob, Finished, GenerateJob, Job, Work};
 use crate::AppState;
 
 /// The page served at `/`: plain HTML and JavaScript, no build step.
 const PAGE: &str = include_str!("page.html");
 
 pub(super) fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let cors = (!state.access.allowed_origins.is_empty()).then(|| {
+        let origins = state.access.allowed_origins.iter().filter_map(|origin| origin.parse().ok());
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
+    });
+    let router = Router::new()
         .route("/", get(page))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
@@ -39,7 +50,13 @@ pub(super) fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         // Bodies are read with the server's own limit, so that the error is an OpenAI-style one.
         .layer(DefaultBodyLimit::disable())
-        .with_state(state)
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .with_state(state);
+    // CORS answers wrap the guard, so that allowed origins get their preflights answered.
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
 }
 
 async fn page() -> Html<&'static str> {
@@ -78,15 +95,28 @@ async fn read_body(state: &AppState, body: Body) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(body, limit).await.map_err(|_| request::body_too_large(limit))
 }
 
-/// Counts a refusal or rejection and turns it into its response.
-fn refuse(state: &AppState, error: ApiError) -> Response {
+/// Counts and logs a refusal or rejection and turns it into its response.
+fn refuse(state: &AppState, id: &CompletionId, error: ApiError) -> Response {
     let outcome = match error.status {
         StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => Outcome::Refused,
         status if status.is_client_error() => Outcome::Rejected,
         _ => Outcome::Failed,
     };
     state.metrics.count(outcome);
+    tracing::info!(
+        id = %id.id,
+        status = error.status.as_u16(),
+        outcome = outcome.label(),
+        error = %error.message,
+        "request"
+    );
     error.into_response()
+}
+
+/// A job for the engine, due within the server's request timeout.
+fn job(state: &AppState, id: &CompletionId, work: Work, events: UnboundedSender<Event>) -> Job {
+    let received = Instant::now();
+    Job { id: id.id.clone(), work, events, received, deadline: received + state.request_timeout }
 }
 
 /// Runs blocking work (JSON, tokenizer, image decoding) off the async threads.
@@ -97,17 +127,17 @@ async fn blocking<T: Send + 'static>(
 }
 
 async fn chat_completions(State(state): State<Arc<AppState>>, body: Body) -> Response {
+    let id = state.completion_id();
     let checked = match read_and_check(&state, body).await {
         Ok(checked) => checked,
-        Err(error) => return refuse(&state, error),
+        Err(error) => return refuse(&state, &id, error),
     };
-    let Checked { request, stream, include_usage, .. } = checked;
+    let Checked { request, stream, include_usage, stop, .. } = checked;
     let decoder = request.decoder;
     let (events, receiver) = unbounded_channel();
-    if let Err(error) = state.queue.submit(Job { work: Work::Generate(request), events }) {
-        return refuse(&state, error);
+    if let Err(error) = state.queue.submit(job(&state, &id, Work::Generate(GenerateJob { request, stop }), events)) {
+        return refuse(&state, &id, error);
     }
-    let id = state.completion_id();
     if stream {
         let stream = ChunkStream::new(id, receiver, decoder, include_usage);
         Sse::new(futures_util::stream::unfold(stream, ChunkStream::next)).into_response()
@@ -124,24 +154,18 @@ async fn read_and_check(state: &Arc<AppState>, body: Body) -> Result<Checked, Ap
         if request.model != state.model_name {
             return Err(ApiError::model_not_found(&request.model, &state.model_name));
         }
-        let mut checked = request::check(&request, &state.facts, &state.defaults)?;
-        request::attach_image(&mut checked, &state.images)?;
+        let mut checked = request::check(&request, &state.facts, &state.defaults, &state.limits)?;
+        request::attach_image(&mut checked, &state.images, &state.facts)?;
         Ok(checked)
     })
     .await
-}
-
-fn finish_reason(stop: StopReason) -> &'static str {
-    match stop {
-        StopReason::Eos | StopReason::Cancelled => "stop",
-        StopReason::MaxNewTokens | StopReason::ContextFull => "length",
-    }
 }
 
 /// This server's statistics of a completion (timings, pruning, speculative decoding).
 fn engine_stats(finished: &Finished, decoder: DecoderKind) -> Value {
     let mut stats = serde_json::to_value(&finished.stats).unwrap_or_default();
     stats["decoder"] = json!(decoder);
+    stats["seed"] = json!(finished.seed);
     if let Some(speculative) = &finished.stats.speculative {
         stats["mean_accepted"] = json!(speculative.mean_accepted());
         stats["acceptance_rate"] = json!(speculative.acceptance_rate());
@@ -161,7 +185,7 @@ async fn whole_completion(id: CompletionId, mut receiver: UnboundedReceiver<Even
             Event::Finished(Ok(finished)) => {
                 let usage = Usage::new(finished.prompt_tokens, finished.completion_tokens);
                 let stats = engine_stats(&finished, decoder);
-                return Json(id.completion(text, finish_reason(finished.stop), usage, stats)).into_response();
+                return Json(id.completion(text, finished.finish_reason, usage, stats)).into_response();
             }
             Event::Finished(Err(error)) => return error.into_response(),
             Event::Explained(_) => break,
@@ -213,7 +237,7 @@ impl ChunkStream {
     }
 
     fn finish(&mut self, finished: &Finished) {
-        let mut last = self.id.delta(Delta::default(), Some(finish_reason(finished.stop)));
+        let mut last = self.id.delta(Delta::default(), Some(finished.finish_reason));
         last.twigvlm = Some(engine_stats(finished, self.decoder));
         self.pending.push_back(json_event(&last));
         if self.include_usage {
@@ -254,13 +278,14 @@ struct ExplainBody {
 }
 
 async fn explain(State(state): State<Arc<AppState>>, body: Body) -> Response {
+    let id = state.completion_id();
     let checked = match read_explain(&state, body).await {
         Ok(checked) => checked,
-        Err(error) => return refuse(&state, error),
+        Err(error) => return refuse(&state, &id, error),
     };
     let (events, mut receiver) = unbounded_channel();
-    if let Err(error) = state.queue.submit(Job { work: Work::Explain(checked), events }) {
-        return refuse(&state, error);
+    if let Err(error) = state.queue.submit(job(&state, &id, Work::Explain(checked), events)) {
+        return refuse(&state, &id, error);
     }
     match receiver.recv().await {
         Some(Event::Explained(Ok(png))) => ([(header::CONTENT_TYPE, "image/png")], png).into_response(),
@@ -279,7 +304,14 @@ async fn read_explain(state: &Arc<AppState>, body: Body) -> Result<ExplainJob, A
             .visual_budget
             .parse()
             .map_err(|e| ApiError::invalid_request(format!("invalid visual_budget: {e}"), Some("visual_budget")))?;
+        let limit = state.limits.max_explain_policies;
         let policies = match body.policies {
+            Some(names) if names.len() > limit => {
+                return Err(ApiError::invalid_request(
+                    format!("policies names {} policies; this server draws at most {limit}", names.len()),
+                    Some("policies"),
+                ))
+            }
             Some(names) => names
                 .iter()
                 .map(|name| {
@@ -303,8 +335,20 @@ async fn read_explain(state: &Arc<AppState>, body: Body) -> Result<ExplainJob, A
                 .check_pruning(spec)
                 .map_err(|e| ApiError::invalid_request(format!("{name}: {e}"), Some("policies")))?;
         }
-        let image = state.images.load(&body.image_url)?;
-        Ok(ExplainJob { prompt: body.prompt, image, policies: specs })
+        let image = request::load_image(&body.image_url, &state.images, &state.facts)?;
+        // The prompt is checked as a chat request's is: it must fit the context with the image.
+        let request = GenerateRequest::greedy(Prompt::User(body.prompt), Some(image), 1);
+        if let Err(e) = request.validate(&state.facts) {
+            let error = ApiError::invalid_request(e.to_string(), Some("prompt"));
+            return Err(match e {
+                RequestError::PromptTooLong { .. } => error.with_code("context_length_exceeded"),
+                _ => error,
+            });
+        }
+        let GenerateRequest { prompt: Prompt::User(prompt), image: Some(image), .. } = request else {
+            unreachable!("built above with a user prompt and an image")
+        };
+        Ok(ExplainJob { prompt, image, policies: specs })
     })
     .await
 }

@@ -95,8 +95,9 @@ impl ImageLimits {
         Ok(bytes)
     }
 
-    /// Decodes the image an URL names (PNG, JPEG or WebP), refusing anything over the limits.
-    pub fn load(&self, url: &str) -> Result<DynamicImage, ApiError> {
+    /// Decodes the image an URL names (PNG, JPEG or WebP), refusing anything over the limits or
+    /// whose width and height `fits` refuses, before anything is decoded.
+    pub fn load(&self, url: &str, fits: impl Fn(u32, u32) -> Result<(), ApiError>) -> Result<DynamicImage, ApiError> {
         let bytes = self.bytes(url)?;
         let not_an_image = |e: &dyn std::fmt::Display| {
             ApiError::invalid_request(format!("the image cannot be decoded (PNG, JPEG or WebP): {e}"), Some(PARAM))
@@ -114,6 +115,7 @@ impl ImageLimits {
                 self.max_pixels
             )));
         }
+        fits(width, height)?;
         reader()?.decode().map_err(|e| not_an_image(&e))
     }
 }
@@ -128,22 +130,33 @@ mod tests {
         format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(png))
     }
 
+    fn any(_: u32, _: u32) -> Result<(), ApiError> {
+        Ok(())
+    }
+
     const LIMITS: ImageLimits = ImageLimits { max_bytes: 1 << 20, max_pixels: 64 * 64, allow_remote: false };
 
     #[test]
     fn decodes_a_png_data_url() {
         let image = DynamicImage::new_rgb8(32, 16);
-        let loaded = LIMITS.load(&data_url(&image)).unwrap();
+        let loaded = LIMITS.load(&data_url(&image), any).unwrap();
         assert_eq!((loaded.width(), loaded.height()), (32, 16));
     }
 
     #[test]
+    fn asks_the_model_before_decoding() {
+        let wide = data_url(&DynamicImage::new_rgb8(64, 2));
+        let refuse = |w: u32, h: u32| Err(ApiError::invalid_request(format!("{w}x{h}"), None));
+        assert_eq!(LIMITS.load(&wide, refuse).unwrap_err().message, "64x2");
+    }
+
+    #[test]
     fn refuses_what_it_should() {
-        let code = |url: &str| LIMITS.load(url).unwrap_err().code;
+        let code = |url: &str| LIMITS.load(url, any).unwrap_err().code;
         assert_eq!(code(&data_url(&DynamicImage::new_rgb8(65, 64))), Some("image_too_large"));
         let small = ImageLimits { max_bytes: 100, ..LIMITS };
         assert_eq!(
-            small.load(&data_url(&DynamicImage::new_rgb8(64, 64))).unwrap_err().status,
+            small.load(&data_url(&DynamicImage::new_rgb8(64, 64)), any).unwrap_err().status,
             StatusCode::PAYLOAD_TOO_LARGE
         );
         assert_eq!(code("https://example.com/cat.png"), Some("remote_images_disabled"));
@@ -154,8 +167,8 @@ mod tests {
         assert_eq!(code(&text), Some("invalid_image"));
         let mut truncated = data_url(&DynamicImage::new_rgb8(32, 32));
         truncated.truncate(truncated.len() - 40);
-        assert!(LIMITS.load(&truncated).is_err());
-        assert!(LIMITS.load("data:image/png,raw").unwrap_err().message.contains("base64"));
-        assert!(LIMITS.load("file:///etc/passwd").is_err());
+        assert!(LIMITS.load(&truncated, any).is_err());
+        assert!(LIMITS.load("data:image/png,raw", any).unwrap_err().message.contains("base64"));
+        assert!(LIMITS.load("file:///etc/passwd", any).is_err());
     }
 }

@@ -3,7 +3,12 @@
 //! The engine runs on the thread that calls [`serve`]; the HTTP side runs on a small tokio
 //! runtime and hands requests to it through a bounded queue ([`worker`]). Every request is
 //! checked against the model before it is queued ([`request`]), so bad input costs no engine
-//! time and gets an OpenAI-style 4xx ([`error`]).
+//! time and gets an OpenAI-style 4xx ([`error`]). Who may send requests is [`guard`]'s decision;
+//! connections are accepted with a header-read timeout and a connection limit ([`listener`]).
+//!
+//! Shutting down: at the first SIGTERM or Ctrl-C the server refuses new work (503, `/health`
+//! too) and lets the running request finish; at the second it stops that request as well. The
+//! socket closes once the engine is idle, after the responses in flight have been written.
 //!
 //! Batching: requests run one at a time. Batching several in one forward needs a batch
 //! dimension in the per-layer caches with per-row lengths (pruned prefills keep different
@@ -12,26 +17,31 @@
 
 pub mod api;
 mod error;
+mod guard;
 mod handlers;
 mod images;
+mod listener;
 mod metrics;
 mod request;
+mod stop;
 mod worker;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use twigvlm_backbone::ops::DecodeOps;
 use twigvlm_engine::{Engine, ModelFacts};
 
 pub use error::ApiError;
+pub use guard::AccessPolicy;
 pub use images::ImageLimits;
-pub use request::RequestDefaults;
+pub use listener::ConnectionLimits;
+pub use request::{RequestDefaults, RequestLimits, MAX_EXPLAIN_POLICIES};
 
 use metrics::Metrics;
-use worker::{run_engine, JobQueue};
+use worker::{run_engine, EngineSignals, JobQueue};
 
 /// How the server is set up.
 #[derive(Debug, Clone)]
@@ -43,6 +53,11 @@ pub struct ServeOptions {
     pub queue_capacity: usize,
     pub images: ImageLimits,
     pub defaults: RequestDefaults,
+    pub limits: RequestLimits,
+    /// Longest a request may take from arrival to its last token; it is stopped then (504).
+    pub request_timeout: Duration,
+    pub access: AccessPolicy,
+    pub connections: ConnectionLimits,
 }
 
 /// What every handler shares.
@@ -51,7 +66,12 @@ pub(crate) struct AppState {
     created: u64,
     facts: ModelFacts,
     defaults: RequestDefaults,
+    limits: RequestLimits,
+    request_timeout: Duration,
     images: ImageLimits,
+    access: AccessPolicy,
+    /// Bound to a loopback address: only loopback hosts and the server's own origin are served.
+    loopback_only: bool,
     queue: JobQueue,
     metrics: Arc<Metrics>,
     stopping: Arc<AtomicBool>,
@@ -80,19 +100,25 @@ fn unix_now() -> u64 {
 }
 
 /// Serves `engine` until SIGTERM or Ctrl-C. Prints `listening on http://ADDR` on stdout once the
-/// socket is bound (port 0 picks a free port). On the signal the server stops accepting
-/// connections, answers queued requests 503, lets the running one finish and returns. Fails when
-/// the address cannot be bound.
+/// socket is bound (port 0 picks a free port). On the signal the server answers new and queued
+/// requests 503 (and `/health` 503), lets the running one finish (a second signal stops it too),
+/// then closes its socket once the responses in flight are written, and returns. Fails when the
+/// address cannot be bound.
 pub fn serve<B: DecodeOps>(engine: Engine<B>, options: ServeOptions) -> std::io::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let stopping = Arc::new(AtomicBool::new(false));
+    let aborting = Arc::new(AtomicBool::new(false));
     let (queue, jobs) = JobQueue::new(options.queue_capacity, metrics.clone(), stopping.clone());
     let state = Arc::new(AppState {
         model_name: options.model_name,
         created: unix_now(),
         facts: engine.facts().clone(),
         defaults: options.defaults,
+        limits: options.limits,
+        request_timeout: options.request_timeout,
         images: options.images,
+        access: options.access,
+        loopback_only: options.address.ip().is_loopback(),
         queue,
         metrics: metrics.clone(),
         stopping: stopping.clone(),
@@ -101,15 +127,15 @@ pub fn serve<B: DecodeOps>(engine: Engine<B>, options: ServeOptions) -> std::io:
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let listener = runtime.block_on(tokio::net::TcpListener::bind(options.address))?;
     println!("listening on http://{}", listener.local_addr()?);
-    let server_stopping = stopping.clone();
-    let server = runtime.spawn(async move {
-        let app = handlers::router(state);
-        axum::serve(listener, app).with_graceful_shutdown(shutdown_signal(server_stopping)).await
-    });
-    // The router owns the queue's sending side: when the server has drained its connections and
-    // dropped it, the engine loop ends.
-    run_engine(&engine, jobs, &metrics, &stopping);
-    runtime.block_on(server).map_err(std::io::Error::other)??;
+    runtime.spawn(shutdown_signals(stopping.clone(), aborting.clone()));
+    let (close, closed) = tokio::sync::oneshot::channel::<()>();
+    let app = handlers::router(state);
+    let server = runtime.spawn(listener::serve_connections(listener, app, options.connections, async {
+        let _ = closed.await;
+    }));
+    run_engine(&engine, jobs, &EngineSignals { metrics: &metrics, stopping: &stopping, aborting: &aborting });
+    let _ = close.send(());
+    runtime.block_on(server).map_err(std::io::Error::other)?;
     tracing::info!("server stopped");
     Ok(())
 }
@@ -132,12 +158,19 @@ async fn terminate_signal() {
     std::future::pending::<()>().await
 }
 
-async fn shutdown_signal(stopping: Arc<AtomicBool>) {
-    let terminate = terminate_signal();
+async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
-        _ = terminate => {}
+        _ = terminate_signal() => {}
     }
-    tracing::info!("shutting down: finishing the running request, refusing the rest");
+}
+
+/// The first signal sets `stopping`, the second `aborting`.
+async fn shutdown_signals(stopping: Arc<AtomicBool>, aborting: Arc<AtomicBool>) {
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing the running request, refusing the rest (signal again to stop it)");
     stopping.store(true, Ordering::SeqCst);
+    shutdown_signal().await;
+    tracing::info!("stopping the running request");
+    aborting.store(true, Ordering::SeqCst);
 }

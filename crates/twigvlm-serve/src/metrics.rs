@@ -14,16 +14,26 @@ pub enum Outcome {
     Refused,
     /// The client went away before the answer was complete.
     Cancelled,
+    /// Stopped at the server's request timeout (504).
+    TimedOut,
     Failed,
 }
 
-const OUTCOMES: [(Outcome, &str); 5] = [
+const OUTCOMES: [(Outcome, &str); 6] = [
     (Outcome::Completed, "completed"),
     (Outcome::Rejected, "rejected"),
     (Outcome::Refused, "refused"),
     (Outcome::Cancelled, "cancelled"),
+    (Outcome::TimedOut, "timed_out"),
     (Outcome::Failed, "failed"),
 ];
+
+impl Outcome {
+    /// The name in `/metrics` and the request log.
+    pub fn label(self) -> &'static str {
+        OUTCOMES.iter().find(|(o, _)| *o == self).map(|(_, label)| *label).expect("every outcome is listed")
+    }
+}
 
 #[derive(Debug, Default)]
 struct Totals {

@@ -11,9 +11,28 @@ use twigvlm_engine::{
     RequestError, RequestPart, Sampling, VisualBudget,
 };
 
-use crate::api::{ChatCompletionRequest, Content, ContentPart};
+use crate::api::{ChatCompletionRequest, Content, ContentPart, StopStrings};
 use crate::error::ApiError;
 use crate::images::ImageLimits;
+
+/// What requests may ask of this server.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    /// Most nodes of a speculative draft tree (at most [`DraftTree::MAX_NODES`]).
+    pub max_draft_tree_nodes: usize,
+    /// Policies one `/v1/explain` request may draw side by side.
+    pub max_explain_policies: usize,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        Self { max_draft_tree_nodes: DraftTree::MAX_NODES, max_explain_policies: MAX_EXPLAIN_POLICIES }
+    }
+}
+
+/// Distinct policies an explanation can usefully compare: none, fastv, a base layer, random and
+/// the twig, with room for two more base layers.
+pub const MAX_EXPLAIN_POLICIES: usize = 6;
 
 /// What a request gets when it leaves a field out.
 #[derive(Debug, Clone)]
@@ -108,11 +127,15 @@ fn parse_named<T: std::str::FromStr + VariantArray + std::fmt::Display>(
 }
 
 /// The pruning a request asks for: the server's default, with any of policy, budget and
-/// FinalWipe overridden.
+/// FinalWipe overridden. The `none` policy drops the default budget and FinalWipe but keeps a
+/// FinalWipe the request names (FinalWipe alone).
 fn pruning(request: &ChatCompletionRequest, defaults: &PruningSpec) -> Result<PruningSpec, ApiError> {
     let mut spec = defaults.clone();
     if let Some(policy) = &request.policy {
         spec.policy = parse_field::<PrefillPolicy>(policy, "policy")?;
+    }
+    if spec.policy == PrefillPolicy::None {
+        spec = PruningSpec::none();
     }
     if let Some(budget) = &request.visual_budget {
         let text = match budget {
@@ -130,10 +153,47 @@ fn pruning(request: &ChatCompletionRequest, defaults: &PruningSpec) -> Result<Pr
     if request.final_wipe.is_some() {
         spec.final_wipe = request.final_wipe;
     }
-    if spec.policy == PrefillPolicy::None {
-        spec = PruningSpec::none();
-    }
     Ok(spec)
+}
+
+/// The draft tree a request asks for: `none` for a chain, a shape within the server's limit, and
+/// only for greedy requests (sampling drafts a chain; a tree the server sets by default is then
+/// not used).
+fn draft_tree(
+    request: &ChatCompletionRequest,
+    sampling: Sampling,
+    default: Option<DraftTree>,
+    limits: &RequestLimits,
+) -> Result<Option<DraftTree>, ApiError> {
+    let tree = match request.draft_tree.as_deref() {
+        None => return Ok(default),
+        Some("none") => return Ok(None),
+        Some(text) => parse_field::<DraftTree>(text, "draft_tree")?,
+    };
+    if tree.nodes > limits.max_draft_tree_nodes {
+        return Err(ApiError::invalid_request(
+            format!("draft_tree {tree}: this server drafts at most {} nodes", limits.max_draft_tree_nodes),
+            Some("draft_tree"),
+        ));
+    }
+    if sampling != Sampling::Greedy {
+        return Err(ApiError::invalid_request(
+            "draft_tree needs greedy decoding (temperature 0): sampling drafts a chain; drop draft_tree or the temperature",
+            Some("draft_tree"),
+        ));
+    }
+    Ok(Some(tree))
+}
+
+/// A seed for a request that gives none: a fresh one each time, as OpenAI samples.
+fn fresh_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static DRAWN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(DRAWN.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    hasher
+        .write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    hasher.finish()
 }
 
 /// A checked request: everything but the image, which is decoded off the async threads.
@@ -142,6 +202,8 @@ pub struct Checked {
     pub image_url: Option<String>,
     pub stream: bool,
     pub include_usage: bool,
+    /// Strings that end the answer.
+    pub stop: Vec<String>,
 }
 
 /// Checks every field of `request` against the model and the server's defaults.
@@ -149,6 +211,7 @@ pub fn check(
     request: &ChatCompletionRequest,
     facts: &ModelFacts,
     defaults: &RequestDefaults,
+    limits: &RequestLimits,
 ) -> Result<Checked, ApiError> {
     if let Some(n) = request.n.filter(|&n| n != 1) {
         return Err(ApiError::invalid_request(
@@ -173,20 +236,17 @@ pub fn check(
             .map(|text| parse_named::<DraftLength>(text, "draft_length"))
             .transpose()?
             .unwrap_or(defaults.draft.length),
-        tree: match request.draft_tree.as_deref() {
-            None => defaults.draft.tree,
-            Some("none") => None,
-            Some(text) => Some(parse_field::<DraftTree>(text, "draft_tree")?),
-        },
+        tree: draft_tree(request, sampling, defaults.draft.tree, limits)?,
         ..defaults.draft
     };
+    let stop = request.stop.as_ref().map(StopStrings::strings).transpose()?.unwrap_or_default();
     let Conversation { messages, image_url } = conversation(request)?;
     let generate = GenerateRequest {
         prompt: Prompt::Chat(messages),
         image: None,
         max_new_tokens: max_tokens,
         sampling,
-        seed: request.seed.unwrap_or(0),
+        seed: request.seed.unwrap_or_else(fresh_seed),
         capture_tensors: false,
         decoder: decoder.unwrap_or(defaults.decoder),
         pruning,
@@ -199,6 +259,7 @@ pub fn check(
         image_url,
         stream: request.stream,
         include_usage: request.stream_options.as_ref().is_some_and(|o| o.include_usage),
+        stop,
     })
 }
 
@@ -222,12 +283,20 @@ fn rejected(error: &RequestError, facts: &ModelFacts) -> ApiError {
     }
 }
 
-/// Decodes the request's image, if any (blocking: run it off the async threads).
-pub fn attach_image(checked: &mut Checked, limits: &ImageLimits) -> Result<(), ApiError> {
+/// Decodes the request's image, if any (blocking: run it off the async threads), refusing one
+/// the model's preprocessing cannot take before decoding it.
+pub fn attach_image(checked: &mut Checked, limits: &ImageLimits, facts: &ModelFacts) -> Result<(), ApiError> {
     if let Some(url) = &checked.image_url {
-        checked.request.image = Some(limits.load(url)?);
+        checked.request.image = Some(load_image(url, limits, facts)?);
     }
     Ok(())
+}
+
+/// Decodes an image URL within the server's limits and the model's preprocessing bounds.
+pub fn load_image(url: &str, limits: &ImageLimits, facts: &ModelFacts) -> Result<image::DynamicImage, ApiError> {
+    limits.load(url, |width, height| {
+        facts.check_image(width, height).map_err(|e| rejected(&e, facts).with_code("unsupported_image"))
+    })
 }
 
 /// 413 when a body is over `limit` bytes.

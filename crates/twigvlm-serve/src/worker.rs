@@ -1,22 +1,30 @@
 //! The engine's own thread and the bounded queue in front of it. The model is loaded once and
 //! used by this thread only; each request brings its state (prompt, image, sampling) and takes
-//! its events back over its own channel. A request whose client has gone (its channel closed)
-//! is skipped if still queued and stopped at the next token if running.
+//! its events back over its own channel. Long work asks, between prefill layers and before each
+//! token, whether to go on: a request whose client has gone (its channel closed) stops, as does
+//! one past its deadline (504) and every request once the server is told to stop a second time.
 
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use axum::http::StatusCode;
 use image::DynamicImage;
 use tokio::sync::mpsc::UnboundedSender;
+use twigvlm_backbone::ops::DecodeOps;
+use twigvlm_backbone::Interrupt;
 use twigvlm_engine::explain::explain;
 use twigvlm_engine::{Engine, EngineError, GenerateRequest, GenerateStats, PruningSpec, StopReason};
 use twigvlm_eval::explain::draw;
 
 use crate::error::ApiError;
 use crate::metrics::{GenerationFigures, Metrics, Outcome};
-use twigvlm_backbone::ops::DecodeOps;
+use crate::stop::StopMatcher;
+
+/// How often the idle engine looks whether the server is stopping.
+const IDLE_POLL: Duration = Duration::from_millis(50);
 
 /// The answer to an engine error: 400 for a request the model cannot run, else 500.
 fn engine_failure(error: &EngineError, what: &str) -> ApiError {
@@ -28,23 +36,16 @@ fn engine_failure(error: &EngineError, what: &str) -> ApiError {
     }
 }
 
-fn explain_png<B: DecodeOps>(engine: &Engine<B>, job: &ExplainJob) -> Result<Vec<u8>, ApiError> {
-    let explanation =
-        explain(engine, &job.prompt, &job.image, &job.policies).map_err(|e| engine_failure(&e, "explanation"))?;
-    let mut png = Vec::new();
-    DynamicImage::ImageRgb8(draw(&explanation))
-        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-        .map_err(|e| ApiError::internal(format!("cannot encode the explanation: {e}")))?;
-    Ok(png)
-}
-
 /// A finished generation.
 #[derive(Debug)]
 pub struct Finished {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
-    pub stop: StopReason,
+    /// OpenAI's `finish_reason`: `stop` (end of sequence or a stop string) or `length`.
+    pub finish_reason: &'static str,
     pub stats: GenerateStats,
+    /// The sampler's seed (drawn by the server when the request gave none).
+    pub seed: u64,
 }
 
 /// What the engine thread reports about one request.
@@ -64,15 +65,27 @@ pub struct ExplainJob {
     pub policies: Vec<(String, PruningSpec)>,
 }
 
+/// A chat completion: the engine's request and the strings that end its answer.
+pub struct GenerateJob {
+    pub request: GenerateRequest,
+    pub stop: Vec<String>,
+}
+
 /// What the engine is asked to do.
 pub enum Work {
-    Generate(GenerateRequest),
+    Generate(GenerateJob),
     Explain(ExplainJob),
 }
 
 pub struct Job {
+    /// The completion id, for the request log.
+    pub id: String,
     pub work: Work,
     pub events: UnboundedSender<Event>,
+    /// When the request arrived.
+    pub received: Instant,
+    /// When the request must be answered by; work still running then is stopped (504).
+    pub deadline: Instant,
 }
 
 /// The sending side of the queue, shared by the HTTP handlers.
@@ -109,63 +122,215 @@ impl JobQueue {
     }
 }
 
-/// Runs queued jobs one after another on the calling thread until every sender is gone. Once
-/// `stopping` is set, jobs still waiting are answered "shutting down" instead of run; the one
-/// running when it was set finishes.
-pub fn run_engine<B: DecodeOps>(engine: &Engine<B>, jobs: Receiver<Job>, metrics: &Metrics, stopping: &AtomicBool) {
-    for Job { work, events } in jobs {
-        metrics.dequeued();
-        if events.is_closed() {
-            metrics.count(Outcome::Cancelled);
-            continue;
+/// What the engine thread watches besides its queue.
+pub struct EngineSignals<'a> {
+    pub metrics: &'a Metrics,
+    /// Set at the first shutdown signal: queued requests are refused, the running one finishes.
+    pub stopping: &'a AtomicBool,
+    /// Set at the second: the running request stops too.
+    pub aborting: &'a AtomicBool,
+}
+
+/// Why a request's work stopped before it finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stopped {
+    ClientGone,
+    Deadline,
+    Aborted,
+}
+
+impl Stopped {
+    fn of(job: &Job, aborting: &AtomicBool) -> Option<Self> {
+        if job.events.is_closed() {
+            Some(Stopped::ClientGone)
+        } else if aborting.load(Ordering::SeqCst) {
+            Some(Stopped::Aborted)
+        } else if Instant::now() >= job.deadline {
+            Some(Stopped::Deadline)
+        } else {
+            None
         }
-        if stopping.load(Ordering::SeqCst) {
-            metrics.count(Outcome::Refused);
-            let _ = events.send(Event::Finished(Err(ApiError::shutting_down())));
-            continue;
-        }
-        metrics.set_running(true);
-        let request = match work {
-            Work::Generate(request) => request,
-            Work::Explain(job) => {
-                let png = explain_png(engine, &job);
-                metrics.set_running(false);
-                metrics.count(if png.is_ok() { Outcome::Completed } else { Outcome::Failed });
-                let _ = events.send(Event::Explained(png));
-                continue;
-            }
-        };
-        let result = engine.generate(&request, |piece| match events.send(Event::Text(piece.to_string())) {
-            Ok(()) => ControlFlow::Continue(()),
-            Err(_) => ControlFlow::Break(()),
-        });
-        metrics.set_running(false);
-        let finished = match result {
-            Ok(result) if result.stats.stop_reason == StopReason::Cancelled => {
-                metrics.count(Outcome::Cancelled);
-                continue;
-            }
-            Ok(result) => {
-                let stats = result.stats;
-                metrics.count(Outcome::Completed);
-                metrics.record(GenerationFigures {
-                    new_tokens: stats.new_tokens,
-                    prefill_s: stats.prefill_ms / 1e3,
-                    decode_s: stats.decode_ms / 1e3,
-                    speculative: stats.speculative.as_ref().map(|s| (s.rounds, s.accepted)),
-                });
-                Ok(Finished {
-                    prompt_tokens: result.prompt.len(),
-                    completion_tokens: result.generated_ids.len(),
-                    stop: stats.stop_reason,
-                    stats,
-                })
-            }
-            Err(error) => {
-                metrics.count(Outcome::Failed);
-                Err(engine_failure(&error, "generation"))
-            }
-        };
-        let _ = events.send(Event::Finished(finished));
     }
+
+    /// The answer to the client, if it is still there.
+    fn error(self, job: &Job) -> Option<ApiError> {
+        match self {
+            Stopped::ClientGone => None,
+            Stopped::Aborted => Some(ApiError::shutting_down()),
+            Stopped::Deadline => Some(ApiError::timed_out(job.deadline.duration_since(job.received))),
+        }
+    }
+}
+
+/// How one job ended, for the metrics and the request log.
+struct Ended {
+    outcome: Outcome,
+    status: StatusCode,
+    prompt_tokens: usize,
+    new_tokens: usize,
+}
+
+impl Ended {
+    fn failed(error: &ApiError) -> Self {
+        let outcome = match error.status {
+            StatusCode::SERVICE_UNAVAILABLE => Outcome::Refused,
+            StatusCode::GATEWAY_TIMEOUT => Outcome::TimedOut,
+            _ => Outcome::Failed,
+        };
+        Self { outcome, status: error.status, prompt_tokens: 0, new_tokens: 0 }
+    }
+
+    fn stopped(stopped: Stopped, job: &Job) -> Self {
+        match stopped.error(job) {
+            Some(error) => Self::failed(&error),
+            None => Self { outcome: Outcome::Cancelled, status: StatusCode::OK, prompt_tokens: 0, new_tokens: 0 },
+        }
+    }
+}
+
+/// Runs queued jobs one after another on the calling thread. Once `stopping` is set, jobs still
+/// waiting are answered "shutting down" instead of run, and the loop returns when the queue is
+/// empty (or every sender is gone).
+pub fn run_engine<B: DecodeOps>(engine: &Engine<B>, jobs: Receiver<Job>, signals: &EngineSignals) {
+    let metrics = signals.metrics;
+    loop {
+        let job = match jobs.recv_timeout(IDLE_POLL) {
+            Ok(job) => job,
+            Err(RecvTimeoutError::Timeout) if signals.stopping.load(Ordering::SeqCst) => return,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        metrics.dequeued();
+        let ended = if signals.stopping.load(Ordering::SeqCst) {
+            let refused = ApiError::shutting_down();
+            let ended = Ended::failed(&refused);
+            let _ = job.events.send(Event::Finished(Err(refused)));
+            ended
+        } else if let Some(stopped) = Stopped::of(&job, signals.aborting) {
+            let ended = Ended::stopped(stopped, &job);
+            if let Some(error) = stopped.error(&job) {
+                let _ = job.events.send(Event::Finished(Err(error)));
+            }
+            ended
+        } else {
+            metrics.set_running(true);
+            let ended = match &job.work {
+                Work::Generate(generate) => run_generate(engine, &job, generate, signals),
+                Work::Explain(explanation) => run_explain(engine, &job, explanation, signals.aborting),
+            };
+            metrics.set_running(false);
+            ended
+        };
+        metrics.count(ended.outcome);
+        tracing::info!(
+            id = %job.id,
+            status = ended.status.as_u16(),
+            prompt_tokens = ended.prompt_tokens,
+            new_tokens = ended.new_tokens,
+            ms = job.received.elapsed().as_millis() as u64,
+            outcome = ended.outcome.label(),
+            "request"
+        );
+    }
+}
+
+fn run_generate<B: DecodeOps>(engine: &Engine<B>, job: &Job, generate: &GenerateJob, signals: &EngineSignals) -> Ended {
+    let stop_requested = || Stopped::of(job, signals.aborting).is_some();
+    let mut matcher = StopMatcher::new(generate.stop.clone());
+    let mut client_gone = false;
+    let result = engine.generate_interruptible(&generate.request, &Interrupt::new(&stop_requested), |piece| {
+        let released = matcher.push(piece);
+        if !released.is_empty() && job.events.send(Event::Text(released)).is_err() {
+            client_gone = true;
+            return ControlFlow::Break(());
+        }
+        if matcher.stopped() {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    });
+    let result = match result {
+        Ok(_) if client_gone => return Ended::stopped(Stopped::ClientGone, job),
+        Ok(result) => result,
+        Err(EngineError::Interrupted(_)) => {
+            let stopped = Stopped::of(job, signals.aborting).unwrap_or(Stopped::ClientGone);
+            if let Some(error) = stopped.error(job) {
+                let _ = job.events.send(Event::Finished(Err(error)));
+            }
+            return Ended::stopped(stopped, job);
+        }
+        Err(error) => {
+            let error = engine_failure(&error, "generation");
+            let ended = Ended::failed(&error);
+            let _ = job.events.send(Event::Finished(Err(error)));
+            return ended;
+        }
+    };
+    let rest = matcher.finish();
+    if !rest.is_empty() {
+        let _ = job.events.send(Event::Text(rest));
+    }
+    let stats = result.stats;
+    signals.metrics.record(GenerationFigures {
+        new_tokens: stats.new_tokens,
+        prefill_s: stats.prefill_ms / 1e3,
+        decode_s: stats.decode_ms / 1e3,
+        speculative: stats.speculative.as_ref().map(|s| (s.rounds, s.accepted)),
+    });
+    let finish_reason = match stats.stop_reason {
+        _ if matcher.stopped() => "stop",
+        StopReason::Eos | StopReason::Cancelled => "stop",
+        StopReason::MaxNewTokens | StopReason::ContextFull => "length",
+    };
+    let ended = Ended {
+        outcome: Outcome::Completed,
+        status: StatusCode::OK,
+        prompt_tokens: result.prompt.len(),
+        new_tokens: result.generated_ids.len(),
+    };
+    let finished = Finished {
+        prompt_tokens: result.prompt.len(),
+        completion_tokens: result.generated_ids.len(),
+        finish_reason,
+        stats,
+        seed: generate.request.seed,
+    };
+    let _ = job.events.send(Event::Finished(Ok(finished)));
+    ended
+}
+
+fn run_explain<B: DecodeOps>(engine: &Engine<B>, job: &Job, explanation: &ExplainJob, aborting: &AtomicBool) -> Ended {
+    let stop_requested = || Stopped::of(job, aborting).is_some();
+    let png = match explain(
+        engine,
+        &explanation.prompt,
+        &explanation.image,
+        &explanation.policies,
+        &Interrupt::new(&stop_requested),
+    ) {
+        Ok(drawn) => encode_png(&draw(&drawn)),
+        Err(EngineError::Interrupted(_)) => {
+            let stopped = Stopped::of(job, aborting).unwrap_or(Stopped::ClientGone);
+            if let Some(error) = stopped.error(job) {
+                let _ = job.events.send(Event::Explained(Err(error)));
+            }
+            return Ended::stopped(stopped, job);
+        }
+        Err(error) => Err(engine_failure(&error, "explanation")),
+    };
+    let ended = match &png {
+        Ok(_) => Ended { outcome: Outcome::Completed, status: StatusCode::OK, prompt_tokens: 0, new_tokens: 0 },
+        Err(error) => Ended::failed(error),
+    };
+    let _ = job.events.send(Event::Explained(png));
+    ended
+}
+
+fn encode_png(image: &image::RgbImage) -> Result<Vec<u8>, ApiError> {
+    let mut png = Vec::new();
+    image
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|e| ApiError::internal(format!("cannot encode the explanation: {e}")))?;
+    Ok(png)
 }

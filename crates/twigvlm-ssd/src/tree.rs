@@ -35,6 +35,13 @@ pub struct DraftTree {
     pub nodes: usize,
 }
 
+impl DraftTree {
+    /// Most nodes a tree may draft per round: the query rows one verification step attends with
+    /// (the size the decode attention kernels are written for). Larger trees cost more per round
+    /// than their extra accepted tokens save.
+    pub const MAX_NODES: usize = 64;
+}
+
 impl FromStr for DraftTree {
     type Err = String;
 
@@ -49,6 +56,12 @@ impl FromStr for DraftTree {
         };
         if top_k == 0 || depth == 0 || nodes == 0 {
             return Err(format!("draft tree {text:?}: top_k, depth and nodes must all be at least 1"));
+        }
+        if nodes > Self::MAX_NODES {
+            return Err(format!("draft tree {text:?}: at most {} nodes", Self::MAX_NODES));
+        }
+        if top_k > nodes || depth > nodes {
+            return Err(format!("draft tree {text:?}: top_k and depth cannot exceed the {nodes} nodes"));
         }
         Ok(Self { top_k, depth, nodes })
     }
@@ -259,7 +272,8 @@ mod tests {
     fn draft_tree_parses_and_rejects_bad_shapes() {
         assert_eq!("4:5:16".parse::<DraftTree>(), Ok(DraftTree { top_k: 4, depth: 5, nodes: 16 }));
         assert_eq!("4:5:16".parse::<DraftTree>().unwrap().to_string(), "4:5:16");
-        for bad in ["4:5", "4:0:16", "a:5:16", "4:5:16:1"] {
+        assert!("64:64:64".parse::<DraftTree>().is_ok());
+        for bad in ["4:5", "4:0:16", "a:5:16", "4:5:16:1", "64:64:100000", "4:5:65", "32:2:16", "2:17:16"] {
             assert!(bad.parse::<DraftTree>().is_err(), "{bad}");
         }
     }

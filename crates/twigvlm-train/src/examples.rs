@@ -67,13 +67,13 @@ impl<B: DecodeOps> VisualInput<B> {
     /// Visual features `[1, tokens, vision_hidden]` of a conversation's image (None: text only).
     pub fn features(&self, conversation: &Conversation, device: &B::Device) -> Result<Option<Tensor<B, 3>>> {
         let Some(image) = conversation.image.as_ref() else { return Ok(None) };
-        Ok(Some(self.image_features(&image.load()?, device)))
+        self.image_features(&image.load()?, device).map(Some)
     }
 
     /// Visual features `[1, tokens, vision_hidden]` of one image.
-    pub fn image_features(&self, image: &image::DynamicImage, device: &B::Device) -> Tensor<B, 3> {
-        let (values, shape) = self.preprocessor.preprocess(image);
+    pub fn image_features(&self, image: &image::DynamicImage, device: &B::Device) -> Result<Tensor<B, 3>> {
+        let (values, shape) = self.preprocessor.preprocess(image)?;
         let pixels = Tensor::<B, 3>::from_data(TensorData::new(values, shape), device).unsqueeze::<4>();
-        self.feature_select.select(self.vision.forward(pixels))
+        Ok(self.feature_select.select(self.vision.forward(pixels)))
     }
 }

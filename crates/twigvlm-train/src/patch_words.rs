@@ -168,7 +168,7 @@ impl<B: DecodeAutodiff> PatchWordsObjective<B> {
         let (mut features, mut scenes) = (Vec::new(), Vec::new());
         for index in indices {
             let (scene, image) = data.scene_and_image(index);
-            features.push(self.visual.image_features(&image::DynamicImage::ImageRgb8(image), &self.device));
+            features.push(self.visual.image_features(&image::DynamicImage::ImageRgb8(image), &self.device)?);
             scenes.push(scene);
         }
         Ok((Tensor::cat(features, 0), scenes))

@@ -135,7 +135,10 @@ impl<B: DecodeOps> VisionObjective<B> {
         let mut side = 0;
         for index in indices {
             let (scene, image) = data.scene_and_image(index);
-            let (values, [_, h, _]) = self.preprocessor.preprocess(&image::DynamicImage::ImageRgb8(image));
+            let (values, [_, h, _]) = self
+                .preprocessor
+                .preprocess(&image::DynamicImage::ImageRgb8(image))
+                .expect("generated scenes are square");
             side = h;
             pixels.extend(values);
             for cell in 0..grid * grid {

@@ -88,11 +88,14 @@ impl fmt::Display for PrefillPolicy {
 pub struct TwigPlace {
     pub k: usize,
     pub t: usize,
+    /// The FinalWipe layer K_f the twig's model works with, when its config names one (the
+    /// default of every policy but FastV).
+    pub final_wipe: Option<usize>,
 }
 
 impl TwigPlace {
     pub fn of(config: &TwigConfig) -> Self {
-        Self { k: config.k, t: config.t }
+        Self { k: config.k, t: config.t, final_wipe: config.final_wipe }
     }
 }
 
@@ -106,6 +109,8 @@ pub enum Scores {
     Random {
         seed: u64,
     },
+    /// No ranking: FinalWipe alone keeps every visual token until K_f.
+    Unranked,
 }
 
 /// What a prefill does with visual tokens: a policy, a budget and an optional FinalWipe layer.
@@ -114,8 +119,9 @@ pub struct PruningSpec {
     pub policy: PrefillPolicy,
     /// R̄; required by every policy but `none`.
     pub budget: Option<VisualBudget>,
-    /// K_f; `None` takes the policy's default (the paper's 24/32 of the depth; FastV: none).
-    /// K_f = L disables FinalWipe.
+    /// K_f; `None` takes the policy's default (the twig config's layer when it names one, else
+    /// the paper's 24/32 of the depth; FastV: none). K_f = L disables FinalWipe. With the `none`
+    /// policy and no budget, FinalWipe alone: every visual token until K_f, none from there.
     pub final_wipe: Option<usize>,
 }
 
@@ -129,11 +135,11 @@ pub struct PruningPlan {
 }
 
 impl PruningPlan {
-    /// R' for an image of `visual_tokens`, or `None` when the budget exceeds them (nothing
-    /// needs pruning, and nothing is pruned).
+    /// R' for an image of `visual_tokens`, or `None` when the budget lets every layer see all of
+    /// them (nothing needs pruning, and nothing is pruned, FinalWipe included).
     pub fn kept_visual_tokens(&self, visual_tokens: usize) -> Option<usize> {
         let tokens = self.budget.tokens(visual_tokens);
-        (tokens <= visual_tokens as f64).then(|| self.layers.kept_visual_tokens(tokens, visual_tokens))
+        (tokens < visual_tokens as f64).then(|| self.layers.kept_visual_tokens(tokens, visual_tokens))
     }
 }
 
@@ -146,11 +152,12 @@ impl PruningSpec {
     /// Resolves the policy for a decoder of `num_layers` layers and the attached twig; `None`
     /// for the `none` policy. K is the twig's, or [`PAPER_PRUNE_LAYER`] without a twig.
     pub fn plan(&self, num_layers: usize, twig: Option<TwigPlace>) -> Result<Option<PruningPlan>> {
-        let budget = match (self.policy, self.budget) {
-            (PrefillPolicy::None, None) if self.final_wipe.is_none() => return Ok(None),
-            (PrefillPolicy::None, _) => return Err(TtpError::NoPolicy),
-            (policy, None) => return Err(TtpError::MissingBudget(policy.to_string())),
-            (_, Some(budget)) => budget,
+        let budget = match (self.policy, self.budget, self.final_wipe) {
+            (PrefillPolicy::None, None, None) => return Ok(None),
+            (PrefillPolicy::None, None, Some(k_f)) => return final_wipe_alone(num_layers, k_f),
+            (PrefillPolicy::None, Some(_), _) => return Err(TtpError::NoPolicy),
+            (policy, None, _) => return Err(TtpError::MissingBudget(policy.to_string())),
+            (_, Some(budget), _) => budget,
         };
         let k = twig.map_or(PAPER_PRUNE_LAYER, |t| t.k);
         let wipe_layer = match (self.policy, self.final_wipe) {
@@ -161,7 +168,7 @@ impl PruningSpec {
             }
             (PrefillPolicy::FastV, _) => num_layers,
             (_, Some(k_f)) => k_f,
-            (_, None) => default_wipe_layer(num_layers, k),
+            (_, None) => twig.and_then(|t| t.final_wipe).unwrap_or_else(|| default_wipe_layer(num_layers, k)),
         };
         let layers = LayerPlan::new(num_layers, k, wipe_layer)?;
         let base_layer = |layer: LayerRef| -> Result<Scores> {
@@ -176,7 +183,7 @@ impl PruningSpec {
             Ok(Scores::BaseLayer(number - 1))
         };
         let scores = match self.policy {
-            PrefillPolicy::None => unreachable!("returned above"),
+            PrefillPolicy::None => unreachable!("planned above"),
             PrefillPolicy::FastV => base_layer(LayerRef::K)?,
             PrefillPolicy::VlmLayer(layer) => base_layer(layer)?,
             PrefillPolicy::Random { seed } => Scores::Random { seed },
@@ -187,6 +194,14 @@ impl PruningSpec {
         };
         Ok(Some(PruningPlan { policy: self.policy, budget, layers, scores }))
     }
+}
+
+/// FinalWipe at `wipe_layer` without pruning: every layer below it sees every visual token (its
+/// budget is the share of layers that see the image).
+fn final_wipe_alone(num_layers: usize, wipe_layer: usize) -> Result<Option<PruningPlan>> {
+    let layers = LayerPlan::new(num_layers, 1, wipe_layer)?;
+    let budget = VisualBudget::Share(wipe_layer as f64 / num_layers as f64);
+    Ok(Some(PruningPlan { policy: PrefillPolicy::None, budget, layers, scores: Scores::Unranked }))
 }
 
 /// The paper's K_f scaled to this depth (rounded), above K; the depth itself (no FinalWipe)
@@ -205,7 +220,7 @@ fn default_wipe_layer(num_layers: usize, prune_layer: usize) -> usize {
 mod tests {
     use super::*;
 
-    const TWIG: Option<TwigPlace> = Some(TwigPlace { k: 2, t: 3 });
+    const TWIG: Option<TwigPlace> = Some(TwigPlace { k: 2, t: 3, final_wipe: None });
 
     fn spec(policy: &str, final_wipe: Option<usize>) -> PruningSpec {
         PruningSpec { policy: policy.parse().unwrap(), budget: Some(VisualBudget::Tokens(64.0)), final_wipe }
@@ -234,6 +249,32 @@ mod tests {
     }
 
     #[test]
+    fn the_twig_config_sets_the_default_final_wipe() {
+        let own = Some(TwigPlace { final_wipe: Some(30), ..TWIG.unwrap() });
+        assert!(!spec("twig", None).plan(30, own).unwrap().unwrap().layers.has_final_wipe());
+        assert_eq!(spec("twig", Some(20)).plan(30, own).unwrap().unwrap().layers.wipe_layer, 20);
+        assert_eq!(spec("fastv", None).plan(30, own).unwrap().unwrap().layers.wipe_layer, 30);
+    }
+
+    #[test]
+    fn final_wipe_alone_keeps_every_visual_token_below_it() {
+        let alone = PruningSpec { policy: PrefillPolicy::None, budget: None, final_wipe: Some(24) };
+        let plan = alone.plan(32, None).unwrap().unwrap();
+        assert_eq!((plan.layers.wipe_layer, plan.scores), (24, Scores::Unranked));
+        assert_eq!(plan.kept_visual_tokens(576), Some(576));
+        assert!(PruningSpec { final_wipe: Some(33), ..alone }.plan(32, None).is_err());
+    }
+
+    #[test]
+    fn a_budget_of_every_visual_token_prunes_nothing() {
+        let plan = spec("twig", None).plan(32, TWIG).unwrap().unwrap();
+        let at = |budget: VisualBudget| PruningPlan { budget, ..plan.clone() }.kept_visual_tokens(576);
+        assert_eq!(at(VisualBudget::Tokens(576.0)), None);
+        assert_eq!(at(VisualBudget::Share(1.0)), None);
+        assert_eq!(at(VisualBudget::Tokens(575.0)), Some(576));
+    }
+
+    #[test]
     fn final_wipe_at_the_depth_disables_it() {
         let plan = spec("twig", Some(32)).plan(32, TWIG).unwrap().unwrap();
         assert!(!plan.layers.has_final_wipe());
@@ -249,6 +290,7 @@ mod tests {
         let no_budget = PruningSpec { budget: None, ..spec("twig", None) };
         assert!(matches!(no_budget.plan(32, TWIG), Err(TtpError::MissingBudget(_))));
         assert!(matches!(spec("none", None).plan(32, TWIG), Err(TtpError::NoPolicy)));
+        assert!(matches!(spec("none", Some(24)).plan(32, TWIG), Err(TtpError::NoPolicy)));
         assert_eq!(PruningSpec::none().plan(32, TWIG).unwrap(), None);
     }
 }

@@ -7,7 +7,7 @@ use std::ops::Range;
 use std::time::Instant;
 
 use burn::prelude::*;
-use twigvlm_backbone::{AttentionProbe, KvCache, LlamaDecoder, PromptState};
+use twigvlm_backbone::{AttentionProbe, Interrupt, KvCache, LlamaDecoder, PromptState};
 use twigvlm_twig::{prefill_unpruned, Twig};
 
 use crate::budget::LayerPlan;
@@ -49,7 +49,8 @@ pub struct PruningOutcome {
 
 /// Runs the prompt `embeds` (`[1, prompt_len, hidden]`, the image at `image_span`) through
 /// `base` under `spec`. The twig runs when the policy ranks with it or `keep_twig_cache` asks
-/// for its cache (self-speculative decoding drafts from it).
+/// for its cache (self-speculative decoding drafts from it). `interrupt` is asked before every
+/// layer ([`TtpError::Interrupted`]).
 pub fn prefill<B: DecodeOps>(
     base: &LlamaDecoder<B>,
     twig: Option<&Twig<B>>,
@@ -57,6 +58,7 @@ pub fn prefill<B: DecodeOps>(
     image_span: Option<Range<usize>>,
     spec: &PruningSpec,
     keep_twig_cache: bool,
+    interrupt: &Interrupt,
 ) -> Result<Prefill<B>> {
     let started = Instant::now();
     let device = embeds.device();
@@ -74,7 +76,7 @@ pub fn prefill<B: DecodeOps>(
     };
 
     let Some((plan, span, r_prime)) = pruned else {
-        let state = prefill_unpruned(base, twig.filter(|_| keep_twig_cache), embeds);
+        let state = prefill_unpruned(base, twig.filter(|_| keep_twig_cache), embeds, interrupt)?;
         return Ok(Prefill { state: PromptState { time: started.elapsed(), ..state }, pruning: None });
     };
     let split = plan.layers.prune_layer;
@@ -88,11 +90,12 @@ pub fn prefill<B: DecodeOps>(
         Scores::BaseLayer(layer) if layer < split => probe_at(layer),
         _ => AttentionProbe::default(),
     };
-    let mut low = base.forward_layers(embeds, &rope, 0..split, &mut base_cache, &low_probe);
+    let mut low = base.forward_layers_interruptible(embeds, &rope, 0..split, &mut base_cache, &low_probe, interrupt)?;
 
     let mut twig_cache = None;
     let mut twig_attention = None;
     if let Some(twig) = twig.filter(|_| keep_twig_cache || plan.scores == Scores::Twig) {
+        interrupt.check()?;
         let probe = if plan.scores == Scores::Twig { probe_at(twig.config.t - 1) } else { AttentionProbe::default() };
         let mut cache = twig.new_cache();
         twig_attention = twig.forward(low.hidden.clone(), &rope, &mut cache, &probe).attention.pop().map(|(_, p)| p);
@@ -105,57 +108,75 @@ pub fn prefill<B: DecodeOps>(
             // The ablation's deeper layer sees the unpruned prompt: layers K..N-1 run once more
             // on a scratch cache (only this policy computes anything twice).
             let mut scratch = KvCache::new(num_layers);
-            let deeper =
-                base.forward_layers(low.hidden.clone(), &rope, split..layer + 1, &mut scratch, &probe_at(layer));
+            let deeper = base.forward_layers_interruptible(
+                low.hidden.clone(),
+                &rope,
+                split..layer + 1,
+                &mut scratch,
+                &probe_at(layer),
+                interrupt,
+            )?;
             head_mean_row(deeper.attention.into_iter().next().expect("probed layer").1, span.clone())
         }
         Scores::Twig => head_mean_row(twig_attention.expect("the twig ran with a probe"), span.clone()),
         Scores::Random { seed } => random_scores(span.len(), seed),
+        Scores::Unranked => vec![0.0; span.len()],
     };
     let kept = top_indices(&visual_scores, r_prime);
-    let top = run_pruned(base, low.hidden, &plan.layers, &span, &kept, prompt_len, &mut base_cache);
+    let pruned = PrunedRows { span: &span, kept: &kept, prompt_len };
+    let top = run_pruned(base, low.hidden, &plan.layers, &pruned, &mut base_cache, interrupt)?;
     let last_logits = base.last_position_logits(top);
     let state = PromptState { base_cache, twig_cache, last_logits, prompt_len, time: started.elapsed() };
     Ok(Prefill { state, pruning: Some(outcome(plan, span.len(), kept, visual_scores)) })
 }
 
-/// Layers K..L-1 over the layer-K hidden states with only `kept` visual tokens (indices within
-/// `span`), and none from K_f on.
+/// Which rows of a prompt of `prompt_len` tokens go on past layer K: the text, and the `kept`
+/// visual tokens (indices within `span`).
+struct PrunedRows<'a> {
+    span: &'a Range<usize>,
+    kept: &'a [usize],
+    prompt_len: usize,
+}
+
+/// Layers K..L-1 over the layer-K hidden states with only the kept visual tokens, and none from
+/// K_f on.
 fn run_pruned<B: DecodeOps>(
     base: &LlamaDecoder<B>,
     hidden: Tensor<B, 3>,
     layers: &LayerPlan,
-    span: &Range<usize>,
-    kept: &[usize],
-    prompt_len: usize,
+    pruned: &PrunedRows,
     cache: &mut KvCache<B>,
-) -> Tensor<B, 3> {
+    interrupt: &Interrupt,
+) -> Result<Tensor<B, 3>> {
+    let PrunedRows { span, kept, prompt_len } = *pruned;
     let device = hidden.device();
     let text_after = span.end..prompt_len;
     let rows: Vec<usize> =
         (0..span.start).chain(kept.iter().map(|&i| span.start + i)).chain(text_after.clone()).collect();
-    let pruned = gather_rows(hidden, &rows);
-    let middle = base.forward_layers(
-        pruned,
+    let kept_hidden = gather_rows(hidden, &rows);
+    let middle = base.forward_layers_interruptible(
+        kept_hidden,
         &base.rope(&rows, &device),
         layers.prune_layer..layers.wipe_layer,
         cache,
         &AttentionProbe::default(),
-    );
+        interrupt,
+    )?;
     if !layers.has_final_wipe() {
-        return middle.hidden;
+        return Ok(middle.hidden);
     }
     let text_rows: Vec<usize> = (0..span.start).chain(span.start + kept.len()..rows.len()).collect();
     let text_positions: Vec<usize> = (0..span.start).chain(text_after).collect();
     let text = gather_rows(middle.hidden, &text_rows);
-    base.forward_layers(
+    let top = base.forward_layers_interruptible(
         text,
         &base.rope(&text_positions, &device),
         layers.wipe_layer..layers.num_layers,
         cache,
         &AttentionProbe::default(),
-    )
-    .hidden
+        interrupt,
+    )?;
+    Ok(top.hidden)
 }
 
 /// `[1, seq, hidden]` → `[1, rows, hidden]`.

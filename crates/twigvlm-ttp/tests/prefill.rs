@@ -5,7 +5,7 @@ use std::ops::Range;
 
 use burn::backend::Flex;
 use burn::prelude::*;
-use twigvlm_backbone::{load_llava, AttentionProbe, KvCache, LlamaDecoder, LoadOptions, LoadedLlava};
+use twigvlm_backbone::{load_llava, AttentionProbe, Interrupt, KvCache, LlamaDecoder, LoadOptions, LoadedLlava};
 use twigvlm_ttp::{prefill, LayerPlan, Prefill, PruningSpec, TtpError};
 use twigvlm_twig::{Twig, TwigConfig};
 
@@ -28,7 +28,7 @@ fn spec(policy: &str, budget: &str, final_wipe: Option<usize>) -> PruningSpec {
 }
 
 fn run(base: &LlamaDecoder<B>, twig: Option<&Twig<B>>, spec: &PruningSpec) -> Prefill<B> {
-    prefill(base, twig, embeds(base, &PROMPT), Some(IMAGE), spec, false).unwrap()
+    prefill(base, twig, embeds(base, &PROMPT), Some(IMAGE), spec, false, &Interrupt::NEVER).unwrap()
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -43,9 +43,10 @@ fn keeping_every_visual_token_without_final_wipe_changes_nothing() {
     let twig = Twig::init(base, &llava.config.text, TwigConfig::new(1, 2), &Default::default()).unwrap();
     let unpruned = run(base, Some(&twig), &PruningSpec::none());
     assert!(unpruned.pruning.is_none());
-    // R̄ = N_v with K_f = L: R' = N_v, and the gathered sequence keeps its position ids.
+    // R̄ = 9.5 with K = 1, K_f = L = 4: R' = ceil((4·9.5 − 10) / 3) = N_v, and the gathered
+    // sequence keeps its position ids.
     for policy in ["twig", "fastv", "random:1"] {
-        let full = run(base, Some(&twig), &spec(policy, "10", Some(LAYERS)));
+        let full = run(base, Some(&twig), &spec(policy, "9.5", Some(LAYERS)));
         let outcome = full.pruning.as_ref().expect("the pruning path ran");
         assert_eq!(outcome.kept_visual_indices, (0..10).collect::<Vec<_>>());
         assert!(max_abs_diff(&full.state.last_logits, &unpruned.state.last_logits) < 1e-5, "{policy}");
@@ -60,7 +61,8 @@ fn every_layer_cache_has_the_planned_length() {
     let twig = Twig::init(base, &llava.config.text, TwigConfig::new(1, 2), &Default::default()).unwrap();
     for (final_wipe, budget) in [(None, "4"), (Some(3), "30%"), (Some(2), "6"), (Some(LAYERS), "2")] {
         let spec = spec("twig", budget, final_wipe);
-        let out = prefill(base, Some(&twig), embeds(base, &PROMPT), Some(IMAGE), &spec, true).unwrap();
+        let out =
+            prefill(base, Some(&twig), embeds(base, &PROMPT), Some(IMAGE), &spec, true, &Interrupt::NEVER).unwrap();
         let outcome = out.pruning.as_ref().unwrap();
         let plan = LayerPlan::new(LAYERS, 1, outcome.final_wipe).unwrap();
         assert_eq!(
@@ -124,13 +126,53 @@ fn nothing_is_pruned_when_there_is_nothing_to_prune() {
     let base = &llava.model.language_model;
     let unpruned = run(base, None, &PruningSpec::none());
     // Text only.
-    let text_only = prefill(base, None, embeds(base, &PROMPT), None, &spec("fastv", "3", None), false).unwrap();
+    let text_only =
+        prefill(base, None, embeds(base, &PROMPT), None, &spec("fastv", "3", None), false, &Interrupt::NEVER).unwrap();
     assert!(text_only.pruning.is_none());
     assert!(max_abs_diff(&text_only.state.last_logits, &unpruned.state.last_logits) < 1e-6);
-    // A budget above the image's visual tokens.
-    let generous = run(base, None, &spec("fastv", "11", None));
-    assert!(generous.pruning.is_none());
-    assert_eq!(generous.state.base_cache.lengths(), [PROMPT.len(); LAYERS]);
+    // A budget of every visual token (FinalWipe included), or above them.
+    for budget in ["10", "100%", "11"] {
+        let generous = run(base, None, &spec("random", budget, Some(3)));
+        assert!(generous.pruning.is_none(), "{budget}");
+        assert_eq!(generous.state.base_cache.lengths(), [PROMPT.len(); LAYERS]);
+    }
+}
+
+#[test]
+fn final_wipe_alone_drops_the_image_from_its_layer_on() {
+    let llava = fixture();
+    let base = &llava.model.language_model;
+    let alone = PruningSpec { policy: "none".parse().unwrap(), budget: None, final_wipe: Some(3) };
+    let out = run(base, None, &alone);
+    let outcome = out.pruning.expect("FinalWipe ran");
+    assert_eq!(outcome.kept_visual_indices, (0..IMAGE.len()).collect::<Vec<_>>());
+    let text = PROMPT.len() - IMAGE.len();
+    assert_eq!(out.state.base_cache.lengths(), [PROMPT.len(), PROMPT.len(), PROMPT.len(), text]);
+}
+
+#[test]
+fn an_interrupt_stops_the_prefill_between_layers() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let llava = fixture();
+    let base = &llava.model.language_model;
+    let twig = Twig::init(base, &llava.config.text, TwigConfig::new(1, 2), &Default::default()).unwrap();
+    for spec in [PruningSpec::none(), spec("twig", "3", None), spec("vlm-layer:4", "3", None)] {
+        // Every check of a whole prefill, counted; then the prefill stopped at each of them.
+        let checks = AtomicUsize::new(0);
+        let count = || checks.fetch_add(1, Ordering::Relaxed) == usize::MAX;
+        let whole =
+            prefill(base, Some(&twig), embeds(base, &PROMPT), Some(IMAGE), &spec, true, &Interrupt::new(&count));
+        assert!(whole.is_ok());
+        let total = checks.load(Ordering::Relaxed);
+        assert!(total > LAYERS, "{spec:?}: {total} checks");
+        for stop_at in 0..total {
+            let seen = AtomicUsize::new(0);
+            let stop = || seen.fetch_add(1, Ordering::Relaxed) >= stop_at;
+            let result =
+                prefill(base, Some(&twig), embeds(base, &PROMPT), Some(IMAGE), &spec, true, &Interrupt::new(&stop));
+            assert!(matches!(result, Err(TtpError::Interrupted(_))), "{spec:?} stopped at check {stop_at}");
+        }
+    }
 }
 
 #[test]
@@ -138,7 +180,7 @@ fn bad_requests_get_clear_errors() {
     let llava = fixture();
     let base = &llava.model.language_model;
     let attempt = |spec: &PruningSpec, span: Range<usize>| {
-        prefill(base, None, embeds(base, &PROMPT), Some(span), spec, false).err()
+        prefill(base, None, embeds(base, &PROMPT), Some(span), spec, false, &Interrupt::NEVER).err()
     };
     assert!(matches!(attempt(&spec("twig", "3", None), IMAGE), Some(TtpError::MissingTwig)));
     assert!(matches!(attempt(&spec("random", "3", Some(2)), IMAGE), Some(TtpError::InvalidLayers(_))));

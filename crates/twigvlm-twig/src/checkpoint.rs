@@ -188,7 +188,9 @@ pub fn load_twig<B: DecodeOps>(
         (false, Some(TwigMlp::Frozen)) => TwigMlp::Frozen,
         (false, _) => return Err(TwigError::MissingMlp { path: weights }),
     };
-    let config = TwigConfig { k, t, init, head: if has_head { TwigHead::Trained } else { TwigHead::Shared }, mlp };
+    let head = if has_head { TwigHead::Trained } else { TwigHead::Shared };
+    let final_wipe = meta.as_ref().and_then(|m| m.config.final_wipe);
+    let config = TwigConfig { k, t, init, head, mlp, final_wipe };
     config.validate(base.num_layers())?;
     if mlp == TwigMlp::Frozen {
         let sources = config.source_layers(base.num_layers()).expect("validated: frozen MLPs copy base layers");

@@ -92,6 +92,10 @@ pub struct TwigConfig {
     /// Absent from twig.json files written before it existed: those trained every MLP.
     #[serde(default)]
     pub mlp: TwigMlp,
+    /// The FinalWipe layer K_f that pruning with this twig uses by default: the layer above which
+    /// its base model no longer needs the image (`None`: the paper's 24/32 of the depth).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_wipe: Option<usize>,
 }
 
 impl TwigConfig {
@@ -100,7 +104,7 @@ impl TwigConfig {
     pub const PAPER_T: usize = 3;
 
     pub fn new(k: usize, t: usize) -> Self {
-        Self { k, t, init: TwigInit::Adjacent, head: TwigHead::Trained, mlp: TwigMlp::Trained }
+        Self { k, t, init: TwigInit::Adjacent, head: TwigHead::Trained, mlp: TwigMlp::Trained, final_wipe: None }
     }
 
     /// K ≥ 1 (the twig shares at least one base layer), T ≥ 1, the copied base layers exist, and
@@ -116,6 +120,12 @@ impl TwigConfig {
             return Err(TwigError::Shape(format!(
                 "K + T = {} + {} exceeds the base model's {base_layers} layers",
                 self.k, self.t
+            )));
+        }
+        if let Some(k_f) = self.final_wipe.filter(|&k_f| k_f <= self.k || k_f > base_layers) {
+            return Err(TwigError::Shape(format!(
+                "the default FinalWipe layer {k_f} must lie above K = {} and at most at the base model's {base_layers} layers",
+                self.k
             )));
         }
         if self.mlp == TwigMlp::Frozen && self.init == TwigInit::Random {

@@ -4,19 +4,21 @@
 use std::time::Instant;
 
 use burn::prelude::*;
-use twigvlm_backbone::{AttentionProbe, KvCache, LlamaDecoder, PromptState};
+use twigvlm_backbone::{AttentionProbe, Interrupt, Interrupted, KvCache, LlamaDecoder, PromptState};
 
 use crate::module::Twig;
 use twigvlm_backbone::ops::DecodeOps;
 
 /// Runs the prompt `embeds` (`[1, prompt_len, hidden]`, positions `0..prompt_len`) through every
 /// base layer, and through `twig` on the layer-K hidden states so that its cache covers the whole
-/// prompt (what the self-speculative decoder drafts from).
+/// prompt (what the self-speculative decoder drafts from). `interrupt` is asked before every
+/// layer.
 pub fn prefill_unpruned<B: DecodeOps>(
     base: &LlamaDecoder<B>,
     twig: Option<&Twig<B>>,
     embeds: Tensor<B, 3>,
-) -> PromptState<B> {
+    interrupt: &Interrupt,
+) -> Result<PromptState<B>, Interrupted> {
     let started = Instant::now();
     let prompt_len = embeds.dims()[1];
     let num_layers = base.num_layers();
@@ -25,13 +27,18 @@ pub fn prefill_unpruned<B: DecodeOps>(
     let no_probe = AttentionProbe::default();
     let mut base_cache = KvCache::new(num_layers);
     let split = twig.map_or(num_layers, |t| t.config.k);
-    let low = base.forward_layers(embeds, &rope, 0..split, &mut base_cache, &no_probe).hidden;
-    let twig_cache = twig.map(|twig| {
-        let mut cache = twig.new_cache();
-        twig.forward(low.clone(), &rope, &mut cache, &no_probe);
-        cache
-    });
-    let top = base.forward_layers(low, &rope, split..num_layers, &mut base_cache, &no_probe).hidden;
+    let low = base.forward_layers_interruptible(embeds, &rope, 0..split, &mut base_cache, &no_probe, interrupt)?.hidden;
+    let twig_cache = match twig {
+        Some(twig) => {
+            interrupt.check()?;
+            let mut cache = twig.new_cache();
+            twig.forward(low.clone(), &rope, &mut cache, &no_probe);
+            Some(cache)
+        }
+        None => None,
+    };
+    let top =
+        base.forward_layers_interruptible(low, &rope, split..num_layers, &mut base_cache, &no_probe, interrupt)?.hidden;
     let last_logits = base.last_position_logits(top);
-    PromptState { base_cache, twig_cache, last_logits, prompt_len, time: started.elapsed() }
+    Ok(PromptState { base_cache, twig_cache, last_logits, prompt_len, time: started.elapsed() })
 }

@@ -6,7 +6,7 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();
-    cli::init_logging(args.log_level);
+    cli::init_logging(args.log_level());
     if let Some(level) = args.gpu_autotune {
         twigvlm_engine::configure_gpu(level);
     }

@@ -23,6 +23,7 @@ pub use tree_mask::TreeMask;
 
 use crate::config::LlamaConfig;
 use crate::error::Result;
+use crate::interrupt::{Interrupt, Interrupted};
 use crate::weights::WeightLoader;
 
 /// Which query rows' attention probabilities to return, and from which layers.
@@ -171,6 +172,27 @@ impl<B: DecodeOps> LlamaDecoder<B> {
         probe: &AttentionProbe,
     ) -> LayersOutput<B> {
         forward_stack(&self.layers[layers.clone()], layers.start, hidden, rope, cache, probe)
+    }
+
+    /// [`Self::forward_layers`] one layer at a time, asking `interrupt` before each (a prefill of
+    /// a long prompt); the cache then holds the layers that ran.
+    pub fn forward_layers_interruptible(
+        &self,
+        mut hidden: Tensor<B, 3>,
+        rope: &RopeAngles<B>,
+        layers: Range<usize>,
+        cache: &mut KvCache<B>,
+        probe: &AttentionProbe,
+        interrupt: &Interrupt,
+    ) -> std::result::Result<LayersOutput<B>, Interrupted> {
+        let mut attention = Vec::new();
+        for layer in layers {
+            interrupt.check()?;
+            let out = forward_stack(&self.layers[layer..layer + 1], layer, hidden, rope, cache, probe);
+            hidden = out.hidden;
+            attention.extend(out.attention);
+        }
+        Ok(LayersOutput { hidden, attention })
     }
 
     /// [`Self::forward_layers`] for the nodes of a draft tree ([`forward_stack_tree`]).

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use twigvlm_backbone::ops::DecodeOps;
 use twigvlm_backbone::preprocess::load_image;
+use twigvlm_backbone::Interrupt;
 use twigvlm_engine::explain::{explain, policy_specs};
 use twigvlm_engine::{BackendJob, PrefillPolicy, PruningSpec, VisualBudget};
 use twigvlm_eval::explain::render;
@@ -51,7 +52,7 @@ impl BackendJob for ExplainArgs {
         let (engine, _) = super::load_engine::<B>(&args.model, device, &PruningSpec::none(), true)?;
         let policies = policy_specs(&args.policies, args.visual_budget, args.final_wipe);
         anyhow::ensure!(!policies.is_empty(), "--policies names no pruning policy");
-        let explanation = explain(&engine, &args.prompt, &image, &policies)?;
+        let explanation = explain(&engine, &args.prompt, &image, &policies, &Interrupt::NEVER)?;
         render(&explanation, &args.out)?;
         if args.json {
             let panels: Vec<serde_json::Value> = explanation

@@ -33,9 +33,10 @@ use twigvlm_backbone::weights::StorageDtype;
 #[derive(Debug, Parser)]
 #[command(name = "twigvlm", version, about)]
 pub struct Cli {
-    /// Log verbosity on stderr.
-    #[arg(long, global = true, default_value = "warn")]
-    pub log_level: LevelFilter,
+    /// Log verbosity on stderr (default: info for `serve`, which logs one line per request;
+    /// warn for the rest).
+    #[arg(long, global = true)]
+    pub log_level: Option<LevelFilter>,
     /// GPU backends: how hard to search for the fastest kernel of each new tensor shape
     /// (default: cubecl's own, `balanced`, or what a `cubecl.toml` here says).
     #[arg(long, global = true, value_parser = named::<GpuAutotune>())]
@@ -89,8 +90,25 @@ pub enum Command {
     PrepareDemo(prepare::PrepareDemoArgs),
 }
 
+impl Cli {
+    /// The log level asked for, or the command's default.
+    pub fn log_level(&self) -> LevelFilter {
+        self.log_level.unwrap_or(match self.command {
+            Command::Serve(_) => LevelFilter::INFO,
+            _ => LevelFilter::WARN,
+        })
+    }
+}
+
+/// Logs on stderr, coloured only on a terminal (a log file gets plain text).
 pub fn init_logging(level: LevelFilter) {
-    tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_target(false).init();
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {

@@ -2,13 +2,17 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use base64::Engine as _;
 use twigvlm_backbone::ops::DecodeOps;
-use twigvlm_engine::{BackendJob, PrefillPolicy, PruningSpec};
+use twigvlm_engine::{BackendJob, DraftTree, PrefillPolicy, PruningSpec};
 use twigvlm_eval::load::{run_load, LoadOptions};
-use twigvlm_serve::{serve, ImageLimits, RequestDefaults, ServeOptions};
+use twigvlm_serve::{serve, AccessPolicy, ConnectionLimits, ImageLimits, RequestDefaults, RequestLimits, ServeOptions};
+
+/// Time the responses still being written get once a stopping server closes its socket.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -36,6 +40,27 @@ pub struct ServeArgs {
     /// Fetch http(s) image URLs named by clients (off: only data: URLs are accepted).
     #[arg(long)]
     pub allow_remote_images: bool,
+    /// Longest a request may run, in seconds, from arrival to its last token; it is stopped then
+    /// and answered 504.
+    #[arg(long, default_value_t = 300.0)]
+    pub request_timeout: f64,
+    /// Most nodes of a draft tree a request may ask for (at most 64).
+    #[arg(long, default_value_t = DraftTree::MAX_NODES)]
+    pub max_draft_tree_nodes: usize,
+    /// Host names answered besides loopback ones when bound to a loopback address (repeat for
+    /// more); a server bound to another address answers any host.
+    #[arg(long = "allowed-host")]
+    pub allowed_hosts: Vec<String>,
+    /// Web origins allowed to call the server from a browser (e.g. https://app.example; repeat
+    /// for more); they get CORS answers. The server's own page is always allowed.
+    #[arg(long = "allowed-origin")]
+    pub allowed_origins: Vec<String>,
+    /// Connections open at once; more are closed when accepted.
+    #[arg(long, default_value_t = 256)]
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers before its connection is closed.
+    #[arg(long, default_value_t = 10.0)]
+    pub header_read_timeout: f64,
     /// The speculative decoder's draft length by default (requests may override it).
     #[command(flatten)]
     pub draft: super::DraftArgs,
@@ -73,6 +98,18 @@ impl BackendJob for ServeArgs {
                 .context("name the model with --served-model-name")?,
         };
         anyhow::ensure!(args.queue_size > 0, "--queue-size must be at least 1");
+        anyhow::ensure!(
+            (1..=DraftTree::MAX_NODES).contains(&args.max_draft_tree_nodes),
+            "--max-draft-tree-nodes must lie in 1..={}",
+            DraftTree::MAX_NODES
+        );
+        anyhow::ensure!(args.max_connections > 0, "--max-connections must be at least 1");
+        let seconds = |value: f64, flag: &str| {
+            anyhow::ensure!(value.is_finite() && value > 0.0, "{flag} must be a positive number of seconds");
+            Ok(Duration::from_secs_f64(value))
+        };
+        let request_timeout = seconds(args.request_timeout, "--request-timeout")?;
+        let header_read_timeout = seconds(args.header_read_timeout, "--header-read-timeout")?;
         let options = ServeOptions {
             address: SocketAddr::new(args.host, args.port),
             model_name,
@@ -87,6 +124,14 @@ impl BackendJob for ServeArgs {
                 decoder,
                 draft: args.draft.config(),
                 max_tokens: args.default_max_tokens,
+            },
+            limits: RequestLimits { max_draft_tree_nodes: args.max_draft_tree_nodes, ..RequestLimits::default() },
+            request_timeout,
+            access: AccessPolicy { allowed_hosts: args.allowed_hosts, allowed_origins: args.allowed_origins },
+            connections: ConnectionLimits {
+                max_connections: args.max_connections,
+                header_read_timeout,
+                drain_timeout: SHUTDOWN_DRAIN,
             },
         };
         Ok(serve(engine, options)?)

@@ -48,6 +48,11 @@ pub struct TrainTwigArgs {
     /// quarters of each block's size; needs --init adjacent or last).
     #[arg(long, value_parser = named::<TwigMlp>(), default_value_t = TwigMlp::Trained)]
     pub twig_mlp: TwigMlp,
+    /// The FinalWipe layer K_f recorded in the twig as the default of pruning with it (the layer
+    /// from which the base model no longer reads the image; default: the paper's 24/32 of the
+    /// depth).
+    #[arg(long)]
+    pub default_final_wipe: Option<usize>,
     /// Beyond the paper: also train the twig's selection attention (last block, head mean, last
     /// prompt token over the visual tokens) toward this base layer's, counted from 1 as
     /// `--policies vlm-layer:N` counts (a KL term weighted by --attention-weight).
@@ -76,7 +81,14 @@ impl AutodiffJob for TrainTwigArgs {
             data: self.data,
             eval_data: self.eval_data,
             image_root: self.image_root,
-            config: TwigConfig { k: self.k, t: self.t, init: self.init, head: self.twig_head, mlp: self.twig_mlp },
+            config: TwigConfig {
+                k: self.k,
+                t: self.t,
+                init: self.init,
+                head: self.twig_head,
+                mlp: self.twig_mlp,
+                final_wipe: self.default_final_wipe,
+            },
             targets: self.targets,
             attention: self
                 .attention_teacher
