@@ -14,14 +14,12 @@ use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use twigvlm_engine::explain::policy_specs;
-use twigvlm_engine::{DecoderKind, GenerateRequest, PrefillPolicy, Prompt, RequestError, VisualBudget};
+use twigvlm_engine::DecoderKind;
 
-use crate::api::{ChatCompletionRequest, CompletionId, Delta, ModelCard, ModelList, Usage};
+use crate::api::{CompletionId, Delta, ModelCard, ModelList, Usage};
 use crate::error::ApiError;
 use crate::guard::guard;
 use crate::metrics::Outcome;
@@ -70,7 +68,7 @@ async fn not_found(uri: Uri) -> ApiError {
 async fn health(State(state): State<Arc<AppState>>) -> Response {
     let stopping = state.stopping.load(Ordering::SeqCst);
     let status = if stopping { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
-    let body = json!({"status": if stopping { "stopping" } else { "ok" }, "model": state.model_name, "queue_depth": state.metrics.queue_depth()});
+    let body = json!({"status": if stopping { "stopping" } else { "ok" }, "model": state.checker.model_name, "queue_depth": state.metrics.queue_depth()});
     (status, Json(body)).into_response()
 }
 
@@ -82,7 +80,7 @@ async fn models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
     Json(ModelList {
         object: "list",
         data: vec![ModelCard {
-            id: state.model_name.clone(),
+            id: state.checker.model_name.clone(),
             object: "model",
             created: state.created,
             owned_by: "twigvlm",
@@ -149,16 +147,7 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: Body) -> Res
 async fn read_and_check(state: &Arc<AppState>, body: Body) -> Result<Checked, ApiError> {
     let bytes = read_body(state, body).await?;
     let state = state.clone();
-    blocking(move || {
-        let request = ChatCompletionRequest::parse(&bytes)?;
-        if request.model != state.model_name {
-            return Err(ApiError::model_not_found(&request.model, &state.model_name));
-        }
-        let mut checked = request::check(&request, &state.facts, &state.defaults, &state.limits)?;
-        request::attach_image(&mut checked, &state.images, &state.facts)?;
-        Ok(checked)
-    })
-    .await
+    blocking(move || state.checker.chat(&bytes)).await
 }
 
 /// This server's statistics of a completion (timings, pruning, speculative decoding).
@@ -261,22 +250,6 @@ fn json_event(value: &impl serde::Serialize) -> SseEvent {
     SseEvent::default().data(serde_json::to_string(value).expect("chunks serialise"))
 }
 
-/// `POST /v1/explain`: which patches the pruning policies keep, drawn over the image (PNG).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ExplainBody {
-    /// A `data:` URL (or http(s) where allowed), as in a chat request.
-    image_url: String,
-    prompt: String,
-    /// R̄: a token count or a share (`"11.1%"`).
-    visual_budget: String,
-    /// The policies drawn side by side (default: twig when the server has one, and fastv).
-    #[serde(default)]
-    policies: Option<Vec<String>>,
-    #[serde(default)]
-    final_wipe: Option<usize>,
-}
-
 async fn explain(State(state): State<Arc<AppState>>, body: Body) -> Response {
     let id = state.completion_id();
     let checked = match read_explain(&state, body).await {
@@ -297,58 +270,5 @@ async fn explain(State(state): State<Arc<AppState>>, body: Body) -> Response {
 async fn read_explain(state: &Arc<AppState>, body: Body) -> Result<ExplainJob, ApiError> {
     let bytes = read_body(state, body).await?;
     let state = state.clone();
-    blocking(move || {
-        let body: ExplainBody = serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::invalid_request(format!("invalid explain request: {e}"), None))?;
-        let budget: VisualBudget = body
-            .visual_budget
-            .parse()
-            .map_err(|e| ApiError::invalid_request(format!("invalid visual_budget: {e}"), Some("visual_budget")))?;
-        let limit = state.limits.max_explain_policies;
-        let policies = match body.policies {
-            Some(names) if names.len() > limit => {
-                return Err(ApiError::invalid_request(
-                    format!("policies names {} policies; this server draws at most {limit}", names.len()),
-                    Some("policies"),
-                ))
-            }
-            Some(names) => names
-                .iter()
-                .map(|name| {
-                    name.parse::<PrefillPolicy>().map_err(|e| {
-                        ApiError::invalid_request(format!("invalid policy {name:?}: {e}"), Some("policies"))
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?,
-            None => [PrefillPolicy::Twig, PrefillPolicy::FastV]
-                .into_iter()
-                .filter(|&p| p != PrefillPolicy::Twig || state.facts.has_twig())
-                .collect(),
-        };
-        let specs = policy_specs(&policies, budget, body.final_wipe);
-        if specs.is_empty() {
-            return Err(ApiError::invalid_request("policies names no pruning policy", Some("policies")));
-        }
-        for (name, spec) in &specs {
-            state
-                .facts
-                .check_pruning(spec)
-                .map_err(|e| ApiError::invalid_request(format!("{name}: {e}"), Some("policies")))?;
-        }
-        let image = request::load_image(&body.image_url, &state.images, &state.facts)?;
-        // The prompt is checked as a chat request's is: it must fit the context with the image.
-        let request = GenerateRequest::greedy(Prompt::User(body.prompt), Some(image), 1);
-        if let Err(e) = request.validate(&state.facts) {
-            let error = ApiError::invalid_request(e.to_string(), Some("prompt"));
-            return Err(match e {
-                RequestError::PromptTooLong { .. } => error.with_code("context_length_exceeded"),
-                _ => error,
-            });
-        }
-        let GenerateRequest { prompt: Prompt::User(prompt), image: Some(image), .. } = request else {
-            unreachable!("built above with a user prompt and an image")
-        };
-        Ok(ExplainJob { prompt, image, policies: specs })
-    })
-    .await
+    blocking(move || state.checker.explain(&bytes)).await
 }

@@ -2,7 +2,7 @@
 //!
 //! The engine runs on the thread that calls [`serve`]; the HTTP side runs on a small tokio
 //! runtime and hands requests to it through a bounded queue ([`worker`]). Every request is
-//! checked against the model before it is queued ([`request`]), so bad input costs no engine
+//! checked against the model before it is queued ([`checker`], [`request`]), so bad input costs no engine
 //! time and gets an OpenAI-style 4xx ([`error`]). Who may send requests is [`guard`]'s decision;
 //! connections are accepted with a header-read timeout and a connection limit ([`listener`]).
 //!
@@ -16,6 +16,7 @@
 //! masked attention over ragged caches; the queue is where a batcher would take its rows from.
 
 pub mod api;
+mod checker;
 mod error;
 mod guard;
 mod handlers;
@@ -32,8 +33,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use twigvlm_backbone::ops::DecodeOps;
-use twigvlm_engine::{Engine, ModelFacts};
+use twigvlm_engine::Engine;
 
+pub use checker::RequestChecker;
 pub use error::ApiError;
 pub use guard::AccessPolicy;
 pub use images::ImageLimits;
@@ -62,13 +64,9 @@ pub struct ServeOptions {
 
 /// What every handler shares.
 pub(crate) struct AppState {
-    model_name: String,
+    checker: RequestChecker,
     created: u64,
-    facts: ModelFacts,
-    defaults: RequestDefaults,
-    limits: RequestLimits,
     request_timeout: Duration,
-    images: ImageLimits,
     access: AccessPolicy,
     /// Bound to a loopback address: only loopback hosts and the server's own origin are served.
     loopback_only: bool,
@@ -84,14 +82,14 @@ impl AppState {
         api::CompletionId {
             id: format!("chatcmpl-{}-{serial}", self.created),
             created: unix_now(),
-            model: self.model_name.clone(),
+            model: self.checker.model_name.clone(),
         }
     }
 
     /// Largest request body: one image at the byte limit, base64-encoded, plus text.
     fn body_limit(&self) -> usize {
         const TEXT_ALLOWANCE: usize = 1 << 20;
-        self.images.max_bytes.div_ceil(3) * 4 + TEXT_ALLOWANCE
+        self.checker.images.max_bytes.div_ceil(3) * 4 + TEXT_ALLOWANCE
     }
 }
 
@@ -109,14 +107,17 @@ pub fn serve<B: DecodeOps>(engine: Engine<B>, options: ServeOptions) -> std::io:
     let stopping = Arc::new(AtomicBool::new(false));
     let aborting = Arc::new(AtomicBool::new(false));
     let (queue, jobs) = JobQueue::new(options.queue_capacity, metrics.clone(), stopping.clone());
-    let state = Arc::new(AppState {
+    let checker = RequestChecker {
         model_name: options.model_name,
-        created: unix_now(),
         facts: engine.facts().clone(),
         defaults: options.defaults,
         limits: options.limits,
-        request_timeout: options.request_timeout,
         images: options.images,
+    };
+    let state = Arc::new(AppState {
+        checker,
+        created: unix_now(),
+        request_timeout: options.request_timeout,
         access: options.access,
         loopback_only: options.address.ip().is_loopback(),
         queue,
