@@ -39,7 +39,7 @@ pub(crate) async fn guard(State(state): State<Arc<AppState>>, request: Request, 
             state.metrics.count(Outcome::Rejected);
             tracing::info!(
                 status = error.status.as_u16(),
-                outcome = Outcome::Rejected.label(),
+                outcome = %Outcome::Rejected.label(),
                 error = %error.message,
                 "request"
             );

@@ -104,7 +104,7 @@ fn refuse(state: &AppState, id: &CompletionId, error: ApiError) -> Response {
     tracing::info!(
         id = %id.id,
         status = error.status.as_u16(),
-        outcome = outcome.label(),
+        outcome = %outcome.label(),
         error = %error.message,
         "request"
     );

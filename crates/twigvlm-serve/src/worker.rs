@@ -228,7 +228,7 @@ pub fn run_engine<B: DecodeOps>(engine: &Engine<B>, jobs: Receiver<Job>, signals
             prompt_tokens = ended.prompt_tokens,
             new_tokens = ended.new_tokens,
             ms = job.received.elapsed().as_millis() as u64,
-            outcome = ended.outcome.label(),
+            outcome = %ended.outcome.label(),
             "request"
         );
     }

@@ -1,158 +1,16 @@
-//! `twigvlm serve` over real HTTP on loopback: each test starts the binary on a free port with the
-//! tiny fixture model (its context raised so that long generations last long enough to be
-//! cancelled or interrupted; the weights do not depend on it) and a twig trained for one step.
+//! `twigvlm serve` over real HTTP on loopback: completions, streaming, the extension fields,
+//! concurrency, cancellation, the queue, shutdown and bad input. Each test starts the binary on a
+//! free port with the tiny fixture model ([`support`]).
 
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Barrier, OnceLock};
+mod support;
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use serde_json::{json, Value};
-
-const MODEL: &str = "tiny-serve";
-/// Context of the served copy of the fixture: room for generations of a few seconds.
-const LONG_CONTEXT: usize = 8192;
-const LONG_GENERATION: usize = 8000;
-
-fn twigvlm() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_twigvlm"))
-}
-
-/// The fixture model with a longer context, and a twig for it (made once per test run).
-fn model_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(MODEL);
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let source = twigvlm_testkit::tiny_llava();
-        for entry in std::fs::read_dir(&source).unwrap() {
-            let entry = entry.unwrap();
-            std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
-        }
-        let mut config: Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
-        config["text_config"]["max_position_embeddings"] = json!(LONG_CONTEXT);
-        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-        let twig = dir.join("twig");
-        let out = twigvlm()
-            .args(["train-twig", "--model"])
-            .arg(&dir)
-            .args(["--data", "shapes:seed=1,n=2", "--k", "1", "--t", "2", "--steps", "1", "--quiet", "--out"])
-            .arg(&twig)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        dir
-    })
-}
-
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    fn start(extra: &[&str]) -> Self {
-        let dir = model_dir();
-        let mut child = twigvlm()
-            .args(["serve", "--port", "0", "--model"])
-            .arg(dir)
-            .arg("--twig")
-            .arg(dir.join("twig"))
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
-        Self { child, url }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.url)
-    }
-
-    /// POSTs JSON and returns the status and the JSON body (errors included).
-    fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        self.post_raw(path, &body.to_string())
-    }
-
-    fn post_raw(&self, path: &str, body: &str) -> (u16, Value) {
-        match ureq::post(&self.url(path)).set("Content-Type", "application/json").send_string(body) {
-            Ok(response) => (response.status(), response.into_json().unwrap()),
-            Err(ureq::Error::Status(status, response)) => (status, response.into_json().unwrap()),
-            Err(e) => panic!("{e}"),
-        }
-    }
-
-    fn get(&self, path: &str) -> (u16, String) {
-        match ureq::get(&self.url(path)).call() {
-            Ok(response) => (response.status(), response.into_string().unwrap()),
-            Err(ureq::Error::Status(status, response)) => (status, response.into_string().unwrap()),
-            Err(e) => panic!("{e}"),
-        }
-    }
-
-    /// A counter or gauge from /metrics.
-    fn metric(&self, name: &str) -> f64 {
-        let (_, text) = self.get("/metrics");
-        text.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in {text}"))
-    }
-
-    fn stream(&self, body: &Value) -> impl Iterator<Item = String> {
-        let response = ureq::post(&self.url("/v1/chat/completions")).send_json(body.clone()).unwrap();
-        BufReader::new(response.into_reader())
-            .lines()
-            .map_while(Result::ok)
-            .filter_map(|line| line.strip_prefix("data: ").map(str::to_string))
-    }
-
-    fn pid(&self) -> String {
-        self.child.id().to_string()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn image_url(name: &str) -> String {
-    let bytes = std::fs::read(twigvlm_testkit::image(name)).unwrap();
-    format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(bytes))
-}
-
-fn chat(prompt: &str, image: Option<&str>, max_tokens: usize) -> Value {
-    let mut content = vec![json!({"type": "text", "text": prompt})];
-    if let Some(url) = image {
-        content.insert(0, json!({"type": "image_url", "image_url": {"url": url}}));
-    }
-    json!({"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens})
-}
-
-fn with(mut body: Value, extra: Value) -> Value {
-    for (key, value) in extra.as_object().unwrap() {
-        body[key] = value.clone();
-    }
-    body
-}
-
-fn text_of(completion: &Value) -> String {
-    completion["choices"][0]["message"]["content"].as_str().unwrap().to_string()
-}
+use support::*;
 
 #[test]
 fn completions_equal_the_command_line_and_stream_in_openai_chunks() {
@@ -280,15 +138,6 @@ fn concurrent_requests_equal_sequential_ones() {
     assert!(sequential.windows(2).any(|w| w[0] != w[1]), "different seeds sample differently");
 }
 
-/// Polls `condition` for a few seconds.
-fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn a_client_that_goes_away_cancels_its_generation() {
     let server = Server::start(&[]);
@@ -361,20 +210,12 @@ fn sigterm_lets_the_running_request_finish_then_exits() {
     assert!(status.success(), "{status}");
 }
 
-fn twigvlm_kill(pid: &str) -> bool {
-    Command::new("kill").args(["-TERM", pid]).status().map(|s| s.success()).unwrap_or(false)
-}
-
 #[test]
 fn bad_input_gets_a_4xx_with_an_openai_error_body() {
     let server = Server::start(&["--max-image-bytes", "4000", "--max-image-pixels", "4900"]);
     let image = image_url("shapes-80x60.png");
-    let big = format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(vec![0u8; 5000]));
-    let mut png = Vec::new();
-    image::DynamicImage::new_rgb8(100, 50)
-        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-        .unwrap();
-    let many_pixels = format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(png));
+    let big = png_data_url(&[0u8; 5000]);
+    let many_pixels = blank_image_url(100, 50);
     let two_images = json!({"model": MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": image}}, {"type": "image_url", "image_url": {"url": image}}, {"type": "text", "text": "Compare."}]}]});
     let long_prompt = "word ".repeat(LONG_CONTEXT);
