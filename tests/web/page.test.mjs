@@ -5,7 +5,7 @@
 // Usage (from the repository root, after `cargo build --release` and `npm ci --prefix tests/web`):
 //   node tests/web/page.test.mjs --binary target/release/twigvlm --model DIR --image PNG \
 //        --screenshot OUT.png [--prompt TEXT] [--policy fastv] [--budget 11.1%] [--max-tokens 24] \
-//        [--twig DIR] [--chromium /usr/bin/chromium]
+//        [--final-wipe LAYER] [--twig DIR] [--chromium /usr/bin/chromium]
 import { spawn } from "node:child_process";
 import { createInterface } from "node:readline";
 import assert from "node:assert/strict";
@@ -50,8 +50,13 @@ try {
   await page.fill("#prompt", args.prompt);
   await page.selectOption("#policy", args.policy);
   await page.fill("#budget", args.budget);
+  if (args["final-wipe"]) await page.fill("#final_wipe", args["final-wipe"]);
   await page.fill("#max_tokens", args["max-tokens"]);
+  const chatRequest = page.waitForRequest((request) => request.url().endsWith("/v1/chat/completions"));
   await page.click("#send");
+  const sent = (await chatRequest).postDataJSON();
+  if (args["final-wipe"]) assert.equal(sent.final_wipe, Number(args["final-wipe"]), "the FinalWipe layer is sent");
+  else assert.equal(sent.final_wipe, undefined, "an empty FinalWipe field leaves the model's default");
   await page.waitForFunction(() => document.getElementById("status").textContent.startsWith("done"));
   const status = await page.textContent("#status");
   const answer = await page.textContent("#answer");
