@@ -2,6 +2,8 @@
 //! system turn by spelling `<|im_end|>` (ChatML) or `</s>` (vicuna), while the template's own
 //! control tokens and the image placeholder keep their meaning.
 
+use serde_json::{json, Value};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use twigvlm_backbone::chat_template::JinjaTemplate;
 use twigvlm_backbone::{ChatMessage, ChatTemplate, PromptTokenizer, Role};
 
@@ -10,12 +12,40 @@ const SMOLLM2: &str = "{% for message in messages %}{% if loop.first and message
 
 const VISUAL_TOKENS: usize = 4;
 
+/// The control tokens of SmolLM2's tokenizer, added after its byte vocabulary.
+const CHATML_SPECIAL_TOKENS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
+
+/// A byte-level BPE tokenizer of SmolLM2's kind (GPT-2's byte alphabet, no merges) with ChatML's
+/// control tokens as special added tokens: it spells any text, as the real one does.
+fn chatml_tokenizer() -> PromptTokenizer {
+    let mut alphabet: Vec<char> = ByteLevel::alphabet().into_iter().collect();
+    alphabet.sort_unstable();
+    let vocab: serde_json::Map<String, Value> =
+        alphabet.iter().enumerate().map(|(id, c)| (c.to_string(), json!(id))).collect();
+    let added: Vec<Value> = CHATML_SPECIAL_TOKENS
+        .iter()
+        .enumerate()
+        .map(|(i, content)| {
+            json!({"id": alphabet.len() + i, "content": content, "single_word": false, "lstrip": false,
+                   "rstrip": false, "normalized": false, "special": true})
+        })
+        .collect();
+    let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+    let tokenizer = json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added, "normalizer": null,
+        "pre_tokenizer": byte_level, "post_processor": null, "decoder": byte_level,
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "vocab": vocab, "merges": []},
+    });
+    let dir = twigvlm_testkit::temp_dir("chatml-tokenizer");
+    let path = dir.path().join("tokenizer.json");
+    std::fs::write(&path, tokenizer.to_string()).unwrap();
+    PromptTokenizer::from_file(&path).unwrap()
+}
+
 fn chatml() -> (ChatTemplate, PromptTokenizer) {
     let template = JinjaTemplate::new(SMOLLM2.into(), "<|im_start|>".into(), "<|im_end|>".into()).unwrap();
-    let tokenizer =
-        PromptTokenizer::from_file(&twigvlm_testkit::workspace_root().join("models/shapes-smol/tokenizer.json"))
-            .unwrap();
-    (ChatTemplate::Jinja(template), tokenizer)
+    (ChatTemplate::Jinja(template), chatml_tokenizer())
 }
 
 fn vicuna(fixture: &str) -> PromptTokenizer {

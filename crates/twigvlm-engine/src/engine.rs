@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use burn::prelude::*;
 use image::DynamicImage;
-use twigvlm_backbone::{load_llava, Interrupt, LoadOptions, LoadedLlava, PromptTokens, TextStream};
+use twigvlm_backbone::{load_llava, Interrupt, LoadOptions, LoadedLlava, PrefillSteps, PromptTokens, TextStream};
 use twigvlm_ssd::{
     decode_speculative, decode_vanilla, decode_vanilla_prefilled, DecodeConfig, Sampler, ShallowNetwork,
 };
@@ -44,6 +44,9 @@ pub struct Engine<B: Backend> {
     pub model_dir: PathBuf,
     /// The twig attached with [`Engine::attach_twig`].
     pub twig: Option<TwigCheckpoint<B>>,
+    /// Prompt tokens a prefill runs through the layers at once ([`PrefillSteps`]; default
+    /// [`PrefillSteps::DEFAULT_CHUNK_TOKENS`], at least 1).
+    pub prefill_chunk_tokens: usize,
     /// What requests are checked against.
     facts: ModelFacts,
 }
@@ -61,7 +64,14 @@ impl<B: DecodeOps> Engine<B> {
             num_layers: llava.model.language_model.num_layers(),
             twig: None,
         };
-        Ok(Self { llava, device, model_dir: model_dir.to_path_buf(), twig: None, facts })
+        Ok(Self {
+            llava,
+            device,
+            model_dir: model_dir.to_path_buf(),
+            twig: None,
+            prefill_chunk_tokens: PrefillSteps::DEFAULT_CHUNK_TOKENS,
+            facts,
+        })
     }
 
     /// What requests are checked against ([`GenerateRequest::validate`]).
@@ -137,7 +147,8 @@ impl<B: DecodeOps> Engine<B> {
         Ok(self.prefill(twig, embeds, &encoded.tokens, pruning, false, interrupt)?.pruning)
     }
 
-    /// The prefill of a prompt's embeddings under `pruning`, with `twig` when given.
+    /// The prefill of a prompt's embeddings under `pruning`, with `twig` when given, in chunks
+    /// of [`Engine::prefill_chunk_tokens`] tokens.
     fn prefill(
         &self,
         twig: Option<&Twig<B>>,
@@ -150,7 +161,8 @@ impl<B: DecodeOps> Engine<B> {
         let base = &self.llava.model.language_model;
         let span = tokens.image_span.clone();
         // Every other pruning error is about what the request asked for.
-        prefill(base, twig, embeds, span, pruning, keep_twig_cache, interrupt).map_err(|e| match e {
+        let steps = PrefillSteps::new(*interrupt).with_chunk_tokens(self.prefill_chunk_tokens);
+        prefill(base, twig, embeds, span, pruning, keep_twig_cache, &steps).map_err(|e| match e {
             TtpError::Interrupted(interrupted) => interrupted.into(),
             e => RequestError::Pruning(e).into(),
         })

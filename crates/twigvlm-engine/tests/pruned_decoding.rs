@@ -7,7 +7,7 @@ use std::ops::{ControlFlow, Range};
 
 use burn::backend::Flex;
 use burn::prelude::*;
-use twigvlm_backbone::{load_llava, Interrupt, LlamaDecoder, LoadOptions, LoadedLlava};
+use twigvlm_backbone::{load_llava, LlamaDecoder, LoadOptions, LoadedLlava, PrefillSteps};
 use twigvlm_ssd::{decode_speculative, decode_vanilla_prefilled, DecodeConfig, DraftConfig, Sampler, Sampling};
 use twigvlm_ttp::{prefill, PruningSpec};
 use twigvlm_twig::{Twig, TwigConfig};
@@ -40,7 +40,8 @@ fn vanilla(
     spec: &PruningSpec,
     config: &DecodeConfig,
 ) -> Vec<u32> {
-    let prefilled = prefill(base, twig, embeds(base, ids), Some(IMAGE), spec, false, &Interrupt::NEVER).unwrap();
+    let prefilled =
+        prefill(base, twig, embeds(base, ids), Some(IMAGE), spec, false, &PrefillSteps::UNINTERRUPTED).unwrap();
     assert!(prefilled.pruning.is_some(), "{spec:?} pruned nothing");
     decode_vanilla_prefilled(base, prefilled.state, config, &mut Sampler::new(Sampling::Greedy, 0), |_| {
         ControlFlow::Continue(())
@@ -64,9 +65,16 @@ fn ssd_after_pruning_gives_the_greedy_tokens_of_the_same_pruning() {
                 for final_wipe in [None, Some(4)] {
                     let spec = spec(policy, budget, final_wipe);
                     let expected = vanilla(base, Some(&twig), &PROMPT, &spec, &config);
-                    let prefilled =
-                        prefill(base, Some(&twig), embeds(base, &PROMPT), Some(IMAGE), &spec, true, &Interrupt::NEVER)
-                            .unwrap();
+                    let prefilled = prefill(
+                        base,
+                        Some(&twig),
+                        embeds(base, &PROMPT),
+                        Some(IMAGE),
+                        &spec,
+                        true,
+                        &PrefillSteps::UNINTERRUPTED,
+                    )
+                    .unwrap();
                     let (out, stats) = decode_speculative(
                         base,
                         &twig,
@@ -98,7 +106,9 @@ fn decoding_continues_from_pruned_caches_at_the_original_positions() {
         for step in 1..generated.len() {
             let mut ids = PROMPT.to_vec();
             ids.extend(generated[..step].iter().map(|&t| t as i64));
-            let again = prefill(base, None, embeds(base, &ids), Some(IMAGE), &spec, false, &Interrupt::NEVER).unwrap();
+            let again =
+                prefill(base, None, embeds(base, &ids), Some(IMAGE), &spec, false, &PrefillSteps::UNINTERRUPTED)
+                    .unwrap();
             let best = again.state.last_logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as u32;
             assert_eq!(best, generated[step], "{spec:?}, step {step}");
         }

@@ -10,7 +10,7 @@ use std::ops::ControlFlow;
 use common::{config, embeds, fixture, B};
 use strum::VariantArray;
 use twigvlm_backbone::weights::StorageDtype;
-use twigvlm_backbone::{load_llava, Interrupt, LlamaDecoder, LoadOptions};
+use twigvlm_backbone::{load_llava, LlamaDecoder, LoadOptions, PrefillSteps};
 use twigvlm_ssd::{
     decode_speculative, decode_vanilla, DecodeConfig, DraftConfig, DraftLength, DraftTree, Sampler, Sampling,
     ShallowNetwork, SpeculativeStats, StopReason,
@@ -35,7 +35,7 @@ fn speculative(
     draft: &DraftConfig,
 ) -> (Vec<u32>, StopReason, SpeculativeStats) {
     let mut streamed = Vec::new();
-    let prefill = prefill_unpruned(base, Some(twig), embeds(base, ids), &Interrupt::NEVER).unwrap();
+    let prefill = prefill_unpruned(base, Some(twig), embeds(base, ids), &PrefillSteps::UNINTERRUPTED).unwrap();
     let (out, stats) =
         decode_speculative(base, twig, prefill, config, draft, &mut Sampler::new(Sampling::Greedy, 0), |t| {
             streamed.push(t);
@@ -178,7 +178,7 @@ fn speculative_sampling_follows_the_base_distribution() {
     };
     let mut rejected = 0;
     let speculative = token_counts(seeds, |seed| {
-        let prefill = prefill_unpruned(base, Some(&twig), embeds(base, ids), &Interrupt::NEVER).unwrap();
+        let prefill = prefill_unpruned(base, Some(&twig), embeds(base, ids), &PrefillSteps::UNINTERRUPTED).unwrap();
         let (out, stats) =
             decode_speculative(base, &twig, prefill, &config, &draft, &mut Sampler::new(sampling, seed), |_| {
                 ControlFlow::Continue(())
@@ -332,7 +332,8 @@ fn sampling_with_a_tree_configured_drafts_a_chain() {
     let config = config(12, vec![]);
     let chain = DraftConfig { max_draft: 3, draft_threshold: 0.0, ..DraftConfig::default() };
     let run = |draft: &DraftConfig| {
-        let prefill = prefill_unpruned(base, Some(&twig), embeds(base, PROMPTS[0]), &Interrupt::NEVER).unwrap();
+        let prefill =
+            prefill_unpruned(base, Some(&twig), embeds(base, PROMPTS[0]), &PrefillSteps::UNINTERRUPTED).unwrap();
         let (out, stats) =
             decode_speculative(base, &twig, prefill, &config, draft, &mut Sampler::new(sampling, 3), |_| {
                 ControlFlow::Continue(())

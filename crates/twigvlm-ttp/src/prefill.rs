@@ -7,7 +7,7 @@ use std::ops::Range;
 use std::time::Instant;
 
 use burn::prelude::*;
-use twigvlm_backbone::{AttentionProbe, Interrupt, KvCache, LlamaDecoder, PromptState};
+use twigvlm_backbone::{AttentionProbe, KvCache, LlamaDecoder, PrefillSteps, PromptState};
 use twigvlm_twig::{prefill_unpruned, Twig};
 
 use crate::budget::LayerPlan;
@@ -49,8 +49,10 @@ pub struct PruningOutcome {
 
 /// Runs the prompt `embeds` (`[1, prompt_len, hidden]`, the image at `image_span`) through
 /// `base` under `spec`. The twig runs when the policy ranks with it or `keep_twig_cache` asks
-/// for its cache (self-speculative decoding drafts from it). `interrupt` is asked before every
-/// layer ([`TtpError::Interrupted`]).
+/// for its cache (self-speculative decoding drafts from it). Every stage runs in chunks of
+/// `steps` tokens, asking its interrupt before every layer of every chunk
+/// ([`TtpError::Interrupted`]); ranking sees the whole prompt through the ranking layer before
+/// any later layer runs.
 pub fn prefill<B: DecodeOps>(
     base: &LlamaDecoder<B>,
     twig: Option<&Twig<B>>,
@@ -58,7 +60,7 @@ pub fn prefill<B: DecodeOps>(
     image_span: Option<Range<usize>>,
     spec: &PruningSpec,
     keep_twig_cache: bool,
-    interrupt: &Interrupt,
+    steps: &PrefillSteps,
 ) -> Result<Prefill<B>> {
     let started = Instant::now();
     let device = embeds.device();
@@ -76,7 +78,7 @@ pub fn prefill<B: DecodeOps>(
     };
 
     let Some((plan, span, r_prime)) = pruned else {
-        let state = prefill_unpruned(base, twig.filter(|_| keep_twig_cache), embeds, interrupt)?;
+        let state = prefill_unpruned(base, twig.filter(|_| keep_twig_cache), embeds, steps)?;
         return Ok(Prefill { state: PromptState { time: started.elapsed(), ..state }, pruning: None });
     };
     let split = plan.layers.prune_layer;
@@ -90,15 +92,15 @@ pub fn prefill<B: DecodeOps>(
         Scores::BaseLayer(layer) if layer < split => probe_at(layer),
         _ => AttentionProbe::default(),
     };
-    let mut low = base.forward_layers_interruptible(embeds, &rope, 0..split, &mut base_cache, &low_probe, interrupt)?;
+    let mut low = base.prefill_layers(embeds, &rope, 0..split, &mut base_cache, &low_probe, steps)?;
 
     let mut twig_cache = None;
     let mut twig_attention = None;
     if let Some(twig) = twig.filter(|_| keep_twig_cache || plan.scores == Scores::Twig) {
-        interrupt.check()?;
         let probe = if plan.scores == Scores::Twig { probe_at(twig.config.t - 1) } else { AttentionProbe::default() };
         let mut cache = twig.new_cache();
-        twig_attention = twig.forward(low.hidden.clone(), &rope, &mut cache, &probe).attention.pop().map(|(_, p)| p);
+        twig_attention =
+            twig.prefill(low.hidden.clone(), &rope, &mut cache, &probe, steps)?.attention.pop().map(|(_, p)| p);
         twig_cache = Some(cache);
     }
 
@@ -108,13 +110,13 @@ pub fn prefill<B: DecodeOps>(
             // The ablation's deeper layer sees the unpruned prompt: layers K..N-1 run once more
             // on a scratch cache (only this policy computes anything twice).
             let mut scratch = KvCache::new(num_layers);
-            let deeper = base.forward_layers_interruptible(
+            let deeper = base.prefill_layers(
                 low.hidden.clone(),
                 &rope,
                 split..layer + 1,
                 &mut scratch,
                 &probe_at(layer),
-                interrupt,
+                steps,
             )?;
             head_mean_row(deeper.attention.into_iter().next().expect("probed layer").1, span.clone())
         }
@@ -124,7 +126,7 @@ pub fn prefill<B: DecodeOps>(
     };
     let kept = top_indices(&visual_scores, r_prime);
     let pruned = PrunedRows { span: &span, kept: &kept, prompt_len };
-    let top = run_pruned(base, low.hidden, &plan.layers, &pruned, &mut base_cache, interrupt)?;
+    let top = run_pruned(base, low.hidden, &plan.layers, &pruned, &mut base_cache, steps)?;
     let last_logits = base.last_position_logits(top);
     let state = PromptState { base_cache, twig_cache, last_logits, prompt_len, time: started.elapsed() };
     Ok(Prefill { state, pruning: Some(outcome(plan, span.len(), kept, visual_scores)) })
@@ -146,7 +148,7 @@ fn run_pruned<B: DecodeOps>(
     layers: &LayerPlan,
     pruned: &PrunedRows,
     cache: &mut KvCache<B>,
-    interrupt: &Interrupt,
+    steps: &PrefillSteps,
 ) -> Result<Tensor<B, 3>> {
     let PrunedRows { span, kept, prompt_len } = *pruned;
     let device = hidden.device();
@@ -154,13 +156,13 @@ fn run_pruned<B: DecodeOps>(
     let rows: Vec<usize> =
         (0..span.start).chain(kept.iter().map(|&i| span.start + i)).chain(text_after.clone()).collect();
     let kept_hidden = gather_rows(hidden, &rows);
-    let middle = base.forward_layers_interruptible(
+    let middle = base.prefill_layers(
         kept_hidden,
         &base.rope(&rows, &device),
         layers.prune_layer..layers.wipe_layer,
         cache,
         &AttentionProbe::default(),
-        interrupt,
+        steps,
     )?;
     if !layers.has_final_wipe() {
         return Ok(middle.hidden);
@@ -168,13 +170,13 @@ fn run_pruned<B: DecodeOps>(
     let text_rows: Vec<usize> = (0..span.start).chain(span.start + kept.len()..rows.len()).collect();
     let text_positions: Vec<usize> = (0..span.start).chain(text_after).collect();
     let text = gather_rows(middle.hidden, &text_rows);
-    let top = base.forward_layers_interruptible(
+    let top = base.prefill_layers(
         text,
         &base.rope(&text_positions, &device),
         layers.wipe_layer..layers.num_layers,
         cache,
         &AttentionProbe::default(),
-        interrupt,
+        steps,
     )?;
     Ok(top.hidden)
 }

@@ -5,7 +5,9 @@ use std::ops::Range;
 
 use burn::backend::Flex;
 use burn::prelude::*;
-use twigvlm_backbone::{load_llava, AttentionProbe, Interrupt, KvCache, LlamaDecoder, LoadOptions, LoadedLlava};
+use twigvlm_backbone::{
+    load_llava, AttentionProbe, Interrupt, KvCache, LlamaDecoder, LoadOptions, LoadedLlava, PrefillSteps, PromptState,
+};
 use twigvlm_ttp::{prefill, LayerPlan, Prefill, PruningSpec, TtpError};
 use twigvlm_twig::{Twig, TwigConfig};
 
@@ -28,7 +30,7 @@ fn spec(policy: &str, budget: &str, final_wipe: Option<usize>) -> PruningSpec {
 }
 
 fn run(base: &LlamaDecoder<B>, twig: Option<&Twig<B>>, spec: &PruningSpec) -> Prefill<B> {
-    prefill(base, twig, embeds(base, &PROMPT), Some(IMAGE), spec, false, &Interrupt::NEVER).unwrap()
+    prefill(base, twig, embeds(base, &PROMPT), Some(IMAGE), spec, false, &PrefillSteps::UNINTERRUPTED).unwrap()
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -62,7 +64,8 @@ fn every_layer_cache_has_the_planned_length() {
     for (final_wipe, budget) in [(None, "4"), (Some(3), "30%"), (Some(2), "6"), (Some(LAYERS), "2")] {
         let spec = spec("twig", budget, final_wipe);
         let out =
-            prefill(base, Some(&twig), embeds(base, &PROMPT), Some(IMAGE), &spec, true, &Interrupt::NEVER).unwrap();
+            prefill(base, Some(&twig), embeds(base, &PROMPT), Some(IMAGE), &spec, true, &PrefillSteps::UNINTERRUPTED)
+                .unwrap();
         let outcome = out.pruning.as_ref().unwrap();
         let plan = LayerPlan::new(LAYERS, 1, outcome.final_wipe).unwrap();
         assert_eq!(
@@ -126,8 +129,16 @@ fn nothing_is_pruned_when_there_is_nothing_to_prune() {
     let base = &llava.model.language_model;
     let unpruned = run(base, None, &PruningSpec::none());
     // Text only.
-    let text_only =
-        prefill(base, None, embeds(base, &PROMPT), None, &spec("fastv", "3", None), false, &Interrupt::NEVER).unwrap();
+    let text_only = prefill(
+        base,
+        None,
+        embeds(base, &PROMPT),
+        None,
+        &spec("fastv", "3", None),
+        false,
+        &PrefillSteps::UNINTERRUPTED,
+    )
+    .unwrap();
     assert!(text_only.pruning.is_none());
     assert!(max_abs_diff(&text_only.state.last_logits, &unpruned.state.last_logits) < 1e-6);
     // A budget of every visual token (FinalWipe included), or above them.
@@ -160,16 +171,30 @@ fn an_interrupt_stops_the_prefill_between_layers() {
         // Every check of a whole prefill, counted; then the prefill stopped at each of them.
         let checks = AtomicUsize::new(0);
         let count = || checks.fetch_add(1, Ordering::Relaxed) == usize::MAX;
-        let whole =
-            prefill(base, Some(&twig), embeds(base, &PROMPT), Some(IMAGE), &spec, true, &Interrupt::new(&count));
+        let whole = prefill(
+            base,
+            Some(&twig),
+            embeds(base, &PROMPT),
+            Some(IMAGE),
+            &spec,
+            true,
+            &PrefillSteps::new(Interrupt::new(&count)),
+        );
         assert!(whole.is_ok());
         let total = checks.load(Ordering::Relaxed);
         assert!(total > LAYERS, "{spec:?}: {total} checks");
         for stop_at in 0..total {
             let seen = AtomicUsize::new(0);
             let stop = || seen.fetch_add(1, Ordering::Relaxed) >= stop_at;
-            let result =
-                prefill(base, Some(&twig), embeds(base, &PROMPT), Some(IMAGE), &spec, true, &Interrupt::new(&stop));
+            let result = prefill(
+                base,
+                Some(&twig),
+                embeds(base, &PROMPT),
+                Some(IMAGE),
+                &spec,
+                true,
+                &PrefillSteps::new(Interrupt::new(&stop)),
+            );
             assert!(matches!(result, Err(TtpError::Interrupted(_))), "{spec:?} stopped at check {stop_at}");
         }
     }
@@ -180,7 +205,7 @@ fn bad_requests_get_clear_errors() {
     let llava = fixture();
     let base = &llava.model.language_model;
     let attempt = |spec: &PruningSpec, span: Range<usize>| {
-        prefill(base, None, embeds(base, &PROMPT), Some(span), spec, false, &Interrupt::NEVER).err()
+        prefill(base, None, embeds(base, &PROMPT), Some(span), spec, false, &PrefillSteps::UNINTERRUPTED).err()
     };
     assert!(matches!(attempt(&spec("twig", "3", None), IMAGE), Some(TtpError::MissingTwig)));
     assert!(matches!(attempt(&spec("random", "3", Some(2)), IMAGE), Some(TtpError::InvalidLayers(_))));
@@ -193,4 +218,79 @@ fn bad_requests_get_clear_errors() {
     assert!(matches!(attempt(&spec("fastv", "3", None), 6..16), Some(TtpError::ImageAtPromptEnd)));
     let message = attempt(&spec("random", "3", Some(2)), IMAGE).unwrap().to_string();
     assert!(message.contains("K_f=2") && message.contains("K=2"), "{message}");
+}
+
+/// Every layer's cached keys and values, as f32.
+fn cache_values(cache: &KvCache<B>) -> Vec<Vec<f32>> {
+    let host = |t: Tensor<B, 4>| t.into_data().convert::<f32>().into_vec::<f32>().unwrap();
+    (0..cache.num_layers())
+        .map(|layer| cache.layer(layer).entries().map_or_else(Vec::new, |(k, v)| [host(k), host(v)].concat()))
+        .collect()
+}
+
+fn argmax(logits: &[f32]) -> usize {
+    logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap()
+}
+
+/// `tokens` greedy tokens continuing a prefill through every base layer.
+fn greedy(base: &LlamaDecoder<B>, state: &PromptState<B>, tokens: usize) -> Vec<usize> {
+    let mut cache = state.base_cache.clone();
+    let mut logits = state.last_logits.clone();
+    let mut out = Vec::with_capacity(tokens);
+    for position in state.prompt_len..state.prompt_len + tokens {
+        let next = argmax(&logits);
+        out.push(next);
+        let rope = base.rope(&[position], &Default::default());
+        let hidden =
+            base.forward_layers(embeds(base, &[next as i64]), &rope, 0..LAYERS, &mut cache, &AttentionProbe::default());
+        logits = base.last_position_logits(hidden.hidden);
+    }
+    out
+}
+
+#[test]
+fn a_prefill_in_chunks_gives_the_caches_selection_and_tokens_of_one_forward() {
+    const TOLERANCE: f32 = 1e-5;
+    const TOKENS: usize = 6;
+    let llava = fixture();
+    let base = &llava.model.language_model;
+    let twig = Twig::init(base, &llava.config.text, TwigConfig::new(1, 2), &Default::default()).unwrap();
+    let specs = [
+        PruningSpec::none(),
+        spec("twig", "4", Some(3)),
+        spec("twig", "30%", Some(LAYERS)),
+        spec("fastv", "3", None),
+        spec("vlm-layer:4", "3", Some(3)),
+        spec("random:1", "4", Some(2)),
+    ];
+    let run_in = |spec: &PruningSpec, chunk: usize| {
+        let steps = PrefillSteps::UNINTERRUPTED.with_chunk_tokens(chunk);
+        prefill(base, Some(&twig), embeds(base, &PROMPT), Some(IMAGE), spec, true, &steps).unwrap()
+    };
+    for spec in &specs {
+        let whole = run_in(spec, PROMPT.len());
+        let whole_tokens = greedy(base, &whole.state, TOKENS);
+        let whole_base = cache_values(&whole.state.base_cache);
+        let whole_twig = cache_values(whole.state.twig_cache.as_ref().unwrap());
+        // Chunk edges fall everywhere: inside the image, on its edges, next to the last token.
+        for chunk in 1..PROMPT.len() {
+            let chunked = run_in(spec, chunk);
+            let label = format!("{spec:?} in chunks of {chunk}");
+            let selection = |p: &Prefill<B>| p.pruning.as_ref().map(|o| o.kept_visual_indices.clone());
+            assert_eq!(selection(&chunked), selection(&whole), "{label}");
+            if let (Some(a), Some(b)) = (&chunked.pruning, &whole.pruning) {
+                assert!(max_abs_diff(&a.visual_scores, &b.visual_scores) < TOLERANCE, "{label}");
+            }
+            assert_eq!(chunked.state.base_cache.lengths(), whole.state.base_cache.lengths(), "{label}");
+            let caches = cache_values(&chunked.state.base_cache)
+                .into_iter()
+                .zip(&whole_base)
+                .chain(cache_values(chunked.state.twig_cache.as_ref().unwrap()).into_iter().zip(&whole_twig));
+            for (layer, (a, b)) in caches.enumerate() {
+                assert!(max_abs_diff(&a, b) < TOLERANCE, "{label}: cache {layer}");
+            }
+            assert!(max_abs_diff(&chunked.state.last_logits, &whole.state.last_logits) < TOLERANCE, "{label}");
+            assert_eq!(greedy(base, &chunked.state, TOKENS), whole_tokens, "{label}");
+        }
+    }
 }

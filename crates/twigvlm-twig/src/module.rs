@@ -3,8 +3,9 @@
 use burn::nn::{Linear, RmsNorm};
 use burn::prelude::*;
 use twigvlm_backbone::config::LlamaConfig;
+use twigvlm_backbone::llama::chunked::prefill_stack;
 use twigvlm_backbone::llama::{forward_stack, forward_stack_tree, LayersOutput, RopeAngles, TreeMask};
-use twigvlm_backbone::{AttentionProbe, DecoderLayer, KvCache, LlamaDecoder};
+use twigvlm_backbone::{AttentionProbe, DecoderLayer, Interrupted, KvCache, LlamaDecoder, PrefillSteps};
 
 use crate::config::{TwigConfig, TwigHead, TwigInit};
 use crate::error::Result;
@@ -65,6 +66,19 @@ impl<B: DecodeOps> Twig<B> {
         probe: &AttentionProbe,
     ) -> LayersOutput<B> {
         forward_stack(&self.layers, 0, hidden, rope, cache, probe)
+    }
+
+    /// [`Self::forward`] over a prompt in chunks of tokens, asking `steps`' interrupt before each
+    /// block of each chunk ([`twigvlm_backbone::llama::chunked`]).
+    pub fn prefill(
+        &self,
+        hidden: Tensor<B, 3>,
+        rope: &RopeAngles<B>,
+        cache: &mut KvCache<B>,
+        probe: &AttentionProbe,
+        steps: &PrefillSteps,
+    ) -> std::result::Result<LayersOutput<B>, Interrupted> {
+        prefill_stack(&self.layers, 0, hidden, rope, cache, probe, steps)
     }
 
     /// [`Self::forward`] for the nodes of a draft tree (see `TreeMask`).

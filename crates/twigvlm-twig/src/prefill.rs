@@ -4,20 +4,20 @@
 use std::time::Instant;
 
 use burn::prelude::*;
-use twigvlm_backbone::{AttentionProbe, Interrupt, Interrupted, KvCache, LlamaDecoder, PromptState};
+use twigvlm_backbone::{AttentionProbe, Interrupted, KvCache, LlamaDecoder, PrefillSteps, PromptState};
 
 use crate::module::Twig;
 use twigvlm_backbone::ops::DecodeOps;
 
 /// Runs the prompt `embeds` (`[1, prompt_len, hidden]`, positions `0..prompt_len`) through every
 /// base layer, and through `twig` on the layer-K hidden states so that its cache covers the whole
-/// prompt (what the self-speculative decoder drafts from). `interrupt` is asked before every
-/// layer.
+/// prompt (what the self-speculative decoder drafts from), in chunks of `steps` tokens, asking
+/// its interrupt before every layer of every chunk.
 pub fn prefill_unpruned<B: DecodeOps>(
     base: &LlamaDecoder<B>,
     twig: Option<&Twig<B>>,
     embeds: Tensor<B, 3>,
-    interrupt: &Interrupt,
+    steps: &PrefillSteps,
 ) -> Result<PromptState<B>, Interrupted> {
     let started = Instant::now();
     let prompt_len = embeds.dims()[1];
@@ -27,18 +27,16 @@ pub fn prefill_unpruned<B: DecodeOps>(
     let no_probe = AttentionProbe::default();
     let mut base_cache = KvCache::new(num_layers);
     let split = twig.map_or(num_layers, |t| t.config.k);
-    let low = base.forward_layers_interruptible(embeds, &rope, 0..split, &mut base_cache, &no_probe, interrupt)?.hidden;
+    let low = base.prefill_layers(embeds, &rope, 0..split, &mut base_cache, &no_probe, steps)?.hidden;
     let twig_cache = match twig {
         Some(twig) => {
-            interrupt.check()?;
             let mut cache = twig.new_cache();
-            twig.forward(low.clone(), &rope, &mut cache, &no_probe);
+            twig.prefill(low.clone(), &rope, &mut cache, &no_probe, steps)?;
             Some(cache)
         }
         None => None,
     };
-    let top =
-        base.forward_layers_interruptible(low, &rope, split..num_layers, &mut base_cache, &no_probe, interrupt)?.hidden;
+    let top = base.prefill_layers(low, &rope, split..num_layers, &mut base_cache, &no_probe, steps)?.hidden;
     let last_logits = base.last_position_logits(top);
     Ok(PromptState { base_cache, twig_cache, last_logits, prompt_len, time: started.elapsed() })
 }

@@ -32,6 +32,12 @@ impl<B: Backend> LayerKvCache<B> {
         self.len == 0
     }
 
+    /// The cached keys and values, `[batch, kv_heads, len, head_dim]` each (`None` while empty).
+    pub fn entries(&self) -> Option<(Tensor<B, 4>, Tensor<B, 4>)> {
+        let (keys, values) = (self.keys.as_ref()?, self.values.as_ref()?);
+        (self.len > 0).then(|| (keys.clone().narrow(2, 0, self.len), values.clone().narrow(2, 0, self.len)))
+    }
+
     /// Appends `[batch, kv_heads, new, head_dim]` keys/values and returns all cached ones.
     pub fn append(&mut self, keys: Tensor<B, 4>, values: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let [batch, heads, new, head_dim] = keys.dims();

@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod cache;
+pub mod chunked;
 pub mod layer;
 pub mod prompt_state;
 pub mod rope;
@@ -16,6 +17,7 @@ use burn::prelude::*;
 
 pub use attention::SelfAttention;
 pub use cache::{KvCache, LayerKvCache};
+pub use chunked::PrefillSteps;
 pub use layer::{DecoderLayer, Mlp};
 pub use prompt_state::PromptState;
 pub use rope::RopeAngles;
@@ -23,13 +25,13 @@ pub use tree_mask::TreeMask;
 
 use crate::config::LlamaConfig;
 use crate::error::Result;
-use crate::interrupt::{Interrupt, Interrupted};
+use crate::interrupt::Interrupted;
 use crate::weights::WeightLoader;
 
 /// Which query rows' attention probabilities to return, and from which layers.
 #[derive(Debug, Clone, Default)]
 pub struct AttentionProbe {
-    /// Row indices within the tokens of the current forward.
+    /// Row indices within the tokens of the current forward, ascending.
     pub rows: Vec<usize>,
     /// Absolute layer indices; empty = every layer that runs.
     pub layers: Vec<usize>,
@@ -39,6 +41,12 @@ impl AttentionProbe {
     /// The last of `new` tokens, in every layer.
     pub fn last_row(new: usize) -> Self {
         Self { rows: vec![new.saturating_sub(1)], layers: Vec::new() }
+    }
+
+    /// The rows in `rows` (a chunk of the forward's tokens), as indices within it.
+    fn within(&self, rows: Range<usize>) -> Self {
+        let inside = self.rows.iter().filter(|row| rows.contains(row)).map(|row| row - rows.start).collect();
+        Self { rows: inside, layers: self.layers.clone() }
     }
 
     fn rows_for(&self, layer: usize) -> Option<&[usize]> {
@@ -174,25 +182,18 @@ impl<B: DecodeOps> LlamaDecoder<B> {
         forward_stack(&self.layers[layers.clone()], layers.start, hidden, rope, cache, probe)
     }
 
-    /// [`Self::forward_layers`] one layer at a time, asking `interrupt` before each (a prefill of
-    /// a long prompt); the cache then holds the layers that ran.
-    pub fn forward_layers_interruptible(
+    /// [`Self::forward_layers`] over a prompt in chunks of tokens, asking `steps`' interrupt
+    /// before each layer of each chunk ([`chunked`]); the cache then holds what ran.
+    pub fn prefill_layers(
         &self,
-        mut hidden: Tensor<B, 3>,
+        hidden: Tensor<B, 3>,
         rope: &RopeAngles<B>,
         layers: Range<usize>,
         cache: &mut KvCache<B>,
         probe: &AttentionProbe,
-        interrupt: &Interrupt,
+        steps: &PrefillSteps,
     ) -> std::result::Result<LayersOutput<B>, Interrupted> {
-        let mut attention = Vec::new();
-        for layer in layers {
-            interrupt.check()?;
-            let out = forward_stack(&self.layers[layer..layer + 1], layer, hidden, rope, cache, probe);
-            hidden = out.hidden;
-            attention.extend(out.attention);
-        }
-        Ok(LayersOutput { hidden, attention })
+        chunked::prefill_stack(&self.layers[layers.clone()], layers.start, hidden, rope, cache, probe, steps)
     }
 
     /// [`Self::forward_layers`] for the nodes of a draft tree ([`forward_stack_tree`]).

@@ -1,6 +1,8 @@
 //! Rotary position embedding in the HF `rotate_half` convention, evaluated at explicit position
 //! ids. Pruned sequences keep their original positions, so angles are never derived from a cache length.
 
+use std::ops::Range;
+
 use burn::prelude::*;
 
 use crate::ops::DecodeOps;
@@ -32,6 +34,12 @@ impl<B: Backend> RopeAngles<B> {
         }
         let angles = Tensor::<B, 2>::from_data(TensorData::new(angles, [positions.len(), head_dim]), device);
         Self { cos: angles.clone().cos().unsqueeze::<4>(), sin: angles.sin().unsqueeze::<4>() }
+    }
+
+    /// The angles of the tokens in `rows` (indices into the positions these were built for).
+    pub fn rows(&self, rows: Range<usize>) -> Self {
+        let narrow = |t: &Tensor<B, 4>| t.clone().narrow(2, rows.start, rows.len());
+        Self { cos: narrow(&self.cos), sin: narrow(&self.sin) }
     }
 
     /// # Shapes

@@ -35,6 +35,13 @@ impl TreeMask {
         Self { rows, tail, visible }
     }
 
+    /// `rows` new tokens in sequence after a cache, each seeing the ones before it and itself:
+    /// the causal rule of a several-row forward after a cache, spelled out.
+    pub fn chain(rows: usize) -> Self {
+        let visible = (0..rows).flat_map(|row| (0..rows).map(move |entry| entry <= row)).collect();
+        Self { rows, tail: rows, visible }
+    }
+
     pub fn rows(&self) -> usize {
         self.rows
     }
@@ -67,6 +74,12 @@ impl TreeMask {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chain_is_the_tree_of_one_branch() {
+        let parents: Vec<Option<usize>> = (0..5usize).map(|i| i.checked_sub(1)).collect();
+        assert_eq!(TreeMask::chain(5), TreeMask::from_parents(&parents, 5));
+    }
 
     #[test]
     fn each_token_sees_the_context_its_ancestors_and_itself() {

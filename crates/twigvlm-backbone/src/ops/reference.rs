@@ -8,6 +8,7 @@ use burn::tensor::DType;
 
 use super::KeyMask;
 use crate::config::Activation;
+use crate::llama::TreeMask;
 
 /// See [`super::DecodeOps::linear`].
 pub fn linear<B: Backend>(x: Tensor<B, 3>, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Tensor<B, 3> {
@@ -44,6 +45,10 @@ pub fn attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, 
             let out = burn_attention(grouped, k, v, None, None, AttentionModuleOptions::default());
             out.reshape([batch, heads, 1, head_dim])
         }
+        // Several rows after a cache (a prefill chunk, a verification): the causal rule spelled
+        // out, query i seeing keys up to i + keys − rows, since kernels differ on where
+        // `is_causal` aligns a query block shorter than the keys.
+        KeyMask::Causal if rows < k.dims()[2] => attention(q, k, v, KeyMask::Tree(&TreeMask::chain(rows))),
         KeyMask::Causal => {
             let (k, v) = (repeat_kv(k, heads / kv_heads), repeat_kv(v, heads / kv_heads));
             burn_attention(q, k, v, None, None, AttentionModuleOptions { is_causal: true, ..Default::default() })

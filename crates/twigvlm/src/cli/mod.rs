@@ -28,6 +28,7 @@ use twigvlm_engine::{
 use named::named;
 use twigvlm_backbone::ops::DecodeOps;
 use twigvlm_backbone::weights::StorageDtype;
+use twigvlm_backbone::PrefillSteps;
 
 /// Fast vision-language inference with twig-guided token pruning and self-speculative decoding.
 #[derive(Debug, Parser)]
@@ -162,6 +163,11 @@ pub struct ModelArgs {
     /// CLIP directory for original-layout LLaVA checkpoints whose `mm_vision_tower` is not a local path.
     #[arg(long)]
     pub vision_tower: Option<PathBuf>,
+    /// Prompt tokens a prefill runs through the layers at once: a layer holds this many rows of
+    /// attention scores against the prompt, and a stop request is seen between layers of a chunk.
+    #[arg(long, default_value_t = PrefillSteps::DEFAULT_CHUNK_TOKENS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub prefill_chunk: usize,
     #[command(flatten)]
     pub decoder: DecoderArgs,
 }
@@ -304,6 +310,7 @@ fn load_engine<B: DecodeOps>(
     let options = LoadOptions { vision_tower_dir: args.vision_tower.clone(), weights_dtype: args.weights_dtype };
     let mut engine = Engine::<B>::load(model, &options, device)
         .with_context(|| format!("cannot load the model in {}", model.display()))?;
+    engine.prefill_chunk_tokens = args.prefill_chunk;
     let decoder = args.decoder.prepare(&mut engine, pruning, twig_serves_more)?;
     spinner.finish_and_clear();
     Ok((engine, decoder))
