@@ -50,15 +50,22 @@ try {
   await page.fill("#prompt", args.prompt);
   await page.selectOption("#policy", args.policy);
   await page.fill("#budget", args.budget);
-  if (args["final-wipe"]) await page.fill("#final_wipe", args["final-wipe"]);
+  if (args["final-wipe"]) {
+    assert.ok(await page.isEnabled("#final_wipe"), `the FinalWipe field is off under ${args.policy}`);
+    await page.fill("#final_wipe", args["final-wipe"]);
+  }
   await page.fill("#max_tokens", args["max-tokens"]);
   const chatRequest = page.waitForRequest((request) => request.url().endsWith("/v1/chat/completions"));
   await page.click("#send");
   const sent = (await chatRequest).postDataJSON();
   if (args["final-wipe"]) assert.equal(sent.final_wipe, Number(args["final-wipe"]), "the FinalWipe layer is sent");
   else assert.equal(sent.final_wipe, undefined, "an empty FinalWipe field leaves the model's default");
-  await page.waitForFunction(() => document.getElementById("status").textContent.startsWith("done"));
+  await page.waitForFunction(() => {
+    const status = document.getElementById("status");
+    return status.textContent.startsWith("done") || status.className === "error";
+  });
   const status = await page.textContent("#status");
+  assert.notEqual(await page.getAttribute("#status", "class"), "error", `the answer failed: ${status}`);
   const answer = await page.textContent("#answer");
   assert.ok(answer.length > 0, "the answer streamed into the page");
   assert.ok(Number(await page.textContent("#tps")) > 0, "tokens/s is shown");
