@@ -168,33 +168,19 @@ fn an_interrupt_stops_the_prefill_between_layers() {
     let base = &llava.model.language_model;
     let twig = Twig::init(base, &llava.config.text, TwigConfig::new(1, 2), &Default::default()).unwrap();
     for spec in [PruningSpec::none(), spec("twig", "3", None), spec("vlm-layer:4", "3", None)] {
+        // In chunks of 5 tokens, so that stops fall inside the prompt as well as between stages.
+        let run_until = |requested: &(dyn Fn() -> bool + Sync)| {
+            let steps = PrefillSteps::new(Interrupt::new(requested)).with_chunk_tokens(5);
+            prefill(base, Some(&twig), embeds(base, &PROMPT), Some(IMAGE), &spec, true, &steps)
+        };
         // Every check of a whole prefill, counted; then the prefill stopped at each of them.
         let checks = AtomicUsize::new(0);
-        let count = || checks.fetch_add(1, Ordering::Relaxed) == usize::MAX;
-        let whole = prefill(
-            base,
-            Some(&twig),
-            embeds(base, &PROMPT),
-            Some(IMAGE),
-            &spec,
-            true,
-            &PrefillSteps::new(Interrupt::new(&count)),
-        );
-        assert!(whole.is_ok());
+        assert!(run_until(&|| checks.fetch_add(1, Ordering::Relaxed) == usize::MAX).is_ok());
         let total = checks.load(Ordering::Relaxed);
-        assert!(total > LAYERS, "{spec:?}: {total} checks");
+        assert!(total > PROMPT.len().div_ceil(5) * LAYERS, "{spec:?}: {total} checks");
         for stop_at in 0..total {
             let seen = AtomicUsize::new(0);
-            let stop = || seen.fetch_add(1, Ordering::Relaxed) >= stop_at;
-            let result = prefill(
-                base,
-                Some(&twig),
-                embeds(base, &PROMPT),
-                Some(IMAGE),
-                &spec,
-                true,
-                &PrefillSteps::new(Interrupt::new(&stop)),
-            );
+            let result = run_until(&|| seen.fetch_add(1, Ordering::Relaxed) >= stop_at);
             assert!(matches!(result, Err(TtpError::Interrupted(_))), "{spec:?} stopped at check {stop_at}");
         }
     }
