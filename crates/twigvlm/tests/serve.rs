@@ -67,7 +67,8 @@ fn models_health_metrics_and_page() {
     assert_eq!(status, 200);
     assert!(page.contains("<form") && page.contains("/v1/chat/completions"));
     server.post("/v1/chat/completions", &chat("Hello", None, 4));
-    assert_eq!(server.metric("twigvlm_requests_total{outcome=\"completed\"}"), 1.0);
+    // Counted once the engine has finished, just after the answer leaves.
+    eventually("the request counted", || server.metric("twigvlm_requests_total{outcome=\"completed\"}") == 1.0);
     assert_eq!(server.metric("twigvlm_generated_tokens_total"), 4.0);
     assert_eq!(server.metric("twigvlm_queue_depth"), 0.0);
     let (status, _) = server.get("/v1/nothing");

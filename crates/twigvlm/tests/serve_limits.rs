@@ -96,13 +96,15 @@ fn a_long_prefill_stops_when_its_client_goes_or_its_deadline_passes() {
     let strict = Server::start(&["--request-timeout", "0.3"]);
     let (status, body) = strict.post("/v1/chat/completions", &long);
     assert_eq!((status, error_code(&body)), (504, "request_timeout"), "{body}");
-    let timed_out = logged_ms(&strict, "timed_out").expect("the timeout is logged");
+    // The engine counts and logs a request once it has stopped, just after its answer leaves.
+    eventually("the timeout's log line", || logged_ms(&strict, "timed_out").is_some());
+    let timed_out = logged_ms(&strict, "timed_out").unwrap();
     assert!(timed_out < soon, "stopped after {timed_out} ms; the whole prefill takes {prefill_ms} ms");
     let runaway =
         with(chat("Tell me a long story.", None, LONG_GENERATION), json!({"decoder": "ssd", "draft_tree": "8:8:64"}));
     let (status, body) = strict.post("/v1/chat/completions", &runaway);
     assert_eq!((status, error_code(&body)), (504, "request_timeout"), "{body}");
-    assert_eq!(strict.metric("twigvlm_requests_total{outcome=\"timed_out\"}"), 2.0);
+    eventually("both timeouts counted", || strict.metric("twigvlm_requests_total{outcome=\"timed_out\"}") == 2.0);
     assert_eq!(strict.post("/v1/chat/completions", &chat("Hi", None, 2)).0, 200, "the engine is free");
 }
 
