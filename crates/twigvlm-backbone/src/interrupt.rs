@@ -1,6 +1,6 @@
-//! Stopping long work early: a prefill asks between layers whether to go on, so that a client
-//! that went away, a request past its deadline or a server shutting down frees the model within
-//! one layer's time instead of after the whole prompt.
+//! Stopping long work early: a prefill asks before each layer of each chunk of its prompt whether
+//! to go on, so that a client that went away, a request past its deadline or a server shutting
+//! down frees the model within one layer's time over one chunk instead of after the whole prompt.
 
 use std::fmt;
 

@@ -135,7 +135,7 @@ impl<B: DecodeOps> Engine<B> {
     }
 
     /// Which visual tokens `pruning` keeps for an encoded prompt (the prefill runs, asking
-    /// `interrupt` between layers; nothing is decoded).
+    /// `interrupt` before each layer of each chunk; nothing is decoded).
     pub fn select_visual_tokens(
         &self,
         encoded: &EncodedPrompt<B>,
@@ -180,8 +180,9 @@ impl<B: DecodeOps> Engine<B> {
         self.generate_interruptible(request, &Interrupt::NEVER, on_text)
     }
 
-    /// [`Engine::generate`], asking `interrupt` between the prefill's layers and before each
-    /// generated token; once it asks to stop, the request ends with [`EngineError::Interrupted`].
+    /// [`Engine::generate`], asking `interrupt` before each layer of each prefill chunk and before
+    /// each generated token; once it asks to stop, the request ends with
+    /// [`EngineError::Interrupted`].
     pub fn generate_interruptible(
         &self,
         request: &GenerateRequest,

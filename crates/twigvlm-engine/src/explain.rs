@@ -34,7 +34,7 @@ pub struct Explanation {
 }
 
 /// Runs each named policy's prefill on `prompt` about `image` and collects its selection,
-/// asking `interrupt` between layers.
+/// asking `interrupt` before each layer of each prefill chunk.
 pub fn explain<B: DecodeOps>(
     engine: &Engine<B>,
     prompt: &str,

@@ -83,7 +83,7 @@ fn a_long_prefill_stops_when_its_client_goes_or_its_deadline_passes() {
     let (status, whole) = server.post("/v1/chat/completions", &long);
     assert_eq!(status, 200, "{whole}");
     let prefill_ms = whole["twigvlm"]["prefill_ms"].as_f64().unwrap();
-    // Stopped between layers (the fixture has four), well before the prefill would end.
+    // Stopped between the layers of a prefill chunk, well before the prefill would end.
     let soon = (prefill_ms * 0.75) as u64;
 
     let impatient = ureq::AgentBuilder::new().timeout(Duration::from_millis(100)).build();
