@@ -10,7 +10,7 @@ use std::ops::Range;
 
 use burn::prelude::*;
 
-use super::{AttentionProbe, DecoderLayer, KvCache, LayersOutput, RopeAngles};
+use super::{forward_stack, AttentionProbe, DecoderLayer, KvCache, LayersOutput, RopeAngles};
 use crate::interrupt::{Interrupt, Interrupted};
 use crate::ops::DecodeOps;
 
@@ -80,11 +80,16 @@ pub fn prefill_stack<B: DecodeOps>(
         let chunk_probe = probe.within(rows);
         for (offset, layer) in layers.iter().enumerate() {
             steps.interrupt.check()?;
-            let index = first_index + offset;
-            let (out, probs) =
-                layer.forward(chunk, &chunk_rope, cache.layer_mut(index), chunk_probe.rows_for(index), None);
-            chunk = out;
-            if let Some(probs) = probs {
+            let out = forward_stack(
+                std::slice::from_ref(layer),
+                first_index + offset,
+                chunk,
+                &chunk_rope,
+                cache,
+                &chunk_probe,
+            );
+            chunk = out.hidden;
+            for (index, probs) in out.attention {
                 probed.entry(index).or_default().push(probs);
             }
         }
