@@ -24,7 +24,10 @@ pub use chat_template::{ChatMessage, ChatTemplate, RenderedPrompt, Role, IMAGE_P
 pub use config::LlavaConfig;
 pub use error::{BackboneError, Result};
 pub use interrupt::{Interrupt, Interrupted};
-pub use llama::{AttentionProbe, DecoderLayer, KvCache, LlamaDecoder, PrefillSteps, PromptState, TreeMask};
+pub use llama::{
+    Alone, AttentionProbe, DecoderLayer, HeadCall, KvCache, LlamaDecoder, PrefillSteps, PromptState, StackCall, StackRunner,
+    TreeMask, DEFAULT_PREFILL_CHUNK_TOKENS,
+};
 pub use llava::LlavaModel;
 pub use loading::{
     load_language_model, load_language_model_with, load_llava, read_llava_spec, LoadOptions, LoadedLanguageModel,

@@ -6,7 +6,10 @@ use std::time::Instant;
 
 use burn::prelude::*;
 use image::DynamicImage;
-use twigvlm_backbone::{load_llava, Interrupt, LoadOptions, LoadedLlava, PrefillSteps, PromptTokens, TextStream};
+use twigvlm_backbone::{
+    load_llava, Alone, Interrupt, LoadOptions, LoadedLlava, PrefillSteps, PromptTokens, StackRunner, TextStream,
+    DEFAULT_PREFILL_CHUNK_TOKENS,
+};
 use twigvlm_ssd::{
     decode_speculative, decode_vanilla, decode_vanilla_prefilled, DecodeConfig, Sampler, ShallowNetwork,
 };
@@ -45,7 +48,7 @@ pub struct Engine<B: Backend> {
     /// The twig attached with [`Engine::attach_twig`].
     pub twig: Option<TwigCheckpoint<B>>,
     /// Prompt tokens a prefill runs through the layers at once ([`PrefillSteps`]; default
-    /// [`PrefillSteps::DEFAULT_CHUNK_TOKENS`], at least 1).
+    /// [`DEFAULT_PREFILL_CHUNK_TOKENS`], at least 1).
     pub prefill_chunk_tokens: usize,
     /// What requests are checked against.
     facts: ModelFacts,
@@ -69,7 +72,7 @@ impl<B: DecodeOps> Engine<B> {
             device,
             model_dir: model_dir.to_path_buf(),
             twig: None,
-            prefill_chunk_tokens: PrefillSteps::DEFAULT_CHUNK_TOKENS,
+            prefill_chunk_tokens: DEFAULT_PREFILL_CHUNK_TOKENS,
             facts,
         })
     }
@@ -144,25 +147,34 @@ impl<B: DecodeOps> Engine<B> {
     ) -> Result<Option<PruningOutcome>> {
         let twig = self.twig.as_ref().map(|t| &t.twig);
         let embeds = encoded.embeds.clone();
-        Ok(self.prefill(twig, embeds, &encoded.tokens, pruning, false, interrupt)?.pruning)
+        let steps = self.prefill_steps(interrupt, &Alone);
+        Ok(self.prefill(twig, embeds, &encoded.tokens, pruning, false, &steps)?.pruning)
     }
 
-    /// The prefill of a prompt's embeddings under `pruning`, with `twig` when given, in chunks
-    /// of [`Engine::prefill_chunk_tokens`] tokens.
-    fn prefill(
+    /// How this engine's prefills step: chunks of [`Engine::prefill_chunk_tokens`] tokens, run
+    /// by `runner`, asking `interrupt` before each layer of each chunk.
+    fn prefill_steps<'a, 'm>(
         &self,
-        twig: Option<&Twig<B>>,
+        interrupt: &Interrupt<'a>,
+        runner: &'a dyn StackRunner<'m, B>,
+    ) -> PrefillSteps<'a, 'm, B> {
+        PrefillSteps::new(*interrupt).with_chunk_tokens(self.prefill_chunk_tokens).with_runner(runner)
+    }
+
+    /// The prefill of a prompt's embeddings under `pruning`, with `twig` when given.
+    fn prefill<'m>(
+        &'m self,
+        twig: Option<&'m Twig<B>>,
         embeds: Tensor<B, 3>,
         tokens: &PromptTokens,
         pruning: &PruningSpec,
         keep_twig_cache: bool,
-        interrupt: &Interrupt,
+        steps: &PrefillSteps<'_, 'm, B>,
     ) -> Result<Prefill<B>> {
         let base = &self.llava.model.language_model;
         let span = tokens.image_span.clone();
         // Every other pruning error is about what the request asked for.
-        let steps = PrefillSteps::new(*interrupt).with_chunk_tokens(self.prefill_chunk_tokens);
-        prefill(base, twig, embeds, span, pruning, keep_twig_cache, &steps).map_err(|e| match e {
+        prefill(base, twig, embeds, span, pruning, keep_twig_cache, steps).map_err(|e| match e {
             TtpError::Interrupted(interrupted) => interrupted.into(),
             e => RequestError::Pruning(e).into(),
         })
@@ -187,6 +199,19 @@ impl<B: DecodeOps> Engine<B> {
         &self,
         request: &GenerateRequest,
         interrupt: &Interrupt,
+        on_text: impl FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<GenerateResult> {
+        self.generate_with(request, interrupt, &Alone, on_text)
+    }
+
+    /// [`Engine::generate_interruptible`] with every forward of the language model (prefill
+    /// chunks, decoding steps, heads) run by `runner`: [`Alone`] runs them at once, a
+    /// [`crate::batch`] runner beside other requests' rows.
+    pub fn generate_with<'m>(
+        &'m self,
+        request: &GenerateRequest,
+        interrupt: &Interrupt,
+        runner: &dyn StackRunner<'m, B>,
         mut on_text: impl FnMut(&str) -> ControlFlow<()>,
     ) -> Result<GenerateResult> {
         let started = Instant::now();
@@ -223,21 +248,30 @@ impl<B: DecodeOps> Engine<B> {
         let attached = self.twig.as_ref().map(|t| &t.twig);
         // `validate` checked that the decoders which need the twig have it.
         let twig = || attached.expect("validated: the decoder's twig is attached");
+        let steps = self.prefill_steps(interrupt, runner);
         let (output, speculative, pruning) = match request.decoder {
             DecoderKind::Base => {
                 let Prefill { state, pruning } =
-                    self.prefill(attached, embeds, &prompt, &request.pruning, false, interrupt)?;
-                (decode_vanilla_prefilled(base, state, &config, &mut sampler, &mut on_token)?, None, pruning)
+                    self.prefill(attached, embeds, &prompt, &request.pruning, false, &steps)?;
+                (decode_vanilla_prefilled(base, runner, state, &config, &mut sampler, &mut on_token)?, None, pruning)
             }
             DecoderKind::TwigOnly => {
                 let shallow = ShallowNetwork { base, twig: twig() };
-                (decode_vanilla(&shallow, embeds, &config, &mut sampler, &mut on_token)?, None, None)
+                (decode_vanilla(&shallow, runner, embeds, &config, &mut sampler, &mut on_token)?, None, None)
             }
             DecoderKind::Ssd => {
                 let Prefill { state, pruning } =
-                    self.prefill(Some(twig()), embeds, &prompt, &request.pruning, true, interrupt)?;
-                let (output, stats) =
-                    decode_speculative(base, twig(), state, &config, &request.draft, &mut sampler, &mut on_token)?;
+                    self.prefill(Some(twig()), embeds, &prompt, &request.pruning, true, &steps)?;
+                let (output, stats) = decode_speculative(
+                    base,
+                    twig(),
+                    runner,
+                    state,
+                    &config,
+                    &request.draft,
+                    &mut sampler,
+                    &mut on_token,
+                )?;
                 (output, Some(stats), pruning)
             }
         };

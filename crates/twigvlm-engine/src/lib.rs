@@ -16,12 +16,15 @@
 //! # }
 //! ```
 //!
+//! To serve several requests at once, their forwards batched, see [`batch`].
+//!
 //! To run on whichever backend the user picks at run time, implement [`BackendJob`] and hand it
 //! to [`BackendKind::run_in`]; the `cuda` and `wgpu` features compile those backends in.
 
 #![deny(missing_docs)]
 
 pub mod backend;
+pub mod batch;
 pub mod decoder;
 pub mod engine;
 pub mod error;
@@ -30,6 +33,7 @@ pub mod facts;
 pub mod output;
 pub mod request;
 
+pub use batch::{run_batched, BatchForward, BatchLimits, JobSource, Next};
 pub use backend::{configure_gpu, AutodiffJob, BackendError, BackendJob, BackendKind, FloatDtype, GpuAutotune};
 pub use decoder::DecoderKind;
 pub use engine::{EncodedPrompt, Engine};

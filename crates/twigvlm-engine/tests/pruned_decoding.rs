@@ -7,7 +7,7 @@ use std::ops::{ControlFlow, Range};
 
 use burn::backend::Flex;
 use burn::prelude::*;
-use twigvlm_backbone::{load_llava, LlamaDecoder, LoadOptions, LoadedLlava, PrefillSteps};
+use twigvlm_backbone::{load_llava, Alone, LlamaDecoder, LoadOptions, LoadedLlava, PrefillSteps};
 use twigvlm_ssd::{decode_speculative, decode_vanilla_prefilled, DecodeConfig, DraftConfig, Sampler, Sampling};
 use twigvlm_ttp::{prefill, PruningSpec};
 use twigvlm_twig::{Twig, TwigConfig};
@@ -41,9 +41,9 @@ fn vanilla(
     config: &DecodeConfig,
 ) -> Vec<u32> {
     let prefilled =
-        prefill(base, twig, embeds(base, ids), Some(IMAGE), spec, false, &PrefillSteps::UNINTERRUPTED).unwrap();
+        prefill(base, twig, embeds(base, ids), Some(IMAGE), spec, false, &PrefillSteps::uninterrupted()).unwrap();
     assert!(prefilled.pruning.is_some(), "{spec:?} pruned nothing");
-    decode_vanilla_prefilled(base, prefilled.state, config, &mut Sampler::new(Sampling::Greedy, 0), |_| {
+    decode_vanilla_prefilled(base, &Alone, prefilled.state, config, &mut Sampler::new(Sampling::Greedy, 0), |_| {
         ControlFlow::Continue(())
     })
     .unwrap()
@@ -72,12 +72,13 @@ fn ssd_after_pruning_gives_the_greedy_tokens_of_the_same_pruning() {
                         Some(IMAGE),
                         &spec,
                         true,
-                        &PrefillSteps::UNINTERRUPTED,
+                        &PrefillSteps::uninterrupted(),
                     )
                     .unwrap();
                     let (out, stats) = decode_speculative(
                         base,
                         &twig,
+                        &Alone,
                         prefilled.state,
                         &config,
                         &draft,
@@ -107,7 +108,7 @@ fn decoding_continues_from_pruned_caches_at_the_original_positions() {
             let mut ids = PROMPT.to_vec();
             ids.extend(generated[..step].iter().map(|&t| t as i64));
             let again =
-                prefill(base, None, embeds(base, &ids), Some(IMAGE), &spec, false, &PrefillSteps::UNINTERRUPTED)
+                prefill(base, None, embeds(base, &ids), Some(IMAGE), &spec, false, &PrefillSteps::uninterrupted())
                     .unwrap();
             let best = again.state.last_logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as u32;
             assert_eq!(best, generated[step], "{spec:?}, step {step}");

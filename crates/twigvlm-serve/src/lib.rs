@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use twigvlm_backbone::ops::DecodeOps;
-use twigvlm_engine::Engine;
+use twigvlm_engine::{BatchLimits, Engine};
 
 pub use checker::RequestChecker;
 pub use error::ApiError;
@@ -60,6 +60,8 @@ pub struct ServeOptions {
     pub request_timeout: Duration,
     pub access: AccessPolicy,
     pub connections: ConnectionLimits,
+    /// How many requests run at once, and the rows of one batched forward.
+    pub batch: BatchLimits,
 }
 
 /// What every handler shares.
@@ -99,7 +101,7 @@ fn unix_now() -> u64 {
 
 /// Serves `engine` until SIGTERM or Ctrl-C. Prints `listening on http://ADDR` on stdout once the
 /// socket is bound (port 0 picks a free port). On the signal the server answers new and queued
-/// requests 503 (and `/health` 503), lets the running one finish (a second signal stops it too),
+/// requests 503 (and `/health` 503), lets the running ones finish (a second signal stops them too),
 /// then closes its socket once the responses in flight are written, and returns. Fails when the
 /// address cannot be bound.
 pub fn serve<B: DecodeOps>(engine: Engine<B>, options: ServeOptions) -> std::io::Result<()> {
@@ -134,7 +136,8 @@ pub fn serve<B: DecodeOps>(engine: Engine<B>, options: ServeOptions) -> std::io:
     let server = runtime.spawn(listener::serve_connections(listener, app, options.connections, async {
         let _ = closed.await;
     }));
-    run_engine(&engine, jobs, &EngineSignals { metrics: &metrics, stopping: &stopping, aborting: &aborting });
+    let signals = EngineSignals { metrics: &metrics, stopping: &stopping, aborting: &aborting };
+    run_engine(&engine, jobs, &signals, options.batch);
     let _ = close.send(());
     runtime.block_on(server).map_err(std::io::Error::other)?;
     tracing::info!("server stopped");

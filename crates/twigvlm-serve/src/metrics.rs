@@ -43,6 +43,13 @@ struct Totals {
     /// Speculative rounds and the drafted tokens the base accepted in them.
     speculative_rounds: u64,
     accepted_drafts: u64,
+    /// Requests that left the queue to run, and their time in it.
+    started: u64,
+    queue_seconds: f64,
+    /// Batched forwards of the language model's layers, and their rows and requests.
+    batch_forwards: u64,
+    batch_rows: u64,
+    batch_requests: u64,
 }
 
 #[derive(Debug, Default)]
@@ -78,8 +85,29 @@ impl Metrics {
         self.queue_depth.fetch_sub(1, Ordering::Relaxed);
     }
 
-    pub fn set_running(&self, running: bool) {
-        self.running.store(usize::from(running), Ordering::Relaxed);
+    /// A request leaves the queue for the batch after `waited` in the queue.
+    pub fn started_running(&self, waited: std::time::Duration) {
+        self.running.fetch_add(1, Ordering::Relaxed);
+        let mut totals = self.totals();
+        totals.started += 1;
+        totals.queue_seconds += waited.as_secs_f64();
+    }
+
+    /// A running request has ended.
+    pub fn finished_running(&self) {
+        self.running.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The batch ran one forward of `rows` rows of `requests` requests.
+    pub fn batch_forward(&self, rows: usize, requests: usize) {
+        let mut totals = self.totals();
+        totals.batch_forwards += 1;
+        totals.batch_rows += rows as u64;
+        totals.batch_requests += requests as u64;
+    }
+
+    fn totals(&self) -> std::sync::MutexGuard<'_, Totals> {
+        self.totals.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn queue_depth(&self) -> usize {
@@ -87,7 +115,7 @@ impl Metrics {
     }
 
     pub fn record(&self, figures: GenerationFigures) {
-        let mut totals = self.totals.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut totals = self.totals();
         totals.generated_tokens += figures.new_tokens as u64;
         totals.prefill_seconds += figures.prefill_s;
         totals.decode_seconds += figures.decode_s;
@@ -99,7 +127,7 @@ impl Metrics {
 
     /// The Prometheus exposition text.
     pub fn render(&self) -> String {
-        let totals = self.totals.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let totals = self.totals();
         let mut text = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
             let _ = writeln!(text, "# HELP twigvlm_{name} {help}\n# TYPE twigvlm_{name} {kind}");
@@ -148,6 +176,38 @@ impl Metrics {
             "Requests the engine is generating.",
             &plain(self.running.load(Ordering::Relaxed) as f64),
         );
+        // A summary without quantiles: its sum and count lines follow the name.
+        metric(
+            "queue_wait_seconds",
+            "summary",
+            "Time requests waited in the queue before they ran.",
+            &[("_sum".into(), totals.queue_seconds), ("_count".into(), totals.started as f64)],
+        );
+        metric(
+            "batch_forwards_total",
+            "counter",
+            "Forwards of the language model's layers the batch ran (each holds rows of one or more requests).",
+            &plain(totals.batch_forwards as f64),
+        );
+        let per_forward = |total: u64| {
+            if totals.batch_forwards > 0 {
+                total as f64 / totals.batch_forwards as f64
+            } else {
+                0.0
+            }
+        };
+        metric(
+            "batch_rows_per_forward",
+            "gauge",
+            "Mean rows (tokens) per batched forward, over the server's life.",
+            &plain(per_forward(totals.batch_rows)),
+        );
+        metric(
+            "batch_requests_per_forward",
+            "gauge",
+            "Mean requests per batched forward, over the server's life.",
+            &plain(per_forward(totals.batch_requests)),
+        );
         text
     }
 }
@@ -169,5 +229,13 @@ mod tests {
         assert!(text.contains("twigvlm_decode_tokens_per_second 5"));
         assert!(text.contains("twigvlm_mean_accepted_draft_tokens 2.5"));
         assert!(text.contains("# TYPE twigvlm_queue_depth gauge"));
+        metrics.started_running(std::time::Duration::from_millis(500));
+        metrics.batch_forward(3, 3);
+        metrics.batch_forward(1, 1);
+        let text = metrics.render();
+        assert!(text.contains("twigvlm_queue_wait_seconds_sum 0.5\ntwigvlm_queue_wait_seconds_count 1"), "{text}");
+        assert!(text.contains("twigvlm_running_requests 1"), "{text}");
+        assert!(text.contains("twigvlm_batch_rows_per_forward 2\n"), "{text}");
+        assert!(text.contains("twigvlm_batch_requests_per_forward 2\n"), "{text}");
     }
 }

@@ -1,12 +1,13 @@
-//! The engine's own thread and the bounded queue in front of it. The model is loaded once and
-//! used by this thread only; each request brings its state (prompt, image, sampling) and takes
-//! its events back over its own channel. Long work asks, between prefill layers and before each
+//! The engine's batch and the bounded queue in front of it. The model is loaded once; queued
+//! requests join the running batch between its steps ([`twigvlm_engine::batch`]), each on its
+//! own thread with its state (prompt, image, sampling), and take their events back over their
+//! own channels. Long work asks, between prefill layers and before each
 //! token, whether to go on: a request whose client has gone (its channel closed) stops, as does
 //! one past its deadline (504) and every request once the server is told to stop a second time.
 
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,9 +15,12 @@ use axum::http::StatusCode;
 use image::DynamicImage;
 use tokio::sync::mpsc::UnboundedSender;
 use twigvlm_backbone::ops::DecodeOps;
-use twigvlm_backbone::Interrupt;
+use twigvlm_backbone::{Interrupt, StackRunner};
 use twigvlm_engine::explain::explain;
-use twigvlm_engine::{Engine, EngineError, GenerateRequest, GenerateStats, PruningSpec, StopReason};
+use twigvlm_engine::{
+    run_batched, BatchLimits, Engine, EngineError, GenerateRequest, GenerateStats, JobSource, Next, PruningSpec,
+    StopReason,
+};
 use twigvlm_eval::explain::draw;
 
 use crate::error::ApiError;
@@ -98,7 +102,7 @@ pub struct JobQueue {
 }
 
 impl JobQueue {
-    /// A queue holding at most `capacity` waiting requests (the running one not counted), and
+    /// A queue holding at most `capacity` waiting requests (the running ones not counted), and
     /// its receiving end for [`run_engine`].
     pub fn new(capacity: usize, metrics: Arc<Metrics>, stopping: Arc<AtomicBool>) -> (Self, Receiver<Job>) {
         let (sender, receiver) = std::sync::mpsc::sync_channel(capacity);
@@ -125,7 +129,7 @@ impl JobQueue {
 /// What the engine thread watches besides its queue.
 pub struct EngineSignals<'a> {
     pub metrics: &'a Metrics,
-    /// Set at the first shutdown signal: queued requests are refused, the running one finishes.
+    /// Set at the first shutdown signal: queued requests are refused, the running ones finish.
     pub stopping: &'a AtomicBool,
     /// Set at the second: the running request stops too.
     pub aborting: &'a AtomicBool,
@@ -188,57 +192,99 @@ impl Ended {
     }
 }
 
-/// Runs queued jobs one after another on the calling thread. Once `stopping` is set, jobs still
+/// Runs queued jobs on the calling thread's batch ([`run_batched`]): up to
+/// `limits.max_requests` at once, their forwards side by side. Once `stopping` is set, jobs still
 /// waiting are answered "shutting down" instead of run, and the loop returns when the queue is
-/// empty (or every sender is gone).
-pub fn run_engine<B: DecodeOps>(engine: &Engine<B>, jobs: Receiver<Job>, signals: &EngineSignals) {
+/// empty (or every sender is gone) and the running jobs have ended.
+pub fn run_engine<B: DecodeOps>(engine: &Engine<B>, jobs: Receiver<Job>, signals: &EngineSignals, limits: BatchLimits) {
     let metrics = signals.metrics;
-    loop {
-        let job = match jobs.recv_timeout(IDLE_POLL) {
-            Ok(job) => job,
-            Err(RecvTimeoutError::Timeout) if signals.stopping.load(Ordering::SeqCst) => return,
-            Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => return,
-        };
-        metrics.dequeued();
-        let ended = if signals.stopping.load(Ordering::SeqCst) {
-            let refused = ApiError::shutting_down();
-            let ended = Ended::failed(&refused);
-            let _ = job.events.send(Event::Finished(Err(refused)));
-            ended
-        } else if let Some(stopped) = Stopped::of(&job, signals.aborting) {
-            let ended = Ended::stopped(stopped, &job);
-            if let Some(error) = stopped.error(&job) {
-                let _ = job.events.send(Event::Finished(Err(error)));
-            }
-            ended
-        } else {
-            metrics.set_running(true);
+    let mut queued = QueuedJobs { jobs, signals };
+    run_batched(
+        limits,
+        &mut queued,
+        |job: Job, runner: &dyn StackRunner<'_, B>| {
             let ended = match &job.work {
-                Work::Generate(generate) => run_generate(engine, &job, generate, signals),
+                Work::Generate(generate) => run_generate(engine, &job, generate, signals, runner),
                 Work::Explain(explanation) => run_explain(engine, &job, explanation, signals.aborting),
             };
-            metrics.set_running(false);
-            ended
-        };
-        metrics.count(ended.outcome);
-        tracing::info!(
-            id = %job.id,
-            status = ended.status.as_u16(),
-            prompt_tokens = ended.prompt_tokens,
-            new_tokens = ended.new_tokens,
-            ms = job.received.elapsed().as_millis() as u64,
-            outcome = %ended.outcome.label(),
-            "request"
-        );
+            metrics.finished_running();
+            log_end(&job, &ended, metrics);
+        },
+        |forward| metrics.batch_forward(forward.rows, forward.requests),
+    );
+}
+
+/// Counts and logs how a job ended.
+fn log_end(job: &Job, ended: &Ended, metrics: &Metrics) {
+    metrics.count(ended.outcome);
+    tracing::info!(
+        id = %job.id,
+        status = ended.status.as_u16(),
+        prompt_tokens = ended.prompt_tokens,
+        new_tokens = ended.new_tokens,
+        ms = job.received.elapsed().as_millis() as u64,
+        outcome = %ended.outcome.label(),
+        "request"
+    );
+}
+
+/// The queue as the batch's source of jobs: jobs that should no longer run are answered here.
+struct QueuedJobs<'a> {
+    jobs: Receiver<Job>,
+    signals: &'a EngineSignals<'a>,
+}
+
+impl JobSource<Job> for QueuedJobs<'_> {
+    fn next_job(&mut self, idle: bool) -> Next<Job> {
+        let signals = self.signals;
+        loop {
+            let job = if idle {
+                match self.jobs.recv_timeout(IDLE_POLL) {
+                    Ok(job) => job,
+                    Err(RecvTimeoutError::Timeout) if signals.stopping.load(Ordering::SeqCst) => return Next::Closed,
+                    Err(RecvTimeoutError::Timeout) => return Next::Wait,
+                    Err(RecvTimeoutError::Disconnected) => return Next::Closed,
+                }
+            } else {
+                match self.jobs.try_recv() {
+                    Ok(job) => job,
+                    Err(TryRecvError::Empty) => return Next::Wait,
+                    Err(TryRecvError::Disconnected) => return Next::Closed,
+                }
+            };
+            signals.metrics.dequeued();
+            let ended = if signals.stopping.load(Ordering::SeqCst) {
+                let refused = ApiError::shutting_down();
+                let ended = Ended::failed(&refused);
+                let _ = job.events.send(Event::Finished(Err(refused)));
+                ended
+            } else if let Some(stopped) = Stopped::of(&job, signals.aborting) {
+                let ended = Ended::stopped(stopped, &job);
+                if let Some(error) = stopped.error(&job) {
+                    let _ = job.events.send(Event::Finished(Err(error)));
+                }
+                ended
+            } else {
+                signals.metrics.started_running(job.received.elapsed());
+                return Next::Job(job);
+            };
+            log_end(&job, &ended, signals.metrics);
+        }
     }
 }
 
-fn run_generate<B: DecodeOps>(engine: &Engine<B>, job: &Job, generate: &GenerateJob, signals: &EngineSignals) -> Ended {
+fn run_generate<'m, B: DecodeOps>(
+    engine: &'m Engine<B>,
+    job: &Job,
+    generate: &GenerateJob,
+    signals: &EngineSignals,
+    runner: &dyn StackRunner<'m, B>,
+) -> Ended {
     let stop_requested = || Stopped::of(job, signals.aborting).is_some();
     let mut matcher = StopMatcher::new(generate.stop.clone());
     let mut client_gone = false;
-    let result = engine.generate_interruptible(&generate.request, &Interrupt::new(&stop_requested), |piece| {
+    let interrupt = Interrupt::new(&stop_requested);
+    let result = engine.generate_with(&generate.request, &interrupt, runner, |piece| {
         let released = matcher.push(piece);
         if !released.is_empty() && job.events.send(Event::Text(released)).is_err() {
             client_gone = true;

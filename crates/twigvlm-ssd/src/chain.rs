@@ -11,7 +11,7 @@ use crate::sampling::{argmax, softmax, Sampler, Sampling};
 use crate::speculator::{Round, RoundTime, Speculator};
 use twigvlm_backbone::ops::DecodeOps;
 
-impl<B: DecodeOps> Speculator<'_, B> {
+impl<B: DecodeOps> Speculator<'_, '_, B> {
     /// One chain round from `token` (emitted, not yet run) at `start`: drafts up to `limit`
     /// tokens while the twig is confident, verifies them in one deep forward with speculative
     /// sampling (greedy: the matching prefix), and drops the rejected entries.

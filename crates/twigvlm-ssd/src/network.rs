@@ -5,10 +5,10 @@
 
 use burn::prelude::*;
 use twigvlm_backbone::ops::DecodeOps;
-use twigvlm_backbone::{AttentionProbe, KvCache, LlamaDecoder};
+use twigvlm_backbone::{KvCache, LlamaDecoder, StackRunner};
 use twigvlm_twig::Twig;
 
-pub trait CausalNetwork<B: DecodeOps> {
+pub trait CausalNetwork<'m, B: DecodeOps> {
     type Cache;
 
     fn new_cache(&self) -> Self::Cache;
@@ -19,9 +19,15 @@ pub trait CausalNetwork<B: DecodeOps> {
     /// Token embeddings `[batch, seq]` → `[batch, seq, hidden]`.
     fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3>;
 
-    /// Runs `embeds` (`[1, seq, hidden]`, tokens at `positions`), appending to `cache`, and
-    /// returns the logits at the last position, `[1, 1, vocab]`.
-    fn last_logits(&self, embeds: Tensor<B, 3>, positions: &[usize], cache: &mut Self::Cache) -> Tensor<B, 3>;
+    /// Runs `embeds` (`[1, seq, hidden]`, tokens at `positions`) through `runner`, appending to
+    /// `cache`, and returns the logits at the last position, `[1, 1, vocab]`.
+    fn last_logits(
+        &self,
+        runner: &dyn StackRunner<'m, B>,
+        embeds: Tensor<B, 3>,
+        positions: &[usize],
+        cache: &mut Self::Cache,
+    ) -> Tensor<B, 3>;
 }
 
 fn last_position<B: DecodeOps>(hidden: Tensor<B, 3>) -> Tensor<B, 3> {
@@ -29,7 +35,8 @@ fn last_position<B: DecodeOps>(hidden: Tensor<B, 3>) -> Tensor<B, 3> {
     hidden.narrow(1, seq - 1, 1)
 }
 
-impl<B: DecodeOps> CausalNetwork<B> for LlamaDecoder<B> {
+/// The base model.
+impl<'m, B: DecodeOps> CausalNetwork<'m, B> for &'m LlamaDecoder<B> {
     type Cache = KvCache<B>;
 
     fn new_cache(&self) -> KvCache<B> {
@@ -44,10 +51,17 @@ impl<B: DecodeOps> CausalNetwork<B> for LlamaDecoder<B> {
         LlamaDecoder::embed(self, ids)
     }
 
-    fn last_logits(&self, embeds: Tensor<B, 3>, positions: &[usize], cache: &mut KvCache<B>) -> Tensor<B, 3> {
-        let rope = self.rope(positions, &embeds.device());
-        let out = self.forward_layers(embeds, &rope, 0..self.num_layers(), cache, &AttentionProbe::default());
-        self.logits(last_position(out.hidden))
+    fn last_logits(
+        &self,
+        runner: &dyn StackRunner<'m, B>,
+        embeds: Tensor<B, 3>,
+        positions: &[usize],
+        cache: &mut KvCache<B>,
+    ) -> Tensor<B, 3> {
+        let model: &'m LlamaDecoder<B> = self;
+        let rope = model.rope(positions, &embeds.device());
+        let out = runner.run_stack(model.stack_call(0..model.num_layers(), embeds, &rope), cache);
+        runner.run_head(model.head_call(last_position(out.hidden)))
     }
 }
 
@@ -63,7 +77,7 @@ pub struct ShallowCache<B: Backend> {
     pub twig: KvCache<B>,
 }
 
-impl<B: DecodeOps> CausalNetwork<B> for ShallowNetwork<'_, B> {
+impl<'m, B: DecodeOps> CausalNetwork<'m, B> for ShallowNetwork<'m, B> {
     type Cache = ShallowCache<B>;
 
     fn new_cache(&self) -> ShallowCache<B> {
@@ -71,18 +85,23 @@ impl<B: DecodeOps> CausalNetwork<B> for ShallowNetwork<'_, B> {
     }
 
     fn device(&self) -> B::Device {
-        CausalNetwork::device(self.base)
+        self.base.embed_tokens.weight.device()
     }
 
     fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         self.base.embed(ids)
     }
 
-    fn last_logits(&self, embeds: Tensor<B, 3>, positions: &[usize], cache: &mut ShallowCache<B>) -> Tensor<B, 3> {
+    fn last_logits(
+        &self,
+        runner: &dyn StackRunner<'m, B>,
+        embeds: Tensor<B, 3>,
+        positions: &[usize],
+        cache: &mut ShallowCache<B>,
+    ) -> Tensor<B, 3> {
         let rope = self.base.rope(positions, &embeds.device());
-        let probe = AttentionProbe::default();
-        let below_k = self.base.forward_layers(embeds, &rope, 0..self.twig.config.k, &mut cache.base, &probe);
-        let twig_out = self.twig.forward(below_k.hidden, &rope, &mut cache.twig, &probe);
-        self.twig.logits(last_position(twig_out.hidden), &self.base.lm_head)
+        let below_k = runner.run_stack(self.base.stack_call(0..self.twig.config.k, embeds, &rope), &mut cache.base);
+        let twig_out = runner.run_stack(self.twig.stack_call(below_k.hidden, &rope), &mut cache.twig);
+        runner.run_head(self.twig.head_call(last_position(twig_out.hidden), &self.base.lm_head, None))
     }
 }

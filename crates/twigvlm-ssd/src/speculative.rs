@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use serde_with::{DeserializeFromStr, SerializeDisplay};
 use strum::{Display, EnumMessage, EnumString, VariantArray};
-use twigvlm_backbone::{AttentionProbe, LlamaDecoder, PromptState};
+use twigvlm_backbone::{LlamaDecoder, PromptState, StackRunner};
 use twigvlm_twig::Twig;
 
 use crate::decode::{DecodeConfig, DecodeOutput, Emitter, StopReason};
@@ -217,10 +217,11 @@ impl SpeculativeStats {
 
 /// Self-speculative decoding from the state of a prefill (run under any pruning policy, with
 /// the twig's cache kept): tokens distributed as the base's under `sampler` (greedy: exactly the base's
-/// greedy tokens), produced in draft-and-verify rounds.
-pub fn decode_speculative<B: DecodeOps>(
-    base: &LlamaDecoder<B>,
-    twig: &Twig<B>,
+/// greedy tokens), produced in draft-and-verify rounds whose forwards `runner` runs.
+pub fn decode_speculative<'m, B: DecodeOps>(
+    base: &'m LlamaDecoder<B>,
+    twig: &'m Twig<B>,
+    runner: &dyn StackRunner<'m, B>,
     prompt: PromptState<B>,
     config: &DecodeConfig,
     draft: &DraftConfig,
@@ -234,10 +235,10 @@ pub fn decode_speculative<B: DecodeOps>(
     let mut run = Speculator {
         base,
         twig,
+        runner,
         base_cache,
         twig_cache,
         twig_behind: Vec::new(),
-        probe: AttentionProbe::default(),
         device,
         draft_vocab: draft.vocab.filter(|&n| n > 0 && n < base.vocab_size()),
     };

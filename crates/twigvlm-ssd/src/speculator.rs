@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use burn::prelude::*;
 use twigvlm_backbone::llama::RopeAngles;
-use twigvlm_backbone::{AttentionProbe, KvCache, LlamaDecoder};
+use twigvlm_backbone::{KvCache, LlamaDecoder, StackRunner};
 use twigvlm_twig::Twig;
 
 use crate::decode::logits_row;
@@ -38,22 +38,22 @@ impl RoundTime {
     }
 }
 
-/// The base model and its twig, with their caches.
-pub(crate) struct Speculator<'a, B: Backend> {
-    pub(crate) base: &'a LlamaDecoder<B>,
-    pub(crate) twig: &'a Twig<B>,
+/// The base model and its twig, with their caches, and who runs their forwards.
+pub(crate) struct Speculator<'a, 'm, B: Backend> {
+    pub(crate) base: &'m LlamaDecoder<B>,
+    pub(crate) twig: &'m Twig<B>,
+    pub(crate) runner: &'a dyn StackRunner<'m, B>,
     pub(crate) base_cache: KvCache<B>,
     pub(crate) twig_cache: KvCache<B>,
     /// Layer-K hidden states (and positions) of rounds without drafting, or of a tree round's
     /// last accepted token, which the twig has not run on yet.
     pub(crate) twig_behind: Vec<(Tensor<B, 3>, usize)>,
-    pub(crate) probe: AttentionProbe,
     pub(crate) device: B::Device,
     /// The twig drafts among the first this many token ids ([`crate::DraftConfig::vocab`]).
     pub(crate) draft_vocab: Option<usize>,
 }
 
-impl<B: DecodeOps> Speculator<'_, B> {
+impl<'m, B: DecodeOps> Speculator<'_, 'm, B> {
     pub(crate) fn k(&self) -> usize {
         self.twig.config.k
     }
@@ -69,7 +69,8 @@ impl<B: DecodeOps> Speculator<'_, B> {
 
     /// The base's layers 0..K-1, which the twig shares (filling the base cache).
     pub(crate) fn shared_layers(&mut self, embeds: Tensor<B, 3>, rope: &RopeAngles<B>) -> Tensor<B, 3> {
-        self.base.forward_layers(embeds, rope, 0..self.k(), &mut self.base_cache, &self.probe).hidden
+        let call = self.base.stack_call(0..self.k(), embeds, rope);
+        self.runner.run_stack(call, &mut self.base_cache).hidden
     }
 
     /// Runs the twig's layers over the positions it missed, in one forward, so that its cache
@@ -80,7 +81,7 @@ impl<B: DecodeOps> Speculator<'_, B> {
         }
         let (hidden, positions): (Vec<_>, Vec<_>) = self.twig_behind.drain(..).unzip();
         let rope = self.base.rope(&positions, &self.device);
-        self.twig.forward(Tensor::cat(hidden, 1), &rope, &mut self.twig_cache, &self.probe);
+        self.runner.run_stack(self.twig.stack_call(Tensor::cat(hidden, 1), &rope), &mut self.twig_cache);
     }
 
     /// Runs `embeds` at `positions` through the shared layers 0..K-1 and the twig's layers
@@ -89,7 +90,7 @@ impl<B: DecodeOps> Speculator<'_, B> {
         self.twig_catch_up();
         let rope = self.base.rope(positions, &self.device);
         let hidden = self.shared_layers(embeds, &rope);
-        let twig_hidden = self.twig.forward(hidden.clone(), &rope, &mut self.twig_cache, &self.probe).hidden;
+        let twig_hidden = self.runner.run_stack(self.twig.stack_call(hidden.clone(), &rope), &mut self.twig_cache).hidden;
         (hidden, twig_hidden)
     }
 
@@ -106,19 +107,15 @@ impl<B: DecodeOps> Speculator<'_, B> {
     /// The twig's logits for every row of `twig_hidden`, flattened, over the draft vocabulary
     /// (each row that long).
     pub(crate) fn draft_logits(&self, twig_hidden: Tensor<B, 3>) -> Vec<f32> {
-        let logits = match self.draft_vocab {
-            Some(tokens) => self.twig.logits_for_first(twig_hidden, &self.base.lm_head, tokens),
-            None => self.twig.logits(twig_hidden, &self.base.lm_head),
-        };
-        logits_row(logits)
+        logits_row(self.runner.run_head(self.twig.head_call(twig_hidden, &self.base.lm_head, self.draft_vocab)))
     }
 
     /// Layers K..L-1 over layer-K hidden states at `positions`; the base's logits at every position.
     pub(crate) fn deep(&mut self, hidden: Tensor<B, 3>, positions: &[usize]) -> Vec<Vec<f32>> {
         let rope = self.base.rope(positions, &self.device);
         let layers = self.k()..self.base.num_layers();
-        let top = self.base.forward_layers(hidden, &rope, layers, &mut self.base_cache, &self.probe).hidden;
-        let rows = logits_row(self.base.logits(top));
+        let top = self.runner.run_stack(self.base.stack_call(layers, hidden, &rope), &mut self.base_cache).hidden;
+        let rows = logits_row(self.runner.run_head(self.base.head_call(top)));
         rows.chunks(rows.len() / positions.len()).map(<[f32]>::to_vec).collect()
     }
 

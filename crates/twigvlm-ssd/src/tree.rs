@@ -88,7 +88,7 @@ struct Node<B: Backend> {
     expanded: bool,
 }
 
-impl<B: DecodeOps> Speculator<'_, B> {
+impl<B: DecodeOps> Speculator<'_, '_, B> {
     /// One greedy round from `root` (emitted, not yet run) at `start`, drafting at most
     /// `max_depth` tokens on any path; `eos` tokens are drafted but never expanded.
     pub(crate) fn tree_round(
@@ -162,14 +162,10 @@ impl<B: DecodeOps> Speculator<'_, B> {
         let rope = self.base.rope(&positions, &self.device);
         let layers = self.k()..self.base.num_layers();
         let drafted_at = Instant::now();
-        let top = self.base.forward_tree_layers(
-            hidden,
-            &rope,
-            layers.clone(),
-            &mut self.base_cache,
-            &TreeMask::from_parents(&deep_parents, verified.len()),
-        );
-        let logits = logits_row(self.base.logits(top));
+        let mask = TreeMask::from_parents(&deep_parents, verified.len());
+        let call = self.base.stack_call(layers.clone(), hidden, &rope).with_tree(&mask);
+        let top = self.runner.run_stack(call, &mut self.base_cache).hidden;
+        let logits = logits_row(self.runner.run_head(self.base.head_call(top)));
         let time = RoundTime::since(began, drafted_at);
         let vocab = logits.len() / verified.len();
         let base_pick = |slot: usize| argmax(&logits[slot * vocab..(slot + 1) * vocab]);
@@ -226,8 +222,12 @@ impl<B: DecodeOps> Speculator<'_, B> {
         let embeds = self.base.embed(Tensor::from_data(TensorData::new(ids, [1, rows.len()]), &self.device));
         let positions: Vec<usize> = rows.iter().map(|&n| start + nodes[n].depth).collect();
         let rope = self.base.rope(&positions, &self.device);
-        let hidden = self.base.forward_tree_layers(embeds, &rope, 0..self.k(), &mut self.base_cache, &mask);
-        let twig = with_twig.then(|| self.twig.forward_tree(hidden.clone(), &rope, &mut self.twig_cache, &mask));
+        let lower = self.base.stack_call(0..self.k(), embeds, &rope).with_tree(&mask);
+        let hidden = self.runner.run_stack(lower, &mut self.base_cache).hidden;
+        let twig = with_twig.then(|| {
+            let call = self.twig.stack_call(hidden.clone(), &rope).with_tree(&mask);
+            self.runner.run_stack(call, &mut self.twig_cache).hidden
+        });
         (hidden, twig)
     }
 }

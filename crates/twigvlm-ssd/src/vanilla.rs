@@ -4,7 +4,7 @@ use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use burn::prelude::*;
-use twigvlm_backbone::{LlamaDecoder, PromptState};
+use twigvlm_backbone::{LlamaDecoder, PromptState, StackRunner};
 
 use crate::decode::{logits_row, DecodeConfig, DecodeOutput, Emitter, StopReason};
 use crate::error::Result;
@@ -14,9 +14,11 @@ use twigvlm_backbone::ops::DecodeOps;
 
 /// Generates from prompt embeddings `[1, prompt_len, hidden]` (positions `0..prompt_len`) with
 /// `model` alone and no pruning: the base model, or the twig's shallow network for twig-only
-/// decoding. `on_token` sees every token as it is produced and may stop generation.
-pub fn decode_vanilla<B: DecodeOps, N: CausalNetwork<B>>(
+/// decoding; `runner` runs its forwards. `on_token` sees every token as it is produced and may
+/// stop generation.
+pub fn decode_vanilla<'m, B: DecodeOps, N: CausalNetwork<'m, B>>(
     model: &N,
+    runner: &dyn StackRunner<'m, B>,
     prompt_embeds: Tensor<B, 3>,
     config: &DecodeConfig,
     sampler: &mut Sampler,
@@ -27,15 +29,16 @@ pub fn decode_vanilla<B: DecodeOps, N: CausalNetwork<B>>(
     let mut cache = model.new_cache();
     let started = Instant::now();
     let positions: Vec<usize> = (0..prompt_len).collect();
-    let prompt_logits = logits_row(model.last_logits(prompt_embeds, &positions, &mut cache));
+    let prompt_logits = logits_row(model.last_logits(runner, prompt_embeds, &positions, &mut cache));
     let primed = Primed { cache, prompt_len, prompt_logits, prefill_time: started.elapsed() };
-    decode_from(model, primed, config, sampler, on_token)
+    decode_from(model, runner, primed, config, sampler, on_token)
 }
 
 /// Plain decoding by the base model from the state of a prefill run under any pruning policy (each base
-/// layer's cache keeps the length the prefill left it with).
-pub fn decode_vanilla_prefilled<B: DecodeOps>(
-    base: &LlamaDecoder<B>,
+/// layer's cache keeps the length the prefill left it with); `runner` runs its forwards.
+pub fn decode_vanilla_prefilled<'m, B: DecodeOps>(
+    base: &'m LlamaDecoder<B>,
+    runner: &dyn StackRunner<'m, B>,
     prompt: PromptState<B>,
     config: &DecodeConfig,
     sampler: &mut Sampler,
@@ -48,7 +51,7 @@ pub fn decode_vanilla_prefilled<B: DecodeOps>(
         prompt_logits: prompt.last_logits,
         prefill_time: prompt.time,
     };
-    decode_from(base, primed, config, sampler, on_token)
+    decode_from(&base, runner, primed, config, sampler, on_token)
 }
 
 /// A network's state after the prompt.
@@ -59,8 +62,9 @@ struct Primed<C> {
     prefill_time: Duration,
 }
 
-fn decode_from<B: DecodeOps, N: CausalNetwork<B>>(
+fn decode_from<'m, B: DecodeOps, N: CausalNetwork<'m, B>>(
     model: &N,
+    runner: &dyn StackRunner<'m, B>,
     primed: Primed<N::Cache>,
     config: &DecodeConfig,
     sampler: &mut Sampler,
@@ -84,7 +88,7 @@ fn decode_from<B: DecodeOps, N: CausalNetwork<B>>(
         }
         let token = *emitter.tokens.last().expect("a token was just emitted");
         let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(vec![token as i32], [1, 1]), &device);
-        logits = logits_row(model.last_logits(model.embed(ids), &[position], &mut cache));
+        logits = logits_row(model.last_logits(runner, model.embed(ids), &[position], &mut cache));
     };
     Ok(DecodeOutput { tokens: emitter.tokens, stop, prompt_logits, prefill_time, decode_time: started.elapsed() })
 }

@@ -10,7 +10,7 @@ use std::ops::ControlFlow;
 use common::{config, embeds, fixture, B};
 use strum::VariantArray;
 use twigvlm_backbone::weights::StorageDtype;
-use twigvlm_backbone::{load_llava, LlamaDecoder, LoadOptions, PrefillSteps};
+use twigvlm_backbone::{load_llava, Alone, LlamaDecoder, LoadOptions, PrefillSteps};
 use twigvlm_ssd::{
     decode_speculative, decode_vanilla, DecodeConfig, DraftConfig, DraftLength, DraftTree, Sampler, Sampling,
     ShallowNetwork, SpeculativeStats, StopReason,
@@ -20,7 +20,7 @@ use twigvlm_twig::{prefill_unpruned, Twig, TwigConfig};
 const PROMPTS: [&[i64]; 3] = [&[3, 17, 42, 5, 99, 250, 7], &[1, 2, 3], &[200, 11, 11, 11, 64, 90, 8, 31, 5, 77, 12]];
 
 fn vanilla(base: &LlamaDecoder<B>, ids: &[i64], config: &DecodeConfig) -> (Vec<u32>, StopReason) {
-    let out = decode_vanilla(base, embeds(base, ids), config, &mut Sampler::new(Sampling::Greedy, 0), |_| {
+    let out = decode_vanilla(&base, &Alone, embeds(base, ids), config, &mut Sampler::new(Sampling::Greedy, 0), |_| {
         ControlFlow::Continue(())
     })
     .unwrap();
@@ -35,9 +35,9 @@ fn speculative(
     draft: &DraftConfig,
 ) -> (Vec<u32>, StopReason, SpeculativeStats) {
     let mut streamed = Vec::new();
-    let prefill = prefill_unpruned(base, Some(twig), embeds(base, ids), &PrefillSteps::UNINTERRUPTED).unwrap();
+    let prefill = prefill_unpruned(base, Some(twig), embeds(base, ids), &PrefillSteps::uninterrupted()).unwrap();
     let (out, stats) =
-        decode_speculative(base, twig, prefill, config, draft, &mut Sampler::new(Sampling::Greedy, 0), |t| {
+        decode_speculative(base, twig, &Alone, prefill, config, draft, &mut Sampler::new(Sampling::Greedy, 0), |t| {
             streamed.push(t);
             ControlFlow::Continue(())
         })
@@ -170,7 +170,7 @@ fn speculative_sampling_follows_the_base_distribution() {
     let draft = DraftConfig { max_draft: 3, draft_threshold: 0.0, ..DraftConfig::default() };
     let seeds = 1500;
     let vanilla = |seed| {
-        decode_vanilla(base, embeds(base, ids), &config, &mut Sampler::new(sampling, seed), |_| {
+        decode_vanilla(&base, &Alone, embeds(base, ids), &config, &mut Sampler::new(sampling, seed), |_| {
             ControlFlow::Continue(())
         })
         .unwrap()
@@ -178,9 +178,9 @@ fn speculative_sampling_follows_the_base_distribution() {
     };
     let mut rejected = 0;
     let speculative = token_counts(seeds, |seed| {
-        let prefill = prefill_unpruned(base, Some(&twig), embeds(base, ids), &PrefillSteps::UNINTERRUPTED).unwrap();
+        let prefill = prefill_unpruned(base, Some(&twig), embeds(base, ids), &PrefillSteps::uninterrupted()).unwrap();
         let (out, stats) =
-            decode_speculative(base, &twig, prefill, &config, &draft, &mut Sampler::new(sampling, seed), |_| {
+            decode_speculative(base, &twig, &Alone, prefill, &config, &draft, &mut Sampler::new(sampling, seed), |_| {
                 ControlFlow::Continue(())
             })
             .unwrap();
@@ -192,7 +192,7 @@ fn speculative_sampling_follows_the_base_distribution() {
     let again = token_counts(seeds, |seed| vanilla(seed + seeds));
     let twig_alone = token_counts(seeds, |seed| {
         let network = ShallowNetwork { base, twig: &twig };
-        decode_vanilla(&network, embeds(base, ids), &config, &mut Sampler::new(sampling, seed), |_| {
+        decode_vanilla(&network, &Alone, embeds(base, ids), &config, &mut Sampler::new(sampling, seed), |_| {
             ControlFlow::Continue(())
         })
         .unwrap()
@@ -333,9 +333,9 @@ fn sampling_with_a_tree_configured_drafts_a_chain() {
     let chain = DraftConfig { max_draft: 3, draft_threshold: 0.0, ..DraftConfig::default() };
     let run = |draft: &DraftConfig| {
         let prefill =
-            prefill_unpruned(base, Some(&twig), embeds(base, PROMPTS[0]), &PrefillSteps::UNINTERRUPTED).unwrap();
+            prefill_unpruned(base, Some(&twig), embeds(base, PROMPTS[0]), &PrefillSteps::uninterrupted()).unwrap();
         let (out, stats) =
-            decode_speculative(base, &twig, prefill, &config, draft, &mut Sampler::new(sampling, 3), |_| {
+            decode_speculative(base, &twig, &Alone, prefill, &config, draft, &mut Sampler::new(sampling, 3), |_| {
                 ControlFlow::Continue(())
             })
             .unwrap();

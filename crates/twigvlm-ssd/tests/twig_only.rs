@@ -7,7 +7,7 @@ use std::ops::ControlFlow;
 
 use burn::prelude::*;
 use common::{fixture, B};
-use twigvlm_backbone::LlamaDecoder;
+use twigvlm_backbone::{Alone, LlamaDecoder};
 use twigvlm_ssd::{decode_vanilla, CausalNetwork, DecodeConfig, Sampler, Sampling, ShallowNetwork};
 use twigvlm_twig::{Twig, TwigConfig};
 
@@ -19,9 +19,9 @@ fn prompt(base: &LlamaDecoder<B>) -> Tensor<B, 3> {
     base.embed(ids)
 }
 
-fn greedy<N: CausalNetwork<B>>(network: &N, base: &LlamaDecoder<B>) -> (Vec<u32>, Vec<f32>) {
+fn greedy<'m, N: CausalNetwork<'m, B>>(network: &N, base: &LlamaDecoder<B>) -> (Vec<u32>, Vec<f32>) {
     let config = DecodeConfig { max_new_tokens: NEW_TOKENS, eos_token_ids: vec![], context_length: 512 };
-    let out = decode_vanilla(network, prompt(base), &config, &mut Sampler::new(Sampling::Greedy, 0), |_| {
+    let out = decode_vanilla(network, &Alone, prompt(base), &config, &mut Sampler::new(Sampling::Greedy, 0), |_| {
         ControlFlow::Continue(())
     })
     .unwrap();
@@ -38,7 +38,7 @@ fn a_twig_copying_every_layer_above_k_decodes_exactly_like_the_base() {
     let llava = fixture();
     let base = &llava.model.language_model;
     let twig = Twig::init(base, &llava.config.text, TwigConfig::new(1, 3), &Default::default()).unwrap();
-    let (base_tokens, base_logits) = greedy(base, base);
+    let (base_tokens, base_logits) = greedy(&base, base);
     let (twig_tokens, twig_logits) = greedy(&ShallowNetwork { base, twig: &twig }, base);
     assert_eq!(twig_tokens, base_tokens);
     assert!(max_diff(&twig_logits, &base_logits) <= 1e-5);
@@ -60,7 +60,7 @@ fn the_shallow_networks_caches_match_a_full_recompute() {
     let generated = base.embed(Tensor::from_data(TensorData::new(ids, [1, NEW_TOKENS - 1]), &device));
     let all = Tensor::cat(vec![prompt(base), generated], 1);
     let positions: Vec<usize> = (0..all.dims()[1]).collect();
-    let logits = shallow.last_logits(all, &positions, &mut shallow.new_cache());
+    let logits = shallow.last_logits(&Alone, all, &positions, &mut shallow.new_cache());
     let recomputed = logits.argmax(2).into_data().convert::<i64>().into_vec::<i64>().unwrap()[0];
     assert_eq!(recomputed as u32, tokens[NEW_TOKENS - 1]);
 }

@@ -53,14 +53,14 @@ pub struct PruningOutcome {
 /// `steps` tokens, asking its interrupt before every layer of every chunk
 /// ([`TtpError::Interrupted`]); ranking sees the whole prompt through the ranking layer before
 /// any later layer runs.
-pub fn prefill<B: DecodeOps>(
-    base: &LlamaDecoder<B>,
-    twig: Option<&Twig<B>>,
+pub fn prefill<'m, B: DecodeOps>(
+    base: &'m LlamaDecoder<B>,
+    twig: Option<&'m Twig<B>>,
     embeds: Tensor<B, 3>,
     image_span: Option<Range<usize>>,
     spec: &PruningSpec,
     keep_twig_cache: bool,
-    steps: &PrefillSteps,
+    steps: &PrefillSteps<'_, 'm, B>,
 ) -> Result<Prefill<B>> {
     let started = Instant::now();
     let device = embeds.device();
@@ -142,13 +142,13 @@ struct PrunedRows<'a> {
 
 /// Layers K..L-1 over the layer-K hidden states with only the kept visual tokens, and none from
 /// K_f on.
-fn run_pruned<B: DecodeOps>(
-    base: &LlamaDecoder<B>,
+fn run_pruned<'m, B: DecodeOps>(
+    base: &'m LlamaDecoder<B>,
     hidden: Tensor<B, 3>,
     layers: &LayerPlan,
     pruned: &PrunedRows,
     cache: &mut KvCache<B>,
-    steps: &PrefillSteps,
+    steps: &PrefillSteps<'_, 'm, B>,
 ) -> Result<Tensor<B, 3>> {
     let PrunedRows { span, kept, prompt_len } = *pruned;
     let device = hidden.device();

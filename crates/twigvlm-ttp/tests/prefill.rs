@@ -30,7 +30,7 @@ fn spec(policy: &str, budget: &str, final_wipe: Option<usize>) -> PruningSpec {
 }
 
 fn run(base: &LlamaDecoder<B>, twig: Option<&Twig<B>>, spec: &PruningSpec) -> Prefill<B> {
-    prefill(base, twig, embeds(base, &PROMPT), Some(IMAGE), spec, false, &PrefillSteps::UNINTERRUPTED).unwrap()
+    prefill(base, twig, embeds(base, &PROMPT), Some(IMAGE), spec, false, &PrefillSteps::uninterrupted()).unwrap()
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -64,7 +64,7 @@ fn every_layer_cache_has_the_planned_length() {
     for (final_wipe, budget) in [(None, "4"), (Some(3), "30%"), (Some(2), "6"), (Some(LAYERS), "2")] {
         let spec = spec("twig", budget, final_wipe);
         let out =
-            prefill(base, Some(&twig), embeds(base, &PROMPT), Some(IMAGE), &spec, true, &PrefillSteps::UNINTERRUPTED)
+            prefill(base, Some(&twig), embeds(base, &PROMPT), Some(IMAGE), &spec, true, &PrefillSteps::uninterrupted())
                 .unwrap();
         let outcome = out.pruning.as_ref().unwrap();
         let plan = LayerPlan::new(LAYERS, 1, outcome.final_wipe).unwrap();
@@ -136,7 +136,7 @@ fn nothing_is_pruned_when_there_is_nothing_to_prune() {
         None,
         &spec("fastv", "3", None),
         false,
-        &PrefillSteps::UNINTERRUPTED,
+        &PrefillSteps::uninterrupted(),
     )
     .unwrap();
     assert!(text_only.pruning.is_none());
@@ -191,7 +191,7 @@ fn bad_requests_get_clear_errors() {
     let llava = fixture();
     let base = &llava.model.language_model;
     let attempt = |spec: &PruningSpec, span: Range<usize>| {
-        prefill(base, None, embeds(base, &PROMPT), Some(span), spec, false, &PrefillSteps::UNINTERRUPTED).err()
+        prefill(base, None, embeds(base, &PROMPT), Some(span), spec, false, &PrefillSteps::uninterrupted()).err()
     };
     assert!(matches!(attempt(&spec("twig", "3", None), IMAGE), Some(TtpError::MissingTwig)));
     assert!(matches!(attempt(&spec("random", "3", Some(2)), IMAGE), Some(TtpError::InvalidLayers(_))));
@@ -250,7 +250,7 @@ fn a_prefill_in_chunks_gives_the_caches_selection_and_tokens_of_one_forward() {
         spec("random:1", "4", Some(2)),
     ];
     let run_in = |spec: &PruningSpec, chunk: usize| {
-        let steps = PrefillSteps::UNINTERRUPTED.with_chunk_tokens(chunk);
+        let steps = PrefillSteps::uninterrupted().with_chunk_tokens(chunk);
         prefill(base, Some(&twig), embeds(base, &PROMPT), Some(IMAGE), spec, true, &steps).unwrap()
     };
     for spec in &specs {

@@ -4,8 +4,10 @@ use burn::nn::{Linear, RmsNorm};
 use burn::prelude::*;
 use twigvlm_backbone::config::LlamaConfig;
 use twigvlm_backbone::llama::chunked::prefill_stack;
-use twigvlm_backbone::llama::{forward_stack, forward_stack_tree, LayersOutput, RopeAngles, TreeMask};
-use twigvlm_backbone::{AttentionProbe, DecoderLayer, Interrupted, KvCache, LlamaDecoder, PrefillSteps};
+use twigvlm_backbone::llama::{forward_stack, LayersOutput, RopeAngles};
+use twigvlm_backbone::{
+    AttentionProbe, DecoderLayer, HeadCall, Interrupted, KvCache, LlamaDecoder, PrefillSteps, StackCall,
+};
 
 use crate::config::{TwigConfig, TwigHead, TwigInit};
 use crate::error::Result;
@@ -70,26 +72,21 @@ impl<B: DecodeOps> Twig<B> {
 
     /// [`Self::forward`] over a prompt in chunks of tokens, asking `steps`' interrupt before each
     /// block of each chunk ([`twigvlm_backbone::llama::chunked`]).
-    pub fn prefill(
-        &self,
+    pub fn prefill<'m>(
+        &'m self,
         hidden: Tensor<B, 3>,
         rope: &RopeAngles<B>,
         cache: &mut KvCache<B>,
         probe: &AttentionProbe,
-        steps: &PrefillSteps,
+        steps: &PrefillSteps<'_, 'm, B>,
     ) -> std::result::Result<LayersOutput<B>, Interrupted> {
         prefill_stack(&self.layers, 0, hidden, rope, cache, probe, steps)
     }
 
-    /// [`Self::forward`] for the nodes of a draft tree (see `TreeMask`).
-    pub fn forward_tree(
-        &self,
-        hidden: Tensor<B, 3>,
-        rope: &RopeAngles<B>,
-        cache: &mut KvCache<B>,
-        tree: &TreeMask,
-    ) -> Tensor<B, 3> {
-        forward_stack_tree(&self.layers, 0, hidden, rope, cache, tree)
+    /// The twig's blocks over `hidden` at the positions of `rope`, as a call for a
+    /// [`twigvlm_backbone::StackRunner`].
+    pub fn stack_call(&self, hidden: Tensor<B, 3>, rope: &RopeAngles<B>) -> StackCall<'_, B> {
+        StackCall::new(&self.layers, 0, hidden, rope)
     }
 
     /// The twig's norm and head (or the base's head when shared).
@@ -97,20 +94,18 @@ impl<B: DecodeOps> Twig<B> {
     /// # Shapes
     /// - hidden: `[batch, seq, hidden]` → `[batch, seq, vocab]`
     pub fn logits(&self, hidden: Tensor<B, 3>, base_head: &Linear<B>) -> Tensor<B, 3> {
-        let normed = twigvlm_backbone::ops::rms_norm(&self.norm, hidden);
-        twigvlm_backbone::ops::linear(self.head(base_head), normed)
+        self.head_call(hidden, base_head, None).run()
     }
 
-    /// [`Self::logits`] for the first `tokens` token ids only (the head's first `tokens` rows).
-    ///
-    /// # Shapes
-    /// - hidden: `[batch, seq, hidden]` → `[batch, seq, tokens]`
-    pub fn logits_for_first(&self, hidden: Tensor<B, 3>, base_head: &Linear<B>, tokens: usize) -> Tensor<B, 3> {
-        let normed = twigvlm_backbone::ops::rms_norm(&self.norm, hidden);
-        let head = self.head(base_head);
-        let weight = head.weight.val().narrow(1, 0, tokens);
-        let bias = head.bias.as_ref().map(|bias| bias.val().narrow(0, 0, tokens));
-        <B as DecodeOps>::linear(normed, weight, bias)
+    /// [`Self::logits`] as a call for a [`twigvlm_backbone::StackRunner`], computing only the
+    /// first `outputs` token ids when given (the head's first rows).
+    pub fn head_call<'a>(
+        &'a self,
+        hidden: Tensor<B, 3>,
+        base_head: &'a Linear<B>,
+        outputs: Option<usize>,
+    ) -> HeadCall<'a, B> {
+        HeadCall { norm: &self.norm, head: self.head(base_head), outputs, hidden }
     }
 
     /// The twig's own head, or the base's when it shares it.

@@ -13,11 +13,11 @@ use twigvlm_backbone::ops::DecodeOps;
 /// base layer, and through `twig` on the layer-K hidden states so that its cache covers the whole
 /// prompt (what the self-speculative decoder drafts from), in chunks of `steps` tokens, asking
 /// its interrupt before every layer of every chunk.
-pub fn prefill_unpruned<B: DecodeOps>(
-    base: &LlamaDecoder<B>,
-    twig: Option<&Twig<B>>,
+pub fn prefill_unpruned<'m, B: DecodeOps>(
+    base: &'m LlamaDecoder<B>,
+    twig: Option<&'m Twig<B>>,
     embeds: Tensor<B, 3>,
-    steps: &PrefillSteps,
+    steps: &PrefillSteps<'_, 'm, B>,
 ) -> Result<PromptState<B>, Interrupted> {
     let started = Instant::now();
     let prompt_len = embeds.dims()[1];

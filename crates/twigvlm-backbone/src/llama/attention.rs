@@ -22,36 +22,68 @@ pub struct SelfAttention<B: Backend> {
     pub head_dim: usize,
 }
 
+/// One request's rows in a forward that may hold several requests' rows one after another (a
+/// batch of requests shares the projections; each attends only to its own cache).
+pub struct RowGroup<'a, B: Backend> {
+    /// How many consecutive rows of the forward are this request's.
+    pub rows: usize,
+    /// Their rotary angles.
+    pub rope: &'a RopeAngles<B>,
+    /// This layer's cache of the request.
+    pub cache: &'a mut LayerKvCache<B>,
+    /// Rows (within the group) whose attention probabilities to return.
+    pub probe_rows: Option<&'a [usize]>,
+    /// The draft tree the rows are, if they are one.
+    pub tree: Option<&'a TreeMask>,
+}
+
 impl<B: DecodeOps> SelfAttention<B> {
-    /// Attends the new tokens to everything cached in this layer plus themselves: causally, or,
-    /// with a `tree`, as the draft tree in the cache's tail allows. Without a tree the new tokens
-    /// must come after every cached entry in sequence order. The probe follows the causal rule.
+    /// Attends each group's new tokens to everything cached in its layer cache plus themselves:
+    /// causally, or, with a tree, as the draft tree in the cache's tail allows. Without a tree
+    /// the new tokens must come after every cached entry in sequence order. The probe follows the
+    /// causal rule. Several groups are consecutive rows of requests side by side (batch 1): the
+    /// projections see all rows at once, and each row's result is what a forward of its group
+    /// alone gives on a backend whose linear layers round every row alike.
     ///
     /// # Shapes
-    /// - x: `[batch, new, hidden]` → `[batch, new, hidden]`
-    /// - probe (if `probe_rows` is given): `[batch, heads, rows, cached + new]`, rows index `new`
-    pub fn forward(
+    /// - x: `[batch, Σ rows, hidden]` → `[batch, Σ rows, hidden]`
+    /// - each group's probe (if it has `probe_rows`): `[batch, heads, probed, cached + rows]`
+    pub fn forward_groups(
         &self,
         x: Tensor<B, 3>,
-        rope: &RopeAngles<B>,
-        cache: &mut LayerKvCache<B>,
-        probe_rows: Option<&[usize]>,
-        tree: Option<&TreeMask>,
-    ) -> (Tensor<B, 3>, Option<Tensor<B, 4>>) {
-        let [batch, new, _] = x.dims();
-        let heads = |t: Tensor<B, 3>, n: usize| t.reshape([batch, new, n, self.head_dim]).swap_dims(1, 2);
+        groups: &mut [RowGroup<'_, B>],
+    ) -> (Tensor<B, 3>, Vec<Option<Tensor<B, 4>>>) {
         let [q, k, v] = linears([&self.q_proj, &self.k_proj, &self.v_proj], x);
-        let q = rope.apply(heads(q, self.num_heads));
-        let k = rope.apply(heads(k, self.num_kv_heads));
-        let v = heads(v, self.num_kv_heads);
-        let past = cache.len();
-        let (k, v) = cache.append(k, v);
+        let single = groups.len() == 1;
+        let mut start = 0;
+        let mut outs = Vec::with_capacity(groups.len());
+        let mut probes = Vec::with_capacity(groups.len());
+        for group in groups.iter_mut() {
+            let rows = |t: &Tensor<B, 3>| if single { t.clone() } else { t.clone().narrow(1, start, group.rows) };
+            let (out, probe) = self.attend([rows(&q), rows(&k), rows(&v)], group);
+            outs.push(out);
+            probes.push(probe);
+            start += group.rows;
+        }
+        let out = if single { outs.remove(0) } else { Tensor::cat(outs, 1) };
+        (linear(&self.o_proj, out), probes)
+    }
 
-        let probe = probe_rows.map(|rows| self.row_probabilities(q.clone(), k.clone(), rows, past));
-        let mask = tree.map_or(KeyMask::Causal, KeyMask::Tree);
+    /// One group's projected rows against its cache: `[batch, rows, heads · head_dim]` before the
+    /// output projection.
+    fn attend(&self, [q, k, v]: [Tensor<B, 3>; 3], group: &mut RowGroup<'_, B>) -> (Tensor<B, 3>, Option<Tensor<B, 4>>) {
+        let [batch, new, _] = q.dims();
+        let heads = |t: Tensor<B, 3>, n: usize| t.reshape([batch, new, n, self.head_dim]).swap_dims(1, 2);
+        let q = group.rope.apply(heads(q, self.num_heads));
+        let k = group.rope.apply(heads(k, self.num_kv_heads));
+        let v = heads(v, self.num_kv_heads);
+        let past = group.cache.len();
+        let (k, v) = group.cache.append(k, v);
+
+        let probe = group.probe_rows.map(|rows| self.row_probabilities(q.clone(), k.clone(), rows, past));
+        let mask = group.tree.map_or(KeyMask::Causal, KeyMask::Tree);
         let out = <B as DecodeOps>::attention(q, k, v, mask);
-        let out = out.swap_dims(1, 2).reshape([batch, new, self.num_heads * self.head_dim]);
-        (linear(&self.o_proj, out), probe)
+        (out.swap_dims(1, 2).reshape([batch, new, self.num_heads * self.head_dim]), probe)
     }
 
     /// Softmax rows for the chosen queries, with the same causal rule as the main path. Built from

@@ -10,32 +10,43 @@ use std::ops::Range;
 
 use burn::prelude::*;
 
-use super::{forward_stack, AttentionProbe, DecoderLayer, KvCache, LayersOutput, RopeAngles};
+use super::{Alone, AttentionProbe, DecoderLayer, KvCache, LayersOutput, RopeAngles, StackCall, StackRunner};
 use crate::interrupt::{Interrupt, Interrupted};
 use crate::ops::DecodeOps;
 
 /// How a prefill steps through its prompt.
-#[derive(Debug, Clone, Copy)]
-pub struct PrefillSteps<'a> {
+pub struct PrefillSteps<'a, 'm, B: Backend> {
     /// Most tokens one forward of a layer takes.
     pub chunk_tokens: usize,
     /// Asked before each layer of each chunk.
     pub interrupt: Interrupt<'a>,
+    /// Runs each layer of each chunk ([`Alone`] by default; a batching runner puts it beside
+    /// other requests' work, each chunk's layers back to back).
+    pub runner: &'a dyn StackRunner<'m, B>,
 }
 
-impl<'a> PrefillSteps<'a> {
-    /// Tokens per chunk by default, as llama.cpp's default micro-batch: large enough that a
-    /// chunk's matrix products run at full speed, small enough that an 8k-token prompt's scores
-    /// take an eighth of a single forward's per layer.
-    pub const DEFAULT_CHUNK_TOKENS: usize = 512;
+impl<B: Backend> Clone for PrefillSteps<'_, '_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
 
-    /// Chunks of the default size, never interrupted.
-    pub const UNINTERRUPTED: PrefillSteps<'static> =
-        PrefillSteps { chunk_tokens: Self::DEFAULT_CHUNK_TOKENS, interrupt: Interrupt::NEVER };
+impl<B: Backend> Copy for PrefillSteps<'_, '_, B> {}
 
-    /// Chunks of the default size, asking `interrupt`.
+/// Tokens per chunk by default, as llama.cpp's default micro-batch: large enough that a chunk's
+/// matrix products run at full speed, small enough that an 8k-token prompt's scores take an
+/// eighth of a single forward's per layer.
+pub const DEFAULT_PREFILL_CHUNK_TOKENS: usize = 512;
+
+impl<'a, 'm, B: DecodeOps> PrefillSteps<'a, 'm, B> {
+    /// Chunks of the default size, run alone, never interrupted.
+    pub fn uninterrupted() -> Self {
+        Self::new(Interrupt::NEVER)
+    }
+
+    /// Chunks of the default size, run alone, asking `interrupt`.
     pub fn new(interrupt: Interrupt<'a>) -> Self {
-        Self { chunk_tokens: Self::DEFAULT_CHUNK_TOKENS, interrupt }
+        Self { chunk_tokens: DEFAULT_PREFILL_CHUNK_TOKENS, interrupt, runner: &Alone }
     }
 
     /// The same with `chunk_tokens` tokens per chunk.
@@ -45,6 +56,11 @@ impl<'a> PrefillSteps<'a> {
     pub fn with_chunk_tokens(self, chunk_tokens: usize) -> Self {
         assert!(chunk_tokens > 0, "a prefill chunk holds at least one token");
         Self { chunk_tokens, ..self }
+    }
+
+    /// The same with its layers run by `runner`.
+    pub fn with_runner(self, runner: &'a dyn StackRunner<'m, B>) -> Self {
+        Self { runner, ..self }
     }
 
     /// The row ranges of `len` tokens, chunk by chunk.
@@ -61,14 +77,14 @@ impl<'a> PrefillSteps<'a> {
 ///
 /// # Shapes
 /// - hidden: `[batch, new, hidden]` → `[batch, new, hidden]`
-pub fn prefill_stack<B: DecodeOps>(
-    layers: &[DecoderLayer<B>],
+pub fn prefill_stack<'m, B: DecodeOps>(
+    layers: &'m [DecoderLayer<B>],
     first_index: usize,
     hidden: Tensor<B, 3>,
     rope: &RopeAngles<B>,
     cache: &mut KvCache<B>,
     probe: &AttentionProbe,
-    steps: &PrefillSteps,
+    steps: &PrefillSteps<'_, 'm, B>,
 ) -> Result<LayersOutput<B>, Interrupted> {
     debug_assert!(probe.rows.is_sorted(), "probed rows ascend: {:?}", probe.rows);
     let len = hidden.dims()[1];
@@ -80,14 +96,10 @@ pub fn prefill_stack<B: DecodeOps>(
         let chunk_probe = probe.within(rows);
         for (offset, layer) in layers.iter().enumerate() {
             steps.interrupt.check()?;
-            let out = forward_stack(
-                std::slice::from_ref(layer),
-                first_index + offset,
-                chunk,
-                &chunk_rope,
-                cache,
-                &chunk_probe,
-            );
+            let call = StackCall::new(std::slice::from_ref(layer), first_index + offset, chunk, &chunk_rope)
+                .with_probe(&chunk_probe)
+                .chained(offset + 1 < layers.len());
+            let out = steps.runner.run_stack(call, cache);
             chunk = out.hidden;
             for (index, probs) in out.attention {
                 probed.entry(index).or_default().push(probs);

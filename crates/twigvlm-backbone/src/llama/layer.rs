@@ -3,10 +3,7 @@
 use burn::nn::{Linear, LinearConfig, RmsNorm, RmsNormConfig};
 use burn::prelude::*;
 
-use super::attention::SelfAttention;
-use super::cache::LayerKvCache;
-use super::rope::RopeAngles;
-use super::tree_mask::TreeMask;
+use super::attention::{RowGroup, SelfAttention};
 use crate::config::{Activation, LlamaConfig};
 use crate::error::Result;
 use crate::ops::{linear, linears, rms_norm, DecodeOps};
@@ -96,21 +93,20 @@ impl<B: DecodeOps> DecoderLayer<B> {
         }
     }
 
+    /// The layer over consecutive groups of rows, each a request with its own cache (one group:
+    /// a single request, any batch); norms, projections and the MLP see all rows at once, the
+    /// attention is [`SelfAttention::forward_groups`].
+    ///
     /// # Shapes
-    /// - x: `[batch, new, hidden]` → `[batch, new, hidden]` (plus the probe of [`SelfAttention::forward`],
-    ///   whose visibility rule `tree` also is)
-    pub fn forward(
+    /// - x: `[batch, Σ rows, hidden]` → `[batch, Σ rows, hidden]`, one probe (or none) per group
+    pub fn forward_groups(
         &self,
         x: Tensor<B, 3>,
-        rope: &RopeAngles<B>,
-        cache: &mut LayerKvCache<B>,
-        probe_rows: Option<&[usize]>,
-        tree: Option<&TreeMask>,
-    ) -> (Tensor<B, 3>, Option<Tensor<B, 4>>) {
-        let (attn, probe) =
-            self.self_attn.forward(rms_norm(&self.input_layernorm, x.clone()), rope, cache, probe_rows, tree);
+        groups: &mut [RowGroup<'_, B>],
+    ) -> (Tensor<B, 3>, Vec<Option<Tensor<B, 4>>>) {
+        let (attn, probes) = self.self_attn.forward_groups(rms_norm(&self.input_layernorm, x.clone()), groups);
         let x = x + attn;
         let x = x.clone() + self.mlp.forward(rms_norm(&self.post_attention_layernorm, x));
-        (x, probe)
+        (x, probes)
     }
 }

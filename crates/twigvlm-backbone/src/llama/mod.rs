@@ -7,6 +7,7 @@ pub mod chunked;
 pub mod layer;
 pub mod prompt_state;
 pub mod rope;
+pub mod runner;
 pub mod tree_mask;
 
 use std::ops::Range;
@@ -15,12 +16,13 @@ use crate::ops::DecodeOps;
 use burn::nn::{Embedding, Linear, RmsNorm};
 use burn::prelude::*;
 
-pub use attention::SelfAttention;
+pub use attention::{RowGroup, SelfAttention};
 pub use cache::{KvCache, LayerKvCache};
-pub use chunked::PrefillSteps;
+pub use chunked::{PrefillSteps, DEFAULT_PREFILL_CHUNK_TOKENS};
 pub use layer::{DecoderLayer, Mlp};
 pub use prompt_state::PromptState;
 pub use rope::RopeAngles;
+pub use runner::{Alone, HeadCall, StackCall, StackRunner};
 pub use tree_mask::TreeMask;
 
 use crate::config::LlamaConfig;
@@ -74,41 +76,64 @@ pub fn forward_stack<B: DecodeOps>(
     cache: &mut KvCache<B>,
     probe: &AttentionProbe,
 ) -> LayersOutput<B> {
-    run_stack(layers, first_index, hidden, rope, cache, probe, None)
+    let segment = Segment { hidden, rope, cache, probe, tree: None };
+    forward_segments(layers, first_index, vec![segment]).pop().expect("one output per segment")
 }
 
-/// [`forward_stack`] for the nodes of a draft tree: each sees what `tree` allows of the cache's
-/// tail (the rotary angles give each node its depth's position).
-pub fn forward_stack_tree<B: DecodeOps>(
-    layers: &[DecoderLayer<B>],
-    first_index: usize,
-    hidden: Tensor<B, 3>,
-    rope: &RopeAngles<B>,
-    cache: &mut KvCache<B>,
-    tree: &TreeMask,
-) -> Tensor<B, 3> {
-    run_stack(layers, first_index, hidden, rope, cache, &AttentionProbe::default(), Some(tree)).hidden
+/// One request's tokens in a forward of several requests side by side ([`forward_segments`]).
+pub struct Segment<'a, B: Backend> {
+    /// `[1, new, hidden]` (any batch when alone).
+    pub hidden: Tensor<B, 3>,
+    pub rope: &'a RopeAngles<B>,
+    pub cache: &'a mut KvCache<B>,
+    pub probe: &'a AttentionProbe,
+    pub tree: Option<&'a TreeMask>,
 }
 
-fn run_stack<B: DecodeOps>(
+/// [`forward_stack`] for several requests at once: their rows run side by side through every
+/// norm, projection and MLP of the stack, and each segment attends only to its own cache, with
+/// its own positions, probe and tree. On a backend whose linear layers round every row alike
+/// (the CPU kernels), each output equals the segment's forward alone.
+pub fn forward_segments<B: DecodeOps>(
     layers: &[DecoderLayer<B>],
     first_index: usize,
-    mut hidden: Tensor<B, 3>,
-    rope: &RopeAngles<B>,
-    cache: &mut KvCache<B>,
-    probe: &AttentionProbe,
-    tree: Option<&TreeMask>,
-) -> LayersOutput<B> {
-    let mut attention = Vec::new();
+    mut segments: Vec<Segment<'_, B>>,
+) -> Vec<LayersOutput<B>> {
+    let sizes: Vec<usize> = segments.iter().map(|segment| segment.hidden.dims()[1]).collect();
+    let mut hidden = match segments.len() {
+        1 => segments[0].hidden.clone(),
+        _ => Tensor::cat(segments.iter().map(|segment| segment.hidden.clone()).collect(), 1),
+    };
+    let mut attention: Vec<Vec<(usize, Tensor<B, 4>)>> = segments.iter().map(|_| Vec::new()).collect();
     for (offset, layer) in layers.iter().enumerate() {
         let index = first_index + offset;
-        let (out, probs) = layer.forward(hidden, rope, cache.layer_mut(index), probe.rows_for(index), tree);
+        let mut groups: Vec<RowGroup<'_, B>> = segments
+            .iter_mut()
+            .zip(&sizes)
+            .map(|(segment, &rows)| RowGroup {
+                rows,
+                rope: segment.rope,
+                cache: segment.cache.layer_mut(index),
+                probe_rows: segment.probe.rows_for(index),
+                tree: segment.tree,
+            })
+            .collect();
+        let (out, probes) = layer.forward_groups(hidden, &mut groups);
         hidden = out;
-        if let Some(probs) = probs {
-            attention.push((index, probs));
+        for (found, probs) in attention.iter_mut().zip(probes) {
+            found.extend(probs.map(|probs| (index, probs)));
         }
     }
-    LayersOutput { hidden, attention }
+    let mut start = 0;
+    sizes
+        .iter()
+        .zip(attention)
+        .map(|(&rows, attention)| {
+            let part = if sizes.len() == 1 { hidden.clone() } else { hidden.clone().narrow(1, start, rows) };
+            start += rows;
+            LayersOutput { hidden: part, attention }
+        })
+        .collect()
 }
 
 #[derive(Module, Debug)]
@@ -184,28 +209,16 @@ impl<B: DecodeOps> LlamaDecoder<B> {
 
     /// [`Self::forward_layers`] over a prompt in chunks of tokens, asking `steps`' interrupt
     /// before each layer of each chunk ([`chunked`]); the cache then holds what ran.
-    pub fn prefill_layers(
-        &self,
+    pub fn prefill_layers<'m>(
+        &'m self,
         hidden: Tensor<B, 3>,
         rope: &RopeAngles<B>,
         layers: Range<usize>,
         cache: &mut KvCache<B>,
         probe: &AttentionProbe,
-        steps: &PrefillSteps,
+        steps: &PrefillSteps<'_, 'm, B>,
     ) -> std::result::Result<LayersOutput<B>, Interrupted> {
         chunked::prefill_stack(&self.layers[layers.clone()], layers.start, hidden, rope, cache, probe, steps)
-    }
-
-    /// [`Self::forward_layers`] for the nodes of a draft tree ([`forward_stack_tree`]).
-    pub fn forward_tree_layers(
-        &self,
-        hidden: Tensor<B, 3>,
-        rope: &RopeAngles<B>,
-        layers: Range<usize>,
-        cache: &mut KvCache<B>,
-        tree: &TreeMask,
-    ) -> Tensor<B, 3> {
-        forward_stack_tree(&self.layers[layers.clone()], layers.start, hidden, rope, cache, tree)
     }
 
     /// Final norm and LM head at every given position.
@@ -213,7 +226,17 @@ impl<B: DecodeOps> LlamaDecoder<B> {
     /// # Shapes
     /// - hidden: `[batch, seq, hidden]` → `[batch, seq, vocab]`
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        crate::ops::linear(&self.lm_head, crate::ops::rms_norm(&self.norm, hidden))
+        self.head_call(hidden).run()
+    }
+
+    /// [`Self::logits`] as a call for a [`StackRunner`].
+    pub fn head_call(&self, hidden: Tensor<B, 3>) -> HeadCall<'_, B> {
+        HeadCall { norm: &self.norm, head: &self.lm_head, outputs: None, hidden }
+    }
+
+    /// `layers` over `hidden` at the positions of `rope`, as a call for a [`StackRunner`].
+    pub fn stack_call(&self, layers: Range<usize>, hidden: Tensor<B, 3>, rope: &RopeAngles<B>) -> StackCall<'_, B> {
+        StackCall::new(&self.layers[layers.clone()], layers.start, hidden, rope)
     }
 
     /// The logits at the last of `hidden`'s positions (`[1, seq, hidden]`), on the host.

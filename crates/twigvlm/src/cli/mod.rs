@@ -15,12 +15,14 @@ mod serve;
 mod train;
 mod twig;
 
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::filter::LevelFilter;
 use twigvlm_engine::{
+    BatchLimits,
     check_twig_use, BackendJob, BackendKind, DecoderKind, DraftConfig, DraftLength, DraftTree, Engine, FloatDtype,
     GpuAutotune, LoadOptions, PrefillPolicy, PruningSpec, VisualBudget, DEFAULT_DRAFT_VOCAB,
 };
@@ -28,7 +30,7 @@ use twigvlm_engine::{
 use named::named;
 use twigvlm_backbone::ops::DecodeOps;
 use twigvlm_backbone::weights::StorageDtype;
-use twigvlm_backbone::PrefillSteps;
+use twigvlm_backbone::DEFAULT_PREFILL_CHUNK_TOKENS;
 
 /// Fast vision-language inference with twig-guided token pruning and self-speculative decoding.
 #[derive(Debug, Parser)]
@@ -165,7 +167,7 @@ pub struct ModelArgs {
     pub vision_tower: Option<PathBuf>,
     /// Prompt tokens a prefill runs through the layers at once: a layer holds this many rows of
     /// attention scores against the prompt, and a stop request is seen between layers of a chunk.
-    #[arg(long, default_value_t = PrefillSteps::DEFAULT_CHUNK_TOKENS,
+    #[arg(long, default_value_t = DEFAULT_PREFILL_CHUNK_TOKENS,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub prefill_chunk: usize,
     #[command(flatten)]
@@ -200,6 +202,24 @@ pub struct PruningArgs {
 impl PruningArgs {
     pub fn spec(&self) -> PruningSpec {
         PruningSpec { policy: self.policy, budget: self.visual_budget, final_wipe: self.final_wipe }
+    }
+}
+
+/// How many requests run at once, their forwards batched (`serve`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct BatchArgs {
+    /// Requests the engine runs at once; the others wait in the queue. 1: one at a time.
+    #[arg(long, default_value_t = BatchLimits::default().max_requests)]
+    pub max_batch_requests: NonZeroUsize,
+    /// Most rows (tokens) of one batched forward: the running requests' decoding rows, drafted
+    /// rows and prompt chunks of the same layers share a forward up to this many.
+    #[arg(long, default_value_t = BatchLimits::default().max_rows)]
+    pub max_batch_rows: NonZeroUsize,
+}
+
+impl BatchArgs {
+    pub fn limits(&self) -> BatchLimits {
+        BatchLimits { max_requests: self.max_batch_requests, max_rows: self.max_batch_rows }
     }
 }
 

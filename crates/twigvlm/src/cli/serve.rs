@@ -61,6 +61,8 @@ pub struct ServeArgs {
     /// Seconds a client has to send a request's headers before its connection is closed.
     #[arg(long, default_value_t = 10.0)]
     pub header_read_timeout: f64,
+    #[command(flatten)]
+    pub batch: super::BatchArgs,
     /// The speculative decoder's draft length by default (requests may override it).
     #[command(flatten)]
     pub draft: super::DraftArgs,
@@ -133,6 +135,7 @@ impl BackendJob for ServeArgs {
                 header_read_timeout,
                 drain_timeout: SHUTDOWN_DRAIN,
             },
+            batch: args.batch.limits(),
         };
         Ok(serve(engine, options)?)
     }
