@@ -1,6 +1,7 @@
-//! A load generator for a running server (`twigvlm bench-serve`): N concurrent clients send a
-//! fixed number of streamed chat completions; the report has throughput, latency percentiles and
-//! time to first token.
+//! A load generator for a running server (`twigvlm bench-serve`): N concurrent clients in a
+//! closed loop (each sends its next request when its last one has ended) send a fixed number of
+//! streamed chat completions; the report has throughput, latency percentiles and time to first
+//! token. [`run_load_curve`] repeats that for several client counts and decoders.
 
 use std::io::{BufRead, BufReader};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,6 +23,8 @@ pub struct LoadOptions {
     pub prompt: String,
     /// A `data:` URL sent with every request.
     pub image_url: Option<String>,
+    /// The decoder requests ask for (`base`, `twig-only`, `ssd`); `None`: the server's default.
+    pub decoder: Option<String>,
 }
 
 /// One request as a client saw it.
@@ -54,6 +57,8 @@ impl Percentiles {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LoadReport {
+    /// The decoder the requests asked for (`None`: the server's default).
+    pub decoder: Option<String>,
     pub clients: usize,
     pub requests: usize,
     pub succeeded: usize,
@@ -73,10 +78,13 @@ fn one_request(agent: &ureq::Agent, options: &LoadOptions) -> Result<Sample, u16
     if let Some(url) = &options.image_url {
         content.insert(0, json!({"type": "image_url", "image_url": {"url": url}}));
     }
-    let body = json!({
+    let mut body = json!({
         "model": options.model, "messages": [{"role": "user", "content": content}],
         "max_tokens": options.max_tokens, "stream": true, "stream_options": {"include_usage": true},
     });
+    if let Some(decoder) = &options.decoder {
+        body["decoder"] = json!(decoder);
+    }
     let started = Instant::now();
     let response = agent
         .post(&format!("{}/v1/chat/completions", options.url))
@@ -144,6 +152,7 @@ pub fn run_load(options: &LoadOptions) -> anyhow::Result<LoadReport> {
     let millis = |d: Duration| d.as_secs_f64() * 1e3;
     let tokens: usize = samples.iter().map(|s| s.completion_tokens).sum();
     Ok(LoadReport {
+        decoder: options.decoder.clone(),
         clients: options.clients,
         requests: options.requests,
         succeeded: samples.len(),
@@ -154,6 +163,30 @@ pub fn run_load(options: &LoadOptions) -> anyhow::Result<LoadReport> {
         latency_ms: Percentiles::of(samples.iter().map(|s| millis(s.latency)).collect()),
         time_to_first_token_ms: Percentiles::of(samples.iter().filter_map(|s| s.first_token.map(millis)).collect()),
     })
+}
+
+/// [`run_load`] for every decoder and client count, `requests_per_client` requests per client,
+/// after one unmeasured request per decoder (the server's first request of a kind compiles and
+/// allocates what later ones reuse).
+pub fn run_load_curve(
+    options: &LoadOptions,
+    decoders: &[Option<String>],
+    clients: &[usize],
+    requests_per_client: usize,
+    mut progress: impl FnMut(&LoadReport),
+) -> anyhow::Result<Vec<LoadReport>> {
+    let mut reports = Vec::new();
+    for decoder in decoders {
+        let warm_up = LoadOptions { decoder: decoder.clone(), clients: 1, requests: 1, ..options.clone() };
+        run_load(&warm_up)?;
+        for &clients in clients {
+            let run = LoadOptions { clients, requests: clients * requests_per_client, ..warm_up.clone() };
+            let report = run_load(&run)?;
+            progress(&report);
+            reports.push(report);
+        }
+    }
+    Ok(reports)
 }
 
 #[cfg(test)]

@@ -1,14 +1,17 @@
 //! `twigvlm serve` and `twigvlm bench-serve`.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
+
+use super::named::named;
 use base64::Engine as _;
 use twigvlm_backbone::ops::DecodeOps;
-use twigvlm_engine::{BackendJob, DraftTree, PrefillPolicy, PruningSpec};
-use twigvlm_eval::load::{run_load, LoadOptions};
+use twigvlm_engine::{BackendJob, DecoderKind, DraftTree, PrefillPolicy, PruningSpec};
+use twigvlm_eval::load::{run_load_curve, LoadOptions, LoadReport};
+use twigvlm_eval::plot::{line_chart, Labels, Series};
 use twigvlm_serve::{serve, AccessPolicy, ConnectionLimits, ImageLimits, RequestDefaults, RequestLimits, ServeOptions};
 
 /// Time the responses still being written get once a stopping server closes its socket.
@@ -149,12 +152,17 @@ pub struct BenchServeArgs {
     /// The model id the server serves.
     #[arg(long)]
     pub model: String,
-    /// Concurrent clients.
-    #[arg(long, default_value_t = 4)]
-    pub clients: usize,
-    /// Requests in all.
-    #[arg(long, default_value_t = 32)]
-    pub requests: usize,
+    /// Concurrent clients, one run per count (closed loop: each client sends its next request
+    /// when its last one has ended).
+    #[arg(long, value_delimiter = ',', default_value = "4")]
+    pub clients: Vec<usize>,
+    /// Requests each client sends per run.
+    #[arg(long, default_value_t = 8)]
+    pub requests_per_client: usize,
+    /// Decoders the requests ask for, one set of runs each (`base`, `twig-only`, `ssd`; the
+    /// server needs a twig for the last two); default: the server's own.
+    #[arg(long, value_delimiter = ',', value_parser = named::<DecoderKind>())]
+    pub decoders: Vec<DecoderKind>,
     #[arg(long, default_value_t = 32)]
     pub max_tokens: usize,
     #[arg(long, default_value = "Describe the image.")]
@@ -162,12 +170,29 @@ pub struct BenchServeArgs {
     /// Image sent with every request (as a data: URL).
     #[arg(long)]
     pub image: Option<PathBuf>,
-    /// Also write the report (JSON) here.
+    /// Write `<name>.json` and `<name>-throughput.png`, `<name>-latency.png` here.
     #[arg(long)]
-    pub out: Option<PathBuf>,
+    pub results_dir: Option<PathBuf>,
+    /// The file names' stem under --results-dir.
+    #[arg(long, default_value = "serve")]
+    pub name: String,
+}
+
+/// What `bench-serve --results-dir` writes.
+#[derive(Debug, serde::Serialize)]
+struct BenchServeReport<'a> {
+    url: &'a str,
+    model: &'a str,
+    prompt: &'a str,
+    image: Option<String>,
+    max_tokens: usize,
+    requests_per_client: usize,
+    runs: &'a [LoadReport],
 }
 
 pub fn bench_serve(args: BenchServeArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(!args.clients.is_empty() && !args.clients.contains(&0), "--clients must list positive counts");
+    anyhow::ensure!(args.requests_per_client > 0, "--requests-per-client must be at least 1");
     let image_url = args
         .image
         .as_ref()
@@ -180,18 +205,72 @@ pub fn bench_serve(args: BenchServeArgs) -> anyhow::Result<()> {
         .transpose()?;
     let options = LoadOptions {
         url: args.url.trim_end_matches('/').to_string(),
-        model: args.model,
-        clients: args.clients,
-        requests: args.requests,
+        model: args.model.clone(),
+        clients: 1,
+        requests: 1,
         max_tokens: args.max_tokens,
-        prompt: args.prompt,
+        prompt: args.prompt.clone(),
         image_url,
+        decoder: None,
     };
-    let report = run_load(&options)?;
+    let decoders: Vec<Option<String>> = match args.decoders.is_empty() {
+        true => vec![None],
+        false => args.decoders.iter().map(|d| Some(d.to_string())).collect(),
+    };
+    let runs = run_load_curve(&options, &decoders, &args.clients, args.requests_per_client, |report| {
+        eprintln!(
+            "{:>9} {:>2} clients: {:6.1} tokens/s, p50 latency {:6.0} ms, p50 first token {:6.0} ms, {} failed",
+            report.decoder.as_deref().unwrap_or("default"),
+            report.clients,
+            report.tokens_per_s,
+            report.latency_ms.p50,
+            report.time_to_first_token_ms.p50,
+            report.failed.iter().map(|(_, n)| n).sum::<usize>(),
+        );
+    })?;
+    let report = BenchServeReport {
+        url: &options.url,
+        model: &args.model,
+        prompt: &args.prompt,
+        image: args.image.as_ref().map(|p| p.display().to_string()),
+        max_tokens: args.max_tokens,
+        requests_per_client: args.requests_per_client,
+        runs: &runs,
+    };
     let json = serde_json::to_string_pretty(&report)?;
-    if let Some(path) = &args.out {
-        std::fs::write(path, &json).with_context(|| format!("cannot write {}", path.display()))?;
-    }
     println!("{json}");
+    if let Some(dir) = &args.results_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::write(dir.join(format!("{}.json", args.name)), json + "\n")?;
+        plot_load(dir, &args.name, &runs)?;
+    }
     Ok(())
+}
+
+/// Throughput, and latency and time to first token, against clients: one line per decoder.
+fn plot_load(dir: &Path, name: &str, runs: &[LoadReport]) -> anyhow::Result<()> {
+    let mut decoders: Vec<Option<String>> = runs.iter().map(|r| r.decoder.clone()).collect();
+    decoders.dedup();
+    let label = |decoder: &Option<String>| decoder.clone().unwrap_or_else(|| "default decoder".into());
+    let line = |decoder: &Option<String>, what: &str, value: &dyn Fn(&LoadReport) -> f64| Series {
+        name: format!("{} {what}", label(decoder)).trim().to_string(),
+        points: runs.iter().filter(|r| &r.decoder == decoder).map(|r| (r.clients as f64, value(r))).collect(),
+    };
+    let throughput: Vec<Series> = decoders.iter().map(|d| line(d, "", &|r| r.tokens_per_s)).collect();
+    let title = format!("{name}: completion tokens per second, all clients together");
+    let labels = Labels { title: &title, x: "concurrent clients", y: "tokens/s" };
+    line_chart(&dir.join(format!("{name}-throughput.png")), &labels, &throughput)?;
+    let latency: Vec<Series> = decoders
+        .iter()
+        .flat_map(|d| {
+            [
+                line(d, "latency p50", &|r| r.latency_ms.p50),
+                line(d, "latency p99", &|r| r.latency_ms.p99),
+                line(d, "first token p50", &|r| r.time_to_first_token_ms.p50),
+            ]
+        })
+        .collect();
+    let title = format!("{name}: request latency and time to first token");
+    let labels = Labels { title: &title, x: "concurrent clients", y: "ms" };
+    line_chart(&dir.join(format!("{name}-latency.png")), &labels, &latency)
 }
