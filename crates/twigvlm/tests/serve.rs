@@ -111,32 +111,56 @@ fn speculative_and_pruned_requests_through_the_extension_fields() {
 
 #[test]
 fn concurrent_requests_equal_sequential_ones() {
-    let server = Server::start(&[]);
-    let requests: Vec<Value> = (0..4)
-        .map(|i| {
-            with(
-                chat(&format!("Tell me story number {i}."), None, 16),
-                json!({"temperature": 0.9, "top_p": 0.95, "seed": i}),
-            )
-        })
-        .collect();
+    // Concurrent requests share the running batch: sampled and greedy, text and image, pruned,
+    // speculative (chain and tree) and plain, streamed or not, long and short.
+    let server = Server::start(&["--prefill-chunk", "7"]);
+    let image = image_url("shapes-80x60.png");
+    let requests: Vec<Value> = vec![
+        with(chat("Tell me story number 0.", None, 16), json!({"temperature": 0.9, "top_p": 0.95, "seed": 0})),
+        with(chat("Tell me story number 1.", None, 9), json!({"temperature": 0.9, "top_p": 0.95, "seed": 1})),
+        chat("What is in the image?", Some(&image), 12),
+        with(chat("Where is it?", Some(&image), 14), json!({"decoder": "ssd", "policy": "twig", "visual_budget": 4})),
+        with(chat("Which colour?", Some(&image), 10), json!({"decoder": "ssd", "draft_tree": "2:3:5", "stream": true})),
+        with(chat("Describe it.", Some(&image), 11), json!({"policy": "fastv", "visual_budget": "25%", "stream": true})),
+        with(chat("Say something.", None, 13), json!({"decoder": "twig-only"})),
+        with(chat("Tell me a long story.", None, 40), json!({"stream": true, "seed": 3, "temperature": 0.7})),
+    ];
+    let ask = |request: &Value| match request["stream"].as_bool() {
+        Some(true) => streamed_text(server.stream(request)),
+        _ => text_of(&server.post("/v1/chat/completions", request).1),
+    };
     let barrier = Barrier::new(requests.len());
     let concurrent: Vec<String> = std::thread::scope(|scope| {
         let handles: Vec<_> = requests
             .iter()
             .map(|request| {
-                let (server, barrier) = (&server, &barrier);
+                let (ask, barrier) = (&ask, &barrier);
                 scope.spawn(move || {
                     barrier.wait();
-                    text_of(&server.post("/v1/chat/completions", request).1)
+                    ask(request)
                 })
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    let sequential: Vec<String> = requests.iter().map(|r| text_of(&server.post("/v1/chat/completions", r).1)).collect();
+    assert!(
+        server.metric("twigvlm_batch_requests_per_forward") > 1.0,
+        "the concurrent requests shared forwards"
+    );
+    let sequential: Vec<String> = requests.iter().map(ask).collect();
     assert_eq!(concurrent, sequential);
-    assert!(sequential.windows(2).any(|w| w[0] != w[1]), "different seeds sample differently");
+    assert!(sequential[..2].windows(2).any(|w| w[0] != w[1]), "different seeds sample differently");
+}
+
+/// The text of a streamed completion's chunks.
+fn streamed_text(events: impl Iterator<Item = String>) -> String {
+    events
+        .filter(|event| event != "[DONE]")
+        .filter_map(|event| {
+            let chunk: Value = serde_json::from_str(&event).unwrap();
+            chunk["choices"][0]["delta"]["content"].as_str().map(str::to_owned)
+        })
+        .collect()
 }
 
 #[test]
@@ -162,7 +186,7 @@ fn a_client_that_goes_away_cancels_its_generation() {
 
 #[test]
 fn a_full_queue_answers_429() {
-    let server = Server::start(&["--queue-size", "1"]);
+    let server = Server::start(&["--queue-size", "1", "--max-batch-requests", "1"]);
     let clients = 8;
     let barrier = Barrier::new(clients);
     let results: Vec<(u16, Value)> = std::thread::scope(|scope| {
@@ -278,6 +302,7 @@ fn bounded_load_test() {
         max_tokens: 16,
         prompt: "Describe the image.".into(),
         image_url: Some(image_url("shapes-80x60.png")),
+        decoder: None,
     };
     let report = twigvlm_eval::load::run_load(&options).unwrap();
     assert_eq!(report.succeeded, 12, "{report:?}");
