@@ -9,13 +9,13 @@
 //!
 //! The scheduler works in rounds: it waits until every running request has handed in its next
 //! call (or finished), runs the calls grouped by layers, at most [`BatchLimits::max_rows`] rows
-//! per forward, and answers each. A request's chained call (the next layer of a prompt chunk)
-//! runs before anyone's new work, so a chunk goes through all its layers between two decoding
-//! steps of the others. What a request computes outside its calls (the vision tower, choosing
+//! per forward, and answers each. Continuations ([`StackCall::continuation`]: the later layers
+//! of a prompt chunk, the later steps of a draft, the head after a stack) run first, the others'
+//! calls waiting, until no request has one: a chunk goes through all its layers between two
+//! decoding steps of the others, and speculative requests verify together once all have drafted. What a request computes outside its calls (the vision tower, choosing
 //! tokens) happens while the scheduler waits for it: the device runs one thing at a time.
 //! New requests join between rounds, up to [`BatchLimits::max_requests`].
 
-use std::collections::HashSet;
 use std::num::NonZeroUsize;
 use std::sync::mpsc::{channel, Receiver, Sender};
 
@@ -167,8 +167,11 @@ impl<B: DecodeOps> Work<'_, B> {
         }
     }
 
-    fn chained(&self) -> bool {
-        matches!(self, Work::Stack(call, _) if call.chained)
+    fn continuation(&self) -> bool {
+        match self {
+            Work::Stack(call, _) => call.continuation,
+            Work::Head(call) => call.continuation,
+        }
     }
 }
 
@@ -183,38 +186,24 @@ struct Scheduler<'m, B: Backend> {
 }
 
 impl<'m, B: DecodeOps> Scheduler<'m, B> {
-    /// Waits for every running request's call, runs them, then the chained calls that follow.
+    /// Waits until every running request has handed in its next call; runs the continuations
+    /// among them and waits again, until none is; then runs the rest.
     fn round(&mut self, observe: &mut impl FnMut(BatchForward)) {
-        while self.pending.len() < self.running {
-            if let Some(pending) = self.receive() {
-                self.pending.push(pending);
-            }
-        }
-        let mut calls = std::mem::take(&mut self.pending);
         loop {
-            let chained: HashSet<usize> =
-                calls.iter().filter(|call| call.work.chained()).map(|call| call.request).collect();
-            self.run(calls, observe);
-            if chained.is_empty() {
+            while self.pending.len() < self.running {
+                if let Some(pending) = self.receive() {
+                    self.pending.push(pending);
+                }
+            }
+            let (continuations, new_work): (Vec<_>, Vec<_>) =
+                std::mem::take(&mut self.pending).into_iter().partition(|call| call.work.continuation());
+            if continuations.is_empty() {
+                self.run(new_work, observe);
                 return;
             }
-            calls = self.next_calls_of(chained);
+            self.pending = new_work;
+            self.run(continuations, observe);
         }
-    }
-
-    /// The next calls of the `waiting` requests; other requests' calls wait for the next round.
-    fn next_calls_of(&mut self, mut waiting: HashSet<usize>) -> Vec<Pending<'m, B>> {
-        let mut calls = Vec::new();
-        let mut later: Vec<Pending<'m, B>> = std::mem::take(&mut self.pending);
-        while !waiting.is_empty() {
-            match self.receive() {
-                Some(call) if waiting.remove(&call.request) => calls.push(call),
-                Some(call) => later.push(call),
-                None => waiting.retain(|&request| self.answers[request].is_some()),
-            }
-        }
-        self.pending = later;
-        calls
     }
 
     /// The next message: a call, or `None` after a request finished.

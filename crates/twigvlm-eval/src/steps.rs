@@ -1,13 +1,15 @@
 //! The cost of one full decoding step of the language model against the number of rows it runs
 //! (one token, or the few of a draft verification or of a batch): every layer with its norms,
 //! attention over a warm KV cache and the cache append, the final norm and the LM head, and the
-//! logits read back to the host. This curve is what speculative decoding and batching live on.
+//! logits read back to the host. This curve is what speculative decoding and batching live on;
+//! [`time_batched_steps`] times the same step for several requests side by side, one row each.
 
 use std::time::Instant;
 
 use burn::prelude::*;
 use serde::Serialize;
 use twigvlm_backbone::ops::DecodeOps;
+use twigvlm_backbone::llama::runner::{run_heads, run_stacks};
 use twigvlm_backbone::{AttentionProbe, KvCache, LlamaDecoder};
 
 /// What [`time_steps`] measures.
@@ -53,14 +55,58 @@ pub fn time_steps<B: DecodeOps>(model: &LlamaDecoder<B>, options: &StepOptions, 
     let rope = model.rope(&(0..options.cache).collect::<Vec<_>>(), device);
     let prompt = tokens(0, options.cache);
     model.forward_layers(prompt, &rope, 0..model.num_layers(), &mut cache, &AttentionProbe::default());
+    time_each(options, |rows| {
+        step(&mut cache, rows);
+    })
+}
 
+/// Times steps of one new token for each of `requests` requests side by side, each with its own
+/// cache of `options.cache` tokens, as a batch of decoding requests runs them: the rows share
+/// every linear layer and the head, attention runs per request ([`run_stacks`], [`run_heads`]).
+/// `options.rows` are the request counts.
+pub fn time_batched_steps<B: DecodeOps>(
+    model: &LlamaDecoder<B>,
+    options: &StepOptions,
+    device: &B::Device,
+) -> Vec<StepTime> {
+    let vocab = model.vocab_size();
+    let token = |request: usize| {
+        let id = ((request * 7919 + 13) % vocab) as i64;
+        model.embed(Tensor::<B, 2, Int>::from_data(TensorData::new(vec![id], [1, 1]), device))
+    };
+    let mut prompt_cache = KvCache::new(model.num_layers());
+    let rope = model.rope(&(0..options.cache).collect::<Vec<_>>(), device);
+    let prompt = Tensor::cat((0..options.cache).map(token).collect(), 1);
+    model.forward_layers(prompt, &rope, 0..model.num_layers(), &mut prompt_cache, &AttentionProbe::default());
+    let most = options.rows.iter().copied().max().unwrap_or(0);
+    let mut caches = vec![prompt_cache; most];
+    let next = model.rope(&[options.cache], device);
+    time_each(options, |requests| {
+        let calls = caches[..requests]
+            .iter_mut()
+            .enumerate()
+            .map(|(request, cache)| (model.stack_call(0..model.num_layers(), token(request), &next), cache))
+            .collect();
+        let hidden = run_stacks(calls).into_iter().map(|out| model.head_call(out.hidden)).collect();
+        for logits in run_heads(hidden) {
+            logits.into_data();
+        }
+        for cache in &mut caches[..requests] {
+            cache.truncate_last(1).expect("the step appended one row");
+        }
+    })
+}
+
+/// The median of `options.repeats` timed runs of `step(n)` (after one untimed run) for each `n`
+/// of `options.rows`, and each relative to `n = 1`.
+fn time_each(options: &StepOptions, mut step: impl FnMut(usize)) -> Vec<StepTime> {
     let mut times: Vec<StepTime> = Vec::new();
     for &rows in &options.rows {
-        step(&mut cache, rows);
+        step(rows);
         let mut ms: Vec<f64> = (0..options.repeats.max(1))
             .map(|_| {
                 let started = Instant::now();
-                step(&mut cache, rows);
+                step(rows);
                 started.elapsed().as_secs_f64() * 1e3
             })
             .collect();

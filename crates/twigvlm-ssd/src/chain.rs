@@ -53,7 +53,8 @@ impl<B: DecodeOps> Speculator<'_, '_, B> {
 
         let positions: Vec<usize> = (start..start + kept.len()).collect();
         let drafted_at = Instant::now();
-        let deep_logits = self.deep(Tensor::cat(kept, 1), &positions);
+        let logits = self.deep(Tensor::cat(kept, 1), &positions, None);
+        let deep_logits: Vec<&[f32]> = logits.chunks(logits.len() / positions.len()).collect();
         let time = RoundTime::since(began, drafted_at);
         let targets: Vec<Vec<f32>> = deep_logits.iter().map(|row| sampler.distribution(row)).collect();
         let (accepted, correction) = verify(&targets, &draft_probs, &drafted, sampler);

@@ -61,7 +61,7 @@ impl<'m, B: DecodeOps> CausalNetwork<'m, B> for &'m LlamaDecoder<B> {
         let model: &'m LlamaDecoder<B> = self;
         let rope = model.rope(positions, &embeds.device());
         let out = runner.run_stack(model.stack_call(0..model.num_layers(), embeds, &rope), cache);
-        runner.run_head(model.head_call(last_position(out.hidden)))
+        runner.run_head(model.head_call(last_position(out.hidden)).continuing(true))
     }
 }
 
@@ -101,7 +101,7 @@ impl<'m, B: DecodeOps> CausalNetwork<'m, B> for ShallowNetwork<'m, B> {
     ) -> Tensor<B, 3> {
         let rope = self.base.rope(positions, &embeds.device());
         let below_k = runner.run_stack(self.base.stack_call(0..self.twig.config.k, embeds, &rope), &mut cache.base);
-        let twig_out = runner.run_stack(self.twig.stack_call(below_k.hidden, &rope), &mut cache.twig);
-        runner.run_head(self.twig.head_call(last_position(twig_out.hidden), &self.base.lm_head, None))
+        let twig_out = runner.run_stack(self.twig.stack_call(below_k.hidden, &rope).continuing(true), &mut cache.twig);
+        runner.run_head(self.twig.head_call(last_position(twig_out.hidden), &self.base.lm_head, None).continuing(true))
     }
 }

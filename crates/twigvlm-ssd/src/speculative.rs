@@ -241,6 +241,7 @@ pub fn decode_speculative<'m, B: DecodeOps>(
         twig_behind: Vec::new(),
         device,
         draft_vocab: draft.vocab.filter(|&n| n > 0 && n < base.vocab_size()),
+        drafting: false,
     };
 
     let started = Instant::now();

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use burn::prelude::*;
 use twigvlm_backbone::llama::RopeAngles;
-use twigvlm_backbone::{KvCache, LlamaDecoder, StackRunner};
+use twigvlm_backbone::{KvCache, LlamaDecoder, StackRunner, TreeMask};
 use twigvlm_twig::Twig;
 
 use crate::decode::logits_row;
@@ -51,11 +51,21 @@ pub(crate) struct Speculator<'a, 'm, B: Backend> {
     pub(crate) device: B::Device,
     /// The twig drafts among the first this many token ids ([`crate::DraftConfig::vocab`]).
     pub(crate) draft_vocab: Option<usize>,
+    /// Whether the next forward continues the round's drafting (see
+    /// [`twigvlm_backbone::StackCall::continuation`]): false for a round's first forward and for
+    /// its verification, which a batching runner lines up with other requests' new work.
+    pub(crate) drafting: bool,
 }
 
 impl<'m, B: DecodeOps> Speculator<'_, 'm, B> {
     pub(crate) fn k(&self) -> usize {
         self.twig.config.k
+    }
+
+    /// Whether the coming forward continues the round's drafting; every later one of the round
+    /// does, until [`Self::deep`] verifies.
+    pub(crate) fn continues_draft(&mut self) -> bool {
+        std::mem::replace(&mut self.drafting, true)
     }
 
     /// Runs `embed` at `position` through the shared layers 0..K-1 only (a round without
@@ -69,7 +79,7 @@ impl<'m, B: DecodeOps> Speculator<'_, 'm, B> {
 
     /// The base's layers 0..K-1, which the twig shares (filling the base cache).
     pub(crate) fn shared_layers(&mut self, embeds: Tensor<B, 3>, rope: &RopeAngles<B>) -> Tensor<B, 3> {
-        let call = self.base.stack_call(0..self.k(), embeds, rope);
+        let call = self.base.stack_call(0..self.k(), embeds, rope).continuing(self.continues_draft());
         self.runner.run_stack(call, &mut self.base_cache).hidden
     }
 
@@ -81,7 +91,8 @@ impl<'m, B: DecodeOps> Speculator<'_, 'm, B> {
         }
         let (hidden, positions): (Vec<_>, Vec<_>) = self.twig_behind.drain(..).unzip();
         let rope = self.base.rope(&positions, &self.device);
-        self.runner.run_stack(self.twig.stack_call(Tensor::cat(hidden, 1), &rope), &mut self.twig_cache);
+        let call = self.twig.stack_call(Tensor::cat(hidden, 1), &rope).continuing(self.continues_draft());
+        self.runner.run_stack(call, &mut self.twig_cache);
     }
 
     /// Runs `embeds` at `positions` through the shared layers 0..K-1 and the twig's layers
@@ -90,7 +101,8 @@ impl<'m, B: DecodeOps> Speculator<'_, 'm, B> {
         self.twig_catch_up();
         let rope = self.base.rope(positions, &self.device);
         let hidden = self.shared_layers(embeds, &rope);
-        let twig_hidden = self.runner.run_stack(self.twig.stack_call(hidden.clone(), &rope), &mut self.twig_cache).hidden;
+        let call = self.twig.stack_call(hidden.clone(), &rope).continuing(self.continues_draft());
+        let twig_hidden = self.runner.run_stack(call, &mut self.twig_cache).hidden;
         (hidden, twig_hidden)
     }
 
@@ -107,16 +119,24 @@ impl<'m, B: DecodeOps> Speculator<'_, 'm, B> {
     /// The twig's logits for every row of `twig_hidden`, flattened, over the draft vocabulary
     /// (each row that long).
     pub(crate) fn draft_logits(&self, twig_hidden: Tensor<B, 3>) -> Vec<f32> {
-        logits_row(self.runner.run_head(self.twig.head_call(twig_hidden, &self.base.lm_head, self.draft_vocab)))
+        let call = self.twig.head_call(twig_hidden, &self.base.lm_head, self.draft_vocab).continuing(true);
+        logits_row(self.runner.run_head(call))
     }
 
-    /// Layers K..L-1 over layer-K hidden states at `positions`; the base's logits at every position.
-    pub(crate) fn deep(&mut self, hidden: Tensor<B, 3>, positions: &[usize]) -> Vec<Vec<f32>> {
+    /// Layers K..L-1 over layer-K hidden states at `positions` (a draft tree's nodes when
+    /// `tree` is given), then the base's head: the round's verification, after which the next
+    /// round begins. Returns the logits of every position, flattened.
+    pub(crate) fn deep(&mut self, hidden: Tensor<B, 3>, positions: &[usize], tree: Option<&TreeMask>) -> Vec<f32> {
         let rope = self.base.rope(positions, &self.device);
         let layers = self.k()..self.base.num_layers();
-        let top = self.runner.run_stack(self.base.stack_call(layers, hidden, &rope), &mut self.base_cache).hidden;
-        let rows = logits_row(self.runner.run_head(self.base.head_call(top)));
-        rows.chunks(rows.len() / positions.len()).map(<[f32]>::to_vec).collect()
+        let call = self.base.stack_call(layers, hidden, &rope);
+        let call = match tree {
+            Some(tree) => call.with_tree(tree),
+            None => call,
+        };
+        self.drafting = false;
+        let top = self.runner.run_stack(call, &mut self.base_cache).hidden;
+        logits_row(self.runner.run_head(self.base.head_call(top).continuing(true)))
     }
 
     pub(crate) fn embed(&self, token: u32) -> Tensor<B, 3> {

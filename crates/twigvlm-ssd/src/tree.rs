@@ -19,7 +19,6 @@ use std::time::Instant;
 use burn::prelude::*;
 use twigvlm_backbone::TreeMask;
 
-use crate::decode::logits_row;
 use crate::sampling::argmax;
 use crate::speculator::{Round, RoundTime, Speculator};
 use twigvlm_backbone::ops::DecodeOps;
@@ -159,13 +158,9 @@ impl<B: DecodeOps> Speculator<'_, '_, B> {
         let deep_parents: Vec<Option<usize>> = verified.iter().map(|&n| nodes[n].parent.map(slot)).collect();
         let positions: Vec<usize> = verified.iter().map(|&n| start + nodes[n].depth).collect();
         let hidden = Tensor::cat(verified.iter().map(|&n| nodes[n].hidden_k.clone().expect("run above")).collect(), 1);
-        let rope = self.base.rope(&positions, &self.device);
         let layers = self.k()..self.base.num_layers();
         let drafted_at = Instant::now();
-        let mask = TreeMask::from_parents(&deep_parents, verified.len());
-        let call = self.base.stack_call(layers.clone(), hidden, &rope).with_tree(&mask);
-        let top = self.runner.run_stack(call, &mut self.base_cache).hidden;
-        let logits = logits_row(self.runner.run_head(self.base.head_call(top)));
+        let logits = self.deep(hidden, &positions, Some(&TreeMask::from_parents(&deep_parents, verified.len())));
         let time = RoundTime::since(began, drafted_at);
         let vocab = logits.len() / verified.len();
         let base_pick = |slot: usize| argmax(&logits[slot * vocab..(slot + 1) * vocab]);
@@ -223,9 +218,9 @@ impl<B: DecodeOps> Speculator<'_, '_, B> {
         let positions: Vec<usize> = rows.iter().map(|&n| start + nodes[n].depth).collect();
         let rope = self.base.rope(&positions, &self.device);
         let lower = self.base.stack_call(0..self.k(), embeds, &rope).with_tree(&mask);
-        let hidden = self.runner.run_stack(lower, &mut self.base_cache).hidden;
+        let hidden = self.runner.run_stack(lower.continuing(self.continues_draft()), &mut self.base_cache).hidden;
         let twig = with_twig.then(|| {
-            let call = self.twig.stack_call(hidden.clone(), &rope).with_tree(&mask);
+            let call = self.twig.stack_call(hidden.clone(), &rope).with_tree(&mask).continuing(self.continues_draft());
             self.runner.run_stack(call, &mut self.twig_cache).hidden
         });
         (hidden, twig)

@@ -93,6 +93,7 @@ pub fn prefill<'m, B: DecodeOps>(
         _ => AttentionProbe::default(),
     };
     let mut low = base.prefill_layers(embeds, &rope, 0..split, &mut base_cache, &low_probe, steps)?;
+    let steps = &steps.under_way();
 
     let mut twig_cache = None;
     let mut twig_attention = None;

@@ -105,7 +105,7 @@ impl<B: DecodeOps> Twig<B> {
         base_head: &'a Linear<B>,
         outputs: Option<usize>,
     ) -> HeadCall<'a, B> {
-        HeadCall { norm: &self.norm, head: self.head(base_head), outputs, hidden }
+        HeadCall { norm: &self.norm, head: self.head(base_head), outputs, hidden, continuation: false }
     }
 
     /// The twig's own head, or the base's when it shares it.

@@ -28,6 +28,7 @@ pub fn prefill_unpruned<'m, B: DecodeOps>(
     let mut base_cache = KvCache::new(num_layers);
     let split = twig.map_or(num_layers, |t| t.config.k);
     let low = base.prefill_layers(embeds, &rope, 0..split, &mut base_cache, &no_probe, steps)?.hidden;
+    let steps = &steps.under_way();
     let twig_cache = match twig {
         Some(twig) => {
             let mut cache = twig.new_cache();

@@ -27,8 +27,6 @@ pub struct SelfAttention<B: Backend> {
 pub struct RowGroup<'a, B: Backend> {
     /// How many consecutive rows of the forward are this request's.
     pub rows: usize,
-    /// Their rotary angles.
-    pub rope: &'a RopeAngles<B>,
     /// This layer's cache of the request.
     pub cache: &'a mut LayerKvCache<B>,
     /// Rows (within the group) whose attention probabilities to return.
@@ -42,8 +40,9 @@ impl<B: DecodeOps> SelfAttention<B> {
     /// causally, or, with a tree, as the draft tree in the cache's tail allows. Without a tree
     /// the new tokens must come after every cached entry in sequence order. The probe follows the
     /// causal rule. Several groups are consecutive rows of requests side by side (batch 1): the
-    /// projections see all rows at once, and each row's result is what a forward of its group
-    /// alone gives on a backend whose linear layers round every row alike.
+    /// projections and the rotary embedding (`rope`: the angles of all rows) see all rows at
+    /// once, and each row's result is what a forward of its group alone gives on a backend whose
+    /// linear layers round every row alike.
     ///
     /// # Shapes
     /// - x: `[batch, Σ rows, hidden]` → `[batch, Σ rows, hidden]`
@@ -51,15 +50,21 @@ impl<B: DecodeOps> SelfAttention<B> {
     pub fn forward_groups(
         &self,
         x: Tensor<B, 3>,
+        rope: &RopeAngles<B>,
         groups: &mut [RowGroup<'_, B>],
     ) -> (Tensor<B, 3>, Vec<Option<Tensor<B, 4>>>) {
+        let [batch, total, _] = x.dims();
+        let heads = |t: Tensor<B, 3>, n: usize| t.reshape([batch, total, n, self.head_dim]).swap_dims(1, 2);
         let [q, k, v] = linears([&self.q_proj, &self.k_proj, &self.v_proj], x);
+        let q = rope.apply(heads(q, self.num_heads));
+        let k = rope.apply(heads(k, self.num_kv_heads));
+        let v = heads(v, self.num_kv_heads);
         let single = groups.len() == 1;
         let mut start = 0;
         let mut outs = Vec::with_capacity(groups.len());
         let mut probes = Vec::with_capacity(groups.len());
         for group in groups.iter_mut() {
-            let rows = |t: &Tensor<B, 3>| if single { t.clone() } else { t.clone().narrow(1, start, group.rows) };
+            let rows = |t: &Tensor<B, 4>| if single { t.clone() } else { t.clone().narrow(2, start, group.rows) };
             let (out, probe) = self.attend([rows(&q), rows(&k), rows(&v)], group);
             outs.push(out);
             probes.push(probe);
@@ -69,14 +74,10 @@ impl<B: DecodeOps> SelfAttention<B> {
         (linear(&self.o_proj, out), probes)
     }
 
-    /// One group's projected rows against its cache: `[batch, rows, heads · head_dim]` before the
-    /// output projection.
-    fn attend(&self, [q, k, v]: [Tensor<B, 3>; 3], group: &mut RowGroup<'_, B>) -> (Tensor<B, 3>, Option<Tensor<B, 4>>) {
-        let [batch, new, _] = q.dims();
-        let heads = |t: Tensor<B, 3>, n: usize| t.reshape([batch, new, n, self.head_dim]).swap_dims(1, 2);
-        let q = group.rope.apply(heads(q, self.num_heads));
-        let k = group.rope.apply(heads(k, self.num_kv_heads));
-        let v = heads(v, self.num_kv_heads);
+    /// One group's rows (`[batch, heads, rows, head_dim]`, rotated) against its cache:
+    /// `[batch, rows, heads · head_dim]` before the output projection.
+    fn attend(&self, [q, k, v]: [Tensor<B, 4>; 3], group: &mut RowGroup<'_, B>) -> (Tensor<B, 3>, Option<Tensor<B, 4>>) {
+        let [batch, _, new, _] = q.dims();
         let past = group.cache.len();
         let (k, v) = group.cache.append(k, v);
 

@@ -21,8 +21,13 @@ pub struct PrefillSteps<'a, 'm, B: Backend> {
     /// Asked before each layer of each chunk.
     pub interrupt: Interrupt<'a>,
     /// Runs each layer of each chunk ([`Alone`] by default; a batching runner puts it beside
-    /// other requests' work, each chunk's layers back to back).
+    /// other requests' work).
     pub runner: &'a dyn StackRunner<'m, B>,
+    /// An earlier stage of the same prefill has run, so this stage's first chunk continues it.
+    /// Only a chunk after the first of a stage is new work ([`StackCall::continuation`]): a
+    /// batching runner lets other requests step between two chunks of a long prompt, not
+    /// between the stages of a short one.
+    pub under_way: bool,
 }
 
 impl<B: Backend> Clone for PrefillSteps<'_, '_, B> {
@@ -46,7 +51,7 @@ impl<'a, 'm, B: DecodeOps> PrefillSteps<'a, 'm, B> {
 
     /// Chunks of the default size, run alone, asking `interrupt`.
     pub fn new(interrupt: Interrupt<'a>) -> Self {
-        Self { chunk_tokens: DEFAULT_PREFILL_CHUNK_TOKENS, interrupt, runner: &Alone }
+        Self { chunk_tokens: DEFAULT_PREFILL_CHUNK_TOKENS, interrupt, runner: &Alone, under_way: false }
     }
 
     /// The same with `chunk_tokens` tokens per chunk.
@@ -56,6 +61,11 @@ impl<'a, 'm, B: DecodeOps> PrefillSteps<'a, 'm, B> {
     pub fn with_chunk_tokens(self, chunk_tokens: usize) -> Self {
         assert!(chunk_tokens > 0, "a prefill chunk holds at least one token");
         Self { chunk_tokens, ..self }
+    }
+
+    /// The same for a later stage of the prefill ([`Self::under_way`]).
+    pub fn under_way(self) -> Self {
+        Self { under_way: true, ..self }
     }
 
     /// The same with its layers run by `runner`.
@@ -93,12 +103,12 @@ pub fn prefill_stack<'m, B: DecodeOps>(
     for rows in steps.chunks(len) {
         let mut chunk = hidden.clone().narrow(1, rows.start, rows.len());
         let chunk_rope = rope.rows(rows.clone());
-        let chunk_probe = probe.within(rows);
+        let chunk_probe = probe.within(rows.clone());
         for (offset, layer) in layers.iter().enumerate() {
             steps.interrupt.check()?;
             let call = StackCall::new(std::slice::from_ref(layer), first_index + offset, chunk, &chunk_rope)
                 .with_probe(&chunk_probe)
-                .chained(offset + 1 < layers.len());
+                .continuing(offset > 0 || (rows.start == 0 && steps.under_way));
             let out = steps.runner.run_stack(call, cache);
             chunk = out.hidden;
             for (index, probs) in out.attention {

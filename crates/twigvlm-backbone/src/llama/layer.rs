@@ -4,6 +4,7 @@ use burn::nn::{Linear, LinearConfig, RmsNorm, RmsNormConfig};
 use burn::prelude::*;
 
 use super::attention::{RowGroup, SelfAttention};
+use super::rope::RopeAngles;
 use crate::config::{Activation, LlamaConfig};
 use crate::error::Result;
 use crate::ops::{linear, linears, rms_norm, DecodeOps};
@@ -94,17 +95,18 @@ impl<B: DecodeOps> DecoderLayer<B> {
     }
 
     /// The layer over consecutive groups of rows, each a request with its own cache (one group:
-    /// a single request, any batch); norms, projections and the MLP see all rows at once, the
-    /// attention is [`SelfAttention::forward_groups`].
+    /// a single request, any batch), `rope` holding the angles of all rows; norms, projections
+    /// and the MLP see all rows at once, the attention is [`SelfAttention::forward_groups`].
     ///
     /// # Shapes
     /// - x: `[batch, Σ rows, hidden]` → `[batch, Σ rows, hidden]`, one probe (or none) per group
     pub fn forward_groups(
         &self,
         x: Tensor<B, 3>,
+        rope: &RopeAngles<B>,
         groups: &mut [RowGroup<'_, B>],
     ) -> (Tensor<B, 3>, Vec<Option<Tensor<B, 4>>>) {
-        let (attn, probes) = self.self_attn.forward_groups(rms_norm(&self.input_layernorm, x.clone()), groups);
+        let (attn, probes) = self.self_attn.forward_groups(rms_norm(&self.input_layernorm, x.clone()), rope, groups);
         let x = x + attn;
         let x = x.clone() + self.mlp.forward(rms_norm(&self.post_attention_layernorm, x));
         (x, probes)

@@ -104,6 +104,10 @@ pub fn forward_segments<B: DecodeOps>(
         1 => segments[0].hidden.clone(),
         _ => Tensor::cat(segments.iter().map(|segment| segment.hidden.clone()).collect(), 1),
     };
+    let rope = match segments.len() {
+        1 => segments[0].rope.clone(),
+        _ => RopeAngles::cat(segments.iter().map(|segment| segment.rope)),
+    };
     let mut attention: Vec<Vec<(usize, Tensor<B, 4>)>> = segments.iter().map(|_| Vec::new()).collect();
     for (offset, layer) in layers.iter().enumerate() {
         let index = first_index + offset;
@@ -112,13 +116,12 @@ pub fn forward_segments<B: DecodeOps>(
             .zip(&sizes)
             .map(|(segment, &rows)| RowGroup {
                 rows,
-                rope: segment.rope,
                 cache: segment.cache.layer_mut(index),
                 probe_rows: segment.probe.rows_for(index),
                 tree: segment.tree,
             })
             .collect();
-        let (out, probes) = layer.forward_groups(hidden, &mut groups);
+        let (out, probes) = layer.forward_groups(hidden, &rope, &mut groups);
         hidden = out;
         for (found, probs) in attention.iter_mut().zip(probes) {
             found.extend(probs.map(|probs| (index, probs)));
@@ -231,7 +234,7 @@ impl<B: DecodeOps> LlamaDecoder<B> {
 
     /// [`Self::logits`] as a call for a [`StackRunner`].
     pub fn head_call(&self, hidden: Tensor<B, 3>) -> HeadCall<'_, B> {
-        HeadCall { norm: &self.norm, head: &self.lm_head, outputs: None, hidden }
+        HeadCall { norm: &self.norm, head: &self.lm_head, outputs: None, hidden, continuation: false }
     }
 
     /// `layers` over `hidden` at the positions of `rope`, as a call for a [`StackRunner`].

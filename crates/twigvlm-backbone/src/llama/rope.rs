@@ -42,6 +42,15 @@ impl<B: Backend> RopeAngles<B> {
         Self { cos: narrow(&self.cos), sin: narrow(&self.sin) }
     }
 
+    /// The angles of several forwards' tokens one after another.
+    pub fn cat<'a>(parts: impl Iterator<Item = &'a Self>) -> Self
+    where
+        B: 'a,
+    {
+        let (cos, sin): (Vec<_>, Vec<_>) = parts.map(|part| (part.cos.clone(), part.sin.clone())).unzip();
+        Self { cos: Tensor::cat(cos, 2), sin: Tensor::cat(sin, 2) }
+    }
+
     /// # Shapes
     /// - x: `[batch, heads, seq, head_dim]` → same
     pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4>

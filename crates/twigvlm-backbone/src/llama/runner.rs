@@ -23,9 +23,11 @@ pub struct StackCall<'m, B: Backend> {
     pub probe: AttentionProbe,
     /// The new tokens are these nodes of a draft tree (causal without one).
     pub tree: Option<TreeMask>,
-    /// The caller's next call follows at once as part of the same piece of work (the next layer
-    /// of a prefill chunk): a batching runner runs it before anyone's new work.
-    pub chained: bool,
+    /// The call continues a piece of work an earlier call of the caller began (a later layer of a
+    /// prompt chunk, a later step of a draft): a batching runner runs continuations before
+    /// anyone's new work, so that a chunk or a draft is not held up by the others, and the new
+    /// work of many requests (decoding steps, verifications) lines up in the same forwards.
+    pub continuation: bool,
 }
 
 impl<'m, B: DecodeOps> StackCall<'m, B> {
@@ -39,7 +41,7 @@ impl<'m, B: DecodeOps> StackCall<'m, B> {
             rope: rope.clone(),
             probe: AttentionProbe::default(),
             tree: None,
-            chained: false,
+            continuation: false,
         }
     }
 
@@ -51,8 +53,9 @@ impl<'m, B: DecodeOps> StackCall<'m, B> {
         Self { tree: Some(tree.clone()), ..self }
     }
 
-    pub fn chained(self, chained: bool) -> Self {
-        Self { chained, ..self }
+    /// The same, marked as a [`Self::continuation`] or not.
+    pub fn continuing(self, continuation: bool) -> Self {
+        Self { continuation, ..self }
     }
 
     /// Whether `other` runs the same layers of the same model (a batching runner puts such calls
@@ -76,9 +79,16 @@ pub struct HeadCall<'m, B: Backend> {
     pub outputs: Option<usize>,
     /// `[1, rows, hidden]` (any batch when run alone).
     pub hidden: Tensor<B, 3>,
+    /// As [`StackCall::continuation`].
+    pub continuation: bool,
 }
 
 impl<B: DecodeOps> HeadCall<'_, B> {
+    /// The same, marked as a continuation or not.
+    pub fn continuing(self, continuation: bool) -> Self {
+        Self { continuation, ..self }
+    }
+
     /// Runs the head on its hidden states alone.
     ///
     /// # Shapes

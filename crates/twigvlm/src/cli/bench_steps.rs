@@ -9,7 +9,7 @@ use twigvlm_backbone::weights::StorageDtype;
 use twigvlm_backbone::{load_llava, LoadOptions};
 use twigvlm_engine::{BackendJob, BackendKind};
 use twigvlm_eval::plot::{line_chart, Labels, Series};
-use twigvlm_eval::steps::{time_steps, StepOptions, StepTime};
+use twigvlm_eval::steps::{time_batched_steps, time_steps, StepOptions, StepTime};
 
 use super::named::named;
 
@@ -54,7 +54,10 @@ struct Report {
 #[derive(Serialize)]
 struct DtypeSteps {
     weights_dtype: String,
+    /// One request, `rows` new tokens.
     steps: Vec<StepTime>,
+    /// `rows` requests side by side, one new token each (a batch of decoding requests).
+    batched: Vec<StepTime>,
 }
 
 impl BackendJob for BenchStepsArgs {
@@ -70,11 +73,20 @@ impl BackendJob for BenchStepsArgs {
                 .with_context(|| format!("cannot load the model in {}", self.model.display()))?;
             eprintln!("timing {} with {dtype} weights", self.model.display());
             let steps = time_steps(&loaded.model.language_model, &options, &device);
-            for step in &steps {
-                let relative = step.relative_to_one_row.map_or(String::new(), |r| format!(" ({r:.2}× one row)"));
-                println!("{dtype:>4}  {:>2} rows  {:8.2} ms{relative}", step.rows, step.ms);
+            let batched = time_batched_steps(&loaded.model.language_model, &options, &device);
+            for (step, side_by_side) in steps.iter().zip(&batched) {
+                let relative = |t: &StepTime| t.relative_to_one_row.map_or(String::new(), |r| format!(" ({r:.2}×)"));
+                println!(
+                    "{dtype:>4}  {:>2} rows  {:8.2} ms{}   {:>2} requests  {:8.2} ms{}",
+                    step.rows,
+                    step.ms,
+                    relative(step),
+                    side_by_side.rows,
+                    side_by_side.ms,
+                    relative(side_by_side)
+                );
             }
-            results.push(DtypeSteps { weights_dtype: dtype.to_string(), steps });
+            results.push(DtypeSteps { weights_dtype: dtype.to_string(), steps, batched });
         }
         let name = match &self.name {
             Some(name) => name.clone(),
@@ -92,16 +104,22 @@ impl BackendJob for BenchStepsArgs {
         std::fs::create_dir_all(&self.results_dir)?;
         let json = self.results_dir.join(format!("{name}.json"));
         std::fs::write(&json, serde_json::to_string_pretty(&report)? + "\n")?;
+        let curve = |name: String, steps: &[StepTime]| Series {
+            name,
+            points: steps.iter().map(|s| (s.rows as f64, s.ms)).collect(),
+        };
         let series: Vec<Series> = report
             .results
             .iter()
-            .map(|r| Series {
-                name: format!("{} weights", r.weights_dtype),
-                points: r.steps.iter().map(|s| (s.rows as f64, s.ms)).collect(),
+            .flat_map(|r| {
+                [
+                    curve(format!("{} weights, one request", r.weights_dtype), &r.steps),
+                    curve(format!("{} weights, one row per request", r.weights_dtype), &r.batched),
+                ]
             })
             .collect();
         let title = format!("{name}: one decoding step ({threads} threads, {} cached tokens)", self.cache);
-        let labels = Labels { title: &title, x: "rows per step", y: "ms per step" };
+        let labels = Labels { title: &title, x: "rows per step (tokens of one request, or requests)", y: "ms per step" };
         line_chart(&self.results_dir.join(format!("{name}.png")), &labels, &series)?;
         eprintln!("written to {}", json.display());
         Ok(())
