@@ -2,13 +2,17 @@
 //! for descriptions, with the blank-image and majority-answer baselines beside them.
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use serde::Serialize;
 use twigvlm_backbone::ops::DecodeOps;
 use twigvlm_data::score::{exact_match, normalise_answer, DescribeCounts};
 use twigvlm_data::spec::Dataset;
-use twigvlm_data::{Task, Turn};
-use twigvlm_engine::{DecoderKind, Engine, GenerateRequest, Prompt, PruningSpec};
+use twigvlm_backbone::{Interrupt, StackRunner};
+use twigvlm_data::{Conversation, Task, Turn};
+use twigvlm_engine::{run_batched, BatchLimits, DecoderKind, Engine, GenerateRequest, Prompt, PruningSpec};
 
 /// How many tokens an answer may take, by the kind of question.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +47,9 @@ pub struct EvalOptions {
     pub decoder: DecoderKind,
     /// Which visual tokens the prefill keeps.
     pub pruning: PruningSpec,
+    /// Questions answered at once, their forwards batched ([`twigvlm_engine::batch`]); the
+    /// answers do not depend on it.
+    pub batch: BatchLimits,
 }
 
 impl Default for EvalOptions {
@@ -52,6 +59,7 @@ impl Default for EvalOptions {
             blank_image_baseline: true,
             decoder: DecoderKind::Base,
             pruning: PruningSpec::none(),
+            batch: BatchLimits::ONE,
         }
     }
 }
@@ -104,54 +112,90 @@ struct ShortTally {
     blank_correct: usize,
 }
 
-/// Evaluates every turn of `dataset` as a single-turn question (user data: history is not replayed).
-pub fn evaluate<B: DecodeOps>(
-    engine: &Engine<B>,
+/// One generation of an evaluation: a turn of an example, with its image or the blank one.
+#[derive(Debug, Clone, Copy)]
+struct Ask {
+    example: usize,
+    turn: usize,
+    blank: bool,
+    /// Where its answer goes.
+    slot: usize,
+}
+
+/// Evaluates every turn of `dataset` as a single-turn question (user data: history is not
+/// replayed), `options.batch` questions at a time. `on_question(done)` reports progress.
+pub fn evaluate<'e, B: DecodeOps>(
+    engine: &'e Engine<B>,
     dataset: &Dataset,
     options: &EvalOptions,
-    mut on_question: impl FnMut(usize),
+    on_question: impl Fn(usize) + Sync,
 ) -> anyhow::Result<EvalReport> {
     let started = std::time::Instant::now();
-    let mut short: BTreeMap<String, ShortTally> = BTreeMap::new();
-    let (mut describe, mut blank_describe, mut describe_n) = (DescribeCounts::default(), DescribeCounts::default(), 0);
     let blank_source = match dataset {
         Dataset::Shapes(shapes) if options.blank_image_baseline => Some(shapes),
         _ => None,
     };
-    let mut asked = 0;
-    for index in 0..dataset.len() {
-        let example = dataset.get(index);
-        let image = example.image.as_ref().map(|source| source.load()).transpose()?;
-        let blank = blank_source.map(|shapes| shapes.blank_image(index).load()).transpose()?;
-        for turn in &example.turns {
-            let is_describe = turn.task == Some(Task::Describe);
-            let max_new_tokens = options.answer_budget.for_turn(turn);
-            let answer = |image: Option<image::DynamicImage>| -> anyhow::Result<String> {
-                let request = GenerateRequest {
-                    decoder: options.decoder,
-                    pruning: options.pruning.clone(),
-                    ..GenerateRequest::greedy(Prompt::User(turn.user.clone()), image, max_new_tokens)
-                };
-                Ok(engine.generate(&request, |_| std::ops::ControlFlow::Continue(()))?.text)
-            };
-            let prediction = answer(image.clone())?;
-            let blank_prediction = blank.as_ref().map(|b| answer(Some(b.clone()))).transpose()?;
-            tracing::debug!(task = turn.task_name(), question = %turn.user, reference = %turn.assistant, %prediction, "answer");
-            if is_describe {
-                describe_n += 1;
-                describe.add(&prediction, &turn.assistant);
-                if let Some(p) = &blank_prediction {
-                    blank_describe.add(p, &turn.assistant);
-                }
-            } else {
-                let tally = short.entry(turn.task_name().to_string()).or_default();
-                tally.references.push(normalise_answer(&turn.assistant));
-                tally.correct += exact_match(&prediction, &turn.assistant) as usize;
-                tally.blank_correct += blank_prediction.is_some_and(|p| exact_match(&p, &turn.assistant)) as usize;
+    let examples: Vec<Conversation> = (0..dataset.len()).map(|index| dataset.get(index)).collect();
+    let mut asks = Vec::new();
+    for (example, conversation) in examples.iter().enumerate() {
+        for turn in 0..conversation.turns.len() {
+            for blank in [false, true].into_iter().take(if blank_source.is_some() { 2 } else { 1 }) {
+                asks.push(Ask { example, turn, blank, slot: asks.len() });
             }
-            asked += 1;
-            on_question(asked);
         }
+    }
+    let answers: Mutex<Vec<Option<anyhow::Result<String>>>> = Mutex::new((0..asks.len()).map(|_| None).collect());
+    let asked = AtomicUsize::new(0);
+    let answer = |ask: Ask, runner: &dyn StackRunner<'e, B>| -> anyhow::Result<String> {
+        let conversation = &examples[ask.example];
+        let turn = &conversation.turns[ask.turn];
+        let image = match blank_source.filter(|_| ask.blank) {
+            Some(shapes) => Some(shapes.blank_image(ask.example).load()?),
+            None => conversation.image.as_ref().map(|source| source.load()).transpose()?,
+        };
+        let request = GenerateRequest {
+            decoder: options.decoder,
+            pruning: options.pruning.clone(),
+            ..GenerateRequest::greedy(Prompt::User(turn.user.clone()), image, options.answer_budget.for_turn(turn))
+        };
+        Ok(engine.generate_with(&request, &Interrupt::NEVER, runner, |_| ControlFlow::Continue(()))?.text)
+    };
+    run_batched(
+        options.batch,
+        &mut asks.clone().into_iter(),
+        |ask: Ask, runner: &dyn StackRunner<'e, B>| {
+            let result = answer(ask, runner);
+            answers.lock().unwrap_or_else(|poisoned| poisoned.into_inner())[ask.slot] = Some(result);
+            if !ask.blank {
+                on_question(asked.fetch_add(1, Ordering::Relaxed) + 1);
+            }
+        },
+        |_| {},
+    );
+    let mut answers = answers.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut take = |slot: usize| answers[slot].take().expect("every question was answered");
+
+    let mut short: BTreeMap<String, ShortTally> = BTreeMap::new();
+    let (mut describe, mut blank_describe, mut describe_n) = (DescribeCounts::default(), DescribeCounts::default(), 0);
+    let mut asked = 0;
+    for ask in asks.iter().filter(|ask| !ask.blank) {
+        let turn = &examples[ask.example].turns[ask.turn];
+        let prediction = take(ask.slot)?;
+        let blank_prediction = blank_source.map(|_| take(ask.slot + 1)).transpose()?;
+        tracing::debug!(task = turn.task_name(), question = %turn.user, reference = %turn.assistant, %prediction, "answer");
+        if turn.task == Some(Task::Describe) {
+            describe_n += 1;
+            describe.add(&prediction, &turn.assistant);
+            if let Some(p) = &blank_prediction {
+                blank_describe.add(p, &turn.assistant);
+            }
+        } else {
+            let tally = short.entry(turn.task_name().to_string()).or_default();
+            tally.references.push(normalise_answer(&turn.assistant));
+            tally.correct += exact_match(&prediction, &turn.assistant) as usize;
+            tally.blank_correct += blank_prediction.is_some_and(|p| exact_match(&p, &turn.assistant)) as usize;
+        }
+        asked += 1;
     }
     let describe = (describe_n > 0).then_some((describe_n, describe, blank_describe));
     Ok(report(options.decoder, short, describe, blank_source.is_some(), asked, started))

@@ -79,22 +79,22 @@ fn cells<B: DecodeOps>(
     Ok(cells)
 }
 
-/// Scores `dataset` unpruned and under each policy × budget. `on_question(cell, done)` reports
-/// progress within the cell.
+/// Scores `dataset` unpruned and under each policy × budget, answering with `answering`'s
+/// decoder, budgets and batch (its pruning and blank-image baseline are the cells').
+/// `on_question(cell, done)` reports progress within the cell.
 pub fn relacc_table<B: DecodeOps>(
     engine: &Engine<B>,
     dataset: &Dataset,
     policies: &[PrefillPolicy],
     budgets: &[VisualBudget],
     final_wipe: Option<usize>,
-    decoder: DecoderKind,
-    mut on_question: impl FnMut(usize, usize),
+    answering: &EvalOptions,
+    on_question: impl Fn(usize, usize) + Sync,
 ) -> anyhow::Result<RelAccReport> {
     let cells = cells(engine, policies, budgets, final_wipe)?;
     let mut rows: Vec<RelAccRow> = Vec::with_capacity(cells.len());
     for (index, cell) in cells.into_iter().enumerate() {
-        let options =
-            EvalOptions { blank_image_baseline: false, decoder, pruning: cell.spec.clone(), ..EvalOptions::default() };
+        let options = EvalOptions { blank_image_baseline: false, pruning: cell.spec.clone(), ..answering.clone() };
         let report = evaluate(engine, dataset, &options, |done| on_question(index, done))?;
         let unpruned = rows.first().map_or(report.accuracy, |r| r.accuracy);
         rows.push(RelAccRow {
@@ -112,7 +112,7 @@ pub fn relacc_table<B: DecodeOps>(
     Ok(RelAccReport {
         questions: dataset.question_count(),
         visual_tokens: engine.facts().visual_tokens(),
-        decoder,
+        decoder: answering.decoder,
         rows,
     })
 }

@@ -1,11 +1,12 @@
 //! `twigvlm eval`.
 
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use twigvlm_backbone::ops::DecodeOps;
 use twigvlm_data::{eval_shapes, DatasetSpec, SeedRange, EVAL_SEED_START};
-use twigvlm_engine::{BackendJob, PrefillPolicy, PruningSpec, VisualBudget};
+use twigvlm_engine::{BackendJob, BatchLimits, PrefillPolicy, PruningSpec, VisualBudget};
 use twigvlm_eval::eval::{evaluate, EvalOptions, EvalReport};
 use twigvlm_eval::relacc::{cell_count, plot_relacc, relacc_table, RelAccReport};
 
@@ -37,6 +38,9 @@ pub struct EvalArgs {
     /// Where --policies writes relacc.json and relacc.png.
     #[arg(long, default_value = "bench/results")]
     pub results_dir: PathBuf,
+    /// Questions answered at once, their forwards batched (the answers do not depend on it).
+    #[arg(long, default_value_t = NonZeroUsize::MIN)]
+    pub batch: NonZeroUsize,
     #[command(flatten)]
     pub model: super::ModelArgs,
 }
@@ -64,6 +68,7 @@ impl BackendJob for EvalArgs {
             "--policies needs --visual-budget (one or more, comma-separated)"
         );
         let (engine, decoder) = super::load_engine::<B>(&args.model, device, &PruningSpec::none(), relacc)?;
+        let batch = BatchLimits { max_requests: args.batch, ..BatchLimits::default() };
         let cells = if relacc { cell_count(&args.policies, &args.visual_budget) } else { 1 };
         let progress = super::progress_bar((questions * cells) as u64, "{pos}/{len} questions ({per_sec}, eta {eta})");
         if relacc {
@@ -73,14 +78,15 @@ impl BackendJob for EvalArgs {
                 &args.policies,
                 &args.visual_budget,
                 args.final_wipe,
-                decoder,
+                &EvalOptions { decoder, batch, ..EvalOptions::default() },
                 |cell, done| progress.set_position((cell * questions + done) as u64),
             )
             .context("evaluation failed")?;
             progress.finish_and_clear();
             return write_relacc(&report, &args.results_dir, args.json);
         }
-        let options = EvalOptions { blank_image_baseline: !args.no_blank_baseline, decoder, ..EvalOptions::default() };
+        let options =
+            EvalOptions { blank_image_baseline: !args.no_blank_baseline, decoder, batch, ..EvalOptions::default() };
         let report = evaluate(&engine, &dataset, &options, |done| progress.set_position(done as u64))
             .context("evaluation failed")?;
         progress.finish_and_clear();
