@@ -85,9 +85,14 @@ fn check(dtype: ImportDtype, logits_atol: f32) {
         eos_token_ids: vec![2],
         context_length: lm.config.max_position_embeddings,
     };
-    let out = decode_vanilla(&&lm.model, &twigvlm_backbone::Alone, embeds, &config, &mut Sampler::new(Sampling::Greedy, 0), |_| {
-        ControlFlow::Continue(())
-    })
+    let out = decode_vanilla(
+        &&lm.model,
+        &twigvlm_backbone::Alone,
+        embeds,
+        &config,
+        &mut Sampler::new(Sampling::Greedy, 0),
+        |_| ControlFlow::Continue(()),
+    )
     .unwrap();
     assert_eq!(out.tokens, reference.greedy_ids);
 }

@@ -130,7 +130,10 @@ fn check_case(model: &str, llava: &LoadedLlava<B>, reference: &Reference, case: 
         context_length: llava.config.text.max_position_embeddings,
     };
     let mut sampler = Sampler::new(Sampling::Greedy, 0);
-    let out = decode_vanilla(&lm, &twigvlm_backbone::Alone, embeds, &config, &mut sampler, |_| std::ops::ControlFlow::Continue(())).unwrap();
+    let out = decode_vanilla(&lm, &twigvlm_backbone::Alone, embeds, &config, &mut sampler, |_| {
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
     assert_eq!(out.tokens, case.greedy_ids, "{}", what("greedy tokens"));
     let ends_with_eos = case.greedy_ids.last().is_some_and(|t| config.eos_token_ids.contains(t));
     assert_eq!(out.stop == StopReason::Eos, ends_with_eos, "{}", what("stop reason"));

@@ -108,7 +108,11 @@ where
                 match jobs.next_job(scheduler.running == 0) {
                     Next::Job(job) => {
                         let (answer, answers) = channel();
-                        let client = BatchClient { request: scheduler.answers.len(), to_scheduler: to_scheduler.clone(), answers };
+                        let client = BatchClient {
+                            request: scheduler.answers.len(),
+                            to_scheduler: to_scheduler.clone(),
+                            answers,
+                        };
                         scheduler.answers.push(Some(answer));
                         scheduler.running += 1;
                         scope.spawn(move || run(job, &client));

@@ -33,8 +33,8 @@ pub mod facts;
 pub mod output;
 pub mod request;
 
-pub use batch::{run_batched, BatchForward, BatchLimits, JobSource, Next};
 pub use backend::{configure_gpu, AutodiffJob, BackendError, BackendJob, BackendKind, FloatDtype, GpuAutotune};
+pub use batch::{run_batched, BatchForward, BatchLimits, JobSource, Next};
 pub use decoder::DecoderKind;
 pub use engine::{EncodedPrompt, Engine};
 pub use error::{EngineError, RequestError, RequestPart};

@@ -8,9 +8,9 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 use twigvlm_backbone::ops::DecodeOps;
+use twigvlm_backbone::{Interrupt, StackRunner};
 use twigvlm_data::score::{exact_match, normalise_answer, DescribeCounts};
 use twigvlm_data::spec::Dataset;
-use twigvlm_backbone::{Interrupt, StackRunner};
 use twigvlm_data::{Conversation, Task, Turn};
 use twigvlm_engine::{run_batched, BatchLimits, DecoderKind, Engine, GenerateRequest, Prompt, PruningSpec};
 

@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use burn::prelude::*;
 use serde::Serialize;
-use twigvlm_backbone::ops::DecodeOps;
 use twigvlm_backbone::llama::runner::{run_heads, run_stacks};
+use twigvlm_backbone::ops::DecodeOps;
 use twigvlm_backbone::{AttentionProbe, KvCache, LlamaDecoder};
 
 /// What [`time_steps`] measures.

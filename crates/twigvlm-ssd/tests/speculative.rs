@@ -179,11 +179,17 @@ fn speculative_sampling_follows_the_base_distribution() {
     let mut rejected = 0;
     let speculative = token_counts(seeds, |seed| {
         let prefill = prefill_unpruned(base, Some(&twig), embeds(base, ids), &PrefillSteps::uninterrupted()).unwrap();
-        let (out, stats) =
-            decode_speculative(base, &twig, &Alone, prefill, &config, &draft, &mut Sampler::new(sampling, seed), |_| {
-                ControlFlow::Continue(())
-            })
-            .unwrap();
+        let (out, stats) = decode_speculative(
+            base,
+            &twig,
+            &Alone,
+            prefill,
+            &config,
+            &draft,
+            &mut Sampler::new(sampling, seed),
+            |_| ControlFlow::Continue(()),
+        )
+        .unwrap();
         rejected += stats.drafted - stats.accepted;
         out.tokens
     });

@@ -121,7 +121,10 @@ fn concurrent_requests_equal_sequential_ones() {
         chat("What is in the image?", Some(&image), 12),
         with(chat("Where is it?", Some(&image), 14), json!({"decoder": "ssd", "policy": "twig", "visual_budget": 4})),
         with(chat("Which colour?", Some(&image), 10), json!({"decoder": "ssd", "draft_tree": "2:3:5", "stream": true})),
-        with(chat("Describe it.", Some(&image), 11), json!({"policy": "fastv", "visual_budget": "25%", "stream": true})),
+        with(
+            chat("Describe it.", Some(&image), 11),
+            json!({"policy": "fastv", "visual_budget": "25%", "stream": true}),
+        ),
         with(chat("Say something.", None, 13), json!({"decoder": "twig-only"})),
         with(chat("Tell me a long story.", None, 40), json!({"stream": true, "seed": 3, "temperature": 0.7})),
     ];
@@ -143,10 +146,7 @@ fn concurrent_requests_equal_sequential_ones() {
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    assert!(
-        server.metric("twigvlm_batch_requests_per_forward") > 1.0,
-        "the concurrent requests shared forwards"
-    );
+    assert!(server.metric("twigvlm_batch_requests_per_forward") > 1.0, "the concurrent requests shared forwards");
     let sequential: Vec<String> = requests.iter().map(ask).collect();
     assert_eq!(concurrent, sequential);
     assert!(sequential[..2].windows(2).any(|w| w[0] != w[1]), "different seeds sample differently");

@@ -76,7 +76,11 @@ impl<B: DecodeOps> SelfAttention<B> {
 
     /// One group's rows (`[batch, heads, rows, head_dim]`, rotated) against its cache:
     /// `[batch, rows, heads · head_dim]` before the output projection.
-    fn attend(&self, [q, k, v]: [Tensor<B, 4>; 3], group: &mut RowGroup<'_, B>) -> (Tensor<B, 3>, Option<Tensor<B, 4>>) {
+    fn attend(
+        &self,
+        [q, k, v]: [Tensor<B, 4>; 3],
+        group: &mut RowGroup<'_, B>,
+    ) -> (Tensor<B, 3>, Option<Tensor<B, 4>>) {
         let [batch, _, new, _] = q.dims();
         let past = group.cache.len();
         let (k, v) = group.cache.append(k, v);

@@ -119,7 +119,8 @@ impl BackendJob for BenchStepsArgs {
             })
             .collect();
         let title = format!("{name}: one decoding step ({threads} threads, {} cached tokens)", self.cache);
-        let labels = Labels { title: &title, x: "rows per step (tokens of one request, or requests)", y: "ms per step" };
+        let labels =
+            Labels { title: &title, x: "rows per step (tokens of one request, or requests)", y: "ms per step" };
         line_chart(&self.results_dir.join(format!("{name}.png")), &labels, &series)?;
         eprintln!("written to {}", json.display());
         Ok(())

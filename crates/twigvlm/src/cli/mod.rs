@@ -22,9 +22,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::filter::LevelFilter;
 use twigvlm_engine::{
-    BatchLimits,
-    check_twig_use, BackendJob, BackendKind, DecoderKind, DraftConfig, DraftLength, DraftTree, Engine, FloatDtype,
-    GpuAutotune, LoadOptions, PrefillPolicy, PruningSpec, VisualBudget, DEFAULT_DRAFT_VOCAB,
+    check_twig_use, BackendJob, BackendKind, BatchLimits, DecoderKind, DraftConfig, DraftLength, DraftTree, Engine,
+    FloatDtype, GpuAutotune, LoadOptions, PrefillPolicy, PruningSpec, VisualBudget, DEFAULT_DRAFT_VOCAB,
 };
 
 use named::named;
