@@ -263,8 +263,7 @@ impl<B: DecodeOps> Engine<B> {
                 let Prefill { state, pruning } =
                     self.prefill(Some(twig()), embeds, &prompt, &request.pruning, true, &steps)?;
                 let (output, stats) = decode_speculative(
-                    base,
-                    twig(),
+                    ShallowNetwork { base, twig: twig() },
                     runner,
                     state,
                     &config,

@@ -4,18 +4,18 @@
 //! token budgets, and a request that stops itself mid-batch. Prefills run in small chunks, so
 //! prompt chunks share the batch with other requests' decoding steps.
 
+mod support;
+
 use std::num::NonZeroUsize;
 use std::ops::ControlFlow;
 use std::sync::Mutex;
 
 use burn::backend::Flex;
-use twigvlm_backbone::weights::StorageDtype;
 use twigvlm_backbone::{Alone, Interrupt, StackRunner};
 use twigvlm_engine::{
-    run_batched, BatchForward, BatchLimits, DecoderKind, DraftConfig, Engine, GenerateRequest, LoadOptions, Prompt,
-    PruningSpec, Sampling,
+    run_batched, BatchForward, BatchLimits, DecoderKind, DraftConfig, Engine, GenerateRequest, Prompt, PruningSpec,
+    Sampling,
 };
-use twigvlm_twig::{save_twig, Twig, TwigConfig};
 
 type B = Flex;
 
@@ -23,15 +23,9 @@ type B = Flex;
 const STOP_AFTER_PIECES: usize = 3;
 
 fn engine() -> (Engine<B>, twigvlm_testkit::TempDir) {
-    let mut engine = Engine::<B>::load(&twigvlm_testkit::tiny_llava(), &LoadOptions::default(), Default::default())
-        .expect("the tiny fixture loads");
-    let base = &engine.llava.model.language_model;
-    let twig = Twig::init(base, &engine.llava.config.text, TwigConfig::new(1, 2), &Default::default()).unwrap();
-    let dir = twigvlm_testkit::temp_dir("batch-twig");
-    save_twig(dir.path(), &twig, base, serde_json::Value::Null, StorageDtype::F32).unwrap();
-    engine.attach_twig(dir.path(), None).unwrap();
+    let (mut engine, twig) = support::engine_with_twig();
     engine.prefill_chunk_tokens = 5;
-    (engine, dir)
+    (engine, twig)
 }
 
 fn pruning(policy: &str, budget: &str, final_wipe: Option<usize>) -> PruningSpec {

@@ -3,18 +3,16 @@
 //! its caches (over 100 KiB each on the tiny fixture) or its thread's state after leaving would
 //! show as growth.
 
+mod support;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::num::NonZeroUsize;
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicIsize, Ordering};
 
 use burn::backend::Flex;
-use twigvlm_backbone::weights::StorageDtype;
 use twigvlm_backbone::{Interrupt, StackRunner};
-use twigvlm_engine::{
-    run_batched, BatchLimits, DecoderKind, DraftConfig, Engine, GenerateRequest, LoadOptions, Prompt,
-};
-use twigvlm_twig::{save_twig, Twig, TwigConfig};
+use twigvlm_engine::{run_batched, BatchLimits, DecoderKind, DraftConfig, Engine, GenerateRequest, Prompt};
 
 type B = Flex;
 
@@ -60,7 +58,7 @@ const QUESTIONS: [&str; 4] = ["What is this?", "Which colour is it?", "Tell me a
 
 fn request(index: usize, image: &image::DynamicImage) -> GenerateRequest {
     let prompt = Prompt::User(QUESTIONS[index % QUESTIONS.len()].into());
-    let request = GenerateRequest::greedy(prompt, (index % 2 == 0).then(|| image.clone()), 4 + index % 9);
+    let request = GenerateRequest::greedy(prompt, index.is_multiple_of(2).then(|| image.clone()), 4 + index % 9);
     match index % 3 {
         0 => GenerateRequest {
             decoder: DecoderKind::Ssd,
@@ -87,13 +85,7 @@ fn run<'m>(engine: &'m Engine<B>, requests: std::ops::Range<usize>, image: &imag
 
 #[test]
 fn hundreds_of_requests_leave_no_memory_behind() {
-    let mut engine = Engine::<B>::load(&twigvlm_testkit::tiny_llava(), &LoadOptions::default(), Default::default())
-        .expect("the tiny fixture loads");
-    let base = &engine.llava.model.language_model;
-    let twig = Twig::init(base, &engine.llava.config.text, TwigConfig::new(1, 2), &Default::default()).unwrap();
-    let dir = twigvlm_testkit::temp_dir("soak-twig");
-    save_twig(dir.path(), &twig, base, serde_json::Value::Null, StorageDtype::F32).unwrap();
-    engine.attach_twig(dir.path(), None).unwrap();
+    let (engine, _twig) = support::engine_with_twig();
     let image = image::open(twigvlm_testkit::image("shapes-80x60.png")).unwrap();
 
     run(&engine, 0..WARM_UP_REQUESTS, &image);

@@ -8,7 +8,9 @@ use std::ops::{ControlFlow, Range};
 use burn::backend::Flex;
 use burn::prelude::*;
 use twigvlm_backbone::{load_llava, Alone, LlamaDecoder, LoadOptions, LoadedLlava, PrefillSteps};
-use twigvlm_ssd::{decode_speculative, decode_vanilla_prefilled, DecodeConfig, DraftConfig, Sampler, Sampling};
+use twigvlm_ssd::{
+    decode_speculative, decode_vanilla_prefilled, DecodeConfig, DraftConfig, Sampler, Sampling, ShallowNetwork,
+};
 use twigvlm_ttp::{prefill, PruningSpec};
 use twigvlm_twig::{Twig, TwigConfig};
 
@@ -76,8 +78,7 @@ fn ssd_after_pruning_gives_the_greedy_tokens_of_the_same_pruning() {
                     )
                     .unwrap();
                     let (out, stats) = decode_speculative(
-                        base,
-                        &twig,
+                        ShallowNetwork { base, twig: &twig },
                         &Alone,
                         prefilled.state,
                         &config,

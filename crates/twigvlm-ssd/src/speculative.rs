@@ -22,11 +22,11 @@ use std::time::Instant;
 
 use serde_with::{DeserializeFromStr, SerializeDisplay};
 use strum::{Display, EnumMessage, EnumString, VariantArray};
-use twigvlm_backbone::{LlamaDecoder, PromptState, StackRunner};
-use twigvlm_twig::Twig;
+use twigvlm_backbone::{PromptState, StackRunner};
 
 use crate::decode::{DecodeConfig, DecodeOutput, Emitter, StopReason};
 use crate::error::{DecodeError, Result};
+use crate::network::ShallowNetwork;
 use crate::sampling::{Sampler, Sampling};
 use crate::speculator::{Round, Speculator};
 use crate::tree::DraftTree;
@@ -217,10 +217,10 @@ impl SpeculativeStats {
 
 /// Self-speculative decoding from the state of a prefill (run under any pruning policy, with
 /// the twig's cache kept): tokens distributed as the base's under `sampler` (greedy: exactly the base's
-/// greedy tokens), produced in draft-and-verify rounds whose forwards `runner` runs.
+/// greedy tokens), produced in draft-and-verify rounds: `network` (the twig's shallow network)
+/// drafts, its base verifies, and `runner` runs their forwards.
 pub fn decode_speculative<'m, B: DecodeOps>(
-    base: &'m LlamaDecoder<B>,
-    twig: &'m Twig<B>,
+    network: ShallowNetwork<'m, B>,
     runner: &dyn StackRunner<'m, B>,
     prompt: PromptState<B>,
     config: &DecodeConfig,
@@ -231,6 +231,7 @@ pub fn decode_speculative<'m, B: DecodeOps>(
     let PromptState { base_cache, twig_cache, last_logits: prompt_logits, prompt_len, time: prefill_time } = prompt;
     config.check_prompt(prompt_len)?;
     let twig_cache = twig_cache.ok_or(DecodeError::MissingTwigCache)?;
+    let ShallowNetwork { base, twig } = network;
     let device = base.embed_tokens.weight.device();
     let mut run = Speculator {
         base,

@@ -36,12 +36,19 @@ fn speculative(
 ) -> (Vec<u32>, StopReason, SpeculativeStats) {
     let mut streamed = Vec::new();
     let prefill = prefill_unpruned(base, Some(twig), embeds(base, ids), &PrefillSteps::uninterrupted()).unwrap();
-    let (out, stats) =
-        decode_speculative(base, twig, &Alone, prefill, config, draft, &mut Sampler::new(Sampling::Greedy, 0), |t| {
+    let (out, stats) = decode_speculative(
+        ShallowNetwork { base, twig },
+        &Alone,
+        prefill,
+        config,
+        draft,
+        &mut Sampler::new(Sampling::Greedy, 0),
+        |t| {
             streamed.push(t);
             ControlFlow::Continue(())
-        })
-        .unwrap();
+        },
+    )
+    .unwrap();
     assert_eq!(streamed, out.tokens, "every token is streamed once, in order");
     (out.tokens, out.stop, stats)
 }
@@ -180,8 +187,7 @@ fn speculative_sampling_follows_the_base_distribution() {
     let speculative = token_counts(seeds, |seed| {
         let prefill = prefill_unpruned(base, Some(&twig), embeds(base, ids), &PrefillSteps::uninterrupted()).unwrap();
         let (out, stats) = decode_speculative(
-            base,
-            &twig,
+            ShallowNetwork { base, twig: &twig },
             &Alone,
             prefill,
             &config,
@@ -340,11 +346,16 @@ fn sampling_with_a_tree_configured_drafts_a_chain() {
     let run = |draft: &DraftConfig| {
         let prefill =
             prefill_unpruned(base, Some(&twig), embeds(base, PROMPTS[0]), &PrefillSteps::uninterrupted()).unwrap();
-        let (out, stats) =
-            decode_speculative(base, &twig, &Alone, prefill, &config, draft, &mut Sampler::new(sampling, 3), |_| {
-                ControlFlow::Continue(())
-            })
-            .unwrap();
+        let (out, stats) = decode_speculative(
+            ShallowNetwork { base, twig: &twig },
+            &Alone,
+            prefill,
+            &config,
+            draft,
+            &mut Sampler::new(sampling, 3),
+            |_| ControlFlow::Continue(()),
+        )
+        .unwrap();
         (out.tokens, stats.counts())
     };
     assert_eq!(run(&DraftConfig { tree: Some("4:5:16".parse().unwrap()), ..chain }), run(&chain));
