@@ -7,16 +7,17 @@ use std::time::Instant;
 use burn::prelude::*;
 use image::DynamicImage;
 use twigvlm_backbone::{
-    load_llava, Alone, Interrupt, LoadOptions, LoadedLlava, PrefillSteps, PromptTokens, StackRunner, TextStream,
+    load_llava, Alone, CachedPrefix, Interrupt, LoadOptions, LoadedLlava, PrefillSteps, PromptTokens, StackRunner, TextStream,
     DEFAULT_PREFILL_CHUNK_TOKENS,
 };
 use twigvlm_ssd::{
     decode_speculative, decode_vanilla, decode_vanilla_prefilled, DecodeConfig, Sampler, ShallowNetwork,
 };
 use twigvlm_ttp::{prefill, Prefill, PruningOutcome, PruningSpec, TtpError, TwigPlace};
-use twigvlm_twig::{load_twig, Twig, TwigCheckpoint};
+use twigvlm_twig::{load_twig, prefill_unpruned_after, Twig, TwigCheckpoint};
 
 use crate::decoder::DecoderKind;
+use crate::prompt_cache::{ImageKey, PromptCache};
 use crate::error::{EngineError, RequestError, Result};
 use crate::facts::ModelFacts;
 use crate::output::{GenerateResult, GenerateStats};
@@ -52,6 +53,22 @@ pub struct Engine<B: Backend> {
     pub prefill_chunk_tokens: usize,
     /// What requests are checked against.
     facts: ModelFacts,
+    /// Caches of earlier prompts, when kept ([`Engine::keep_prompt_caches`]).
+    prompt_cache: Option<PromptCache<B>>,
+}
+
+/// What a prefill runs: the prompt's embeddings (only the tokens after `reused`'s when a kept
+/// prompt's caches continue), and where its caches are kept for later prompts, if they are.
+struct PrefillInput<'a, B: Backend> {
+    embeds: Tensor<B, 3>,
+    reused: Option<CachedPrefix<B>>,
+    keep: Option<(&'a PromptCache<B>, Option<ImageKey>)>,
+}
+
+impl<B: Backend> PrefillInput<'_, B> {
+    fn whole(embeds: Tensor<B, 3>) -> Self {
+        Self { embeds, reused: None, keep: None }
+    }
 }
 
 impl<B: DecodeOps> Engine<B> {
@@ -74,12 +91,19 @@ impl<B: DecodeOps> Engine<B> {
             twig: None,
             prefill_chunk_tokens: DEFAULT_PREFILL_CHUNK_TOKENS,
             facts,
+            prompt_cache: None,
         })
     }
 
     /// What requests are checked against ([`GenerateRequest::validate`]).
     pub fn facts(&self) -> &ModelFacts {
         &self.facts
+    }
+
+    /// Keeps the caches of unpruned prompts, up to `budget_bytes` in all, for later prompts that
+    /// begin with the same tokens about the same image ([`crate::prompt_cache`]); 0 keeps none.
+    pub fn keep_prompt_caches(&mut self, budget_bytes: usize) {
+        self.prompt_cache = (budget_bytes > 0).then(|| PromptCache::new(budget_bytes));
     }
 
     /// Loads a twig checkpoint (ours, or the official layout with `k` given or in a sidecar) for
@@ -148,7 +172,7 @@ impl<B: DecodeOps> Engine<B> {
         let twig = self.twig.as_ref().map(|t| &t.twig);
         let embeds = encoded.embeds.clone();
         let steps = self.prefill_steps(interrupt, &Alone);
-        Ok(self.prefill(twig, embeds, &encoded.tokens, pruning, false, &steps)?.pruning)
+        Ok(self.prefill(twig, PrefillInput::whole(embeds), &encoded.tokens, pruning, false, &steps)?.pruning)
     }
 
     /// How this engine's prefills step: chunks of [`Engine::prefill_chunk_tokens`] tokens, run
@@ -161,23 +185,44 @@ impl<B: DecodeOps> Engine<B> {
         PrefillSteps::new(*interrupt).with_chunk_tokens(self.prefill_chunk_tokens).with_runner(runner)
     }
 
-    /// The prefill of a prompt's embeddings under `pruning`, with `twig` when given.
+    /// The prefill of a prompt under `pruning`, with `twig` when given (see [`PrefillInput`]).
     fn prefill<'m>(
         &'m self,
         twig: Option<&'m Twig<B>>,
-        embeds: Tensor<B, 3>,
+        input: PrefillInput<'_, B>,
         tokens: &PromptTokens,
         pruning: &PruningSpec,
         keep_twig_cache: bool,
         steps: &PrefillSteps<'_, 'm, B>,
     ) -> Result<Prefill<B>> {
         let base = &self.llava.model.language_model;
-        let span = tokens.image_span.clone();
-        // Every other pruning error is about what the request asked for.
-        prefill(base, twig, embeds, span, pruning, keep_twig_cache, steps).map_err(|e| match e {
-            TtpError::Interrupted(interrupted) => interrupted.into(),
-            e => RequestError::Pruning(e).into(),
-        })
+        let PrefillInput { embeds, reused, keep } = input;
+        let prefilled = match reused {
+            Some(prefix) => {
+                let twig = twig.filter(|_| keep_twig_cache);
+                Prefill { state: prefill_unpruned_after(base, twig, Some(prefix), embeds, steps)?, pruning: None }
+            }
+            // Every other pruning error is about what the request asked for.
+            None => prefill(base, twig, embeds, tokens.image_span.clone(), pruning, keep_twig_cache, steps).map_err(
+                |e| match e {
+                    TtpError::Interrupted(interrupted) => EngineError::from(interrupted),
+                    e => RequestError::Pruning(e).into(),
+                },
+            )?,
+        };
+        if let Some((cache, image)) = keep {
+            cache.store(tokens, image, &prefilled.state);
+        }
+        Ok(prefilled)
+    }
+
+    /// The embeddings of `tokens` after their first `start`, which a kept prompt's caches hold
+    /// (with the image, if any).
+    fn embed_after(&self, tokens: PromptTokens, start: usize, started: Instant) -> EncodedPrompt<B> {
+        let ids: Vec<i32> = tokens.ids[start..].iter().map(|&id| id as i32).collect();
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, tokens.len() - start]), &self.device);
+        let embeds = self.llava.model.language_model.embed(ids);
+        EncodedPrompt { tokens, embeds, pixel_values: None, image_features: None, time: started.elapsed() }
     }
 
     /// Runs one request; `on_text` receives decoded text as tokens arrive and may stop the
@@ -218,8 +263,18 @@ impl<B: DecodeOps> Engine<B> {
         // Validation renders and tokenises the prompt; the embeddings start from its tokens.
         let tokens = request.validate(&self.facts)?;
         let llava = &self.llava;
-        let EncodedPrompt { tokens: prompt, embeds, pixel_values, image_features, time: vision_time } =
-            self.embed(tokens, request.image.as_ref(), request.capture_tensors, started)?;
+        // Unpruned prompts are kept for, and continue from, earlier prompts' caches.
+        let keep = self.prompt_cache.as_ref().filter(|_| {
+            request.pruning == PruningSpec::none() && request.decoder != DecoderKind::TwigOnly && !request.capture_tensors
+        });
+        let image_key = keep.and(request.image.as_ref()).map(ImageKey::of);
+        let reused = keep.and_then(|cache| cache.lookup(&tokens, image_key, request.decoder == DecoderKind::Ssd));
+        let reused_prompt_tokens = reused.as_ref().map_or(0, |prefix| prefix.len);
+        let EncodedPrompt { tokens: prompt, embeds, pixel_values, image_features, time: vision_time } = match reused {
+            Some(_) => self.embed_after(tokens, reused_prompt_tokens, started),
+            None => self.embed(tokens, request.image.as_ref(), request.capture_tensors, started)?,
+        };
+        let input = PrefillInput { embeds, reused, keep: keep.map(|cache| (cache, image_key)) };
 
         let text_cfg = &llava.config.text;
         let config = DecodeConfig {
@@ -252,16 +307,16 @@ impl<B: DecodeOps> Engine<B> {
         let (output, speculative, pruning) = match request.decoder {
             DecoderKind::Base => {
                 let Prefill { state, pruning } =
-                    self.prefill(attached, embeds, &prompt, &request.pruning, false, &steps)?;
+                    self.prefill(attached, input, &prompt, &request.pruning, false, &steps)?;
                 (decode_vanilla_prefilled(base, runner, state, &config, &mut sampler, &mut on_token)?, None, pruning)
             }
             DecoderKind::TwigOnly => {
                 let shallow = ShallowNetwork { base, twig: twig() };
-                (decode_vanilla(&shallow, runner, embeds, &config, &mut sampler, &mut on_token)?, None, None)
+                (decode_vanilla(&shallow, runner, input.embeds, &config, &mut sampler, &mut on_token)?, None, None)
             }
             DecoderKind::Ssd => {
                 let Prefill { state, pruning } =
-                    self.prefill(Some(twig()), embeds, &prompt, &request.pruning, true, &steps)?;
+                    self.prefill(Some(twig()), input, &prompt, &request.pruning, true, &steps)?;
                 let (output, stats) = decode_speculative(
                     ShallowNetwork { base, twig: twig() },
                     runner,
@@ -295,6 +350,7 @@ impl<B: DecodeOps> Engine<B> {
                 stop_reason: output.stop,
                 speculative,
                 pruning,
+                reused_prompt_tokens,
             },
             pixel_values,
             image_features,

@@ -31,6 +31,7 @@ pub mod error;
 pub mod explain;
 pub mod facts;
 pub mod output;
+pub mod prompt_cache;
 pub mod request;
 
 pub use backend::{configure_gpu, AutodiffJob, BackendError, BackendJob, BackendKind, FloatDtype, GpuAutotune};

@@ -24,6 +24,9 @@ pub struct GenerateStats {
     /// What token pruning kept (`r_prime`, `kept_visual_indices`, …), when it pruned.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub pruning: Option<PruningOutcome>,
+    /// Prompt tokens whose caches came from an earlier prompt ([`crate::Engine::keep_prompt_caches`]):
+    /// neither they nor the image among them ran again.
+    pub reused_prompt_tokens: usize,
 }
 
 /// What a generation produced, plus the intermediate tensors `--dump-tensors` writes.

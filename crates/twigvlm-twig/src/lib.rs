@@ -15,4 +15,4 @@ pub use config::{TwigConfig, TwigHead, TwigInit, TwigMlp};
 pub use error::{Result, TwigError};
 pub use identity::BaseIdentity;
 pub use module::Twig;
-pub use prefill::prefill_unpruned;
+pub use prefill::{prefill_unpruned, prefill_unpruned_after};

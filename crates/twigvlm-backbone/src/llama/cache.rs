@@ -153,6 +153,12 @@ impl<B: Backend> KvCache<B> {
         Self { layers: self.layers.iter().map(|layer| layer.select_batch(&entries)).collect() }
     }
 
+    /// Bytes of the buffers the layers hold (their room for later entries included).
+    pub fn stored_bytes(&self) -> usize {
+        let bytes = |t: &Option<Tensor<B, 4>>| t.as_ref().map_or(0, |t| t.shape().num_elements() * t.dtype().size());
+        self.layers.iter().map(|layer| bytes(&layer.keys) + bytes(&layer.values)).sum()
+    }
+
     /// Keeps the first `len` entries of every layer (e.g. the accepted prefix after a draft).
     pub fn crop(&mut self, len: usize) -> Result<()> {
         self.layers.iter_mut().try_for_each(|layer| layer.crop(len))

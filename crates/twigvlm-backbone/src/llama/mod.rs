@@ -20,7 +20,7 @@ pub use attention::{RowGroup, SelfAttention};
 pub use cache::{KvCache, LayerKvCache};
 pub use chunked::{PrefillSteps, DEFAULT_PREFILL_CHUNK_TOKENS};
 pub use layer::{DecoderLayer, Mlp};
-pub use prompt_state::PromptState;
+pub use prompt_state::{CachedPrefix, PromptState};
 pub use rope::RopeAngles;
 pub use runner::{Alone, HeadCall, StackCall, StackRunner};
 pub use tree_mask::TreeMask;

@@ -23,3 +23,15 @@ pub struct PromptState<B: Backend> {
     /// Wall time of the prefill, logits on the host included.
     pub time: Duration,
 }
+
+/// The caches of a prompt's first `len` tokens, kept from an earlier prefill of a prompt that
+/// began with the same tokens (and image): a prefill continues from it instead of running them
+/// again.
+#[derive(Debug, Clone)]
+pub struct CachedPrefix<B: Backend> {
+    /// Tokens the caches hold (every base layer and the twig's blocks alike: nothing pruned).
+    pub len: usize,
+    pub base_cache: KvCache<B>,
+    /// The twig's cache over the same tokens, when the twig ran.
+    pub twig_cache: Option<KvCache<B>>,
+}

@@ -66,6 +66,11 @@ pub struct ServeArgs {
     pub header_read_timeout: f64,
     #[command(flatten)]
     pub batch: super::BatchArgs,
+    /// MiB of prompt caches kept for follow-up turns: a request whose prompt begins with an
+    /// earlier unpruned prompt (a chat's history about the same image) continues from its caches
+    /// instead of running the image and those tokens again. 0 keeps none.
+    #[arg(long, default_value_t = 512)]
+    pub prompt_cache_mib: usize,
     /// The speculative decoder's draft length by default (requests may override it).
     #[command(flatten)]
     pub draft: super::DraftArgs,
@@ -91,7 +96,8 @@ impl BackendJob for ServeArgs {
         let pruning = args.pruning.spec();
         // A twig, when given, is attached whatever the default decoder: requests may ask for it.
         let twig_given = args.model.decoder.twig.is_some();
-        let (engine, decoder) = super::load_engine::<B>(&args.model, device, &pruning, twig_given)?;
+        let (mut engine, decoder) = super::load_engine::<B>(&args.model, device, &pruning, twig_given)?;
+        engine.keep_prompt_caches(args.prompt_cache_mib << 20);
         let model_name = match &args.served_model_name {
             Some(name) => name.clone(),
             None => args
