@@ -25,8 +25,8 @@ pub use config::LlavaConfig;
 pub use error::{BackboneError, Result};
 pub use interrupt::{Interrupt, Interrupted};
 pub use llama::{
-    Alone, AttentionProbe, CachedPrefix, DecoderLayer, HeadCall, KvCache, LlamaDecoder, PrefillSteps, PromptState, StackCall,
-    StackRunner, TreeMask, DEFAULT_PREFILL_CHUNK_TOKENS,
+    Alone, AttentionProbe, CachedPrefix, DecoderLayer, HeadCall, KvCache, LlamaDecoder, PrefillSteps, PromptState,
+    StackCall, StackRunner, TreeMask, DEFAULT_PREFILL_CHUNK_TOKENS,
 };
 pub use llava::LlavaModel;
 pub use loading::{

@@ -7,8 +7,8 @@ use std::time::Instant;
 use burn::prelude::*;
 use image::DynamicImage;
 use twigvlm_backbone::{
-    load_llava, Alone, CachedPrefix, Interrupt, LoadOptions, LoadedLlava, PrefillSteps, PromptTokens, StackRunner, TextStream,
-    DEFAULT_PREFILL_CHUNK_TOKENS,
+    load_llava, Alone, CachedPrefix, Interrupt, LoadOptions, LoadedLlava, PrefillSteps, PromptTokens, StackRunner,
+    TextStream, DEFAULT_PREFILL_CHUNK_TOKENS,
 };
 use twigvlm_ssd::{
     decode_speculative, decode_vanilla, decode_vanilla_prefilled, DecodeConfig, Sampler, ShallowNetwork,
@@ -17,10 +17,10 @@ use twigvlm_ttp::{prefill, Prefill, PruningOutcome, PruningSpec, TtpError, TwigP
 use twigvlm_twig::{load_twig, prefill_unpruned_after, Twig, TwigCheckpoint};
 
 use crate::decoder::DecoderKind;
-use crate::prompt_cache::{ImageKey, PromptCache};
 use crate::error::{EngineError, RequestError, Result};
 use crate::facts::ModelFacts;
 use crate::output::{GenerateResult, GenerateStats};
+use crate::prompt_cache::{ImageKey, PromptCache};
 use crate::request::{GenerateRequest, Prompt};
 use twigvlm_backbone::ops::DecodeOps;
 
@@ -265,7 +265,9 @@ impl<B: DecodeOps> Engine<B> {
         let llava = &self.llava;
         // Unpruned prompts are kept for, and continue from, earlier prompts' caches.
         let keep = self.prompt_cache.as_ref().filter(|_| {
-            request.pruning == PruningSpec::none() && request.decoder != DecoderKind::TwigOnly && !request.capture_tensors
+            request.pruning == PruningSpec::none()
+                && request.decoder != DecoderKind::TwigOnly
+                && !request.capture_tensors
         });
         let image_key = keep.and(request.image.as_ref()).map(ImageKey::of);
         let reused = keep.and_then(|cache| cache.lookup(&tokens, image_key, request.decoder == DecoderKind::Ssd));

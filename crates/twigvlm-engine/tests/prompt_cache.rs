@@ -42,7 +42,8 @@ fn conversation(
         ..GenerateRequest::greedy(prompt, Some(image.clone()), 10)
     };
     let (first, answer, reused_first) = ask(engine, &request(turn(&[], "What is in the image?")));
-    let (second, _, reused_second) = ask(engine, &request(turn(&[("What is in the image?", &answer)], "Which colour?")));
+    let (second, _, reused_second) =
+        ask(engine, &request(turn(&[("What is in the image?", &answer)], "Which colour?")));
     let (again, _, reused_again) = ask(engine, &request(turn(&[], "What is in the image?")));
     vec![(first, reused_first), (second, reused_second), (again, reused_again)]
 }

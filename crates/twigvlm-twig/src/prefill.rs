@@ -4,9 +4,7 @@
 use std::time::Instant;
 
 use burn::prelude::*;
-use twigvlm_backbone::{
-    AttentionProbe, CachedPrefix, Interrupted, KvCache, LlamaDecoder, PrefillSteps, PromptState,
-};
+use twigvlm_backbone::{AttentionProbe, CachedPrefix, Interrupted, KvCache, LlamaDecoder, PrefillSteps, PromptState};
 
 use crate::module::Twig;
 use twigvlm_backbone::ops::DecodeOps;

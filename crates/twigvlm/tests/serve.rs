@@ -113,7 +113,7 @@ fn speculative_and_pruned_requests_through_the_extension_fields() {
 fn concurrent_requests_equal_sequential_ones() {
     // Concurrent requests share the running batch: sampled and greedy, text and image, pruned,
     // speculative (chain and tree) and plain, streamed or not, long and short.
-    let server = Server::start(&["--prefill-chunk", "7"]);
+    let server = Server::start(&["--prefill-chunk", "7", "--prompt-cache-mib", "0"]);
     let image = image_url("shapes-80x60.png");
     let requests: Vec<Value> = vec![
         with(chat("Tell me story number 0.", None, 16), json!({"temperature": 0.9, "top_p": 0.95, "seed": 0})),

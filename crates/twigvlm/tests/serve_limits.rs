@@ -79,7 +79,8 @@ fn logged_ms(server: &Server, outcome: &str) -> Option<u64> {
 #[test]
 fn a_long_prefill_stops_when_its_client_goes_or_its_deadline_passes() {
     let long = chat(&"word ".repeat(LONG_PROMPT_WORDS), None, 1);
-    let server = Server::start(&[]);
+    // The same prompt again would continue from the first one's kept caches.
+    let server = Server::start(&["--prompt-cache-mib", "0"]);
     let (status, whole) = server.post("/v1/chat/completions", &long);
     assert_eq!(status, 200, "{whole}");
     let prefill_ms = whole["twigvlm"]["prefill_ms"].as_f64().unwrap();
@@ -93,7 +94,7 @@ fn a_long_prefill_stops_when_its_client_goes_or_its_deadline_passes() {
     assert!(cancelled < soon, "cancelled after {cancelled} ms; the whole prefill takes {prefill_ms} ms");
     assert_eq!(server.post("/v1/chat/completions", &chat("Hi", None, 2)).0, 200, "the engine is free");
 
-    let strict = Server::start(&["--request-timeout", "0.3"]);
+    let strict = Server::start(&["--request-timeout", "0.3", "--prompt-cache-mib", "0"]);
     let (status, body) = strict.post("/v1/chat/completions", &long);
     assert_eq!((status, error_code(&body)), (504, "request_timeout"), "{body}");
     // The engine counts and logs a request once it has stopped, just after its answer leaves.
