@@ -12,9 +12,10 @@
 //! per forward, and answers each. Continuations ([`StackCall::continuation`]: the later layers
 //! of a prompt chunk, the later steps of a draft, the head after a stack) run first, the others'
 //! calls waiting, until no request has one: a chunk goes through all its layers between two
-//! decoding steps of the others, and speculative requests verify together once all have drafted. What a request computes outside its calls (the vision tower, choosing
-//! tokens) happens while the scheduler waits for it: the device runs one thing at a time.
-//! New requests join between rounds, up to [`BatchLimits::max_requests`].
+//! decoding steps of the others, and speculative requests verify together once all have
+//! drafted. What a request computes outside its calls (the vision tower, choosing tokens)
+//! happens while the scheduler waits for it: the device runs one thing at a time. New requests
+//! join between rounds, up to [`BatchLimits::max_requests`].
 
 use std::num::NonZeroUsize;
 use std::sync::mpsc::{channel, Receiver, Sender};
