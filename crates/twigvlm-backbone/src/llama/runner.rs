@@ -147,9 +147,10 @@ impl<'m, B: DecodeOps> StackRunner<'m, B> for Alone {
 /// # Panics
 /// When the calls run different layers.
 pub fn run_stacks<'m, B: DecodeOps>(calls: Vec<(StackCall<'m, B>, &mut KvCache<B>)>) -> Vec<LayersOutput<B>> {
-    let first = calls.first().expect("at least one call").0.clone();
-    assert!(calls.iter().all(|(call, _)| call.same_layers(&first)), "calls side by side run the same layers");
     let (calls, caches): (Vec<StackCall<'m, B>>, Vec<&mut KvCache<B>>) = calls.into_iter().unzip();
+    let first = calls.first().expect("at least one call");
+    assert!(calls.iter().all(|call| call.same_layers(first)), "calls side by side run the same layers");
+    let (layers, first_index) = (first.layers, first.first_index);
     let segments = calls
         .iter()
         .zip(caches)
@@ -161,7 +162,7 @@ pub fn run_stacks<'m, B: DecodeOps>(calls: Vec<(StackCall<'m, B>, &mut KvCache<B
             tree: call.tree.as_ref(),
         })
         .collect();
-    forward_segments(first.layers, first.first_index, segments)
+    forward_segments(layers, first_index, segments)
 }
 
 /// Several requests' calls of the same head ([`HeadCall::same_head`]) as one: their rows side by
