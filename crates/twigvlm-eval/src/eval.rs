@@ -118,8 +118,6 @@ struct Ask {
     example: usize,
     turn: usize,
     blank: bool,
-    /// Where its answer goes.
-    slot: usize,
 }
 
 /// Evaluates every turn of `dataset` as a single-turn question (user data: history is not
@@ -140,12 +138,12 @@ pub fn evaluate<'e, B: DecodeOps>(
     for (example, conversation) in examples.iter().enumerate() {
         for turn in 0..conversation.turns.len() {
             for blank in [false, true].into_iter().take(if blank_source.is_some() { 2 } else { 1 }) {
-                asks.push(Ask { example, turn, blank, slot: asks.len() });
+                asks.push(Ask { example, turn, blank });
             }
         }
     }
     let answers: Mutex<Vec<Option<anyhow::Result<String>>>> = Mutex::new((0..asks.len()).map(|_| None).collect());
-    let asked = AtomicUsize::new(0);
+    let answered = AtomicUsize::new(0);
     let answer = |ask: Ask, runner: &dyn StackRunner<'e, B>| -> anyhow::Result<String> {
         let conversation = &examples[ask.example];
         let turn = &conversation.turns[ask.turn];
@@ -160,14 +158,16 @@ pub fn evaluate<'e, B: DecodeOps>(
         };
         Ok(engine.generate_with(&request, &Interrupt::NEVER, runner, |_| ControlFlow::Continue(()))?.text)
     };
+    // Each job is an ask with the index of its answer.
+    let mut jobs = asks.iter().copied().enumerate().collect::<Vec<_>>().into_iter();
     run_batched(
         options.batch,
-        &mut asks.clone().into_iter(),
-        |ask: Ask, runner: &dyn StackRunner<'e, B>| {
+        &mut jobs,
+        |(slot, ask): (usize, Ask), runner: &dyn StackRunner<'e, B>| {
             let result = answer(ask, runner);
-            answers.lock().unwrap_or_else(|poisoned| poisoned.into_inner())[ask.slot] = Some(result);
+            answers.lock().unwrap_or_else(|poisoned| poisoned.into_inner())[slot] = Some(result);
             if !ask.blank {
-                on_question(asked.fetch_add(1, Ordering::Relaxed) + 1);
+                on_question(answered.fetch_add(1, Ordering::Relaxed) + 1);
             }
         },
         |_| {},
@@ -178,10 +178,11 @@ pub fn evaluate<'e, B: DecodeOps>(
     let mut short: BTreeMap<String, ShortTally> = BTreeMap::new();
     let (mut describe, mut blank_describe, mut describe_n) = (DescribeCounts::default(), DescribeCounts::default(), 0);
     let mut asked = 0;
-    for ask in asks.iter().filter(|ask| !ask.blank) {
+    // A blank-image twin, when there is one, follows its question.
+    for (slot, ask) in asks.iter().enumerate().filter(|(_, ask)| !ask.blank) {
         let turn = &examples[ask.example].turns[ask.turn];
-        let prediction = take(ask.slot)?;
-        let blank_prediction = blank_source.map(|_| take(ask.slot + 1)).transpose()?;
+        let prediction = take(slot)?;
+        let blank_prediction = blank_source.map(|_| take(slot + 1)).transpose()?;
         tracing::debug!(task = turn.task_name(), question = %turn.user, reference = %turn.assistant, %prediction, "answer");
         if turn.task == Some(Task::Describe) {
             describe_n += 1;
