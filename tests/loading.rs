@@ -4,7 +4,7 @@ use std::path::Path;
 
 use twigvlm_backbone::preprocess::{decode_image, load_image};
 use twigvlm_backbone::weights::{write_safetensors, NamedTensor, StorageDtype, TensorSource};
-use twigvlm_backbone::{load_llava, BackboneError, LoadOptions};
+use twigvlm_backbone::{load_llava, BackboneError, ImageAspect, LoadOptions};
 use twigvlm_integration::*;
 use twigvlm_testkit::{temp_dir, TempDir};
 
@@ -121,6 +121,28 @@ fn original_layout_needs_its_clip_directory() {
     let options =
         LoadOptions { vision_tower_dir: Some(model_dir("tiny-llava-original").join("clip")), ..Default::default() };
     load_llava::<B>(dir.path(), &options, &Default::default()).expect("explicit CLIP directory works");
+}
+
+#[test]
+fn image_aspect_overrides_the_checkpoints_preprocessing() {
+    let original =
+        LoadOptions { vision_tower_dir: Some(model_dir("tiny-llava-original").join("clip")), ..Default::default() };
+    for (model, options, own) in [
+        ("tiny-llava-original", original, ImageAspect::Pad),
+        ("tiny-llava-hf5", LoadOptions::default(), ImageAspect::Pad),
+    ] {
+        let loaded = load_llava::<B>(&model_dir(model), &options, &Default::default()).unwrap();
+        assert_eq!(loaded.preprocessor.aspect(), own, "{model}'s own preprocessing");
+        for aspect in [ImageAspect::Pad, ImageAspect::Crop] {
+            let options = LoadOptions { image_aspect: Some(aspect), ..options.clone() };
+            let loaded = load_llava::<B>(&model_dir(model), &options, &Default::default()).unwrap();
+            assert_eq!(loaded.preprocessor.aspect(), aspect, "{model} with {aspect}");
+            let (_, shape) =
+                loaded.preprocessor.preprocess(&load_image(&image_path("shapes-80x60.png")).unwrap()).unwrap();
+            let side = loaded.config.vision.image_size;
+            assert_eq!(shape, [3, side, side], "{model} with {aspect}");
+        }
+    }
 }
 
 #[test]

@@ -33,5 +33,5 @@ pub use loading::{
     load_language_model, load_language_model_with, load_llava, read_llava_spec, LoadOptions, LoadedLanguageModel,
     LoadedLlava, CAUSAL_LM_BODY,
 };
-pub use preprocess::ImagePreprocessor;
+pub use preprocess::{ImageAspect, ImagePreprocessor};
 pub use prompt::{PromptTokenizer, PromptTokens, TextStream};

@@ -14,7 +14,7 @@ use crate::error::{BackboneError, Result};
 use crate::llama::LlamaDecoder;
 use crate::llava::LlavaModel;
 use crate::ops::DecodeOps;
-use crate::preprocess::ImagePreprocessor;
+use crate::preprocess::{ImageAspect, ImagePreprocessor};
 use crate::projector::Projector;
 use crate::prompt::PromptTokenizer;
 use crate::weights::layout::{find_vision, ignorable, LayoutKind};
@@ -28,6 +28,10 @@ pub struct LoadOptions {
     /// Storage type of linear weights; `None` keeps each weight's checkpoint type (see
     /// [`crate::ops::DecodeOps::linear_weight`] for backends that compute in one type only).
     pub weights_dtype: Option<StorageDtype>,
+    /// How images that are not square are fitted to the vision tower; `None` follows the
+    /// checkpoint's own preprocessing (`preprocessor_config.json`, or an original checkpoint's
+    /// `image_aspect_ratio`).
+    pub image_aspect: Option<ImageAspect>,
 }
 
 /// Everything needed to run a LLaVA model.
@@ -111,7 +115,10 @@ pub fn load_llava<B: DecodeOps>(dir: &Path, options: &LoadOptions, device: &B::D
     tracing::debug!(used = report.used, ignored = report.ignored.len(), "weights loaded");
 
     let tokenizer = PromptTokenizer::from_file(&dir.join("tokenizer.json"))?;
-    let preprocessor = preprocessor_for(dir, clip_dir.as_deref(), &config, pad_default)?;
+    let mut preprocessor = preprocessor_for(dir, clip_dir.as_deref(), &config, pad_default)?;
+    if let Some(aspect) = options.image_aspect {
+        preprocessor = preprocessor.with_aspect(aspect);
+    }
     // LLaVA-1.5 checkpoints carry no template of their own and were trained with vicuna_v1.
     let template = ChatTemplate::from_model_dir(dir)?.unwrap_or(ChatTemplate::VicunaV1);
     Ok(LoadedLlava { config, model, tokenizer, preprocessor, template, layout, report })

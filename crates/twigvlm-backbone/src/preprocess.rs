@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use image::{DynamicImage, Rgb, RgbImage};
+use strum::{Display, EnumMessage, EnumString, VariantArray};
 
 use crate::config::hf::HfPreprocessorConfig;
 use crate::error::{BackboneError, Result};
@@ -22,6 +23,18 @@ pub const MAX_ASPECT_RATIO: u32 = 20;
 /// Largest image any preprocessing step may build, in pixels (8192², 192 MiB as RGB): the
 /// padded square and the resized image are checked against it before they are allocated.
 pub const MAX_INTERMEDIATE_PIXELS: u64 = 8192 * 8192;
+
+/// How an image that is not square becomes the vision tower's square input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Display, EnumString, VariantArray, EnumMessage)]
+#[strum(serialize_all = "lowercase")]
+pub enum ImageAspect {
+    /// Pad to a square with the mean colour, then resize: the whole image is seen (how LLaVA-1.5
+    /// was trained and evaluated, `image_aspect_ratio = "pad"`).
+    Pad,
+    /// Resize the short side, then cut the centre square: the ends of the long side are lost
+    /// (a llava-hf checkpoint's `CLIPImageProcessor`).
+    Crop,
+}
 
 /// Preprocessing parameters, read from `preprocessor_config.json`.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,6 +86,28 @@ impl ImagePreprocessor {
             crop: cfg.do_center_crop.then(|| edge(&cfg.crop_size)).flatten(),
             rescale_factor: cfg.do_rescale.then_some(cfg.rescale_factor),
             normalize: cfg.do_normalize.then(|| (triple(&cfg.image_mean, CLIP_MEAN), triple(&cfg.image_std, CLIP_STD))),
+        }
+    }
+
+    /// The same preprocessing with the aspect handling `aspect` asks for instead of the
+    /// checkpoint's own. Cropping needs a crop size: without one (a processor that only resizes),
+    /// the shortest-edge size is used.
+    pub fn with_aspect(self, aspect: ImageAspect) -> Self {
+        match aspect {
+            ImageAspect::Pad => Self { pad_to_square: true, ..self },
+            ImageAspect::Crop => {
+                let crop = self.crop.or(self.shortest_edge.map(|edge| (edge, edge)));
+                Self { pad_to_square: false, crop, ..self }
+            }
+        }
+    }
+
+    /// The aspect handling this preprocessing applies.
+    pub fn aspect(&self) -> ImageAspect {
+        if self.pad_to_square {
+            ImageAspect::Pad
+        } else {
+            ImageAspect::Crop
         }
     }
 
@@ -238,6 +273,43 @@ mod tests {
         assert!(crop_preprocessor().check_input(20_000, 1_000).is_ok());
         let upscale = ImagePreprocessor { shortest_edge: Some(10_000), ..crop_preprocessor() };
         assert!(upscale.check_input(100, 100).is_err());
+    }
+
+    #[test]
+    fn image_aspect_pads_or_crops_a_wide_image() {
+        // A white 40x20 image with a red band along its left end; raw 0..255 values out, a black
+        // padding colour (no normalisation).
+        let band = 6;
+        let wide = RgbImage::from_fn(40, 20, |x, _| if x < band { Rgb([255, 0, 0]) } else { Rgb([255; 3]) });
+        let wide = DynamicImage::ImageRgb8(wide);
+        let side = 20;
+        let checkpoint = ImagePreprocessor {
+            pad_to_square: false,
+            shortest_edge: Some(side),
+            crop: Some((side, side)),
+            rescale_factor: None,
+            normalize: None,
+        };
+        let (padded, _) = checkpoint.clone().with_aspect(ImageAspect::Pad).preprocess(&wide).unwrap();
+        let (cropped, _) = checkpoint.clone().with_aspect(ImageAspect::Crop).preprocess(&wide).unwrap();
+        let reddish =
+            |values: &[f32], x: usize, y: usize| values[y * side + x] > 2.0 * values[side * side + y * side + x];
+        let any_red = |values: &[f32]| (0..side).any(|y| (0..side).any(|x| reddish(values, x, y)));
+        // Padding keeps the whole width, band included, between black bands above and below;
+        // cropping cuts the band off.
+        assert!(reddish(&padded, 0, side / 2));
+        assert_eq!(padded[0], 0.0);
+        assert!(!any_red(&cropped));
+        assert_eq!(checkpoint.clone().with_aspect(ImageAspect::Pad).aspect(), ImageAspect::Pad);
+        assert_eq!(checkpoint.with_aspect(ImageAspect::Crop).aspect(), ImageAspect::Crop);
+    }
+
+    #[test]
+    fn cropping_without_a_crop_size_crops_to_the_resized_short_side() {
+        let resize_only = ImagePreprocessor { pad_to_square: true, crop: None, ..ImagePreprocessor::llava_default(56) };
+        let (_, shape) =
+            resize_only.with_aspect(ImageAspect::Crop).preprocess(&DynamicImage::new_rgb8(90, 30)).unwrap();
+        assert_eq!(shape, [3, 56, 56]);
     }
 
     #[test]

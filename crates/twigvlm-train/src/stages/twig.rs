@@ -64,8 +64,11 @@ pub fn train_twig<B: DecodeAutodiff>(stage: &TwigStage, run: &RunSettings, devic
     let epoch = train_data.len().div_ceil(run.batch_size.max(1));
     let options = run.options(StageDefaults { steps: epoch, lr: TWIG_LR, warmup: TWIG_WARMUP });
     // f32 weights: the twig starts as a copy of base layers and is trained in f32.
-    let load_options =
-        LoadOptions { vision_tower_dir: stage.vision_tower.clone(), weights_dtype: Some(StorageDtype::F32) };
+    let load_options = LoadOptions {
+        vision_tower_dir: stage.vision_tower.clone(),
+        weights_dtype: Some(StorageDtype::F32),
+        ..Default::default()
+    };
     let loaded = load_llava::<B::InnerBackend>(&stage.model, &load_options, device)?;
     B::seed(device, run.seed);
     let twig = Twig::init(&loaded.model.language_model, &loaded.config.text, stage.config, device)?;

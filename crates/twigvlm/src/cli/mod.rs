@@ -29,7 +29,7 @@ use twigvlm_engine::{
 use named::named;
 use twigvlm_backbone::ops::DecodeOps;
 use twigvlm_backbone::weights::StorageDtype;
-use twigvlm_backbone::DEFAULT_PREFILL_CHUNK_TOKENS;
+use twigvlm_backbone::{ImageAspect, DEFAULT_PREFILL_CHUNK_TOKENS};
 
 /// Fast vision-language inference with twig-guided token pruning and self-speculative decoding.
 #[derive(Debug, Parser)]
@@ -164,6 +164,10 @@ pub struct ModelArgs {
     /// CLIP directory for original-layout LLaVA checkpoints whose `mm_vision_tower` is not a local path.
     #[arg(long)]
     pub vision_tower: Option<PathBuf>,
+    /// How an image that is not square is fitted to the vision tower (default: the checkpoint's
+    /// own preprocessing; llava-hf checkpoints crop, LLaVA-1.5 was trained and evaluated padded).
+    #[arg(long, value_parser = named::<ImageAspect>())]
+    pub image_aspect: Option<ImageAspect>,
     /// Prompt tokens a prefill runs through the layers at once: a layer holds this many rows of
     /// attention scores against the prompt, and a stop request is seen between layers of a chunk.
     #[arg(long, default_value_t = DEFAULT_PREFILL_CHUNK_TOKENS,
@@ -326,7 +330,11 @@ fn load_engine<B: DecodeOps>(
     let model = &args.model;
     let spinner = indicatif::ProgressBar::new_spinner().with_message(format!("loading {}", model.display()));
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
-    let options = LoadOptions { vision_tower_dir: args.vision_tower.clone(), weights_dtype: args.weights_dtype };
+    let options = LoadOptions {
+        vision_tower_dir: args.vision_tower.clone(),
+        weights_dtype: args.weights_dtype,
+        image_aspect: args.image_aspect,
+    };
     let mut engine = Engine::<B>::load(model, &options, device)
         .with_context(|| format!("cannot load the model in {}", model.display()))?;
     engine.prefill_chunk_tokens = args.prefill_chunk;
