@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use image::{DynamicImage, RgbImage};
 
+use crate::easy_vqa::EasyVqaAnswer;
 use crate::error::{DataError, Result};
 use crate::shapes::Task;
 
@@ -27,20 +28,45 @@ impl ImageSource {
     }
 }
 
+/// What a question asks, where the dataset knows it: the key of per-task scores, and whether its
+/// answer is short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QuestionKind {
+    /// A shapes-world task.
+    Shapes(Task),
+    /// An easy-VQA question, by the kind of its one-word answer.
+    EasyVqa(EasyVqaAnswer),
+}
+
+impl QuestionKind {
+    /// The name scores are reported under.
+    pub fn name(self) -> &'static str {
+        match self {
+            QuestionKind::Shapes(task) => task.into(),
+            QuestionKind::EasyVqa(answer) => answer.into(),
+        }
+    }
+
+    /// Whether the reference is a whole description rather than a short answer.
+    pub fn is_description(self) -> bool {
+        self == QuestionKind::Shapes(Task::Describe)
+    }
+}
+
 /// One exchange. The first user turn of an example with an image may carry the `<image>`
 /// placeholder; without one the chat template puts the image first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Turn {
     pub user: String,
     pub assistant: String,
-    /// The shapes-world task, for per-task scoring (None for user data).
-    pub task: Option<Task>,
+    /// What it asks, for per-task scoring (None for user data).
+    pub kind: Option<QuestionKind>,
 }
 
 impl Turn {
     /// The task's name, or `user` for user data; the key of per-task scores.
     pub fn task_name(&self) -> &'static str {
-        self.task.map_or("user", Task::into)
+        self.kind.map_or("user", QuestionKind::name)
     }
 }
 

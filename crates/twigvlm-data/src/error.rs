@@ -8,6 +8,10 @@ pub enum DataError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path} is not LLaVA instruction JSON: {reason}")]
     LlavaJson { path: PathBuf, reason: String },
+    #[error("{what}: {reason}")]
+    Fetch { what: String, reason: String },
+    #[error("{path} is not an easy-VQA question file: {reason}")]
+    EasyVqa { path: PathBuf, reason: String },
     #[error("cannot open image {path}: {reason}")]
     Image { path: PathBuf, reason: String },
 }

@@ -88,7 +88,7 @@ pub fn read(path: &Path, image_root: &Path) -> Result<Vec<Conversation>> {
                             user.from, assistant.from
                         )));
                     }
-                    Ok(Turn { user: user.value.clone(), assistant: assistant.value.clone(), task: None })
+                    Ok(Turn { user: user.value.clone(), assistant: assistant.value.clone(), kind: None })
                 })
                 .collect::<Result<Vec<_>>>()?;
             let image = record.image.map(|relative| ImageSource::File(image_root.join(relative)));

@@ -1,13 +1,16 @@
 //! Dataset specs as written on the command line:
-//! `shapes:seed=<u64>,n=<count>[,task=short|describe|all|<task>[+<task>...]][,objects=<min>-<max>][,turns=<k>]`
+//! `shapes:seed=<u64>,n=<count>[,task=short|describe|all|<task>[+<task>...]][,objects=<min>-<max>][,turns=<k>]`,
+//! `easy-vqa:split=train|test[,n=<count>][,seed=<u64>][,dir=<cache folder>]` ([`crate::easy_vqa`])
 //! or the path of a LLaVA instruction JSON file. Several specs make a [`Dataset::Mixture`].
 //!
 //! Seeds below [`EVAL_SEED_START`] are for training, seeds from it on for evaluation; the trainer
-//! refuses evaluation seeds, so held-out scenes are never trained on.
+//! refuses evaluation seeds, so held-out scenes are never trained on. easy-VQA's test split counts
+//! as evaluation data in the same way.
 
 use std::path::{Path, PathBuf};
 
 use crate::conversation::Conversation;
+use crate::easy_vqa::{EasyVqaSpec, Split};
 use crate::error::{DataError, Result};
 use crate::llava_json;
 use crate::shapes::{SceneConfig, ShapesDataset, Task, TaskMix};
@@ -44,6 +47,7 @@ impl SeedRange {
 #[derive(Debug, Clone)]
 pub enum DatasetSpec {
     Shapes(ShapesDataset),
+    EasyVqa(EasyVqaSpec),
     LlavaJson(PathBuf),
     Mixture(Vec<DatasetSpec>),
 }
@@ -119,11 +123,16 @@ impl DatasetSpec {
 
     pub fn parse(spec: &str) -> Result<Self> {
         let error = |reason: String| DataError::Spec { spec: spec.to_string(), reason };
+        if let Some(params) = spec.strip_prefix("easy-vqa:") {
+            return EasyVqaSpec::parse(params).map(DatasetSpec::EasyVqa).map_err(error);
+        }
         let Some(params) = spec.strip_prefix("shapes:") else {
             if spec.ends_with(".json") {
                 return Ok(DatasetSpec::LlavaJson(PathBuf::from(spec)));
             }
-            return Err(error("expected `shapes:seed=..,n=..` or a LLaVA instruction .json file".into()));
+            return Err(error(
+                "expected `shapes:seed=..,n=..`, `easy-vqa:split=train|test` or a LLaVA instruction .json file".into(),
+            ));
         };
         let (mut seed, mut len) = (None, None);
         let mut tasks = TaskMix::short();
@@ -157,11 +166,15 @@ impl DatasetSpec {
         Ok(DatasetSpec::Shapes(ShapesDataset { seed, len, tasks, scene, turns_per_image: turns }))
     }
 
-    /// The seed range of a shapes spec (None for user data).
+    /// The seed range of a shapes spec, or the split of an easy-VQA one (None for user data).
     /// A mixture is in the evaluation range if any of its parts is.
     pub fn seed_range(&self) -> Option<SeedRange> {
         match self {
             DatasetSpec::Shapes(d) => Some(SeedRange::of(d.seed)),
+            DatasetSpec::EasyVqa(d) => Some(match d.split {
+                Split::Train => SeedRange::Train,
+                Split::Test => SeedRange::Eval,
+            }),
             DatasetSpec::LlavaJson(_) => None,
             DatasetSpec::Mixture(parts) => {
                 let ranges: Vec<SeedRange> = parts.iter().filter_map(DatasetSpec::seed_range).collect();
@@ -175,6 +188,7 @@ impl DatasetSpec {
     pub fn open(&self, image_root: Option<&Path>) -> Result<Dataset> {
         match self {
             DatasetSpec::Shapes(d) => Ok(Dataset::Shapes(d.clone())),
+            DatasetSpec::EasyVqa(d) => Ok(Dataset::Records(d.open()?)),
             DatasetSpec::LlavaJson(path) => {
                 let root = image_root
                     .map(Path::to_path_buf)

@@ -11,7 +11,7 @@ use twigvlm_backbone::ops::DecodeOps;
 use twigvlm_backbone::{Interrupt, StackRunner};
 use twigvlm_data::score::{exact_match, normalise_answer, DescribeCounts};
 use twigvlm_data::spec::Dataset;
-use twigvlm_data::{Conversation, Task, Turn};
+use twigvlm_data::{Conversation, QuestionKind, Turn};
 use twigvlm_engine::{run_batched, BatchLimits, DecoderKind, Engine, GenerateRequest, Prompt, PruningSpec};
 
 /// How many tokens an answer may take, by the kind of question.
@@ -31,9 +31,9 @@ impl Default for AnswerBudget {
 
 impl AnswerBudget {
     pub fn for_turn(&self, turn: &Turn) -> usize {
-        match turn.task {
-            Some(Task::Describe) | None => self.long,
-            Some(_) => self.short,
+        match turn.kind {
+            Some(kind) if !kind.is_description() => self.short,
+            _ => self.long,
         }
     }
 }
@@ -184,7 +184,7 @@ pub fn evaluate<'e, B: DecodeOps>(
         let prediction = take(slot)?;
         let blank_prediction = blank_source.map(|_| take(slot + 1)).transpose()?;
         tracing::debug!(task = turn.task_name(), question = %turn.user, reference = %turn.assistant, %prediction, "answer");
-        if turn.task == Some(Task::Describe) {
+        if turn.kind.is_some_and(QuestionKind::is_description) {
             describe_n += 1;
             describe.add(&prediction, &turn.assistant);
             if let Some(p) = &blank_prediction {

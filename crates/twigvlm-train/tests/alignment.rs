@@ -207,7 +207,7 @@ fn text_only_conversations_train_beside_image_ones_with_a_frozen_projector() {
         turns: vec![Turn {
             user: "Say hello to the cat.".into(),
             assistant: "Hello, cat! How are you?".into(),
-            task: None,
+            kind: None,
         }],
     };
     let value = |loss: TokenMeanLoss<B>| -> (f32, usize) {

@@ -7,7 +7,7 @@ use rand::Rng;
 use strum::{Display, EnumString, IntoStaticStr, VariantArray};
 
 use super::scene::{Colour, Scene, SceneObject, Shape};
-use crate::conversation::Turn;
+use crate::conversation::{QuestionKind, Turn};
 
 /// A kind of question, named as in dataset specs (`task=color+where`).
 #[derive(
@@ -115,7 +115,7 @@ pub fn ask(task: Task, scene: &Scene, rng: &mut impl Rng) -> Turn {
             (format!("Is there a {} {}?", colour.word(), shape.word()), answer.to_string())
         }
     };
-    Turn { user, assistant, task: Some(task) }
+    Turn { user, assistant, kind: Some(QuestionKind::Shapes(task)) }
 }
 
 /// A colour–shape pair not in the scene: with two or more objects, usually a hard negative (the

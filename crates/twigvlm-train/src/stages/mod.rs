@@ -164,7 +164,7 @@ fn shapes(spec: &str, expected: SeedRange, what: &str) -> Result<ShapesDataset> 
             data.seed,
             SeedRange::of(data.seed),
         ))),
-        DatasetSpec::LlavaJson(_) | DatasetSpec::Mixture(_) => {
+        DatasetSpec::EasyVqa(_) | DatasetSpec::LlavaJson(_) | DatasetSpec::Mixture(_) => {
             Err(TrainError::Config(format!("{what} must be a shapes spec for this stage")))
         }
     }

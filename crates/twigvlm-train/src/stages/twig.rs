@@ -55,7 +55,7 @@ pub fn train_twig<B: DecodeAutodiff>(stage: &TwigStage, run: &RunSettings, devic
     let train_spec = DatasetSpec::parse_all(&stage.data)?;
     if train_spec.seed_range() == Some(SeedRange::Eval) {
         return Err(TrainError::Config(format!(
-            "the training data uses an evaluation seed; training seeds are below {EVAL_SEED_START}"
+            "the training data is held out (an evaluation seed, or easy-vqa's test split); training seeds are below {EVAL_SEED_START}"
         )));
     }
     let image_root = stage.image_root.as_deref();

@@ -12,8 +12,9 @@ use twigvlm_eval::relacc::{cell_count, plot_relacc, relacc_table, RelAccReport};
 
 #[derive(Debug, clap::Args)]
 pub struct EvalArgs {
-    /// `shapes:seed=<u64>,n=<count>[,task=short|describe|all]` (evaluation seeds start at 1000000)
-    /// or a LLaVA instruction JSON file.
+    /// `shapes:seed=<u64>,n=<count>[,task=short|describe|all]` (evaluation seeds start at 1000000),
+    /// `easy-vqa:split=test[,n=<count>]` (fetched with pip once, kept in target/datasets) or a
+    /// LLaVA instruction JSON file.
     #[arg(long, default_value_t = eval_shapes(100, Some("all")))]
     pub data: String,
     /// Directory that a JSON dataset's image paths are relative to (default: the file's directory).
@@ -58,7 +59,9 @@ impl BackendJob for EvalArgs {
         let args = self;
         let spec = DatasetSpec::parse(&args.data)?;
         if spec.seed_range() == Some(SeedRange::Train) {
-            tracing::warn!("--data uses a training seed; held-out scores need a seed from {EVAL_SEED_START}");
+            tracing::warn!(
+                "--data is training data; held-out scores need a seed from {EVAL_SEED_START} or easy-vqa's test split"
+            );
         }
         let dataset = spec.open(args.image_root.as_deref())?;
         let questions = dataset.question_count();
@@ -102,10 +105,15 @@ impl BackendJob for EvalArgs {
 fn print_table(report: &EvalReport) {
     let percent = |v: f64| format!("{:.1}", 100.0 * v);
     let optional = |v: Option<f64>| v.map_or("-".to_string(), percent);
-    println!("{:<10} {:>5} {:>9} {:>12} {:>9}  majority answer", "task", "n", "accuracy", "blank image", "majority");
+    const TOTAL: &str = "all short";
+    let width = report.per_task.keys().map(String::len).chain([TOTAL.len()]).max().unwrap_or_default();
+    println!(
+        "{:<width$} {:>5} {:>9} {:>12} {:>9}  majority answer",
+        "task", "n", "accuracy", "blank image", "majority"
+    );
     for (task, t) in &report.per_task {
         println!(
-            "{task:<10} {:>5} {:>9} {:>12} {:>9}  {}",
+            "{task:<width$} {:>5} {:>9} {:>12} {:>9}  {}",
             t.n,
             percent(t.accuracy),
             optional(t.blank_image_accuracy),
@@ -114,8 +122,7 @@ fn print_table(report: &EvalReport) {
         );
     }
     println!(
-        "{:<10} {:>5} {:>9} {:>12} {:>9}",
-        "all short",
+        "{TOTAL:<width$} {:>5} {:>9} {:>12} {:>9}",
         report.per_task.values().map(|t| t.n).sum::<usize>(),
         percent(report.accuracy),
         optional(report.blank_image_accuracy),
@@ -123,7 +130,8 @@ fn print_table(report: &EvalReport) {
     );
     if let Some(d) = &report.describe {
         println!(
-            "describe   {:>5}  F1 {:.3} (precision {:.3}, recall {:.3}); blank image F1 {}",
+            "{:<width$} {:>5}  F1 {:.3} (precision {:.3}, recall {:.3}); blank image F1 {}",
+            "describe",
             d.n,
             d.f1,
             d.precision,
