@@ -6,6 +6,7 @@ use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+use crate::stats::{wilson, Interval};
 use serde::Serialize;
 use twigvlm_backbone::ops::DecodeOps;
 use twigvlm_backbone::{Interrupt, StackRunner};
@@ -86,7 +87,7 @@ pub struct DescribeReport {
     pub blank_image_f1: Option<f64>,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct EvalReport {
     /// The network that answered.
     pub decoder: DecoderKind,
@@ -94,6 +95,8 @@ pub struct EvalReport {
     pub n: usize,
     /// Exact match over all short-answer questions.
     pub accuracy: f64,
+    /// Its 95% confidence interval (Wilson) over these questions.
+    pub accuracy_ci: Interval,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub blank_image_accuracy: Option<f64>,
     pub majority_accuracy: f64,
@@ -103,6 +106,10 @@ pub struct EvalReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub describe: Option<DescribeReport>,
     pub seconds: f64,
+    /// Whether each short-answer question was answered right, in the dataset's order (what
+    /// paired comparisons of two evaluations of the same questions resample).
+    #[serde(skip)]
+    pub outcomes: Vec<bool>,
 }
 
 #[derive(Default)]
@@ -176,6 +183,7 @@ pub fn evaluate<'e, B: DecodeOps>(
     let mut take = |slot: usize| answers[slot].take().expect("every question was answered");
 
     let mut short: BTreeMap<String, ShortTally> = BTreeMap::new();
+    let mut outcomes = Vec::new();
     let (mut describe, mut blank_describe, mut describe_n) = (DescribeCounts::default(), DescribeCounts::default(), 0);
     let mut asked = 0;
     // A blank-image twin, when there is one, follows its question.
@@ -193,13 +201,17 @@ pub fn evaluate<'e, B: DecodeOps>(
         } else {
             let tally = short.entry(turn.task_name().to_string()).or_default();
             tally.references.push(normalise_answer(&turn.assistant));
-            tally.correct += exact_match(&prediction, &turn.assistant) as usize;
+            let right = exact_match(&prediction, &turn.assistant);
+            outcomes.push(right);
+            tally.correct += usize::from(right);
             tally.blank_correct += blank_prediction.is_some_and(|p| exact_match(&p, &turn.assistant)) as usize;
         }
         asked += 1;
     }
     let describe = (describe_n > 0).then_some((describe_n, describe, blank_describe));
-    Ok(report(options.decoder, short, describe, blank_source.is_some(), asked, started))
+    let mut report = report(options.decoder, short, describe, blank_source.is_some(), asked, started);
+    report.outcomes = outcomes;
+    Ok(report)
 }
 
 fn report(
@@ -249,11 +261,13 @@ fn report(
         decoder,
         n: asked,
         accuracy: ratio(correct, n_short),
+        accuracy_ci: wilson(correct, n_short),
         blank_image_accuracy: with_blank.then(|| ratio(blank_correct, n_short)),
         majority_accuracy: ratio(majority_correct, n_short),
         describe_f1: describe.as_ref().map(|d| d.f1),
         per_task,
         describe,
         seconds: started.elapsed().as_secs_f64(),
+        outcomes: Vec::new(),
     }
 }

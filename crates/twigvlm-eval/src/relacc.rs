@@ -1,10 +1,13 @@
 //! The RelAcc table: the same questions answered under every prefill policy and visual budget,
-//! each cell's accuracy relative to the unpruned model's (the paper's RelAcc).
+//! each cell's accuracy relative to the unpruned model's (the paper's RelAcc), with 95%
+//! confidence intervals. `none` among the policies adds FinalWipe alone (every visual token
+//! until K_f, none from there), the cost of the wipe by itself.
 
 use std::path::Path;
 
 use crate::eval::{evaluate, EvalOptions};
 use crate::plot::{line_chart, Labels, Series};
+use crate::stats::{paired_ratio, Interval};
 use serde::Serialize;
 use twigvlm_backbone::ops::DecodeOps;
 use twigvlm_data::spec::Dataset;
@@ -24,9 +27,14 @@ pub struct RelAccRow {
     pub avg_visual_tokens: f64,
     /// Exact match over the short-answer questions.
     pub accuracy: f64,
+    /// Its 95% confidence interval (Wilson).
+    pub accuracy_ci: Interval,
     pub describe_f1: Option<f64>,
     /// `accuracy` / the unpruned accuracy (`None` when that is 0).
     pub rel_acc: Option<f64>,
+    /// Its 95% confidence interval: a paired bootstrap over the questions (the same resampled
+    /// questions for this cell and the unpruned one).
+    pub rel_acc_ci: Option<Interval>,
     pub seconds: f64,
 }
 
@@ -41,8 +49,13 @@ pub struct RelAccReport {
     pub rows: Vec<RelAccRow>,
 }
 
+/// The policy name of the FinalWipe-alone row (the `none` policy with K_f).
+pub const FINAL_WIPE_ALONE: &str = "none+final-wipe";
+
 /// A cell to evaluate: the spec and what it keeps.
 struct Cell {
+    /// The row's policy name.
+    name: String,
     spec: PruningSpec,
     final_wipe: usize,
     r_prime: usize,
@@ -58,22 +71,28 @@ fn cells<B: DecodeOps>(
 ) -> anyhow::Result<Vec<Cell>> {
     let facts = engine.facts();
     let (num_layers, visual) = (facts.num_layers(), facts.visual_tokens());
-    let unpruned = |spec| Cell { spec, final_wipe: num_layers, r_prime: visual, avg_visual_tokens: visual as f64 };
-    let mut cells = vec![unpruned(PruningSpec::none())];
+    let cell = |name: String, spec: PruningSpec| -> anyhow::Result<Cell> {
+        let planned = facts.plan(&spec)?.and_then(|plan| Some((plan.kept_visual_tokens(visual)?, plan.layers)));
+        Ok(match planned {
+            None => Cell { name, spec, final_wipe: num_layers, r_prime: visual, avg_visual_tokens: visual as f64 },
+            Some((r_prime, layers)) => Cell {
+                name,
+                spec,
+                final_wipe: layers.wipe_layer,
+                r_prime,
+                avg_visual_tokens: layers.average_visual_tokens(r_prime, visual),
+            },
+        })
+    };
+    let mut cells = vec![cell(PrefillPolicy::None.to_string(), PruningSpec::none())?];
+    if policies.contains(&PrefillPolicy::None) {
+        if let Some(spec) = PruningSpec::final_wipe_only(num_layers, facts.twig(), final_wipe) {
+            cells.push(cell(FINAL_WIPE_ALONE.to_string(), spec)?);
+        }
+    }
     for &policy in policies.iter().filter(|&&p| p != PrefillPolicy::None) {
         for &budget in budgets {
-            let spec = PruningSpec { policy, budget: Some(budget), final_wipe };
-            let plan = facts.plan(&spec)?.expect("a pruning policy has a plan");
-            let cell = match plan.kept_visual_tokens(visual) {
-                None => unpruned(spec),
-                Some(r_prime) => Cell {
-                    spec,
-                    final_wipe: plan.layers.wipe_layer,
-                    r_prime,
-                    avg_visual_tokens: plan.layers.average_visual_tokens(r_prime, visual),
-                },
-            };
-            cells.push(cell);
+            cells.push(cell(policy.to_string(), PruningSpec { policy, budget: Some(budget), final_wipe })?);
         }
     }
     Ok(cells)
@@ -93,19 +112,23 @@ pub fn relacc_table<B: DecodeOps>(
 ) -> anyhow::Result<RelAccReport> {
     let cells = cells(engine, policies, budgets, final_wipe)?;
     let mut rows: Vec<RelAccRow> = Vec::with_capacity(cells.len());
+    let mut unpruned_outcomes: Option<Vec<bool>> = None;
     for (index, cell) in cells.into_iter().enumerate() {
         let options = EvalOptions { blank_image_baseline: false, pruning: cell.spec.clone(), ..answering.clone() };
         let report = evaluate(engine, dataset, &options, |done| on_question(index, done))?;
         let unpruned = rows.first().map_or(report.accuracy, |r| r.accuracy);
+        let reference = unpruned_outcomes.get_or_insert_with(|| report.outcomes.clone());
         rows.push(RelAccRow {
-            policy: cell.spec.policy.to_string(),
+            policy: cell.name,
             visual_budget: cell.spec.budget.map(|b| b.to_string()),
             final_wipe: cell.final_wipe,
             r_prime: cell.r_prime,
             avg_visual_tokens: cell.avg_visual_tokens,
             accuracy: report.accuracy,
+            accuracy_ci: report.accuracy_ci,
             describe_f1: report.describe_f1,
             rel_acc: (unpruned > 0.0).then(|| report.accuracy / unpruned),
+            rel_acc_ci: paired_ratio(&report.outcomes, reference),
             seconds: report.seconds,
         });
     }
@@ -117,9 +140,11 @@ pub fn relacc_table<B: DecodeOps>(
     })
 }
 
-/// How many evaluations [`relacc_table`] runs.
+/// How many evaluations [`relacc_table`] runs at most (`none` among the policies adds the
+/// FinalWipe-alone row where the model is deep enough for one).
 pub fn cell_count(policies: &[PrefillPolicy], budgets: &[VisualBudget]) -> usize {
-    1 + policies.iter().filter(|&&p| p != PrefillPolicy::None).count() * budgets.len()
+    let pruned = policies.iter().filter(|&&p| p != PrefillPolicy::None).count() * budgets.len();
+    1 + usize::from(policies.contains(&PrefillPolicy::None)) + pruned
 }
 
 /// RelAcc (%) against the share of visual tokens kept on average (%), one line per policy.

@@ -149,6 +149,18 @@ impl PruningSpec {
         Self { policy: PrefillPolicy::None, budget: None, final_wipe: None }
     }
 
+    /// FinalWipe alone (the `none` policy and K_f): at `final_wipe`, else at the layer the
+    /// pruning policies wipe from by default on this model; `None` when that is the depth (the
+    /// model is too shallow for FinalWipe).
+    pub fn final_wipe_only(num_layers: usize, twig: Option<TwigPlace>, final_wipe: Option<usize>) -> Option<Self> {
+        let wipe_layer = final_wipe.unwrap_or_else(|| default_final_wipe(num_layers, twig));
+        (wipe_layer != num_layers).then_some(Self {
+            policy: PrefillPolicy::None,
+            budget: None,
+            final_wipe: Some(wipe_layer),
+        })
+    }
+
     /// Resolves the policy for a decoder of `num_layers` layers and the attached twig; `None`
     /// for the `none` policy. K is the twig's, or [`PAPER_PRUNE_LAYER`] without a twig.
     pub fn plan(&self, num_layers: usize, twig: Option<TwigPlace>) -> Result<Option<PruningPlan>> {
@@ -168,7 +180,7 @@ impl PruningSpec {
             }
             (PrefillPolicy::FastV, _) => num_layers,
             (_, Some(k_f)) => k_f,
-            (_, None) => twig.and_then(|t| t.final_wipe).unwrap_or_else(|| default_wipe_layer(num_layers, k)),
+            (_, None) => default_final_wipe(num_layers, twig),
         };
         let layers = LayerPlan::new(num_layers, k, wipe_layer)?;
         let base_layer = |layer: LayerRef| -> Result<Scores> {
@@ -202,6 +214,12 @@ fn final_wipe_alone(num_layers: usize, wipe_layer: usize) -> Result<Option<Pruni
     let layers = LayerPlan::new(num_layers, 1, wipe_layer)?;
     let budget = VisualBudget::Share(wipe_layer as f64 / num_layers as f64);
     Ok(Some(PruningPlan { policy: PrefillPolicy::None, budget, layers, scores: Scores::Unranked }))
+}
+
+/// K_f when none is given: the twig config's layer when it names one, else the paper's.
+fn default_final_wipe(num_layers: usize, twig: Option<TwigPlace>) -> usize {
+    let k = twig.map_or(PAPER_PRUNE_LAYER, |t| t.k);
+    twig.and_then(|t| t.final_wipe).unwrap_or_else(|| default_wipe_layer(num_layers, k))
 }
 
 /// The paper's K_f scaled to this depth (rounded), above K; the depth itself (no FinalWipe)
@@ -263,6 +281,18 @@ mod tests {
         assert_eq!((plan.layers.wipe_layer, plan.scores), (24, Scores::Unranked));
         assert_eq!(plan.kept_visual_tokens(576), Some(576));
         assert!(PruningSpec { final_wipe: Some(33), ..alone }.plan(32, None).is_err());
+    }
+
+    #[test]
+    fn final_wipe_only_wipes_where_the_pruning_policies_do() {
+        let at = |twig, given| PruningSpec::final_wipe_only(30, twig, given).map(|spec| spec.final_wipe);
+        assert_eq!(at(TWIG, None), Some(Some(spec("twig", None).plan(30, TWIG).unwrap().unwrap().layers.wipe_layer)));
+        assert_eq!(at(None, None), Some(Some(23)));
+        assert_eq!(at(Some(TwigPlace { final_wipe: Some(20), ..TWIG.unwrap() }), None), Some(Some(20)));
+        assert_eq!(at(TWIG, Some(12)), Some(Some(12)));
+        assert_eq!(at(TWIG, Some(30)), None);
+        let only = PruningSpec::final_wipe_only(30, TWIG, None).unwrap();
+        assert_eq!(only.plan(30, TWIG).unwrap().unwrap().scores, Scores::Unranked);
     }
 
     #[test]

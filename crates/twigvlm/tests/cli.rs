@@ -310,7 +310,7 @@ fn token_pruning_reports_its_selection_and_ssd_stays_lossless_under_it_in_genera
         "shapes:seed=1000000,n=2,task=short",
         "--json",
         "--policies",
-        "fastv,twig",
+        "none,fastv,twig",
         "--visual-budget",
         "50%,8",
         "--results-dir",
@@ -321,10 +321,12 @@ fn token_pruning_reports_its_selection_and_ssd_stays_lossless_under_it_in_genera
         .iter()
         .map(|r| (r["policy"].as_str().unwrap(), r["visual_budget"].as_str(), r["r_prime"].as_u64().unwrap()))
         .collect();
+    // `none` adds FinalWipe alone: every visual token below K_f (3 of the 4 layers here).
     assert_eq!(
         cells,
         [
             ("none", None, 16),
+            ("none+final-wipe", None, 16),
             ("fastv", Some("50%"), 6),
             ("fastv", Some("8"), 6),
             ("twig", Some("50%"), 8),
@@ -332,6 +334,12 @@ fn token_pruning_reports_its_selection_and_ssd_stays_lossless_under_it_in_genera
         ]
     );
     assert!(rows.iter().all(|r| r["accuracy"].is_number() && r["avg_visual_tokens"].as_f64().unwrap() <= 16.0));
+    assert_eq!((rows[1]["final_wipe"].as_u64(), rows[1]["avg_visual_tokens"].as_f64()), (Some(3), Some(12.0)));
+    for row in rows {
+        let (low, high) = (row["accuracy_ci"]["low"].as_f64().unwrap(), row["accuracy_ci"]["high"].as_f64().unwrap());
+        let accuracy = row["accuracy"].as_f64().unwrap();
+        assert!(low <= accuracy && accuracy <= high && high - low > 0.3, "two questions give a wide interval: {row}");
+    }
     let written: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(results.join("relacc.json")).unwrap()).unwrap();
     assert_eq!(written["rows"], eval["rows"]);

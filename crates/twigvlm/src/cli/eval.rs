@@ -9,6 +9,7 @@ use twigvlm_data::{eval_shapes, DatasetSpec, SeedRange, EVAL_SEED_START};
 use twigvlm_engine::{BackendJob, BatchLimits, PrefillPolicy, PruningSpec, VisualBudget};
 use twigvlm_eval::eval::{evaluate, EvalOptions, EvalReport};
 use twigvlm_eval::relacc::{cell_count, plot_relacc, relacc_table, RelAccReport};
+use twigvlm_eval::stats::Interval;
 
 #[derive(Debug, clap::Args)]
 pub struct EvalArgs {
@@ -156,20 +157,24 @@ fn write_relacc(report: &RelAccReport, dir: &Path, json: bool) -> anyhow::Result
         return Ok(());
     }
     let percent = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1}", 100.0 * v));
+    let interval =
+        |i: Option<Interval>| i.map_or("-".to_string(), |i| format!("{:.1}-{:.1}", 100.0 * i.low, 100.0 * i.high));
     println!(
-        "{:<16} {:>8} {:>4} {:>4} {:>9} {:>9} {:>8} {:>8}",
-        "policy", "budget", "K_f", "R'", "avg vis.", "accuracy", "RelAcc", "desc F1"
+        "{:<16} {:>8} {:>4} {:>4} {:>9} {:>9} {:>11} {:>8} {:>11} {:>8}",
+        "policy", "budget", "K_f", "R'", "avg vis.", "accuracy", "95% CI", "RelAcc", "95% CI", "desc F1"
     );
     for row in &report.rows {
         println!(
-            "{:<16} {:>8} {:>4} {:>4} {:>9.1} {:>9} {:>8} {:>8}",
+            "{:<16} {:>8} {:>4} {:>4} {:>9.1} {:>9} {:>11} {:>8} {:>11} {:>8}",
             row.policy,
             row.visual_budget.as_deref().unwrap_or("-"),
             row.final_wipe,
             row.r_prime,
             row.avg_visual_tokens,
             percent(Some(row.accuracy)),
+            interval(Some(row.accuracy_ci)),
             percent(row.rel_acc),
+            interval(row.rel_acc_ci),
             row.describe_f1.map_or("-".to_string(), |f| format!("{f:.3}"))
         );
     }
