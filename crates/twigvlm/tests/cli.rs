@@ -222,6 +222,23 @@ fn training_refuses_evaluation_seeds() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("seed 1000001 is in the Eval range"), "{stderr}");
+    // Data mixed into stage 2 is checked before anything loads.
+    let out = twigvlm(&[
+        "train",
+        "instruct",
+        "--config",
+        &config,
+        "--vision",
+        "unused",
+        "--language-model",
+        "unused",
+        "--mix-data",
+        "easy-vqa:split=test",
+        "--out",
+        &out_dir.display().to_string(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("easy-vqa:split=test is held-out data"), "{stderr}");
 }
 
 /// A K=1, T=2 twig for the tiny fixture, trained for two steps into `root/ours`.

@@ -53,6 +53,9 @@ pub struct AlignmentStage {
     pub tuned_parts: TunedLayerParts,
     /// Output directory of an earlier stage 2 to start the tuned layers from (a curriculum).
     pub tuned_from: Option<PathBuf>,
+    /// More training data mixed one for one with the shapes data (dataset specs, such as
+    /// easy-VQA's train split); held-out data is refused.
+    pub mix_data: Vec<String>,
     /// Text-only conversations (LLaVA instruction JSON) mixed one for one with the data.
     pub replay_data: Option<PathBuf>,
 }
@@ -62,6 +65,8 @@ pub struct AlignmentStage {
 pub struct AlignmentOrigin {
     pub projector_from: Option<String>,
     pub tuned_from: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mix_data: Vec<String>,
     pub replay_data: Option<String>,
 }
 
@@ -79,14 +84,21 @@ impl AlignmentStage {
         self.tuned_from.as_ref().map(|dir| dir.join(TUNED_LM_FILE))
     }
 
-    /// The shapes data, mixed one for one with the replay conversations when there are any.
-    fn training_data(&self, shapes: ShapesDataset) -> Result<Dataset> {
-        let Some(replay) = &self.replay_data else { return Ok(Dataset::Shapes(shapes)) };
-        let text = DatasetSpec::LlavaJson(replay.clone()).open(None)?;
-        if text.is_empty() {
-            return Err(TrainError::Config(format!("the replay data {} has no conversations", replay.display())));
+    /// The data mixed in beside the shapes data: `mix_data`, then the replay conversations.
+    fn mixed_in_data(&self) -> Result<Vec<Dataset>> {
+        let mut parts = Vec::new();
+        for spec in &self.mix_data {
+            let mixed = DatasetSpec::parse(spec)?;
+            if mixed.seed_range() == Some(SeedRange::Eval) {
+                return Err(TrainError::Config(format!("--mix-data {spec} is held-out data")));
+            }
+            parts.push(nonempty(mixed.open(None)?, || format!("--mix-data {spec}"))?);
         }
-        Ok(Dataset::Mixture(vec![Dataset::Shapes(shapes), text]))
+        if let Some(replay) = &self.replay_data {
+            let text = DatasetSpec::LlavaJson(replay.clone()).open(None)?;
+            parts.push(nonempty(text, || format!("the replay data {}", replay.display()))?);
+        }
+        Ok(parts)
     }
 
     fn origin(&self) -> AlignmentOrigin {
@@ -94,9 +106,18 @@ impl AlignmentStage {
         AlignmentOrigin {
             projector_from: shown(&self.projector_from),
             tuned_from: shown(&self.tuned_file()),
+            mix_data: self.mix_data.clone(),
             replay_data: shown(&self.replay_data),
         }
     }
+}
+
+/// `data`, or an error naming `what` when it has no conversations.
+fn nonempty(data: Dataset, what: impl FnOnce() -> String) -> Result<Dataset> {
+    if data.is_empty() {
+        return Err(TrainError::Config(format!("{} has no conversations", what())));
+    }
+    Ok(data)
 }
 
 /// A language-side stage's model and data: the frozen vision tower (with its input pipeline),
@@ -170,8 +191,15 @@ pub fn train_alignment<B: DecodeAutodiff>(
     run: &RunSettings,
     device: &B::Device,
 ) -> Result<StageOutcome> {
+    let mixed_in = stage.mixed_in_data()?;
     let Inputs { config, visual, lm, train: train_data, eval } =
         stage.inputs.load::<B>(stage.tuned_file().as_slice(), device)?;
+    // The shapes data alone, or mixed one for one with the rest.
+    let train_data = if mixed_in.is_empty() {
+        Dataset::Shapes(train_data)
+    } else {
+        Dataset::Mixture([vec![Dataset::Shapes(train_data)], mixed_in].concat())
+    };
     B::seed(device, run.seed);
     let projector = match &stage.projector_from {
         Some(dir) => trainable(Projector::from_inner(load_projector(&dir.join(PROJECTOR_FILE), &config, device)?)),
@@ -182,7 +210,7 @@ pub fn train_alignment<B: DecodeAutodiff>(
         visual,
         language_model: lm.model,
         encoder: ConversationEncoder { tokenizer: lm.tokenizer, template: lm.template, system: None },
-        train: stage.training_data(train_data)?,
+        train: train_data,
         eval,
         batch_size: run.batch_size,
         freeze_projector: stage.freeze_projector,

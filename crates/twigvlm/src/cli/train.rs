@@ -156,6 +156,10 @@ pub struct InstructArgs {
     /// mixes text-only chats into its instruction data. Needs --freeze-projector.
     #[arg(long, requires = "freeze_projector")]
     pub replay_data: Option<PathBuf>,
+    /// More training data mixed one for one with --data (repeatable): a dataset spec such as
+    /// `easy-vqa:split=train`, so that the model learns questions phrased in other ways.
+    #[arg(long)]
+    pub mix_data: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -228,6 +232,7 @@ pub fn run(command: TrainCommand) -> anyhow::Result<()> {
                 freeze_projector: false,
                 tuned_parts: TunedLayerParts::Whole,
                 tuned_from: None,
+                mix_data: Vec::new(),
                 replay_data: None,
             };
             backend.run_autodiff(LanguageJob::Alignment(stage, args.run.settings()))?
@@ -245,6 +250,7 @@ pub fn run(command: TrainCommand) -> anyhow::Result<()> {
                 freeze_projector: args.freeze_projector,
                 tuned_parts,
                 tuned_from: args.tuned_from,
+                mix_data: args.mix_data,
                 replay_data: args.replay_data,
             };
             backend.run_autodiff(LanguageJob::Alignment(stage, args.stage.run.settings()))?
