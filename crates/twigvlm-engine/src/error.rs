@@ -14,8 +14,8 @@ pub enum RequestError {
     /// The decoder runs the twig, and none is attached.
     #[error("the {0} decoder needs --twig DIR (a twig trained for this base model)")]
     DecoderNeedsTwig(DecoderKind),
-    /// The twig pruning policy, and no twig attached.
-    #[error("the twig policy needs a twig: attach one (--twig DIR)")]
+    /// A pruning policy that ranks with the twig (twig, twig++), and no twig attached.
+    #[error("a policy that ranks with the twig (twig, twig++) needs a twig: attach one (--twig DIR)")]
     PolicyNeedsTwig,
     /// The twig-only decoder with a pruning policy.
     #[error("the twig-only decoder runs the shallow network on the whole prompt and does not prune: set the policy to none, or decode with the base or ssd decoder")]

@@ -6,7 +6,7 @@ use image::DynamicImage;
 use twigvlm_backbone::chat_template::{ChatMessage, ChatTemplate};
 use twigvlm_backbone::{PromptTokenizer, PromptTokens, RenderedPrompt};
 use twigvlm_ssd::{DecodeConfig, DraftConfig, Sampling};
-use twigvlm_ttp::{PrefillPolicy, PruningSpec};
+use twigvlm_ttp::PruningSpec;
 
 use crate::decoder::DecoderKind;
 use crate::error::RequestError;
@@ -130,7 +130,7 @@ pub fn check_twig_use(decoder: DecoderKind, pruning: &PruningSpec, has_twig: boo
     if decoder.needs_twig() && !has_twig {
         return Err(RequestError::DecoderNeedsTwig(decoder));
     }
-    if pruning.policy == PrefillPolicy::Twig && !has_twig {
+    if pruning.policy.ranks_with_twig() && !has_twig {
         return Err(RequestError::PolicyNeedsTwig);
     }
     if decoder == DecoderKind::TwigOnly && *pruning != PruningSpec::none() {
@@ -141,12 +141,13 @@ pub fn check_twig_use(decoder: DecoderKind, pruning: &PruningSpec, has_twig: boo
 
 /// Whether a request with this decoder and pruning uses a twig (and one must be loaded for it).
 pub fn uses_twig(decoder: DecoderKind, pruning: &PruningSpec) -> bool {
-    decoder.needs_twig() || pruning.policy == PrefillPolicy::Twig
+    decoder.needs_twig() || pruning.policy.ranks_with_twig()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use twigvlm_ttp::PrefillPolicy;
 
     #[test]
     fn the_twig_rules_refuse_what_cannot_run() {
@@ -159,5 +160,8 @@ mod tests {
         assert!(matches!(check_twig_use(DecoderKind::TwigOnly, &twig_policy, true), Err(RequestError::TwigOnlyPrunes)));
         assert!(check_twig_use(DecoderKind::Ssd, &twig_policy, true).is_ok());
         assert!(uses_twig(DecoderKind::Base, &twig_policy) && !uses_twig(DecoderKind::Base, &none));
+        let head_policy = PruningSpec { policy: PrefillPolicy::TwigHead, ..twig_policy };
+        assert!(matches!(check_twig_use(DecoderKind::Base, &head_policy, false), Err(RequestError::PolicyNeedsTwig)));
+        assert!(uses_twig(DecoderKind::Base, &head_policy));
     }
 }

@@ -106,7 +106,7 @@ impl RequestChecker {
                 .collect(),
             None => Ok([PrefillPolicy::Twig, PrefillPolicy::FastV]
                 .into_iter()
-                .filter(|&p| p != PrefillPolicy::Twig || self.facts.has_twig())
+                .filter(|&p| !p.ranks_with_twig() || self.facts.has_twig())
                 .collect()),
         }
     }

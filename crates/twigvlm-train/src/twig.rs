@@ -43,6 +43,13 @@ pub fn trainable_twig<B: DecodeAutodiff>(twig: Twig<B>) -> Twig<B> {
     twig
 }
 
+/// The twig with only its pruning head trained: blocks, norm and LM head stay as they are (no
+/// gradient, no optimizer state), so its drafting and the `twig` policy's ranking do not change.
+pub fn trainable_pruning_head<B: DecodeAutodiff>(twig: Twig<B>) -> Twig<B> {
+    let pruning_head = twig.pruning_head.clone().map(trainable);
+    Twig { pruning_head, ..twig.no_grad() }
+}
+
 /// What the twig learns to predict at each assistant position.
 #[derive(
     Debug,
@@ -67,10 +74,12 @@ pub enum TwigTargets {
     Base,
 }
 
-/// Beyond the paper: a KL term that pulls the twig's selection attention (its last block, head
-/// mean, last prompt token over the visual tokens: what TTP ranks by) toward a deep base layer's.
-/// Next-token training alone moved the demo twig's selection away from the asked object
-/// (bench/results/demo-relacc), while deep base layers keep it.
+/// A KL term that pulls the twig's ranking of the visual tokens toward a deep base layer's
+/// attention (head mean, last prompt token over the visual tokens). Without a pruning head it
+/// trains the twig's last block's attention, what the `twig` policy ranks by (beyond the paper:
+/// next-token training alone moved the demo twig's selection away from the asked object,
+/// bench/results/demo-relacc, while deep base layers keep it); with one, it trains the pruning
+/// head, as TwigVLM++'s first stage does.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct AttentionDistill {
     /// The base layer (0-based) whose attention the twig learns.
@@ -110,6 +119,9 @@ pub struct TwigObjective<B: AutodiffBackend> {
     pub batch_size: usize,
     pub device: B::Device,
     pub attention_distill: Option<AttentionDistill>,
+    /// Whether the twig's blocks, norm and head train (false: only its pruning head does, by
+    /// the attention term alone).
+    pub trains_twig: bool,
 }
 
 /// One example run through the frozen base up to layer K.
@@ -150,6 +162,7 @@ impl<B: DecodeAutodiff> TwigObjective<B> {
             batch_size,
             device,
             attention_distill: None,
+            trains_twig: true,
         }
     }
 
@@ -207,8 +220,9 @@ impl<B: DecodeAutodiff> TwigObjective<B> {
         Ok(Prefix { encoded, hidden_k, positions, base_argmax, teacher })
     }
 
-    /// Twig logits `[targets, vocab]` at the target positions and, for a `selection` (query
-    /// row, visual tokens), its last block's distribution over the visual tokens.
+    /// Twig logits `[targets, vocab]` at the target positions (unless `logits` is false) and,
+    /// for a `selection` (query row, visual tokens), its ranking distribution over the visual
+    /// tokens: the pruning head's when the twig has one, else its last block's attention.
     fn twig_forward<C: DecodeOps>(
         twig: &Twig<C>,
         head: &Linear<C>,
@@ -216,16 +230,32 @@ impl<B: DecodeAutodiff> TwigObjective<B> {
         rope: &RopeAngles<C>,
         encoded: &Encoded,
         selection: Option<(usize, &Range<usize>)>,
+        logits: bool,
         device: &C::Device,
-    ) -> (Tensor<C, 2>, Option<Tensor<C, 1>>) {
-        let probe = selection.map_or_else(AttentionProbe::default, |(query, _)| AttentionProbe {
-            rows: vec![query],
-            layers: vec![twig.config.t - 1],
-        });
-        let mut output = twig.forward(hidden_k, rope, &mut twig.new_cache(), &probe);
-        let student =
-            selection.zip(output.attention.pop()).map(|((_, visual), (_, probs))| visual_distribution(probs, visual));
-        (single_sequence(twig.logits(output.hidden.select(1, encoded.target_rows(device)), head)), student)
+    ) -> (Option<Tensor<C, 2>>, Option<Tensor<C, 1>>) {
+        let mut cache = twig.new_cache();
+        let (output, student) = match (selection, &twig.pruning_head) {
+            (Some((query, visual)), Some(_)) => {
+                let (output, last_input) =
+                    twig.forward_with_last_input(hidden_k, rope, &mut cache, &AttentionProbe::default());
+                let student = twig.pruning_distribution(last_input, rope, query, visual);
+                (output, student)
+            }
+            _ => {
+                let probe = selection.map_or_else(AttentionProbe::default, |(query, _)| AttentionProbe {
+                    rows: vec![query],
+                    layers: vec![twig.config.t - 1],
+                });
+                let mut output = twig.forward(hidden_k, rope, &mut cache, &probe);
+                let student = selection
+                    .zip(output.attention.pop())
+                    .map(|((_, visual), (_, probs))| visual_distribution(probs, visual));
+                (output, student)
+            }
+        };
+        let logits =
+            logits.then(|| single_sequence(twig.logits(output.hidden.select(1, encoded.target_rows(device)), head)));
+        (logits, student)
     }
 }
 
@@ -237,7 +267,8 @@ impl<B: DecodeAutodiff> Objective<B> for TwigObjective<B> {
         let mut divergences = Vec::new();
         for b in 0..self.batch_size {
             let index = (step * self.batch_size + b) % self.train.len().max(1);
-            let mut prefix = self.prefix(&self.train.get(index), twig.config.k, self.targets == TwigTargets::Base)?;
+            let with_argmax = self.trains_twig && self.targets == TwigTargets::Base;
+            let mut prefix = self.prefix(&self.train.get(index), twig.config.k, with_argmax)?;
             let targets = prefix.base_argmax.take().unwrap_or_else(|| prefix.encoded.target_ids());
             let rope = RopeAngles::new(
                 &prefix.positions,
@@ -247,21 +278,35 @@ impl<B: DecodeAutodiff> Objective<B> for TwigObjective<B> {
             );
             let hidden_k = Tensor::<B, 3>::from_inner(prefix.hidden_k);
             let selection = prefix.teacher.as_ref().map(|(query, visual, _)| (*query, visual));
-            let (logits, student) =
-                Self::twig_forward(twig, &self.base_head, hidden_k, &rope, &prefix.encoded, selection, &self.device);
-            loss.add(logits, &targets);
+            let (logits, student) = Self::twig_forward(
+                twig,
+                &self.base_head,
+                hidden_k,
+                &rope,
+                &prefix.encoded,
+                selection,
+                self.trains_twig,
+                &self.device,
+            );
+            if let Some(logits) = logits {
+                loss.add(logits, &targets);
+            }
             if let (Some((.., teacher)), Some(student)) = (prefix.teacher, student) {
                 divergences.push(kl_divergence(Tensor::from_inner(teacher), student));
             }
         }
-        let (token_loss, tokens) = loss
-            .finish()
-            .ok_or_else(|| TrainError::Config(format!("step {step}: no assistant tokens in the batch")))?;
-        match (self.attention_distill, divergences.is_empty()) {
-            (Some(distill), false) => {
-                Ok((token_loss + Tensor::cat(divergences, 0).mean().mul_scalar(distill.weight), tokens))
-            }
-            _ => Ok((token_loss, tokens)),
+        let attention = self.attention_distill.filter(|_| !divergences.is_empty()).map(|distill| {
+            let images = divergences.len();
+            (Tensor::cat(divergences, 0).mean().mul_scalar(distill.weight), images)
+        });
+        match (loss.finish(), attention) {
+            (Some((token_loss, tokens)), Some((attention, _))) => Ok((token_loss + attention, tokens)),
+            (Some(token_loss), None) => Ok(token_loss),
+            // Only the pruning head trains: its attention term is the whole loss.
+            (None, Some(attention)) if !self.trains_twig => Ok(attention),
+            _ => Err(TrainError::Config(format!(
+                "step {step}: no assistant tokens (or, for a pruning head alone, no image) in the batch"
+            ))),
         }
     }
 
@@ -287,8 +332,10 @@ impl<B: DecodeAutodiff> Objective<B> for TwigObjective<B> {
                 &rope,
                 &prefix.encoded,
                 selection,
+                true,
                 &self.device,
             );
+            let logits = logits.expect("asked for");
             if let (Some((.., teacher)), Some(student)) = (prefix.teacher, student) {
                 divergence += kl_divergence(teacher, student).into_scalar().elem::<f64>();
                 images += 1;

@@ -7,7 +7,7 @@ pub enum TtpError {
         "visual budget {budget} is over the image's {visual_tokens} visual tokens (at most {visual_tokens}, or 100%)"
     )]
     BudgetOverImage { budget: String, visual_tokens: usize },
-    #[error("unknown prefill policy {0:?}: expected none, fastv, vlm-layer:N, random, random:SEED or twig")]
+    #[error("unknown prefill policy {0:?}: expected none, fastv, vlm-layer:N, random, random:SEED, twig or twig++")]
     UnknownPolicy(String),
     #[error("invalid layer plan: {0}")]
     InvalidLayers(String),
@@ -15,8 +15,10 @@ pub enum TtpError {
     MissingBudget(String),
     #[error("a visual budget needs a pruning policy other than none (--policy); the none policy takes a FinalWipe layer alone")]
     NoPolicy,
-    #[error("the twig policy needs a twig: attach one (--twig DIR)")]
+    #[error("a policy that ranks with the twig (twig, twig++) needs a twig: attach one (--twig DIR)")]
     MissingTwig,
+    #[error("the twig++ policy needs a twig with a pruning head (train one with `train-twig --pruning-head`)")]
+    MissingPruningHead,
     #[error("token pruning needs text after the image (the last prompt token is the selection query), but the prompt ends with visual tokens")]
     ImageAtPromptEnd,
     #[error(transparent)]

@@ -39,6 +39,15 @@ pub enum PrefillPolicy {
     Random { seed: u64 },
     /// TTP: the attention of the twig's last block.
     Twig,
+    /// TwigVLM++: the twig's pruning head (a learned gating of its last block's attention).
+    TwigHead,
+}
+
+impl PrefillPolicy {
+    /// Whether the policy ranks with the twig (and needs one attached).
+    pub fn ranks_with_twig(self) -> bool {
+        matches!(self, PrefillPolicy::Twig | PrefillPolicy::TwigHead)
+    }
 }
 
 impl FromStr for PrefillPolicy {
@@ -51,6 +60,7 @@ impl FromStr for PrefillPolicy {
             "fastv" => PrefillPolicy::FastV,
             "random" => PrefillPolicy::Random { seed: 0 },
             "twig" => PrefillPolicy::Twig,
+            "twig++" => PrefillPolicy::TwigHead,
             other => match other.split_once(':') {
                 Some(("random", seed)) => PrefillPolicy::Random { seed: seed.parse().map_err(|_| unknown())? },
                 Some(("vlm-layer", layer)) => PrefillPolicy::VlmLayer(match layer {
@@ -79,6 +89,7 @@ impl fmt::Display for PrefillPolicy {
             PrefillPolicy::Random { seed: 0 } => write!(f, "random"),
             PrefillPolicy::Random { seed } => write!(f, "random:{seed}"),
             PrefillPolicy::Twig => write!(f, "twig"),
+            PrefillPolicy::TwigHead => write!(f, "twig++"),
         }
     }
 }
@@ -91,11 +102,13 @@ pub struct TwigPlace {
     /// The FinalWipe layer K_f the twig's model works with, when its config names one (the
     /// default of every policy but FastV).
     pub final_wipe: Option<usize>,
+    /// Whether the twig has a pruning head (`twig++` needs one).
+    pub pruning_head: bool,
 }
 
 impl TwigPlace {
     pub fn of(config: &TwigConfig) -> Self {
-        Self { k: config.k, t: config.t, final_wipe: config.final_wipe }
+        Self { k: config.k, t: config.t, final_wipe: config.final_wipe, pruning_head: config.pruning_head }
     }
 }
 
@@ -106,6 +119,8 @@ pub enum Scores {
     BaseLayer(usize),
     /// Head-mean attention of the last prompt token in the twig's last block.
     Twig,
+    /// The twig's pruning head.
+    TwigHead,
     Random {
         seed: u64,
     },
@@ -203,6 +218,8 @@ impl PruningSpec {
                 twig.ok_or(TtpError::MissingTwig)?;
                 Scores::Twig
             }
+            PrefillPolicy::TwigHead if twig.ok_or(TtpError::MissingTwig)?.pruning_head => Scores::TwigHead,
+            PrefillPolicy::TwigHead => return Err(TtpError::MissingPruningHead),
         };
         Ok(Some(PruningPlan { policy: self.policy, budget, layers, scores }))
     }
@@ -238,7 +255,7 @@ fn default_wipe_layer(num_layers: usize, prune_layer: usize) -> usize {
 mod tests {
     use super::*;
 
-    const TWIG: Option<TwigPlace> = Some(TwigPlace { k: 2, t: 3, final_wipe: None });
+    const TWIG: Option<TwigPlace> = Some(TwigPlace { k: 2, t: 3, final_wipe: None, pruning_head: false });
 
     fn spec(policy: &str, final_wipe: Option<usize>) -> PruningSpec {
         PruningSpec { policy: policy.parse().unwrap(), budget: Some(VisualBudget::Tokens(64.0)), final_wipe }
@@ -246,7 +263,9 @@ mod tests {
 
     #[test]
     fn policies_round_trip_through_text() {
-        for text in ["none", "fastv", "vlm-layer:3", "vlm-layer:K", "vlm-layer:K+T", "random", "random:7", "twig"] {
+        for text in
+            ["none", "fastv", "vlm-layer:3", "vlm-layer:K", "vlm-layer:K+T", "random", "random:7", "twig", "twig++"]
+        {
             assert_eq!(text.parse::<PrefillPolicy>().unwrap().to_string(), text);
         }
         for bad in ["", "fast", "vlm-layer:0", "vlm-layer:x", "random:-1", "twig:2"] {
@@ -313,6 +332,10 @@ mod tests {
     #[test]
     fn inconsistent_specs_are_refused() {
         assert!(matches!(spec("twig", None).plan(32, None), Err(TtpError::MissingTwig)));
+        assert!(matches!(spec("twig++", None).plan(32, None), Err(TtpError::MissingTwig)));
+        assert!(matches!(spec("twig++", None).plan(32, TWIG), Err(TtpError::MissingPruningHead)));
+        let with_head = Some(TwigPlace { pruning_head: true, ..TWIG.unwrap() });
+        assert_eq!(spec("twig++", None).plan(32, with_head).unwrap().unwrap().scores, Scores::TwigHead);
         assert!(matches!(spec("vlm-layer:K+T", None).plan(32, None), Err(TtpError::MissingTwig)));
         assert!(matches!(spec("fastv", Some(24)).plan(32, TWIG), Err(TtpError::InvalidLayers(_))));
         assert!(matches!(spec("twig", Some(2)).plan(32, TWIG), Err(TtpError::InvalidLayers(_))));

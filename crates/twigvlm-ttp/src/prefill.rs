@@ -96,12 +96,28 @@ pub fn prefill<'m, B: DecodeOps>(
     let steps = &steps.under_way();
 
     let mut twig_cache = None;
-    let mut twig_attention = None;
-    if let Some(twig) = twig.filter(|_| keep_twig_cache || plan.scores == Scores::Twig) {
-        let probe = if plan.scores == Scores::Twig { probe_at(twig.config.t - 1) } else { AttentionProbe::default() };
+    let mut twig_ranking = None;
+    let ranks_with_twig = matches!(plan.scores, Scores::Twig | Scores::TwigHead);
+    if let Some(twig) = twig.filter(|_| keep_twig_cache || ranks_with_twig) {
         let mut cache = twig.new_cache();
-        twig_attention =
-            twig.prefill(low.hidden.clone(), &rope, &mut cache, &probe, steps)?.attention.pop().map(|(_, p)| p);
+        twig_ranking = Some(match plan.scores {
+            Scores::TwigHead => {
+                let no_probe = AttentionProbe::default();
+                let (_, last_input) =
+                    twig.prefill_with_last_input(low.hidden.clone(), &rope, &mut cache, &no_probe, steps)?;
+                let distribution = twig.pruning_distribution(last_input, &rope, query, &span);
+                distribution.map(|scores| scores.into_data().convert::<f32>().into_vec::<f32>().expect("f32 scores"))
+            }
+            Scores::Twig => {
+                let output =
+                    twig.prefill(low.hidden.clone(), &rope, &mut cache, &probe_at(twig.config.t - 1), steps)?;
+                output.attention.into_iter().next().map(|(_, probs)| head_mean_row(probs, span.clone()))
+            }
+            _ => {
+                twig.prefill(low.hidden.clone(), &rope, &mut cache, &AttentionProbe::default(), steps)?;
+                None
+            }
+        });
         twig_cache = Some(cache);
     }
 
@@ -121,7 +137,7 @@ pub fn prefill<'m, B: DecodeOps>(
             )?;
             head_mean_row(deeper.attention.into_iter().next().expect("probed layer").1, span.clone())
         }
-        Scores::Twig => head_mean_row(twig_attention.expect("the twig ran with a probe"), span.clone()),
+        Scores::Twig | Scores::TwigHead => twig_ranking.flatten().expect("the twig ran and ranked"),
         Scores::Random { seed } => random_scores(span.len(), seed),
         Scores::Unranked => vec![0.0; span.len()],
     };

@@ -4,7 +4,8 @@
 //! in bf16; the official code takes K from its environment, so it comes from the caller or a
 //! `twig.json` beside the weights. Both use the same tensor names. A twig whose MLPs stayed frozen
 //! copies of base layers (`TwigMlp::Frozen`) stores none of them in our format; loading copies
-//! them from the base again.
+//! them from the base again. A pruning head (TwigVLM++) is stored under the official twig++
+//! names, `leaf_attention_module.{q_gate,k_gate}.weight`, in both.
 
 use std::path::{Path, PathBuf};
 use strum::{Display, EnumMessage, EnumString, VariantArray};
@@ -19,6 +20,7 @@ use crate::config::{TwigConfig, TwigHead, TwigInit, TwigMlp};
 use crate::error::{Result, TwigError};
 use crate::identity::BaseIdentity;
 use crate::module::Twig;
+use crate::pruning_head::{PruningHead, PRUNING_HEAD_PREFIX};
 use twigvlm_backbone::ops::DecodeOps;
 
 pub const OURS_WEIGHTS: &str = "twig.safetensors";
@@ -30,6 +32,11 @@ const HEAD: &str = "lm_head";
 /// The MLP of a block, as in `model.layers.0.mlp.gate_proj.weight`.
 const MLP: &str = "mlp";
 const FORMAT_VERSION: u32 = 1;
+/// The pruning head's field in [`Twig`], as module paths start (`pruning_head.q_gate.weight`).
+const PRUNING_HEAD_FIELD: &str = "pruning_head";
+/// Tensors of the official twig++ layout that this twig does not use (a projection beside the
+/// pruning head whose role its checkpoints do not say); they are reported, not loaded.
+const UNUSED_OFFICIAL_PREFIX: &str = "leaf_proj.";
 
 /// The two ways a twig is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Display, EnumString, VariantArray, EnumMessage)]
@@ -64,7 +71,10 @@ fn tensors<B: DecodeOps>(twig: &Twig<B>) -> Vec<twigvlm_backbone::weights::Named
     hf_tensors(twig, &|path| match path.strip_prefix("layers.") {
         Some(rest) => format!("{LAYER_PREFIX}.{rest}"),
         None if path.starts_with("norm.") => format!("model.{path}"),
-        None => path.to_string(),
+        None => match path.strip_prefix(PRUNING_HEAD_FIELD) {
+            Some(rest) => format!("{PRUNING_HEAD_PREFIX}{rest}"),
+            None => path.to_string(),
+        },
     })
 }
 
@@ -190,7 +200,12 @@ pub fn load_twig<B: DecodeOps>(
     };
     let head = if has_head { TwigHead::Trained } else { TwigHead::Shared };
     let final_wipe = meta.as_ref().and_then(|m| m.config.final_wipe);
-    let config = TwigConfig { k, t, init, head, mlp, final_wipe };
+    let pruning_head = source.contains(&format!("{PRUNING_HEAD_PREFIX}.q_gate.weight"));
+    let unused: Vec<&str> = source.names().filter(|name| name.starts_with(UNUSED_OFFICIAL_PREFIX)).collect();
+    if !unused.is_empty() {
+        tracing::warn!(path = %weights.display(), tensors = ?unused, "twig tensors not used");
+    }
+    let config = TwigConfig { k, t, init, head, mlp, final_wipe, pruning_head };
     config.validate(base.num_layers())?;
     if mlp == TwigMlp::Frozen {
         let sources = config.source_layers(base.num_layers()).expect("validated: frozen MLPs copy base layers");
@@ -206,7 +221,9 @@ pub fn load_twig<B: DecodeOps>(
     let norm = loader.rms_norm(NORM, base.hidden_size(), base_config.rms_norm_eps)?;
     let lm_head =
         if has_head { Some(loader.linear(HEAD, base.hidden_size(), base.vocab_size(), false)?) } else { None };
-    Ok(TwigCheckpoint { twig: Twig { layers, norm, lm_head, config }, format, meta })
+    let pruning_head =
+        if pruning_head { Some(PruningHead::load(&loader, layers.last().expect("validated: T ≥ 1"))?) } else { None };
+    Ok(TwigCheckpoint { twig: Twig { layers, norm, lm_head, pruning_head, config }, format, meta })
 }
 
 /// Rewrites a twig from one format to the other (`twigvlm twig convert`).

@@ -96,6 +96,10 @@ pub struct TwigConfig {
     /// its base model no longer needs the image (`None`: the paper's 24/32 of the depth).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_wipe: Option<usize>,
+    /// Whether the twig carries a pruning head ([`crate::PruningHead`], TwigVLM++), which the
+    /// `twig++` policy ranks with.
+    #[serde(default)]
+    pub pruning_head: bool,
 }
 
 impl TwigConfig {
@@ -104,7 +108,15 @@ impl TwigConfig {
     pub const PAPER_T: usize = 3;
 
     pub fn new(k: usize, t: usize) -> Self {
-        Self { k, t, init: TwigInit::Adjacent, head: TwigHead::Trained, mlp: TwigMlp::Trained, final_wipe: None }
+        Self {
+            k,
+            t,
+            init: TwigInit::Adjacent,
+            head: TwigHead::Trained,
+            mlp: TwigMlp::Trained,
+            final_wipe: None,
+            pruning_head: false,
+        }
     }
 
     /// K ≥ 1 (the twig shares at least one base layer), T ≥ 1, the copied base layers exist, and

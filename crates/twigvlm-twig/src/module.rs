@@ -11,6 +11,7 @@ use twigvlm_backbone::{
 
 use crate::config::{TwigConfig, TwigHead, TwigInit};
 use crate::error::Result;
+use crate::pruning_head::PruningHead;
 use twigvlm_backbone::ops::DecodeOps;
 
 #[derive(Module, Debug)]
@@ -19,6 +20,8 @@ pub struct Twig<B: Backend> {
     pub norm: RmsNorm<B>,
     /// None: the base model's head is used (`TwigHead::Shared`).
     pub lm_head: Option<Linear<B>>,
+    /// The learned ranking of the `twig++` policy (`config.pruning_head`).
+    pub pruning_head: Option<PruningHead<B>>,
     #[module(skip)]
     pub config: TwigConfig,
 }
@@ -33,7 +36,7 @@ impl<B: DecodeOps> Twig<B> {
         device: &B::Device,
     ) -> Result<Self> {
         config.validate(base.num_layers())?;
-        let layers = match config.source_layers(base.num_layers()) {
+        let layers: Vec<DecoderLayer<B>> = match config.source_layers(base.num_layers()) {
             Some(range) => base.layers[range].iter().map(deep_copy).collect(),
             None => (0..config.t).map(|_| DecoderLayer::init(base_config, device)).collect(),
         };
@@ -47,7 +50,21 @@ impl<B: DecodeOps> Twig<B> {
             TwigHead::Trained => Some(deep_copy(&base.lm_head)),
             TwigHead::Shared => None,
         };
-        Ok(Self { layers, norm, lm_head, config })
+        let last = layers.last().expect("validated: T ≥ 1");
+        let pruning_head = config.pruning_head.then(|| PruningHead::init(last, device));
+        Ok(Self { layers, norm, lm_head, pruning_head, config })
+    }
+
+    /// This twig with a freshly initialised pruning head in place of its own (or none), the
+    /// rest unchanged: what training a head for an existing twig starts from.
+    pub fn with_new_pruning_head(self, device: &B::Device) -> Self {
+        let head = PruningHead::init(self.last_block(), device);
+        Self { pruning_head: Some(head), config: TwigConfig { pruning_head: true, ..self.config }, ..self }
+    }
+
+    /// The twig's last block (the one TTP reads its ranking from).
+    pub fn last_block(&self) -> &DecoderLayer<B> {
+        self.layers.last().expect("a twig has at least one block")
     }
 
     /// A cache for the twig's own blocks (they never share the base's).
@@ -70,6 +87,23 @@ impl<B: DecodeOps> Twig<B> {
         forward_stack(&self.layers, 0, hidden, rope, cache, probe)
     }
 
+    /// [`Self::forward`] that also returns the hidden states entering the last block, what the
+    /// pruning head ranks from ([`Self::pruning_distribution`]).
+    pub fn forward_with_last_input(
+        &self,
+        hidden: Tensor<B, 3>,
+        rope: &RopeAngles<B>,
+        cache: &mut KvCache<B>,
+        probe: &AttentionProbe,
+    ) -> (LayersOutput<B>, Tensor<B, 3>) {
+        let last = self.layers.len() - 1;
+        let mut below = forward_stack(&self.layers[..last], 0, hidden, rope, cache, probe);
+        let input = below.hidden.clone();
+        let mut out = forward_stack(&self.layers[last..], last, below.hidden, rope, cache, probe);
+        below.attention.append(&mut out.attention);
+        (LayersOutput { hidden: out.hidden, attention: below.attention }, input)
+    }
+
     /// [`Self::forward`] over a prompt in chunks of tokens, asking `steps`' interrupt before each
     /// block of each chunk ([`twigvlm_backbone::llama::chunked`]).
     pub fn prefill<'m>(
@@ -81,6 +115,39 @@ impl<B: DecodeOps> Twig<B> {
         steps: &PrefillSteps<'_, 'm, B>,
     ) -> std::result::Result<LayersOutput<B>, Interrupted> {
         prefill_stack(&self.layers, 0, hidden, rope, cache, probe, steps)
+    }
+
+    /// [`Self::prefill`] that also returns the hidden states entering the last block, what the
+    /// pruning head ranks from ([`Self::pruning_distribution`]).
+    pub fn prefill_with_last_input<'m>(
+        &'m self,
+        hidden: Tensor<B, 3>,
+        rope: &RopeAngles<B>,
+        cache: &mut KvCache<B>,
+        probe: &AttentionProbe,
+        steps: &PrefillSteps<'_, 'm, B>,
+    ) -> std::result::Result<(LayersOutput<B>, Tensor<B, 3>), Interrupted> {
+        let last = self.layers.len() - 1;
+        let mut below = prefill_stack(&self.layers[..last], 0, hidden, rope, cache, probe, steps)?;
+        let steps = &steps.under_way();
+        let input = below.hidden.clone();
+        let mut out = prefill_stack(&self.layers[last..], last, below.hidden, rope, cache, probe, steps)?;
+        below.attention.append(&mut out.attention);
+        Ok((LayersOutput { hidden: out.hidden, attention: below.attention }, input))
+    }
+
+    /// The pruning head's distribution over the `visual` rows asked from row `query`, given the
+    /// hidden states entering the last block ([`PruningHead::visual_distribution`]); `None`
+    /// without a pruning head.
+    pub fn pruning_distribution(
+        &self,
+        last_input: Tensor<B, 3>,
+        rope: &RopeAngles<B>,
+        query: usize,
+        visual: &std::ops::Range<usize>,
+    ) -> Option<Tensor<B, 1>> {
+        let head = self.pruning_head.as_ref()?;
+        Some(head.visual_distribution(self.last_block(), last_input, rope, query, visual))
     }
 
     /// The twig's blocks over `hidden` at the positions of `rope`, as a call for a

@@ -185,3 +185,57 @@ fn a_twig_with_frozen_mlps_stores_none_and_takes_them_from_the_base() {
         assert!(matches!(err, TwigError::MissingMlp { .. }), "{err}");
     }
 }
+
+/// The pruning head's distribution over rows 1..5 asked from row 5, and the twig's last-block
+/// attention of row 5 over the same rows renormalised, from one forward.
+fn head_and_block_rankings(base: &LlamaDecoder<B>, twig: &Twig<B>) -> (Vec<f32>, Vec<f32>) {
+    let device = Default::default();
+    let (embeds, positions) = input(base);
+    let rope = base.rope(&positions, &device);
+    let mut cache = KvCache::new(base.num_layers());
+    let hidden = base.forward_layers(embeds, &rope, 0..twig.config.k, &mut cache, &AttentionProbe::default()).hidden;
+    let probe = AttentionProbe { rows: vec![5], layers: vec![twig.config.t - 1] };
+    let (output, last_input) = twig.forward_with_last_input(hidden, &rope, &mut twig.new_cache(), &probe);
+    let visual = 1..5;
+    let head = twig.pruning_distribution(last_input, &rope, 5, &visual).unwrap();
+    let attention = output.attention[0].1.clone().mean_dim(1).narrow(3, 1, 4).reshape([4]);
+    let vec = |t: Tensor<B, 1>| t.into_data().convert::<f32>().into_vec::<f32>().unwrap();
+    let attention = vec(attention);
+    let total: f32 = attention.iter().sum();
+    (vec(head), attention.iter().map(|a| a / total).collect())
+}
+
+#[test]
+fn a_pruning_head_ranks_the_visual_rows_and_round_trips() {
+    let (base, cfg) = base();
+    let device = Default::default();
+    let twig = Twig::init(&base, &cfg, TwigConfig { pruning_head: true, ..TwigConfig::new(1, 2) }, &device).unwrap();
+    let (head, attention) = head_and_block_rankings(&base, &twig);
+    assert_eq!(head.len(), 4);
+    assert!((head.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{head:?}");
+    // Gates near ½ soften each head's attention (a lower temperature), so the head's ranking
+    // starts close to the block's and flatter than it.
+    let spread = |p: &[f32]| p.iter().cloned().fold(f32::MIN, f32::max) - p.iter().cloned().fold(f32::MAX, f32::min);
+    assert!(spread(&head) < spread(&attention), "{head:?} vs {attention:?}");
+    // Without a head there is no distribution, and the policy reads the block's attention.
+    let plain = Twig::init(&base, &cfg, TwigConfig::new(1, 2), &device).unwrap();
+    let (embeds, positions) = input(&base);
+    let rope = base.rope(&positions, &device);
+    assert!(plain.pruning_distribution(embeds, &rope, 5, &(1..5)).is_none());
+
+    for (format, dir) in [(TwigFormat::Ours, scratch("head-ours")), (TwigFormat::Official, scratch("head-official"))] {
+        match format {
+            TwigFormat::Ours => {
+                save_twig(dir.path(), &twig, &base, serde_json::Value::Null, StorageDtype::F32).unwrap()
+            }
+            TwigFormat::Official => save_official(dir.path(), &twig, &base, serde_json::Value::Null).unwrap(),
+        }
+        let loaded = load_twig::<B>(dir.path(), &base, &cfg, None, &device).unwrap().twig;
+        assert!(loaded.config.pruning_head, "{format}");
+        let (reloaded, _) = head_and_block_rankings(&base, &loaded);
+        let tolerance = if format == TwigFormat::Official { 2e-2 } else { 1e-6 };
+        for (a, b) in head.iter().zip(&reloaded) {
+            assert!((a - b).abs() < tolerance, "{format}: {head:?} vs {reloaded:?}");
+        }
+    }
+}

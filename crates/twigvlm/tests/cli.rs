@@ -637,3 +637,103 @@ fn train_twig_writes_a_twig_that_converts_to_the_official_layout_and_back() {
         String::from_utf8_lossy(&bad.stderr)
     );
 }
+
+/// The tensor names in a safetensors file's header.
+fn safetensors_names(path: &std::path::Path) -> Vec<String> {
+    let bytes = std::fs::read(path).unwrap();
+    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
+    header.keys().filter(|k| *k != "__metadata__").cloned().collect()
+}
+
+#[test]
+fn a_pruning_head_trains_alone_ranks_for_twig_plus_plus_and_travels_in_both_formats() {
+    let tmp = temp_dir("cli-pruning-head");
+    let root = tmp.path();
+    let (ours, plus, official, back) =
+        (train_tiny_twig(root), root.join("plus"), root.join("official"), root.join("back"));
+    let base = model("tiny-llava-hf5");
+    let out = twigvlm(&[
+        "train-twig",
+        "--model",
+        &base,
+        "--from-twig",
+        &ours.display().to_string(),
+        "--pruning-head",
+        "--pruning-head-only",
+        "--attention-teacher",
+        "3",
+        "--data",
+        "shapes:seed=3,n=4",
+        "--eval-data",
+        "shapes:seed=1000000,n=2",
+        "--batch-size",
+        "2",
+        "--quiet",
+        "--out",
+        &plus.display().to_string(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(plus.join("twig.json")).unwrap()).unwrap();
+    assert_eq!(meta["config"]["pruning_head"], true);
+    assert_eq!(meta["training"]["pruning_head_only"], true);
+    assert!(meta["training"]["history"].to_string().contains("attention_kl"), "{meta}");
+    let names = safetensors_names(&plus.join("twig.safetensors"));
+    assert!(names.contains(&"leaf_attention_module.q_gate.weight".to_string()), "{names:?}");
+
+    let json = |out: Output| -> serde_json::Value {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let pruned = |twig: &std::path::Path, policy: &str| {
+        json(generate_about_an_image(&[
+            "--twig",
+            &twig.display().to_string(),
+            "--policy",
+            policy,
+            "--visual-budget",
+            "50%",
+        ]))
+    };
+    // Only the head trained: the twig policy keeps what it kept before and answers the same.
+    let (before, after) = (pruned(&ours, "twig"), pruned(&plus, "twig"));
+    assert_eq!(before["stats"]["kept_visual_indices"], after["stats"]["kept_visual_indices"]);
+    assert_eq!(before["generated_ids"], after["generated_ids"]);
+    let ranked = pruned(&plus, "twig++");
+    assert_eq!(ranked["stats"]["policy"], "twig++");
+    assert_eq!(ranked["stats"]["kept_visual_indices"].as_array().unwrap().len(), 8);
+    let refused = generate_about_an_image(&[
+        "--twig",
+        &ours.display().to_string(),
+        "--policy",
+        "twig++",
+        "--visual-budget",
+        "50%",
+    ]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("needs a twig with a pruning head"), "{stderr}");
+
+    // The official layout carries the head under the same names; read back, it ranks the same.
+    let convert = |from: &std::path::Path, to: &std::path::Path, format: &str| {
+        let out = twigvlm(&[
+            "twig",
+            "convert",
+            "--model",
+            &base,
+            &from.display().to_string(),
+            &to.display().to_string(),
+            "--to-format",
+            format,
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    convert(&plus, &official, "official");
+    assert!(safetensors_names(&official.join("model.safetensors"))
+        .contains(&"leaf_attention_module.k_gate.weight".to_string()));
+    convert(&official, &back, "ours");
+    assert_eq!(
+        pruned(&official, "twig++")["stats"]["kept_visual_indices"],
+        pruned(&back, "twig++")["stats"]["kept_visual_indices"]
+    );
+}

@@ -9,13 +9,13 @@ use twigvlm_backbone::weights::StorageDtype;
 use twigvlm_backbone::{load_llava, LoadOptions};
 use twigvlm_data::{DatasetSpec, SeedRange, EVAL_SEED_START};
 use twigvlm_twig::checkpoint::OURS_WEIGHTS;
-use twigvlm_twig::{save_twig, Twig, TwigConfig};
+use twigvlm_twig::{load_twig, save_twig, Twig, TwigConfig};
 
 use super::{write_summary, RunSettings, StageDefaults, StageOutcome, StageSummary};
 use crate::error::{Result, TrainError};
 use crate::examples::ConversationEncoder;
 use crate::trainer::train;
-use crate::twig::{trainable_twig, AttentionDistill, TwigObjective, TwigTargets};
+use crate::twig::{trainable_pruning_head, trainable_twig, AttentionDistill, TwigObjective, TwigTargets};
 use twigvlm_backbone::ops::DecodeAutodiff;
 
 /// The paper's twig recipe: AdamW lr 1e-4, cosine, 3% warm-up, one epoch (steps = data / batch).
@@ -38,8 +38,33 @@ pub struct TwigStage {
     /// Directory that JSON datasets' image paths are relative to.
     pub image_root: Option<PathBuf>,
     pub config: TwigConfig,
+    /// Start from this trained twig (its K, T and weights) instead of copies of base layers;
+    /// `config.pruning_head` adds a pruning head to it when it has none.
+    pub from_twig: Option<PathBuf>,
+    /// Train only the pruning head (needs `config.pruning_head` and the attention term).
+    pub pruning_head_only: bool,
     pub targets: TwigTargets,
     pub attention: Option<AttentionDistill>,
+}
+
+impl TwigStage {
+    /// The combinations that cannot train anything sensible.
+    fn check(&self) -> Result<()> {
+        if self.config.pruning_head && self.attention.is_none() {
+            return Err(TrainError::Config(
+                "a pruning head learns from the attention term: give the teacher layer (--attention-teacher N)".into(),
+            ));
+        }
+        if self.pruning_head_only && !self.config.pruning_head {
+            return Err(TrainError::Config("training the pruning head alone needs --pruning-head".into()));
+        }
+        if self.pruning_head_only && self.from_twig.is_none() {
+            return Err(TrainError::Config(
+                "training the pruning head alone needs a trained twig to put it on (--from-twig DIR)".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// What a twig learned from, in its summary.
@@ -47,11 +72,18 @@ pub struct TwigStage {
 pub struct TwigRecipe {
     pub targets: TwigTargets,
     pub attention_distill: Option<AttentionDistill>,
+    /// The twig it started from, when it did not start from base layers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_twig: Option<String>,
+    /// Whether only the pruning head trained.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub pruning_head_only: bool,
 }
 
 /// Trains the twig and saves it (our format, f16) into `run.out`; its `twig.json` carries the
 /// summary too.
 pub fn train_twig<B: DecodeAutodiff>(stage: &TwigStage, run: &RunSettings, device: &B::Device) -> Result<StageOutcome> {
+    stage.check()?;
     let train_spec = DatasetSpec::parse_all(&stage.data)?;
     if train_spec.seed_range() == Some(SeedRange::Eval) {
         return Err(TrainError::Config(format!(
@@ -71,8 +103,23 @@ pub fn train_twig<B: DecodeAutodiff>(stage: &TwigStage, run: &RunSettings, devic
     };
     let loaded = load_llava::<B::InnerBackend>(&stage.model, &load_options, device)?;
     B::seed(device, run.seed);
-    let twig = Twig::init(&loaded.model.language_model, &loaded.config.text, stage.config, device)?;
-    let twig = trainable_twig(Twig::<B>::from_inner(twig));
+    let base = &loaded.model.language_model;
+    let twig = match &stage.from_twig {
+        Some(dir) => {
+            let twig = load_twig(dir, base, &loaded.config.text, None, device)?.twig;
+            if twig.pruning_head.is_none() && stage.config.pruning_head {
+                twig.with_new_pruning_head(device)
+            } else {
+                twig
+            }
+        }
+        None => Twig::init(base, &loaded.config.text, stage.config, device)?,
+    };
+    let twig = if stage.pruning_head_only {
+        trainable_pruning_head(Twig::<B>::from_inner(twig))
+    } else {
+        trainable_twig(Twig::<B>::from_inner(twig))
+    };
     let encoder = ConversationEncoder { tokenizer: loaded.tokenizer, template: loaded.template, system: None };
     let mut objective = TwigObjective::<B>::new(
         loaded.model,
@@ -86,10 +133,16 @@ pub fn train_twig<B: DecodeAutodiff>(stage: &TwigStage, run: &RunSettings, devic
     if let Some(distill) = stage.attention {
         objective = objective.with_attention_distill(distill)?;
     }
+    objective.trains_twig = !stage.pruning_head_only;
     let (twig, report) = train(&mut objective, twig, &options, device)?;
     let data = (stage.data.join(MIXTURE_SEPARATOR), stage.eval_data.join(MIXTURE_SEPARATOR));
     let summary = StageSummary {
-        twig: Some(TwigRecipe { targets: stage.targets, attention_distill: stage.attention }),
+        twig: Some(TwigRecipe {
+            targets: stage.targets,
+            attention_distill: stage.attention,
+            from_twig: stage.from_twig.as_ref().map(|dir| dir.display().to_string()),
+            pruning_head_only: stage.pruning_head_only,
+        }),
         ..StageSummary::new("twig", data, run, &options, &report)
     };
     let recorded = serde_json::to_value(&summary).expect("the summary serialises");

@@ -61,6 +61,20 @@ pub struct TrainTwigArgs {
     /// Weight of the attention term beside the token loss.
     #[arg(long, default_value_t = 1.0, requires = "attention_teacher")]
     pub attention_weight: f64,
+    /// TwigVLM++: give the twig a pruning head (learned gates on its last block's queries and
+    /// keys) that the `twig++` policy ranks with; it learns from the attention term
+    /// (--attention-teacher), the paper's first stage.
+    #[arg(long, requires = "attention_teacher")]
+    pub pruning_head: bool,
+    /// Start from this trained twig (its K, T and weights) instead of copies of base layers;
+    /// with --pruning-head, a head is added to it if it has none.
+    #[arg(long, conflicts_with_all = ["k", "t", "init", "twig_head", "twig_mlp"])]
+    pub from_twig: Option<PathBuf>,
+    /// Train only the pruning head of the --from-twig twig: its blocks, norm and LM head stay as
+    /// they are (drafting and the `twig` policy are unchanged); each step runs the base model
+    /// up to the teacher layer and the twig without gradients.
+    #[arg(long, requires_all = ["pruning_head", "from_twig"])]
+    pub pruning_head_only: bool,
     /// Targets: the dataset's answers, or the base model's own predictions (self-distillation).
     #[arg(long, value_parser = named::<TwigTargets>(), default_value_t = TwigTargets::Data)]
     pub targets: TwigTargets,
@@ -88,7 +102,10 @@ impl AutodiffJob for TrainTwigArgs {
                 head: self.twig_head,
                 mlp: self.twig_mlp,
                 final_wipe: self.default_final_wipe,
+                pruning_head: self.pruning_head,
             },
+            from_twig: self.from_twig,
+            pruning_head_only: self.pruning_head_only,
             targets: self.targets,
             attention: self
                 .attention_teacher
