@@ -12,6 +12,8 @@ pub enum TrainError {
     Data(#[from] twigvlm_data::DataError),
     #[error(transparent)]
     Twig(#[from] twigvlm_twig::TwigError),
+    #[error(transparent)]
+    Pruning(#[from] twigvlm_ttp::TtpError),
     #[error("the loss is not finite ({loss}) at step {step}; lower the learning rate")]
     Diverged { step: usize, loss: f32 },
     #[error("cannot read or write {path}: {source}")]

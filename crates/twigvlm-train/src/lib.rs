@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod optimizer;
 pub mod patch_words;
 pub mod position_code;
+pub mod pruning_grpo;
 pub mod schedule;
 pub mod stages;
 pub mod trainable;

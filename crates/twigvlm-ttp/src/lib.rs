@@ -12,4 +12,4 @@ pub mod selection;
 pub use budget::{LayerPlan, VisualBudget};
 pub use error::{Result, TtpError};
 pub use policy::{LayerRef, PrefillPolicy, PruningPlan, PruningSpec, Scores, TwigPlace, PAPER_PRUNE_LAYER};
-pub use prefill::{prefill, Prefill, PruningOutcome};
+pub use prefill::{forward_kept, prefill, Prefill, PruningOutcome};

@@ -149,6 +149,27 @@ pub fn prefill<'m, B: DecodeOps>(
     Ok(Prefill { state, pruning: Some(outcome(plan, span.len(), kept, visual_scores)) })
 }
 
+/// Layers K..L-1 over the layer-K hidden states of a whole sequence (`[1, len, hidden]`) with
+/// only the `kept` visual tokens (indices within `span`, ascending) and none from K_f on, as a
+/// pruned prefill runs them: the last layer's hidden states and the position of each of their
+/// rows. Teacher forcing a sequence that holds an answer after the prompt gives what that answer
+/// costs under this selection (what a learned ranking is rewarded by).
+pub fn forward_kept<B: DecodeOps>(
+    base: &LlamaDecoder<B>,
+    hidden_k: Tensor<B, 3>,
+    layers: &LayerPlan,
+    span: &Range<usize>,
+    kept: &[usize],
+) -> Result<(Tensor<B, 3>, Vec<usize>)> {
+    let len = hidden_k.dims()[1];
+    let pruned = PrunedRows { span, kept, prompt_len: len };
+    let mut cache = KvCache::new(base.num_layers());
+    let top = run_pruned(base, hidden_k, layers, &pruned, &mut cache, &PrefillSteps::uninterrupted())?;
+    let kept_positions = kept.iter().map(|&i| span.start + i).filter(|_| !layers.has_final_wipe());
+    let positions = (0..span.start).chain(kept_positions).chain(span.end..len).collect();
+    Ok((top, positions))
+}
+
 /// Which rows of a prompt of `prompt_len` tokens go on past layer K: the text, and the `kept`
 /// visual tokens (indices within `span`).
 struct PrunedRows<'a> {

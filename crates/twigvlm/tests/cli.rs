@@ -714,6 +714,52 @@ fn a_pruning_head_trains_alone_ranks_for_twig_plus_plus_and_travels_in_both_form
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && stderr.contains("needs a twig with a pruning head"), "{stderr}");
 
+    // The second stage trains the head alone by its answers under pruning.
+    let grpo = root.join("grpo");
+    let out = twigvlm(&[
+        "train-pruning-head",
+        "--model",
+        &base,
+        "--twig",
+        &plus.display().to_string(),
+        "--data",
+        "shapes:seed=3,n=4",
+        "--eval-data",
+        "shapes:seed=1000000,n=2",
+        "--samples",
+        "4",
+        "--visual-budget",
+        "25%,50%",
+        "--batch-size",
+        "2",
+        "--quiet",
+        "--out",
+        &grpo.display().to_string(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(grpo.join("twig.json")).unwrap()).unwrap();
+    assert_eq!(
+        (meta["training"]["stage"].as_str(), meta["training"]["samples"].as_u64()),
+        (Some("pruning-head"), Some(4))
+    );
+    let last = meta["training"]["history"].as_array().unwrap().last().unwrap().to_string();
+    assert!(last.contains("nll_at_25%") && last.contains("nll_at_50%"), "{last}");
+    assert_eq!(pruned(&grpo, "twig")["generated_ids"], before["generated_ids"]);
+    assert_eq!(pruned(&grpo, "twig++")["stats"]["kept_visual_indices"].as_array().unwrap().len(), 8);
+    let no_head = twigvlm(&[
+        "train-pruning-head",
+        "--model",
+        &base,
+        "--twig",
+        &ours.display().to_string(),
+        "--quiet",
+        "--out",
+        &root.join("x").display().to_string(),
+    ]);
+    let stderr = String::from_utf8_lossy(&no_head.stderr);
+    assert!(!no_head.status.success() && stderr.contains("has no pruning head"), "{stderr}");
+
     // The official layout carries the head under the same names; read back, it ranks the same.
     let convert = |from: &std::path::Path, to: &std::path::Path, format: &str| {
         let out = twigvlm(&[

@@ -1,9 +1,11 @@
 //! Training stages assembled from plain inputs (directories, dataset specs, loop settings): the
-//! demo model's vision tower, projector and instruction stages, and a twig for any base model.
+//! demo model's vision tower, projector and instruction stages, and a twig (and its pruning head)
+//! for any base model.
 //! Each stage trains, writes what it trained and a `training.json` that records the run, and
 //! returns where the result is.
 
 pub mod alignment;
+pub mod pruning_head;
 pub mod twig;
 pub mod vision;
 
@@ -19,6 +21,7 @@ use crate::schedule::LrSchedule;
 use crate::trainer::{StepMetrics, TrainOptions, TrainReport};
 
 pub use alignment::{train_alignment, train_patch_words, AlignmentStage, LanguageStage};
+pub use pruning_head::{train_pruning_head, PruningHeadStage};
 pub use twig::{train_twig, TwigStage};
 pub use vision::{train_vision, VisionStage};
 
@@ -107,6 +110,9 @@ pub struct StageSummary {
     /// What a twig learned from.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub twig: Option<twig::TwigRecipe>,
+    /// What a pruning head learned from (its second stage).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub pruning_head: Option<pruning_head::PruningHeadRecipe>,
 }
 
 impl StageSummary {
@@ -130,6 +136,7 @@ impl StageSummary {
             history: report.history.clone(),
             origin: None,
             twig: None,
+            pruning_head: None,
         }
     }
 

@@ -75,6 +75,9 @@ pub enum Command {
     Distill(distill::DistillArgs),
     /// Train a twig for a base model (only the twig learns; the base stays frozen).
     TrainTwig(twig::TrainTwigArgs),
+    /// TwigVLM++'s second stage: a twig's pruning head alone, by group-relative policy
+    /// optimisation (keep-sets drawn from the head, rewarded by the frozen base's answer).
+    TrainPruningHead(twig::TrainPruningHeadArgs),
     /// Twig checkpoint utilities.
     #[command(subcommand)]
     Twig(twig::TwigCommand),
@@ -124,6 +127,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(command) => train::run(command),
         Command::Distill(args) => on_model(args),
         Command::TrainTwig(args) => args.run.backend.run_autodiff(args)?,
+        Command::TrainPruningHead(args) => args.run.backend.run_autodiff(args)?,
         Command::Twig(command) => twig::run(command),
         Command::PrepareDemo(args) => prepare::run(args),
         Command::MakeModel(args) => make_model::run(args),

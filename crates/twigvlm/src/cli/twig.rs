@@ -1,12 +1,13 @@
-//! `twigvlm train-twig` and `twigvlm twig convert`.
+//! `twigvlm train-twig`, `twigvlm train-pruning-head` and `twigvlm twig convert`.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use twigvlm_backbone::{load_llava, LoadOptions};
 use twigvlm_data::eval_shapes;
+use twigvlm_engine::VisualBudget;
 use twigvlm_engine::{AutodiffJob, BackendJob, BackendKind};
-use twigvlm_train::stages::{train_twig, TwigStage};
+use twigvlm_train::stages::{train_pruning_head, train_twig, PruningHeadStage, TwigStage};
 use twigvlm_train::twig::{AttentionDistill, TwigTargets};
 use twigvlm_twig::checkpoint::convert;
 use twigvlm_twig::{TwigConfig, TwigFormat, TwigHead, TwigInit, TwigMlp};
@@ -112,6 +113,56 @@ impl AutodiffJob for TrainTwigArgs {
                 .map(|layer| AttentionDistill { teacher_layer: layer as usize - 1, weight: self.attention_weight }),
         };
         report(&train_twig::<B>(&stage, &self.run.settings(), &device)?);
+        Ok(())
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TrainPruningHeadArgs {
+    /// Base model directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The twig whose pruning head trains (from `train-twig --pruning-head`); the result is
+    /// written to --out, the input stays as it is.
+    #[arg(long)]
+    pub twig: PathBuf,
+    /// Training data (repeatable, as train-twig's).
+    #[arg(long, default_value = "shapes:seed=5,n=4096,task=color+shape+exists+where")]
+    pub data: Vec<String>,
+    /// Held-out data: the reference answer's loss with the head's selection at each budget.
+    #[arg(long, default_values_t = [eval_shapes(16, None)])]
+    pub eval_data: Vec<String>,
+    /// Directory that JSON datasets' image paths are relative to.
+    #[arg(long)]
+    pub image_root: Option<PathBuf>,
+    /// Keep-sets drawn per question (the group whose rewards are compared).
+    #[arg(long, default_value_t = 16)]
+    pub samples: usize,
+    /// R̄ values each question's budget is drawn from (comma-separated counts or shares).
+    #[arg(long, value_delimiter = ',', default_value = "11.1%,22.2%,33.3%")]
+    pub visual_budget: Vec<VisualBudget>,
+    /// FinalWipe layer K_f of the pruned forwards (default: the twig's, else 24/32 of the depth).
+    #[arg(long)]
+    pub final_wipe: Option<usize>,
+    #[command(flatten)]
+    pub run: LoopArgs,
+}
+
+impl AutodiffJob for TrainPruningHeadArgs {
+    type Output = anyhow::Result<()>;
+
+    fn run<B: DecodeAutodiff>(self, device: B::Device) -> anyhow::Result<()> {
+        let stage = PruningHeadStage {
+            model: self.model,
+            twig: self.twig,
+            data: self.data,
+            eval_data: self.eval_data,
+            image_root: self.image_root,
+            samples: self.samples,
+            budgets: self.visual_budget,
+            final_wipe: self.final_wipe,
+        };
+        report(&train_pruning_head::<B>(&stage, &self.run.settings(), &device)?);
         Ok(())
     }
 }
