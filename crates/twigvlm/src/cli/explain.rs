@@ -24,7 +24,7 @@ pub struct ExplainArgs {
     /// FinalWipe layer K_f of the policies that have one (default: 24/32 of the depth).
     #[arg(long)]
     pub final_wipe: Option<usize>,
-    /// The policies drawn side by side (twig needs --twig).
+    /// The policies drawn side by side (twig and twig++ need --twig).
     #[arg(long, value_delimiter = ',', default_value = "twig,fastv")]
     pub policies: Vec<PrefillPolicy>,
     /// Where the PNG goes.

@@ -192,8 +192,8 @@ impl ModelArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct PruningArgs {
     /// Token pruning at prefill: none, fastv, vlm-layer:N (1-indexed; also vlm-layer:K or
-    /// vlm-layer:K+T), random[:SEED], or twig (TTP; needs --twig). Pruning acts on the input of
-    /// layer K (the twig's K, else 2).
+    /// vlm-layer:K+T), random[:SEED], twig (TTP; needs --twig) or twig++ (the twig's pruning
+    /// head). Pruning acts on the input of layer K (the twig's K, else 2).
     #[arg(long, default_value = "none")]
     pub policy: PrefillPolicy,
     /// Average visual tokens per layer, R̄: a count (`64`) or a share of the image's visual
