@@ -11,7 +11,7 @@ const Z_95: f64 = 1.959_963_984_540_054;
 /// Resamples of the paired bootstrap.
 pub const BOOTSTRAP_RESAMPLES: usize = 2000;
 /// The bootstrap's seed: the same outcomes give the same interval on every run.
-const BOOTSTRAP_SEED: u64 = 0x7e1a_cc;
+const BOOTSTRAP_SEED: u64 = 0x007e_1acc;
 /// The share of resampled ratios left out on each side of a 95% interval.
 const TAIL: f64 = 0.025;
 

@@ -264,7 +264,7 @@ mod tests {
             assert_eq!(sorted.len(), 3);
             first[order[0]] += 1;
         }
-        // The first draw is a draw from p itself.
+        // The first index drawn follows p itself.
         assert!((first[0] as f64 / 2000.0 - 0.7).abs() < 0.04, "{first:?}");
     }
 

@@ -231,8 +231,8 @@ impl<B: DecodeAutodiff> TwigObjective<B> {
         encoded: &Encoded,
         selection: Option<(usize, &Range<usize>)>,
         logits: bool,
-        device: &C::Device,
     ) -> (Option<Tensor<C, 2>>, Option<Tensor<C, 1>>) {
+        let device = &hidden_k.device();
         let mut cache = twig.new_cache();
         let (output, student) = match (selection, &twig.pruning_head) {
             (Some((query, visual)), Some(_)) => {
@@ -286,7 +286,6 @@ impl<B: DecodeAutodiff> Objective<B> for TwigObjective<B> {
                 &prefix.encoded,
                 selection,
                 self.trains_twig,
-                &self.device,
             );
             if let Some(logits) = logits {
                 loss.add(logits, &targets);
@@ -325,16 +324,8 @@ impl<B: DecodeAutodiff> Objective<B> for TwigObjective<B> {
             let lm = &self.language_model;
             let rope = lm.rope(&prefix.positions, &self.device);
             let selection = prefix.teacher.as_ref().map(|(query, visual, _)| (*query, visual));
-            let (logits, student) = Self::twig_forward(
-                &twig,
-                &lm.lm_head,
-                prefix.hidden_k,
-                &rope,
-                &prefix.encoded,
-                selection,
-                true,
-                &self.device,
-            );
+            let (logits, student) =
+                Self::twig_forward(&twig, &lm.lm_head, prefix.hidden_k, &rope, &prefix.encoded, selection, true);
             let logits = logits.expect("asked for");
             if let (Some((.., teacher)), Some(student)) = (prefix.teacher, student) {
                 divergence += kl_divergence(teacher, student).into_scalar().elem::<f64>();
