@@ -2,11 +2,14 @@
 //! twig's last block. Two gates, each a `d × d` linear map of the block's normed input, modulate
 //! that block's rotated queries and keys feature by feature; the ranking is the head mean of the
 //! softmax, over the visual tokens only, of the last prompt token's gated query against their
-//! gated keys. The gate function is `σ(ReLU(x·W))`: every gate lies in `[½, 1)`. With every gate
-//! at ½, each attention head ranks the visual tokens as the block's own head does (a uniform
+//! gated keys. The gate function is the logistic `σ(x·W)`: every gate lies in `(0, 1)`. With every
+//! gate at ½, each attention head ranks the visual tokens as the block's own head does (a uniform
 //! scale changes a softmax's temperature, not its order) and only the head mean weighs them a
 //! little differently: the head starts from the `twig` policy's ranking (its small random
-//! initial weights keep it there within a few percent) and learns away from it.
+//! initial weights keep it there within a few percent) and learns away from it. TwigVLM++
+//! describes its gates as ReLU and sigmoid; `σ(ReLU(x·W))` was measured here and left out: its
+//! gates cannot fall below ½, and in the reinforcement stage every pre-activation was pushed
+//! below zero within 20 steps, after which the gates sat at ½ with no gradient at all.
 //!
 //! Checkpoint keys (ours and the official layout alike): `leaf_attention_module.q_gate.weight`
 //! `[heads·head_dim, d]` and `leaf_attention_module.k_gate.weight` `[kv_heads·head_dim, d]`, no
@@ -17,7 +20,7 @@ use std::ops::Range;
 use burn::module::{Param, ParamId};
 use burn::nn::Linear;
 use burn::prelude::*;
-use burn::tensor::activation::{relu, sigmoid, softmax};
+use burn::tensor::activation::{sigmoid, softmax};
 use burn::tensor::Distribution;
 use twigvlm_backbone::llama::RopeAngles;
 use twigvlm_backbone::ops::reference::repeat_kv;
@@ -90,7 +93,7 @@ impl<B: DecodeOps> PruningHead<B> {
             let seq = t.dims()[1];
             t.reshape([1, seq, n, head_dim]).swap_dims(1, 2)
         };
-        let gate = |layer: &Linear<B>, x: Tensor<B, 3>| sigmoid(relu(linear(layer, x)));
+        let gate = |layer: &Linear<B>, x: Tensor<B, 3>| sigmoid(linear(layer, x));
         let (x_q, x_k) = (rows(query..query + 1), rows(visual.clone()));
         let q = rope.rows(query..query + 1).apply(split(linear(&attention.q_proj, x_q.clone()), heads));
         let k = rope.rows(visual.clone()).apply(split(linear(&attention.k_proj, x_k.clone()), kv_heads));
