@@ -5,17 +5,21 @@
 
 use burn::module::{Module, ModuleMapper, Param};
 use burn::prelude::*;
+use burn::tensor::DType;
 use twigvlm_backbone::ops::DecodeAutodiff;
 
 struct RequireGrad;
 
 impl<B: DecodeAutodiff> ModuleMapper<B> for RequireGrad {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        param.map(|tensor| tensor.detach().require_grad())
+        param.map(|tensor| tensor.detach().cast(DType::F32).require_grad())
     }
 }
 
-/// The module with every float parameter requiring gradients (a fresh leaf of the graph).
+/// The module with every float parameter in f32 and requiring gradients (a fresh leaf of the
+/// graph). A checkpoint may store weights in f16 or bf16 (a twig is saved in f16); optimizer
+/// updates in half precision underflow (AdamW's ε is 0 in f16, so a zero gradient gives 0/0),
+/// so what trains is widened first.
 pub fn trainable<B: DecodeAutodiff, M: Module<B>>(module: M) -> M {
     module.map(&mut RequireGrad)
 }

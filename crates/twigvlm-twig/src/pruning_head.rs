@@ -7,9 +7,8 @@
 //! scale changes a softmax's temperature, not its order) and only the head mean weighs them a
 //! little differently: the head starts from the `twig` policy's ranking (its small random
 //! initial weights keep it there within a few percent) and learns away from it. TwigVLM++
-//! describes its gates as ReLU and sigmoid; `σ(ReLU(x·W))` was measured here and left out: its
-//! gates cannot fall below ½, and in the reinforcement stage every pre-activation was pushed
-//! below zero within 20 steps, after which the gates sat at ½ with no gradient at all.
+//! describes its gates with a ReLU and a sigmoid; ours is the logistic alone, which can close a
+//! feature as well as open it and has no region without gradient.
 //!
 //! Checkpoint keys (ours and the official layout alike): `leaf_attention_module.q_gate.weight`
 //! `[heads·head_dim, d]` and `leaf_attention_module.k_gate.weight` `[kv_heads·head_dim, d]`, no

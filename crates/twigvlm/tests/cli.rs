@@ -743,8 +743,9 @@ fn a_pruning_head_trains_alone_ranks_for_twig_plus_plus_and_travels_in_both_form
         (meta["training"]["stage"].as_str(), meta["training"]["samples"].as_u64()),
         (Some("pruning-head"), Some(4))
     );
-    let last = meta["training"]["history"].as_array().unwrap().last().unwrap().to_string();
-    assert!(last.contains("nll_at_25%") && last.contains("nll_at_50%"), "{last}");
+    let last = meta["training"]["history"].as_array().unwrap().last().unwrap();
+    assert!(last.to_string().contains("nll_at_25%") && last.to_string().contains("nll_at_50%"), "{last}");
+    assert!(last["grad_norm"].as_f64().unwrap() > 0.0, "the head gets a gradient: {last}");
     assert_eq!(pruned(&grpo, "twig")["generated_ids"], before["generated_ids"]);
     assert_eq!(pruned(&grpo, "twig++")["stats"]["kept_visual_indices"].as_array().unwrap().len(), 8);
     let no_head = twigvlm(&[
