@@ -96,12 +96,11 @@ impl<B: DecodeOps> Twig<B> {
         cache: &mut KvCache<B>,
         probe: &AttentionProbe,
     ) -> (LayersOutput<B>, Tensor<B, 3>) {
-        let last = self.layers.len() - 1;
-        let mut below = forward_stack(&self.layers[..last], 0, hidden, rope, cache, probe);
-        let input = below.hidden.clone();
-        let mut out = forward_stack(&self.layers[last..], last, below.hidden, rope, cache, probe);
-        below.attention.append(&mut out.attention);
-        (LayersOutput { hidden: out.hidden, attention: below.attention }, input)
+        let run = |layers: &[DecoderLayer<B>], first, hidden| {
+            Ok::<_, std::convert::Infallible>(forward_stack(layers, first, hidden, rope, cache, probe))
+        };
+        let Ok(output) = self.split_at_last_block(hidden, run);
+        output
     }
 
     /// [`Self::forward`] over a prompt in chunks of tokens, asking `steps`' interrupt before each
@@ -127,11 +126,24 @@ impl<B: DecodeOps> Twig<B> {
         probe: &AttentionProbe,
         steps: &PrefillSteps<'_, 'm, B>,
     ) -> std::result::Result<(LayersOutput<B>, Tensor<B, 3>), Interrupted> {
+        let later = steps.under_way();
+        self.split_at_last_block(hidden, |layers: &'m [DecoderLayer<B>], first, hidden| {
+            let steps = if first == 0 { steps } else { &later };
+            prefill_stack(layers, first, hidden, rope, cache, probe, steps)
+        })
+    }
+
+    /// `run` over the blocks below the last, then over the last: the output of both and the
+    /// hidden states entering the last block.
+    fn split_at_last_block<'m, E>(
+        &'m self,
+        hidden: Tensor<B, 3>,
+        mut run: impl FnMut(&'m [DecoderLayer<B>], usize, Tensor<B, 3>) -> std::result::Result<LayersOutput<B>, E>,
+    ) -> std::result::Result<(LayersOutput<B>, Tensor<B, 3>), E> {
         let last = self.layers.len() - 1;
-        let mut below = prefill_stack(&self.layers[..last], 0, hidden, rope, cache, probe, steps)?;
-        let steps = &steps.under_way();
+        let mut below = run(&self.layers[..last], 0, hidden)?;
         let input = below.hidden.clone();
-        let mut out = prefill_stack(&self.layers[last..], last, below.hidden, rope, cache, probe, steps)?;
+        let mut out = run(&self.layers[last..], last, below.hidden)?;
         below.attention.append(&mut out.attention);
         Ok((LayersOutput { hidden: out.hidden, attention: below.attention }, input))
     }
