@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Serialize;
-use twigvlm_data::{DatasetSpec, SeedRange, ShapesDataset, EVAL_SEED_START};
+use twigvlm_data::{Dataset, DatasetSpec, SeedRange, ShapesDataset, EVAL_SEED_START};
 
 use crate::error::{Result, TrainError};
 use crate::optimizer::OptimizerConfig;
@@ -159,6 +159,27 @@ fn write_summary(out: &Path, summary: &StageSummary) -> Result<()> {
     let path = out.join(SUMMARY_FILE);
     let text = serde_json::to_string_pretty(summary).expect("the summary serialises");
     std::fs::write(&path, text).map_err(|source| TrainError::Io { path, source })
+}
+
+/// Between the specs of a mixture in a summary.
+const MIXTURE_SEPARATOR: &str = " + ";
+
+/// Training specs (several make a mixture; held-out data is refused) and held-out specs, opened
+/// (a JSON file's relative image paths against `image_root`), with both as a summary records
+/// them.
+fn training_and_eval_data(
+    data: &[String],
+    eval_data: &[String],
+    image_root: Option<&Path>,
+) -> Result<((Dataset, Dataset), (String, String))> {
+    let train_spec = DatasetSpec::parse_all(data)?;
+    if train_spec.seed_range() == Some(SeedRange::Eval) {
+        return Err(TrainError::Config(format!(
+            "the training data is held out (an evaluation seed, or easy-vqa's test split); training seeds are below {EVAL_SEED_START}"
+        )));
+    }
+    let opened = (train_spec.open(image_root)?, DatasetSpec::parse_all(eval_data)?.open(image_root)?);
+    Ok((opened, (data.join(MIXTURE_SEPARATOR), eval_data.join(MIXTURE_SEPARATOR))))
 }
 
 /// The shapes dataset of `spec`, whose seed must be in the `expected` range (`what` names the

@@ -7,12 +7,11 @@ use burn::module::AutodiffModule;
 use serde::Serialize;
 use twigvlm_backbone::weights::StorageDtype;
 use twigvlm_backbone::{load_llava, LlavaModel, LoadOptions};
-use twigvlm_data::{DatasetSpec, SeedRange};
 use twigvlm_ttp::{PrefillPolicy, PruningSpec, TwigPlace, VisualBudget};
 use twigvlm_twig::checkpoint::OURS_WEIGHTS;
 use twigvlm_twig::{load_twig, save_twig, Twig};
 
-use super::{write_summary, RunSettings, StageDefaults, StageOutcome, StageSummary};
+use super::{training_and_eval_data, write_summary, RunSettings, StageDefaults, StageOutcome, StageSummary};
 use crate::error::{Result, TrainError};
 use crate::examples::{ConversationEncoder, VisualInput};
 use crate::pruning_grpo::{GrpoSettings, PruningHeadGrpo};
@@ -68,15 +67,8 @@ pub fn train_pruning_head<B: DecodeAutodiff>(
     let Some(&largest) = budgets.first() else {
         return Err(TrainError::Config("give at least one visual budget (--visual-budget)".into()));
     };
-    let train_spec = DatasetSpec::parse_all(&stage.data)?;
-    if train_spec.seed_range() == Some(SeedRange::Eval) {
-        return Err(TrainError::Config(
-            "the training data is held out (an evaluation seed, or easy-vqa's test split)".into(),
-        ));
-    }
-    let image_root = stage.image_root.as_deref();
-    let train_data = train_spec.open(image_root)?;
-    let eval_data = DatasetSpec::parse_all(&stage.eval_data)?.open(image_root)?;
+    let ((train_data, eval_data), data) =
+        training_and_eval_data(&stage.data, &stage.eval_data, stage.image_root.as_deref())?;
     let load_options = LoadOptions { weights_dtype: Some(StorageDtype::F32), ..Default::default() };
     let loaded = load_llava::<B::InnerBackend>(&stage.model, &load_options, device)?;
     let LlavaModel { vision_tower, projector, language_model, feature_select } = loaded.model;
@@ -116,7 +108,6 @@ pub fn train_pruning_head<B: DecodeAutodiff>(
     };
     let twig = trainable_pruning_head(Twig::<B>::from_inner(twig));
     let (twig, report) = train(&mut objective, twig, &options, device)?;
-    let data = (stage.data.join(" + "), stage.eval_data.join(" + "));
     let summary =
         StageSummary { pruning_head: Some(recipe), ..StageSummary::new("pruning-head", data, run, &options, &report) };
     let recorded = serde_json::to_value(&summary).expect("the summary serialises");

@@ -7,11 +7,10 @@ use burn::module::AutodiffModule;
 use serde::Serialize;
 use twigvlm_backbone::weights::StorageDtype;
 use twigvlm_backbone::{load_llava, LoadOptions};
-use twigvlm_data::{DatasetSpec, SeedRange, EVAL_SEED_START};
 use twigvlm_twig::checkpoint::OURS_WEIGHTS;
 use twigvlm_twig::{load_twig, save_twig, Twig, TwigConfig};
 
-use super::{write_summary, RunSettings, StageDefaults, StageOutcome, StageSummary};
+use super::{training_and_eval_data, write_summary, RunSettings, StageDefaults, StageOutcome, StageSummary};
 use crate::error::{Result, TrainError};
 use crate::examples::ConversationEncoder;
 use crate::trainer::train;
@@ -21,8 +20,6 @@ use twigvlm_backbone::ops::DecodeAutodiff;
 /// The paper's twig recipe: AdamW lr 1e-4, cosine, 3% warm-up, one epoch (steps = data / batch).
 const TWIG_LR: f64 = 1e-4;
 const TWIG_WARMUP: f64 = 0.03;
-/// Between the specs of a mixture in the summary.
-const MIXTURE_SEPARATOR: &str = " + ";
 
 /// The inputs of twig training.
 #[derive(Debug, Clone)]
@@ -84,15 +81,8 @@ pub struct TwigRecipe {
 /// summary too.
 pub fn train_twig<B: DecodeAutodiff>(stage: &TwigStage, run: &RunSettings, device: &B::Device) -> Result<StageOutcome> {
     stage.check()?;
-    let train_spec = DatasetSpec::parse_all(&stage.data)?;
-    if train_spec.seed_range() == Some(SeedRange::Eval) {
-        return Err(TrainError::Config(format!(
-            "the training data is held out (an evaluation seed, or easy-vqa's test split); training seeds are below {EVAL_SEED_START}"
-        )));
-    }
-    let image_root = stage.image_root.as_deref();
-    let train_data = train_spec.open(image_root)?;
-    let eval_data = DatasetSpec::parse_all(&stage.eval_data)?.open(image_root)?;
+    let ((train_data, eval_data), data) =
+        training_and_eval_data(&stage.data, &stage.eval_data, stage.image_root.as_deref())?;
     let epoch = train_data.len().div_ceil(run.batch_size.max(1));
     let options = run.options(StageDefaults { steps: epoch, lr: TWIG_LR, warmup: TWIG_WARMUP });
     // f32 weights: the twig starts as a copy of base layers and is trained in f32.
@@ -135,7 +125,6 @@ pub fn train_twig<B: DecodeAutodiff>(stage: &TwigStage, run: &RunSettings, devic
     }
     objective.trains_twig = !stage.pruning_head_only;
     let (twig, report) = train(&mut objective, twig, &options, device)?;
-    let data = (stage.data.join(MIXTURE_SEPARATOR), stage.eval_data.join(MIXTURE_SEPARATOR));
     let summary = StageSummary {
         twig: Some(TwigRecipe {
             targets: stage.targets,
