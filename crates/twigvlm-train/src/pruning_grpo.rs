@@ -28,6 +28,7 @@ use twigvlm_twig::Twig;
 
 use crate::error::{Result, TrainError};
 use crate::examples::{single_sequence, ConversationEncoder, Encoded, VisualInput};
+use crate::loss::TokenMeanLoss;
 use crate::trainer::Objective;
 
 /// Probabilities are clamped to this before their logarithm.
@@ -111,13 +112,15 @@ impl<B: DecodeAutodiff> PruningHeadGrpo<B> {
             .map(|&(position, _)| positions.iter().position(|&p| p == position).expect("answers are text") as i32)
             .collect();
         let index = Tensor::from_data(TensorData::new(rows.clone(), [rows.len()]), &self.device);
-        let logits = single_sequence(lm.logits(top.select(1, index)));
-        let log_probs = burn::tensor::activation::log_softmax(logits, 1);
-        let targets: Vec<i32> = question.encoded.targets.iter().map(|&(_, id)| id as i32).collect();
-        let targets =
-            Tensor::<B::InnerBackend, 2, Int>::from_data(TensorData::new(targets, [rows.len(), 1]), &self.device);
-        let picked = log_probs.gather(1, targets);
-        Ok(-picked.mean().into_scalar().elem::<f64>())
+        let mut loss = TokenMeanLoss::new();
+        loss.add(single_sequence(lm.logits(top.select(1, index))), &question.encoded.target_ids());
+        let (mean, _) = loss.finish().expect("a question has answer tokens");
+        Ok(mean.into_scalar().elem::<f64>())
+    }
+
+    /// R' of `budget` for an image of `visual_tokens`.
+    fn kept_at(&self, budget: VisualBudget, visual_tokens: usize) -> usize {
+        self.settings.layers.kept_visual_tokens(budget.tokens(visual_tokens), visual_tokens)
     }
 
     /// R' of the budget a question at `step` gets (the curriculum).
@@ -125,8 +128,7 @@ impl<B: DecodeAutodiff> PruningHeadGrpo<B> {
         let budgets = &self.settings.budgets;
         let progress = step as f64 / self.steps.max(1) as f64;
         let open = ((progress * budgets.len() as f64) as usize + 1).min(budgets.len());
-        let budget = budgets[rng.random_range(0..open)];
-        self.settings.layers.kept_visual_tokens(budget.tokens(visual_tokens), visual_tokens)
+        self.kept_at(budgets[rng.random_range(0..open)], visual_tokens)
     }
 }
 
@@ -230,10 +232,8 @@ impl<B: DecodeAutodiff> Objective<B> for PruningHeadGrpo<B> {
                 return Err(TrainError::Config("the twig has no pruning head to evaluate".into()));
             };
             let scores: Vec<f32> = policy.into_data().convert::<f32>().into_vec::<f32>().expect("f32");
-            for (sum, budget) in sums.iter_mut().zip(&budgets) {
-                let n = question.visual.len();
-                let kept = self.settings.layers.kept_visual_tokens(budget.tokens(n), n);
-                let keep = twigvlm_ttp::selection::top_indices(&scores, kept);
+            for (sum, &budget) in sums.iter_mut().zip(&budgets) {
+                let keep = twigvlm_ttp::selection::top_indices(&scores, self.kept_at(budget, question.visual.len()));
                 sum.0 += self.answer_loss(&question, &keep)?;
                 sum.1 += 1;
             }
