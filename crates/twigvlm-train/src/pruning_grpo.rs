@@ -95,7 +95,7 @@ impl<B: DecodeAutodiff> PruningHeadGrpo<B> {
         let no_probe = AttentionProbe::default();
         let hidden_k =
             lm.forward_layers(embeds, &rope, 0..twig.config.k, &mut KvCache::new(lm.num_layers()), &no_probe).hidden;
-        let (_, last_input) = twig.forward_with_last_input(hidden_k.clone(), &rope, &mut twig.new_cache(), &no_probe);
+        let last_input = twig.last_block_input(hidden_k.clone(), &rope, &mut twig.new_cache(), &no_probe);
         Ok(Some(Question { encoded, hidden_k, last_input, rope, query, visual }))
     }
 

@@ -235,6 +235,11 @@ impl<B: DecodeAutodiff> TwigObjective<B> {
         let device = &hidden_k.device();
         let mut cache = twig.new_cache();
         let (output, student) = match (selection, &twig.pruning_head) {
+            // The head alone trains: the last block's output is not needed.
+            (Some((query, visual)), Some(_)) if !logits => {
+                let last_input = twig.last_block_input(hidden_k, rope, &mut cache, &AttentionProbe::default());
+                return (None, twig.pruning_distribution(last_input, rope, query, visual));
+            }
             (Some((query, visual)), Some(_)) => {
                 let (output, last_input) =
                     twig.forward_with_last_input(hidden_k, rope, &mut cache, &AttentionProbe::default());

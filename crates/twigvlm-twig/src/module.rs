@@ -103,6 +103,18 @@ impl<B: DecodeOps> Twig<B> {
         output
     }
 
+    /// Only the hidden states entering the last block (the blocks below it run, the last does
+    /// not): what the pruning head ranks from when the twig's output is not needed.
+    pub fn last_block_input(
+        &self,
+        hidden: Tensor<B, 3>,
+        rope: &RopeAngles<B>,
+        cache: &mut KvCache<B>,
+        probe: &AttentionProbe,
+    ) -> Tensor<B, 3> {
+        forward_stack(&self.layers[..self.layers.len() - 1], 0, hidden, rope, cache, probe).hidden
+    }
+
     /// [`Self::forward`] over a prompt in chunks of tokens, asking `steps`' interrupt before each
     /// block of each chunk ([`twigvlm_backbone::llama::chunked`]).
     pub fn prefill<'m>(
