@@ -1,0 +1,118 @@
+//! The kernels through burn's fusion: each call records a custom operation on the fusion stream
+//! (its inputs, one output shaped like the first input); when the stream executes it, the
+//! operation hands the inner backend's tensors to that backend's [`DecodeOps`] (the kernels of
+//! the parent module) and registers the result. Scalars and the draft tree travel inside the
+//! operation.
+
+use burn::prelude::*;
+use burn::tensor::TensorPrimitive;
+use burn_fusion::stream::{Operation, OperationStreams};
+use burn_fusion::{Fusion, FusionBackend, FusionRuntime, FusionTensor};
+use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
+
+use crate::config::Activation;
+use crate::llama::TreeMask;
+use crate::ops::{DecodeOps, KeyMask};
+
+impl<B: FusionBackend + DecodeOps> DecodeOps for Fusion<B> {
+    fn attention(q: Tensor<Self, 4>, k: Tensor<Self, 4>, v: Tensor<Self, 4>, mask: KeyMask<'_>) -> Tensor<Self, 4> {
+        let tree = match mask {
+            KeyMask::Causal => None,
+            KeyMask::Tree(tree) => Some(tree.clone()),
+        };
+        record::<B, 4>(DecodeKernel::Attention { tree }, vec![fused(q), fused(k), fused(v)])
+    }
+
+    fn rms_norm(x: Tensor<Self, 3>, gamma: Tensor<Self, 1>, epsilon: f64) -> Tensor<Self, 3> {
+        record::<B, 3>(DecodeKernel::RmsNorm { epsilon }, vec![fused(x), fused(gamma)])
+    }
+
+    fn gated(gate: Tensor<Self, 3>, up: Tensor<Self, 3>, activation: Activation) -> Tensor<Self, 3> {
+        record::<B, 3>(DecodeKernel::Gated { activation }, vec![fused(gate), fused(up)])
+    }
+
+    fn rope(x: Tensor<Self, 4>, cos: Tensor<Self, 4>, sin: Tensor<Self, 4>) -> Tensor<Self, 4> {
+        record::<B, 4>(DecodeKernel::Rope, vec![fused(x), fused(cos), fused(sin)])
+    }
+}
+
+/// Which operation a recorded call runs, with its scalars.
+#[derive(Debug, Clone)]
+enum DecodeKernel {
+    Attention { tree: Option<TreeMask> },
+    RmsNorm { epsilon: f64 },
+    Gated { activation: Activation },
+    Rope,
+}
+
+impl DecodeKernel {
+    fn name(&self) -> &'static str {
+        match self {
+            DecodeKernel::Attention { .. } => "twigvlm_attention",
+            DecodeKernel::RmsNorm { .. } => "twigvlm_rms_norm",
+            DecodeKernel::Gated { .. } => "twigvlm_gated",
+            DecodeKernel::Rope => "twigvlm_rope",
+        }
+    }
+
+    /// Runs the operation on the inner backend.
+    fn run<B: DecodeOps>(&self, inputs: Vec<B::FloatTensorPrimitive>) -> B::FloatTensorPrimitive {
+        let mut inputs = inputs.into_iter().map(TensorPrimitive::Float);
+        let mut next = || inputs.next().expect("one input per operand");
+        let out = match self {
+            DecodeKernel::Attention { tree } => {
+                let mask = tree.as_ref().map_or(KeyMask::Causal, KeyMask::Tree);
+                let [q, k, v] = [next(), next(), next()].map(Tensor::<B, 4>::from_primitive);
+                <B as DecodeOps>::attention(q, k, v, mask).into_primitive()
+            }
+            DecodeKernel::RmsNorm { epsilon } => {
+                let x = Tensor::<B, 3>::from_primitive(next());
+                <B as DecodeOps>::rms_norm(x, Tensor::from_primitive(next()), *epsilon).into_primitive()
+            }
+            DecodeKernel::Gated { activation } => {
+                let [gate, up] = [next(), next()].map(Tensor::<B, 3>::from_primitive);
+                <B as DecodeOps>::gated(gate, up, *activation).into_primitive()
+            }
+            DecodeKernel::Rope => {
+                let [x, cos, sin] = [next(), next(), next()].map(Tensor::<B, 4>::from_primitive);
+                <B as DecodeOps>::rope(x, cos, sin).into_primitive()
+            }
+        };
+        out.tensor()
+    }
+}
+
+/// A recorded call: the operation and its inputs' and output's places on the stream.
+#[derive(Debug)]
+struct RecordedKernel<B> {
+    ir: CustomOpIr,
+    kernel: DecodeKernel,
+    backend: core::marker::PhantomData<B>,
+}
+
+impl<B: FusionBackend + DecodeOps> Operation<B::FusionRuntime> for RecordedKernel<B> {
+    fn execute(&self, handles: &mut HandleContainer<<B::FusionRuntime as FusionRuntime>::FusionHandle>) {
+        let inputs = self.ir.inputs.iter().map(|input| handles.get_float_tensor::<B>(input)).collect();
+        let out = self.kernel.run::<B>(inputs);
+        handles.register_float_tensor::<B>(&self.ir.outputs[0].id, out);
+    }
+}
+
+fn fused<B: FusionBackend, const D: usize>(tensor: Tensor<Fusion<B>, D>) -> FusionTensor<B::FusionRuntime> {
+    tensor.into_primitive().tensor()
+}
+
+/// Records `kernel` over `inputs`; the output has the first input's shape and float type.
+fn record<B: FusionBackend + DecodeOps, const D: usize>(
+    kernel: DecodeKernel,
+    inputs: Vec<FusionTensor<B::FusionRuntime>>,
+) -> Tensor<Fusion<B>, D> {
+    let client = inputs[0].client.clone();
+    let streams = OperationStreams::with_inputs(&inputs);
+    let out = TensorIr::uninit(client.create_empty_handle(), inputs[0].shape.clone(), inputs[0].dtype);
+    let inputs: Vec<TensorIr> = inputs.into_iter().map(FusionTensor::into_ir).collect();
+    let ir = CustomOpIr::new(kernel.name(), &inputs, &[out]);
+    let recorded = RecordedKernel::<B> { ir: ir.clone(), kernel, backend: core::marker::PhantomData };
+    let out = client.register(streams, OperationIr::Custom(ir), recorded).into_iter().next().expect("one output");
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}

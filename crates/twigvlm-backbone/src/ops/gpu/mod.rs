@@ -1,0 +1,98 @@
+//! The GPU backends' decoding kernels (CubeCL, the same source for CUDA and wgpu): RMSNorm, the
+//! SwiGLU product, the rotary embedding and attention over the KV cache, each one kernel launch.
+//! [`CubeBackend`] launches them directly; the fusing [`Fusion`] wrapper that burn builds around
+//! it (`burn::backend::Cuda`, `Wgpu`) records each as a custom operation that runs the
+//! `CubeBackend` kernel when the stream executes ([`fusion`]). Linear layers keep the default
+//! body (burn's matmul) for now.
+
+mod attention;
+mod fusion;
+mod gated;
+mod rms_norm;
+mod rope;
+
+use burn::prelude::*;
+use burn::tensor::backend::DeviceOps;
+use burn::tensor::TensorPrimitive;
+use burn_cubecl::cubecl::server::ComputeServer;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
+
+use super::{reference, DecodeOps, KeyMask};
+use crate::config::Activation;
+use crate::llama::TreeMask;
+
+impl<R, F, I, BT> DecodeOps for CubeBackend<R, F, I, BT>
+where
+    R: CubeRuntime,
+    R::Server: ComputeServer,
+    R::Device: DeviceOps,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    fn attention(q: Tensor<Self, 4>, k: Tensor<Self, 4>, v: Tensor<Self, 4>, mask: KeyMask<'_>) -> Tensor<Self, 4> {
+        let tree = match mask {
+            KeyMask::Causal => None,
+            KeyMask::Tree(tree) => Some(cube(visibility::<Self>(tree, q.dtype(), &q.device()))),
+        };
+        let k = same_dtype(k, q.dtype());
+        let v = same_dtype(v, q.dtype());
+        float(attention::attention(cube(q), cube(k), cube(v), tree))
+    }
+
+    fn rms_norm(x: Tensor<Self, 3>, gamma: Tensor<Self, 1>, epsilon: f64) -> Tensor<Self, 3> {
+        let gamma = same_dtype(gamma, x.dtype());
+        float(rms_norm::rms_norm(cube(x), cube(gamma), epsilon))
+    }
+
+    fn gated(gate: Tensor<Self, 3>, up: Tensor<Self, 3>, activation: Activation) -> Tensor<Self, 3> {
+        match activation {
+            Activation::Silu => float(gated::silu_mul(cube(gate), cube(up))),
+            other => reference::gated(gate, up, other),
+        }
+    }
+
+    fn rope(x: Tensor<Self, 4>, cos: Tensor<Self, 4>, sin: Tensor<Self, 4>) -> Tensor<Self, 4> {
+        let cos = same_dtype(cos, x.dtype());
+        let sin = same_dtype(sin, x.dtype());
+        float(rope::rope(cube(x), cube(cos), cube(sin)))
+    }
+}
+
+/// The kernel's view of a tensor.
+fn cube<R, F, I, BT, const D: usize>(tensor: Tensor<CubeBackend<R, F, I, BT>, D>) -> CubeTensor<R>
+where
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    tensor.into_primitive().tensor()
+}
+
+/// A kernel's result as a tensor.
+fn float<R, F, I, BT, const D: usize>(tensor: CubeTensor<R>) -> Tensor<CubeBackend<R, F, I, BT>, D>
+where
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    Tensor::from_primitive(TensorPrimitive::Float(tensor))
+}
+
+fn same_dtype<B: Backend, const D: usize>(tensor: Tensor<B, D>, dtype: burn::tensor::DType) -> Tensor<B, D> {
+    if tensor.dtype() == dtype {
+        tensor
+    } else {
+        tensor.cast(dtype)
+    }
+}
+
+/// A draft tree's visibility as the attention kernel reads it: `[rows, tail]`, 1 where a row sees
+/// a tail entry, in the queries' float type.
+fn visibility<B: Backend>(tree: &TreeMask, dtype: burn::tensor::DType, device: &B::Device) -> Tensor<B, 2> {
+    let values: Vec<f32> = tree.visible().iter().map(|&seen| if seen { 1.0 } else { 0.0 }).collect();
+    Tensor::<B, 2>::from_data(TensorData::new(values, [tree.rows(), tree.tail()]), device).cast(dtype)
+}

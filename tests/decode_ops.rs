@@ -1,0 +1,172 @@
+//! Every operation a backend overrides in `DecodeOps` against its default body (the reference,
+//! plain burn ops on the same backend), on random inputs: few-row and long inputs, odd lengths,
+//! grouped-query ratios, draft trees, transposed views as the model passes them, and f32 and f16
+//! (where the device computes in f16). On flex this checks the CPU kernels; with the `wgpu`
+//! feature (CI: Mesa's lavapipe) the CubeCL kernels through burn's fusion and without it.
+
+use burn::prelude::*;
+use burn::tensor::{DType, Distribution};
+use twigvlm_backbone::config::Activation;
+use twigvlm_backbone::llama::TreeMask;
+use twigvlm_backbone::ops::{reference, DecodeOps, KeyMask};
+use twigvlm_integration::TestBackend;
+
+/// Largest absolute difference allowed per unit of the reference's largest magnitude: f32
+/// kernels sum in another order than burn's ops; f16 results round at 2^-11 relative, and the
+/// reference rounds its intermediate results too.
+fn tolerance(dtype: DType) -> f32 {
+    match dtype {
+        DType::F16 => 4e-3,
+        _ => 2e-5,
+    }
+}
+
+fn dtypes<B: Backend>(device: &B::Device) -> Vec<DType> {
+    let mut dtypes = vec![DType::F32];
+    if B::supports_dtype(device, DType::F16) {
+        dtypes.push(DType::F16);
+    } else {
+        eprintln!("the device has no f16 arithmetic: f32 only");
+    }
+    dtypes
+}
+
+fn random<B: Backend, const D: usize>(shape: [usize; D], dtype: DType, device: &B::Device) -> Tensor<B, D> {
+    Tensor::<B, D>::random(shape, Distribution::Uniform(-1.0, 1.0), device).cast(dtype)
+}
+
+fn assert_close<B: Backend, const D: usize>(what: &str, got: Tensor<B, D>, want: Tensor<B, D>) {
+    let dtype = want.dtype();
+    assert_eq!(got.dims(), want.dims(), "{what}: shape");
+    assert_eq!(got.dtype(), dtype, "{what}: float type");
+    let got: Vec<f32> = got.cast(DType::F32).into_data().to_vec().unwrap();
+    let want: Vec<f32> = want.cast(DType::F32).into_data().to_vec().unwrap();
+    let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+    let (worst, at) = got.iter().zip(&want).enumerate().fold((0.0f32, 0), |(worst, at), (i, (g, w))| {
+        let diff = if g.is_finite() { (g - w).abs() } else { f32::INFINITY };
+        if diff > worst {
+            (diff, i)
+        } else {
+            (worst, at)
+        }
+    });
+    assert!(
+        worst <= tolerance(dtype) * scale,
+        "{what} ({dtype:?}): |Δ| {worst} at {at} (got {}, want {}) over {} × {scale}",
+        got[at],
+        want[at],
+        tolerance(dtype)
+    );
+}
+
+/// The query rows of a projection as the model makes them: `[batch, heads, rows, head_dim]`
+/// viewed through a transpose of `[batch, rows, heads, head_dim]`.
+fn heads_view<B: Backend>(
+    batch: usize,
+    heads: usize,
+    rows: usize,
+    dim: usize,
+    dtype: DType,
+    device: &B::Device,
+) -> Tensor<B, 4> {
+    random::<B, 4>([batch, rows, heads, dim], dtype, device).swap_dims(1, 2)
+}
+
+/// A layer cache's keys as the model reads them: the first `keys` entries of a larger buffer.
+fn cache_view<B: Backend>(
+    batch: usize,
+    kv_heads: usize,
+    keys: usize,
+    dim: usize,
+    dtype: DType,
+    device: &B::Device,
+) -> Tensor<B, 4> {
+    random::<B, 4>([batch, kv_heads, keys + 7, dim], dtype, device).narrow(2, 0, keys)
+}
+
+/// A draft tree of `rows` tokens after the committed context: token `i`'s parent is one of the
+/// tokens before it or the context, chosen by a fixed rule that makes branches.
+fn tree(rows: usize) -> TreeMask {
+    let parents: Vec<Option<usize>> = (0..rows).map(|i| if i == 0 { None } else { Some((i * 7 + 3) % i) }).collect();
+    TreeMask::from_parents(&parents, rows)
+}
+
+fn check_attention<B: DecodeOps>(device: &B::Device) {
+    for dtype in dtypes::<B>(device) {
+        for (kv_heads, group, dim) in [(2, 1, 64), (2, 3, 48), (1, 4, 128)] {
+            let heads = kv_heads * group;
+            // One row after a long cache or none, a few rows (a verification) after odd lengths,
+            // and a prefill chunk longer than the key tile.
+            for (rows, past) in [(1, 0), (1, 130), (3, 5), (6, 70), (17, 0), (17, 130)] {
+                {
+                    let keys = past + rows;
+                    let q = heads_view::<B>(2, heads, rows, dim, dtype, device);
+                    let k = cache_view::<B>(2, kv_heads, keys, dim, dtype, device);
+                    let v = cache_view::<B>(2, kv_heads, keys, dim, dtype, device);
+                    let case = format!("attention rows {rows} past {past} heads {heads}/{kv_heads} dim {dim}");
+                    let got = <B as DecodeOps>::attention(q.clone(), k.clone(), v.clone(), KeyMask::Causal);
+                    let want = reference::attention(q.clone(), k.clone(), v.clone(), KeyMask::Causal);
+                    assert_close(&format!("{case}, causal"), got, want);
+                    let tree = tree(rows);
+                    let got = <B as DecodeOps>::attention(q.clone(), k.clone(), v.clone(), KeyMask::Tree(&tree));
+                    let want = reference::attention(q, k, v, KeyMask::Tree(&tree));
+                    assert_close(&format!("{case}, tree"), got, want);
+                }
+            }
+        }
+    }
+}
+
+fn check_row_ops<B: DecodeOps>(device: &B::Device) {
+    for dtype in dtypes::<B>(device) {
+        for rows in [1, 5, 17] {
+            for d in [77, 576] {
+                let x = random::<B, 3>([1, rows, d], dtype, device) * 3.0;
+                let gamma = random::<B, 1>([d], dtype, device);
+                let got = B::rms_norm(x.clone(), gamma.clone(), 1e-5);
+                assert_close(&format!("rms_norm {rows}×{d}"), got, reference::rms_norm(x, gamma, 1e-5));
+
+                let gate = random::<B, 3>([1, rows, d], dtype, device) * 4.0;
+                let up = random::<B, 3>([1, rows, d], dtype, device);
+                for activation in [Activation::Silu, Activation::Gelu] {
+                    let got = B::gated(gate.clone(), up.clone(), activation);
+                    let want = reference::gated(gate.clone(), up.clone(), activation);
+                    assert_close(&format!("gated {activation:?} {rows}×{d}"), got, want);
+                }
+            }
+            for (heads, dim) in [(3, 64), (2, 6)] {
+                let x = heads_view::<B>(2, heads, rows, dim, dtype, device);
+                let cos = random::<B, 4>([1, 1, rows, dim], dtype, device);
+                let sin = random::<B, 4>([1, 1, rows, dim], dtype, device);
+                let got = B::rope(x.clone(), cos.clone(), sin.clone());
+                assert_close(&format!("rope {rows} rows {heads}×{dim}"), got, reference::rope(x, cos, sin));
+            }
+        }
+    }
+}
+
+#[test]
+fn attention_matches_the_reference() {
+    check_attention::<TestBackend>(&Default::default());
+}
+
+#[test]
+fn row_operations_match_the_reference() {
+    check_row_ops::<TestBackend>(&Default::default());
+}
+
+/// The same kernels launched without burn's fusion (the backend `Wgpu` wraps).
+#[cfg(feature = "wgpu")]
+mod unfused {
+    type Unfused = burn::backend::wgpu::CubeBackend<burn::backend::wgpu::WgpuRuntime, f32, i32, u32>;
+
+    #[test]
+    fn attention_matches_the_reference() {
+        super::check_attention::<Unfused>(&Default::default());
+    }
+
+    #[test]
+    fn row_operations_match_the_reference() {
+        super::check_row_ops::<Unfused>(&Default::default());
+    }
+}
