@@ -145,9 +145,47 @@ fn check_row_ops<B: DecodeOps>(device: &B::Device) {
     }
 }
 
+fn check_linear<B: DecodeOps>(device: &B::Device) {
+    for dtype in dtypes::<B>(device) {
+        for (d_in, d_out) in [(77, 100), (576, 1000)] {
+            let weight = random::<B, 2>([d_in, d_out], dtype, device) * 0.1;
+            let bias = random::<B, 1>([d_out], dtype, device);
+            // A tied output layer reads the embedding table transposed.
+            let transposed = random::<B, 2>([d_out, d_in], dtype, device).transpose() * 0.1;
+            for rows in [1, 6, 16, 17] {
+                let x = random::<B, 3>([1, rows, d_in], dtype, device);
+                let case = format!("linear {rows}×{d_in}→{d_out}");
+                let got = <B as DecodeOps>::linear(x.clone(), weight.clone(), Some(bias.clone()));
+                let want = reference::linear(x.clone(), weight.clone(), Some(bias.clone()));
+                assert_close(&format!("{case} with bias"), got.clone(), want);
+                let got_t = <B as DecodeOps>::linear(x.clone(), transposed.clone(), None);
+                assert_close(
+                    &format!("{case}, transposed weight"),
+                    got_t,
+                    reference::linear(x.clone(), transposed.clone(), None),
+                );
+                if rows > 1 && rows <= 16 {
+                    // A verification rounds each row as one-row decoding does.
+                    let alone =
+                        <B as DecodeOps>::linear(x.clone().narrow(1, rows - 1, 1), weight.clone(), Some(bias.clone()));
+                    let among: Vec<f32> = got.narrow(1, rows - 1, 1).cast(DType::F32).into_data().to_vec().unwrap();
+                    let alone: Vec<f32> = alone.cast(DType::F32).into_data().to_vec().unwrap();
+                    let differ = among.iter().zip(&alone).position(|(a, b)| a.to_bits() != b.to_bits());
+                    assert_eq!(differ, None, "{case} ({dtype:?}): the last row alone rounds differently");
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn attention_matches_the_reference() {
     check_attention::<TestBackend>(&Default::default());
+}
+
+#[test]
+fn linear_layers_match_the_reference() {
+    check_linear::<TestBackend>(&Default::default());
 }
 
 #[test]
@@ -168,5 +206,10 @@ mod unfused {
     #[test]
     fn row_operations_match_the_reference() {
         super::check_row_ops::<Unfused>(&Default::default());
+    }
+
+    #[test]
+    fn linear_layers_match_the_reference() {
+        super::check_linear::<Unfused>(&Default::default());
     }
 }

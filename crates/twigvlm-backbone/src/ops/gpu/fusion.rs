@@ -1,5 +1,5 @@
 //! The kernels through burn's fusion: each call records a custom operation on the fusion stream
-//! (its inputs, one output shaped like the first input); when the stream executes it, the
+//! (its inputs and one output); when the stream executes it, the
 //! operation hands the inner backend's tensors to that backend's [`DecodeOps`] (the kernels of
 //! the parent module) and registers the result. Scalars and the draft tree travel inside the
 //! operation.
@@ -15,39 +15,60 @@ use crate::llama::TreeMask;
 use crate::ops::{DecodeOps, KeyMask};
 
 impl<B: FusionBackend + DecodeOps> DecodeOps for Fusion<B> {
+    fn linear(x: Tensor<Self, 3>, weight: Tensor<Self, 2>, bias: Option<Tensor<Self, 1>>) -> Tensor<Self, 3> {
+        let [batch, seq, _] = x.dims();
+        let shape = Shape::new([batch, seq, weight.dims()[1]]);
+        let mut inputs = vec![fused(x), fused(weight)];
+        inputs.extend(bias.map(fused));
+        record::<B, 3>(DecodeKernel::Linear, inputs, shape)
+    }
+
     fn attention(q: Tensor<Self, 4>, k: Tensor<Self, 4>, v: Tensor<Self, 4>, mask: KeyMask<'_>) -> Tensor<Self, 4> {
         let tree = match mask {
             KeyMask::Causal => None,
             KeyMask::Tree(tree) => Some(tree.clone()),
         };
-        record::<B, 4>(DecodeKernel::Attention { tree }, vec![fused(q), fused(k), fused(v)])
+        let shape = q.shape();
+        record::<B, 4>(DecodeKernel::Attention { tree }, vec![fused(q), fused(k), fused(v)], shape)
     }
 
     fn rms_norm(x: Tensor<Self, 3>, gamma: Tensor<Self, 1>, epsilon: f64) -> Tensor<Self, 3> {
-        record::<B, 3>(DecodeKernel::RmsNorm { epsilon }, vec![fused(x), fused(gamma)])
+        let shape = x.shape();
+        record::<B, 3>(DecodeKernel::RmsNorm { epsilon }, vec![fused(x), fused(gamma)], shape)
     }
 
     fn gated(gate: Tensor<Self, 3>, up: Tensor<Self, 3>, activation: Activation) -> Tensor<Self, 3> {
-        record::<B, 3>(DecodeKernel::Gated { activation }, vec![fused(gate), fused(up)])
+        let shape = gate.shape();
+        record::<B, 3>(DecodeKernel::Gated { activation }, vec![fused(gate), fused(up)], shape)
     }
 
     fn rope(x: Tensor<Self, 4>, cos: Tensor<Self, 4>, sin: Tensor<Self, 4>) -> Tensor<Self, 4> {
-        record::<B, 4>(DecodeKernel::Rope, vec![fused(x), fused(cos), fused(sin)])
+        let shape = x.shape();
+        record::<B, 4>(DecodeKernel::Rope, vec![fused(x), fused(cos), fused(sin)], shape)
     }
 }
 
 /// Which operation a recorded call runs, with its scalars.
 #[derive(Debug, Clone)]
 enum DecodeKernel {
-    Attention { tree: Option<TreeMask> },
-    RmsNorm { epsilon: f64 },
-    Gated { activation: Activation },
+    /// Inputs x, weight and, if there is one, the bias.
+    Linear,
+    Attention {
+        tree: Option<TreeMask>,
+    },
+    RmsNorm {
+        epsilon: f64,
+    },
+    Gated {
+        activation: Activation,
+    },
     Rope,
 }
 
 impl DecodeKernel {
     fn name(&self) -> &'static str {
         match self {
+            DecodeKernel::Linear => "twigvlm_linear",
             DecodeKernel::Attention { .. } => "twigvlm_attention",
             DecodeKernel::RmsNorm { .. } => "twigvlm_rms_norm",
             DecodeKernel::Gated { .. } => "twigvlm_gated",
@@ -58,8 +79,14 @@ impl DecodeKernel {
     /// Runs the operation on the inner backend.
     fn run<B: DecodeOps>(&self, inputs: Vec<B::FloatTensorPrimitive>) -> B::FloatTensorPrimitive {
         let mut inputs = inputs.into_iter().map(TensorPrimitive::Float);
-        let mut next = || inputs.next().expect("one input per operand");
+        let mut next = || operand(&mut inputs);
         let out = match self {
+            DecodeKernel::Linear => {
+                let x = Tensor::<B, 3>::from_primitive(operand(&mut inputs));
+                let weight = Tensor::<B, 2>::from_primitive(operand(&mut inputs));
+                let bias = inputs.next().map(Tensor::<B, 1>::from_primitive);
+                <B as DecodeOps>::linear(x, weight, bias).into_primitive()
+            }
             DecodeKernel::Attention { tree } => {
                 let mask = tree.as_ref().map_or(KeyMask::Causal, KeyMask::Tree);
                 let [q, k, v] = [next(), next(), next()].map(Tensor::<B, 4>::from_primitive);
@@ -82,6 +109,12 @@ impl DecodeKernel {
     }
 }
 
+fn operand<B: burn::tensor::backend::Backend>(
+    inputs: &mut impl Iterator<Item = TensorPrimitive<B>>,
+) -> TensorPrimitive<B> {
+    inputs.next().expect("one input per operand")
+}
+
 /// A recorded call: the operation and its inputs' and output's places on the stream.
 #[derive(Debug)]
 struct RecordedKernel<B> {
@@ -102,14 +135,15 @@ fn fused<B: FusionBackend, const D: usize>(tensor: Tensor<Fusion<B>, D>) -> Fusi
     tensor.into_primitive().tensor()
 }
 
-/// Records `kernel` over `inputs`; the output has the first input's shape and float type.
+/// Records `kernel` over `inputs`; the output has the first input's float type.
 fn record<B: FusionBackend + DecodeOps, const D: usize>(
     kernel: DecodeKernel,
     inputs: Vec<FusionTensor<B::FusionRuntime>>,
+    shape: Shape,
 ) -> Tensor<Fusion<B>, D> {
     let client = inputs[0].client.clone();
     let streams = OperationStreams::with_inputs(&inputs);
-    let out = TensorIr::uninit(client.create_empty_handle(), inputs[0].shape.clone(), inputs[0].dtype);
+    let out = TensorIr::uninit(client.create_empty_handle(), shape, inputs[0].dtype);
     let inputs: Vec<TensorIr> = inputs.into_iter().map(FusionTensor::into_ir).collect();
     let ir = CustomOpIr::new(kernel.name(), &inputs, &[out]);
     let recorded = RecordedKernel::<B> { ir: ir.clone(), kernel, backend: core::marker::PhantomData };

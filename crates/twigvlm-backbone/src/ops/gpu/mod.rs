@@ -1,13 +1,15 @@
 //! The GPU backends' decoding kernels (CubeCL, the same source for CUDA and wgpu): RMSNorm, the
-//! SwiGLU product, the rotary embedding and attention over the KV cache, each one kernel launch.
+//! SwiGLU product, the rotary embedding, attention over the KV cache and linear layers of a few
+//! rows, each one kernel launch.
 //! [`CubeBackend`] launches them directly; the fusing [`Fusion`] wrapper that burn builds around
 //! it (`burn::backend::Cuda`, `Wgpu`) records each as a custom operation that runs the
-//! `CubeBackend` kernel when the stream executes ([`fusion`]). Linear layers keep the default
-//! body (burn's matmul) for now.
+//! `CubeBackend` kernel when the stream executes ([`fusion`]). Linear layers of more rows than
+//! [`linear::MAX_ROWS`] (a prefill) keep the default body: burn's tiled matmul.
 
 mod attention;
 mod fusion;
 mod gated;
+mod linear;
 mod rms_norm;
 mod rope;
 
@@ -31,6 +33,16 @@ where
     I: IntElement,
     BT: BoolElement,
 {
+    fn linear(x: Tensor<Self, 3>, weight: Tensor<Self, 2>, bias: Option<Tensor<Self, 1>>) -> Tensor<Self, 3> {
+        let [batch, seq, _] = x.dims();
+        if batch * seq > linear::MAX_ROWS {
+            return reference::linear(x, weight, bias);
+        }
+        let weight = same_dtype(weight, x.dtype());
+        let bias = bias.map(|bias| cube(same_dtype(bias, x.dtype())));
+        float(linear::few_rows_linear(cube(x), cube(weight), bias))
+    }
+
     fn attention(q: Tensor<Self, 4>, k: Tensor<Self, 4>, v: Tensor<Self, 4>, mask: KeyMask<'_>) -> Tensor<Self, 4> {
         let tree = match mask {
             KeyMask::Causal => None,
