@@ -45,9 +45,11 @@ static COUNTER: LaunchCounter = LaunchCounter;
 /// runs on its own task, a little behind the device.
 const SETTLE: Duration = Duration::from_millis(300);
 
-/// The most launches a layer's decoding step may take (the RMSNorms, projections, rotary
-/// embedding, cache writes, attention, residual additions and the MLP).
-const MAX_LAUNCHES_PER_LAYER: usize = 24;
+/// The most launches a decoding step may take per layer (the embedding, the final norm and the
+/// output layer included): per layer two RMSNorms, the query, key and value projections, two
+/// rotary embeddings, two cache writes, the attention, the output projection with its residual,
+/// the gate and up projections with the SwiGLU product, the down projection with its residual.
+const MAX_LAUNCHES_PER_LAYER: usize = 15;
 
 /// Turns cubecl's execution log on, into [`COUNTER`]; before any GPU client exists.
 fn count_launches() {

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU check: the HF parity tests on the GPU backend, then `twigvlm bench`
+# The GPU check: the HF parity tests on the GPU backend, the decoding kernels against their
+# default bodies and the kernel launches per decoding step (when packed), then `twigvlm bench`
 # (vanilla, fastv, ttp, ssd, ttp+ssd) on a random model with LLaVA-1.5-7B's exact shapes, written
 # on the machine itself (a 14 GB upload would not fit a command). Everything lands in $OUT. The
 # packed build has no kernel autotuning: fixed default kernels from the first call.
@@ -26,6 +27,10 @@ if [ -f $parts/twigvlm.xz ]; then
     unxz_to $bin < $parts/twigvlm.xz
     unxz_to $parity < $parts/parity.xz
     chmod +x $bin $parity
+    # The kernels' tests, if this pack has them.
+    for test in gpu_kernels launches; do
+        [ -f $parts/$test.xz ] && unxz_to /tmp/$test-check < $parts/$test.xz && chmod +x /tmp/$test-check
+    done
     # The test binary finds the fixtures under the path it was built in.
     built_in=$(cat $parts/built-in)
     [ -d "$built_in/tests/fixtures" ] || { mkdir -p "$(dirname "$built_in")"; ln -sfn "$repo" "$built_in"; }
@@ -67,6 +72,11 @@ TOML
     nvidia-smi -L 2>/dev/null || true
     echo "== parity tests ($backend build of the test binary)"
     (cd tests && time timeout $PARITY_LIMIT_S "$parity" --nocapture) || echo "PARITY FAILED"
+    for test in gpu_kernels launches; do
+        [ -x /tmp/$test-check ] || continue
+        echo "== $test tests"
+        (cd tests && time timeout $PARITY_LIMIT_S /tmp/$test-check --nocapture) || echo "${test^^} FAILED"
+    done
     [ "$preset" = none ] && exit 0
     if [ "$backend" != flex ]; then
         echo "== decode profile: cubecl's per-kernel GPU times, $PROFILE_PRESET, $PROFILE_TOKENS new tokens"

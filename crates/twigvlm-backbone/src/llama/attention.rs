@@ -9,7 +9,7 @@ use super::cache::LayerKvCache;
 use super::rope::RopeAngles;
 use super::tree_mask::TreeMask;
 use crate::ops::reference::repeat_kv;
-use crate::ops::{linear, linears, DecodeOps, KeyMask};
+use crate::ops::{linear_add, linears, DecodeOps, KeyMask};
 
 #[derive(Module, Debug)]
 pub struct SelfAttention<B: Backend> {
@@ -42,14 +42,16 @@ impl<B: DecodeOps> SelfAttention<B> {
     /// causal rule. Several groups are consecutive rows of requests side by side (batch 1): the
     /// projections and the rotary embedding (`rope`: the angles of all rows) see all rows at
     /// once, and each row's result is what a forward of its group alone gives on a backend whose
-    /// linear layers round every row alike.
+    /// linear layers round every row alike. The result is added to `residual` in the output
+    /// projection.
     ///
     /// # Shapes
-    /// - x: `[batch, Σ rows, hidden]` → `[batch, Σ rows, hidden]`
+    /// - x and residual: `[batch, Σ rows, hidden]` → `[batch, Σ rows, hidden]`
     /// - each group's probe (if it has `probe_rows`): `[batch, heads, probed, cached + rows]`
-    pub fn forward_groups(
+    pub fn forward_groups_add(
         &self,
         x: Tensor<B, 3>,
+        residual: Tensor<B, 3>,
         rope: &RopeAngles<B>,
         groups: &mut [RowGroup<'_, B>],
     ) -> (Tensor<B, 3>, Vec<Option<Tensor<B, 4>>>) {
@@ -71,7 +73,7 @@ impl<B: DecodeOps> SelfAttention<B> {
             start += group.rows;
         }
         let out = if single { outs.remove(0) } else { Tensor::cat(outs, 1) };
-        (linear(&self.o_proj, out), probes)
+        (linear_add(&self.o_proj, out, residual), probes)
     }
 
     /// One group's rows (`[batch, heads, rows, head_dim]`, rotated) against its cache:

@@ -7,7 +7,7 @@ use super::attention::{RowGroup, SelfAttention};
 use super::rope::RopeAngles;
 use crate::config::{Activation, LlamaConfig};
 use crate::error::Result;
-use crate::ops::{linear, linears, rms_norm, DecodeOps};
+use crate::ops::{gated_linear, linear_add, rms_norm, DecodeOps};
 use crate::weights::WeightLoader;
 
 #[derive(Module, Debug)]
@@ -20,10 +20,10 @@ pub struct Mlp<B: Backend> {
 }
 
 impl<B: DecodeOps> Mlp<B> {
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [gate, up] = linears([&self.gate_proj, &self.up_proj], x);
-        let hidden = B::gated(gate, up, self.activation);
-        linear(&self.down_proj, hidden)
+    /// `residual + down(activation(gate(x)) · up(x))`: the residual added in the last projection.
+    pub fn forward_add(&self, x: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
+        let hidden = gated_linear(&self.gate_proj, &self.up_proj, x, self.activation);
+        linear_add(&self.down_proj, hidden, residual)
     }
 }
 
@@ -96,7 +96,7 @@ impl<B: DecodeOps> DecoderLayer<B> {
 
     /// The layer over consecutive groups of rows, each a request with its own cache (one group:
     /// a single request, any batch), `rope` holding the angles of all rows; norms, projections
-    /// and the MLP see all rows at once, the attention is [`SelfAttention::forward_groups`].
+    /// and the MLP see all rows at once, the attention is [`SelfAttention::forward_groups_add`].
     ///
     /// # Shapes
     /// - x: `[batch, Σ rows, hidden]` → `[batch, Σ rows, hidden]`, one probe (or none) per group
@@ -106,9 +106,9 @@ impl<B: DecodeOps> DecoderLayer<B> {
         rope: &RopeAngles<B>,
         groups: &mut [RowGroup<'_, B>],
     ) -> (Tensor<B, 3>, Vec<Option<Tensor<B, 4>>>) {
-        let (attn, probes) = self.self_attn.forward_groups(rms_norm(&self.input_layernorm, x.clone()), rope, groups);
-        let x = x + attn;
-        let x = x.clone() + self.mlp.forward(rms_norm(&self.post_attention_layernorm, x));
+        let normed = rms_norm(&self.input_layernorm, x.clone());
+        let (x, probes) = self.self_attn.forward_groups_add(normed, x, rope, groups);
+        let x = self.mlp.forward_add(rms_norm(&self.post_attention_layernorm, x.clone()), x);
         (x, probes)
     }
 }

@@ -42,6 +42,30 @@ pub trait DecodeOps: Backend {
         layers.into_iter().map(|(weight, bias)| <Self as DecodeOps>::linear(x.clone(), weight, bias)).collect()
     }
 
+    /// `residual + x · weight + bias`: a projection added to the residual stream.
+    ///
+    /// # Shapes
+    /// - x: `[batch, seq, d_in]`, residual: `[batch, seq, d_out]` → `[batch, seq, d_out]`
+    fn linear_add(
+        x: Tensor<Self, 3>,
+        weight: Tensor<Self, 2>,
+        bias: Option<Tensor<Self, 1>>,
+        residual: Tensor<Self, 3>,
+    ) -> Tensor<Self, 3> {
+        <Self as DecodeOps>::linear(x, weight, bias) + residual
+    }
+
+    /// An MLP's gated hidden state from its two input projections `(weight, bias)`:
+    /// `activation(x · gate) · (x · up)`.
+    fn gated_linear(
+        x: Tensor<Self, 3>,
+        gate: (Tensor<Self, 2>, Option<Tensor<Self, 1>>),
+        up: (Tensor<Self, 2>, Option<Tensor<Self, 1>>),
+        activation: Activation,
+    ) -> Tensor<Self, 3> {
+        gated_linear_in_two_steps::<Self>(x, gate, up, activation)
+    }
+
     /// The `[d_in, d_out]` weight of a linear layer from the checkpoint's `[d_out, d_in]`
     /// (PyTorch's layout) in the float type the caller wants it stored in, laid out as this
     /// backend's [`DecodeOps::linear`] reads it fastest. A backend that cannot compute with
@@ -109,6 +133,34 @@ pub fn linear<B: DecodeOps>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> 
 pub fn linears<B: DecodeOps, const N: usize>(layers: [&Linear<B>; N], x: Tensor<B, 3>) -> [Tensor<B, 3>; N] {
     let pairs = layers.iter().map(|layer| (layer.weight.val(), layer.bias.as_ref().map(|bias| bias.val()))).collect();
     B::linear_many(x, pairs).try_into().unwrap_or_else(|_| unreachable!("one result per layer"))
+}
+
+/// `residual + layer(x)` through [`DecodeOps::linear_add`].
+pub fn linear_add<B: DecodeOps>(layer: &Linear<B>, x: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
+    B::linear_add(x, layer.weight.val(), layer.bias.as_ref().map(|bias| bias.val()), residual)
+}
+
+/// `activation(gate(x)) · up(x)` through [`DecodeOps::gated_linear`].
+pub fn gated_linear<B: DecodeOps>(
+    gate: &Linear<B>,
+    up: &Linear<B>,
+    x: Tensor<B, 3>,
+    activation: Activation,
+) -> Tensor<B, 3> {
+    let parts = |layer: &Linear<B>| (layer.weight.val(), layer.bias.as_ref().map(|bias| bias.val()));
+    B::gated_linear(x, parts(gate), parts(up), activation)
+}
+
+/// [`DecodeOps::gated_linear`] as the two projections ([`DecodeOps::linear_many`]) and then
+/// [`DecodeOps::gated`]: the default body, and the way back for an override.
+pub fn gated_linear_in_two_steps<B: DecodeOps>(
+    x: Tensor<B, 3>,
+    gate: (Tensor<B, 2>, Option<Tensor<B, 1>>),
+    up: (Tensor<B, 2>, Option<Tensor<B, 1>>),
+    activation: Activation,
+) -> Tensor<B, 3> {
+    let [gate, up] = B::linear_many(x, vec![gate, up]).try_into().unwrap_or_else(|_| unreachable!("two products"));
+    B::gated(gate, up, activation)
 }
 
 /// `norm(x)` through [`DecodeOps::rms_norm`].

@@ -6,6 +6,7 @@
 //! is copied), and the causal rule aligns the rows with the end of the cache: row `r` of `rows`
 //! sees the keys up to `keys − rows + r`, whatever `rows` is.
 
+use burn::tensor::Shape;
 use burn::tensor::TensorMetadata;
 use burn_cubecl::cubecl::prelude::*;
 use burn_cubecl::ops::numeric::empty_device_dtype;
@@ -130,7 +131,8 @@ fn attention_kernel<F: Float>(
         start += width;
     }
 
-    let out_row = ((batch * q.shape(1) + head) * rows + row) * dim;
+    // Written `[batch, rows, heads, head_dim]`: the layout the output projection reads.
+    let out_row = ((batch * rows + row) * q.shape(1) + head) * dim;
     let mut j = unit;
     while j < dim {
         out[out_row + j] = F::cast_from(acc[j] / sum);
@@ -141,16 +143,17 @@ fn attention_kernel<F: Float>(
 /// Softmax attention of q `[batch, heads, rows, head_dim]` over k and v
 /// `[batch, kv_heads, keys, head_dim]` (any strides, one float type), scores scaled by
 /// `1/√head_dim`. `tree`: `[rows, tail]`, nonzero where a row sees an entry of the cache's last
-/// `tail` keys (every earlier key is seen); without it the causal rule. The result is contiguous.
+/// `tail` keys (every earlier key is seen); without it the causal rule. The result is
+/// `[batch, rows, heads, head_dim]`, contiguous: the layout in which the heads are concatenated.
 pub fn attention<R: CubeRuntime>(
     q: CubeTensor<R>,
     k: CubeTensor<R>,
     v: CubeTensor<R>,
     tree: Option<CubeTensor<R>>,
 ) -> CubeTensor<R> {
-    let shape = q.shape();
-    let [batch, heads, rows, head_dim] = shape.dims::<4>();
-    let out = empty_device_dtype(q.client.clone(), q.device.clone(), shape, q.dtype);
+    let [batch, heads, rows, head_dim] = q.shape().dims::<4>();
+    let rows_first = Shape::new([batch, rows, heads, head_dim]);
+    let out = empty_device_dtype(q.client.clone(), q.device.clone(), rows_first, q.dtype);
     let tail = tree.as_ref().map_or(0, |tree| tree.shape()[1]);
     // Without a tree the kernel never reads `visible`; any tensor of the float type binds it.
     let visible = tree.unwrap_or_else(|| q.clone());

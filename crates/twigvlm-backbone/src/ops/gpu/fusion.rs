@@ -16,11 +16,40 @@ use crate::ops::{DecodeOps, KeyMask};
 
 impl<B: FusionBackend + DecodeOps> DecodeOps for Fusion<B> {
     fn linear(x: Tensor<Self, 3>, weight: Tensor<Self, 2>, bias: Option<Tensor<Self, 1>>) -> Tensor<Self, 3> {
-        let [batch, seq, _] = x.dims();
-        let shape = Shape::new([batch, seq, weight.dims()[1]]);
+        let shape = projected(&x, &weight);
+        let kernel = DecodeKernel::Linear { bias: bias.is_some(), residual: false };
         let mut inputs = vec![fused(x), fused(weight)];
         inputs.extend(bias.map(fused));
-        record::<B, 3>(DecodeKernel::Linear, inputs, shape)
+        record::<B, 3>(kernel, inputs, shape)
+    }
+
+    fn linear_add(
+        x: Tensor<Self, 3>,
+        weight: Tensor<Self, 2>,
+        bias: Option<Tensor<Self, 1>>,
+        residual: Tensor<Self, 3>,
+    ) -> Tensor<Self, 3> {
+        let shape = projected(&x, &weight);
+        let kernel = DecodeKernel::Linear { bias: bias.is_some(), residual: true };
+        let mut inputs = vec![fused(x), fused(weight)];
+        inputs.extend(bias.map(fused));
+        inputs.push(fused(residual));
+        record::<B, 3>(kernel, inputs, shape)
+    }
+
+    fn gated_linear(
+        x: Tensor<Self, 3>,
+        gate: (Tensor<Self, 2>, Option<Tensor<Self, 1>>),
+        up: (Tensor<Self, 2>, Option<Tensor<Self, 1>>),
+        activation: Activation,
+    ) -> Tensor<Self, 3> {
+        let shape = projected(&x, &gate.0);
+        let kernel = DecodeKernel::GatedLinear { gate_bias: gate.1.is_some(), up_bias: up.1.is_some(), activation };
+        let mut inputs = vec![fused(x), fused(gate.0)];
+        inputs.extend(gate.1.map(fused));
+        inputs.push(fused(up.0));
+        inputs.extend(up.1.map(fused));
+        record::<B, 3>(kernel, inputs, shape)
     }
 
     fn attention(q: Tensor<Self, 4>, k: Tensor<Self, 4>, v: Tensor<Self, 4>, mask: KeyMask<'_>) -> Tensor<Self, 4> {
@@ -51,8 +80,17 @@ impl<B: FusionBackend + DecodeOps> DecodeOps for Fusion<B> {
 /// Which operation a recorded call runs, with its scalars.
 #[derive(Debug, Clone)]
 enum DecodeKernel {
-    /// Inputs x, weight and, if there is one, the bias.
-    Linear,
+    /// Inputs x, weight, the bias if there is one, the residual if there is one.
+    Linear {
+        bias: bool,
+        residual: bool,
+    },
+    /// Inputs x, the gate's weight and bias (if any), the up projection's weight and bias (if any).
+    GatedLinear {
+        gate_bias: bool,
+        up_bias: bool,
+        activation: Activation,
+    },
     Attention {
         tree: Option<TreeMask>,
     },
@@ -68,7 +106,8 @@ enum DecodeKernel {
 impl DecodeKernel {
     fn name(&self) -> &'static str {
         match self {
-            DecodeKernel::Linear => "twigvlm_linear",
+            DecodeKernel::Linear { .. } => "twigvlm_linear",
+            DecodeKernel::GatedLinear { .. } => "twigvlm_gated_linear",
             DecodeKernel::Attention { .. } => "twigvlm_attention",
             DecodeKernel::RmsNorm { .. } => "twigvlm_rms_norm",
             DecodeKernel::Gated { .. } => "twigvlm_gated",
@@ -79,13 +118,22 @@ impl DecodeKernel {
     /// Runs the operation on the inner backend.
     fn run<B: DecodeOps>(&self, inputs: Vec<B::FloatTensorPrimitive>) -> B::FloatTensorPrimitive {
         let mut inputs = inputs.into_iter().map(TensorPrimitive::Float);
-        let mut next = || operand(&mut inputs);
+        let mut next = || inputs.next().expect("one input per operand");
         let out = match self {
-            DecodeKernel::Linear => {
-                let x = Tensor::<B, 3>::from_primitive(operand(&mut inputs));
-                let weight = Tensor::<B, 2>::from_primitive(operand(&mut inputs));
-                let bias = inputs.next().map(Tensor::<B, 1>::from_primitive);
-                <B as DecodeOps>::linear(x, weight, bias).into_primitive()
+            DecodeKernel::Linear { bias, residual } => {
+                let x = Tensor::<B, 3>::from_primitive(next());
+                let (weight, bias) = layer(&mut next, *bias);
+                match residual {
+                    true => B::linear_add(x, weight, bias, Tensor::from_primitive(next())),
+                    false => <B as DecodeOps>::linear(x, weight, bias),
+                }
+                .into_primitive()
+            }
+            DecodeKernel::GatedLinear { gate_bias, up_bias, activation } => {
+                let x = Tensor::<B, 3>::from_primitive(next());
+                let gate = layer(&mut next, *gate_bias);
+                let up = layer(&mut next, *up_bias);
+                B::gated_linear(x, gate, up, *activation).into_primitive()
             }
             DecodeKernel::Attention { tree } => {
                 let mask = tree.as_ref().map_or(KeyMask::Causal, KeyMask::Tree);
@@ -109,10 +157,20 @@ impl DecodeKernel {
     }
 }
 
-fn operand<B: burn::tensor::backend::Backend>(
-    inputs: &mut impl Iterator<Item = TensorPrimitive<B>>,
-) -> TensorPrimitive<B> {
-    inputs.next().expect("one input per operand")
+/// A linear layer's `(weight, bias)` from the next operands.
+#[allow(clippy::type_complexity)]
+fn layer<B: Backend>(
+    next: &mut impl FnMut() -> TensorPrimitive<B>,
+    bias: bool,
+) -> (Tensor<B, 2>, Option<Tensor<B, 1>>) {
+    let weight = Tensor::from_primitive(next());
+    (weight, bias.then(|| Tensor::from_primitive(next())))
+}
+
+/// The shape of `x · weight`.
+fn projected<B: FusionBackend>(x: &Tensor<Fusion<B>, 3>, weight: &Tensor<Fusion<B>, 2>) -> Shape {
+    let [batch, seq, _] = x.dims();
+    Shape::new([batch, seq, weight.dims()[1]])
 }
 
 /// A recorded call: the operation and its inputs' and output's places on the stream.

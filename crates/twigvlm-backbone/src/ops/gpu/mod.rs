@@ -20,7 +20,7 @@ use burn_cubecl::cubecl::server::ComputeServer;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
-use super::{reference, DecodeOps, KeyMask};
+use super::{gated_linear_in_two_steps, reference, DecodeOps, KeyMask};
 use crate::config::Activation;
 use crate::llama::TreeMask;
 
@@ -34,13 +34,39 @@ where
     BT: BoolElement,
 {
     fn linear(x: Tensor<Self, 3>, weight: Tensor<Self, 2>, bias: Option<Tensor<Self, 1>>) -> Tensor<Self, 3> {
-        let [batch, seq, _] = x.dims();
-        if batch * seq > linear::MAX_ROWS {
+        if !few_rows(&x) {
             return reference::linear(x, weight, bias);
         }
-        let weight = same_dtype(weight, x.dtype());
-        let bias = bias.map(|bias| cube(same_dtype(bias, x.dtype())));
-        float(linear::few_rows_linear(cube(x), cube(weight), bias))
+        let layer = projection(weight, bias, x.dtype());
+        float(linear::few_rows_linear(cube(x), layer, None, None))
+    }
+
+    fn linear_add(
+        x: Tensor<Self, 3>,
+        weight: Tensor<Self, 2>,
+        bias: Option<Tensor<Self, 1>>,
+        residual: Tensor<Self, 3>,
+    ) -> Tensor<Self, 3> {
+        if !few_rows(&x) {
+            return reference::linear(x, weight, bias) + residual;
+        }
+        let layer = projection(weight, bias, x.dtype());
+        let residual = cube(same_dtype(residual, x.dtype()));
+        float(linear::few_rows_linear(cube(x), layer, None, Some(residual)))
+    }
+
+    fn gated_linear(
+        x: Tensor<Self, 3>,
+        gate: (Tensor<Self, 2>, Option<Tensor<Self, 1>>),
+        up: (Tensor<Self, 2>, Option<Tensor<Self, 1>>),
+        activation: Activation,
+    ) -> Tensor<Self, 3> {
+        if !few_rows(&x) || activation != Activation::Silu || gate.1.is_some() != up.1.is_some() {
+            return gated_linear_in_two_steps::<Self>(x, gate, up, activation);
+        }
+        let dtype = x.dtype();
+        let (gate, up) = (projection(gate.0, gate.1, dtype), projection(up.0, up.1, dtype));
+        float(linear::few_rows_linear(cube(x), gate, Some(up), None))
     }
 
     fn attention(q: Tensor<Self, 4>, k: Tensor<Self, 4>, v: Tensor<Self, 4>, mask: KeyMask<'_>) -> Tensor<Self, 4> {
@@ -50,7 +76,8 @@ where
         };
         let k = same_dtype(k, q.dtype());
         let v = same_dtype(v, q.dtype());
-        float(attention::attention(cube(q), cube(k), cube(v), tree))
+        // The kernel writes rows before heads; the contract's layout is a view of it.
+        float::<R, F, I, BT, 4>(attention::attention(cube(q), cube(k), cube(v), tree)).swap_dims(1, 2)
     }
 
     fn rms_norm(x: Tensor<Self, 3>, gamma: Tensor<Self, 1>, epsilon: f64) -> Tensor<Self, 3> {
@@ -92,6 +119,26 @@ where
     BT: BoolElement,
 {
     Tensor::from_primitive(TensorPrimitive::Float(tensor))
+}
+
+/// Whether the few-rows linear kernel takes `x` (a prefill goes to the backend's matmul).
+fn few_rows<B: Backend>(x: &Tensor<B, 3>) -> bool {
+    let [batch, seq, _] = x.dims();
+    batch * seq <= linear::MAX_ROWS
+}
+
+fn projection<R, F, I, BT>(
+    weight: Tensor<CubeBackend<R, F, I, BT>, 2>,
+    bias: Option<Tensor<CubeBackend<R, F, I, BT>, 1>>,
+    dtype: burn::tensor::DType,
+) -> linear::Projection<R>
+where
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    linear::Projection { weight: cube(same_dtype(weight, dtype)), bias: bias.map(|bias| cube(same_dtype(bias, dtype))) }
 }
 
 fn same_dtype<B: Backend, const D: usize>(tensor: Tensor<B, D>, dtype: burn::tensor::DType) -> Tensor<B, D> {

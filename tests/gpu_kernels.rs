@@ -1,8 +1,9 @@
-//! Every operation a backend overrides in `DecodeOps` against its default body (the reference,
-//! plain burn ops on the same backend), on random inputs: few-row and long inputs, odd lengths,
+//! The GPU backends' kernels for `DecodeOps` against its default bodies (the reference, plain
+//! burn ops on the same backend), on random inputs: few-row and long inputs, odd lengths,
 //! grouped-query ratios, draft trees, transposed views as the model passes them, and f32 and f16
-//! (where the device computes in f16). On flex this checks the CPU kernels; with the `wgpu`
-//! feature (CI: Mesa's lavapipe) the CubeCL kernels through burn's fusion and without it.
+//! (where the device computes in f16); through burn's fusion and without it. CI runs them on
+//! Mesa's lavapipe (`wgpu` feature); the CPU kernels have their own tests in the backbone crate.
+#![cfg(any(feature = "wgpu", feature = "cuda"))]
 
 use burn::prelude::*;
 use burn::tensor::{DType, Distribution};
@@ -164,6 +165,23 @@ fn check_linear<B: DecodeOps>(device: &B::Device) {
                     got_t,
                     reference::linear(x.clone(), transposed.clone(), None),
                 );
+                let residual = random::<B, 3>([1, rows, d_out], dtype, device);
+                let added = B::linear_add(x.clone(), weight.clone(), Some(bias.clone()), residual.clone());
+                let want = reference::linear(x.clone(), weight.clone(), Some(bias.clone())) + residual;
+                assert_close(&format!("{case} added to a residual"), added, want);
+                for with_bias in [true, false] {
+                    let up = random::<B, 2>([d_in, d_out], dtype, device) * 0.1;
+                    let up_bias = random::<B, 1>([d_out], dtype, device);
+                    let gate = (weight.clone(), with_bias.then(|| bias.clone()));
+                    let up = (up, with_bias.then_some(up_bias));
+                    let got = B::gated_linear(x.clone(), gate.clone(), up.clone(), Activation::Silu);
+                    let want = reference::gated(
+                        reference::linear(x.clone(), gate.0, gate.1),
+                        reference::linear(x.clone(), up.0, up.1),
+                        Activation::Silu,
+                    );
+                    assert_close(&format!("{case} gated (bias: {with_bias})"), got, want);
+                }
                 if rows > 1 && rows <= 16 {
                     // A verification rounds each row as one-row decoding does.
                     let alone =
@@ -193,10 +211,12 @@ fn row_operations_match_the_reference() {
     check_row_ops::<TestBackend>(&Default::default());
 }
 
-/// The same kernels launched without burn's fusion (the backend `Wgpu` wraps).
-#[cfg(feature = "wgpu")]
+/// The same kernels launched without burn's fusion (the backend that `Wgpu` and `Cuda` wrap).
 mod unfused {
-    type Unfused = burn::backend::wgpu::CubeBackend<burn::backend::wgpu::WgpuRuntime, f32, i32, u32>;
+    #[cfg(feature = "cuda")]
+    type Unfused = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>;
+    #[cfg(all(feature = "wgpu", not(feature = "cuda")))]
+    type Unfused = burn_cubecl::CubeBackend<cubecl::wgpu::WgpuRuntime, f32, i32, u32>;
 
     #[test]
     fn attention_matches_the_reference() {
