@@ -23,6 +23,20 @@ impl<B: FusionBackend + DecodeOps> DecodeOps for Fusion<B> {
         record::<B, 3>(kernel, inputs, shape)
     }
 
+    fn linear_many(
+        x: Tensor<Self, 3>,
+        layers: Vec<(Tensor<Self, 2>, Option<Tensor<Self, 1>>)>,
+    ) -> Vec<Tensor<Self, 3>> {
+        let shapes = layers.iter().map(|(weight, _)| projected(&x, weight)).collect();
+        let kernel = DecodeKernel::LinearMany { biases: layers.iter().map(|(_, bias)| bias.is_some()).collect() };
+        let mut inputs = vec![fused(x)];
+        for (weight, bias) in layers {
+            inputs.push(fused(weight));
+            inputs.extend(bias.map(fused));
+        }
+        record_many::<B, 3>(kernel, inputs, shapes)
+    }
+
     fn linear_add(
         x: Tensor<Self, 3>,
         weight: Tensor<Self, 2>,
@@ -80,6 +94,10 @@ impl<B: FusionBackend + DecodeOps> DecodeOps for Fusion<B> {
 /// Which operation a recorded call runs, with its scalars.
 #[derive(Debug, Clone)]
 enum DecodeKernel {
+    /// Inputs x, then each layer's weight and bias (if it has one).
+    LinearMany {
+        biases: Vec<bool>,
+    },
     /// Inputs x, weight, the bias if there is one, the residual if there is one.
     Linear {
         bias: bool,
@@ -106,6 +124,7 @@ enum DecodeKernel {
 impl DecodeKernel {
     fn name(&self) -> &'static str {
         match self {
+            DecodeKernel::LinearMany { .. } => "twigvlm_linear_many",
             DecodeKernel::Linear { .. } => "twigvlm_linear",
             DecodeKernel::GatedLinear { .. } => "twigvlm_gated_linear",
             DecodeKernel::Attention { .. } => "twigvlm_attention",
@@ -115,11 +134,16 @@ impl DecodeKernel {
         }
     }
 
-    /// Runs the operation on the inner backend.
-    fn run<B: DecodeOps>(&self, inputs: Vec<B::FloatTensorPrimitive>) -> B::FloatTensorPrimitive {
+    /// Runs the operation on the inner backend: its outputs.
+    fn run<B: DecodeOps>(&self, inputs: Vec<B::FloatTensorPrimitive>) -> Vec<B::FloatTensorPrimitive> {
         let mut inputs = inputs.into_iter().map(TensorPrimitive::Float);
         let mut next = || inputs.next().expect("one input per operand");
         let out = match self {
+            DecodeKernel::LinearMany { biases } => {
+                let x = Tensor::<B, 3>::from_primitive(next());
+                let layers = biases.iter().map(|&bias| layer(&mut next, bias)).collect();
+                return B::linear_many(x, layers).into_iter().map(|out| out.into_primitive().tensor()).collect();
+            }
             DecodeKernel::Linear { bias, residual } => {
                 let x = Tensor::<B, 3>::from_primitive(next());
                 let (weight, bias) = layer(&mut next, *bias);
@@ -153,7 +177,7 @@ impl DecodeKernel {
                 <B as DecodeOps>::rope(x, cos, sin).into_primitive()
             }
         };
-        out.tensor()
+        vec![out.tensor()]
     }
 }
 
@@ -184,8 +208,9 @@ struct RecordedKernel<B> {
 impl<B: FusionBackend + DecodeOps> Operation<B::FusionRuntime> for RecordedKernel<B> {
     fn execute(&self, handles: &mut HandleContainer<<B::FusionRuntime as FusionRuntime>::FusionHandle>) {
         let inputs = self.ir.inputs.iter().map(|input| handles.get_float_tensor::<B>(input)).collect();
-        let out = self.kernel.run::<B>(inputs);
-        handles.register_float_tensor::<B>(&self.ir.outputs[0].id, out);
+        for (ir, out) in self.ir.outputs.iter().zip(self.kernel.run::<B>(inputs)) {
+            handles.register_float_tensor::<B>(&ir.id, out);
+        }
     }
 }
 
@@ -193,18 +218,29 @@ fn fused<B: FusionBackend, const D: usize>(tensor: Tensor<Fusion<B>, D>) -> Fusi
     tensor.into_primitive().tensor()
 }
 
-/// Records `kernel` over `inputs`; the output has the first input's float type.
+/// Records `kernel` over `inputs`, with one output of the first input's float type.
 fn record<B: FusionBackend + DecodeOps, const D: usize>(
     kernel: DecodeKernel,
     inputs: Vec<FusionTensor<B::FusionRuntime>>,
     shape: Shape,
 ) -> Tensor<Fusion<B>, D> {
+    record_many::<B, D>(kernel, inputs, vec![shape]).remove(0)
+}
+
+/// Records `kernel` over `inputs`, with an output of each shape in the first input's float type.
+fn record_many<B: FusionBackend + DecodeOps, const D: usize>(
+    kernel: DecodeKernel,
+    inputs: Vec<FusionTensor<B::FusionRuntime>>,
+    shapes: Vec<Shape>,
+) -> Vec<Tensor<Fusion<B>, D>> {
     let client = inputs[0].client.clone();
+    let dtype = inputs[0].dtype;
     let streams = OperationStreams::with_inputs(&inputs);
-    let out = TensorIr::uninit(client.create_empty_handle(), shape, inputs[0].dtype);
+    let outs: Vec<TensorIr> =
+        shapes.into_iter().map(|shape| TensorIr::uninit(client.create_empty_handle(), shape, dtype)).collect();
     let inputs: Vec<TensorIr> = inputs.into_iter().map(FusionTensor::into_ir).collect();
-    let ir = CustomOpIr::new(kernel.name(), &inputs, &[out]);
+    let ir = CustomOpIr::new(kernel.name(), &inputs, &outs);
     let recorded = RecordedKernel::<B> { ir: ir.clone(), kernel, backend: core::marker::PhantomData };
-    let out = client.register(streams, OperationIr::Custom(ir), recorded).into_iter().next().expect("one output");
-    Tensor::from_primitive(TensorPrimitive::Float(out))
+    let outs = client.register(streams, OperationIr::Custom(ir), recorded);
+    outs.into_iter().map(|out| Tensor::from_primitive(TensorPrimitive::Float(out))).collect()
 }

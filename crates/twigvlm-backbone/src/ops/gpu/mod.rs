@@ -41,6 +41,23 @@ where
         float(linear::few_rows_linear(cube(x), layer, None, None))
     }
 
+    fn linear_many(
+        x: Tensor<Self, 3>,
+        layers: Vec<(Tensor<Self, 2>, Option<Tensor<Self, 1>>)>,
+    ) -> Vec<Tensor<Self, 3>> {
+        let uniform_bias = layers.windows(2).all(|pair| pair[0].1.is_some() == pair[1].1.is_some());
+        let layers: Vec<_> = match <[_; 3]>::try_from(layers) {
+            Ok(three) if few_rows(&x) && uniform_bias => {
+                let dtype = x.dtype();
+                let three = three.map(|(weight, bias)| projection(weight, bias, dtype));
+                return linear::few_rows_linear_three(cube(x), three).into_iter().map(float).collect();
+            }
+            Ok(three) => three.into(),
+            Err(layers) => layers,
+        };
+        layers.into_iter().map(|(weight, bias)| Self::linear(x.clone(), weight, bias)).collect()
+    }
+
     fn linear_add(
         x: Tensor<Self, 3>,
         weight: Tensor<Self, 2>,
