@@ -14,7 +14,7 @@ use burn::tensor::{DType, TensorPrimitive};
 use burn_flex::FlexTensor;
 use twigvlm_kernels::{Projection, View4, Visibility, Weights};
 
-use super::{reference, DecodeOps, KeyMask};
+use super::{reference, DecodeOps, KeyMask, LinearParts};
 use crate::config::Activation;
 
 impl DecodeOps for Flex {
@@ -23,10 +23,7 @@ impl DecodeOps for Flex {
         outs.pop().expect("one product")
     }
 
-    fn linear_many(
-        x: Tensor<Self, 3>,
-        layers: Vec<(Tensor<Self, 2>, Option<Tensor<Self, 1>>)>,
-    ) -> Vec<Tensor<Self, 3>> {
+    fn linear_many(x: Tensor<Self, 3>, layers: Vec<LinearParts<Self>>) -> Vec<Tensor<Self, 3>> {
         let [batch, seq, d_in] = x.dims();
         let x = contiguous_f32(x.into_primitive().tensor());
         let d_outs: Vec<usize> = layers.iter().map(|(weight, _)| weight.dims()[1]).collect();

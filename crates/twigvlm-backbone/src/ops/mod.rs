@@ -35,10 +35,7 @@ pub trait DecodeOps: Backend {
 
     /// [`DecodeOps::linear`] of one input by several `(weight, bias)` pairs (a layer's query, key
     /// and value projections), each result as the single product would give it.
-    fn linear_many(
-        x: Tensor<Self, 3>,
-        layers: Vec<(Tensor<Self, 2>, Option<Tensor<Self, 1>>)>,
-    ) -> Vec<Tensor<Self, 3>> {
+    fn linear_many(x: Tensor<Self, 3>, layers: Vec<LinearParts<Self>>) -> Vec<Tensor<Self, 3>> {
         layers.into_iter().map(|(weight, bias)| <Self as DecodeOps>::linear(x.clone(), weight, bias)).collect()
     }
 
@@ -59,8 +56,8 @@ pub trait DecodeOps: Backend {
     /// `activation(x · gate) · (x · up)`.
     fn gated_linear(
         x: Tensor<Self, 3>,
-        gate: (Tensor<Self, 2>, Option<Tensor<Self, 1>>),
-        up: (Tensor<Self, 2>, Option<Tensor<Self, 1>>),
+        gate: LinearParts<Self>,
+        up: LinearParts<Self>,
         activation: Activation,
     ) -> Tensor<Self, 3> {
         gated_linear_in_two_steps::<Self>(x, gate, up, activation)
@@ -107,6 +104,14 @@ pub trait DecodeOps: Backend {
     }
 }
 
+/// A linear layer's `[d_in, d_out]` weight and its bias, if it has one, as [`DecodeOps`] takes them.
+pub type LinearParts<B> = (Tensor<B, 2>, Option<Tensor<B, 1>>);
+
+/// `layer`'s weight and bias as [`DecodeOps`] takes them.
+fn parts<B: Backend>(layer: &Linear<B>) -> LinearParts<B> {
+    (layer.weight.val(), layer.bias.as_ref().map(|bias| bias.val()))
+}
+
 /// Which keys each new query row of [`DecodeOps::attention`] sees.
 #[derive(Debug, Clone, Copy)]
 pub enum KeyMask<'a> {
@@ -126,18 +131,20 @@ impl<B: DecodeOps, C: CheckpointStrategy> DecodeOps for Autodiff<B, C> {}
 
 /// `layer(x)` through [`DecodeOps::linear`].
 pub fn linear<B: DecodeOps>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
-    <B as DecodeOps>::linear(x, layer.weight.val(), layer.bias.as_ref().map(|bias| bias.val()))
+    let (weight, bias) = parts(layer);
+    <B as DecodeOps>::linear(x, weight, bias)
 }
 
 /// `[layer(x) for layer in layers]` through [`DecodeOps::linear_many`].
 pub fn linears<B: DecodeOps, const N: usize>(layers: [&Linear<B>; N], x: Tensor<B, 3>) -> [Tensor<B, 3>; N] {
-    let pairs = layers.iter().map(|layer| (layer.weight.val(), layer.bias.as_ref().map(|bias| bias.val()))).collect();
+    let pairs = layers.iter().map(|layer| parts(layer)).collect();
     B::linear_many(x, pairs).try_into().unwrap_or_else(|_| unreachable!("one result per layer"))
 }
 
 /// `residual + layer(x)` through [`DecodeOps::linear_add`].
 pub fn linear_add<B: DecodeOps>(layer: &Linear<B>, x: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
-    B::linear_add(x, layer.weight.val(), layer.bias.as_ref().map(|bias| bias.val()), residual)
+    let (weight, bias) = parts(layer);
+    B::linear_add(x, weight, bias, residual)
 }
 
 /// `activation(gate(x)) · up(x)` through [`DecodeOps::gated_linear`].
@@ -147,7 +154,6 @@ pub fn gated_linear<B: DecodeOps>(
     x: Tensor<B, 3>,
     activation: Activation,
 ) -> Tensor<B, 3> {
-    let parts = |layer: &Linear<B>| (layer.weight.val(), layer.bias.as_ref().map(|bias| bias.val()));
     B::gated_linear(x, parts(gate), parts(up), activation)
 }
 
@@ -155,8 +161,8 @@ pub fn gated_linear<B: DecodeOps>(
 /// [`DecodeOps::gated`]: the default body, and the way back for an override.
 pub fn gated_linear_in_two_steps<B: DecodeOps>(
     x: Tensor<B, 3>,
-    gate: (Tensor<B, 2>, Option<Tensor<B, 1>>),
-    up: (Tensor<B, 2>, Option<Tensor<B, 1>>),
+    gate: LinearParts<B>,
+    up: LinearParts<B>,
     activation: Activation,
 ) -> Tensor<B, 3> {
     let [gate, up] = B::linear_many(x, vec![gate, up]).try_into().unwrap_or_else(|_| unreachable!("two products"));

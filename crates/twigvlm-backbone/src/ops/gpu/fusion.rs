@@ -12,7 +12,7 @@ use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 
 use crate::config::Activation;
 use crate::llama::TreeMask;
-use crate::ops::{DecodeOps, KeyMask};
+use crate::ops::{DecodeOps, KeyMask, LinearParts};
 
 impl<B: FusionBackend + DecodeOps> DecodeOps for Fusion<B> {
     fn linear(x: Tensor<Self, 3>, weight: Tensor<Self, 2>, bias: Option<Tensor<Self, 1>>) -> Tensor<Self, 3> {
@@ -23,10 +23,7 @@ impl<B: FusionBackend + DecodeOps> DecodeOps for Fusion<B> {
         record::<B, 3>(kernel, inputs, shape)
     }
 
-    fn linear_many(
-        x: Tensor<Self, 3>,
-        layers: Vec<(Tensor<Self, 2>, Option<Tensor<Self, 1>>)>,
-    ) -> Vec<Tensor<Self, 3>> {
+    fn linear_many(x: Tensor<Self, 3>, layers: Vec<LinearParts<Self>>) -> Vec<Tensor<Self, 3>> {
         let shapes = layers.iter().map(|(weight, _)| projected(&x, weight)).collect();
         let kernel = DecodeKernel::LinearMany { biases: layers.iter().map(|(_, bias)| bias.is_some()).collect() };
         let mut inputs = vec![fused(x)];
@@ -53,8 +50,8 @@ impl<B: FusionBackend + DecodeOps> DecodeOps for Fusion<B> {
 
     fn gated_linear(
         x: Tensor<Self, 3>,
-        gate: (Tensor<Self, 2>, Option<Tensor<Self, 1>>),
-        up: (Tensor<Self, 2>, Option<Tensor<Self, 1>>),
+        gate: LinearParts<Self>,
+        up: LinearParts<Self>,
         activation: Activation,
     ) -> Tensor<Self, 3> {
         let shape = projected(&x, &gate.0);
@@ -182,11 +179,7 @@ impl DecodeKernel {
 }
 
 /// A linear layer's `(weight, bias)` from the next operands.
-#[allow(clippy::type_complexity)]
-fn layer<B: Backend>(
-    next: &mut impl FnMut() -> TensorPrimitive<B>,
-    bias: bool,
-) -> (Tensor<B, 2>, Option<Tensor<B, 1>>) {
+fn layer<B: Backend>(next: &mut impl FnMut() -> TensorPrimitive<B>, bias: bool) -> LinearParts<B> {
     let weight = Tensor::from_primitive(next());
     (weight, bias.then(|| Tensor::from_primitive(next())))
 }

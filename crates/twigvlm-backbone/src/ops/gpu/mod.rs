@@ -20,7 +20,7 @@ use burn_cubecl::cubecl::server::ComputeServer;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
-use super::{gated_linear_in_two_steps, reference, DecodeOps, KeyMask};
+use super::{gated_linear_in_two_steps, reference, DecodeOps, KeyMask, LinearParts};
 use crate::config::Activation;
 use crate::llama::TreeMask;
 
@@ -41,10 +41,7 @@ where
         float(linear::few_rows_linear(cube(x), layer, None, None))
     }
 
-    fn linear_many(
-        x: Tensor<Self, 3>,
-        layers: Vec<(Tensor<Self, 2>, Option<Tensor<Self, 1>>)>,
-    ) -> Vec<Tensor<Self, 3>> {
+    fn linear_many(x: Tensor<Self, 3>, layers: Vec<LinearParts<Self>>) -> Vec<Tensor<Self, 3>> {
         let uniform_bias = layers.windows(2).all(|pair| pair[0].1.is_some() == pair[1].1.is_some());
         let layers: Vec<_> = match <[_; 3]>::try_from(layers) {
             Ok(three) if few_rows(&x) && uniform_bias => {
@@ -74,8 +71,8 @@ where
 
     fn gated_linear(
         x: Tensor<Self, 3>,
-        gate: (Tensor<Self, 2>, Option<Tensor<Self, 1>>),
-        up: (Tensor<Self, 2>, Option<Tensor<Self, 1>>),
+        gate: LinearParts<Self>,
+        up: LinearParts<Self>,
         activation: Activation,
     ) -> Tensor<Self, 3> {
         if !few_rows(&x) || activation != Activation::Silu || gate.1.is_some() != up.1.is_some() {
